@@ -1,0 +1,81 @@
+// spaedge kernels: pure functions over raw buffers, one table per ISA.
+//
+// Conventions
+// - Batch 1, activations NHWC fp32: element (y, x, c) of an H x W x C tensor is
+//   at index (y * W + x) * C + c.
+// - Conv weights enter packing in OHWI order: w[o][ky][kx][i].
+// - Every ISA has the same table; only dispatch.cpp chooses which one runs.
+// - No allocation inside a kernel call: callers pass scratch sized by
+//   `conv_scratch_floats`.
+// - `threads` is the number of OpenMP threads a call may use (>= 1).
+#pragma once
+
+#include <cstddef>
+
+namespace spaedge::kernels {
+
+struct ConvGeometry {
+    int in_h = 0, in_w = 0, in_c = 0;
+    int out_c = 0;
+    int kernel = 1;   // square kernel size (1, 3, 7, ...)
+    int stride = 1;   // same in H and W
+    int pad = 0;      // same on all sides
+    int out_h() const { return (in_h + 2 * pad - kernel) / stride + 1; }
+    int out_w() const { return (in_w + 2 * pad - kernel) / stride + 1; }
+};
+
+// Applied to each output element in this order: + bias[c], + residual, ReLU.
+struct Epilogue {
+    const float* bias = nullptr;      // [out_c] or null
+    const float* residual = nullptr;  // NHWC [out_h * out_w * out_c] or null
+    bool relu = false;
+};
+
+struct KernelTable {
+    const char* isa;  // "scalar", "avx2", "neon"
+
+    // Floats needed by the packed weights of this geometry (the panel layout is
+    // private to the ISA; padding of ragged channel counts included).
+    size_t (*conv_packed_floats)(const ConvGeometry& g);
+    // Pack OHWI weights w[out_c][kernel][kernel][in_c] into `packed`.
+    void (*conv_pack)(const ConvGeometry& g, const float* w_ohwi, float* packed);
+    // Floats of scratch one conv call needs when run with `threads` threads.
+    size_t (*conv_scratch_floats)(const ConvGeometry& g, int threads);
+    // out[out_h][out_w][out_c] = epilogue(conv(in[in_h][in_w][in_c], W)).
+    // `out` never aliases `in`; it may alias `ep.residual` exactly (in place).
+    void (*conv)(const ConvGeometry& g, const float* packed, const float* in, float* out,
+                 const Epilogue& ep, float* scratch, int threads);
+
+    // Max pooling, padding counts as -infinity. out is out_h x out_w x c.
+    void (*maxpool)(int in_h, int in_w, int c, int kernel, int stride, int pad, const float* in,
+                    float* out, int threads);
+    // Global average pooling: out[c] = mean over h*w of in.
+    void (*global_avgpool)(int h, int w, int c, const float* in, float* out);
+    // y[o] = bias[o] + sum_i w[o][i] * x[i]; w row-major [out_f][in_f]; bias may be null.
+    void (*linear)(int in_f, int out_f, const float* w, const float* bias, const float* x,
+                   float* y);
+
+    // Channel-SPA merge into OHWI weights: for every o, i
+    //   w[o][c][c][i] += sum_r b[o][r] * a[r][i],  c = kernel / 2
+    // a is [rank][in_c], b is [out_c][rank].
+    void (*lowrank_merge)(int out_c, int in_c, int kernel, int rank, const float* a,
+                          const float* b, float* w_ohwi);
+};
+
+// Tables compiled into this binary (null when the ISA is not built).
+const KernelTable& scalar_table();
+const KernelTable* avx2_table();
+const KernelTable* neon_table();
+
+// The one dispatch point. Chooses once (thread-safe): the environment variable
+// SPAEDGE_ISA=scalar|avx2|neon forces a path (an unavailable one is an error
+// reported through `dispatch_error`); otherwise cpuid picks AVX2+FMA on x86-64
+// when the CPU and OS support it, NEON on aarch64, scalar elsewhere.
+const KernelTable& active();
+// Non-empty when SPAEDGE_ISA asked for a path this binary or CPU cannot run;
+// active() then falls back to scalar.
+const char* dispatch_error();
+// True when this CPU can run `table` (e.g. AVX2+FMA present).
+bool cpu_supports(const KernelTable& table);
+
+}  // namespace spaedge::kernels
