@@ -1,0 +1,530 @@
+// The one shared kernel tester: every kernel table compiled into this binary
+// that the CPU can run is checked against the scalar reference over awkward
+// shapes. Plain C++, no framework; prints each failing case and returns
+// nonzero on any failure.
+//
+// Tolerance (per case): max |got - ref| <= 1e-4 * (1 + max |ref|).
+// Infinities (maxpool windows that lie entirely in the padding) must match
+// exactly; NaN anywhere is a failure.
+//
+// Buffers are surrounded by canary floats; a kernel writing outside its
+// output, packed-weight or scratch region, or writing to its input, fails.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.h"
+
+namespace k = spaedge::kernels;
+
+namespace {
+
+int g_passed = 0;
+int g_failed = 0;
+
+constexpr float kTolerance = 1e-4f;
+
+// Deterministic xorshift generator: same data on every platform.
+struct Rng {
+    uint64_t s;
+    explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+    uint32_t next() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        return static_cast<uint32_t>(s >> 32);
+    }
+    float uniform() { return static_cast<float>(next()) / 4294967296.0f * 2.0f - 1.0f; }
+};
+
+std::vector<float> random_vec(size_t n, Rng& rng) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = rng.uniform();
+    return v;
+}
+
+// A buffer with canaries on both sides.
+constexpr size_t kGuard = 64;
+constexpr float kCanary = 1.2345678e30f;
+
+struct Guarded {
+    std::vector<float> buf;
+    size_t n;
+    explicit Guarded(size_t count, float fill = 0.0f) : buf(count + 2 * kGuard, kCanary), n(count) {
+        for (size_t i = 0; i < n; ++i) buf[kGuard + i] = fill;
+    }
+    float* data() { return buf.data() + kGuard; }
+    const float* data() const { return buf.data() + kGuard; }
+    bool guards_intact() const {
+        for (size_t i = 0; i < kGuard; ++i)
+            if (buf[i] != kCanary || buf[kGuard + n + i] != kCanary) return false;
+        return true;
+    }
+};
+
+struct Compare {
+    float max_err = 0.0f;
+    float max_ref = 0.0f;
+    bool bad_special = false;  // NaN, or mismatched infinities
+    size_t worst = 0;
+};
+
+Compare compare(const float* ref, const float* got, size_t n) {
+    Compare c;
+    for (size_t i = 0; i < n; ++i) {
+        const float r = ref[i], g = got[i];
+        if (std::isnan(r) || std::isnan(g)) {
+            c.bad_special = true;
+            c.worst = i;
+            continue;
+        }
+        if (std::isinf(r) || std::isinf(g)) {
+            if (r != g) {
+                c.bad_special = true;
+                c.worst = i;
+            }
+            continue;
+        }
+        c.max_ref = std::fmax(c.max_ref, std::fabs(r));
+        const float e = std::fabs(r - g);
+        if (e > c.max_err) {
+            c.max_err = e;
+            c.worst = i;
+        }
+    }
+    return c;
+}
+
+bool within(const Compare& c) {
+    return !c.bad_special && c.max_err <= kTolerance * (1.0f + c.max_ref);
+}
+
+void report(bool ok, const std::string& what, const Compare* c = nullptr) {
+    if (ok) {
+        ++g_passed;
+        return;
+    }
+    ++g_failed;
+    if (c)
+        std::printf("FAIL %s: max_err=%.3g tol=%.3g (max|ref|=%.3g, worst index %zu%s)\n",
+                    what.c_str(), c->max_err, kTolerance * (1.0f + c->max_ref), c->max_ref,
+                    c->worst, c->bad_special ? ", NaN/inf mismatch" : "");
+    else
+        std::printf("FAIL %s\n", what.c_str());
+}
+
+std::string geom_str(const k::ConvGeometry& g) {
+    char b[160];
+    std::snprintf(b, sizeof b, "%dx%dx%d->%d k%d s%d p%d (out %dx%d)", g.in_h, g.in_w, g.in_c,
+                  g.out_c, g.kernel, g.stride, g.pad, g.out_h(), g.out_w());
+    return b;
+}
+
+// ---------------------------------------------------------------- conv ------
+
+enum EpVariant {
+    EP_NONE,
+    EP_BIAS,
+    EP_BIAS_RELU,
+    EP_RESIDUAL_RELU,          // residual in a separate buffer, no bias
+    EP_BIAS_RESIDUAL_INPLACE,  // out aliases residual, + ReLU
+    EP_RESIDUAL_INPLACE,       // out aliases residual, no bias, no ReLU
+    EP_COUNT
+};
+
+const char* ep_name(int v) {
+    switch (v) {
+        case EP_NONE: return "plain";
+        case EP_BIAS: return "bias";
+        case EP_BIAS_RELU: return "bias+relu";
+        case EP_RESIDUAL_RELU: return "residual+relu";
+        case EP_BIAS_RESIDUAL_INPLACE: return "bias+residual(in place)+relu";
+        case EP_RESIDUAL_INPLACE: return "residual(in place)";
+    }
+    return "?";
+}
+
+struct ConvData {
+    k::ConvGeometry g;
+    std::vector<float> w, in, bias, residual;
+};
+
+// Runs table `t` on the case; returns the output (guards checked inside).
+bool run_conv(const k::KernelTable& t, const ConvData& d, int ep_variant, int threads,
+              std::vector<float>& result, std::string& problem) {
+    const k::ConvGeometry& g = d.g;
+    const size_t out_n = static_cast<size_t>(g.out_h()) * g.out_w() * g.out_c;
+
+    Guarded packed(t.conv_packed_floats(g));
+    t.conv_pack(g, d.w.data(), packed.data());
+    if (!packed.guards_intact()) {
+        problem = "conv_pack wrote outside conv_packed_floats";
+        return false;
+    }
+    Guarded scratch(t.conv_scratch_floats(g, threads), std::numeric_limits<float>::quiet_NaN());
+    Guarded in(d.in.size());
+    std::memcpy(in.data(), d.in.data(), d.in.size() * sizeof(float));
+    Guarded out(out_n, std::numeric_limits<float>::quiet_NaN());
+    Guarded res_sep(out_n);
+
+    k::Epilogue ep;
+    switch (ep_variant) {
+        case EP_NONE: break;
+        case EP_BIAS: ep.bias = d.bias.data(); break;
+        case EP_BIAS_RELU:
+            ep.bias = d.bias.data();
+            ep.relu = true;
+            break;
+        case EP_RESIDUAL_RELU:
+            std::memcpy(res_sep.data(), d.residual.data(), out_n * sizeof(float));
+            ep.residual = res_sep.data();
+            ep.relu = true;
+            break;
+        case EP_BIAS_RESIDUAL_INPLACE:
+            std::memcpy(out.data(), d.residual.data(), out_n * sizeof(float));
+            ep.bias = d.bias.data();
+            ep.residual = out.data();
+            ep.relu = true;
+            break;
+        case EP_RESIDUAL_INPLACE:
+            std::memcpy(out.data(), d.residual.data(), out_n * sizeof(float));
+            ep.residual = out.data();
+            break;
+    }
+    t.conv(g, packed.data(), in.data(), out.data(), ep, scratch.data(), threads);
+    if (!out.guards_intact()) {
+        problem = "conv wrote outside its output";
+        return false;
+    }
+    if (!scratch.guards_intact()) {
+        problem = "conv wrote outside conv_scratch_floats";
+        return false;
+    }
+    if (std::memcmp(in.data(), d.in.data(), d.in.size() * sizeof(float)) != 0 ||
+        !in.guards_intact()) {
+        problem = "conv modified its input";
+        return false;
+    }
+    if (ep_variant == EP_RESIDUAL_RELU &&
+        std::memcmp(res_sep.data(), d.residual.data(), out_n * sizeof(float)) != 0) {
+        problem = "conv modified a non-aliased residual";
+        return false;
+    }
+    result.assign(out.data(), out.data() + out_n);
+    return true;
+}
+
+struct ConvCase {
+    k::ConvGeometry g;
+    bool all_epilogues;  // false for the large shapes: a subset keeps the test quick
+};
+
+k::ConvGeometry geom(int h, int w, int c, int oc, int kk, int s, int p) {
+    k::ConvGeometry g;
+    g.in_h = h;
+    g.in_w = w;
+    g.in_c = c;
+    g.out_c = oc;
+    g.kernel = kk;
+    g.stride = s;
+    g.pad = p;
+    return g;
+}
+
+void test_conv(const std::vector<const k::KernelTable*>& tables) {
+    const std::vector<ConvCase> cases = {
+        // tiny and ragged
+        {geom(1, 1, 1, 1, 1, 1, 0), true},
+        {geom(1, 1, 3, 5, 3, 1, 1), true},
+        {geom(2, 3, 5, 17, 3, 1, 1), true},
+        {geom(2, 3, 5, 17, 3, 2, 1), true},
+        {geom(2, 3, 17, 3, 1, 1, 0), true},
+        {geom(4, 5, 1, 1, 3, 1, 1), true},
+        {geom(3, 3, 3, 64, 7, 2, 3), true},
+        {geom(9, 11, 3, 33, 7, 2, 3), true},
+        {geom(8, 8, 33, 17, 3, 1, 0), true},
+        {geom(7, 7, 17, 100, 1, 2, 0), true},
+        {geom(5, 13, 100, 33, 3, 2, 1), true},
+        {geom(6, 6, 64, 64, 3, 1, 1), true},
+        {geom(10, 10, 8, 24, 1, 1, 0), true},
+        {geom(13, 7, 24, 48, 3, 1, 1), true},
+        {geom(6, 6, 7, 9, 3, 1, 3), true},  // border windows entirely in the padding
+        {geom(12, 12, 16, 16, 5, 1, 2), true},
+        {geom(8, 9, 6, 10, 2, 2, 0), true},
+        {geom(1, 1, 512, 10, 1, 1, 0), true},
+        {geom(3, 2, 129, 65, 1, 1, 0), true},
+        {geom(11, 17, 31, 47, 3, 1, 1), true},
+        {geom(15, 15, 40, 23, 1, 1, 0), true},
+        {geom(14, 14, 96, 130, 3, 2, 1), true},
+        // ResNet-18-like and larger spatial sizes
+        {geom(32, 32, 3, 64, 7, 2, 3), false},
+        {geom(56, 56, 17, 33, 3, 1, 1), false},
+        {geom(57, 55, 5, 9, 3, 2, 1), false},
+        {geom(56, 56, 64, 64, 3, 1, 1), false},
+        {geom(56, 56, 64, 128, 1, 2, 0), false},
+        {geom(28, 28, 64, 128, 3, 2, 1), false},
+        {geom(14, 14, 256, 256, 1, 1, 0), false},
+        {geom(7, 7, 512, 512, 3, 1, 1), false},
+        {geom(7, 7, 300, 200, 3, 1, 1), false},
+    };
+    const k::KernelTable& ref = k::scalar_table();
+    uint64_t seed = 1;
+    for (const ConvCase& cc : cases) {
+        ConvData d;
+        d.g = cc.g;
+        Rng rng(seed++);
+        const size_t out_n = static_cast<size_t>(d.g.out_h()) * d.g.out_w() * d.g.out_c;
+        d.w = random_vec(static_cast<size_t>(d.g.out_c) * d.g.kernel * d.g.kernel * d.g.in_c, rng);
+        d.in = random_vec(static_cast<size_t>(d.g.in_h) * d.g.in_w * d.g.in_c, rng);
+        d.bias = random_vec(d.g.out_c, rng);
+        d.residual = random_vec(out_n, rng);
+        const std::vector<int> eps =
+            cc.all_epilogues
+                ? std::vector<int>{EP_NONE, EP_BIAS, EP_BIAS_RELU, EP_RESIDUAL_RELU,
+                                   EP_BIAS_RESIDUAL_INPLACE, EP_RESIDUAL_INPLACE}
+                : std::vector<int>{EP_NONE, EP_BIAS_RESIDUAL_INPLACE};
+        for (int ev : eps) {
+            std::vector<float> want;
+            std::string problem;
+            if (!run_conv(ref, d, ev, 1, want, problem)) {
+                report(false, std::string("conv[scalar] ") + geom_str(d.g) + " " + ep_name(ev) +
+                                  ": " + problem);
+                continue;
+            }
+            for (const k::KernelTable* t : tables) {
+                for (int threads : {1, 2}) {
+                    std::vector<float> got;
+                    const std::string what = std::string("conv[") + t->isa + "] " +
+                                             geom_str(d.g) + " " + ep_name(ev) +
+                                             " threads=" + std::to_string(threads);
+                    if (!run_conv(*t, d, ev, threads, got, problem)) {
+                        report(false, what + ": " + problem);
+                        continue;
+                    }
+                    const Compare c = compare(want.data(), got.data(), want.size());
+                    report(within(c), what, &c);
+                }
+            }
+        }
+    }
+}
+
+// A few checks of the reference itself against values computed by hand.
+void test_scalar_sanity() {
+    const k::KernelTable& s = k::scalar_table();
+    {  // 3x3 all-ones conv, pad 1, on a 3x3 all-ones image: corner 4, edge 6, centre 9
+        k::ConvGeometry g = geom(3, 3, 1, 1, 3, 1, 1);
+        std::vector<float> w(9, 1.0f), in(9, 1.0f), out(9), packed(s.conv_packed_floats(g));
+        s.conv_pack(g, w.data(), packed.data());
+        std::vector<float> scratch(s.conv_scratch_floats(g, 1) + 1);
+        s.conv(g, packed.data(), in.data(), out.data(), k::Epilogue{}, scratch.data(), 1);
+        const float want[9] = {4, 6, 4, 6, 9, 6, 4, 6, 4};
+        bool ok = true;
+        for (int i = 0; i < 9; ++i) ok = ok && out[i] == want[i];
+        report(ok, "scalar sanity: 3x3 ones conv");
+    }
+    {  // 1x1 conv with weights [[1,2],[3,4]] (OHWI), bias [1,-100], relu
+        k::ConvGeometry g = geom(1, 1, 2, 2, 1, 1, 0);
+        std::vector<float> w = {1, 2, 3, 4}, in = {1, 1}, out(2), bias = {1, -100},
+                           packed(s.conv_packed_floats(g));
+        s.conv_pack(g, w.data(), packed.data());
+        k::Epilogue ep;
+        ep.bias = bias.data();
+        ep.relu = true;
+        std::vector<float> scratch(s.conv_scratch_floats(g, 1) + 1);
+        s.conv(g, packed.data(), in.data(), out.data(), ep, scratch.data(), 1);
+        report(out[0] == 4.0f && out[1] == 0.0f, "scalar sanity: 1x1 conv bias relu");
+    }
+    {  // maxpool 2x2 s2 on 2x2 single channel; gap; linear; merge
+        std::vector<float> in = {1, -2, 5, 3}, out(1);
+        s.maxpool(2, 2, 1, 2, 2, 0, in.data(), out.data(), 1);
+        report(out[0] == 5.0f, "scalar sanity: maxpool");
+        s.global_avgpool(2, 2, 1, in.data(), out.data());
+        report(out[0] == 1.75f, "scalar sanity: global_avgpool");
+        std::vector<float> w = {1, 2, 3, 4, 5, 6}, x = {1, 0, -1}, b = {10, 20}, y(2);
+        s.linear(3, 2, w.data(), b.data(), x.data(), y.data());
+        report(y[0] == 8.0f && y[1] == 18.0f, "scalar sanity: linear");
+        // kernel 3, out 1, in 1, rank 2: centre tap (index 4) += 1*3 + 2*4
+        std::vector<float> wm(9, 0.0f), a = {3, 4}, bb = {1, 2};
+        s.lowrank_merge(1, 1, 3, 2, a.data(), bb.data(), wm.data());
+        bool ok = wm[4] == 11.0f;
+        for (int i = 0; i < 9; ++i) ok = ok && (i == 4 || wm[i] == 0.0f);
+        report(ok, "scalar sanity: lowrank_merge");
+    }
+}
+
+// ------------------------------------------------------------ pooling -------
+
+void test_maxpool(const std::vector<const k::KernelTable*>& tables) {
+    struct P {
+        int h, w, c, kk, s, p;
+    };
+    const std::vector<P> cases = {
+        {1, 1, 1, 1, 1, 0},    {1, 1, 3, 3, 1, 1},     {2, 3, 5, 3, 2, 1},
+        {7, 7, 17, 3, 1, 1},   {5, 5, 33, 2, 2, 0},    {9, 8, 100, 3, 2, 1},
+        {112, 112, 64, 3, 2, 1}, {56, 56, 3, 3, 2, 1}, {4, 4, 8, 3, 1, 2},  // all-pad corners
+        {11, 13, 129, 5, 3, 2},
+    };
+    const k::KernelTable& ref = k::scalar_table();
+    uint64_t seed = 100;
+    for (const P& p : cases) {
+        Rng rng(seed++);
+        const int oh = (p.h + 2 * p.p - p.kk) / p.s + 1, ow = (p.w + 2 * p.p - p.kk) / p.s + 1;
+        const size_t out_n = static_cast<size_t>(oh) * ow * p.c;
+        std::vector<float> in = random_vec(static_cast<size_t>(p.h) * p.w * p.c, rng);
+        std::vector<float> want(out_n);
+        ref.maxpool(p.h, p.w, p.c, p.kk, p.s, p.p, in.data(), want.data(), 1);
+        for (const k::KernelTable* t : tables) {
+            for (int threads : {1, 2}) {
+                char b[160];
+                std::snprintf(b, sizeof b, "maxpool[%s] %dx%dx%d k%d s%d p%d threads=%d", t->isa,
+                              p.h, p.w, p.c, p.kk, p.s, p.p, threads);
+                Guarded gin(in.size()), out(out_n, std::numeric_limits<float>::quiet_NaN());
+                std::memcpy(gin.data(), in.data(), in.size() * sizeof(float));
+                t->maxpool(p.h, p.w, p.c, p.kk, p.s, p.p, gin.data(), out.data(), threads);
+                if (!out.guards_intact() || !gin.guards_intact() ||
+                    std::memcmp(gin.data(), in.data(), in.size() * sizeof(float)) != 0) {
+                    report(false, std::string(b) + ": wrote outside its output or to its input");
+                    continue;
+                }
+                const Compare c = compare(want.data(), out.data(), out_n);
+                report(within(c), b, &c);
+            }
+        }
+    }
+}
+
+void test_gap(const std::vector<const k::KernelTable*>& tables) {
+    struct P {
+        int h, w, c;
+    };
+    const std::vector<P> cases = {{1, 1, 1},  {1, 1, 3},   {2, 3, 17},  {7, 7, 512},
+                                  {7, 7, 100}, {56, 56, 64}, {3, 5, 33}, {14, 14, 1}};
+    const k::KernelTable& ref = k::scalar_table();
+    uint64_t seed = 200;
+    for (const P& p : cases) {
+        Rng rng(seed++);
+        std::vector<float> in = random_vec(static_cast<size_t>(p.h) * p.w * p.c, rng);
+        std::vector<float> want(p.c);
+        ref.global_avgpool(p.h, p.w, p.c, in.data(), want.data());
+        for (const k::KernelTable* t : tables) {
+            char b[128];
+            std::snprintf(b, sizeof b, "global_avgpool[%s] %dx%dx%d", t->isa, p.h, p.w, p.c);
+            Guarded out(p.c, std::numeric_limits<float>::quiet_NaN());
+            t->global_avgpool(p.h, p.w, p.c, in.data(), out.data());
+            if (!out.guards_intact()) {
+                report(false, std::string(b) + ": wrote outside its output");
+                continue;
+            }
+            const Compare c = compare(want.data(), out.data(), p.c);
+            report(within(c), b, &c);
+        }
+    }
+}
+
+// ------------------------------------------------------------- linear -------
+
+void test_linear(const std::vector<const k::KernelTable*>& tables) {
+    struct P {
+        int in_f, out_f;
+    };
+    const std::vector<P> cases = {{1, 1},   {3, 64},   {17, 5},   {100, 33},
+                                  {512, 1000}, {64, 1}, {2048, 37}, {9, 16}};
+    const k::KernelTable& ref = k::scalar_table();
+    uint64_t seed = 300;
+    for (const P& p : cases) {
+        Rng rng(seed++);
+        std::vector<float> w = random_vec(static_cast<size_t>(p.in_f) * p.out_f, rng);
+        std::vector<float> x = random_vec(p.in_f, rng), bias = random_vec(p.out_f, rng);
+        for (bool with_bias : {false, true}) {
+            std::vector<float> want(p.out_f);
+            ref.linear(p.in_f, p.out_f, w.data(), with_bias ? bias.data() : nullptr, x.data(),
+                       want.data());
+            for (const k::KernelTable* t : tables) {
+                char b[128];
+                std::snprintf(b, sizeof b, "linear[%s] %d->%d %s", t->isa, p.in_f, p.out_f,
+                              with_bias ? "bias" : "no-bias");
+                Guarded y(p.out_f, std::numeric_limits<float>::quiet_NaN());
+                t->linear(p.in_f, p.out_f, w.data(), with_bias ? bias.data() : nullptr, x.data(),
+                          y.data());
+                if (!y.guards_intact()) {
+                    report(false, std::string(b) + ": wrote outside its output");
+                    continue;
+                }
+                const Compare c = compare(want.data(), y.data(), p.out_f);
+                report(within(c), b, &c);
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------ lowrank_merge -------
+
+void test_lowrank_merge(const std::vector<const k::KernelTable*>& tables) {
+    struct P {
+        int out_c, in_c, kk, rank;
+    };
+    const std::vector<P> cases = {{1, 1, 1, 1},   {5, 3, 1, 1},    {64, 64, 3, 8},
+                                  {17, 33, 3, 4}, {100, 17, 7, 3}, {3, 5, 1, 0},
+                                  {512, 256, 3, 16}, {33, 100, 3, 5}, {10, 1000, 1, 8}};
+    const k::KernelTable& ref = k::scalar_table();
+    uint64_t seed = 400;
+    for (const P& p : cases) {
+        Rng rng(seed++);
+        const size_t wn = static_cast<size_t>(p.out_c) * p.kk * p.kk * p.in_c;
+        std::vector<float> w = random_vec(wn, rng);
+        std::vector<float> a = random_vec(static_cast<size_t>(p.rank) * p.in_c + 1, rng);
+        std::vector<float> bm = random_vec(static_cast<size_t>(p.out_c) * p.rank + 1, rng);
+        std::vector<float> want = w;
+        ref.lowrank_merge(p.out_c, p.in_c, p.kk, p.rank, a.data(), bm.data(), want.data());
+        for (const k::KernelTable* t : tables) {
+            char b[128];
+            std::snprintf(b, sizeof b, "lowrank_merge[%s] out=%d in=%d k%d rank=%d", t->isa,
+                          p.out_c, p.in_c, p.kk, p.rank);
+            Guarded got(wn);
+            std::memcpy(got.data(), w.data(), wn * sizeof(float));
+            t->lowrank_merge(p.out_c, p.in_c, p.kk, p.rank, a.data(), bm.data(), got.data());
+            if (!got.guards_intact()) {
+                report(false, std::string(b) + ": wrote outside the weights");
+                continue;
+            }
+            const Compare c = compare(want.data(), got.data(), wn);
+            report(within(c), b, &c);
+        }
+    }
+}
+
+}  // namespace
+
+int main() {
+    std::vector<const k::KernelTable*> tables;
+    tables.push_back(&k::scalar_table());  // the reference against itself: deterministic
+    for (const k::KernelTable* t : {k::avx2_table(), k::neon_table()}) {
+        if (!t) continue;
+        if (k::cpu_supports(*t))
+            tables.push_back(t);
+        else
+            std::printf("kernels: %s compiled in but not supported by this CPU; skipped\n", t->isa);
+    }
+    std::printf("kernels: testing");
+    for (const k::KernelTable* t : tables) std::printf(" %s", t->isa);
+    std::printf(" (active: %s%s%s)\n", k::active().isa, *k::dispatch_error() ? "; " : "",
+                k::dispatch_error());
+    report(k::cpu_supports(k::scalar_table()), "dispatch: scalar always supported");
+    report(k::cpu_supports(k::active()), "dispatch: active table is supported");
+
+    test_scalar_sanity();
+    test_conv(tables);
+    test_maxpool(tables);
+    test_gap(tables);
+    test_linear(tables);
+    test_lowrank_merge(tables);
+
+    std::printf("kernels: %d passed, %d failed\n", g_passed, g_failed);
+    return g_failed == 0 ? 0 : 1;
+}
