@@ -1,0 +1,132 @@
+"""`imagefolder:PATH`: your own images, one subdirectory per class.
+
+    PATH/<class>/**/*.jpg|jpeg|png|bmp|gif|webp
+
+Class names are the sorted subdirectory names that contain images. Without
+split folders, each class is split 70/15/15 into train/val/test by a fixed
+hash of the file's relative path (adding a file moves at most its
+neighbours). If PATH has train/ and test/ (and optionally val/) subfolders
+with class subdirectories, those are used; a missing val/ is carved as 15% of
+train. Images are decoded lazily as for Flowers-102 (shorter side to
+input/0.875, centre crop, default 3 x 224 x 224, ImageNet mean/std).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from .core import (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, IMAGENET_MEAN, IMAGENET_STD,
+                   DatasetNotFound, ImageFileSource, Task, parse_input_size, stratified_split)
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+DEFAULT_SIZE = (3, 224, 224)
+FRACTIONS = (0.70, 0.15, 0.15)
+VAL_FRACTION = 0.15
+SEED = "spaedge/imagefolder/v1"
+SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+
+
+def _scan_classes(root: str) -> Dict[str, List[str]]:
+    """{class name: sorted relative paths (to root) of its images}, classes with images only."""
+    out: Dict[str, List[str]] = {}
+    for name in sorted(os.listdir(root)):
+        cdir = os.path.join(root, name)
+        if name.startswith(".") or not os.path.isdir(cdir):
+            continue
+        files = []
+        for dirpath, dirnames, filenames in os.walk(cdir, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for f in sorted(filenames):
+                if not f.startswith(".") and f.lower().endswith(EXTENSIONS):
+                    files.append(os.path.relpath(os.path.join(dirpath, f), root))
+        if files:
+            out[name] = sorted(files)
+    return out
+
+
+def _split_dir(root: str, split: str):
+    for name in SPLIT_DIRS[split]:
+        d = os.path.join(root, name)
+        if os.path.isdir(d):
+            return d
+    return None
+
+
+def _not_found(root: str, why: str) -> DatasetNotFound:
+    return DatasetNotFound(
+        f"image folder {root}: {why}. Expected one subdirectory per class holding "
+        f"{'/'.join(e[1:] for e in EXTENSIONS)} images (PATH/<class>/<image>), or "
+        "train/ and test/ (and optionally val/) subfolders laid out that way. "
+        "Use imagefolder:PATH with an existing directory.", [root])
+
+
+def scan_imagefolder(root: str) -> Tuple[List[str], Dict[str, Tuple[List[str], np.ndarray, List[str]]]]:
+    """Returns (class names, {split: (absolute paths, class ids, hash keys)} or a single 'all')."""
+    if not os.path.isdir(root):
+        raise _not_found(root, "no such directory")
+    train_dir, test_dir = _split_dir(root, "train"), _split_dir(root, "test")
+    if train_dir and test_dir:
+        scans = {"train": _scan_classes(train_dir), "test": _scan_classes(test_dir)}
+        val_dir = _split_dir(root, "val")
+        if val_dir:
+            scans["val"] = _scan_classes(val_dir)
+        classes = sorted(scans["train"])
+        if not classes:
+            raise _not_found(root, f"no class subdirectories with images in {train_dir}")
+        index = {c: i for i, c in enumerate(classes)}
+        out = {}
+        for split, scan in scans.items():
+            extra = sorted(set(scan) - set(index))
+            if extra:
+                raise ValueError(f"image folder {root}: classes {extra} in {split}/ have no "
+                                 f"training images in {os.path.basename(train_dir)}/")
+            base = {"train": train_dir, "test": test_dir, "val": val_dir}[split]
+            paths, ids, keys = [], [], []
+            for c in sorted(scan):
+                for rel in scan[c]:
+                    paths.append(os.path.join(base, rel))
+                    ids.append(index[c])
+                    keys.append(rel)
+            out[split] = (paths, np.asarray(ids, dtype=np.int64), keys)
+        return classes, out
+    scan = _scan_classes(root)
+    if not scan:
+        raise _not_found(root, "no class subdirectories with images")
+    classes = sorted(scan)
+    paths, ids, keys = [], [], []
+    for i, c in enumerate(classes):
+        for rel in scan[c]:
+            paths.append(os.path.join(root, rel))
+            ids.append(i)
+            keys.append(rel)
+    return classes, {"all": (paths, np.asarray(ids, dtype=np.int64), keys)}
+
+
+def make_imagefolder(path, input_size=None, name=None) -> Task:
+    size = parse_input_size(input_size, DEFAULT_SIZE)
+    root = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    classes, parts = scan_imagefolder(root)  # labels are needed now; decoding waits
+
+    def load():
+        if "all" in parts:
+            paths, ids, keys = parts["all"]
+            src = ImageFileSource(paths, ids, size)
+            train, val, test = stratified_split(ids, FRACTIONS, SEED, keys)
+            return {"train": (src, train), "val": (src, val), "test": (src, test)}
+        table = {}
+        for split, (paths, ids, keys) in parts.items():
+            table[split] = (ImageFileSource(paths, ids, size), np.arange(len(paths)))
+        if "val" not in table:
+            paths, ids, keys = parts["train"]
+            train, val = stratified_split(ids, (1 - VAL_FRACTION, VAL_FRACTION), SEED, keys)
+            src = table["train"][0]
+            table["train"], table["val"] = (src, train), (src, val)
+        return table
+
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if size[0] == 3 else (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD)
+    return Task(name or f"imagefolder:{path}", classes, size, mean, std, load,
+                description=f"class-per-subdirectory images in {root}",
+                flip_ok=True, in_memory=False)
