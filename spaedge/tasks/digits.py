@@ -27,6 +27,20 @@ def _load_raw():
     return images, np.asarray(d.target, dtype=np.int64)
 
 
+def _channel_stats(source, indices, chunk=64):
+    """Per-channel mean and (population) std, in chunks: big inputs stay cheap."""
+    total = sq = None
+    count = 0
+    for start in range(0, len(indices), chunk):
+        x = source.load(indices[start:start + chunk]).double()
+        s, q = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
+        total, sq = (s, q) if total is None else (total + s, sq + q)
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = (sq / count - mean * mean).clamp_min(0).sqrt()
+    return mean.tolist(), std.tolist()
+
+
 def make_digits(data_dir=None, input_size=None) -> Task:
     size = parse_input_size(input_size, DEFAULT_SIZE)
     images, targets = _load_raw()
@@ -34,9 +48,10 @@ def make_digits(data_dir=None, input_size=None) -> Task:
     train, val, test = stratified_split(targets, FRACTIONS, SEED)
     table = {"train": (source, train), "val": (source, val), "test": (source, test)}
 
-    x = source.load(train).double()
-    mean = x.mean(dim=(0, 2, 3)).tolist()
-    std = x.std(dim=(0, 2, 3)).tolist()
+    # Gray digits: every channel of an RGB input is the same, so measure one.
+    gray = source if size[0] == 1 else ArraySource(images, targets, (1,) + size[1:], scale=16.0)
+    mean, std = _channel_stats(gray, train)
+    mean, std = mean * size[0], std * size[0]
     return Task("digits", [str(i) for i in range(10)], size, mean, std, lambda: table,
                 description="scikit-learn 8x8 digits, upsampled (embedded default)",
                 flip_ok=False, in_memory=True)
