@@ -461,3 +461,22 @@ def test_list_tasks_and_bad_split():
     assert isinstance(t, Task)
     with pytest.raises(ValueError, match="train, val, test"):
         t.split("validation")
+
+
+def test_task_load_image_matches_task_data(tmp_path):
+    from PIL import Image
+
+    _write_folder(tmp_path / "f")
+    t = get_task(f"imagefolder:{tmp_path / 'f'}", input_size=(3, 12, 12))
+    val = t.split("val")
+    path = val.source.paths[int(val.indices[0])]
+    assert torch.allclose(t.load_image(path), val[0][0], atol=1e-6)
+    assert t.crop_fraction == 0.875
+
+    _write_fashion(tmp_path / "fm", hw=28)
+    fm = get_task("fashion_mnist_new", data_dir=str(tmp_path / "fm"))
+    assert fm.crop_fraction == 1.0  # whole small images: no centre crop
+    x, y = fm.split("test")[0]
+    raw = np.uint8(20 * (6 + int(y)) + 10)
+    Image.fromarray(np.full((28, 28), raw, np.uint8)).save(tmp_path / "one.png")
+    assert torch.allclose(fm.load_image(str(tmp_path / "one.png")), x, atol=1e-6)

@@ -14,7 +14,7 @@ unknown names raise `UnknownTask` listing the known ones. See
 """
 
 from .core import (CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, SPLITS, DatasetNotFound, Task,
-                   TaskDataset, parse_input_size, stratified_split)
+                   TaskDataset, load_image, parse_input_size, stratified_split)
 from .idx import read_idx, write_idx
 from .registry import (DEFAULT_TASK, UnknownTask, get_task, list_tasks, register_task,
                        task_descriptions)
@@ -31,6 +31,7 @@ __all__ = [
     "UnknownTask",
     "get_task",
     "list_tasks",
+    "load_image",
     "parse_input_size",
     "read_idx",
     "register_task",

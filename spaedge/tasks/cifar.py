@@ -102,4 +102,4 @@ def make_cifar10(data_dir=None, input_size=None) -> Task:
     mean, std = (MEAN, STD) if size[0] == 3 else (GRAY_MEAN, GRAY_STD)
     return Task("cifar10", LABELS, size, mean, std, load,
                 description="CIFAR-10 binary version (needs --data-dir)",
-                flip_ok=True, in_memory=True)
+                flip_ok=True, in_memory=True, crop_fraction=1.0)

@@ -25,6 +25,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CROP_FRACTION",
+    "load_image",
     "parse_input_size",
     "stratified_split",
 ]
@@ -194,15 +195,22 @@ class ArraySource:
         return self._convert(np.asarray(indices, dtype=np.int64))
 
 
-def load_image(path: str, size: Size) -> torch.Tensor:
-    """Decode an image file, resize (shorter side), centre-crop; C x H x W float [0, 1]."""
+def load_image(path: str, size: Size, crop_fraction: float = CROP_FRACTION) -> torch.Tensor:
+    """Decode an image file to C x H x W float [0, 1] (not normalised).
+
+    Resized (bilinear) so that the target, relative to its aspect, covers
+    `crop_fraction` of the shorter side, then centre-cropped to H x W. Use
+    `Task.load_image` to get exactly the preprocessing of a task's data.
+    """
     from PIL import Image
 
+    if not 0 < crop_fraction <= 1:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
     c, h, w = size
     with Image.open(path) as im:
         im = im.convert("RGB" if c == 3 else "L")
         w0, h0 = im.size
-        s = max(h / h0, w / w0) / CROP_FRACTION
+        s = max(h / h0, w / w0) / crop_fraction
         nw, nh = max(w, int(round(w0 * s))), max(h, int(round(h0 * s)))
         im = im.resize((nw, nh), Image.Resampling.BILINEAR)
         left, top = (nw - w) // 2, (nh - h) // 2
@@ -317,6 +325,7 @@ class Task:
                  mean: Sequence[float], std: Sequence[float],
                  loader: Union[Callable[[], SplitTable], _LazySplits], *,
                  description: str = "", flip_ok: bool = True, in_memory: bool = True,
+                 crop_fraction: float = CROP_FRACTION,
                  classes: Optional[Sequence[int]] = None, source_classes: Optional[int] = None):
         self.name = name
         self.labels = [str(l) for l in labels]
@@ -331,6 +340,7 @@ class Task:
         self.description = description
         self.flip_ok = flip_ok
         self.in_memory = in_memory
+        self.crop_fraction = float(crop_fraction)
         self._splits = loader if isinstance(loader, _LazySplits) else _LazySplits(loader)
         # Classes of the loader's numbering this task keeps, in label order.
         n_src = len(self.labels) if source_classes is None else int(source_classes)
@@ -369,8 +379,21 @@ class Task:
             name = f"{self.name}:{','.join(map(str, classes))}"
         return Task(name, [self.labels[c] for c in classes], self.input_size, self.mean, self.std,
                     self._splits, description=self.description, flip_ok=self.flip_ok,
-                    in_memory=self.in_memory, classes=self._classes[classes],
+                    in_memory=self.in_memory, crop_fraction=self.crop_fraction,
+                    classes=self._classes[classes],
                     source_classes=self._source_classes)
+
+    def load_image(self, path: str) -> torch.Tensor:
+        """An image file preprocessed like this task's data: C x H x W, normalised.
+
+        Photo tasks centre-crop `crop_fraction` (0.875) of the shorter side;
+        tasks whose data is whole small images (digits, Fashion-MNIST,
+        CIFAR-10) use 1.0, i.e. only the aspect ratio is cropped.
+        """
+        x = load_image(path, self.input_size, self.crop_fraction)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        return (x - mean) / std
 
     def split(self, name: str, augment: bool = False) -> TaskDataset:
         """Dataset of split `name` ("train", "val" or "test").

@@ -54,4 +54,4 @@ def make_digits(data_dir=None, input_size=None) -> Task:
     mean, std = mean * size[0], std * size[0]
     return Task("digits", [str(i) for i in range(10)], size, mean, std, lambda: table,
                 description="scikit-learn 8x8 digits, upsampled (embedded default)",
-                flip_ok=False, in_memory=True)
+                flip_ok=False, in_memory=True, crop_fraction=1.0)

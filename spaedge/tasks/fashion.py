@@ -112,4 +112,4 @@ def make_fashion_mnist(data_dir=None, input_size=None) -> Task:
     c = size[0]
     return Task("fashion_mnist", LABELS, size, (MEAN,) * c, (STD,) * c, load,
                 description="Fashion-MNIST, 10 clothing classes (official train/test)",
-                flip_ok=False, in_memory=True)
+                flip_ok=False, in_memory=True, crop_fraction=1.0)
