@@ -6,6 +6,12 @@
 
 #include "kernels/kernels.h"
 #include "kernels/scalar/scalar.h"
+#if defined(SPAEDGE_HAVE_AVX2)
+#include "kernels/avx2/avx2.h"
+#endif
+#if defined(SPAEDGE_HAVE_NEON)
+#include "kernels/neon/neon.h"
+#endif
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
@@ -29,9 +35,29 @@ const KernelTable& scalar_table() {
     return t;
 }
 
-const KernelTable* avx2_table() { return nullptr; }
+#define SPAEDGE_TABLE(ns)                                                                   \
+    {                                                                                       \
+        #ns, ns::conv_packed_floats, ns::conv_pack, ns::conv_scratch_floats, ns::conv,      \
+            ns::maxpool, ns::global_avgpool, ns::linear, ns::lowrank_merge,                 \
+    }
 
-const KernelTable* neon_table() { return nullptr; }
+const KernelTable* avx2_table() {
+#if defined(SPAEDGE_HAVE_AVX2)
+    static const KernelTable t = SPAEDGE_TABLE(avx2);
+    return &t;
+#else
+    return nullptr;
+#endif
+}
+
+const KernelTable* neon_table() {
+#if defined(SPAEDGE_HAVE_NEON)
+    static const KernelTable t = SPAEDGE_TABLE(neon);
+    return &t;
+#else
+    return nullptr;
+#endif
+}
 
 namespace {
 
