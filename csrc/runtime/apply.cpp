@@ -1,0 +1,137 @@
+// Task application (gather + low-rank merge + delta + BN fold + pack) and the
+// executor that runs the plan over the arena.
+#include <algorithm>
+#include <cstring>
+
+#include "runtime/task.h"
+
+namespace spaedge {
+
+void size_scratch(Applied& a, int threads) {
+    size_t need = 0;
+    for (const Step& s : a.task->plan.steps)
+        if (s.kind == StepKind::Conv) need = std::max(need, a.kt->conv_scratch_floats(s.geom, threads));
+    a.scratch.resize(need);
+    a.scratch_threads = threads;
+}
+
+void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTable& kt,
+                int threads, Applied& a) {
+    a.task = nullptr;  // not runnable until complete
+    a.kt = &kt;
+    const Graph& g = base.graph();
+    size_t total = 0, max_ohwi = 0;
+    a.packed_offset.resize(task.convs.size());
+    for (size_t ci = 0; ci < task.convs.size(); ++ci) {
+        const ConvTask& ct = task.convs[ci];
+        a.packed_offset[ci] = total;
+        total += round_floats(kt.conv_packed_floats(ct.geom));
+        max_ohwi = std::max(max_ohwi, size_t(ct.out_c) * size_t(ct.kernel * ct.kernel) * size_t(ct.in_c));
+    }
+    a.packed.resize(total);
+    a.ohwi.resize(max_ohwi);
+
+    for (size_t ci = 0; ci < task.convs.size(); ++ci) {
+        const ConvTask& ct = task.convs[ci];
+        const Node& n = g.nodes[size_t(ct.node)];
+        const TensorView& W = *n.weight;
+        const size_t kk = size_t(ct.kernel) * size_t(ct.kernel);
+        const size_t I = size_t(n.in_channels);
+        const size_t Ip = size_t(ct.in_c);
+        float* w = a.ohwi.data();
+        // Gather W[out_index][:, in_index] from OIHW into OHWI.
+        for (size_t o = 0; o < size_t(ct.out_c); ++o) {
+            const unsigned char* row = W.data + size_t(ct.out_index[o]) * I * kk * 4;
+            float* dst = w + o * kk * Ip;
+            for (size_t i = 0; i < Ip; ++i) {
+                const unsigned char* src = row + size_t(ct.in_index[i]) * kk * 4;
+                for (size_t t = 0; t < kk; ++t) std::memcpy(dst + t * Ip + i, src + 4 * t, 4);
+            }
+        }
+        if (ct.rank > 0)
+            kt.lowrank_merge(ct.out_c, ct.in_c, ct.kernel, ct.rank, ct.lora_a.data(),
+                             ct.lora_b.data(), w);
+        if (!ct.weight_delta.empty()) {
+            const float* d = ct.weight_delta.data();  // OIHW
+            for (size_t o = 0; o < size_t(ct.out_c); ++o)
+                for (size_t i = 0; i < Ip; ++i)
+                    for (size_t t = 0; t < kk; ++t) w[(o * kk + t) * Ip + i] += d[(o * Ip + i) * kk + t];
+        }
+        if (!ct.scale.empty()) {
+            for (size_t o = 0; o < size_t(ct.out_c); ++o) {
+                const float s = ct.scale[o];
+                float* r = w + o * kk * Ip;
+                for (size_t j = 0; j < kk * Ip; ++j) r[j] *= s;
+            }
+        }
+        kt.conv_pack(ct.geom, w, a.packed.data() + a.packed_offset[ci]);
+    }
+    a.arena.resize(task.plan.arena_floats);
+    a.task = &task;
+    size_scratch(a, threads);
+}
+
+void execute(Applied& a, int threads, const float* input, int batch, float* logits) {
+    const Task& t = *a.task;
+    const Plan& p = t.plan;
+    const kernels::KernelTable& kt = *a.kt;
+    float* arena = a.arena.data();
+    const size_t H = size_t(t.height), W = size_t(t.width), C = size_t(t.channels);
+    const size_t img = H * W * C;
+    const size_t classes = size_t(t.classes());
+    for (int b = 0; b < batch; ++b) {
+        const float* src = input + size_t(b) * img;
+        float* x = arena + p.offset[0];
+        for (size_t c = 0; c < C; ++c) {
+            const float* plane = src + c * H * W;
+            for (size_t i = 0; i < H * W; ++i) x[i * C + c] = plane[i];
+        }
+        for (const Step& s : p.steps) {
+            const float* in = arena + p.offset[size_t(s.in)];
+            float* out = arena + p.offset[size_t(s.out)];
+            switch (s.kind) {
+                case StepKind::Conv: {
+                    const ConvTask& ct = t.convs[size_t(s.index)];
+                    kernels::Epilogue ep;
+                    ep.bias = ct.bias.data();
+                    ep.residual = s.in2 >= 0 ? arena + p.offset[size_t(s.in2)] : nullptr;
+                    ep.relu = s.relu;
+                    kt.conv(s.geom, a.packed.data() + a.packed_offset[size_t(s.index)], in, out, ep,
+                            a.scratch.data(), threads);
+                    break;
+                }
+                case StepKind::Relu: {
+                    const size_t n = size_t(s.h) * size_t(s.w) * size_t(s.c);
+                    for (size_t i = 0; i < n; ++i) out[i] = in[i] > 0.0f ? in[i] : 0.0f;
+                    break;
+                }
+                case StepKind::Add: {
+                    const float* in2 = arena + p.offset[size_t(s.in2)];
+                    const size_t n = size_t(s.h) * size_t(s.w) * size_t(s.c);
+                    if (s.relu) {
+                        for (size_t i = 0; i < n; ++i) {
+                            float v = in[i] + in2[i];
+                            out[i] = v > 0.0f ? v : 0.0f;
+                        }
+                    } else {
+                        for (size_t i = 0; i < n; ++i) out[i] = in[i] + in2[i];
+                    }
+                    break;
+                }
+                case StepKind::MaxPool:
+                    kt.maxpool(s.h, s.w, s.c, s.pool_k, s.pool_s, s.pool_p, in, out, threads);
+                    break;
+                case StepKind::Gap: kt.global_avgpool(s.h, s.w, s.c, in, out); break;
+                case StepKind::Linear: {
+                    const LinearTask& lt = t.linears[size_t(s.index)];
+                    kt.linear(lt.in_f, lt.out_f, lt.weight.data(), lt.bias.data(), in, out);
+                    break;
+                }
+            }
+        }
+        std::memcpy(logits + size_t(b) * classes, arena + p.offset[size_t(p.output)],
+                    classes * sizeof(float));
+    }
+}
+
+}  // namespace spaedge

@@ -1,0 +1,268 @@
+// Bundle reader: mmap + strict validation of the safetensors container.
+#include "spaedge/bundle.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <limits>
+
+#include "runtime/json.h"
+#include "runtime/sha256.h"
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "spaedge bundles are little-endian; this runtime reads them on little-endian hosts only"
+#endif
+
+namespace spaedge {
+
+namespace {
+constexpr uint64_t kMaxHeader = 100u * 1024u * 1024u;  // same cap as safetensors
+constexpr int64_t kMaxDim = int64_t(1) << 40;
+}  // namespace
+
+const char* dtype_name(DType d) { return d == DType::F32 ? "F32" : "I32"; }
+
+std::string TensorView::shape_str() const {
+    std::string s = "[";
+    for (size_t i = 0; i < shape.size(); ++i) {
+        if (i) s += ", ";
+        s += std::to_string(shape[i]);
+    }
+    return s + "]";
+}
+
+void Bundle::fail(const std::string& msg) const { throw Error(path_ + ": " + msg); }
+
+void Bundle::fail_tensor(const std::string& name, const std::string& msg) const {
+    throw Error(path_ + ": tensor '" + name + "': " + msg);
+}
+
+Bundle::Bundle(const std::string& path, const std::string& expected_format) : path_(path) {
+    try {
+        map_file();
+        parse_header();
+        const std::string& fmt = meta("format");
+        if (fmt != "spaedge-base" && fmt != "spaedge-task")
+            fail("metadata 'format' is '" + fmt + "', expected 'spaedge-base' or 'spaedge-task'");
+        if (!expected_format.empty() && fmt != expected_format)
+            fail("is a " + fmt + " bundle, expected a " + expected_format + " bundle");
+        format_ = fmt;
+        const std::string& ver = meta("version");
+        if (ver != "1")
+            fail("metadata 'version' is '" + ver +
+                 "', this runtime reads format version 1 only");
+        const std::string& h = meta("content_hash");
+        bool hex = h.size() == 64;
+        for (char c : h)
+            if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) hex = false;
+        if (!hex) fail("metadata 'content_hash' is not 64 lowercase hex digits");
+        const size_t data_start = 8 + header_len_;
+        std::string actual = Sha256::hex(base_ + data_start, size_ - data_start);
+        if (actual != h)
+            fail("metadata 'content_hash' mismatch: the bundle says " + h +
+                 " but its data section hashes to " + actual +
+                 " (file corrupted or modified after packing)");
+        content_hash_ = h;
+    } catch (...) {
+        if (base_) munmap(const_cast<unsigned char*>(base_), size_);
+        if (fd_ >= 0) close(fd_);
+        base_ = nullptr;
+        fd_ = -1;
+        throw;
+    }
+}
+
+Bundle::~Bundle() {
+    if (base_) munmap(const_cast<unsigned char*>(base_), size_);
+    if (fd_ >= 0) close(fd_);
+}
+
+void Bundle::map_file() {
+    fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) {
+        int e = errno;
+        fail(std::string("cannot open: ") + std::strerror(e));
+    }
+    struct stat st;
+    if (fstat(fd_, &st) != 0) {
+        int e = errno;
+        fail(std::string("cannot stat: ") + std::strerror(e));
+    }
+    if (S_ISDIR(st.st_mode)) fail("is a directory, not a bundle file");
+    if (!S_ISREG(st.st_mode)) fail("is not a regular file");
+    if (st.st_size == 0) fail("empty file (0 bytes), not a bundle");
+    if (st.st_size < 8)
+        fail("file is " + std::to_string(st.st_size) +
+             " bytes, shorter than the 8-byte safetensors header length");
+    if (uint64_t(st.st_size) > uint64_t(std::numeric_limits<size_t>::max()))
+        fail("file too large to map");
+    size_ = size_t(st.st_size);
+    void* p = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
+    if (p == MAP_FAILED) {
+        int e = errno;
+        fail(std::string("cannot mmap: ") + std::strerror(e));
+    }
+    base_ = static_cast<const unsigned char*>(p);
+    // The mapping keeps the file alive; the descriptor is not needed any more.
+    close(fd_);
+    fd_ = -1;
+}
+
+namespace {
+
+// Non-negative integer from a JSON number (exact), or -1.
+int64_t as_count(const json::Value& v) {
+    if (!v.is(json::Type::Number)) return -1;
+    if (v.is_integer) return v.integer >= 0 ? v.integer : -1;
+    return -1;
+}
+
+}  // namespace
+
+void Bundle::parse_header() {
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | base_[i];
+    const uint64_t avail = size_ - 8;
+    if (n > avail)
+        fail("header length " + std::to_string(n) + " exceeds the " + std::to_string(avail) +
+             " bytes after the length field (truncated file or not a safetensors file)");
+    if (n > kMaxHeader)
+        fail("header length " + std::to_string(n) + " is absurd (limit " +
+             std::to_string(kMaxHeader) + " bytes)");
+    if (n < 2) fail("header length " + std::to_string(n) + " is too small for a JSON header");
+    header_len_ = size_t(n);
+    const char* hdr = reinterpret_cast<const char*>(base_ + 8);
+    if (hdr[0] != '{') fail("header does not start with '{' (not a safetensors file)");
+    const std::string ctx = path_ + ": header";
+    json::Value root = json::parse(hdr, header_len_, ctx);
+    if (!root.is(json::Type::Object)) fail("header JSON is not an object");
+
+    const size_t data_size = size_ - 8 - header_len_;
+    const unsigned char* data = base_ + 8 + header_len_;
+    bool have_meta = false;
+    for (const auto& kv : root.object) {
+        const std::string& key = kv.first;
+        const json::Value& v = kv.second;
+        if (key == "__metadata__") {
+            have_meta = true;
+            if (!v.is(json::Type::Object))
+                fail(std::string("header '__metadata__' is a ") + json::type_name(v.type) +
+                     ", expected an object of strings");
+            for (const auto& m : v.object) {
+                if (!m.second.is(json::Type::String))
+                    fail("metadata '" + m.first + "' is a " + json::type_name(m.second.type) +
+                         ", safetensors metadata values must be strings");
+                metadata_[m.first] = m.second.string;
+            }
+            continue;
+        }
+        if (key.empty()) fail("header has a tensor with an empty name");
+        if (!v.is(json::Type::Object))
+            fail_tensor(key, std::string("header entry is a ") + json::type_name(v.type) +
+                                 ", expected an object");
+        TensorView t;
+        t.name = key;
+        const json::Value* dt = v.find("dtype");
+        const json::Value* sh = v.find("shape");
+        const json::Value* off = v.find("data_offsets");
+        if (!dt) fail_tensor(key, "missing 'dtype'");
+        if (!sh) fail_tensor(key, "missing 'shape'");
+        if (!off) fail_tensor(key, "missing 'data_offsets'");
+        for (const auto& f : v.object)
+            if (f.first != "dtype" && f.first != "shape" && f.first != "data_offsets")
+                fail_tensor(key, "unknown field '" + f.first + "'");
+        if (!dt->is(json::Type::String)) fail_tensor(key, "'dtype' is not a string");
+        if (dt->string == "F32")
+            t.dtype = DType::F32;
+        else if (dt->string == "I32")
+            t.dtype = DType::I32;
+        else
+            fail_tensor(key, "dtype '" + dt->string +
+                                 "' not allowed (spaedge bundles hold only F32 and I32)");
+        if (!sh->is(json::Type::Array)) fail_tensor(key, "'shape' is not an array");
+        if (sh->array.size() > 8) fail_tensor(key, "'shape' has more than 8 dimensions");
+        uint64_t numel = 1;
+        for (const auto& d : sh->array) {
+            int64_t x = as_count(d);
+            if (x < 0) fail_tensor(key, "'shape' entries must be non-negative integers");
+            if (x > kMaxDim) fail_tensor(key, "'shape' entry " + std::to_string(x) + " is absurd");
+            t.shape.push_back(x);
+            if (x != 0 && numel > (uint64_t(1) << 62) / uint64_t(x))
+                fail_tensor(key, "'shape' " + t.shape_str() + " overflows");
+            numel *= uint64_t(x);
+        }
+        if (!off->is(json::Type::Array) || off->array.size() != 2)
+            fail_tensor(key, "'data_offsets' must be an array [begin, end]");
+        int64_t b = as_count(off->array[0]);
+        int64_t e = as_count(off->array[1]);
+        if (b < 0 || e < 0) fail_tensor(key, "'data_offsets' must be non-negative integers");
+        if (b > e)
+            fail_tensor(key, "'data_offsets' [" + std::to_string(b) + ", " + std::to_string(e) +
+                                 "] has begin after end");
+        if (uint64_t(e) > data_size)
+            fail_tensor(key, "'data_offsets' [" + std::to_string(b) + ", " + std::to_string(e) +
+                                 "] out of range: the data section has " +
+                                 std::to_string(data_size) + " bytes");
+        if (numel * 4 != uint64_t(e - b))
+            fail_tensor(key, "'shape' " + t.shape_str() + " of " + dt->string + " needs " +
+                                 std::to_string(numel * 4) + " bytes but 'data_offsets' [" +
+                                 std::to_string(b) + ", " + std::to_string(e) + "] hold " +
+                                 std::to_string(e - b));
+        t.numel = size_t(numel);
+        t.begin = size_t(b);
+        t.end = size_t(e);
+        t.data = data + b;
+        tensors_.push_back(std::move(t));
+    }
+    if (!have_meta) fail("header has no '__metadata__' (not a spaedge bundle)");
+
+    std::sort(tensors_.begin(), tensors_.end(), [](const TensorView& a, const TensorView& b) {
+        return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+    });
+    size_t pos = 0;
+    const TensorView* prev = nullptr;
+    for (const auto& t : tensors_) {
+        if (t.begin < pos)
+            fail_tensor(t.name, "'data_offsets' [" + std::to_string(t.begin) + ", " +
+                                    std::to_string(t.end) + "] overlap tensor '" + prev->name +
+                                    "' [" + std::to_string(prev->begin) + ", " +
+                                    std::to_string(prev->end) + "]");
+        if (t.begin > pos)
+            fail("data section bytes [" + std::to_string(pos) + ", " + std::to_string(t.begin) +
+                 ") belong to no tensor (data_offsets must cover the data section)");
+        pos = t.end;
+        prev = &t;
+    }
+    if (pos != data_size)
+        fail("data section bytes [" + std::to_string(pos) + ", " + std::to_string(data_size) +
+             ") belong to no tensor (data_offsets must cover the data section)");
+    for (size_t i = 0; i < tensors_.size(); ++i) by_name_[tensors_[i].name] = i;
+}
+
+const std::string& Bundle::meta(const std::string& key) const {
+    auto it = metadata_.find(key);
+    if (it == metadata_.end()) fail("missing metadata key '" + key + "'");
+    return it->second;
+}
+
+const std::string* Bundle::find_meta(const std::string& key) const {
+    auto it = metadata_.find(key);
+    return it == metadata_.end() ? nullptr : &it->second;
+}
+
+const TensorView* Bundle::find(const std::string& name) const {
+    auto it = by_name_.find(name);
+    return it == by_name_.end() ? nullptr : &tensors_[it->second];
+}
+
+const TensorView& Bundle::tensor(const std::string& name) const {
+    const TensorView* t = find(name);
+    if (!t) fail("missing tensor '" + name + "'");
+    return *t;
+}
+
+}  // namespace spaedge

@@ -1,0 +1,598 @@
+// Task bundle loading and validation, and the execution plan.
+#include "runtime/task.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <set>
+
+#include "runtime/json.h"
+
+namespace spaedge {
+
+namespace {
+
+constexpr int kMaxInputSide = 8192;
+constexpr size_t kMaxValueFloats = size_t(1) << 30;
+constexpr size_t kNone = std::numeric_limits<size_t>::max();
+
+std::string shape_str(const std::vector<int64_t>& s) {
+    TensorView t;
+    t.shape = s;
+    return t.shape_str();
+}
+
+class Loader {
+public:
+    Loader(const BaseModel& base, const Bundle& b, Task& t) : base_(base), b_(b), t_(t) {}
+
+    void run() {
+        read_metadata();
+        read_tensors();
+        check_unknown();
+    }
+
+private:
+    const BaseModel& base_;
+    const Bundle& b_;
+    Task& t_;
+    std::set<std::string> used_;
+    std::vector<std::vector<int32_t>> lists_;  // kept channels per value id
+    std::vector<std::string> list_src_;        // what defined each list
+    std::vector<ValueShape> shapes_;
+
+    // ---- metadata -----------------------------------------------------------
+    json::Value meta_json(const std::string& key) {
+        return json::parse(b_.meta(key), b_.path() + ": metadata '" + key + "'");
+    }
+
+    int meta_int(const json::Value& obj, const std::string& key, const char* field, int lo,
+                 int hi) {
+        const json::Value* v = obj.find(field);
+        if (!v) b_.fail("metadata '" + key + "': missing field '" + field + "'");
+        if (!v->is(json::Type::Number) || v->number != std::floor(v->number) || v->number < lo ||
+            v->number > hi)
+            b_.fail("metadata '" + key + "': field '" + field + "' must be an integer in [" +
+                    std::to_string(lo) + ", " + std::to_string(hi) + "]");
+        return int(v->number);
+    }
+
+    std::vector<float> meta_floats(const json::Value& obj, const std::string& key,
+                                   const char* field, size_t n) {
+        const json::Value* v = obj.find(field);
+        if (!v) b_.fail("metadata '" + key + "': missing field '" + field + "'");
+        if (!v->is(json::Type::Array) || v->array.size() != n)
+            b_.fail("metadata '" + key + "': field '" + field + "' must be a list of " +
+                    std::to_string(n) + " numbers (one per input channel)");
+        std::vector<float> out;
+        for (const auto& e : v->array) {
+            if (!e.is(json::Type::Number))
+                b_.fail("metadata '" + key + "': field '" + field + "' must hold numbers");
+            out.push_back(float(e.number));
+        }
+        return out;
+    }
+
+    void read_metadata() {
+        const std::string& bh = b_.meta("base_hash");
+        if (bh != base_.content_hash())
+            throw Error("task bundle " + b_.path() + " was made for base " + bh +
+                        ", but the loaded base is " + base_.content_hash() +
+                        ": pack the task against this base or load the right base");
+        t_.name = b_.meta("task");
+        if (t_.name.empty()) b_.fail("metadata 'task' is empty");
+        t_.method = b_.meta("method");
+        if (const std::string* info = b_.find_meta("info")) t_.info = *info;
+        else t_.info = "{}";
+
+        json::Value labels = meta_json("labels");
+        if (!labels.is(json::Type::Array) || labels.array.empty())
+            b_.fail("metadata 'labels' must be a non-empty JSON list of strings");
+        for (const auto& l : labels.array) {
+            if (!l.is(json::Type::String))
+                b_.fail("metadata 'labels' must be a non-empty JSON list of strings");
+            t_.labels.push_back(l.string);
+        }
+
+        json::Value in = meta_json("input");
+        if (!in.is(json::Type::Object)) b_.fail("metadata 'input' must be a JSON object");
+        t_.channels = meta_int(in, "input", "channels", 1, 1 << 16);
+        t_.height = meta_int(in, "input", "height", 1, kMaxInputSide);
+        t_.width = meta_int(in, "input", "width", 1, kMaxInputSide);
+        const int base_c = base_.graph().input_channels;
+        if (t_.channels != base_c)
+            b_.fail("metadata 'input': channels is " + std::to_string(t_.channels) +
+                    " but the base takes " + std::to_string(base_c) + " input channels");
+        t_.mean = meta_floats(in, "input", "mean", size_t(t_.channels));
+        t_.std = meta_floats(in, "input", "std", size_t(t_.channels));
+        for (size_t c = 0; c < t_.std.size(); ++c) {
+            if (!std::isfinite(t_.mean[c]))
+                b_.fail("metadata 'input': mean[" + std::to_string(c) + "] is not finite");
+            if (!(t_.std[c] > 0) || !std::isfinite(t_.std[c]))
+                b_.fail("metadata 'input': std[" + std::to_string(c) +
+                        "] must be a positive finite number");
+        }
+    }
+
+    // ---- tensors ------------------------------------------------------------
+    const TensorView* get(const std::string& name, DType dt, bool required,
+                          const std::string& what) {
+        const TensorView* t = b_.find(name);
+        if (!t) {
+            if (required) b_.fail("missing tensor '" + name + "' (" + what + ")");
+            return nullptr;
+        }
+        used_.insert(name);
+        if (t->dtype != dt)
+            b_.fail_tensor(name, std::string("dtype is ") + dtype_name(t->dtype) + ", expected " +
+                                     dtype_name(dt));
+        t_.task_params += t->numel;
+        return t;
+    }
+
+    void expect_shape(const TensorView& t, const std::vector<int64_t>& s,
+                      const std::string& why) {
+        if (t.shape != s)
+            b_.fail_tensor(t.name, "shape " + t.shape_str() + ", expected " + shape_str(s) + " " + why);
+    }
+
+    std::vector<float> floats(const TensorView& t) {
+        std::vector<float> v(t.numel);
+        t.copy_to(v.data());
+        for (size_t i = 0; i < v.size(); ++i)
+            if (!std::isfinite(v[i]))
+                b_.fail_tensor(t.name, "element " + std::to_string(i) + " is not finite");
+        return v;
+    }
+
+    std::vector<int32_t> index(const TensorView& t, int limit, const char* side) {
+        if (t.shape.size() != 1)
+            b_.fail_tensor(t.name, "shape " + t.shape_str() + ", expected a 1-D list of channels");
+        if (t.numel == 0) b_.fail_tensor(t.name, "keeps no channels (at least one is required)");
+        if (t.numel > size_t(limit))
+            b_.fail_tensor(t.name, "keeps " + std::to_string(t.numel) + " channels but the conv has " +
+                                       std::to_string(limit) + " " + side + " channels");
+        std::vector<int32_t> v(t.numel);
+        for (size_t i = 0; i < t.numel; ++i) {
+            int32_t x = t.i32(i);
+            if (x < 0 || x >= limit)
+                b_.fail_tensor(t.name, "index " + std::to_string(x) + " out of range for " +
+                                           std::to_string(limit) + " " + side + " channels");
+            if (i > 0 && x <= v[i - 1])
+                b_.fail_tensor(t.name, "not strictly increasing: element " + std::to_string(i) +
+                                           " is " + std::to_string(x) + " after " +
+                                           std::to_string(v[i - 1]));
+            v[i] = x;
+        }
+        return v;
+    }
+
+    void read_tensors() {
+        const Graph& g = base_.graph();
+        const size_t nv = g.value_names.size();
+        lists_.assign(nv, {});
+        list_src_.assign(nv, "");
+        shapes_.assign(nv, {});
+        std::vector<int> conv_of_node(g.nodes.size(), -1);
+
+        lists_[0].resize(size_t(g.input_channels));
+        for (int c = 0; c < g.input_channels; ++c) lists_[0][size_t(c)] = c;
+        list_src_[0] = "the graph input '" + g.input_name + "'";
+        shapes_[0] = {t_.height, t_.width, t_.channels};
+
+        for (size_t ni = 0; ni < g.nodes.size(); ++ni) {
+            const Node& n = g.nodes[ni];
+            const int in = n.inputs[0];
+            const ValueShape& is = shapes_[size_t(in)];
+            ValueShape os = is;
+            std::vector<int32_t> out_list = lists_[size_t(in)];
+            std::string out_src = list_src_[size_t(in)];
+            switch (n.op) {
+                case Op::Conv: {
+                    ConvTask ct;
+                    ct.node = int(ni);
+                    ct.kernel = n.kernel;
+                    const std::string L = n.name;
+                    const TensorView* oi = get(L + ".out_index", DType::I32, true,
+                                               "kept output channels of conv '" + L + "'");
+                    const TensorView* ii = get(L + ".in_index", DType::I32, true,
+                                               "kept input channels of conv '" + L + "'");
+                    ct.out_index = index(*oi, n.out_channels, "output");
+                    ct.in_index = index(*ii, n.in_channels, "input");
+                    if (ct.in_index != lists_[size_t(in)]) {
+                        const auto& want = lists_[size_t(in)];
+                        std::string why;
+                        if (want.size() != ct.in_index.size()) {
+                            why = "keeps " + std::to_string(ct.in_index.size()) +
+                                  " channels but its input '" + g.value_names[size_t(in)] +
+                                  "' keeps " + std::to_string(want.size());
+                        } else {
+                            size_t k = 0;
+                            while (want[k] == ct.in_index[k]) ++k;
+                            why = "element " + std::to_string(k) + " is " +
+                                  std::to_string(ct.in_index[k]) + " but its input '" +
+                                  g.value_names[size_t(in)] + "' keeps channel " +
+                                  std::to_string(want[k]) + " there";
+                        }
+                        b_.fail_tensor(ii->name, why + " (set by " + list_src_[size_t(in)] +
+                                                     "); in_index must equal the channels its "
+                                                     "input keeps");
+                    }
+                    ct.out_c = int(ct.out_index.size());
+                    ct.in_c = int(ct.in_index.size());
+                    const int64_t O = ct.out_c, I = ct.in_c, k = n.kernel;
+                    const TensorView* la = get(L + ".lora_a", DType::F32, false, "");
+                    const TensorView* lb = get(L + ".lora_b", DType::F32, false, "");
+                    if (la && !lb) b_.fail("missing tensor '" + L + ".lora_b' (present iff '" + L + ".lora_a' is)");
+                    if (lb && !la) b_.fail("missing tensor '" + L + ".lora_a' (present iff '" + L + ".lora_b' is)");
+                    if (la) {
+                        if (la->shape.size() != 2 || la->shape[1] != I)
+                            b_.fail_tensor(la->name, "shape " + la->shape_str() + ", expected [r, " +
+                                                         std::to_string(I) + "] (rank x kept inputs)");
+                        const int64_t r = la->shape[0];
+                        if (r > (1 << 16)) b_.fail_tensor(la->name, "rank " + std::to_string(r) + " is absurd");
+                        expect_shape(*lb, {O, r}, "(kept outputs x rank of lora_a)");
+                        ct.rank = int(r);
+                        ct.lora_a = floats(*la);
+                        ct.lora_b = floats(*lb);
+                    }
+                    if (const TensorView* wd = get(L + ".weight_delta", DType::F32, false, "")) {
+                        expect_shape(*wd, {O, I, k, k}, "(kept outputs, kept inputs, kernel, kernel)");
+                        ct.weight_delta = floats(*wd);
+                    }
+                    if (const TensorView* tb = get(L + ".bias", DType::F32, false, "")) {
+                        expect_shape(*tb, {O}, "(one per kept output channel)");
+                        ct.bias = floats(*tb);
+                    } else if (n.bias) {
+                        ct.bias.resize(size_t(O));
+                        for (size_t o = 0; o < size_t(O); ++o)
+                            ct.bias[o] = n.bias->f32(size_t(ct.out_index[o]));
+                    } else {
+                        ct.bias.assign(size_t(O), 0.0f);
+                    }
+                    if (is.h + 2 * n.padding < n.kernel || is.w + 2 * n.padding < n.kernel)
+                        b_.fail("metadata 'input': " + std::to_string(t_.height) + "x" +
+                                std::to_string(t_.width) + " is too small: conv '" + L + "' gets " +
+                                std::to_string(is.h) + "x" + std::to_string(is.w) +
+                                " with kernel " + std::to_string(n.kernel));
+                    ct.geom.in_h = is.h;
+                    ct.geom.in_w = is.w;
+                    ct.geom.in_c = ct.in_c;
+                    ct.geom.out_c = ct.out_c;
+                    ct.geom.kernel = n.kernel;
+                    ct.geom.stride = n.stride;
+                    ct.geom.pad = n.padding;
+                    os = {ct.geom.out_h(), ct.geom.out_w(), ct.out_c};
+                    t_.macs += uint64_t(O) * uint64_t(I) * uint64_t(k * k) * uint64_t(os.h) *
+                               uint64_t(os.w);
+                    out_list = ct.out_index;
+                    out_src = "'" + oi->name + "'";
+                    conv_of_node[ni] = int(t_.convs.size());
+                    t_.convs.push_back(std::move(ct));
+                    break;
+                }
+                case Op::BatchNorm: {
+                    ConvTask& ct = t_.convs[size_t(conv_of_node[size_t(g.producer[size_t(in)])])];
+                    const int64_t C = int64_t(out_list.size());
+                    const std::string why = "(one per channel kept by conv '" +
+                                            g.nodes[size_t(ct.node)].name + "')";
+                    const char* parts[4] = {".weight", ".bias", ".running_mean", ".running_var"};
+                    std::vector<float> p[4];
+                    for (int k = 0; k < 4; ++k) {
+                        const TensorView* t = get(n.name + parts[k], DType::F32, true,
+                                                  "parameter of batchnorm '" + n.name + "'");
+                        expect_shape(*t, {C}, why);
+                        p[k] = floats(*t);
+                    }
+                    ct.scale.resize(size_t(C));
+                    for (size_t c = 0; c < size_t(C); ++c) {
+                        const double var = double(p[3][c]) + n.eps;
+                        if (!(var > 0))
+                            b_.fail_tensor(n.name + ".running_var",
+                                           "element " + std::to_string(c) +
+                                               " plus eps is not positive");
+                        const double s = double(p[0][c]) / std::sqrt(var);
+                        ct.scale[c] = float(s);
+                        ct.bias[c] = float((double(ct.bias[c]) - double(p[2][c])) * s + double(p[1][c]));
+                    }
+                    break;
+                }
+                case Op::Relu: break;
+                case Op::Add: {
+                    const int in2 = n.inputs[1];
+                    if (lists_[size_t(in2)] != lists_[size_t(in)]) {
+                        std::string src = list_src_[size_t(in)];
+                        std::string src2 = list_src_[size_t(in2)];
+                        std::string tensor = src.size() > 2 && src[0] == '\'' ? src.substr(1, src.size() - 2) : "";
+                        std::string msg = "kept channels differ between the inputs of add '" + n.name +
+                                          "': '" + g.value_names[size_t(in)] + "' keeps " +
+                                          std::to_string(lists_[size_t(in)].size()) + " (set by " + src +
+                                          "), '" + g.value_names[size_t(in2)] + "' keeps " +
+                                          std::to_string(lists_[size_t(in2)].size()) + " (set by " + src2 +
+                                          "); both sides of a residual add must keep the same channels";
+                        if (!tensor.empty()) b_.fail_tensor(tensor, msg);
+                        b_.fail(msg);
+                    }
+                    break;
+                }
+                case Op::MaxPool: {
+                    if (is.h + 2 * n.padding < n.kernel || is.w + 2 * n.padding < n.kernel)
+                        b_.fail("metadata 'input': " + std::to_string(t_.height) + "x" +
+                                std::to_string(t_.width) + " is too small: maxpool '" + n.name +
+                                "' gets " + std::to_string(is.h) + "x" + std::to_string(is.w) +
+                                " with kernel " + std::to_string(n.kernel));
+                    os.h = (is.h + 2 * n.padding - n.kernel) / n.stride + 1;
+                    os.w = (is.w + 2 * n.padding - n.kernel) / n.stride + 1;
+                    break;
+                }
+                case Op::Gap: os = {1, 1, is.c}; break;
+                case Op::Linear: {
+                    LinearTask lt;
+                    lt.node = int(ni);
+                    lt.in_f = int(out_list.size());
+                    const TensorView* w = get(n.name + ".weight", DType::F32, true,
+                                              "weight of the linear head '" + n.name + "'");
+                    if (w->shape.size() != 2 || w->shape[1] != lt.in_f || w->shape[0] < 1 ||
+                        w->shape[0] > (1 << 20))
+                        b_.fail_tensor(w->name, "shape " + w->shape_str() + ", expected [classes, " +
+                                                    std::to_string(lt.in_f) + "] (" +
+                                                    std::to_string(lt.in_f) + " = channels kept by its input '" +
+                                                    g.value_names[size_t(in)] + "')");
+                    lt.out_f = int(w->shape[0]);
+                    const TensorView* bt = get(n.name + ".bias", DType::F32, true,
+                                               "bias of the linear head '" + n.name + "'");
+                    expect_shape(*bt, {lt.out_f}, "(one per class of '" + w->name + "')");
+                    lt.weight = floats(*w);
+                    lt.bias = floats(*bt);
+                    t_.macs += uint64_t(lt.in_f) * uint64_t(lt.out_f);
+                    out_list.resize(size_t(lt.out_f));
+                    for (int c = 0; c < lt.out_f; ++c) out_list[size_t(c)] = c;
+                    out_src = "'" + w->name + "'";
+                    os = {1, 1, lt.out_f};
+                    t_.linears.push_back(std::move(lt));
+                    break;
+                }
+            }
+            if (os.floats() > kMaxValueFloats)
+                b_.fail("metadata 'input': " + std::to_string(t_.height) + "x" +
+                        std::to_string(t_.width) + " makes the output of node '" + n.name +
+                        "' too large");
+            lists_[size_t(n.out)] = std::move(out_list);
+            list_src_[size_t(n.out)] = out_src;
+            shapes_[size_t(n.out)] = os;
+        }
+        const size_t classes = lists_[size_t(g.output)].size();
+        if (classes != t_.labels.size())
+            b_.fail("metadata 'labels' has " + std::to_string(t_.labels.size()) +
+                    " labels but the output '" + g.value_names[size_t(g.output)] + "' has " +
+                    std::to_string(classes) + " classes (set by " + list_src_[size_t(g.output)] + ")");
+        t_.plan.shape = shapes_;
+    }
+
+    void check_unknown() {
+        for (const auto& t : b_.tensors())
+            if (!used_.count(t.name))
+                b_.fail_tensor(t.name, "unknown tensor: no graph node of the base uses it "
+                                       "(format version 1 task tensors are <conv>.out_index, "
+                                       ".in_index, .lora_a, .lora_b, .weight_delta, .bias; "
+                                       "<batchnorm>.weight/.bias/.running_mean/.running_var; "
+                                       "<linear>.weight/.bias)");
+    }
+};
+
+// ---- execution plan ---------------------------------------------------------
+
+void build_plan(const Graph& g, Task& t) {
+    Plan& p = t.plan;
+    const size_t N = g.nodes.size();
+    const size_t NV = g.value_names.size();
+    std::vector<int> conv_index(N, -1), linear_index(N, -1);
+    for (size_t i = 0; i < t.convs.size(); ++i) conv_index[size_t(t.convs[i].node)] = int(i);
+    for (size_t i = 0; i < t.linears.size(); ++i) linear_index[size_t(t.linears[i].node)] = int(i);
+
+    // Fusion: conv [-> batchnorm] [-> add] [-> relu]; add [-> relu].
+    std::vector<int> owner(N, -1);        // node -> node index of the step that absorbs it
+    std::vector<int> last(N, -1);         // step head -> last absorbed node
+    std::vector<int> residual(N, -1);     // conv head -> residual value id
+    std::vector<int> end_value(N, -1);    // step head -> value it materialises
+    std::vector<int> chain_of_value(NV, -1);  // value -> conv head whose chain ends there
+    std::vector<bool> has_add(N, false);
+    auto sole_consumer = [&](int v, Op op) -> int {
+        if (v == g.output || g.consumers[size_t(v)].size() != 1) return -1;
+        int c = g.consumers[size_t(v)][0];
+        return g.nodes[size_t(c)].op == op ? c : -1;
+    };
+    for (size_t i = 0; i < N; ++i) {
+        if (g.nodes[i].op != Op::Conv) continue;
+        owner[i] = int(i);
+        last[i] = int(i);
+        int v = g.nodes[i].out;
+        int bn = sole_consumer(v, Op::BatchNorm);
+        if (bn >= 0) {
+            owner[size_t(bn)] = int(i);
+            last[i] = bn;
+            v = g.nodes[size_t(bn)].out;
+        }
+        end_value[i] = v;
+        chain_of_value[size_t(v)] = int(i);
+    }
+    for (size_t a = 0; a < N; ++a) {
+        const Node& n = g.nodes[a];
+        if (n.op != Op::Add || n.inputs[0] == n.inputs[1]) continue;
+        int best = -1, best_input = -1;
+        for (int k = 0; k < 2; ++k) {
+            int u = n.inputs[size_t(k)];
+            int c = chain_of_value[size_t(u)];
+            if (c < 0 || has_add[size_t(c)] || sole_consumer(u, Op::Add) != int(a)) continue;
+            if (c > best) {
+                best = c;
+                best_input = k;
+            }
+        }
+        if (best < 0) continue;
+        const int u = n.inputs[size_t(best_input)];
+        residual[size_t(best)] = n.inputs[size_t(1 - best_input)];
+        has_add[size_t(best)] = true;
+        owner[a] = best;
+        last[size_t(best)] = int(a);
+        chain_of_value[size_t(u)] = -1;
+        end_value[size_t(best)] = n.out;
+        chain_of_value[size_t(n.out)] = best;
+    }
+    for (size_t i = 0; i < N; ++i) {
+        const Node& n = g.nodes[i];
+        if (owner[i] == int(i) && n.op == Op::Conv) {
+            int r = sole_consumer(end_value[i], Op::Relu);
+            if (r >= 0) {
+                owner[size_t(r)] = int(i);
+                last[i] = r;
+                end_value[i] = g.nodes[size_t(r)].out;
+            }
+        } else if (n.op == Op::Add && owner[i] < 0) {
+            owner[i] = int(i);
+            last[i] = int(i);
+            end_value[i] = n.out;
+            int r = sole_consumer(n.out, Op::Relu);
+            if (r >= 0) {
+                owner[size_t(r)] = int(i);
+                last[i] = r;
+                end_value[i] = g.nodes[size_t(r)].out;
+            }
+        }
+    }
+
+    // Emit steps in node order; a fused step runs where its last node stood.
+    for (size_t i = 0; i < N; ++i) {
+        const Node& n = g.nodes[i];
+        int head = owner[i];
+        if (head >= 0 && last[size_t(head)] != int(i)) continue;
+        Step s;
+        if (head >= 0) {
+            const Node& h = g.nodes[size_t(head)];
+            for (size_t j = size_t(head); j <= i; ++j)
+                if (owner[j] == head) s.label += (s.label.empty() ? "" : "+") + g.nodes[j].name;
+            s.in = h.inputs[0];
+            s.out = end_value[size_t(head)];
+            s.relu = g.nodes[i].op == Op::Relu;
+            if (h.op == Op::Conv) {
+                s.kind = StepKind::Conv;
+                s.index = conv_index[size_t(head)];
+                s.in2 = residual[size_t(head)];
+                s.geom = t.convs[size_t(s.index)].geom;
+            } else {
+                s.kind = StepKind::Add;
+                s.in2 = h.inputs[1];
+            }
+        } else {
+            s.label = n.name;
+            s.in = n.inputs[0];
+            s.out = n.out;
+            switch (n.op) {
+                case Op::Relu: s.kind = StepKind::Relu; break;
+                case Op::MaxPool:
+                    s.kind = StepKind::MaxPool;
+                    s.pool_k = n.kernel;
+                    s.pool_s = n.stride;
+                    s.pool_p = n.padding;
+                    break;
+                case Op::Gap: s.kind = StepKind::Gap; break;
+                case Op::Linear:
+                    s.kind = StepKind::Linear;
+                    s.index = linear_index[i];
+                    break;
+                default:
+                    throw Error("internal error: node '" + n.name + "' (" + op_name(n.op) +
+                                ") left unplanned");
+            }
+        }
+        const ValueShape& is = p.shape[size_t(s.in)];
+        s.h = is.h;
+        s.w = is.w;
+        s.c = is.c;
+        p.steps.push_back(std::move(s));
+    }
+    p.output = g.output;
+
+    // Liveness-based arena assignment.
+    const int S = int(p.steps.size());
+    std::vector<int> last_use(NV, -1);
+    for (int s = 0; s < S; ++s) {
+        last_use[size_t(p.steps[size_t(s)].in)] = s;
+        if (p.steps[size_t(s)].in2 >= 0) last_use[size_t(p.steps[size_t(s)].in2)] = s;
+    }
+    last_use[size_t(g.output)] = S;  // read after the last step
+    std::vector<size_t> slot_size;
+    std::vector<bool> slot_free;
+    std::vector<int> value_slot(NV, -1);
+    auto allocate = [&](size_t floats) -> int {
+        int best = -1;
+        for (size_t k = 0; k < slot_size.size(); ++k) {
+            if (!slot_free[k]) continue;
+            if (best < 0) {
+                best = int(k);
+                continue;
+            }
+            size_t bs = slot_size[size_t(best)], ks = slot_size[k];
+            bool b_fits = bs >= floats, k_fits = ks >= floats;
+            // Prefer the smallest slot that fits, else the largest one (grown).
+            if ((k_fits && (!b_fits || ks < bs)) || (!k_fits && !b_fits && ks > bs)) best = int(k);
+        }
+        if (best < 0) {
+            slot_size.push_back(floats);
+            slot_free.push_back(false);
+            return int(slot_size.size() - 1);
+        }
+        slot_free[size_t(best)] = false;
+        slot_size[size_t(best)] = std::max(slot_size[size_t(best)], floats);
+        return best;
+    };
+    value_slot[0] = allocate(p.shape[0].floats());
+    for (int s = 0; s < S; ++s) {
+        const Step& st = p.steps[size_t(s)];
+        const size_t need = p.shape[size_t(st.out)].floats();
+        int reuse = -1;
+        // In place: the conv epilogue may overwrite its residual exactly; the
+        // element-wise relu/add steps may overwrite any dying operand.
+        if (st.kind == StepKind::Conv) {
+            if (st.in2 >= 0 && st.in2 != st.in && last_use[size_t(st.in2)] == s) reuse = st.in2;
+        } else if (st.kind == StepKind::Relu || st.kind == StepKind::Add) {
+            if (last_use[size_t(st.in)] == s) reuse = st.in;
+            else if (st.in2 >= 0 && last_use[size_t(st.in2)] == s) reuse = st.in2;
+        }
+        if (reuse >= 0 && p.shape[size_t(reuse)].floats() == need) {
+            value_slot[size_t(st.out)] = value_slot[size_t(reuse)];
+        } else {
+            reuse = -1;
+            value_slot[size_t(st.out)] = allocate(need);
+        }
+        for (int v : {st.in, st.in2}) {
+            if (v >= 0 && v != reuse && last_use[size_t(v)] == s && value_slot[size_t(v)] >= 0 &&
+                !slot_free[size_t(value_slot[size_t(v)])] &&
+                value_slot[size_t(v)] != value_slot[size_t(st.out)])
+                slot_free[size_t(value_slot[size_t(v)])] = true;
+        }
+    }
+    std::vector<size_t> slot_offset(slot_size.size());
+    size_t total = 0;
+    for (size_t k = 0; k < slot_size.size(); ++k) {
+        slot_offset[k] = total;
+        total += round_floats(slot_size[k]);
+    }
+    p.arena_floats = total;
+    p.offset.assign(NV, kNone);
+    for (size_t v = 0; v < NV; ++v)
+        if (value_slot[v] >= 0) p.offset[v] = slot_offset[size_t(value_slot[v])];
+}
+
+}  // namespace
+
+Task::Task(const BaseModel& base, const std::string& p) {
+    Bundle b(p, "spaedge-task");
+    path = p;
+    bundle_bytes = b.file_size();
+    Loader(base, b, *this).run();
+    build_plan(base.graph(), *this);
+}
+
+}  // namespace spaedge

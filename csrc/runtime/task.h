@@ -1,0 +1,102 @@
+// Task bundles: loading + validation against a base, the execution plan, task
+// application (gather + low-rank merge + delta + BN fold + pack) and the
+// executor. Internal header.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "runtime/buffer.h"
+#include "runtime/model.h"
+
+namespace spaedge {
+
+// Per-conv task data, validated and copied out of the bundle at load time so a
+// switch never touches the task file again.
+struct ConvTask {
+    int node = -1;                      // graph node index of the conv
+    int out_c = 0, in_c = 0, kernel = 1;  // kept output/input channels
+    std::vector<int32_t> out_index, in_index;
+    int rank = 0;
+    std::vector<float> lora_a;        // [rank, in_c]
+    std::vector<float> lora_b;        // [out_c, rank]
+    std::vector<float> weight_delta;  // OIHW [out_c, in_c, k, k] or empty
+    std::vector<float> scale;         // folded BN scale per out channel, empty = 1
+    std::vector<float> bias;          // final (folded) bias per out channel
+    kernels::ConvGeometry geom;       // at the task's input size
+};
+
+struct LinearTask {
+    int node = -1;
+    int in_f = 0, out_f = 0;
+    std::vector<float> weight;  // [out_f, in_f]
+    std::vector<float> bias;    // [out_f]
+};
+
+enum class StepKind { Conv, Relu, Add, MaxPool, Gap, Linear };
+
+struct Step {
+    StepKind kind = StepKind::Relu;
+    int index = -1;          // ConvTask / LinearTask index for conv / linear steps
+    int in = -1, in2 = -1;   // value ids; in2 = residual (conv) or second operand (add)
+    int out = -1;            // value id written
+    bool relu = false;       // fused ReLU (conv epilogue, add)
+    kernels::ConvGeometry geom;  // conv
+    int h = 0, w = 0, c = 0;     // input dims (maxpool, gap, relu, add: h*w*c elements)
+    int pool_k = 0, pool_s = 0, pool_p = 0;
+    std::string label;       // node names fused into this step, for diagnostics
+};
+
+struct ValueShape {
+    int h = 0, w = 0, c = 0;
+    size_t floats() const { return size_t(h) * size_t(w) * size_t(c); }
+};
+
+struct Plan {
+    std::vector<Step> steps;
+    std::vector<ValueShape> shape;    // per value id
+    std::vector<size_t> offset;       // arena offset per materialised value
+    size_t arena_floats = 0;
+    int output = -1;
+};
+
+class Task {
+public:
+    Task(const BaseModel& base, const std::string& path);
+
+    std::string path, name, method, info;
+    std::vector<std::string> labels;
+    int channels = 0, height = 0, width = 0;
+    std::vector<float> mean, std;
+    size_t bundle_bytes = 0;
+    uint64_t macs = 0;            // multiply-accumulates per image (convs + linears)
+    uint64_t task_params = 0;     // floats stored in the task bundle
+    std::vector<ConvTask> convs;  // in graph order
+    std::vector<LinearTask> linears;
+    Plan plan;
+    int classes() const { return int(labels.size()); }
+};
+
+// The active task's weights packed for one kernel table, plus the arena.
+struct Applied {
+    const Task* task = nullptr;
+    const kernels::KernelTable* kt = nullptr;
+    FloatBuffer packed;                 // all conv weights, packed
+    std::vector<size_t> packed_offset;  // per ConvTask
+    FloatBuffer ohwi;                   // gather/merge workspace
+    FloatBuffer arena;                  // activations
+    FloatBuffer scratch;                // conv scratch
+    int scratch_threads = 0;
+};
+
+// Gathers, merges, folds and packs `task` for `kt`; sizes arena and scratch.
+void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTable& kt,
+                int threads, Applied& out);
+// Resizes conv scratch for a new thread count.
+void size_scratch(Applied& a, int threads);
+// Runs `batch` NCHW images through the applied task; logits are [batch, classes].
+void execute(Applied& a, int threads, const float* input_nchw, int batch, float* logits);
+
+}  // namespace spaedge
