@@ -35,9 +35,18 @@ namespace {
 
 constexpr int kMR = 6;
 constexpr int kNR = 16;
-constexpr int kKcMax = 320;
-constexpr int kMcMax = 120;       // multiple of kMR
-constexpr int kPanelsMax = 8;     // 128 output channels per work item
+#ifndef SPAEDGE_AVX2_KC
+#define SPAEDGE_AVX2_KC 320
+#endif
+#ifndef SPAEDGE_AVX2_MC
+#define SPAEDGE_AVX2_MC 120
+#endif
+#ifndef SPAEDGE_AVX2_NP
+#define SPAEDGE_AVX2_NP 8
+#endif
+constexpr int kKcMax = SPAEDGE_AVX2_KC;
+constexpr int kMcMax = SPAEDGE_AVX2_MC;    // multiple of kMR
+constexpr int kPanelsMax = SPAEDGE_AVX2_NP;  // 16 * this output channels per work item
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
@@ -62,31 +71,66 @@ Plan make_plan(const ConvGeometry& g, int threads) {
     const int kb = ceil_div(p.K, kKcMax);
     p.kc = ceil_div(p.K, kb);
 
-    int mb = ceil_div(p.M, kMcMax);
-    if (threads > 1) mb = ceil_div(mb, threads) * threads;
-    mb = std::max(1, std::min(mb, ceil_div(p.M, kMR)));
-    p.mc = ceil_div(ceil_div(p.M, mb), kMR) * kMR;
-    p.mb = ceil_div(p.M, p.mc);
+    // Work items are (M block, panel group) pairs split contiguously over the
+    // threads. Pick the split that minimises the busiest thread's work
+    // (rows x panels, plus ~1/8 panel per row for the im2col copy), with M
+    // blocks no larger than kMcMax; ties go to fewer, larger items.
+    const int mb0 = ceil_div(p.M, kMcMax), nb0 = ceil_div(p.panels, kPanelsMax);
+    const int mb_hi = std::min(mb0 * threads, ceil_div(p.M, kMR));
+    const int nb_hi = std::min(nb0 * threads, p.panels);
+    const double copy_cost = p.direct ? 0.0 : 0.125;
+    double best = -1.0;
+    for (int mb = mb0; mb <= mb_hi; ++mb) {
+        const int mc = ceil_div(ceil_div(p.M, mb), kMR) * kMR;
+        const int mbe = ceil_div(p.M, mc);
+        for (int nb = nb0; nb <= nb_hi; ++nb) {
+            const int np = ceil_div(p.panels, nb);
+            const int nbe = ceil_div(p.panels, np);
+            const int tasks = mbe * nbe;
+            double worst = 0.0;
+            for (int t = 0; t < threads; ++t) {
+                const int t0 = static_cast<int>(static_cast<long long>(tasks) * t / threads);
+                const int t1 = static_cast<int>(static_cast<long long>(tasks) * (t + 1) / threads);
+                double load = 0.0;
+                for (int task = t0; task < t1; ++task) {
+                    const int rows = std::min(mc, p.M - (task / nbe) * mc);
+                    const int pans = std::min(np, p.panels - (task % nbe) * np);
+                    load += ceil_div(rows, kMR) * kMR * (pans + copy_cost);
+                }
+                worst = std::max(worst, load);
+            }
+            if (best < 0.0 || worst < best * 0.999) {
+                best = worst;
+                p.mc = mc;
+                p.mb = mbe;
+                p.np = np;
+                p.nb = nbe;
+            }
+        }
+    }
 
-    int nb = ceil_div(p.panels, kPanelsMax);
-    if (p.mb * nb < threads) nb = std::min(p.panels, ceil_div(threads, p.mb));
-    p.np = ceil_div(p.panels, nb);
-    p.nb = ceil_div(p.panels, p.np);
-
-    p.slot = p.direct ? 0 : static_cast<size_t>(p.mc) * p.kc + 16;  // +16: 64-byte alignment
+    // +16: 64-byte alignment of each thread's block; +8: im2col tail overshoot.
+    p.slot = p.direct ? 0 : static_cast<size_t>(p.mc) * p.kc + 24;
     return p;
 }
 
+// Short copies dominate im2col for thin inputs (e.g. 7 runs of 21 floats per
+// row for a 7x7 RGB stem), so they are inline vector loops, not memcpy calls.
+// Both may write up to 7 floats past d + n (the caller leaves that slack and
+// later writes overwrite it); the source is never read past s + n.
 inline void copy_floats(float* d, const float* s, int n) {
-    if (n >= 16) {
-        std::memcpy(d, s, static_cast<size_t>(n) * sizeof(float));
-    } else {
-        for (int i = 0; i < n; ++i) d[i] = s[i];
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        _mm256_storeu_ps(d + i, _mm256_loadu_ps(s + i));
+        _mm256_storeu_ps(d + i + 8, _mm256_loadu_ps(s + i + 8));
     }
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, _mm256_loadu_ps(s + i));
+    if (i < n) _mm256_storeu_ps(d + i, _mm256_maskload_ps(s + i, tail_mask(n - i)));
 }
 
 inline void zero_floats(float* d, int n) {
-    for (int i = 0; i < n; ++i) d[i] = 0.0f;
+    const __m256 z = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) _mm256_storeu_ps(d + i, z);
 }
 
 // Copies rows [m0, m0+rows) x columns [p0, p0+cols) of the virtual im2col
@@ -133,6 +177,7 @@ struct TileArgs {
     const float* a;  // first A row of the tile, at the K block start
     size_t lda;
     const float* b;  // B micro-panel, kc x 16, at the K block start
+    const float* pf; // kc x 16 floats to prefetch into L1 while computing (may be b)
     float* c;        // first C element of the tile
     size_t ldc;
     int kc;
@@ -148,13 +193,14 @@ struct TileArgs {
 // and the six A rows are addressed from two pointers plus a stride (GCC's own
 // allocation spills here). acc[2r + h] holds row r, columns 8h..8h+7; it is
 // loaded before and stored after the loop. Four k steps per iteration.
-void kloop_6x16(int kc, const float* a, size_t lda, const float* b, __m256* acc) {
+void kloop_6x16(int kc, const float* a, size_t lda, const float* b, const float* pf, __m256* acc) {
     const float* a0 = a;
     const float* a3 = a + 3 * lda;
     const size_t ldab = lda * sizeof(float);
     size_t n4 = static_cast<size_t>(kc) / 4;
     size_t n1 = static_cast<size_t>(kc) % 4;
 #define SPAEDGE_STEP(boff, aoff)                                  \
+    "prefetcht0 " #boff "(%[pf])\n\t"                              \
     "vmovups " #boff "(%[b]), %%ymm12\n\t"                         \
     "vmovups " #boff "+32(%[b]), %%ymm13\n\t"                      \
     "vbroadcastss " #aoff "(%[a0]), %%ymm14\n\t"                   \
@@ -197,6 +243,7 @@ void kloop_6x16(int kc, const float* a, size_t lda, const float* b, __m256* acc)
         SPAEDGE_STEP(128, 8)
         SPAEDGE_STEP(192, 12)
         "add $256, %[b]\n\t"
+        "add $256, %[pf]\n\t"
         "add $16, %[a0]\n\t"
         "add $16, %[a3]\n\t"
         "dec %[n4]\n\t"
@@ -207,6 +254,7 @@ void kloop_6x16(int kc, const float* a, size_t lda, const float* b, __m256* acc)
         "3:\n\t"
         SPAEDGE_STEP(0, 0)
         "add $64, %[b]\n\t"
+        "add $64, %[pf]\n\t"
         "add $4, %[a0]\n\t"
         "add $4, %[a3]\n\t"
         "dec %[n1]\n\t"
@@ -224,7 +272,7 @@ void kloop_6x16(int kc, const float* a, size_t lda, const float* b, __m256* acc)
         "vmovups %%ymm9, 288(%[acc])\n\t"
         "vmovups %%ymm10, 320(%[acc])\n\t"
         "vmovups %%ymm11, 352(%[acc])\n\t"
-        : [a0] "+r"(a0), [a3] "+r"(a3), [b] "+r"(b), [n4] "+r"(n4), [n1] "+r"(n1)
+        : [a0] "+r"(a0), [a3] "+r"(a3), [b] "+r"(b), [pf] "+r"(pf), [n4] "+r"(n4), [n1] "+r"(n1)
         : [lda] "r"(ldab), [acc] "r"(acc)
         : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
           "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc");
@@ -271,7 +319,7 @@ void micro(const TileArgs& t) {
             acc[2 * r] = c0[r];
             acc[2 * r + 1] = c1[r];
         }
-        kloop_6x16(t.kc, t.a, t.lda, t.b, acc);
+        kloop_6x16(t.kc, t.a, t.lda, t.b, t.pf, acc);
         for (int r = 0; r < 6; ++r) {
             c0[r] = acc[2 * r];
             c1[r] = acc[2 * r + 1];
@@ -305,8 +353,8 @@ void micro(const TileArgs& t) {
             _mm256_storeu_ps(cr, c0[r]);
             _mm256_storeu_ps(cr + 8, c1[r]);
         } else {
-            _mm256_maskstore_ps(cr, m0, c0[r]);
-            _mm256_maskstore_ps(cr + 8, m1, c1[r]);
+            store_n(cr, c0[r], std::min(t.nr, 8));
+            store_n(cr + 8, c1[r], t.nr - 8);
         }
     }
 }
@@ -397,11 +445,21 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
                     const int n0 = pan * kNR;
                     t.b = packed + (static_cast<size_t>(pan) * p.K + k0) * kNR;
                     t.nr = std::min(kNR, p.N - n0);
+                    // Next B micro-panel this task will use: the next panel in
+                    // this K block, else the group's first panel in the next one.
+                    const float* next_b =
+                        pan + 1 < pan1 ? t.b + static_cast<size_t>(p.K) * kNR
+                        : k0 + kc < p.K
+                            ? packed + (static_cast<size_t>(pan0) * p.K + k0 + kc) * kNR
+                            : t.b;
                     t.bias = (k0 == 0 && ep.bias) ? ep.bias + n0 : nullptr;
                     for (int r0 = 0; r0 < rows; r0 += kMR) {
                         const int mr = std::min(kMR, rows - r0);
                         const size_t crow = static_cast<size_t>(m0 + r0);
                         t.a = a + r0 * lda;
+                        // The first tile of a panel pulls the next panel's B
+                        // micro-panel towards L1; the other tiles touch their own.
+                        t.pf = r0 == 0 ? next_b : t.b;
                         t.c = out + crow * ldc + n0;
                         t.res = (k0 == 0 && ep.residual) ? ep.residual + crow * ldc + n0 : nullptr;
                         micro_rows(mr, t);

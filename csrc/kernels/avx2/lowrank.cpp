@@ -41,8 +41,7 @@ void lowrank_merge(int out_c, int in_c, int kernel, int rank, const float* a, co
             for (int r = 0; r < rank; ++r)
                 d = _mm256_fmadd_ps(_mm256_broadcast_ss(bo + r),
                                     _mm256_maskload_ps(a + static_cast<size_t>(r) * in_c + iv, tail), d);
-            _mm256_maskstore_ps(w + iv, tail,
-                                _mm256_add_ps(_mm256_maskload_ps(w + iv, tail), d));
+            store_n(w + iv, _mm256_add_ps(_mm256_maskload_ps(w + iv, tail), d), in_c % 8);
         }
     }
 }

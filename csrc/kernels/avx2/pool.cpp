@@ -36,7 +36,7 @@ void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const f
                         m = _mm256_max_ps(m, _mm256_maskload_ps(
                                                  in + (static_cast<size_t>(iy) * in_w + ix) * c + cv,
                                                  tail));
-                _mm256_maskstore_ps(o + cv, tail, m);
+                store_n(o + cv, m, c % 8);
             }
         }
     }
@@ -65,7 +65,7 @@ void global_avgpool(int h, int w, int c, const float* in, float* out) {
     if (cv < c) {
         __m256 s = _mm256_setzero_ps();
         for (size_t p = 0; p < n; ++p) s = _mm256_add_ps(s, _mm256_maskload_ps(in + p * c + cv, tail));
-        _mm256_maskstore_ps(out + cv, tail, _mm256_mul_ps(s, inv));
+        store_n(out + cv, _mm256_mul_ps(s, inv), c % 8);
     }
 }
 
