@@ -115,6 +115,25 @@ void Runtime::run(const float* input_nchw, int batch, float* logits) {
     execute(m.applied, m.threads, input_nchw, batch, logits);
 }
 
+void Runtime::run(const float* input_nchw, size_t input_floats, int batch, float* logits,
+                  size_t logits_floats) {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    Impl& m = *impl_;
+    if (!m.active) throw Error("run: no active task (load_task or switch_to first)");
+    if (batch < 1) throw Error("run: batch must be >= 1, got " + std::to_string(batch));
+    if (!input_nchw || !logits) throw Error("run: null input or logits pointer");
+    const Task& t = *m.active;
+    const size_t img = size_t(t.channels) * size_t(t.height) * size_t(t.width);
+    if (input_floats != img * size_t(batch))
+        throw Error("run: input has " + std::to_string(input_floats) + " floats, task '" + t.name +
+                    "' needs " + std::to_string(batch) + " x " + std::to_string(t.channels) + " x " +
+                    std::to_string(t.height) + " x " + std::to_string(t.width));
+    if (logits_floats < size_t(t.classes()) * size_t(batch))
+        throw Error("run: logits buffer has " + std::to_string(logits_floats) + " floats, task '" +
+                    t.name + "' writes " + std::to_string(batch) + " x " + std::to_string(t.classes()));
+    execute(m.applied, m.threads, input_nchw, batch, logits);
+}
+
 std::vector<std::string> Runtime::tasks() const {
     std::lock_guard<std::mutex> lock(impl_->mu);
     return impl_->order;

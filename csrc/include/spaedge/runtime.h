@@ -61,6 +61,11 @@ public:
     // input size; writes batch x classes logits. NaN/Inf inputs are not checked:
     // they propagate and the logits are then unspecified (possibly NaN).
     void run(const float* input_nchw, int batch, float* logits);
+    // The same, checked against buffer sizes (in floats): throws unless
+    // input_floats == batch * channels * height * width of the active task and
+    // logits_floats >= batch * classes. Bindings use this one.
+    void run(const float* input_nchw, size_t input_floats, int batch, float* logits,
+             size_t logits_floats);
 
     std::vector<std::string> tasks() const;  // names, in load order
     bool has_task(const std::string& name) const;

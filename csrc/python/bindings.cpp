@@ -1,0 +1,102 @@
+// pybind11 bindings: the private extension module spaedge._runtime.
+// The public Python face is spaedge/runtime.py; keep this layer thin.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "spaedge/runtime.h"
+
+namespace py = pybind11;
+
+namespace {
+
+// spaedge::Error -> spaedge.errors.BundleError (a ValueError), shared with the
+// Python toolchain so callers catch one class for every bundle problem.
+PyObject* g_bundle_error = nullptr;
+
+py::dict info_dict(const spaedge::TaskInfo& i) {
+    py::dict d;
+    d["name"] = i.name;
+    d["path"] = i.path;
+    d["method"] = i.method;
+    d["info"] = i.info;
+    d["labels"] = i.labels;
+    d["channels"] = i.channels;
+    d["height"] = i.height;
+    d["width"] = i.width;
+    d["mean"] = i.mean;
+    d["std"] = i.std;
+    d["classes"] = i.classes;
+    d["bundle_bytes"] = i.bundle_bytes;
+    d["macs"] = i.macs;
+    d["params"] = i.params;
+    return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_runtime, m) {
+    m.doc() = "spaedge C++ runtime (private; use spaedge.runtime.Runtime)";
+
+    try {
+        py::object cls = py::module_::import("spaedge.errors").attr("BundleError");
+        g_bundle_error = cls.release().ptr();
+    } catch (py::error_already_set&) {
+        PyErr_Clear();
+        g_bundle_error = PyErr_NewException("spaedge._runtime.BundleError", PyExc_ValueError, nullptr);
+    }
+    m.attr("BundleError") = py::handle(g_bundle_error);
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const spaedge::Error& e) {
+            PyErr_SetString(g_bundle_error, e.what());
+        }
+    });
+
+    using spaedge::Runtime;
+    py::class_<Runtime>(m, "Runtime")
+        .def(py::init([](const std::string& base, int threads) {
+                 py::gil_scoped_release nogil;
+                 return new Runtime(base, threads);
+             }),
+             py::arg("base_path"), py::arg("threads") = 0)
+        .def("load_task",
+             [](Runtime& r, const std::string& path) {
+                 py::gil_scoped_release nogil;
+                 return r.load_task(path);
+             },
+             py::arg("path"))
+        .def("switch_to",
+             [](Runtime& r, const std::string& name) {
+                 py::gil_scoped_release nogil;
+                 return r.switch_to(name);
+             },
+             py::arg("name"))
+        .def("unload_task", &Runtime::unload_task, py::arg("name"))
+        .def("has_task", &Runtime::has_task, py::arg("name"))
+        .def(
+            "run",
+            [](Runtime& r, py::array_t<float, py::array::c_style> input, int batch,
+               py::array_t<float, py::array::c_style> logits) {
+                // Both arrays are held by this frame while the GIL is released.
+                const float* in = input.data();
+                float* out = logits.mutable_data();
+                const size_t in_n = size_t(input.size()), out_n = size_t(logits.size());
+                py::gil_scoped_release nogil;
+                r.run(in, in_n, batch, out, out_n);
+            },
+            py::arg("input").noconvert(), py::arg("batch"), py::arg("logits").noconvert())
+        .def("tasks", &Runtime::tasks)
+        .def("task_info", [](const Runtime& r, const std::string& name) { return info_dict(r.task_info(name)); },
+             py::arg("name"))
+        .def("active_task", &Runtime::active_task)
+        .def("isa", &Runtime::isa)
+        .def("isa_note", &Runtime::isa_note)
+        .def("threads", &Runtime::threads)
+        .def("set_threads", &Runtime::set_threads, py::arg("threads"))
+        .def("base_path", &Runtime::base_path)
+        .def("base_model", &Runtime::base_model)
+        .def("base_hash", &Runtime::base_hash)
+        .def("working_set_bytes", &Runtime::working_set_bytes);
+}

@@ -1,0 +1,236 @@
+"""The device side of spaedge: the C++ runtime behind a small numpy API.
+
+    from spaedge.runtime import Runtime
+    rt = Runtime("base.safetensors")            # mmap + validate the base once
+    name = rt.load_task("digits.safetensors")   # validate, keep, switch to it
+    logits = rt.run(rt.normalize(images))       # (N, classes) float32
+    ms = rt.switch("flowers")                   # another loaded task, ~ms
+
+Needs numpy and the compiled ``spaedge._runtime`` only (no torch).
+
+Input contract of :meth:`Runtime.run`
+-------------------------------------
+- A normalised image batch in NCHW order of exactly the active task's size:
+  ``(C, H, W)`` (one image; returns ``(classes,)``) or ``(N, C, H, W)``
+  (returns ``(N, classes)``).
+- dtype float32. Other *floating* dtypes (float16, float64) are converted to
+  float32 silently (the values mean the same thing). Integer, bool and complex
+  arrays are refused with a ValueError: raw uint8 pixels must be normalised
+  first with :meth:`Runtime.normalize`.
+- Non-contiguous arrays (slices, transposes) are copied to C order.
+- NaN or Inf in the input raise ValueError by default (``check_finite=True``;
+  the check costs one pass over the input). With ``check_finite=False`` they
+  are passed through and the logits are then unspecified (typically NaN).
+
+Errors: a bad, corrupt or mismatched bundle raises :class:`BundleError` (a
+ValueError) whose message names the file and the field; bad arguments raise
+ValueError; an unknown task name raises KeyError.
+
+Thread safety: one Runtime serves one call at a time (an internal mutex), so it
+may be shared between threads; :meth:`run` releases the GIL while it computes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+
+from spaedge.errors import BundleError
+from spaedge import _runtime
+
+__all__ = ["Runtime", "BundleError"]
+
+
+class Runtime:
+    """One frozen base with any number of loaded tasks, one of them active.
+
+    ``threads``: worker threads for the kernels; None or 0 = all hardware threads.
+    """
+
+    def __init__(self, base_path: str | os.PathLike, threads: Optional[int] = None):
+        self._rt = _runtime.Runtime(os.fspath(base_path), _threads_arg(threads))
+        self._info: dict[str, dict] = {}  # task name -> task_info (bundles are immutable once loaded)
+
+    # ---- tasks ---------------------------------------------------------------
+    def load_task(self, path: str | os.PathLike) -> str:
+        """Validate a task bundle against the base, keep it, make it active; returns its name.
+
+        A task with the same name is replaced."""
+        name = self._rt.load_task(os.fspath(path))
+        self._info.pop(name, None)
+        return name
+
+    def switch(self, name: str) -> float:
+        """Make a loaded task active (gather + merge + fold + pack); returns milliseconds."""
+        self._check_name(name)
+        return self._rt.switch_to(name)
+
+    def unload(self, name: str) -> None:
+        """Forget a loaded task (if it was active, no task is active afterwards)."""
+        self._check_name(name)
+        self._rt.unload_task(name)
+        self._info.pop(name, None)
+
+    @property
+    def tasks(self) -> list[str]:
+        """Names of the loaded tasks, in load order."""
+        return self._rt.tasks()
+
+    @property
+    def active_task(self) -> Optional[str]:
+        """Name of the active task, or None."""
+        return self._rt.active_task() or None
+
+    def task_info(self, name: Optional[str] = None) -> dict:
+        """Facts about a loaded task (the active one by default).
+
+        Keys: name, path, method, info (JSON text), labels, channels, height,
+        width, mean, std, classes, bundle_bytes, macs, params, input_shape."""
+        d = self._rt.task_info(self._resolve(name))
+        d["input_shape"] = (d["channels"], d["height"], d["width"])
+        return d
+
+    # ---- facts about the runtime -----------------------------------------------
+    @property
+    def isa(self) -> str:
+        """Kernel path in use: 'scalar', 'avx2' or 'neon'."""
+        return self._rt.isa()
+
+    @property
+    def threads(self) -> int:
+        return self._rt.threads()
+
+    @threads.setter
+    def threads(self, n: Optional[int]) -> None:
+        self._rt.set_threads(_threads_arg(n))
+
+    @property
+    def base_hash(self) -> str:
+        return self._rt.base_hash()
+
+    @property
+    def base_model(self) -> str:
+        return self._rt.base_model()
+
+    @property
+    def base_path(self) -> str:
+        return self._rt.base_path()
+
+    # ---- inference -------------------------------------------------------------
+    def run(self, x, check_finite: bool = True) -> np.ndarray:
+        """Logits of the active task for a normalised NCHW batch (see the module doc)."""
+        info = self._active_info()
+        c, h, w = info["channels"], info["height"], info["width"]
+        expect = f"float32 array of shape ({c}, {h}, {w}) or (N, {c}, {h}, {w}) (NCHW) for task {info['name']!r}"
+        a = np.asarray(x) if not isinstance(x, np.ndarray) else x
+        if a.dtype.kind != "f":
+            hint = " (raw pixels must be normalised first: use Runtime.normalize(images))" \
+                if a.dtype.kind in "ui" else ""
+            raise ValueError(f"Runtime.run: expected a {expect}, got dtype {a.dtype}{hint}")
+        if a.ndim not in (3, 4):
+            raise ValueError(f"Runtime.run: expected a {expect}, got {a.ndim}-D shape {a.shape}")
+        single = a.ndim == 3
+        if a.shape[-3:] != (c, h, w):
+            hint = ""
+            if a.shape[-3:] == (h, w, c):
+                hint = " (that looks like NHWC: transpose to NCHW, or use Runtime.normalize)"
+            raise ValueError(f"Runtime.run: expected a {expect}, got shape {a.shape}{hint}")
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        if single:
+            a = a[None]
+        n = a.shape[0]
+        out = np.empty((n, info["classes"]), dtype=np.float32)
+        if n == 0:
+            return out[0] if single else out
+        if check_finite and not np.isfinite(a).all():
+            raise ValueError("Runtime.run: input contains NaN or Inf "
+                             "(pass check_finite=False to run it anyway; the logits are then unspecified)")
+        self._rt.run(a, n, out)
+        return out[0] if single else out
+
+    def predict(self, x, k: int = 1) -> list:
+        """Top-k (label, logit) pairs per image of a normalised batch (a list per image)."""
+        logits = self.run(x)
+        labels = self._active_info()["labels"]
+        rows = logits[None] if logits.ndim == 1 else logits
+        k = max(1, min(int(k), rows.shape[1]))
+        result = []
+        for row in rows:
+            order = np.argsort(-row, kind="stable")[:k]
+            result.append([(labels[i], float(row[i])) for i in order])
+        return result[0] if logits.ndim == 1 else result
+
+    def normalize(self, images, task: Optional[str] = None) -> np.ndarray:
+        """Images to the normalised float32 NCHW input of a task (the active one by default).
+
+        ``images``: uint8 in 0..255 or floats in 0..1, one image or a batch, in
+        CHW/NCHW or HWC/NHWC order (found from where the channel count sits;
+        CHW wins if both fit), or (H, W) / (N, H, W) for a one-channel task.
+        The size must already be the task's input size (no resizing). Returns
+        (C, H, W) for one image, (N, C, H, W) for a batch."""
+        info = self.task_info(task)
+        c, h, w = info["channels"], info["height"], info["width"]
+        a = np.asarray(images)
+        if a.dtype == np.uint8:
+            a = a.astype(np.float32) / np.float32(255.0)
+        elif a.dtype.kind == "f":
+            a = a.astype(np.float32, copy=False)
+        else:
+            raise ValueError(f"Runtime.normalize: expected uint8 (0..255) or float (0..1) images, got dtype {a.dtype}")
+        if c == 1 and a.ndim in (2, 3) and a.shape[-2:] == (h, w) and not (a.ndim == 3 and a.shape == (1, h, w)):
+            a = a[..., None, :, :]  # (H, W) or (N, H, W) grayscale
+        if a.ndim not in (3, 4):
+            raise ValueError(f"Runtime.normalize: expected one image or a batch of ({c}, {h}, {w}) or "
+                             f"({h}, {w}, {c}) images, got shape {a.shape}")
+        if a.shape[-3:] == (c, h, w):
+            pass
+        elif a.shape[-3:] == (h, w, c):
+            a = np.moveaxis(a, -1, -3)
+        else:
+            raise ValueError(f"Runtime.normalize: images must be {c}x{h}x{w} (CHW) or {h}x{w}x{c} (HWC) "
+                             f"for task {info['name']!r}, got shape {a.shape}; resize them first")
+        mean = np.asarray(info["mean"], dtype=np.float32).reshape(c, 1, 1)
+        std = np.asarray(info["std"], dtype=np.float32).reshape(c, 1, 1)
+        return np.ascontiguousarray((a - mean) / std, dtype=np.float32)
+
+    # ---- helpers ---------------------------------------------------------------
+    def _resolve(self, name: Optional[str]) -> str:
+        if name is None:
+            active = self._rt.active_task()
+            if not active:
+                raise RuntimeError("no active task: call Runtime.load_task first")
+            return active
+        self._check_name(name)
+        return name
+
+    def _check_name(self, name: str) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"task name must be a str, got {type(name).__name__}")
+        if not self._rt.has_task(name):
+            loaded = ", ".join(self._rt.tasks()) or "none"
+            raise KeyError(f"no task named {name!r} is loaded (loaded: {loaded})")
+
+    def _active_info(self) -> dict:
+        active = self._rt.active_task()
+        if not active:
+            raise RuntimeError("no active task: call Runtime.load_task first")
+        info = self._info.get(active)
+        if info is None:
+            info = self._info[active] = self._rt.task_info(active)
+        return info
+
+    def __repr__(self) -> str:
+        return (f"Runtime(base={self.base_path!r}, model={self.base_model!r}, isa={self.isa!r}, "
+                f"threads={self.threads}, tasks={self.tasks}, active={self.active_task!r})")
+
+
+def _threads_arg(n: Optional[int]) -> int:
+    if n is None:
+        return 0
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"threads must be an int or None, got {type(n).__name__}")
+    if n < 0:
+        raise ValueError(f"threads must be >= 0 (0 or None = all hardware threads), got {n}")
+    return int(n)
