@@ -1,0 +1,161 @@
+// NEON convolution: the shared blocked GEMM (kernels/gemm_conv.h) with an
+// 8 x 8 micro-kernel. The C tile lives in 16 q-register accumulators; per four
+// k steps the kernel loads four consecutive A values of each of the 8 rows as
+// one vector and multiplies them by lane (vfmaq_laneq_f32) into four 8-wide
+// rows of the packed weights: 16 loads per 64 FMAs, 26 of the 32 registers.
+// Weights are packed in panels of 8 output channels.
+#include <algorithm>
+#include <cstddef>
+
+#include "kernels/gemm_conv.h"
+#include "kernels/neon/simd.h"
+
+namespace spaedge::kernels::neon {
+
+using gemm::TileArgs;
+
+namespace {
+
+constexpr int kNR = 8;
+
+inline void copy_floats(float* d, const float* s, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        vst1q_f32(d + i, vld1q_f32(s + i));
+        vst1q_f32(d + i + 4, vld1q_f32(s + i + 4));
+    }
+    for (; i + 4 <= n; i += 4) vst1q_f32(d + i, vld1q_f32(s + i));
+    for (; i < n; ++i) d[i] = s[i];
+}
+
+inline void zero_floats(float* d, int n) {
+    const float32x4_t z = vdupq_n_f32(0.0f);
+    int i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(d + i, z);
+    for (; i < n; ++i) d[i] = 0.0f;
+}
+
+template <int MR>
+void micro(const TileArgs& t) {
+    float32x4_t c0[MR], c1[MR];
+    const int n0 = std::min(t.nr, 4), n1 = std::max(t.nr - 4, 0);
+
+    if (t.accumulate) {
+        for (int r = 0; r < MR; ++r) {
+            const float* cr = t.c + r * t.ldc;
+            c0[r] = load_n(cr, n0);
+            c1[r] = load_n(cr + 4, n1);
+        }
+    } else {
+        float32x4_t b0 = vdupq_n_f32(0.0f), b1 = b0;
+        if (t.bias) {
+            b0 = load_n(t.bias, n0);
+            b1 = load_n(t.bias + 4, n1);
+        }
+        for (int r = 0; r < MR; ++r) {
+            c0[r] = b0;
+            c1[r] = b1;
+        }
+        if (t.res) {
+            for (int r = 0; r < MR; ++r) {
+                const float* rr = t.res + r * t.ldc;
+                c0[r] = vaddq_f32(c0[r], load_n(rr, n0));
+                c1[r] = vaddq_f32(c1[r], load_n(rr + 4, n1));
+            }
+        }
+    }
+
+    const float* a[MR];
+    for (int r = 0; r < MR; ++r) a[r] = t.a + r * t.lda;
+    const float* b = t.b;
+    int k = 0;
+    for (; k + 4 <= t.kc; k += 4, b += 4 * kNR) {
+        __builtin_prefetch(t.pf + k * kNR);
+        __builtin_prefetch(t.pf + k * kNR + 16);
+        float32x4_t av[MR];
+        for (int r = 0; r < MR; ++r) av[r] = vld1q_f32(a[r] + k);
+#define SPAEDGE_LANE(j)                                              \
+    {                                                                \
+        const float32x4_t b0 = vld1q_f32(b + (j) * kNR);             \
+        const float32x4_t b1 = vld1q_f32(b + (j) * kNR + 4);         \
+        for (int r = 0; r < MR; ++r) {                               \
+            c0[r] = vfmaq_laneq_f32(c0[r], b0, av[r], j);            \
+            c1[r] = vfmaq_laneq_f32(c1[r], b1, av[r], j);            \
+        }                                                            \
+    }
+        SPAEDGE_LANE(0)
+        SPAEDGE_LANE(1)
+        SPAEDGE_LANE(2)
+        SPAEDGE_LANE(3)
+#undef SPAEDGE_LANE
+    }
+    for (; k < t.kc; ++k, b += kNR) {
+        const float32x4_t b0 = vld1q_f32(b);
+        const float32x4_t b1 = vld1q_f32(b + 4);
+        for (int r = 0; r < MR; ++r) {
+            const float32x4_t av = vld1q_dup_f32(a[r] + k);
+            c0[r] = vfmaq_f32(c0[r], b0, av);
+            c1[r] = vfmaq_f32(c1[r], b1, av);
+        }
+    }
+
+    if (t.relu) {
+        const float32x4_t z = vdupq_n_f32(0.0f);
+        for (int r = 0; r < MR; ++r) {
+            c0[r] = vmaxq_f32(c0[r], z);
+            c1[r] = vmaxq_f32(c1[r], z);
+        }
+    }
+    for (int r = 0; r < MR; ++r) {
+        float* cr = t.c + r * t.ldc;
+        if (t.nr == kNR) {
+            vst1q_f32(cr, c0[r]);
+            vst1q_f32(cr + 4, c1[r]);
+        } else {
+            store_n(cr, c0[r], n0);
+            store_n(cr + 4, c1[r], n1);
+        }
+    }
+}
+
+struct Neon {
+    static constexpr int MR = 8;
+    static constexpr int NR = kNR;
+    static constexpr int KC_MAX = 256;  // 8 KB B micro-panel in L1
+    static constexpr int MC_MAX = 96;   // 96 KB A block in L2
+    static constexpr int PANELS_MAX = 16;
+    static constexpr int SLACK = 0;
+    static void copy(float* d, const float* s, int n) { copy_floats(d, s, n); }
+    static void zero(float* d, int n) { zero_floats(d, n); }
+    static void tile(int rows, const TileArgs& t) {
+        switch (rows) {
+            case 8: micro<8>(t); break;
+            case 7: micro<7>(t); break;
+            case 6: micro<6>(t); break;
+            case 5: micro<5>(t); break;
+            case 4: micro<4>(t); break;
+            case 3: micro<3>(t); break;
+            case 2: micro<2>(t); break;
+            default: micro<1>(t); break;
+        }
+    }
+};
+
+}  // namespace
+
+size_t conv_packed_floats(const ConvGeometry& g) { return gemm::packed_floats<Neon>(g); }
+
+void conv_pack(const ConvGeometry& g, const float* w_ohwi, float* packed) {
+    gemm::pack<Neon>(g, w_ohwi, packed);
+}
+
+size_t conv_scratch_floats(const ConvGeometry& g, int threads) {
+    return gemm::scratch_floats<Neon>(g, threads);
+}
+
+void conv(const ConvGeometry& g, const float* packed, const float* in, float* out,
+          const Epilogue& ep, float* scratch, int threads) {
+    gemm::conv<Neon>(g, packed, in, out, ep, scratch, threads);
+}
+
+}  // namespace spaedge::kernels::neon

@@ -1,0 +1,24 @@
+// NEON kernels for AArch64 (internal; only dispatch.cpp assembles the table).
+// Intrinsic-free so dispatch.cpp can include it.
+#pragma once
+
+#include "kernels/kernels.h"
+
+namespace spaedge::kernels::neon {
+
+size_t conv_packed_floats(const ConvGeometry& g);
+void conv_pack(const ConvGeometry& g, const float* w_ohwi, float* packed);
+size_t conv_scratch_floats(const ConvGeometry& g, int threads);
+void conv(const ConvGeometry& g, const float* packed, const float* in, float* out,
+          const Epilogue& ep, float* scratch, int threads);
+
+void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const float* in,
+             float* out, int threads);
+void global_avgpool(int h, int w, int c, const float* in, float* out);
+
+void linear(int in_f, int out_f, const float* w, const float* bias, const float* x, float* y);
+
+void lowrank_merge(int out_c, int in_c, int kernel, int rank, const float* a, const float* b,
+                   float* w_ohwi);
+
+}  // namespace spaedge::kernels::neon
