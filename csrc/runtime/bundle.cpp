@@ -82,7 +82,8 @@ Bundle::~Bundle() {
 }
 
 void Bundle::map_file() {
-    fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO must not hang; it is refused below as not a regular file.
+    fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd_ < 0) {
         int e = errno;
         fail(std::string("cannot open: ") + std::strerror(e));

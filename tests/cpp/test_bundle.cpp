@@ -1,0 +1,336 @@
+// Bundle container tests: SHA-256, the strict JSON parser, and the safetensors
+// reader refusing every kind of bad file with the right field named.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+#include "runtime/json.h"
+#include "spaedge/bundle.h"
+#include "test_bundle_writer.h"
+
+using spaedge::Bundle;
+using tb::TempDir;
+
+namespace {
+
+void test_sha256() {
+    using spaedge::Sha256;
+    CHECK(Sha256::hex("", 0) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    CHECK(Sha256::hex("abc", 3) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    const std::string two = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    CHECK(Sha256::hex(two.data(), two.size()) ==
+          "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+    std::string mil(1000000, 'a');
+    CHECK(Sha256::hex(mil.data(), mil.size()) ==
+          "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+    // Streaming in odd pieces gives the same digest as one call.
+    for (size_t piece : {1u, 3u, 55u, 56u, 63u, 64u, 65u, 1000u}) {
+        Sha256 h;
+        for (size_t i = 0; i < mil.size(); i += piece) h.update(mil.data() + i, std::min(piece, mil.size() - i));
+        uint8_t d[32];
+        h.finish(d);
+        CHECK(spaedge::to_hex(d, 32) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+    }
+    // Lengths around the padding boundary.
+    const std::string s55(55, 'x'), s56(56, 'x'), s64(64, 'x');
+    CHECK(Sha256::hex(s55.data(), 55) != Sha256::hex(s56.data(), 56));
+    Sha256 a;
+    a.update(s56.data(), 56);
+    uint8_t da[32];
+    a.finish(da);
+    CHECK(spaedge::to_hex(da, 32) == Sha256::hex(s56.data(), 56));
+    CHECK(Sha256::hex(s64.data(), 64) != Sha256::hex(s56.data(), 56));
+}
+
+void test_json() {
+    namespace json = spaedge::json;
+    auto ok = [](const std::string& s) {
+        try {
+            json::parse(s, "t");
+            return true;
+        } catch (const spaedge::Error&) {
+            return false;
+        }
+    };
+    json::Value v = json::parse(
+        R"( {"a": [1, -2.5e3, true, false, null], "b": {"c": "x\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00"}, "n": 0} )", "t");
+    CHECK(v.is(json::Type::Object) && v.object.size() == 3);
+    CHECK(v.find("a")->array.size() == 5);
+    CHECK(v.find("a")->array[0].is_integer && v.find("a")->array[0].integer == 1);
+    CHECK(v.find("a")->array[1].number == -2500.0 && !v.find("a")->array[1].is_integer);
+    CHECK(v.find("b")->find("c")->string == "x\"\\/\b\f\n\r\t\xc3\xa9\xf0\x9f\x98\x80");
+    CHECK(v.object[0].first == "a" && v.object[2].first == "n");
+    CHECK(ok("[]") && ok("{}") && ok("\"\"") && ok("0") && ok("-0.0e-0") && ok("1E+2"));
+    CHECK(ok("123456789012345678901234567890"));  // big, not an int64: still a number
+    CHECK(ok("1e-400"));                          // underflows to 0: accepted
+    CHECK(!ok(""));
+    CHECK(!ok("{"));
+    CHECK(!ok("{\"a\":1,}"));
+    CHECK(!ok("[1,]"));
+    CHECK(!ok("{\"a\":1 \"b\":2}"));
+    CHECK(!ok("{\"a\":1,\"a\":2}"));
+    CHECK(!ok("01"));
+    CHECK(!ok("1."));
+    CHECK(!ok(".5"));
+    CHECK(!ok("+1"));
+    CHECK(!ok("1e"));
+    CHECK(!ok("1e400"));
+    CHECK(!ok("NaN"));
+    CHECK(!ok("tru"));
+    CHECK(!ok("nul"));
+    CHECK(!ok("\"\\x\""));
+    CHECK(!ok("\"\\u12\""));
+    CHECK(!ok("\"\\ud800\""));
+    CHECK(!ok("\"\\udc00\""));
+    CHECK(!ok("\"a\nb\""));
+    CHECK(!ok("\"\xff\""));
+    CHECK(!ok("\"\xc0\xaf\""));  // overlong
+    CHECK(!ok("\"\xed\xa0\x80\""));  // encoded surrogate
+    CHECK(!ok("[1] x"));
+    CHECK(!ok("// c\n1"));
+    CHECK(!ok(std::string(100, '[') + std::string(100, ']')));  // too deep
+    CHECK(ok(std::string(50, '[') + std::string(50, ']')));
+    EXPECT_ERROR(json::parse("{\"a\":1,\"a\":2}", "f.safetensors: header"), "f.safetensors: header",
+                 "duplicate key \"a\"");
+    EXPECT_ERROR(json::parse("[1,2", "ctx"), "ctx: invalid JSON at byte 4");
+    CHECK(json::valid_utf8("h\xc3\xa9", 3) && !json::valid_utf8("\xc3", 1));
+}
+
+std::vector<tb::Tensor> two_tensors() {
+    return {tb::f32("w", {2, 3}, {1, 2, 3, 4, 5, 6}), tb::i32("idx", {0, 2, 5})};
+}
+
+tb::Meta task_meta() { return {{"format", "spaedge-task"}}; }
+
+void test_good_bundle(const TempDir& d) {
+    const std::string p = d.file("good.safetensors");
+    tb::write_file(p, tb::bundle(two_tensors(), task_meta()));
+    Bundle b(p, "spaedge-task");
+    CHECK(b.format() == "spaedge-task");
+    CHECK(b.tensors().size() == 2);
+    const auto& w = b.tensor("w");
+    CHECK(w.dtype == spaedge::DType::F32 && w.shape == std::vector<int64_t>({2, 3}) && w.numel == 6);
+    CHECK(w.f32(0) == 1.0f && w.f32(5) == 6.0f);
+    const auto& idx = b.tensor("idx");
+    CHECK(idx.dtype == spaedge::DType::I32 && idx.i32(2) == 5);
+    CHECK(b.meta("version") == "1" && b.content_hash().size() == 64);
+    CHECK(b.find("nope") == nullptr);
+    EXPECT_ERROR(b.tensor("nope"), p + ": missing tensor 'nope'");
+    EXPECT_ERROR(b.meta("graph"), p + ": missing metadata key 'graph'");
+    // Either format accepted with "", the other refused.
+    Bundle any(p);
+    CHECK(any.format() == "spaedge-task");
+    EXPECT_ERROR(Bundle(p, "spaedge-base"), p, "is a spaedge-task bundle, expected a spaedge-base bundle");
+
+    // A zero-size tensor and an empty data section are legal safetensors.
+    const std::string pz = d.file("zero.safetensors");
+    tb::write_file(pz, tb::bundle({tb::f32("e", {0, 4}, {})}, task_meta()));
+    Bundle z(pz);
+    CHECK(z.tensor("e").numel == 0);
+    // Unaligned (unpadded) header is still read.
+    tb::Meta m = task_meta();
+    m.emplace_back("version", "1");
+    tb::Layout l0 = tb::layout(two_tensors(), m);
+    m.emplace_back("content_hash", tb::sha_hex(l0.data));
+    tb::Layout l = tb::layout(two_tensors(), m);
+    std::string hdr = l.header + " ";
+    if (hdr.size() % 8 == 0) hdr += " ";
+    std::vector<uint8_t> raw(8);
+    for (int i = 0; i < 8; ++i) raw[size_t(i)] = uint8_t(uint64_t(hdr.size()) >> (8 * i));
+    raw.insert(raw.end(), hdr.begin(), hdr.end());
+    raw.insert(raw.end(), l.data.begin(), l.data.end());
+    tb::write_file(d.file("unaligned.safetensors"), raw);
+    Bundle u(d.file("unaligned.safetensors"));
+    CHECK(u.tensor("w").f32(4) == 5.0f);
+}
+
+// Writes header text + data with a correct content hash over `data`.
+std::vector<uint8_t> with_header(const std::string& header_json, const std::vector<uint8_t>& data) {
+    return tb::assemble(header_json, data);
+}
+
+std::string meta_json(const std::vector<uint8_t>& data, const std::string& fmt = "spaedge-task") {
+    return "\"__metadata__\":{\"format\":\"" + fmt + "\",\"version\":\"1\",\"content_hash\":\"" + tb::sha_hex(data) +
+           "\"}";
+}
+
+void test_truncation(const TempDir& d) {
+    const std::vector<uint8_t> good = tb::bundle(two_tensors(), task_meta());
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | good[size_t(i)];
+    const size_t data_start = 8 + size_t(n);
+    struct Cut {
+        size_t len;
+        const char* needle;
+    };
+    const std::vector<Cut> cuts = {
+        {0, "empty file"},
+        {1, "shorter than the 8-byte"},
+        {7, "shorter than the 8-byte"},
+        {8, "exceeds"},
+        {9, "exceeds"},
+        {8 + size_t(n) / 2, "exceeds"},
+        {data_start - 1, "exceeds"},
+        {data_start, "out of range"},        // no data at all
+        {data_start + 5, "out of range"},    // inside the first tensor
+        {good.size() - 4, "out of range"},   // inside the last tensor
+        {good.size() - 1, "out of range"},
+    };
+    for (const auto& c : cuts) {
+        const std::string p = d.file("cut" + std::to_string(c.len) + ".safetensors");
+        tb::write_file(p, std::vector<uint8_t>(good.begin(), good.begin() + long(c.len)));
+        EXPECT_ERROR(Bundle{p}, p + ": ", c.needle);
+    }
+    // Extra trailing bytes: belong to no tensor.
+    std::vector<uint8_t> longer = good;
+    longer.push_back(0);
+    tb::write_file(d.file("long.safetensors"), longer);
+    EXPECT_ERROR(Bundle{d.file("long.safetensors")}, "belong to no tensor");
+}
+
+void test_header_length(const TempDir& d) {
+    std::vector<uint8_t> good = tb::bundle(two_tensors(), task_meta());
+    auto set_len = [&](uint64_t n) {
+        std::vector<uint8_t> b = good;
+        for (int i = 0; i < 8; ++i) b[size_t(i)] = uint8_t(n >> (8 * i));
+        return b;
+    };
+    const std::string p = d.file("hl.safetensors");
+    tb::write_file(p, set_len(uint64_t(1) << 60));
+    EXPECT_ERROR(Bundle{p}, p, "header length 1152921504606846976 exceeds");
+    tb::write_file(p, set_len(~uint64_t(0)));
+    EXPECT_ERROR(Bundle{p}, "header length", "exceeds");
+    tb::write_file(p, set_len(0));
+    EXPECT_ERROR(Bundle{p}, "header length 0 is too small");
+    // Within the file but absurd (> 100 MB): a sparse 101 MB file.
+    {
+        const std::string big = d.file("big.safetensors");
+        std::vector<uint8_t> head(8);
+        const uint64_t n = 101ull * 1024 * 1024;
+        for (int i = 0; i < 8; ++i) head[size_t(i)] = uint8_t(n >> (8 * i));
+        head.push_back('{');
+        tb::write_file(big, head);
+        if (truncate(big.c_str(), off_t(n + 16)) == 0) EXPECT_ERROR(Bundle{big}, "is absurd");
+    }
+}
+
+void test_bad_json_and_shape(const TempDir& d) {
+    const std::vector<uint8_t> data(12, 0);
+    const std::string M = meta_json(data);
+    struct Case {
+        std::string header;
+        std::vector<const char*> needles;
+    };
+    const std::vector<Case> cases = {
+        {"{" + M + ",\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]", {"header: invalid JSON"}},
+        {"[1,2,3]", {"does not start with '{'"}},
+        {"{" + M + ",\"w\":[1]}", {"tensor 'w': header entry is a array"}},
+        {"{" + M + ",\"w\":{\"dtype\":\"F16\",\"shape\":[6],\"data_offsets\":[0,12]}}",
+         {"tensor 'w': dtype 'F16' not allowed"}},
+        {"{" + M + ",\"w\":{\"dtype\":\"F64\",\"shape\":[3],\"data_offsets\":[0,12]}}", {"dtype 'F64' not allowed"}},
+        {"{" + M + ",\"w\":{\"dtype\":3,\"shape\":[3],\"data_offsets\":[0,12]}}", {"'dtype' is not a string"}},
+        {"{" + M + ",\"w\":{\"shape\":[3],\"data_offsets\":[0,12]}}", {"tensor 'w': missing 'dtype'"}},
+        {"{" + M + ",\"w\":{\"dtype\":\"F32\",\"data_offsets\":[0,12]}}", {"missing 'shape'"}},
+        {"{" + M + ",\"w\":{\"dtype\":\"F32\",\"shape\":[3]}}", {"missing 'data_offsets'"}},
+        {"{" + M + ",\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12],\"x\":1}}",
+         {"unknown field 'x'"}},
+        {"{" + M + ",\"w\":{\"dtype\":\"F32\",\"shape\":[-3],\"data_offsets\":[0,12]}}", {"non-negative integers"}},
+        {"{" + M + ",\"w\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,12]}}", {"non-negative integers"}},
+        {"{" + M + ",\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,12]}}",
+         {"tensor 'w': 'shape' [4] of F32 needs 16 bytes but 'data_offsets' [0, 12] hold 12"}},
+        {"{" + M + ",\"w\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,12]}}",
+         {"tensor 'w'"}},
+        {"{" + M + ",\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,16]}}",
+         {"tensor 'w': 'data_offsets' [0, 16] out of range: the data section has 12 bytes"}},
+        {"{" + M + ",\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[12,0]}}", {"begin after end"}},
+        {"{" + M + ",\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0]}}", {"must be an array [begin, end]"}},
+        {"{" + M + ",\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,99999999999999999999]}}",
+         {"non-negative integers"}},
+        {"{" + M +
+             ",\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+             "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+         {"tensor 'b': 'data_offsets' [4, 12] overlap tensor 'a' [0, 8]"}},
+        {"{" + M +
+             ",\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+             "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}",
+         {"data section bytes [4, 8) belong to no tensor"}},
+        {"{" + M + ",\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+         {"data section bytes [0, 4) belong to no tensor"}},
+        {"{" + M + ",\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]},"
+                   "\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
+         {"duplicate key \"a\""}},
+        {"{\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}", {"no '__metadata__'"}},
+        {"{\"__metadata__\":[],\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
+         {"'__metadata__' is a array"}},
+        {"{\"__metadata__\":{\"format\":1},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
+         {"metadata 'format' is a number"}},
+        {"{\"__metadata__\":{\"version\":\"1\",\"content_hash\":\"" + tb::sha_hex(data) +
+             "\"},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
+         {"missing metadata key 'format'"}},
+        {"{\"__metadata__\":{\"format\":\"other\",\"version\":\"1\",\"content_hash\":\"" + tb::sha_hex(data) +
+             "\"},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
+         {"metadata 'format' is 'other'"}},
+        {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"2\",\"content_hash\":\"" + tb::sha_hex(data) +
+             "\"},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
+         {"metadata 'version' is '2'"}},
+        {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"1\"},"
+         "\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
+         {"missing metadata key 'content_hash'"}},
+        {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"1\",\"content_hash\":\"ABC\"},"
+         "\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
+         {"'content_hash' is not 64 lowercase hex"}},
+        {"{" + M + ",\"\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}", {"empty name"}},
+    };
+    int i = 0;
+    for (const auto& c : cases) {
+        const std::string p = d.file("case" + std::to_string(i++) + ".safetensors");
+        tb::write_file(p, with_header(c.header, data));
+        std::vector<std::string> needles = {p + ": "};
+        for (const char* n : c.needles) needles.push_back(n);
+        tb::expect_error([&] { Bundle b(p); }, needles, __FILE__, __LINE__);
+    }
+    // Sanity: the same construction with a good header loads.
+    const std::string p = d.file("case_ok.safetensors");
+    tb::write_file(p, with_header("{" + M + ",\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}", data));
+    Bundle ok(p);
+    CHECK(ok.tensor("w").numel == 3);
+}
+
+void test_content_hash(const TempDir& d) {
+    std::vector<uint8_t> good = tb::bundle(two_tensors(), task_meta());
+    for (size_t back : {1u, 5u, 13u, 24u}) {
+        std::vector<uint8_t> b = good;
+        b[b.size() - back] ^= 0x01;
+        const std::string p = d.file("flip" + std::to_string(back) + ".safetensors");
+        tb::write_file(p, b);
+        EXPECT_ERROR(Bundle{p}, p + ": metadata 'content_hash' mismatch", "file corrupted");
+    }
+}
+
+void test_not_files(const TempDir& d) {
+    EXPECT_ERROR(Bundle{d.path.string()}, d.path.string() + ": is a directory");
+    EXPECT_ERROR(Bundle{d.file("missing.safetensors")}, "missing.safetensors: cannot open");
+    const std::string fifo = d.file("fifo");
+    if (mkfifo(fifo.c_str(), 0600) == 0) EXPECT_ERROR(Bundle{fifo}, fifo + ": is not a regular file");
+    EXPECT_ERROR(Bundle{"/dev/null"}, "/dev/null: is not a regular file");
+    const std::string e = d.file("empty.safetensors");
+    tb::write_file(e, {});
+    EXPECT_ERROR(Bundle{e}, e + ": empty file");
+}
+
+}  // namespace
+
+int main() {
+    TempDir d;
+    test_sha256();
+    test_json();
+    test_good_bundle(d);
+    test_truncation(d);
+    test_header_length(d);
+    test_bad_json_and_shape(d);
+    test_content_hash(d);
+    test_not_files(d);
+    return tb::report("test_bundle");
+}
