@@ -37,8 +37,10 @@ from typing import Optional
 
 import numpy as np
 
-from spaedge.errors import BundleError
 from spaedge import _runtime
+
+# spaedge.errors.BundleError (shared with the toolchain), as the extension raises it.
+BundleError = _runtime.BundleError
 
 __all__ = ["Runtime", "BundleError"]
 
