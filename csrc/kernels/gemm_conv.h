@@ -1,20 +1,27 @@
-// Convolution as a blocked GEMM, shared by the SIMD paths (internal header:
-// include only from <isa>/conv.cpp; everything here has internal linkage so
-// each ISA's copy is compiled with that ISA's flags and never mixed up).
+// Convolution as a blocked GEMM over row pointers, shared by the SIMD paths
+// (internal header: include only from <isa>/conv.cpp; everything here has
+// internal linkage so each ISA's copy is compiled with that ISA's flags).
 //
 //   C[M x N] = A[M x K] * B[K x N],  M = out_h*out_w pixels, N = out_c,
 //   K = kernel*kernel*in_c in (ky, kx, ci) order (matches OHWI weights).
 //
-// C is the NHWC output itself (row stride out_c). A is the NHWC input directly
-// for 1x1 stride-1 unpadded convs (row stride in_c, no copy) and an im2col
-// block in per-thread scratch otherwise. B is packed once at task application
-// into panels of NR output channels, packed[panel][k][NR], ragged out_c
-// zero-padded. The ISA supplies an MR x NR micro-kernel over row-major A.
+// C is the NHWC output itself (row stride out_c). A is never materialised
+// (no im2col): for output pixel (oy, ox) and kernel row ky, the k*in_c values
+// (kx, ci) of its A row are one contiguous run of the NHWC input starting at
+// in[(oy*stride + ky - pad, ox*stride - pad, 0)]. So each A row is a pointer
+// plus k "spans" of k*in_c floats, consecutive spans one (padded) input row
+// apart. Padded convs first copy the input once into a zero-bordered buffer in
+// scratch; unpadded ones read the input in place (a 1x1 stride-1 conv is a
+// plain GEMM over the NHWC input). The micro-kernel takes MR row pointers and
+// walks nseg segments of seg floats, jumping from one span to the next.
 //
-// Blocking (BLIS order): K in blocks of <= KC_MAX (an NR x kc B micro-panel
-// stays in L1 while a block of mc A rows streams from L2), M in blocks of
-// <= MC_MAX rows, N in groups of panels. Work items are (M block, panel group)
-// pairs, split statically over the OpenMP threads.
+// B is packed once at task application into panels of NR output channels,
+// packed[panel][k][NR], ragged out_c zero-padded.
+//
+// Blocking (BLIS order): K in blocks of whole spans (or parts of one long
+// span) of <= KC_MAX floats (an NR x kc B micro-panel stays in L1), M in
+// blocks of <= MC_MAX rows, N in groups of panels. Work items are (M block,
+// panel group) pairs, split statically over the OpenMP threads.
 //
 // Epilogue: at the first K block the accumulators start from bias + residual
 // (so an output aliasing the residual is read before it is overwritten); later
@@ -22,8 +29,7 @@
 //
 // The ISA type provides:
 //   static constexpr int MR, NR, KC_MAX, MC_MAX, PANELS_MAX;
-//   static constexpr int SLACK;   // floats copy/zero may write past d + n
-//   static void copy(float* d, const float* s, int n);  // never reads past s + n
+//   static void copy(float* d, const float* s, int n);
 //   static void zero(float* d, int n);
 //   static void tile(int rows, const TileArgs& t);      // 1 <= rows <= MR
 #pragma once
@@ -43,28 +49,35 @@ namespace {
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+constexpr int kMaxMR = 8;
+
 struct TileArgs {
-    const float* a;     // first A row of the tile, at the K block start
-    size_t lda;         // A row stride (floats)
-    const float* b;     // B micro-panel, kc x NR, at the K block start
-    const float* pf;    // kc x NR floats worth pulling towards L1 meanwhile (may be b)
-    float* c;           // first C element of the tile
-    size_t ldc;         // C (and residual) row stride
-    int kc;             // K steps
-    int nr;             // valid columns (1..NR)
-    bool accumulate;    // start from C (later K blocks)
-    const float* bias;  // first K block: + bias (or null)
-    const float* res;   // first K block: + residual (or null)
-    bool relu;          // last K block
+    const float* a[kMaxMR];  // A row pointers (first `rows` used), at the K block start
+    int seg;                 // k steps per segment
+    int nseg;                // segments in this K block (kc = seg * nseg)
+    ptrdiff_t jump;          // floats from the end of a segment to the start of the next
+    const float* b;          // B micro-panel, kc x NR, at the K block start
+    const float* pf;         // kc x NR floats worth pulling towards L1 meanwhile (may be b)
+    float* c;                // first C element of the tile
+    size_t ldc;              // C (and residual) row stride
+    int nr;                  // valid columns (1..NR)
+    bool accumulate;         // start from C (later K blocks)
+    const float* bias;       // first K block: + bias (or null)
+    const float* res;        // first K block: + residual (or null)
+    bool relu;               // last K block
 };
 
 struct Plan {
     int M = 0, N = 0, K = 0, panels = 0;
-    bool direct = false;  // 1x1, stride 1, pad 0: A is the input itself
+    int hp = 0, wp = 0;   // rows/cols of the (padded) input that A points into
+    bool padded = false;  // input copied into a zero-bordered buffer in scratch
+    int span = 0;         // floats per kernel row (kernel * in_c)
+    int spans_per_block = 0;  // >= 1: K blocks are this many whole spans
+    int parts_per_span = 0;   // >= 1: or each span is cut into this many blocks
+    int kc_max = 0;       // largest K block
     int mc = 0, mb = 0;   // rows per M block, number of M blocks
-    int kc = 0;           // K block
     int np = 0, nb = 0;   // panels per group, number of groups
-    size_t slot = 0;      // scratch floats per thread
+    size_t scratch = 0;   // floats of scratch (the padded input)
 };
 
 template <class Isa>
@@ -76,20 +89,30 @@ Plan make_plan(const ConvGeometry& g, int threads) {
     p.N = g.out_c;
     p.K = g.kernel * g.kernel * g.in_c;
     p.panels = ceil_div(p.N, NR);
-    p.direct = g.kernel == 1 && g.stride == 1 && g.pad == 0;
     if (p.M <= 0 || p.N <= 0 || p.K <= 0) return p;
-
-    const int kb = ceil_div(p.K, Isa::KC_MAX);
-    p.kc = ceil_div(p.K, kb);
+    p.padded = g.pad > 0;
+    p.hp = g.in_h + 2 * g.pad;
+    p.wp = g.in_w + 2 * g.pad;
+    p.span = g.kernel * g.in_c;
+    if (p.span <= Isa::KC_MAX) {
+        // Group whole spans, as evenly as the limit allows.
+        const int blocks = ceil_div(g.kernel, std::max(1, Isa::KC_MAX / p.span));
+        p.spans_per_block = ceil_div(g.kernel, blocks);
+        p.parts_per_span = 1;
+        p.kc_max = p.spans_per_block * p.span;
+    } else {
+        p.spans_per_block = 0;
+        p.parts_per_span = ceil_div(p.span, Isa::KC_MAX);
+        p.kc_max = ceil_div(p.span, p.parts_per_span);
+    }
 
     // Work items are (M block, panel group) pairs split contiguously over the
     // threads. Pick the split that minimises the busiest thread's work
-    // (rows x panels, plus ~1/8 panel per row for the im2col copy), with M
-    // blocks no larger than MC_MAX; ties go to fewer, larger items.
+    // (rows x panels), with M blocks no larger than MC_MAX; ties go to fewer,
+    // larger items.
     const int mb0 = ceil_div(p.M, Isa::MC_MAX), nb0 = ceil_div(p.panels, Isa::PANELS_MAX);
     const int mb_hi = std::min(mb0 * threads, ceil_div(p.M, MR));
     const int nb_hi = std::min(nb0 * threads, p.panels);
-    const double copy_cost = p.direct ? 0.0 : 0.125;
     double best = -1.0;
     for (int mb = mb0; mb <= mb_hi; ++mb) {
         const int mc = ceil_div(ceil_div(p.M, mb), MR) * MR;
@@ -106,7 +129,7 @@ Plan make_plan(const ConvGeometry& g, int threads) {
                 for (int task = t0; task < t1; ++task) {
                     const int rows = std::min(mc, p.M - (task / nbe) * mc);
                     const int pans = std::min(np, p.panels - (task % nbe) * np);
-                    load += ceil_div(rows, MR) * MR * (pans + copy_cost);
+                    load += static_cast<double>(ceil_div(rows, MR)) * MR * pans;
                 }
                 worst = std::max(worst, load);
             }
@@ -120,51 +143,25 @@ Plan make_plan(const ConvGeometry& g, int threads) {
         }
     }
 
-    // +16: 64-byte alignment of each thread's block; + SLACK: copy overshoot.
-    p.slot = p.direct ? 0 : static_cast<size_t>(p.mc) * p.kc + 16 + Isa::SLACK;
+    p.scratch = p.padded ? static_cast<size_t>(p.hp) * p.wp * g.in_c : 0;
     return p;
 }
 
-// Copies rows [m0, m0+rows) x columns [p0, p0+cols) of the virtual im2col
-// matrix into dst (row stride cols). Out-of-image taps are zeros. For one
-// output pixel and one kernel row ky, the k*in_c columns (kx, ci) are a single
-// contiguous run of the NHWC input (minus the part outside the image), so a
-// row costs at most `kernel` copies. Runs are written left to right, so the
-// copy overshoot of one run is overwritten by the next (the last lands in the
-// slot's slack).
+// Copies rows [y0, y1) of the zero-bordered input: padded row y holds input
+// row y - pad with pad zero pixels on either side (all zeros outside).
 template <class Isa>
-void im2col_block(const ConvGeometry& g, const float* in, int m0, int rows, int p0, int cols,
-                  float* dst) {
-    const int ow = g.out_w(), ic = g.in_c, k = g.kernel;
-    const int span = k * ic;  // columns per kernel row
-    const int end = p0 + cols;
-    const int ky0 = p0 / span, ky1 = (end - 1) / span;
-    for (int r = 0; r < rows; ++r) {
-        const int m = m0 + r, oy = m / ow, ox = m % ow;
-        const int ix0 = ox * g.stride - g.pad;
-        // In-image kx range as column offsets [v0, v1) within a span.
-        const int v0 = std::max(0, -ix0) * ic;
-        const int v1 = std::max(std::min(k, g.in_w - ix0), 0) * ic;
-        float* d = dst + static_cast<size_t>(r) * cols;
-        for (int ky = ky0; ky <= ky1; ++ky) {
-            const int s0 = std::max(p0, ky * span) - ky * span;
-            const int s1 = std::min(end, (ky + 1) * span) - ky * span;
-            const int iy = oy * g.stride - g.pad + ky;
-            if (iy < 0 || iy >= g.in_h || v1 <= v0) {
-                Isa::zero(d, s1 - s0);
-                d += s1 - s0;
-                continue;
-            }
-            const float* src = in + (static_cast<ptrdiff_t>(iy) * g.in_w + ix0) * ic;
-            const int c0 = std::min(std::max(s0, v0), s1);  // [s0, c0) zeros
-            const int c1 = std::max(std::min(s1, v1), c0);  // [c0, c1) copy, [c1, s1) zeros
-            Isa::zero(d, c0 - s0);
-            d += c0 - s0;
-            Isa::copy(d, src + c0, c1 - c0);
-            d += c1 - c0;
-            Isa::zero(d, s1 - c1);
-            d += s1 - c1;
+void pad_rows(const ConvGeometry& g, const float* in, float* padded, int y0, int y1) {
+    const int ic = g.in_c, wp = g.in_w + 2 * g.pad;
+    for (int y = y0; y < y1; ++y) {
+        float* d = padded + static_cast<size_t>(y) * wp * ic;
+        const int iy = y - g.pad;
+        if (iy < 0 || iy >= g.in_h) {
+            Isa::zero(d, wp * ic);
+            continue;
         }
+        Isa::zero(d, g.pad * ic);
+        Isa::copy(d + g.pad * ic, in + static_cast<size_t>(iy) * g.in_w * ic, g.in_w * ic);
+        Isa::zero(d + (g.pad + g.in_w) * ic, g.pad * ic);
     }
 }
 
@@ -192,57 +189,78 @@ void pack(const ConvGeometry& g, const float* w_ohwi, float* packed) {
 
 template <class Isa>
 size_t scratch_floats(const ConvGeometry& g, int threads) {
-    const Plan p = make_plan<Isa>(g, threads);
-    return p.slot * static_cast<size_t>(std::max(threads, 1));
+    return make_plan<Isa>(g, threads).scratch;
 }
 
 template <class Isa>
 void conv(const ConvGeometry& g, const float* packed, const float* in, float* out,
           const Epilogue& ep, float* scratch, int threads) {
     constexpr int MR = Isa::MR, NR = Isa::NR;
+    static_assert(MR <= kMaxMR && Isa::MC_MAX % MR == 0, "M blocks must hold whole tiles");
     threads = std::max(threads, 1);
     const Plan p = make_plan<Isa>(g, threads);
     if (p.M <= 0 || p.N <= 0 || p.K <= 0) return;
     const int tasks = p.mb * p.nb;
     const size_t ldc = static_cast<size_t>(p.N);
 
-#pragma omp parallel num_threads(threads) if (threads > 1 && tasks > 1)
+    const float* src = p.padded ? scratch : in;
+    const size_t row_stride = static_cast<size_t>(p.wp) * g.in_c;  // floats per (padded) input row
+    const size_t col_step = static_cast<size_t>(g.stride) * g.in_c;  // floats per output column
+    const int ow = g.out_w();
+    const int kblocks = p.spans_per_block > 0 ? ceil_div(g.kernel, p.spans_per_block)
+                                              : g.kernel * p.parts_per_span;
+
+#pragma omp parallel num_threads(threads) if (threads > 1 && (tasks > 1 || p.padded))
     {
         int tid = 0, nthr = 1;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
         nthr = omp_get_num_threads();
 #endif
-        float* abuf = nullptr;
-        if (!p.direct) {
-            float* slot = scratch + p.slot * tid;
-            abuf = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(slot) + 63) & ~uintptr_t(63));
+        if (p.padded) {
+            const int y0 = static_cast<int>(static_cast<long long>(p.hp) * tid / nthr);
+            const int y1 = static_cast<int>(static_cast<long long>(p.hp) * (tid + 1) / nthr);
+            pad_rows<Isa>(g, in, scratch, y0, y1);
+#pragma omp barrier
         }
+        // Offsets of this M block's A rows at ky = 0 (reused for every K block).
+        size_t row_off[Isa::MC_MAX];
         // Static contiguous split: consecutive tasks share an M block.
         const int t0 = static_cast<int>(static_cast<long long>(tasks) * tid / nthr);
         const int t1 = static_cast<int>(static_cast<long long>(tasks) * (tid + 1) / nthr);
+        int cached_mblk = -1;
         for (int task = t0; task < t1; ++task) {
             const int mblk = task / p.nb, nblk = task % p.nb;
             const int m0 = mblk * p.mc, rows = std::min(p.mc, p.M - m0);
             const int pan0 = nblk * p.np, pan1 = std::min(p.panels, pan0 + p.np);
-            for (int k0 = 0; k0 < p.K; k0 += p.kc) {
-                const int kc = std::min(p.kc, p.K - k0);
-                const float* a;
-                size_t lda;
-                if (p.direct) {
-                    a = in + static_cast<size_t>(m0) * g.in_c + k0;
-                    lda = static_cast<size_t>(g.in_c);
-                } else {
-                    im2col_block<Isa>(g, in, m0, rows, k0, kc, abuf);
-                    a = abuf;
-                    lda = static_cast<size_t>(kc);
+            if (mblk != cached_mblk) {
+                for (int r = 0; r < rows; ++r) {
+                    const int m = m0 + r, oy = m / ow, ox = m % ow;
+                    row_off[r] = static_cast<size_t>(oy) * g.stride * row_stride + ox * col_step;
                 }
+                cached_mblk = mblk;
+            }
+            int k0 = 0;  // K index of the block start (B row)
+            for (int kb = 0; kb < kblocks; ++kb) {
                 TileArgs t;
-                t.lda = lda;
+                size_t a_off;  // offset of the block start within an A row
+                if (p.spans_per_block > 0) {
+                    const int ky0 = kb * p.spans_per_block;
+                    t.seg = p.span;
+                    t.nseg = std::min(p.spans_per_block, g.kernel - ky0);
+                    a_off = static_cast<size_t>(ky0) * row_stride;
+                } else {
+                    const int ky = kb / p.parts_per_span, part = kb % p.parts_per_span;
+                    const int s0 = part * p.kc_max;
+                    t.seg = std::min(p.kc_max, p.span - s0);
+                    t.nseg = 1;
+                    a_off = static_cast<size_t>(ky) * row_stride + s0;
+                }
+                t.jump = static_cast<ptrdiff_t>(row_stride) - p.span;
+                const int kc = t.seg * t.nseg;
                 t.ldc = ldc;
-                t.kc = kc;
-                t.accumulate = k0 > 0;
-                t.relu = ep.relu && k0 + kc == p.K;
+                t.accumulate = kb > 0;
+                t.relu = ep.relu && kb + 1 == kblocks;
                 for (int pan = pan0; pan < pan1; ++pan) {
                     const int n0 = pan * NR;
                     t.b = packed + (static_cast<size_t>(pan) * p.K + k0) * NR;
@@ -254,18 +272,21 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
                         : k0 + kc < p.K
                             ? packed + (static_cast<size_t>(pan0) * p.K + k0 + kc) * NR
                             : t.b;
-                    t.bias = (k0 == 0 && ep.bias) ? ep.bias + n0 : nullptr;
+                    t.bias = (kb == 0 && ep.bias) ? ep.bias + n0 : nullptr;
                     for (int r0 = 0; r0 < rows; r0 += MR) {
+                        const int mr = std::min(MR, rows - r0);
                         const size_t crow = static_cast<size_t>(m0 + r0);
-                        t.a = a + r0 * lda;
+                        for (int r = 0; r < mr; ++r) t.a[r] = src + row_off[r0 + r] + a_off;
+                        for (int r = mr; r < MR; ++r) t.a[r] = t.a[0];
                         // The first tile of a panel pulls the next panel's B
                         // micro-panel towards L1; the other tiles touch their own.
                         t.pf = r0 == 0 ? next_b : t.b;
                         t.c = out + crow * ldc + n0;
-                        t.res = (k0 == 0 && ep.residual) ? ep.residual + crow * ldc + n0 : nullptr;
-                        Isa::tile(std::min(MR, rows - r0), t);
+                        t.res = (kb == 0 && ep.residual) ? ep.residual + crow * ldc + n0 : nullptr;
+                        Isa::tile(mr, t);
                     }
                 }
+                k0 += kc;
             }
         }
     }

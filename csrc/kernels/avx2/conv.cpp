@@ -16,58 +16,75 @@ namespace {
 
 constexpr int kNR = 16;
 
-// Short copies dominate im2col for thin inputs (e.g. 7 runs of 21 floats per
-// row for a 7x7 RGB stem), so they are inline vector loops, not memcpy calls.
-// Both may write up to 7 floats past d + n (the caller leaves that slack and
-// later writes overwrite it); the source is never read past s + n.
+// Copies for the zero-bordered input copy (whole input rows).
 inline void copy_floats(float* d, const float* s, int n) {
     int i = 0;
-    for (; i + 16 <= n; i += 16) {
+    for (; i + 32 <= n; i += 32) {
         _mm256_storeu_ps(d + i, _mm256_loadu_ps(s + i));
         _mm256_storeu_ps(d + i + 8, _mm256_loadu_ps(s + i + 8));
+        _mm256_storeu_ps(d + i + 16, _mm256_loadu_ps(s + i + 16));
+        _mm256_storeu_ps(d + i + 24, _mm256_loadu_ps(s + i + 24));
     }
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, _mm256_loadu_ps(s + i));
-    if (i < n) _mm256_storeu_ps(d + i, _mm256_maskload_ps(s + i, tail_mask(n - i)));
+    for (; i < n; ++i) d[i] = s[i];
 }
 
 inline void zero_floats(float* d, int n) {
     const __m256 z = _mm256_setzero_ps();
-    for (int i = 0; i < n; i += 8) _mm256_storeu_ps(d + i, z);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, z);
+    for (; i < n; ++i) d[i] = 0.0f;
 }
 
 // The K loop of the full 6 x 16 tile, in inline assembly so the 12
 // accumulators, two B vectors and two broadcasts stay in the 16 ymm registers
-// and the six A rows are addressed from two pointers plus a stride (GCC's own
-// allocation spills here). acc[2r + h] holds row r, columns 8h..8h+7; it is
-// loaded before and stored after the loop. Four k steps per iteration.
-void kloop_6x16(int kc, const float* a, size_t lda, const float* b, const float* pf, __m256* acc) {
-    const float* a0 = a;
-    const float* a3 = a + 3 * lda;
-    const size_t ldab = lda * sizeof(float);
-    size_t n4 = static_cast<size_t>(kc) / 4;
-    size_t n1 = static_cast<size_t>(kc) % 4;
+// (GCC's own allocation spills here). Six independent A row pointers; each
+// segment runs seg k steps (four per iteration, then single steps), then all
+// row pointers jump to the next span. acc[2r + h] holds row r, columns
+// 8h..8h+7; it is loaded before and stored after the loop.
+void kloop_6x16(const TileArgs& t, __m256* acc) {
+    const float* a0 = t.a[0];
+    const float* a1 = t.a[1];
+    const float* a2 = t.a[2];
+    const float* a3 = t.a[3];
+    const float* a4 = t.a[4];
+    const float* a5 = t.a[5];
+    const float* b = t.b;
+    const float* pf = t.pf;
+    size_t nseg = static_cast<size_t>(t.nseg);
+    const size_t n4 = static_cast<size_t>(t.seg) / 4;
+    const size_t n1 = static_cast<size_t>(t.seg) % 4;
+    const ptrdiff_t jump = t.jump * static_cast<ptrdiff_t>(sizeof(float));
+    size_t cnt;
 #define SPAEDGE_STEP(boff, aoff)                                  \
     "prefetcht0 " #boff "(%[pf])\n\t"                              \
     "vmovups " #boff "(%[b]), %%ymm12\n\t"                         \
     "vmovups " #boff "+32(%[b]), %%ymm13\n\t"                      \
     "vbroadcastss " #aoff "(%[a0]), %%ymm14\n\t"                   \
-    "vbroadcastss " #aoff "(%[a0],%[lda]), %%ymm15\n\t"            \
+    "vbroadcastss " #aoff "(%[a1]), %%ymm15\n\t"                   \
     "vfmadd231ps %%ymm12, %%ymm14, %%ymm0\n\t"                     \
     "vfmadd231ps %%ymm13, %%ymm14, %%ymm1\n\t"                     \
-    "vbroadcastss " #aoff "(%[a0],%[lda],2), %%ymm14\n\t"          \
+    "vbroadcastss " #aoff "(%[a2]), %%ymm14\n\t"                   \
     "vfmadd231ps %%ymm12, %%ymm15, %%ymm2\n\t"                     \
     "vfmadd231ps %%ymm13, %%ymm15, %%ymm3\n\t"                     \
     "vbroadcastss " #aoff "(%[a3]), %%ymm15\n\t"                   \
     "vfmadd231ps %%ymm12, %%ymm14, %%ymm4\n\t"                     \
     "vfmadd231ps %%ymm13, %%ymm14, %%ymm5\n\t"                     \
-    "vbroadcastss " #aoff "(%[a3],%[lda]), %%ymm14\n\t"            \
+    "vbroadcastss " #aoff "(%[a4]), %%ymm14\n\t"                   \
     "vfmadd231ps %%ymm12, %%ymm15, %%ymm6\n\t"                     \
     "vfmadd231ps %%ymm13, %%ymm15, %%ymm7\n\t"                     \
-    "vbroadcastss " #aoff "(%[a3],%[lda],2), %%ymm15\n\t"          \
+    "vbroadcastss " #aoff "(%[a5]), %%ymm15\n\t"                   \
     "vfmadd231ps %%ymm12, %%ymm14, %%ymm8\n\t"                     \
     "vfmadd231ps %%ymm13, %%ymm14, %%ymm9\n\t"                     \
     "vfmadd231ps %%ymm12, %%ymm15, %%ymm10\n\t"                    \
     "vfmadd231ps %%ymm13, %%ymm15, %%ymm11\n\t"
+#define SPAEDGE_ADVANCE(n)                                        \
+    "add $" #n ", %[a0]\n\t"                                       \
+    "add $" #n ", %[a1]\n\t"                                       \
+    "add $" #n ", %[a2]\n\t"                                       \
+    "add $" #n ", %[a3]\n\t"                                       \
+    "add $" #n ", %[a4]\n\t"                                       \
+    "add $" #n ", %[a5]\n\t"
     __asm__ volatile(
         "vmovups 0(%[acc]), %%ymm0\n\t"
         "vmovups 32(%[acc]), %%ymm1\n\t"
@@ -81,32 +98,41 @@ void kloop_6x16(int kc, const float* a, size_t lda, const float* b, const float*
         "vmovups 288(%[acc]), %%ymm9\n\t"
         "vmovups 320(%[acc]), %%ymm10\n\t"
         "vmovups 352(%[acc]), %%ymm11\n\t"
-        "test %[n4], %[n4]\n\t"
+        "5:\n\t"                       // segment loop
+        "mov %[n4], %[cnt]\n\t"
+        "test %[cnt], %[cnt]\n\t"
         "jz 2f\n\t"
         ".p2align 5\n\t"
-        "1:\n\t"
+        "1:\n\t"                       // four k steps
         SPAEDGE_STEP(0, 0)
         SPAEDGE_STEP(64, 4)
         SPAEDGE_STEP(128, 8)
         SPAEDGE_STEP(192, 12)
         "add $256, %[b]\n\t"
         "add $256, %[pf]\n\t"
-        "add $16, %[a0]\n\t"
-        "add $16, %[a3]\n\t"
-        "dec %[n4]\n\t"
+        SPAEDGE_ADVANCE(16)
+        "dec %[cnt]\n\t"
         "jnz 1b\n\t"
         "2:\n\t"
-        "test %[n1], %[n1]\n\t"
+        "mov %[n1], %[cnt]\n\t"
+        "test %[cnt], %[cnt]\n\t"
         "jz 4f\n\t"
-        "3:\n\t"
+        "3:\n\t"                       // single k steps
         SPAEDGE_STEP(0, 0)
         "add $64, %[b]\n\t"
         "add $64, %[pf]\n\t"
-        "add $4, %[a0]\n\t"
-        "add $4, %[a3]\n\t"
-        "dec %[n1]\n\t"
+        SPAEDGE_ADVANCE(4)
+        "dec %[cnt]\n\t"
         "jnz 3b\n\t"
-        "4:\n\t"
+        "4:\n\t"                       // next span
+        "add %[jump], %[a0]\n\t"
+        "add %[jump], %[a1]\n\t"
+        "add %[jump], %[a2]\n\t"
+        "add %[jump], %[a3]\n\t"
+        "add %[jump], %[a4]\n\t"
+        "add %[jump], %[a5]\n\t"
+        "decq %[nseg]\n\t"
+        "jnz 5b\n\t"
         "vmovups %%ymm0, 0(%[acc])\n\t"
         "vmovups %%ymm1, 32(%[acc])\n\t"
         "vmovups %%ymm2, 64(%[acc])\n\t"
@@ -119,11 +145,13 @@ void kloop_6x16(int kc, const float* a, size_t lda, const float* b, const float*
         "vmovups %%ymm9, 288(%[acc])\n\t"
         "vmovups %%ymm10, 320(%[acc])\n\t"
         "vmovups %%ymm11, 352(%[acc])\n\t"
-        : [a0] "+r"(a0), [a3] "+r"(a3), [b] "+r"(b), [pf] "+r"(pf), [n4] "+r"(n4), [n1] "+r"(n1)
-        : [lda] "r"(ldab), [acc] "r"(acc)
+        : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [a4] "+r"(a4),
+          [a5] "+r"(a5), [b] "+r"(b), [pf] "+r"(pf), [cnt] "=&r"(cnt), [nseg] "+m"(nseg)
+        : [n4] "m"(n4), [n1] "m"(n1), [jump] "m"(jump), [acc] "r"(acc)
         : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
           "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc");
 #undef SPAEDGE_STEP
+#undef SPAEDGE_ADVANCE
 }
 
 // MR x 16 micro-kernel.
@@ -166,24 +194,27 @@ void micro(const TileArgs& t) {
             acc[2 * r] = c0[r];
             acc[2 * r + 1] = c1[r];
         }
-        kloop_6x16(t.kc, t.a, t.lda, t.b, t.pf, acc);
+        kloop_6x16(t, acc);
         for (int r = 0; r < 6; ++r) {
             c0[r] = acc[2 * r];
             c1[r] = acc[2 * r + 1];
         }
     } else {
         const float* a[MR];
-        for (int r = 0; r < MR; ++r) a[r] = t.a + r * t.lda;
+        for (int r = 0; r < MR; ++r) a[r] = t.a[r];
         const float* b = t.b;
-        for (int k = 0; k < t.kc; ++k, b += kNR) {
-            const __m256 b0 = _mm256_loadu_ps(b);
-            const __m256 b1 = _mm256_loadu_ps(b + 8);
+        for (int s = 0; s < t.nseg; ++s) {
+            for (int k = 0; k < t.seg; ++k, b += kNR) {
+                const __m256 b0 = _mm256_loadu_ps(b);
+                const __m256 b1 = _mm256_loadu_ps(b + 8);
 #pragma GCC unroll 8
-            for (int r = 0; r < MR; ++r) {
-                const __m256 av = _mm256_broadcast_ss(a[r] + k);
-                c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
-                c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+                for (int r = 0; r < MR; ++r) {
+                    const __m256 av = _mm256_broadcast_ss(a[r] + k);
+                    c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
+                    c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+                }
             }
+            for (int r = 0; r < MR; ++r) a[r] += t.seg + t.jump;
         }
     }
 
@@ -209,10 +240,18 @@ void micro(const TileArgs& t) {
 struct Avx2 {
     static constexpr int MR = 6;
     static constexpr int NR = kNR;
-    static constexpr int KC_MAX = 320;   // 20 KB B micro-panel in L1
-    static constexpr int MC_MAX = 120;   // 150 KB A block in L2
-    static constexpr int PANELS_MAX = 8;
-    static constexpr int SLACK = 8;
+#ifndef SPAEDGE_AVX2_KC  // tuning hooks for the benchmark; not configuration
+#define SPAEDGE_AVX2_KC 320
+#endif
+#ifndef SPAEDGE_AVX2_MC
+#define SPAEDGE_AVX2_MC 120
+#endif
+#ifndef SPAEDGE_AVX2_NP
+#define SPAEDGE_AVX2_NP 8
+#endif
+    static constexpr int KC_MAX = SPAEDGE_AVX2_KC;  // 20 KB B micro-panel in L1
+    static constexpr int MC_MAX = SPAEDGE_AVX2_MC;
+    static constexpr int PANELS_MAX = SPAEDGE_AVX2_NP;
     static void copy(float* d, const float* s, int n) { copy_floats(d, s, n); }
     static void zero(float* d, int n) { zero_floats(d, n); }
     static void tile(int rows, const TileArgs& t) {

@@ -18,6 +18,7 @@ namespace {
 
 constexpr int kNR = 8;
 
+// Copies for the zero-bordered input copy (whole input rows).
 inline void copy_floats(float* d, const float* s, int n) {
     int i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -66,12 +67,14 @@ void micro(const TileArgs& t) {
     }
 
     const float* a[MR];
-    for (int r = 0; r < MR; ++r) a[r] = t.a + r * t.lda;
+    for (int r = 0; r < MR; ++r) a[r] = t.a[r];
     const float* b = t.b;
+    const float* pf = t.pf;
+    for (int s = 0; s < t.nseg; ++s) {
     int k = 0;
-    for (; k + 4 <= t.kc; k += 4, b += 4 * kNR) {
-        __builtin_prefetch(t.pf + k * kNR);
-        __builtin_prefetch(t.pf + k * kNR + 16);
+    for (; k + 4 <= t.seg; k += 4, b += 4 * kNR, pf += 4 * kNR) {
+        __builtin_prefetch(pf);
+        __builtin_prefetch(pf + 16);
         float32x4_t av[MR];
         for (int r = 0; r < MR; ++r) av[r] = vld1q_f32(a[r] + k);
 #define SPAEDGE_LANE(j)                                              \
@@ -89,7 +92,7 @@ void micro(const TileArgs& t) {
         SPAEDGE_LANE(3)
 #undef SPAEDGE_LANE
     }
-    for (; k < t.kc; ++k, b += kNR) {
+    for (; k < t.seg; ++k, b += kNR, pf += kNR) {
         const float32x4_t b0 = vld1q_f32(b);
         const float32x4_t b1 = vld1q_f32(b + 4);
         for (int r = 0; r < MR; ++r) {
@@ -97,6 +100,8 @@ void micro(const TileArgs& t) {
             c0[r] = vfmaq_f32(c0[r], b0, av);
             c1[r] = vfmaq_f32(c1[r], b1, av);
         }
+    }
+    for (int r = 0; r < MR; ++r) a[r] += t.seg + t.jump;
     }
 
     if (t.relu) {
@@ -124,7 +129,6 @@ struct Neon {
     static constexpr int KC_MAX = 256;  // 8 KB B micro-panel in L1
     static constexpr int MC_MAX = 96;   // 96 KB A block in L2
     static constexpr int PANELS_MAX = 16;
-    static constexpr int SLACK = 0;
     static void copy(float* d, const float* s, int n) { copy_floats(d, s, n); }
     static void zero(float* d, int n) { zero_floats(d, n); }
     static void tile(int rows, const TileArgs& t) {
