@@ -64,9 +64,12 @@ inline int report(const char* name) {
 // ---- temp dir ------------------------------------------------------------------------
 struct TempDir {
     std::filesystem::path path;
-    TempDir() {
-        char tmpl[] = "/tmp/spaedge_cpp_test_XXXXXX";
-        char* p = mkdtemp(tmpl);
+    // base: parent directory (e.g. "/dev/shm" for many small rewrites: much faster there).
+    explicit TempDir(const std::string& base = "/tmp") {
+        std::string t = (std::filesystem::is_directory(base) ? base : std::string("/tmp")) + "/spaedge_cpp_test_XXXXXX";
+        std::vector<char> tmpl(t.begin(), t.end());
+        tmpl.push_back('\0');
+        char* p = mkdtemp(tmpl.data());
         if (!p) {
             std::perror("mkdtemp");
             std::exit(2);

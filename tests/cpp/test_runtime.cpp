@@ -683,6 +683,77 @@ void test_graph_errors(const Files& f) {
     }
 }
 
+
+// Mutation fuzzing: every mutated task bundle either loads (and then runs) or
+// is refused with spaedge::Error; nothing else may happen (run under
+// -DSPAEDGE_SANITIZE=ON to catch out-of-bounds reads too). Data mutations get
+// a recomputed content hash so they reach the task validation, not just the hash.
+void test_fuzz(const Files& f) {
+    const std::vector<uint8_t> good = task_bytes(tiny_task(), f.base_hash);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | good[size_t(i)];
+    const size_t data_start = 8 + size_t(n);
+    const std::string old_hash = tb::sha_hex(std::vector<uint8_t>(good.begin() + long(data_start), good.end()));
+    uint64_t state = 0x9E3779B97F4A7C15ull;
+    auto rnd = [&](uint64_t mod) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        return mod ? state % mod : 0;
+    };
+    Runtime rt(f.base, 1);
+    TempDir shm("/dev/shm");  // rewriting one file 3000 times is slow on overlay filesystems
+    const std::string p = shm.file("fuzz.safetensors");
+    int loaded = 0, refused = 0, other = 0;
+    std::vector<float> x(2 * 5 * 4, 0.25f), y(64);
+    const char* digits = "0123456789-[]{},\":. e";
+    int iters = 3000;
+    if (const char* e = std::getenv("SPAEDGE_FUZZ_ITERS")) iters = std::max(100, std::atoi(e));
+    for (int iter = 0; iter < iters; ++iter) {
+        std::vector<uint8_t> b = good;
+        const int kind = int(rnd(4));
+        if (kind == 0) {  // header bytes
+            for (int k = 0, m = 1 + int(rnd(3)); k < m; ++k) {
+                size_t at = 8 + size_t(rnd(n));
+                b[at] = rnd(2) ? uint8_t(digits[rnd(22)]) : uint8_t(rnd(256));
+            }
+        } else if (kind == 1) {  // data bytes, hash fixed up
+            for (int k = 0, m = 1 + int(rnd(4)); k < m; ++k) {
+                size_t at = data_start + size_t(rnd(b.size() - data_start));
+                b[at] = rnd(2) ? uint8_t(b[at] ^ (1u << rnd(8))) : uint8_t(rnd(256));
+            }
+            const std::string h = tb::sha_hex(std::vector<uint8_t>(b.begin() + long(data_start), b.end()));
+            std::string hdr(b.begin() + 8, b.begin() + long(data_start));
+            size_t pos = hdr.find(old_hash);
+            if (pos != std::string::npos) std::copy(h.begin(), h.end(), b.begin() + 8 + long(pos));
+        } else if (kind == 2) {  // truncation
+            b.resize(size_t(rnd(b.size())));
+        } else {  // length field
+            b[size_t(rnd(8))] = uint8_t(rnd(256));
+        }
+        tb::write_file(p, b);
+        try {
+            rt.load_task(p);
+            ++loaded;
+            const spaedge::TaskInfo info = rt.task_info(rt.active_task());
+            const size_t in_n = size_t(info.channels) * size_t(info.height) * size_t(info.width);
+            if (in_n <= 4096 && size_t(info.classes) <= y.size()) {
+                std::vector<float> xin(in_n, 0.1f);
+                rt.run(xin.data(), 1, y.data());
+            }
+            rt.unload_task(rt.active_task());
+        } catch (const spaedge::Error&) {
+            ++refused;
+        } catch (...) {
+            ++other;
+        }
+    }
+    CHECK_MSG(other == 0, std::to_string(other) + " mutations threw something other than spaedge::Error");
+    CHECK(refused > iters / 2);
+    CHECK(loaded + refused == iters);
+    std::printf("fuzz: %d loaded, %d refused\n", loaded, refused);
+}
+
 }  // namespace
 
 int main() {
@@ -691,5 +762,6 @@ int main() {
     test_switching(f);
     test_task_errors(f);
     test_graph_errors(f);
+    test_fuzz(f);
     return tb::report("test_runtime");
 }
