@@ -31,6 +31,10 @@ const KernelTable& scalar_table() {
         scalar::global_avgpool,
         scalar::linear,
         scalar::lowrank_merge,
+        scalar::conv_lowrank_packed_floats,
+        scalar::conv_lowrank_pack,
+        scalar::conv_lowrank_scratch_floats,
+        scalar::conv_lowrank,
     };
     return t;
 }
@@ -39,6 +43,8 @@ const KernelTable& scalar_table() {
     {                                                                                       \
         #ns, ns::conv_packed_floats, ns::conv_pack, ns::conv_scratch_floats, ns::conv,      \
             ns::maxpool, ns::global_avgpool, ns::linear, ns::lowrank_merge,                 \
+            ns::conv_lowrank_packed_floats, ns::conv_lowrank_pack,                          \
+            ns::conv_lowrank_scratch_floats, ns::conv_lowrank,                              \
     }
 
 const KernelTable* avx2_table() {

@@ -77,11 +77,16 @@ struct Plan {
     int kc_max = 0;       // largest K block
     int mc = 0, mb = 0;   // rows per M block, number of M blocks
     int np = 0, nb = 0;   // panels per group, number of groups
-    size_t scratch = 0;   // floats of scratch (the padded input)
+    int rank = 0;         // fused low-rank: extra K rows of B, T = x_centre A'^T
+    int r_panels = 0;     // A' panels (NR columns of T each)
+    int ktot = 0;         // B rows per panel: K + rank
+    size_t padded_floats = 0;  // scratch: the padded input, then per-thread T blocks
+    size_t t_slot = 0;
+    size_t scratch = 0;
 };
 
 template <class Isa>
-Plan make_plan(const ConvGeometry& g, int threads) {
+Plan make_plan(const ConvGeometry& g, int threads, int rank = 0) {
     constexpr int MR = Isa::MR, NR = Isa::NR;
     Plan p;
     threads = std::max(threads, 1);
@@ -89,6 +94,9 @@ Plan make_plan(const ConvGeometry& g, int threads) {
     p.N = g.out_c;
     p.K = g.kernel * g.kernel * g.in_c;
     p.panels = ceil_div(p.N, NR);
+    p.rank = std::max(rank, 0);
+    p.r_panels = ceil_div(p.rank, NR);
+    p.ktot = p.K + p.rank;
     if (p.M <= 0 || p.N <= 0 || p.K <= 0) return p;
     p.padded = g.pad > 0;
     p.hp = g.in_h + 2 * g.pad;
@@ -143,7 +151,10 @@ Plan make_plan(const ConvGeometry& g, int threads) {
         }
     }
 
-    p.scratch = p.padded ? static_cast<size_t>(p.hp) * p.wp * g.in_c : 0;
+    p.padded_floats = p.padded ? static_cast<size_t>(p.hp) * p.wp * g.in_c : 0;
+    // T block per thread: mc rows of r_panels * NR floats, +16 to align to 64 bytes.
+    p.t_slot = p.rank ? static_cast<size_t>(p.mc) * p.r_panels * NR + 16 : 0;
+    p.scratch = p.padded_floats + p.t_slot * threads;
     return p;
 }
 
@@ -165,50 +176,74 @@ void pad_rows(const ConvGeometry& g, const float* in, float* padded, int y0, int
     }
 }
 
+// Packed layout: panels of NR output channels, each K + rank rows of NR
+// floats (W' rows in (ky, kx, ci) order, then B'^T rows), followed by the A'
+// panels (NR rank columns each, in_c rows) that compute T = x_centre A'^T.
 template <class Isa>
-size_t packed_floats(const ConvGeometry& g) {
-    const size_t K = static_cast<size_t>(g.kernel) * g.kernel * g.in_c;
-    return static_cast<size_t>(ceil_div(g.out_c, Isa::NR)) * K * Isa::NR;
+size_t packed_floats(const ConvGeometry& g, int rank = 0) {
+    constexpr int NR = Isa::NR;
+    const size_t ktot = static_cast<size_t>(g.kernel) * g.kernel * g.in_c + std::max(rank, 0);
+    return static_cast<size_t>(ceil_div(g.out_c, NR)) * ktot * NR +
+           static_cast<size_t>(ceil_div(std::max(rank, 0), NR)) * g.in_c * NR;
 }
 
 template <class Isa>
-void pack(const ConvGeometry& g, const float* w_ohwi, float* packed) {
+void pack(const ConvGeometry& g, const float* w_ohwi, float* packed, int rank = 0,
+          const float* a = nullptr, const float* b = nullptr) {
     constexpr int NR = Isa::NR;
+    rank = std::max(rank, 0);
     const size_t K = static_cast<size_t>(g.kernel) * g.kernel * g.in_c;
+    const size_t ktot = K + rank;
     const int panels = ceil_div(g.out_c, NR);
     for (int p = 0; p < panels; ++p) {
-        float* dst = packed + static_cast<size_t>(p) * K * NR;
-        for (size_t k = 0; k < K; ++k) {
+        float* dst = packed + static_cast<size_t>(p) * ktot * NR;
+        for (size_t k = 0; k < ktot; ++k) {
             for (int j = 0; j < NR; ++j) {
                 const int o = p * NR + j;
-                dst[k * NR + j] = o < g.out_c ? w_ohwi[static_cast<size_t>(o) * K + k] : 0.0f;
+                float v = 0.0f;
+                if (o < g.out_c)
+                    v = k < K ? w_ohwi[static_cast<size_t>(o) * K + k]
+                              : b[static_cast<size_t>(o) * rank + (k - K)];
+                dst[k * NR + j] = v;
+            }
+        }
+    }
+    float* ap = packed + static_cast<size_t>(panels) * ktot * NR;
+    for (int p = 0; p < ceil_div(rank, NR); ++p) {
+        for (int i = 0; i < g.in_c; ++i) {
+            for (int j = 0; j < NR; ++j) {
+                const int r = p * NR + j;
+                ap[(static_cast<size_t>(p) * g.in_c + i) * NR + j] =
+                    r < rank ? a[static_cast<size_t>(r) * g.in_c + i] : 0.0f;
             }
         }
     }
 }
 
 template <class Isa>
-size_t scratch_floats(const ConvGeometry& g, int threads) {
-    return make_plan<Isa>(g, threads).scratch;
+size_t scratch_floats(const ConvGeometry& g, int threads, int rank = 0) {
+    return make_plan<Isa>(g, threads, rank).scratch;
 }
 
 template <class Isa>
 void conv(const ConvGeometry& g, const float* packed, const float* in, float* out,
-          const Epilogue& ep, float* scratch, int threads) {
+          const Epilogue& ep, float* scratch, int threads, int rank = 0) {
     constexpr int MR = Isa::MR, NR = Isa::NR;
     static_assert(MR <= kMaxMR && Isa::MC_MAX % MR == 0, "M blocks must hold whole tiles");
     threads = std::max(threads, 1);
-    const Plan p = make_plan<Isa>(g, threads);
+    const Plan p = make_plan<Isa>(g, threads, rank);
     if (p.M <= 0 || p.N <= 0 || p.K <= 0) return;
     const int tasks = p.mb * p.nb;
     const size_t ldc = static_cast<size_t>(p.N);
-
     const float* src = p.padded ? scratch : in;
     const size_t row_stride = static_cast<size_t>(p.wp) * g.in_c;  // floats per (padded) input row
     const size_t col_step = static_cast<size_t>(g.stride) * g.in_c;  // floats per output column
+    const size_t centre = (g.kernel / 2) * (row_stride + g.in_c);   // window origin -> centre tap
     const int ow = g.out_w();
     const int kblocks = p.spans_per_block > 0 ? ceil_div(g.kernel, p.spans_per_block)
                                               : g.kernel * p.parts_per_span;
+    const float* a_packed = packed + static_cast<size_t>(p.panels) * p.ktot * NR;
+    const size_t ldt = static_cast<size_t>(p.r_panels) * NR;  // T row stride
 
 #pragma omp parallel num_threads(threads) if (threads > 1 && (tasks > 1 || p.padded))
     {
@@ -222,6 +257,11 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
             const int y1 = static_cast<int>(static_cast<long long>(p.hp) * (tid + 1) / nthr);
             pad_rows<Isa>(g, in, scratch, y0, y1);
 #pragma omp barrier
+        }
+        float* tbuf = nullptr;
+        if (p.rank) {
+            float* slot = scratch + p.padded_floats + p.t_slot * tid;
+            tbuf = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(slot) + 63) & ~uintptr_t(63));
         }
         // Offsets of this M block's A rows at ky = 0 (reused for every K block).
         size_t row_off[Isa::MC_MAX];
@@ -238,13 +278,45 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
                     const int m = m0 + r, oy = m / ow, ox = m % ow;
                     row_off[r] = static_cast<size_t>(oy) * g.stride * row_stride + ox * col_step;
                 }
+                if (p.rank) {
+                    // T[r][:] = A' x_centre(r) for the block's rows: a small GEMM
+                    // over in_c with the same micro-kernel, A' packed as B.
+                    for (int tp = 0; tp < p.r_panels; ++tp) {
+                        for (int i0 = 0; i0 < g.in_c; i0 += Isa::KC_MAX) {
+                            TileArgs t;
+                            t.seg = std::min(Isa::KC_MAX, g.in_c - i0);
+                            t.nseg = 1;
+                            t.jump = 0;
+                            t.b = a_packed + (static_cast<size_t>(tp) * g.in_c + i0) * NR;
+                            t.pf = t.b;
+                            t.ldc = ldt;
+                            t.nr = std::min(NR, p.rank - tp * NR);
+                            t.accumulate = i0 > 0;
+                            t.bias = nullptr;
+                            t.res = nullptr;
+                            t.relu = false;
+                            for (int r0 = 0; r0 < rows; r0 += MR) {
+                                const int mr = std::min(MR, rows - r0);
+                                for (int r = 0; r < mr; ++r) t.a[r] = src + row_off[r0 + r] + centre + i0;
+                                for (int r = mr; r < MR; ++r) t.a[r] = t.a[0];
+                                t.c = tbuf + r0 * ldt + tp * NR;
+                                Isa::tile(mr, t);
+                            }
+                        }
+                    }
+                }
                 cached_mblk = mblk;
             }
             int k0 = 0;  // K index of the block start (B row)
-            for (int kb = 0; kb < kblocks; ++kb) {
+            const int all_blocks = kblocks + (p.rank ? 1 : 0);
+            for (int kb = 0; kb < all_blocks; ++kb) {
                 TileArgs t;
-                size_t a_off;  // offset of the block start within an A row
-                if (p.spans_per_block > 0) {
+                const bool lowrank_block = kb == kblocks;
+                size_t a_off = 0;  // offset of the block start within an A row
+                if (lowrank_block) {
+                    t.seg = p.rank;
+                    t.nseg = 1;
+                } else if (p.spans_per_block > 0) {
                     const int ky0 = kb * p.spans_per_block;
                     t.seg = p.span;
                     t.nseg = std::min(p.spans_per_block, g.kernel - ky0);
@@ -260,23 +332,27 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
                 const int kc = t.seg * t.nseg;
                 t.ldc = ldc;
                 t.accumulate = kb > 0;
-                t.relu = ep.relu && kb + 1 == kblocks;
+                t.relu = ep.relu && kb + 1 == all_blocks;
                 for (int pan = pan0; pan < pan1; ++pan) {
                     const int n0 = pan * NR;
-                    t.b = packed + (static_cast<size_t>(pan) * p.K + k0) * NR;
+                    t.b = packed + (static_cast<size_t>(pan) * p.ktot + k0) * NR;
                     t.nr = std::min(NR, p.N - n0);
                     // Next B micro-panel this task will use: the next panel in
                     // this K block, else the group's first panel in the next one.
                     const float* next_b =
-                        pan + 1 < pan1 ? t.b + static_cast<size_t>(p.K) * NR
-                        : k0 + kc < p.K
-                            ? packed + (static_cast<size_t>(pan0) * p.K + k0 + kc) * NR
+                        pan + 1 < pan1 ? t.b + static_cast<size_t>(p.ktot) * NR
+                        : k0 + kc < p.ktot
+                            ? packed + (static_cast<size_t>(pan0) * p.ktot + k0 + kc) * NR
                             : t.b;
                     t.bias = (kb == 0 && ep.bias) ? ep.bias + n0 : nullptr;
                     for (int r0 = 0; r0 < rows; r0 += MR) {
                         const int mr = std::min(MR, rows - r0);
                         const size_t crow = static_cast<size_t>(m0 + r0);
-                        for (int r = 0; r < mr; ++r) t.a[r] = src + row_off[r0 + r] + a_off;
+                        if (lowrank_block) {
+                            for (int r = 0; r < mr; ++r) t.a[r] = tbuf + (r0 + r) * ldt;
+                        } else {
+                            for (int r = 0; r < mr; ++r) t.a[r] = src + row_off[r0 + r] + a_off;
+                        }
                         for (int r = mr; r < MR; ++r) t.a[r] = t.a[0];
                         // The first tile of a panel pulls the next panel's B
                         // micro-panel towards L1; the other tiles touch their own.

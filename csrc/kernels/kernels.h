@@ -60,6 +60,20 @@ struct KernelTable {
     // a is [rank][in_c], b is [out_c][rank].
     void (*lowrank_merge)(int out_c, int in_c, int kernel, int rank, const float* a,
                           const float* b, float* w_ohwi);
+
+    // Fused low-rank conv (the unmerged Channel-SPA mode): one pass computing
+    //   out = epilogue(conv(in, W') + B' (A' x_centre)),
+    // where x_centre is the input pixel under the centre tap (kernel / 2, kernel / 2)
+    // of each window (zero in the padding), a is A' [rank][in_c] and b is
+    // B' [out_c][rank]. Equivalent to lowrank_merge into W' followed by conv.
+    // rank 0 is a plain conv. Same aliasing rules as `conv`.
+    size_t (*conv_lowrank_packed_floats)(const ConvGeometry& g, int rank);
+    // Pack OHWI W' together with A' and B' into `packed`.
+    void (*conv_lowrank_pack)(const ConvGeometry& g, int rank, const float* w_ohwi,
+                              const float* a, const float* b, float* packed);
+    size_t (*conv_lowrank_scratch_floats)(const ConvGeometry& g, int rank, int threads);
+    void (*conv_lowrank)(const ConvGeometry& g, int rank, const float* packed, const float* in,
+                         float* out, const Epilogue& ep, float* scratch, int threads);
 };
 
 // Tables compiled into this binary (null when the ISA is not built).

@@ -152,21 +152,30 @@ const char* ep_name(int v) {
 struct ConvData {
     k::ConvGeometry g;
     std::vector<float> w, in, bias, residual;
+    int rank = -1;             // >= 0: run the fused low-rank entry with la, lb
+    std::vector<float> la, lb;  // A' [rank][in_c], B' [out_c][rank]
 };
 
-// Runs table `t` on the case; returns the output (guards checked inside).
+// Runs table `t` on the case (conv, or conv_lowrank when d.rank >= 0);
+// returns the output (guards checked inside).
 bool run_conv(const k::KernelTable& t, const ConvData& d, int ep_variant, int threads,
               std::vector<float>& result, std::string& problem) {
     const k::ConvGeometry& g = d.g;
     const size_t out_n = static_cast<size_t>(g.out_h()) * g.out_w() * g.out_c;
+    const bool lr = d.rank >= 0;
 
-    Guarded packed(t.conv_packed_floats(g));
-    t.conv_pack(g, d.w.data(), packed.data());
+    Guarded packed(lr ? t.conv_lowrank_packed_floats(g, d.rank) : t.conv_packed_floats(g));
+    if (lr)
+        t.conv_lowrank_pack(g, d.rank, d.w.data(), d.la.data(), d.lb.data(), packed.data());
+    else
+        t.conv_pack(g, d.w.data(), packed.data());
     if (!packed.guards_intact()) {
-        problem = "conv_pack wrote outside conv_packed_floats";
+        problem = "pack wrote outside its packed_floats";
         return false;
     }
-    Guarded scratch(t.conv_scratch_floats(g, threads), std::numeric_limits<float>::quiet_NaN());
+    Guarded scratch(lr ? t.conv_lowrank_scratch_floats(g, d.rank, threads)
+                       : t.conv_scratch_floats(g, threads),
+                    std::numeric_limits<float>::quiet_NaN());
     Guarded in(d.in.size());
     std::memcpy(in.data(), d.in.data(), d.in.size() * sizeof(float));
     Guarded out(out_n, std::numeric_limits<float>::quiet_NaN());
@@ -196,7 +205,10 @@ bool run_conv(const k::KernelTable& t, const ConvData& d, int ep_variant, int th
             ep.residual = out.data();
             break;
     }
-    t.conv(g, packed.data(), in.data(), out.data(), ep, scratch.data(), threads);
+    if (lr)
+        t.conv_lowrank(g, d.rank, packed.data(), in.data(), out.data(), ep, scratch.data(), threads);
+    else
+        t.conv(g, packed.data(), in.data(), out.data(), ep, scratch.data(), threads);
     if (!out.guards_intact()) {
         problem = "conv wrote outside its output";
         return false;
@@ -308,6 +320,84 @@ void test_conv(const std::vector<const k::KernelTable*>& tables) {
                     }
                     const Compare c = compare(want.data(), got.data(), want.size());
                     report(within(c), what, &c);
+                }
+            }
+        }
+    }
+}
+
+// Fused low-rank conv: every table against the scalar reference, and the
+// scalar reference against "lowrank_merge, then conv" (the definition).
+void test_conv_lowrank(const std::vector<const k::KernelTable*>& tables) {
+    struct Case {
+        k::ConvGeometry g;
+        std::vector<int> ranks;
+    };
+    const std::vector<Case> cases = {
+        {geom(1, 1, 3, 5, 3, 1, 1), {0, 1, 2}},
+        {geom(2, 3, 5, 17, 3, 2, 1), {1, 4}},
+        {geom(7, 7, 17, 100, 1, 2, 0), {3, 17}},
+        {geom(6, 6, 7, 9, 3, 1, 3), {2}},  // centre taps in the padding
+        {geom(9, 11, 3, 33, 7, 2, 3), {5}},
+        {geom(8, 8, 33, 17, 3, 1, 0), {8, 40}},
+        {geom(13, 7, 24, 48, 3, 1, 1), {16}},
+        {geom(10, 10, 8, 24, 1, 1, 0), {1, 33}},
+        {geom(14, 14, 96, 130, 3, 2, 1), {8}},
+        {geom(7, 7, 300, 200, 3, 1, 1), {12}},
+        {geom(28, 28, 64, 64, 3, 1, 1), {8}},
+    };
+    const k::KernelTable& ref = k::scalar_table();
+    uint64_t seed = 500;
+    for (const Case& cs : cases) {
+        for (int rank : cs.ranks) {
+            ConvData d;
+            d.g = cs.g;
+            d.rank = rank;
+            Rng rng(seed++);
+            const size_t out_n = static_cast<size_t>(d.g.out_h()) * d.g.out_w() * d.g.out_c;
+            d.w = random_vec(static_cast<size_t>(d.g.out_c) * d.g.kernel * d.g.kernel * d.g.in_c, rng);
+            d.in = random_vec(static_cast<size_t>(d.g.in_h) * d.g.in_w * d.g.in_c, rng);
+            d.bias = random_vec(d.g.out_c, rng);
+            d.residual = random_vec(out_n, rng);
+            d.la = random_vec(static_cast<size_t>(rank) * d.g.in_c + 1, rng);
+            d.lb = random_vec(static_cast<size_t>(d.g.out_c) * rank + 1, rng);
+            char rs[32];
+            std::snprintf(rs, sizeof rs, " rank=%d", rank);
+            for (int ev : {EP_NONE, EP_BIAS_RELU, EP_BIAS_RESIDUAL_INPLACE}) {
+                std::vector<float> want;
+                std::string problem;
+                if (!run_conv(ref, d, ev, 1, want, problem)) {
+                    report(false, std::string("conv_lowrank[scalar] ") + geom_str(d.g) + rs + " " +
+                                      ep_name(ev) + ": " + problem);
+                    continue;
+                }
+                {  // definition: merge into W', then a plain conv
+                    ConvData m = d;
+                    m.rank = -1;
+                    ref.lowrank_merge(d.g.out_c, d.g.in_c, d.g.kernel, rank, d.la.data(), d.lb.data(),
+                                      m.w.data());
+                    std::vector<float> merged;
+                    if (run_conv(ref, m, ev, 1, merged, problem)) {
+                        const Compare c = compare(merged.data(), want.data(), want.size());
+                        report(within(c), std::string("conv_lowrank[scalar] == merge+conv ") +
+                                              geom_str(d.g) + rs + " " + ep_name(ev), &c);
+                    } else {
+                        report(false, std::string("conv[scalar] merged ") + geom_str(d.g) + ": " + problem);
+                    }
+                }
+                for (const k::KernelTable* t : tables) {
+                    for (int threads : {1, 2}) {
+                        std::vector<float> got;
+                        const std::string what = std::string("conv_lowrank[") + t->isa + "] " +
+                                                 geom_str(d.g) + rs + " " + ep_name(ev) +
+                                                 " threads=" + std::to_string(threads);
+                        if (!run_conv(*t, d, ev, threads, got, problem)) {
+                            report(false, what + ": " + problem);
+                            continue;
+                        }
+                        const Compare c = compare(want.data(), got.data(), want.size());
+                        report(within(c), what, &c);
+                    }
                 }
             }
         }
@@ -520,6 +610,7 @@ int main() {
 
     test_scalar_sanity();
     test_conv(tables);
+    test_conv_lowrank(tables);
     test_maxpool(tables);
     test_gap(tables);
     test_linear(tables);

@@ -283,4 +283,22 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
     gemm::conv<Avx2>(g, packed, in, out, ep, scratch, threads);
 }
 
+size_t conv_lowrank_packed_floats(const ConvGeometry& g, int rank) {
+    return gemm::packed_floats<Avx2>(g, rank);
+}
+
+void conv_lowrank_pack(const ConvGeometry& g, int rank, const float* w_ohwi, const float* a,
+                       const float* b, float* packed) {
+    gemm::pack<Avx2>(g, w_ohwi, packed, rank, a, b);
+}
+
+size_t conv_lowrank_scratch_floats(const ConvGeometry& g, int rank, int threads) {
+    return gemm::scratch_floats<Avx2>(g, threads, rank);
+}
+
+void conv_lowrank(const ConvGeometry& g, int rank, const float* packed, const float* in,
+                  float* out, const Epilogue& ep, float* scratch, int threads) {
+    gemm::conv<Avx2>(g, packed, in, out, ep, scratch, threads, rank);
+}
+
 }  // namespace spaedge::kernels::avx2

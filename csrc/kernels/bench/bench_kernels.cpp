@@ -2,7 +2,11 @@
 // every kernel table this CPU supports (or only those named on the command
 // line). Not a test; numbers only.
 //
-//   bench_kernels [--threads N] [--reps N] [--isa scalar|avx2|neon]... [--quick]
+//   bench_kernels [--threads N] [--reps N] [--isa scalar|avx2|neon]... [--quick] [--rank R]
+//
+// --rank R times the fused low-rank entry (conv_lowrank) with rank R instead of
+// conv; GFLOP/s then still counts only the conv's own FLOPs, so the ratio to
+// the plain run is the cost of keeping the adapter unmerged.
 #include <algorithm>
 #include <chrono>
 #include <ctime>
@@ -45,6 +49,7 @@ int main(int argc, char** argv) {
     std::vector<int> threads_list = {1, 2};
     int reps = 50;
     bool quick = false;
+    int rank = -1;
     std::vector<std::string> isas;
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) {
@@ -53,10 +58,12 @@ int main(int argc, char** argv) {
             reps = std::atoi(argv[++i]);
         } else if (!std::strcmp(argv[i], "--isa") && i + 1 < argc) {
             isas.push_back(argv[++i]);
+        } else if (!std::strcmp(argv[i], "--rank") && i + 1 < argc) {
+            rank = std::atoi(argv[++i]);
         } else if (!std::strcmp(argv[i], "--quick")) {
             quick = true;
         } else {
-            std::fprintf(stderr, "usage: %s [--threads N] [--reps N] [--isa NAME]... [--quick]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--threads N] [--reps N] [--isa NAME]... [--quick] [--rank R]\n", argv[0]);
             return 2;
         }
     }
@@ -102,24 +109,37 @@ int main(int argc, char** argv) {
             std::vector<float> in(static_cast<size_t>(g.in_h) * g.in_w * g.in_c), bias(g.out_c);
             for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>((i * 7919) % 1000) * 1e-3f - 0.5f;
             for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<float>((i * 104729) % 1000) * 1e-3f - 0.5f;
-            std::vector<float> packed(t->conv_packed_floats(g));
-            t->conv_pack(g, w.data(), packed.data());
             std::vector<float> out(out_n);
             k::Epilogue ep;
             ep.bias = bias.data();
             ep.relu = true;
+            const bool lr = rank >= 0;
+            std::vector<float> la(static_cast<size_t>(std::max(rank, 0)) * g.in_c + 1, 0.01f);
+            std::vector<float> lb(static_cast<size_t>(g.out_c) * std::max(rank, 0) + 1, 0.01f);
+            std::vector<float> packed(lr ? t->conv_lowrank_packed_floats(g, rank)
+                                         : t->conv_packed_floats(g));
+            if (lr)
+                t->conv_lowrank_pack(g, rank, w.data(), la.data(), lb.data(), packed.data());
+            else
+                t->conv_pack(g, w.data(), packed.data());
+            auto run = [&](float* scratch, int threads) {
+                if (lr)
+                    t->conv_lowrank(g, rank, packed.data(), in.data(), out.data(), ep, scratch, threads);
+                else
+                    t->conv(g, packed.data(), in.data(), out.data(), ep, scratch, threads);
+            };
             const double flops = 2.0 * out_n * g.kernel * g.kernel * g.in_c;
             for (int threads : threads_list) {
-                std::vector<float> scratch(t->conv_scratch_floats(g, threads) + 1);
+                std::vector<float> scratch((lr ? t->conv_lowrank_scratch_floats(g, rank, threads)
+                                               : t->conv_scratch_floats(g, threads)) + 1);
                 const int n = std::strcmp(t->isa, "scalar") ? reps : std::max(3, reps / 10);
-                for (int i = 0; i < 3; ++i)
-                    t->conv(g, packed.data(), in.data(), out.data(), ep, scratch.data(), threads);
+                for (int i = 0; i < 3; ++i) run(scratch.data(), threads);
                 std::vector<double> times;
                 double best_cpu = 1e30;
                 for (int i = 0; i < n; ++i) {
                     const double c0 = thread_cpu_s();
                     const double t0 = now_s();
-                    t->conv(g, packed.data(), in.data(), out.data(), ep, scratch.data(), threads);
+                    run(scratch.data(), threads);
                     times.push_back(now_s() - t0);
                     best_cpu = std::min(best_cpu, thread_cpu_s() - c0);
                 }

@@ -162,4 +162,22 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
     gemm::conv<Neon>(g, packed, in, out, ep, scratch, threads);
 }
 
+size_t conv_lowrank_packed_floats(const ConvGeometry& g, int rank) {
+    return gemm::packed_floats<Neon>(g, rank);
+}
+
+void conv_lowrank_pack(const ConvGeometry& g, int rank, const float* w_ohwi, const float* a,
+                       const float* b, float* packed) {
+    gemm::pack<Neon>(g, w_ohwi, packed, rank, a, b);
+}
+
+size_t conv_lowrank_scratch_floats(const ConvGeometry& g, int rank, int threads) {
+    return gemm::scratch_floats<Neon>(g, threads, rank);
+}
+
+void conv_lowrank(const ConvGeometry& g, int rank, const float* packed, const float* in,
+                  float* out, const Epilogue& ep, float* scratch, int threads) {
+    gemm::conv<Neon>(g, packed, in, out, ep, scratch, threads, rank);
+}
+
 }  // namespace spaedge::kernels::neon

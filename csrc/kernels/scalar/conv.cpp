@@ -48,4 +48,66 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
     }
 }
 
+// Fused low-rank conv, reference: packed = [W' OHWI][A' rank x in_c][B' out_c x rank].
+// Per output element the low-rank term sum_r B'[o][r] * (A'[r] . x_centre) is
+// recomputed from scratch: slow, obviously right, no buffers.
+size_t conv_lowrank_packed_floats(const ConvGeometry& g, int rank) {
+    return conv_packed_floats(g) + static_cast<size_t>(rank) * g.in_c +
+           static_cast<size_t>(g.out_c) * rank;
+}
+
+void conv_lowrank_pack(const ConvGeometry& g, int rank, const float* w_ohwi, const float* a,
+                       const float* b, float* packed) {
+    const size_t wn = conv_packed_floats(g), an = static_cast<size_t>(rank) * g.in_c;
+    std::memcpy(packed, w_ohwi, wn * sizeof(float));
+    if (an) std::memcpy(packed + wn, a, an * sizeof(float));
+    if (rank) std::memcpy(packed + wn + an, b, static_cast<size_t>(g.out_c) * rank * sizeof(float));
+}
+
+size_t conv_lowrank_scratch_floats(const ConvGeometry&, int, int) { return 0; }
+
+void conv_lowrank(const ConvGeometry& g, int rank, const float* packed, const float* in,
+                  float* out, const Epilogue& ep, float* /*scratch*/, int threads) {
+    const int oh = g.out_h(), ow = g.out_w();
+    const int k = g.kernel, ic = g.in_c, oc = g.out_c, c = g.kernel / 2;
+    const float* a = packed + conv_packed_floats(g);
+    const float* b = a + static_cast<size_t>(rank) * ic;
+    (void)threads;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int oy = 0; oy < oh; ++oy) {
+        for (int ox = 0; ox < ow; ++ox) {
+            const size_t opix = (static_cast<size_t>(oy) * ow + ox) * oc;
+            const int cy = oy * g.stride - g.pad + c, cx = ox * g.stride - g.pad + c;
+            const bool centre_in = cy >= 0 && cy < g.in_h && cx >= 0 && cx < g.in_w;
+            const float* xc = centre_in ? in + (static_cast<size_t>(cy) * g.in_w + cx) * ic : nullptr;
+            for (int o = 0; o < oc; ++o) {
+                float acc = 0.0f;
+                for (int ky = 0; ky < k; ++ky) {
+                    const int iy = oy * g.stride - g.pad + ky;
+                    if (iy < 0 || iy >= g.in_h) continue;
+                    for (int kx = 0; kx < k; ++kx) {
+                        const int ix = ox * g.stride - g.pad + kx;
+                        if (ix < 0 || ix >= g.in_w) continue;
+                        const float* x = in + (static_cast<size_t>(iy) * g.in_w + ix) * ic;
+                        const float* w =
+                            packed + ((static_cast<size_t>(o) * k + ky) * k + kx) * ic;
+                        for (int i = 0; i < ic; ++i) acc += w[i] * x[i];
+                    }
+                }
+                if (xc) {
+                    for (int r = 0; r < rank; ++r) {
+                        float t = 0.0f;
+                        for (int i = 0; i < ic; ++i) t += a[static_cast<size_t>(r) * ic + i] * xc[i];
+                        acc += b[static_cast<size_t>(o) * rank + r] * t;
+                    }
+                }
+                if (ep.bias) acc += ep.bias[o];
+                if (ep.residual) acc += ep.residual[opix + o];
+                if (ep.relu && acc < 0.0f) acc = 0.0f;
+                out[opix + o] = acc;
+            }
+        }
+    }
+}
+
 }  // namespace spaedge::kernels::scalar
