@@ -5,7 +5,21 @@
 
 #include "runtime/task.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace spaedge {
+
+namespace {
+int worker_id() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+}  // namespace
 
 void size_scratch(Applied& a, int threads) {
     size_t need = 0;
@@ -28,24 +42,33 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
         total += round_floats(kt.conv_packed_floats(ct.geom));
         max_ohwi = std::max(max_ohwi, size_t(ct.out_c) * size_t(ct.kernel * ct.kernel) * size_t(ct.in_c));
     }
+    // Convs are independent: up to `threads` of them are prepared at once,
+    // each with its own slice of the OHWI workspace. Nothing below throws.
+    const int nconv = int(task.convs.size());
+    const int workers = std::max(1, std::min(threads, nconv));
+    const size_t slice = round_floats(max_ohwi);
     a.packed.resize(total);
-    a.ohwi.resize(max_ohwi);
+    a.ohwi.resize(slice * size_t(workers));
 
-    for (size_t ci = 0; ci < task.convs.size(); ++ci) {
-        const ConvTask& ct = task.convs[ci];
+#pragma omp parallel for num_threads(workers) schedule(dynamic, 1) if (workers > 1)
+    for (int ci = 0; ci < nconv; ++ci) {
+        const ConvTask& ct = task.convs[size_t(ci)];
         const Node& n = g.nodes[size_t(ct.node)];
         const TensorView& W = *n.weight;
         const size_t kk = size_t(ct.kernel) * size_t(ct.kernel);
         const size_t I = size_t(n.in_channels);
         const size_t Ip = size_t(ct.in_c);
-        float* w = a.ohwi.data();
-        // Gather W[out_index][:, in_index] from OIHW into OHWI.
+        float* w = a.ohwi.data() + slice * size_t(worker_id());
+        // Gather W[out_index][:, in_index] from OIHW into OHWI: sequential
+        // writes; the reads stay within one base row (I*k*k floats, L1/L2-sized).
+        // The mapping may be unaligned, hence memcpy per element.
         for (size_t o = 0; o < size_t(ct.out_c); ++o) {
             const unsigned char* row = W.data + size_t(ct.out_index[o]) * I * kk * 4;
             float* dst = w + o * kk * Ip;
-            for (size_t i = 0; i < Ip; ++i) {
-                const unsigned char* src = row + size_t(ct.in_index[i]) * kk * 4;
-                for (size_t t = 0; t < kk; ++t) std::memcpy(dst + t * Ip + i, src + 4 * t, 4);
+            for (size_t t = 0; t < kk; ++t) {
+                const unsigned char* src = row + 4 * t;
+                float* d = dst + t * Ip;
+                for (size_t i = 0; i < Ip; ++i) std::memcpy(d + i, src + size_t(ct.in_index[i]) * kk * 4, 4);
             }
         }
         if (ct.rank > 0)
@@ -64,7 +87,7 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
                 for (size_t j = 0; j < kk * Ip; ++j) r[j] *= s;
             }
         }
-        kt.conv_pack(ct.geom, w, a.packed.data() + a.packed_offset[ci]);
+        kt.conv_pack(ct.geom, w, a.packed.data() + a.packed_offset[size_t(ci)]);
     }
     a.arena.resize(task.plan.arena_floats);
     a.task = &task;
