@@ -54,27 +54,31 @@ PYBIND11_MODULE(_runtime, m) {
         }
     });
 
+    // Every method takes the Runtime's mutex, which a run() may hold for a while:
+    // never wait for it while holding the GIL. Results are converted to Python
+    // objects after the guard has re-acquired the GIL.
+    using nogil = py::call_guard<py::gil_scoped_release>;
     using spaedge::Runtime;
     py::class_<Runtime>(m, "Runtime")
         .def(py::init([](const std::string& base, int threads) {
-                 py::gil_scoped_release nogil;
+                 py::gil_scoped_release release;
                  return new Runtime(base, threads);
              }),
              py::arg("base_path"), py::arg("threads") = 0)
         .def("load_task",
              [](Runtime& r, const std::string& path) {
-                 py::gil_scoped_release nogil;
+                 py::gil_scoped_release release;
                  return r.load_task(path);
              },
              py::arg("path"))
         .def("switch_to",
              [](Runtime& r, const std::string& name) {
-                 py::gil_scoped_release nogil;
+                 py::gil_scoped_release release;
                  return r.switch_to(name);
              },
              py::arg("name"))
-        .def("unload_task", &Runtime::unload_task, py::arg("name"))
-        .def("has_task", &Runtime::has_task, py::arg("name"))
+        .def("unload_task", &Runtime::unload_task, py::arg("name"), nogil())
+        .def("has_task", &Runtime::has_task, py::arg("name"), nogil())
         .def(
             "run",
             [](Runtime& r, py::array_t<float, py::array::c_style> input, int batch,
@@ -83,20 +87,28 @@ PYBIND11_MODULE(_runtime, m) {
                 const float* in = input.data();
                 float* out = logits.mutable_data();
                 const size_t in_n = size_t(input.size()), out_n = size_t(logits.size());
-                py::gil_scoped_release nogil;
+                py::gil_scoped_release release;
                 r.run(in, in_n, batch, out, out_n);
             },
             py::arg("input").noconvert(), py::arg("batch"), py::arg("logits").noconvert())
-        .def("tasks", &Runtime::tasks)
-        .def("task_info", [](const Runtime& r, const std::string& name) { return info_dict(r.task_info(name)); },
+        .def("tasks", &Runtime::tasks, nogil())
+        .def("task_info",
+             [](const Runtime& r, const std::string& name) {
+                 spaedge::TaskInfo i;
+                 {
+                     py::gil_scoped_release release;
+                     i = r.task_info(name);
+                 }
+                 return info_dict(i);
+             },
              py::arg("name"))
-        .def("active_task", &Runtime::active_task)
-        .def("isa", &Runtime::isa)
-        .def("isa_note", &Runtime::isa_note)
-        .def("threads", &Runtime::threads)
-        .def("set_threads", &Runtime::set_threads, py::arg("threads"))
-        .def("base_path", &Runtime::base_path)
-        .def("base_model", &Runtime::base_model)
-        .def("base_hash", &Runtime::base_hash)
-        .def("working_set_bytes", &Runtime::working_set_bytes);
+        .def("active_task", &Runtime::active_task, nogil())
+        .def("isa", &Runtime::isa, nogil())
+        .def("isa_note", &Runtime::isa_note, nogil())
+        .def("threads", &Runtime::threads, nogil())
+        .def("set_threads", &Runtime::set_threads, py::arg("threads"), nogil())
+        .def("base_path", &Runtime::base_path, nogil())
+        .def("base_model", &Runtime::base_model, nogil())
+        .def("base_hash", &Runtime::base_hash, nogil())
+        .def("working_set_bytes", &Runtime::working_set_bytes, nogil());
 }

@@ -67,21 +67,34 @@ Runtime::~Runtime() = default;
 
 std::string Runtime::load_task(const std::string& path) {
     std::lock_guard<std::mutex> lock(impl_->mu);
-    auto task = std::make_unique<Task>(*impl_->base, path);
-    const std::string name = task->name;
     Impl& m = *impl_;
+    auto task = std::make_unique<Task>(*m.base, path);  // validates everything
+    // Apply before storing, so a task that cannot be applied (e.g. out of
+    // memory) leaves the runtime exactly as it was.
+    const Task* previous = m.active;
+    try {
+        m.apply(*task);
+    } catch (...) {
+        m.active = nullptr;
+        m.applied.task = nullptr;
+        if (previous) {
+            try {
+                m.apply(*previous);
+            } catch (...) {
+                m.active = nullptr;
+                m.applied.task = nullptr;
+            }
+        }
+        throw;
+    }
+    const std::string name = task->name;
     auto it = m.tasks.find(name);
     if (it != m.tasks.end()) {
-        if (m.active == it->second.get()) {
-            m.active = nullptr;
-            m.applied.task = nullptr;
-        }
-        it->second = std::move(task);
+        it->second = std::move(task);  // the object keeps its address: still active
     } else {
         m.tasks.emplace(name, std::move(task));
         m.order.push_back(name);
     }
-    m.apply(*m.tasks[name]);
     return name;
 }
 
