@@ -273,6 +273,10 @@ void test_conv(const std::vector<const k::KernelTable*>& tables) {
         {geom(11, 17, 31, 47, 3, 1, 1), true},
         {geom(15, 15, 40, 23, 1, 1, 0), true},
         {geom(14, 14, 96, 130, 3, 2, 1), true},
+        // long K: several K blocks per kernel row in every ISA's blocking
+        {geom(3, 4, 1700, 20, 1, 1, 0), true},
+        {geom(5, 5, 600, 24, 3, 1, 1), false},
+        {geom(4, 4, 1100, 17, 3, 2, 1), false},
         // ResNet-18-like and larger spatial sizes
         {geom(32, 32, 3, 64, 7, 2, 3), false},
         {geom(56, 56, 17, 33, 3, 1, 1), false},
