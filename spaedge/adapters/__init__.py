@@ -1,0 +1,52 @@
+"""Adapters: wrap a base network's layers so a task learns only a little.
+
+``adapt(model, method, rank)`` replaces every conv of the base with an adapted
+layer (the base weight stays frozen), makes the BatchNorms trainable (each task
+has its own) and leaves the head to the task. ``learned_parameters`` counts
+what a task trains and stores.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from spaedge.adapters.layers import AdaptedLayer, FineTuned, SPLoRA
+
+__all__ = ["AdaptedLayer", "SPLoRA", "FineTuned", "METHODS", "adapt", "adapted_layers", "learned_parameters"]
+
+METHODS = {
+    "splora": lambda conv, rank: SPLoRA(conv, rank=rank),
+    "finetune": lambda conv, rank: FineTuned(conv),
+}
+
+
+def adapt(model: nn.Module, method: str = "splora", rank: int = 8, head: str = "fc") -> nn.Module:
+    """Wrap every ``nn.Conv2d`` of ``model`` (in place) with adapter ``method``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown adapter method {method!r}; known: {', '.join(METHODS)}")
+    make = METHODS[method]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Conv2d):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, make(module, rank))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.requires_grad_(True)
+            m.bias.requires_grad_(True)
+    for p in model.get_submodule(head).parameters():
+        p.requires_grad_(True)
+    model.adapter_method = method
+    model.adapter_rank = rank
+    return model
+
+
+def adapted_layers(model: nn.Module) -> dict[str, AdaptedLayer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, AdaptedLayer)}
+
+
+def learned_parameters(model: nn.Module) -> int:
+    """Parameters the task trains (adapters, biases, BatchNorm, head)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
