@@ -152,8 +152,10 @@ Plan make_plan(const ConvGeometry& g, int threads, int rank = 0) {
     }
 
     p.padded_floats = p.padded ? static_cast<size_t>(p.hp) * p.wp * g.in_c : 0;
-    // T block per thread: mc rows of r_panels * NR floats, +16 to align to 64 bytes.
-    p.t_slot = p.rank ? static_cast<size_t>(p.mc) * p.r_panels * NR + 16 : 0;
+    // T block per thread: up to MC_MAX rows of r_panels * NR floats, +16 to
+    // align to 64 bytes. Sized by MC_MAX, not mc, so scratch sized for some
+    // thread count also serves every smaller one.
+    p.t_slot = p.rank ? static_cast<size_t>(Isa::MC_MAX) * p.r_panels * NR + 16 : 0;
     p.scratch = p.padded_floats + p.t_slot * threads;
     return p;
 }

@@ -39,7 +39,8 @@ struct KernelTable {
     size_t (*conv_packed_floats)(const ConvGeometry& g);
     // Pack OHWI weights w[out_c][kernel][kernel][in_c] into `packed`.
     void (*conv_pack)(const ConvGeometry& g, const float* w_ohwi, float* packed);
-    // Floats of scratch one conv call needs when run with `threads` threads.
+    // Floats of scratch one conv call needs when run with `threads` threads
+    // (also enough for any smaller thread count).
     size_t (*conv_scratch_floats)(const ConvGeometry& g, int threads);
     // out[out_h][out_w][out_c] = epilogue(conv(in[in_h][in_w][in_c], W)).
     // `out` never aliases `in`; it may alias `ep.residual` exactly (in place).

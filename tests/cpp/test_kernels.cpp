@@ -173,6 +173,18 @@ bool run_conv(const k::KernelTable& t, const ConvData& d, int ep_variant, int th
         problem = "pack wrote outside its packed_floats";
         return false;
     }
+    // Scratch sized for more threads must serve fewer (the contract in kernels.h).
+    for (int fewer = 1; fewer < threads; ++fewer) {
+        const size_t need = lr ? t.conv_lowrank_scratch_floats(g, d.rank, fewer)
+                               : t.conv_scratch_floats(g, fewer);
+        const size_t have = lr ? t.conv_lowrank_scratch_floats(g, d.rank, threads)
+                               : t.conv_scratch_floats(g, threads);
+        if (need > have) {
+            problem = "scratch for " + std::to_string(threads) + " threads is smaller than for " +
+                      std::to_string(fewer);
+            return false;
+        }
+    }
     Guarded scratch(lr ? t.conv_lowrank_scratch_floats(g, d.rank, threads)
                        : t.conv_scratch_floats(g, threads),
                     std::numeric_limits<float>::quiet_NaN());
