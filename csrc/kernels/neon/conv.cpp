@@ -42,7 +42,7 @@ void micro(const TileArgs& t) {
     const int n0 = std::min(t.nr, 4), n1 = std::max(t.nr - 4, 0);
 
     if (t.accumulate) {
-        for (int r = 0; r < MR; ++r) {
+        _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {
             const float* cr = t.c + r * t.ldc;
             c0[r] = load_n(cr, n0);
             c1[r] = load_n(cr + 4, n1);
@@ -53,12 +53,12 @@ void micro(const TileArgs& t) {
             b0 = load_n(t.bias, n0);
             b1 = load_n(t.bias + 4, n1);
         }
-        for (int r = 0; r < MR; ++r) {
+        _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {
             c0[r] = b0;
             c1[r] = b1;
         }
         if (t.res) {
-            for (int r = 0; r < MR; ++r) {
+            _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {
                 const float* rr = t.res + r * t.ldc;
                 c0[r] = vaddq_f32(c0[r], load_n(rr, n0));
                 c1[r] = vaddq_f32(c1[r], load_n(rr + 4, n1));
@@ -67,7 +67,7 @@ void micro(const TileArgs& t) {
     }
 
     const float* a[MR];
-    for (int r = 0; r < MR; ++r) a[r] = t.a[r];
+    _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) a[r] = t.a[r];
     const float* b = t.b;
     const float* pf = t.pf;
     for (int s = 0; s < t.nseg; ++s) {
@@ -76,12 +76,12 @@ void micro(const TileArgs& t) {
         __builtin_prefetch(pf);
         __builtin_prefetch(pf + 16);
         float32x4_t av[MR];
-        for (int r = 0; r < MR; ++r) av[r] = vld1q_f32(a[r] + k);
+        _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) av[r] = vld1q_f32(a[r] + k);
 #define SPAEDGE_LANE(j)                                              \
     {                                                                \
         const float32x4_t b0 = vld1q_f32(b + (j) * kNR);             \
         const float32x4_t b1 = vld1q_f32(b + (j) * kNR + 4);         \
-        for (int r = 0; r < MR; ++r) {                               \
+        _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {                               \
             c0[r] = vfmaq_laneq_f32(c0[r], b0, av[r], j);            \
             c1[r] = vfmaq_laneq_f32(c1[r], b1, av[r], j);            \
         }                                                            \
@@ -95,23 +95,23 @@ void micro(const TileArgs& t) {
     for (; k < t.seg; ++k, b += kNR, pf += kNR) {
         const float32x4_t b0 = vld1q_f32(b);
         const float32x4_t b1 = vld1q_f32(b + 4);
-        for (int r = 0; r < MR; ++r) {
+        _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {
             const float32x4_t av = vld1q_dup_f32(a[r] + k);
             c0[r] = vfmaq_f32(c0[r], b0, av);
             c1[r] = vfmaq_f32(c1[r], b1, av);
         }
     }
-    for (int r = 0; r < MR; ++r) a[r] += t.seg + t.jump;
+    _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) a[r] += t.seg + t.jump;
     }
 
     if (t.relu) {
         const float32x4_t z = vdupq_n_f32(0.0f);
-        for (int r = 0; r < MR; ++r) {
+        _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {
             c0[r] = vmaxq_f32(c0[r], z);
             c1[r] = vmaxq_f32(c1[r], z);
         }
     }
-    for (int r = 0; r < MR; ++r) {
+    _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {
         float* cr = t.c + r * t.ldc;
         if (t.nr == kNR) {
             vst1q_f32(cr, c0[r]);
