@@ -49,10 +49,13 @@ class Runtime:
     """One frozen base with any number of loaded tasks, one of them active.
 
     ``threads``: worker threads for the kernels; None or 0 = all hardware threads.
+    ``mode``: how low-rank adapters are applied, see :attr:`mode`.
     """
 
-    def __init__(self, base_path: str | os.PathLike, threads: Optional[int] = None):
+    def __init__(self, base_path: str | os.PathLike, threads: Optional[int] = None, mode: str = "merged"):
         self._rt = _runtime.Runtime(os.fspath(base_path), _threads_arg(threads))
+        if mode != "merged":
+            self.mode = mode
         self._info: dict[str, dict] = {}  # task name -> task_info (bundles are immutable once loaded)
 
     # ---- tasks ---------------------------------------------------------------
@@ -107,6 +110,20 @@ class Runtime:
     @threads.setter
     def threads(self, n: Optional[int]) -> None:
         self._rt.set_threads(_threads_arg(n))
+
+    @property
+    def mode(self) -> str:
+        """'merged' (default): adapters are merged into the weights at switch time,
+        fastest inference. 'lowrank': weights and adapter factors are packed
+        separately and each conv computes conv(W', x) + B'(A' x_centre) in one
+        kernel pass. Setting it re-applies the active task."""
+        return self._rt.mode()
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        if mode not in ("merged", "lowrank"):
+            raise ValueError(f"mode must be 'merged' or 'lowrank', got {mode!r}")
+        self._rt.set_mode(mode)
 
     @property
     def base_hash(self) -> str:
@@ -225,7 +242,7 @@ class Runtime:
 
     def __repr__(self) -> str:
         return (f"Runtime(base={self.base_path!r}, model={self.base_model!r}, isa={self.isa!r}, "
-                f"threads={self.threads}, tasks={self.tasks}, active={self.active_task!r})")
+                f"threads={self.threads}, mode={self.mode!r}, tasks={self.tasks}, active={self.active_task!r})")
 
 
 def _threads_arg(n: Optional[int]) -> int:

@@ -45,9 +45,8 @@ def toy(tmp_path_factory):
             "base_path": d / "base.safetensors", "a_path": d / "a.safetensors", "b_path": d / "b.safetensors"}
 
 
-def fresh(toy, threads=1):
-    rt = Runtime(toy["base_path"], threads=threads)
-    return rt
+def fresh(toy, threads=1, mode="merged"):
+    return Runtime(toy["base_path"], threads=threads, mode=mode)
 
 
 def inputs(shape, seed=1):
@@ -57,8 +56,10 @@ def inputs(shape, seed=1):
 # ---- numerics ------------------------------------------------------------------
 
 
-def test_splora_task_matches_numpy_reference(toy):
-    rt = fresh(toy)
+@pytest.mark.parametrize("mode", ["merged", "lowrank"])
+def test_splora_task_matches_numpy_reference(toy, mode):
+    rt = fresh(toy, mode=mode)
+    assert rt.mode == mode
     assert rt.load_task(toy["a_path"]) == "alpha"
     x = inputs((3, 3, 16, 16))
     got = rt.run(x)
@@ -84,14 +85,15 @@ def test_finetune_task_with_biases_and_other_input_size(toy):
     assert ref.close(got, ref.reference_logits(toy["graph"], toy["base"], toy["b"], x))
 
 
-def test_unfused_graph_shapes(tmp_path):
+@pytest.mark.parametrize("mode", ["merged", "lowrank"])
+def test_unfused_graph_shapes(tmp_path, mode):
     rng = np.random.default_rng(3)
     graph = ref.unfused_graph()
     base = ref.base_tensors(graph, rng)
     h = ref.write_base(tmp_path / "base.safetensors", graph, base)
     t = ref.task_tensors(graph, rng, keep_frac=0.7, rank=3, classes=4, task_bias=("c3",))
     ref.write(tmp_path / "t.safetensors", t, ref.task_meta(h, "u", 4, (2, 11, 9)))
-    rt = Runtime(tmp_path / "base.safetensors", threads=1)
+    rt = Runtime(tmp_path / "base.safetensors", threads=1, mode=mode)
     rt.load_task(tmp_path / "t.safetensors")
     x = inputs((3, 2, 11, 9), seed=9)
     assert ref.close(rt.run(x), ref.reference_logits(graph, base, t, x))
@@ -111,6 +113,21 @@ def test_full_channels_no_adapter_is_plain_base(tmp_path):
     rt.load_task(tmp_path / "t.safetensors")
     x = inputs((1, 3, 9, 9))
     assert ref.close(rt.run(x), ref.reference_logits(graph, base, t, x))
+
+
+def test_mode_switch_keeps_results(toy):
+    rt = fresh(toy, threads=2)
+    rt.load_task(toy["a_path"])
+    x = inputs((2, 3, 16, 16))
+    want = ref.reference_logits(toy["graph"], toy["base"], toy["a"], x)
+    for mode in ["lowrank", "merged", "lowrank"]:
+        rt.mode = mode
+        assert rt.mode == mode and rt.active_task == "alpha"
+        assert ref.close(rt.run(x), want)
+        rt.switch("alpha")
+        assert ref.close(rt.run(x), want)
+    with pytest.raises(ValueError, match="mode"):
+        rt.mode = "fast"
 
 
 def test_threads_do_not_change_results(toy):
@@ -497,19 +514,20 @@ def test_spaedge_run_pgm_ppm_and_bench(toy, tmp_path):
     img = rng.integers(0, 256, (20, 12, 3), dtype=np.uint8)
     (tmp_path / "img.ppm").write_bytes(b"P6\n# comment\n12 20\n255\n" + img.tobytes())
     r = subprocess.run([exe, str(toy["base_path"]), str(toy["b_path"]), str(tmp_path / "img.ppm"), "--bench", "5",
-                        "--top=1"], capture_output=True, text=True, timeout=60)
+                        "--top=1", "--mode", "lowrank"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     rt = fresh(toy)
     rt.load_task(toy["b_path"])
     label = rt.predict(rt.normalize(img))[0][0]
     assert f"1. {label}" in r.stdout
-    assert "median" in r.stdout and "p90" in r.stdout and "switch" in r.stdout
+    assert "median" in r.stdout and "p90" in r.stdout and "switch" in r.stdout and "mode lowrank" in r.stdout
 
 
 @pytest.mark.parametrize("args,pattern", [
     (["{base}", "{a}"], "expected BASE TASK INPUT"),
     (["{base}", "{a}", "{x}", "--threads", "-1"], "--threads"),
     (["{base}", "{a}", "{x}", "--frobnicate"], "unknown option"),
+    (["{base}", "{a}", "{x}", "--mode", "fast"], "--mode must be merged or lowrank"),
     (["{base}", "{base}", "{x}"], "expected a spaedge-task bundle"),
     (["{base}", "{a}", "{dir}"], "is a directory"),
     (["{base}", "{a}", "{missing}"], "cannot open"),

@@ -68,6 +68,8 @@ def test_packed_task_runs_like_the_torch_model(tmp_path, cfg, method, density):
         want = model(x).double().numpy()
     rt = runtime.Runtime(tmp_path / "base.safetensors", threads=1)
     assert rt.load_task(tmp_path / "task.safetensors") == "t"
-    got = rt.run(x.numpy())
-    err = float(np.max(np.abs(got - want)))
-    assert err <= 1e-4 * (1 + float(np.max(np.abs(want)))), err
+    for mode in ("merged", "lowrank"):
+        rt.mode = mode
+        got = rt.run(x.numpy())
+        err = float(np.max(np.abs(got - want)))
+        assert err <= 1e-4 * (1 + float(np.max(np.abs(want)))), (mode, err)

@@ -107,6 +107,8 @@ PYBIND11_MODULE(_runtime, m) {
         .def("isa_note", &Runtime::isa_note, nogil())
         .def("threads", &Runtime::threads, nogil())
         .def("set_threads", &Runtime::set_threads, py::arg("threads"), nogil())
+        .def("mode", &Runtime::mode, nogil())
+        .def("set_mode", &Runtime::set_mode, py::arg("mode"), nogil())
         .def("base_path", &Runtime::base_path, nogil())
         .def("base_model", &Runtime::base_model, nogil())
         .def("base_hash", &Runtime::base_hash, nogil())

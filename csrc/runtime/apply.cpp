@@ -23,24 +23,32 @@ int worker_id() {
 
 void size_scratch(Applied& a, int threads) {
     size_t need = 0;
-    for (const Step& s : a.task->plan.steps)
-        if (s.kind == StepKind::Conv) need = std::max(need, a.kt->conv_scratch_floats(s.geom, threads));
+    for (const Step& s : a.task->plan.steps) {
+        if (s.kind != StepKind::Conv) continue;
+        const int r = a.fused_rank[size_t(s.index)];
+        need = std::max(need, r > 0 ? a.kt->conv_lowrank_scratch_floats(s.geom, r, threads)
+                                    : a.kt->conv_scratch_floats(s.geom, threads));
+    }
     a.scratch.resize(need);
     a.scratch_threads = threads;
 }
 
 void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTable& kt,
-                int threads, Applied& a) {
+                int threads, ApplyMode mode, Applied& a) {
     a.task = nullptr;  // not runnable until complete
     a.kt = &kt;
     const Graph& g = base.graph();
-    size_t total = 0, max_ohwi = 0;
+    size_t total = 0, max_ohwi = 0, max_b = 0;
     a.packed_offset.resize(task.convs.size());
+    a.fused_rank.assign(task.convs.size(), 0);
     for (size_t ci = 0; ci < task.convs.size(); ++ci) {
         const ConvTask& ct = task.convs[ci];
+        const int r = mode == ApplyMode::FusedLowRank ? ct.rank : 0;
+        a.fused_rank[ci] = r;
         a.packed_offset[ci] = total;
-        total += round_floats(kt.conv_packed_floats(ct.geom));
+        total += round_floats(r > 0 ? kt.conv_lowrank_packed_floats(ct.geom, r) : kt.conv_packed_floats(ct.geom));
         max_ohwi = std::max(max_ohwi, size_t(ct.out_c) * size_t(ct.kernel * ct.kernel) * size_t(ct.in_c));
+        max_b = std::max(max_b, size_t(ct.out_c) * size_t(r));
     }
     // Convs are independent: up to `threads` of them are prepared at once,
     // each with its own slice of the OHWI workspace. Nothing below throws.
@@ -49,6 +57,8 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
     const size_t slice = round_floats(max_ohwi);
     a.packed.resize(total);
     a.ohwi.resize(slice * size_t(workers));
+    const size_t bslice = round_floats(max_b);
+    a.bwork.resize(bslice * size_t(workers));
 
 #pragma omp parallel for num_threads(workers) schedule(dynamic, 1) if (workers > 1)
     for (int ci = 0; ci < nconv; ++ci) {
@@ -58,7 +68,9 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
         const size_t kk = size_t(ct.kernel) * size_t(ct.kernel);
         const size_t I = size_t(n.in_channels);
         const size_t Ip = size_t(ct.in_c);
-        float* w = a.ohwi.data() + slice * size_t(worker_id());
+        const int worker = worker_id();
+        float* w = a.ohwi.data() + slice * size_t(worker);
+        const int fused = a.fused_rank[size_t(ci)];
         // Gather W[out_index][:, in_index] from OIHW into OHWI: sequential
         // writes; the reads stay within one base row (I*k*k floats, L1/L2-sized).
         // The mapping may be unaligned, hence memcpy per element.
@@ -71,7 +83,7 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
                 for (size_t i = 0; i < Ip; ++i) std::memcpy(d + i, src + size_t(ct.in_index[i]) * kk * 4, 4);
             }
         }
-        if (ct.rank > 0)
+        if (ct.rank > 0 && fused == 0)
             kt.lowrank_merge(ct.out_c, ct.in_c, ct.kernel, ct.rank, ct.lora_a.data(),
                              ct.lora_b.data(), w);
         if (!ct.weight_delta.empty()) {
@@ -87,7 +99,21 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
                 for (size_t j = 0; j < kk * Ip; ++j) r[j] *= s;
             }
         }
-        kt.conv_pack(ct.geom, w, a.packed.data() + a.packed_offset[size_t(ci)]);
+        float* dst = a.packed.data() + a.packed_offset[size_t(ci)];
+        if (fused > 0) {
+            // BN scales output channel o of the whole sum: scale B' rows too.
+            const float* b = ct.lora_b.data();
+            if (!ct.scale.empty()) {
+                float* bs = a.bwork.data() + bslice * size_t(worker);
+                for (size_t o = 0; o < size_t(ct.out_c); ++o)
+                    for (size_t r = 0; r < size_t(fused); ++r)
+                        bs[o * size_t(fused) + r] = ct.lora_b[o * size_t(fused) + r] * ct.scale[o];
+                b = bs;
+            }
+            kt.conv_lowrank_pack(ct.geom, fused, w, ct.lora_a.data(), b, dst);
+        } else {
+            kt.conv_pack(ct.geom, w, dst);
+        }
     }
     a.arena.resize(task.plan.arena_floats);
     a.task = &task;
@@ -119,8 +145,12 @@ void execute(Applied& a, int threads, const float* input, int batch, float* logi
                     ep.bias = ct.bias.data();
                     ep.residual = s.in2 >= 0 ? arena + p.offset[size_t(s.in2)] : nullptr;
                     ep.relu = s.relu;
-                    kt.conv(s.geom, a.packed.data() + a.packed_offset[size_t(s.index)], in, out, ep,
-                            a.scratch.data(), threads);
+                    const float* packed = a.packed.data() + a.packed_offset[size_t(s.index)];
+                    const int r = a.fused_rank[size_t(s.index)];
+                    if (r > 0)
+                        kt.conv_lowrank(s.geom, r, packed, in, out, ep, a.scratch.data(), threads);
+                    else
+                        kt.conv(s.geom, packed, in, out, ep, a.scratch.data(), threads);
                     break;
                 }
                 case StepKind::Relu: {

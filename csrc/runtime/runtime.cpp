@@ -31,6 +31,7 @@ struct Runtime::Impl {
     std::unique_ptr<BaseModel> base;
     const kernels::KernelTable* kt = nullptr;
     int threads = 1;
+    ApplyMode mode = ApplyMode::Merged;
     std::map<std::string, std::unique_ptr<Task>> tasks;
     std::vector<std::string> order;
     const Task* active = nullptr;
@@ -50,7 +51,7 @@ struct Runtime::Impl {
     double apply(const Task& t) {
         auto t0 = std::chrono::steady_clock::now();
         active = nullptr;
-        apply_task(*base, t, *kt, threads, applied);
+        apply_task(*base, t, *kt, threads, mode, applied);
         active = &t;
         auto t1 = std::chrono::steady_clock::now();
         return std::chrono::duration<double, std::milli>(t1 - t0).count();
@@ -206,6 +207,23 @@ void Runtime::set_threads(int threads) {
     if (m.active) size_scratch(m.applied, m.threads);
 }
 
+std::string Runtime::mode() const {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    return impl_->mode == ApplyMode::Merged ? "merged" : "lowrank";
+}
+
+double Runtime::set_mode(const std::string& mode) {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    Impl& m = *impl_;
+    if (mode == "merged")
+        m.mode = ApplyMode::Merged;
+    else if (mode == "lowrank")
+        m.mode = ApplyMode::FusedLowRank;
+    else
+        throw Error("mode must be 'merged' or 'lowrank', got '" + mode + "'");
+    return m.active ? m.apply(*m.active) : 0.0;
+}
+
 std::string Runtime::base_path() const {
     std::lock_guard<std::mutex> lock(impl_->mu);
     return impl_->base->path();
@@ -225,7 +243,8 @@ size_t Runtime::working_set_bytes() const {
     std::lock_guard<std::mutex> lock(impl_->mu);
     const Applied& a = impl_->applied;
     if (!impl_->active) return 0;
-    return (a.packed.size() + a.arena.size() + a.scratch.size() + a.ohwi.size()) * sizeof(float);
+    return (a.packed.size() + a.arena.size() + a.scratch.size() + a.ohwi.size() + a.bwork.size()) *
+           sizeof(float);
 }
 
 }  // namespace spaedge

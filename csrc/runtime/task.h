@@ -79,12 +79,20 @@ public:
     int classes() const { return int(labels.size()); }
 };
 
+// How low-rank adapters are applied (DESIGN.md "Runtime").
+enum class ApplyMode {
+    Merged,        // W' += centre_tap(B A) at switch time; plain conv at run time (default)
+    FusedLowRank,  // W' and (A, B) packed separately; conv + B (A x_centre) in one kernel pass
+};
+
 // The active task's weights packed for one kernel table, plus the arena.
 struct Applied {
     const Task* task = nullptr;
     const kernels::KernelTable* kt = nullptr;
     FloatBuffer packed;                 // all conv weights, packed
     std::vector<size_t> packed_offset;  // per ConvTask
+    std::vector<int> fused_rank;        // per ConvTask: rank run unmerged (0 = plain conv)
+    FloatBuffer bwork;                  // BN-scaled B' workspace (fused mode)
     FloatBuffer ohwi;                   // gather/merge workspace
     FloatBuffer arena;                  // activations
     FloatBuffer scratch;                // conv scratch
@@ -93,7 +101,7 @@ struct Applied {
 
 // Gathers, merges, folds and packs `task` for `kt`; sizes arena and scratch.
 void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTable& kt,
-                int threads, Applied& out);
+                int threads, ApplyMode mode, Applied& out);
 // Resizes conv scratch for a new thread count.
 void size_scratch(Applied& a, int threads);
 // Runs `batch` NCHW images through the applied task; logits are [batch, classes].

@@ -19,7 +19,7 @@
 namespace {
 
 const char* kUsage =
-    "usage: spaedge-run BASE TASK INPUT... [--threads N] [--top K] [--bench N]\n"
+    "usage: spaedge-run BASE TASK INPUT... [--threads N] [--top K] [--bench N] [--mode M]\n"
     "\n"
     "Classify INPUTs with task bundle TASK applied to base bundle BASE.\n"
     "\n"
@@ -35,6 +35,8 @@ const char* kUsage =
     "  --top K      print the K best classes per image (default 5)\n"
     "  --bench N    time N runs of the first INPUT and N task switches; print\n"
     "               median and p90 milliseconds\n"
+    "  --mode M     merged (default: adapters merged into the weights at switch\n"
+    "               time) or lowrank (conv + B'(A' x_centre) fused in one pass)\n"
     "  -h, --help   show this help\n"
     "\n"
     "Scores are the raw logits and their softmax probabilities. Exit code 0 on\n"
@@ -259,6 +261,7 @@ double percentile(std::vector<double> v, double q) {
 int run(int argc, char** argv) {
     std::vector<std::string> pos;
     long threads = 0, top = 5, bench = 0;
+    std::string mode = "merged";
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         if (a == "-h" || a == "--help") {
@@ -271,13 +274,18 @@ int run(int argc, char** argv) {
             if (eq != std::string::npos) {
                 key = a.substr(0, eq);
                 val = a.substr(eq + 1);
-            } else if (key == "--threads" || key == "--top" || key == "--bench") {
+            } else if (key == "--threads" || key == "--top" || key == "--bench" || key == "--mode") {
                 if (i + 1 >= argc) throw UsageError{key + " needs a value"};
                 val = argv[++i];
             }
             if (key == "--threads") threads = parse_int(key, val, 0, 1024);
             else if (key == "--top") top = parse_int(key, val, 1, 1000000);
             else if (key == "--bench") bench = parse_int(key, val, 1, 10000000);
+            else if (key == "--mode") {
+                if (val != "merged" && val != "lowrank")
+                    throw UsageError{"--mode must be merged or lowrank, got '" + val + "'"};
+                mode = val;
+            }
             else throw UsageError{"unknown option " + key + " (see --help)"};
             continue;
         }
@@ -286,6 +294,7 @@ int run(int argc, char** argv) {
     if (pos.size() < 3) throw UsageError{"expected BASE TASK INPUT... (see --help)"};
 
     spaedge::Runtime rt(pos[0], int(threads));
+    rt.set_mode(mode);
     const std::string note = rt.isa_note();
     if (!note.empty()) std::fprintf(stderr, "spaedge-run: warning: %s\n", note.c_str());
     const std::string name = rt.load_task(pos[1]);
@@ -335,9 +344,10 @@ int run(int argc, char** argv) {
         std::vector<double> sw;
         const long switches = std::min<long>(bench, 1000);
         for (long i = 0; i < switches; ++i) sw.push_back(rt.switch_to(name));
-        std::printf("bench: task %s, base %s, isa %s, threads %d, batch %d, input %dx%dx%d, %.1f MMAC/image\n",
-                    name.c_str(), rt.base_model().c_str(), rt.isa().c_str(), rt.threads(), in.batch, t.channels,
-                    t.height, t.width, double(t.macs) / 1e6);
+        std::printf("bench: task %s, base %s, isa %s, threads %d, mode %s, batch %d, input %dx%dx%d, "
+                    "%.1f MMAC/image\n",
+                    name.c_str(), rt.base_model().c_str(), rt.isa().c_str(), rt.threads(), rt.mode().c_str(),
+                    in.batch, t.channels, t.height, t.width, double(t.macs) / 1e6);
         std::printf("  run:    %ld runs, median %.3f ms, p90 %.3f ms\n", bench, percentile(ms, 0.5),
                     percentile(ms, 0.9));
         std::printf("  switch: %ld switches, median %.3f ms, p90 %.3f ms (task bundle %zu bytes)\n", switches,

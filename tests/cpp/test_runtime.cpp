@@ -306,6 +306,15 @@ void test_numerics(const Files& f) {
     EXPECT_ERROR(rt.run(x.data(), 0, y.data()), "batch must be >= 1");
     EXPECT_ERROR(rt.run(nullptr, 1, y.data()), "null");
     EXPECT_ERROR(rt.set_threads(-1), "threads must be in [0, 1024]");
+    // Fused low-rank mode gives the same logits.
+    CHECK(rt.mode() == "merged");
+    CHECK(rt.set_mode("lowrank") >= 0.0);
+    CHECK(rt.mode() == "lowrank" && rt.active_task() == "tiny");
+    std::fill(y2.begin(), y2.end(), -7.0f);
+    rt.run(x.data(), 2, y2.data());
+    CHECK(close(y2.data(), reference(f.m, t, x.data())) && close(y2.data() + 3, reference(f.m, t, x.data() + 40)));
+    EXPECT_ERROR(rt.set_mode("fast"), "mode must be 'merged' or 'lowrank'");
+    rt.set_mode("merged");
     rt.set_threads(0);
     CHECK(rt.threads() >= 1);
     CHECK(!rt.isa().empty());

@@ -76,6 +76,15 @@ public:
     int threads() const;
     void set_threads(int threads);  // 0 = all hardware threads
 
+    // How low-rank adapters are applied: "merged" (default: B A is added into
+    // the gathered weight at switch time, the fastest inference) or "lowrank"
+    // (W' and the factors are packed separately and the kernel computes
+    // conv(W', x) + B'(A' x_centre) in one pass; skips the merge at switch
+    // time). Layers without factors run the same either way. Setting the mode
+    // re-applies the active task; returns that switch's milliseconds (0 if none).
+    std::string mode() const;
+    double set_mode(const std::string& mode);
+
     std::string base_path() const;
     std::string base_model() const;  // metadata 'model' of the base
     std::string base_hash() const;   // content_hash of the base
