@@ -373,21 +373,60 @@ void micro(const TileArgs& t) {
             c1[r] = acc[2 * r + 1];
         }
     } else {
+        // Edge tiles (M remainders). With few rows the FMA chains, not the
+        // FMA units, are the limit (4-cycle latency, 2 per cycle: 8 chains
+        // needed), so 1-3 row tiles keep U partial sums over interleaved k.
+        constexpr int U = MR == 1 ? 4 : MR <= 3 ? 2 : 1;
+        __m256 p0[U][MR], p1[U][MR];
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r) {
+            p0[0][r] = c0[r];
+            p1[0][r] = c1[r];
+#pragma GCC unroll 4
+            for (int u = 1; u < U; ++u) p0[u][r] = p1[u][r] = _mm256_setzero_ps();
+        }
         const float* a[MR];
+#pragma GCC unroll 8
         for (int r = 0; r < MR; ++r) a[r] = t.a[r];
         const float* b = t.b;
         for (int s = 0; s < t.nseg; ++s) {
-            for (int k = 0; k < t.seg; ++k, b += kNR) {
-                const __m256 b0 = _mm256_loadu_ps(b);
-                const __m256 b1 = _mm256_loadu_ps(b + 8);
+            int k = 0;
+            for (; k + U <= t.seg; k += U) {
+#pragma GCC unroll 4
+                for (int u = 0; u < U; ++u) {
+                    const __m256 b0 = _mm256_loadu_ps(b + (k + u) * kNR);
+                    const __m256 b1 = _mm256_loadu_ps(b + (k + u) * kNR + 8);
+#pragma GCC unroll 8
+                    for (int r = 0; r < MR; ++r) {
+                        const __m256 av = _mm256_broadcast_ss(a[r] + k + u);
+                        p0[u][r] = _mm256_fmadd_ps(av, b0, p0[u][r]);
+                        p1[u][r] = _mm256_fmadd_ps(av, b1, p1[u][r]);
+                    }
+                }
+            }
+            for (; k < t.seg; ++k) {
+                const __m256 b0 = _mm256_loadu_ps(b + k * kNR);
+                const __m256 b1 = _mm256_loadu_ps(b + k * kNR + 8);
 #pragma GCC unroll 8
                 for (int r = 0; r < MR; ++r) {
                     const __m256 av = _mm256_broadcast_ss(a[r] + k);
-                    c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
-                    c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+                    p0[0][r] = _mm256_fmadd_ps(av, b0, p0[0][r]);
+                    p1[0][r] = _mm256_fmadd_ps(av, b1, p1[0][r]);
                 }
             }
+            b += t.seg * kNR;
+#pragma GCC unroll 8
             for (int r = 0; r < MR; ++r) a[r] += t.seg + t.jump;
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r) {
+            c0[r] = p0[0][r];
+            c1[r] = p1[0][r];
+#pragma GCC unroll 4
+            for (int u = 1; u < U; ++u) {
+                c0[r] = _mm256_add_ps(c0[r], p0[u][r]);
+                c1[r] = _mm256_add_ps(c1[r], p1[u][r]);
+            }
         }
     }
 
