@@ -9,6 +9,8 @@
 // are present; the format is the expected one; and content_hash equals the
 // SHA-256 of the data section. Any failure throws spaedge::Error naming the
 // file and the field. The mapping stays valid for the Bundle's lifetime.
+// Replace bundle files by rename (as the writer does): truncating a mapped file
+// in place would make later reads fault (SIGBUS), which no reader can prevent.
 #pragma once
 
 #include <cstddef>
