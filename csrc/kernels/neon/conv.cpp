@@ -66,42 +66,60 @@ void micro(const TileArgs& t) {
         }
     }
 
+    // Edge tiles with 1-3 rows would be limited by the FMA chains (4 lane
+    // FMAs in a row into one accumulator), so they spread the four lanes over
+    // U partial sums.
+    constexpr int U = MR == 1 ? 4 : MR <= 3 ? 2 : 1;
+    float32x4_t p0[U][MR], p1[U][MR];
+    _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {
+        p0[0][r] = c0[r];
+        p1[0][r] = c1[r];
+        _Pragma("GCC unroll 4") for (int u = 1; u < U; ++u) p0[u][r] = p1[u][r] = vdupq_n_f32(0.0f);
+    }
     const float* a[MR];
     _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) a[r] = t.a[r];
     const float* b = t.b;
     const float* pf = t.pf;
     for (int s = 0; s < t.nseg; ++s) {
-    int k = 0;
-    for (; k + 4 <= t.seg; k += 4, b += 4 * kNR, pf += 4 * kNR) {
-        __builtin_prefetch(pf);
-        __builtin_prefetch(pf + 16);
-        float32x4_t av[MR];
-        _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) av[r] = vld1q_f32(a[r] + k);
-#define SPAEDGE_LANE(j)                                              \
-    {                                                                \
-        const float32x4_t b0 = vld1q_f32(b + (j) * kNR);             \
-        const float32x4_t b1 = vld1q_f32(b + (j) * kNR + 4);         \
-        _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {                               \
-            c0[r] = vfmaq_laneq_f32(c0[r], b0, av[r], j);            \
-            c1[r] = vfmaq_laneq_f32(c1[r], b1, av[r], j);            \
-        }                                                            \
+        int k = 0;
+        for (; k + 4 <= t.seg; k += 4, b += 4 * kNR, pf += 4 * kNR) {
+            __builtin_prefetch(pf);
+            __builtin_prefetch(pf + 16);
+            float32x4_t av[MR];
+            _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) av[r] = vld1q_f32(a[r] + k);
+#define SPAEDGE_LANE(j)                                                          \
+    {                                                                            \
+        const float32x4_t b0 = vld1q_f32(b + (j) * kNR);                         \
+        const float32x4_t b1 = vld1q_f32(b + (j) * kNR + 4);                     \
+        _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {                   \
+            p0[(j) % U][r] = vfmaq_laneq_f32(p0[(j) % U][r], b0, av[r], j);      \
+            p1[(j) % U][r] = vfmaq_laneq_f32(p1[(j) % U][r], b1, av[r], j);      \
+        }                                                                        \
     }
-        SPAEDGE_LANE(0)
-        SPAEDGE_LANE(1)
-        SPAEDGE_LANE(2)
-        SPAEDGE_LANE(3)
+            SPAEDGE_LANE(0)
+            SPAEDGE_LANE(1)
+            SPAEDGE_LANE(2)
+            SPAEDGE_LANE(3)
 #undef SPAEDGE_LANE
-    }
-    for (; k < t.seg; ++k, b += kNR, pf += kNR) {
-        const float32x4_t b0 = vld1q_f32(b);
-        const float32x4_t b1 = vld1q_f32(b + 4);
-        _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {
-            const float32x4_t av = vld1q_dup_f32(a[r] + k);
-            c0[r] = vfmaq_f32(c0[r], b0, av);
-            c1[r] = vfmaq_f32(c1[r], b1, av);
         }
+        for (; k < t.seg; ++k, b += kNR, pf += kNR) {
+            const float32x4_t b0 = vld1q_f32(b);
+            const float32x4_t b1 = vld1q_f32(b + 4);
+            _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {
+                const float32x4_t av = vld1q_dup_f32(a[r] + k);
+                p0[0][r] = vfmaq_f32(p0[0][r], b0, av);
+                p1[0][r] = vfmaq_f32(p1[0][r], b1, av);
+            }
+        }
+        _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) a[r] += t.seg + t.jump;
     }
-    _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) a[r] += t.seg + t.jump;
+    _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {
+        c0[r] = p0[0][r];
+        c1[r] = p1[0][r];
+        _Pragma("GCC unroll 4") for (int u = 1; u < U; ++u) {
+            c0[r] = vaddq_f32(c0[r], p0[u][r]);
+            c1[r] = vaddq_f32(c1[r], p1[u][r]);
+        }
     }
 
     if (t.relu) {
