@@ -105,13 +105,14 @@ def prune_step(model: nn.Module, example_input: torch.Tensor, n_channels: int, *
         for pos in order[: max(g.size - min_channels, 0)].tolist():
             candidates.append((float(s[pos]), gi, pos))
     candidates.sort()
+    costs = [_channel_cost(model, g) for g in groups]
     drop: dict[int, list[int]] = {}
     removed = 0
     for _, gi, pos in candidates:
         if removed >= n_channels or current <= target_density * base_total:
             break
         drop.setdefault(gi, []).append(pos)
-        current -= _channel_cost(model, groups[gi])
+        current -= costs[gi]
         removed += 1
     for gi, positions in drop.items():
         g = groups[gi]
