@@ -1,7 +1,23 @@
 // SHA-256 per FIPS 180-4.
 #include "runtime/sha256.h"
 
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <immintrin.h>
+#define SPAEDGE_SHA_X86 1
+#endif
+#if defined(__aarch64__) && defined(__linux__) && defined(__GNUC__)
+#include <arm_neon.h>
+#include <sys/auxv.h>
+#ifndef HWCAP_SHA2
+#define HWCAP_SHA2 (1 << 6)
+#endif
+#define SPAEDGE_SHA_ARM 1
+#endif
 
 namespace spaedge {
 namespace {
@@ -28,7 +44,9 @@ Sha256::Sha256() {
     std::memcpy(h_, init, sizeof(h_));
 }
 
-void Sha256::block(const uint8_t* p) {
+namespace {
+
+void block_portable(uint32_t* h_, const uint8_t* p) {
     uint32_t w[64];
     for (int t = 0; t < 16; ++t) {
         w[t] = (uint32_t(p[4 * t]) << 24) | (uint32_t(p[4 * t + 1]) << 16) |
@@ -67,6 +85,129 @@ void Sha256::block(const uint8_t* p) {
     h_[7] += h;
 }
 
+#ifdef SPAEDGE_SHA_X86
+// The SHA extensions keep the state as ABEF / CDGH and run two rounds per
+// sha256rnds2; the message schedule is four words at a time (msg1/msg2).
+__attribute__((target("sha,sse4.1"))) void blocks_shani(uint32_t* state, const uint8_t* p, size_t n) {
+    const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i tmp = _mm_loadu_si128(reinterpret_cast<const __m128i*>(state));      // DCBA
+    __m128i s1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(state + 4));   // HGFE
+    tmp = _mm_shuffle_epi32(tmp, 0xB1);                                          // CDAB
+    s1 = _mm_shuffle_epi32(s1, 0x1B);                                            // EFGH
+    __m128i s0 = _mm_alignr_epi8(tmp, s1, 8);                                    // ABEF
+    s1 = _mm_blend_epi16(s1, tmp, 0xF0);                                         // CDGH
+    for (; n > 0; --n, p += 64) {
+        const __m128i save0 = s0, save1 = s1;
+        __m128i w[4];
+        for (int i = 0; i < 4; ++i)
+            w[i] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * i)), mask);
+        for (int i = 0; i < 16; ++i) {
+            if (i >= 4) {
+                // W[i..i+3] from the previous sixteen words.
+                __m128i x0 = w[i % 4], x1 = w[(i + 1) % 4], x2 = w[(i + 2) % 4], x3 = w[(i + 3) % 4];
+                w[i % 4] = _mm_sha256msg2_epu32(
+                    _mm_add_epi32(_mm_sha256msg1_epu32(x0, x1), _mm_alignr_epi8(x3, x2, 4)), x3);
+            }
+            __m128i m = _mm_add_epi32(w[i % 4], _mm_loadu_si128(reinterpret_cast<const __m128i*>(kK + 4 * i)));
+            s1 = _mm_sha256rnds2_epu32(s1, s0, m);
+            m = _mm_shuffle_epi32(m, 0x0E);
+            s0 = _mm_sha256rnds2_epu32(s0, s1, m);
+        }
+        s0 = _mm_add_epi32(s0, save0);
+        s1 = _mm_add_epi32(s1, save1);
+    }
+    tmp = _mm_shuffle_epi32(s0, 0x1B);      // FEBA
+    s1 = _mm_shuffle_epi32(s1, 0xB1);       // DCHG
+    s0 = _mm_blend_epi16(tmp, s1, 0xF0);    // DCBA
+    s1 = _mm_alignr_epi8(s1, tmp, 8);       // HGFE
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(state), s0);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(state + 4), s1);
+}
+
+bool cpu_has_shani() {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+    const bool ssse3 = c & (1u << 9), sse41 = c & (1u << 19);
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool sha = b & (1u << 29);
+    return ssse3 && sse41 && sha;
+}
+#endif
+
+#ifdef SPAEDGE_SHA_ARM
+// ARMv8 SHA-256 instructions: vsha256h/h2 run four rounds on ABCD/EFGH.
+__attribute__((target("arch=armv8-a+crypto"))) void blocks_armv8(uint32_t* state, const uint8_t* p, size_t n) {
+    uint32x4_t abcd = vld1q_u32(state), efgh = vld1q_u32(state + 4);
+    for (; n > 0; --n, p += 64) {
+        const uint32x4_t save_abcd = abcd, save_efgh = efgh;
+        uint32x4_t w[4];
+        for (int i = 0; i < 4; ++i) w[i] = vreinterpretq_u32_u8(vrev32q_u8(vld1q_u8(p + 16 * i)));
+        for (int i = 0; i < 16; ++i) {
+            if (i >= 4)
+                w[i % 4] = vsha256su1q_u32(vsha256su0q_u32(w[i % 4], w[(i + 1) % 4]), w[(i + 2) % 4], w[(i + 3) % 4]);
+            const uint32x4_t t = vaddq_u32(w[i % 4], vld1q_u32(kK + 4 * i));
+            const uint32x4_t prev = abcd;
+            abcd = vsha256hq_u32(abcd, efgh, t);
+            efgh = vsha256h2q_u32(efgh, prev, t);
+        }
+        abcd = vaddq_u32(abcd, save_abcd);
+        efgh = vaddq_u32(efgh, save_efgh);
+    }
+    vst1q_u32(state, abcd);
+    vst1q_u32(state + 4, efgh);
+}
+#endif
+
+enum class Impl { Portable, ShaNi, Armv8 };
+
+Impl choose() {
+    // SPAEDGE_SHA=portable forces the reference path (tests compare the two).
+    const char* env = std::getenv("SPAEDGE_SHA");
+    if (env && std::strcmp(env, "portable") == 0) return Impl::Portable;
+#ifdef SPAEDGE_SHA_X86
+    if (cpu_has_shani()) return Impl::ShaNi;
+#endif
+#ifdef SPAEDGE_SHA_ARM
+    if (getauxval(AT_HWCAP) & HWCAP_SHA2) return Impl::Armv8;
+#endif
+    return Impl::Portable;
+}
+
+std::atomic<bool> g_force_portable{false};
+
+Impl active_impl() {
+    static const Impl impl = choose();
+    return g_force_portable.load(std::memory_order_relaxed) ? Impl::Portable : impl;
+}
+
+}  // namespace
+
+void Sha256::force_portable(bool on) { g_force_portable.store(on); }
+
+const char* Sha256::implementation() {
+    switch (active_impl()) {
+        case Impl::ShaNi: return "sha-ni";
+        case Impl::Armv8: return "armv8-sha2";
+        default: return "portable";
+    }
+}
+
+void Sha256::blocks(const uint8_t* p, size_t n) {
+#ifdef SPAEDGE_SHA_X86
+    if (active_impl() == Impl::ShaNi) {
+        blocks_shani(h_, p, n);
+        return;
+    }
+#endif
+#ifdef SPAEDGE_SHA_ARM
+    if (active_impl() == Impl::Armv8) {
+        blocks_armv8(h_, p, n);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; ++i) block_portable(h_, p + 64 * i);
+}
+
 void Sha256::update(const void* data, size_t len) {
     const uint8_t* p = static_cast<const uint8_t*>(data);
     total_ += len;
@@ -78,13 +219,14 @@ void Sha256::update(const void* data, size_t len) {
         p += take;
         len -= take;
         if (buf_len_ < 64) return;
-        block(buf_);
+        blocks(buf_, 1);
         buf_len_ = 0;
     }
-    while (len >= 64) {
-        block(p);
-        p += 64;
-        len -= 64;
+    if (len >= 64) {
+        const size_t n = len / 64;
+        blocks(p, n);
+        p += 64 * n;
+        len -= 64 * n;
     }
     if (len > 0) {
         std::memcpy(buf_, p, len);

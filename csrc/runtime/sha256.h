@@ -16,8 +16,14 @@ public:
     // Lowercase hex of the digest of `data`.
     static std::string hex(const void* data, size_t len);
 
+    // Which compression function runs: "sha-ni" (x86 SHA extensions),
+    // "armv8-sha2" or "portable". Chosen once from the CPU.
+    static const char* implementation();
+    // Tests: force the portable path (true) or go back to the CPU's choice.
+    static void force_portable(bool on);
+
 private:
-    void block(const uint8_t* p);
+    void blocks(const uint8_t* p, size_t n);
     uint32_t h_[8];
     uint8_t buf_[64];
     size_t buf_len_ = 0;

@@ -15,7 +15,10 @@ using tb::TempDir;
 
 namespace {
 
+void test_sha256_paths();
+
 void test_sha256() {
+    test_sha256_paths();
     using spaedge::Sha256;
     CHECK(Sha256::hex("", 0) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     CHECK(Sha256::hex("abc", 3) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
@@ -42,6 +45,35 @@ void test_sha256() {
     a.finish(da);
     CHECK(spaedge::to_hex(da, 32) == Sha256::hex(s56.data(), 56));
     CHECK(Sha256::hex(s64.data(), 64) != Sha256::hex(s56.data(), 56));
+}
+
+// The accelerated path (SHA-NI where the CPU has it) must agree with the
+// portable one on every length around the block boundaries and on big inputs.
+void test_sha256_paths() {
+    using spaedge::Sha256;
+    std::printf("sha256 implementation: %s\n", Sha256::implementation());
+    std::vector<uint8_t> data(200000);
+    uint32_t x = 12345;
+    for (auto& b : data) {
+        x = x * 1664525u + 1013904223u;
+        b = uint8_t(x >> 24);
+    }
+    std::vector<size_t> lens;
+    for (size_t n = 0; n <= 260; ++n) lens.push_back(n);
+    for (size_t n : {1000u, 4095u, 4096u, 65536u, 65537u, 200000u}) lens.push_back(n);
+    int mismatches = 0;
+    for (size_t n : lens) {
+        std::string fast = Sha256::hex(data.data() + 1, std::min(n, data.size() - 1));  // unaligned start
+        Sha256::force_portable(true);
+        std::string slow = Sha256::hex(data.data() + 1, std::min(n, data.size() - 1));
+        Sha256::force_portable(false);
+        if (fast != slow) ++mismatches;
+    }
+    CHECK(mismatches == 0);
+    Sha256::force_portable(true);
+    CHECK(Sha256::hex("abc", 3) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    CHECK(std::string(Sha256::implementation()) == "portable");
+    Sha256::force_portable(false);
 }
 
 void test_json() {
