@@ -180,6 +180,9 @@ private:
         for (int c = 0; c < g.input_channels; ++c) lists_[0][size_t(c)] = c;
         list_src_[0] = "the graph input '" + g.input_name + "'";
         shapes_[0] = {t_.height, t_.width, t_.channels};
+        if (shapes_[0].floats() > kMaxValueFloats)
+            b_.fail("metadata 'input': " + std::to_string(t_.channels) + "x" + std::to_string(t_.height) + "x" +
+                    std::to_string(t_.width) + " is too large an input");
 
         for (size_t ni = 0; ni < g.nodes.size(); ++ni) {
             const Node& n = g.nodes[ni];
