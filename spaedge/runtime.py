@@ -92,10 +92,10 @@ class Runtime:
         """Facts about a loaded task (the active one by default).
 
         Keys: name, path, method, info (JSON text), labels, channels, height,
-        width, mean, std, classes, bundle_bytes, macs, params, input_shape."""
-        d = self._rt.task_info(self._resolve(name))
-        d["input_shape"] = (d["channels"], d["height"], d["width"])
-        return d
+        width, mean, std, classes, bundle_bytes, macs, params, input_shape
+        ((C, H, W)) and input (the bundle's 'input' metadata as a dict:
+        channels, height, width, mean, std)."""
+        return _with_input(self._rt.task_info(self._resolve(name)))
 
     # ---- facts about the runtime -----------------------------------------------
     @property
@@ -237,12 +237,18 @@ class Runtime:
             raise RuntimeError("no active task: call Runtime.load_task first")
         info = self._info.get(active)
         if info is None:
-            info = self._info[active] = self._rt.task_info(active)
+            info = self._info[active] = _with_input(self._rt.task_info(active))
         return info
 
     def __repr__(self) -> str:
         return (f"Runtime(base={self.base_path!r}, model={self.base_model!r}, isa={self.isa!r}, "
                 f"threads={self.threads}, mode={self.mode!r}, tasks={self.tasks}, active={self.active_task!r})")
+
+
+def _with_input(d: dict) -> dict:
+    d["input_shape"] = (d["channels"], d["height"], d["width"])
+    d["input"] = {k: d[k] for k in ("channels", "height", "width", "mean", "std")}
+    return d
 
 
 def _threads_arg(n: Optional[int]) -> int:

@@ -176,6 +176,8 @@ def test_task_info_and_facts(toy):
     info = rt.task_info()
     assert info["name"] == "beta" and info["classes"] == 7 and len(info["labels"]) == 7
     assert info["input_shape"] == (3, 20, 12)
+    assert info["input"]["channels"] == 3 and info["input"]["height"] == 20 and info["input"]["width"] == 12
+    assert info["input"]["std"] == pytest.approx([0.5, 0.6, 0.7])
     assert info["mean"] == pytest.approx([0.1, 0.2, 0.3]) and info["std"] == pytest.approx([0.5, 0.6, 0.7])
     assert info["method"] == "finetune" and json.loads(info["info"]) == {"rank": 2}
     assert info["bundle_bytes"] == os.path.getsize(toy["b_path"])
