@@ -248,8 +248,7 @@ def cmd_run(args) -> int:
     if args.eval:
         from spaedge.tasks import get_task
 
-        c, h, w = info["input"]["channels"], info["input"]["height"], info["input"]["width"]
-        task = get_task(args.task, data_dir=args.data_dir, input_size=(c, h, w))
+        task = get_task(args.task, data_dir=args.data_dir, input_size=info["input_shape"])
         X, y = task.arrays(args.split)
         logits = rt.run(np.ascontiguousarray(X.numpy()))
         acc = float((logits.argmax(1) == y.numpy()).mean())
@@ -257,19 +256,19 @@ def cmd_run(args) -> int:
         return 0
     if not args.images:
         raise CliError("give IMAGE files to classify, or --eval to score the task's test set")
-    from spaedge.tasks.core import load_image
+    from spaedge.tasks import get_task
 
+    # The task preprocesses a file exactly as its training data was (crop or not).
+    task = get_task(args.task, data_dir=args.data_dir, input_size=info["input_shape"])
     labels = info["labels"]
-    size = (info["input"]["channels"], info["input"]["height"], info["input"]["width"])
     for path in args.images:
         if not Path(path).is_file():
             raise CliError(f"{path}: no such image file")
         try:
-            img = load_image(path, size).numpy()
+            x = task.load_image(path).numpy()[None]
         except Exception as e:  # noqa: BLE001 - PIL raises many kinds for bad files
             raise CliError(f"{path}: cannot read the image ({e})") from None
-        x = rt.normalize(img[None])
-        logits = rt.run(x)[0]
+        logits = rt.run(np.ascontiguousarray(x, dtype=np.float32))[0]
         p = np.exp(logits - logits.max())
         p /= p.sum()
         top = np.argsort(-p)[: args.top]
