@@ -1,0 +1,384 @@
+"""Exports of a task's materialised pruned model for the peer engines.
+
+    export_onnx(model_or_bundles, "task.onnx", input_size=(3, 224, 224))
+    export_tflite(model_or_bundles, "task.tflite", input_size=(3, 224, 224))
+
+``model_or_bundles`` is a task model (adapted and pruned, as training leaves
+it, or already materialised with :func:`spaedge.pack.materialize.materialize`)
+or a ``(base_path, task_path)`` pair of bundles; then ``input_size`` defaults
+to the task's. Both exports are of the same network the C++ runtime builds from
+the bundles: pruned convs with the adapters merged in, BatchNorm, head.
+
+ONNX: opset 17, input ``"input"`` (NCHW float32), output ``"logits"``; batch 1
+or a dynamic batch axis. Written with PyTorch's TorchScript-based exporter
+(``dynamo=False``): the torch.export-based one needs onnxscript, which the
+toolchain does not otherwise pull in, and gives the same graph for a ResNet.
+
+TFLite, two converters:
+
+- ``"builtin"`` (default): spaedge writes the TFLite flatbuffer itself from the
+  task's graph (docs/format.md), with the schema module that ships with the
+  LiteRT interpreter (ai-edge-litert, the ``export`` extra). Input is NHWC
+  float32 ``[1, H, W, C]`` (the layout TFLite kernels and XNNPACK work in);
+  BatchNorm is folded into the convs, ReLU fused into convs and adds, as a
+  converter would. Only ResNet graphs (the ops of docs/format.md) are supported.
+- ``"litert-torch"``: PyTorch's converter for LiteRT (the ``tflite`` extra,
+  ~2 GB of dependencies). It keeps the model's NCHW input.
+
+Every file is written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from spaedge.adapters.layers import AdaptedLayer
+from spaedge.pack.format import atomic_write_bytes
+from spaedge.pack.materialize import materialize
+
+__all__ = ["export_onnx", "export_tflite", "task_torch_model", "TFLITE_CONVERTERS"]
+
+TFLITE_CONVERTERS = ("builtin", "litert-torch")
+
+ModelOrBundles = Union[nn.Module, Sequence[Union[str, os.PathLike]]]
+
+
+def task_torch_model(model_or_bundles: ModelOrBundles,
+                     input_size: Sequence[int] | None = None) -> tuple[nn.Module, tuple[int, int, int]]:
+    """(plain materialised eval-mode model, (C, H, W)) for a model or a (base, task) bundle pair."""
+    if isinstance(model_or_bundles, nn.Module):
+        model = model_or_bundles
+        if input_size is None:
+            raise ValueError("input_size (C, H, W) is needed to export a model (it is only known for bundles)")
+    else:
+        try:
+            base_path, task_path = model_or_bundles
+        except (TypeError, ValueError):
+            raise TypeError("expected a torch model or a (base_path, task_path) pair of bundles, "
+                            f"got {type(model_or_bundles).__name__}") from None
+        from spaedge.pack.bundle import load_task_model
+
+        model, spec, _ = load_task_model(base_path, task_path)
+        if input_size is None:
+            input_size = spec.input_size
+    size = tuple(int(v) for v in input_size)
+    if len(size) != 3 or min(size) < 1:
+        raise ValueError(f"input_size must be (C, H, W) with positive sizes, got {tuple(input_size)}")
+    if any(isinstance(m, AdaptedLayer) for m in model.modules()):
+        model = materialize(model)
+    return model.eval(), size
+
+
+# ---------------------------------------------------------------------- ONNX
+def export_onnx(model_or_bundles: ModelOrBundles, path: str | os.PathLike,
+                input_size: Sequence[int] | None = None, *, dynamic_batch: bool = False,
+                opset: int = 17) -> Path:
+    """Write the task's pruned model as ONNX; returns the path."""
+    model, size = task_torch_model(model_or_bundles, input_size)
+    example = torch.zeros(1, *size)
+    buf = io.BytesIO()
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter announces its deprecation on every call.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        with torch.no_grad():
+            torch.onnx.export(model, (example,), buf, input_names=["input"], output_names=["logits"],
+                              opset_version=opset, dynamic_axes=axes, do_constant_folding=True,
+                              dynamo=False)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+# -------------------------------------------------------------------- TFLite
+def export_tflite(model_or_bundles: ModelOrBundles, path: str | os.PathLike,
+                  input_size: Sequence[int] | None = None, *, converter: str = "builtin") -> Path:
+    """Write the task's pruned model as a TFLite flatbuffer; returns the path.
+
+    ``converter="builtin"``: NHWC input ``[1, H, W, C]``; ``"litert-torch"``:
+    NCHW input ``[1, C, H, W]`` (see the module doc)."""
+    if converter not in TFLITE_CONVERTERS:
+        raise ValueError(f"unknown TFLite converter {converter!r}; known: {', '.join(TFLITE_CONVERTERS)}")
+    model, size = task_torch_model(model_or_bundles, input_size)
+    if converter == "builtin":
+        payload = _tflite_builtin(model, size)
+    else:
+        payload = _tflite_litert_torch(model, size)
+    path = Path(path)
+    atomic_write_bytes(path, payload)
+    return path
+
+
+def _tflite_litert_torch(model: nn.Module, size: tuple[int, int, int]) -> bytes:
+    try:
+        import litert_torch
+    except ImportError as e:
+        raise ImportError("TFLite export with converter='litert-torch' needs litert-torch: "
+                          "install spaedge[tflite] (pip install 'spaedge[tflite]' torch==2.13.0), "
+                          f"or use converter='builtin' ({e})") from e
+    import tempfile
+
+    edge = litert_torch.convert(model.eval(), (torch.zeros(1, *size),))
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "model.tflite"
+        edge.export(str(out))
+        return out.read_bytes()
+
+
+def _schema():
+    try:
+        from ai_edge_litert import schema_py_generated as s
+    except ImportError as e:
+        raise ImportError("TFLite export needs the LiteRT package for its schema: "
+                          f"pip install 'spaedge[export]' (ai-edge-litert) ({e})") from e
+    import flatbuffers
+
+    return s, flatbuffers
+
+
+class _TFLiteWriter:
+    """Tensors, buffers and operators of one TFLite subgraph, as schema objects."""
+
+    def __init__(self, s):
+        self.s = s
+        self.buffers = [s.BufferT()]  # buffer 0: the empty buffer, by convention
+        self.tensors: list = []
+        self.operators: list = []
+        self.opcodes: dict[int, int] = {}  # builtin code -> index in operatorCodes
+        self.shapes: list[list[int]] = []
+
+    def tensor(self, name: str, shape: Sequence[int], data: np.ndarray | None = None,
+               dtype: str = "float32") -> int:
+        s = self.s
+        t = s.TensorT()
+        t.name = name
+        t.shape = [int(v) for v in shape]
+        t.type = {"float32": s.TensorType.FLOAT32, "int32": s.TensorType.INT32}[dtype]
+        t.buffer = 0
+        if data is not None:
+            arr = np.ascontiguousarray(data, dtype=dtype)
+            if list(arr.shape) != t.shape:
+                raise AssertionError(f"{name}: data shape {arr.shape} != {t.shape}")
+            b = s.BufferT()
+            b.data = np.frombuffer(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes(), dtype=np.uint8)
+            self.buffers.append(b)
+            t.buffer = len(self.buffers) - 1
+        self.tensors.append(t)
+        self.shapes.append(t.shape)
+        return len(self.tensors) - 1
+
+    def op(self, code: int, inputs: Sequence[int], outputs: Sequence[int], options_type: int = 0,
+           options=None) -> None:
+        s = self.s
+        if code not in self.opcodes:
+            self.opcodes[code] = len(self.opcodes)
+        o = s.OperatorT()
+        o.opcodeIndex = self.opcodes[code]
+        o.inputs = [int(i) for i in inputs]
+        o.outputs = [int(i) for i in outputs]
+        o.builtinOptionsType = options_type
+        o.builtinOptions = options
+        self.operators.append(o)
+
+    def finish(self, inputs: Sequence[int], outputs: Sequence[int], description: str) -> bytes:
+        s, flatbuffers = self.s, _schema()[1]
+        codes = []
+        for code, _ in sorted(self.opcodes.items(), key=lambda kv: kv[1]):
+            c = s.OperatorCodeT()
+            c.builtinCode = code
+            c.deprecatedBuiltinCode = min(code, 127)  # the int8 field older readers use
+            c.version = 1
+            codes.append(c)
+        sg = s.SubGraphT()
+        sg.tensors, sg.operators = self.tensors, self.operators
+        sg.inputs, sg.outputs = list(inputs), list(outputs)
+        sg.name = "main"
+        sig = s.SignatureDefT()
+        sig.signatureKey = "serving_default"
+        sig.subgraphIndex = 0
+        sig.inputs = [_tensor_map(s, "input", inputs[0])]
+        sig.outputs = [_tensor_map(s, "logits", outputs[0])]
+        m = s.ModelT()
+        m.version = 3
+        m.operatorCodes = codes
+        m.subgraphs = [sg]
+        m.buffers = self.buffers
+        m.description = description
+        m.signatureDefs = [sig]
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+        return bytes(builder.Output())
+
+
+def _tensor_map(s, name: str, index: int):
+    t = s.TensorMapT()
+    t.name, t.tensorIndex = name, index
+    return t
+
+
+def _same_padding_matches(size: int, kernel: int, stride: int, pad: int) -> bool:
+    """Whether TFLite SAME padding gives PyTorch's symmetric ``pad`` result here.
+
+    SAME makes ceil(size / stride) outputs and puts total//2 rows before; the
+    values depend only on the rows before and the output count."""
+    out_torch = (size + 2 * pad - kernel) // stride + 1
+    out_same = -(-size // stride)
+    total = max((out_same - 1) * stride + kernel - size, 0)
+    return out_same == out_torch and total // 2 == pad
+
+
+def _tflite_builtin(model: nn.Module, size: tuple[int, int, int]) -> bytes:
+    """Write the materialised ResNet ``model`` as TFLite, NHWC, batch 1."""
+    if not hasattr(model, "graph"):
+        raise TypeError(f"the builtin TFLite writer exports spaedge ResNet task models, not {type(model).__name__}; "
+                        "use converter='litert-torch' for other models")
+    s, _ = _schema()
+    B = s.BuiltinOperator
+    graph = model.graph()
+    nodes = graph["nodes"]
+    consumers: dict[str, int] = {}
+    for n in nodes:
+        for i in n["inputs"]:
+            consumers[i] = consumers.get(i, 0) + 1
+
+    # Pass 1: fold BatchNorm into convs and ReLU into their producer; one
+    # "virtual op" per TFLite op, in graph order.
+    vops: list[dict] = []
+    producer: dict[str, dict] = {}  # graph value name -> the virtual op that computes it
+    for n in nodes:
+        kind, name, out = n["op"], n["name"], n["output"]
+        src = [producer[i] if i != graph["input"] else None for i in n["inputs"]]
+        if kind == "conv":
+            conv = model.get_submodule(name)
+            w = conv.weight.detach().double().numpy()
+            b = conv.bias.detach().double().numpy() if conv.bias is not None else np.zeros(w.shape[0])
+            v = {"kind": "conv", "name": name, "src": src[0], "w": w, "b": b, "kernel": n["kernel"],
+                 "stride": n["stride"], "padding": n["padding"], "relu": False}
+        elif kind == "batchnorm":
+            v = src[0]
+            if v is None or v["kind"] != "conv" or consumers.get(n["inputs"][0], 0) != 1:
+                raise ValueError(f"{name}: a batchnorm must follow a conv that nothing else reads")
+            bn = model.get_submodule(name)
+            scale = bn.weight.detach().double().numpy() / np.sqrt(bn.running_var.double().numpy() + n["eps"])
+            v["w"] = v["w"] * scale[:, None, None, None]
+            v["b"] = (v["b"] - bn.running_mean.double().numpy()) * scale + bn.bias.detach().double().numpy()
+            producer[out] = v
+            continue
+        elif kind == "relu":
+            p = src[0]
+            if p is not None and p["kind"] in ("conv", "add") and not p["relu"] \
+                    and consumers.get(n["inputs"][0], 0) == 1:
+                p["relu"] = True
+                producer[out] = p
+                continue
+            v = {"kind": "relu", "name": name, "src": src[0]}
+        elif kind == "maxpool":
+            v = {"kind": "maxpool", "name": name, "src": src[0], "kernel": n["kernel"], "stride": n["stride"],
+                 "padding": n["padding"]}
+        elif kind == "add":
+            v = {"kind": "add", "name": name, "srcs": src, "relu": False}
+        elif kind == "gap":
+            v = {"kind": "gap", "name": name, "src": src[0]}
+        elif kind == "linear":
+            fc = model.get_submodule(name)
+            v = {"kind": "linear", "name": name, "src": src[0], "w": fc.weight.detach().double().numpy(),
+                 "b": fc.bias.detach().double().numpy()}
+        else:
+            raise ValueError(f"node {name}: op {kind!r} is not supported by the builtin TFLite writer")
+        vops.append(v)
+        producer[out] = v
+
+    # Pass 2: emit TFLite tensors and operators (NHWC, batch 1).
+    w = _TFLiteWriter(s)
+    c, h, wd = size
+    x = w.tensor("input", [1, h, wd, c])
+    inp = x
+
+    def nonneg(v) -> bool:  # the value is a ReLU output (so zero padding is like -inf padding for max)
+        return v is not None and (v["kind"] == "relu" or v.get("relu", False))
+
+    def pad(t: int, p: int, name: str, fill: float = 0.0) -> int:
+        n_, hh, ww, cc = w.shapes[t]
+        paddings = w.tensor(f"{name}/paddings", [4, 2], np.array([[0, 0], [p, p], [p, p], [0, 0]]), "int32")
+        out = w.tensor(f"{name}/pad", [n_, hh + 2 * p, ww + 2 * p, cc])
+        if fill == 0.0:
+            w.op(B.PAD, [t, paddings], [out], s.BuiltinOptions.PadOptions, s.PadOptionsT())
+        else:
+            value = w.tensor(f"{name}/pad_value", [], np.array(fill), "float32")
+            w.op(B.PADV2, [t, paddings, value], [out], s.BuiltinOptions.PadV2Options, s.PadV2OptionsT())
+        return out
+
+    def act(v) -> int:
+        return s.ActivationFunctionType.RELU if v.get("relu") else s.ActivationFunctionType.NONE
+
+    for v in vops:
+        srcs = v["srcs"] if v["kind"] == "add" else [v["src"]]
+        t_in = [x if u is None else u["t"] for u in srcs]
+        shape = w.shapes[t_in[0]]
+        name = v["name"]
+        if v["kind"] in ("conv", "maxpool"):
+            k, st, p = v["kernel"], v["stride"], v["padding"]
+            t = t_in[0]
+            if p == 0:
+                padding = s.Padding.VALID
+            elif _same_padding_matches(shape[1], k, st, p) and _same_padding_matches(shape[2], k, st, p):
+                padding = s.Padding.SAME
+            else:
+                fill = 0.0 if v["kind"] == "conv" or nonneg(v["src"]) else float(np.finfo(np.float32).min)
+                t = pad(t, p, name, fill)
+                padding = s.Padding.VALID
+            oh = (shape[1] + 2 * p - k) // st + 1
+            ow = (shape[2] + 2 * p - k) // st + 1
+            if v["kind"] == "conv":
+                weight = v["w"].transpose(0, 2, 3, 1)  # OIHW -> OHWI
+                wt = w.tensor(f"{name}/weight", weight.shape, weight)
+                bt = w.tensor(f"{name}/bias", v["b"].shape, v["b"])
+                out = w.tensor(name, [1, oh, ow, weight.shape[0]])
+                o = s.Conv2DOptionsT()
+                o.padding, o.strideH, o.strideW = padding, st, st
+                o.dilationHFactor = o.dilationWFactor = 1
+                o.fusedActivationFunction = act(v)
+                w.op(B.CONV_2D, [t, wt, bt], [out], s.BuiltinOptions.Conv2DOptions, o)
+            else:
+                out = w.tensor(name, [1, oh, ow, shape[3]])
+                o = s.Pool2DOptionsT()
+                o.padding, o.strideH, o.strideW = padding, st, st
+                o.filterHeight = o.filterWidth = k
+                o.fusedActivationFunction = s.ActivationFunctionType.NONE
+                w.op(B.MAX_POOL_2D, [t], [out], s.BuiltinOptions.Pool2DOptions, o)
+        elif v["kind"] == "relu":
+            out = w.tensor(name, shape)
+            w.op(B.RELU, t_in, [out])
+        elif v["kind"] == "add":
+            out = w.tensor(name, shape)
+            o = s.AddOptionsT()
+            o.fusedActivationFunction = act(v)
+            w.op(B.ADD, t_in, [out], s.BuiltinOptions.AddOptions, o)
+        elif v["kind"] == "gap":
+            axes = w.tensor(f"{name}/axes", [2], np.array([1, 2]), "int32")
+            out = w.tensor(name, [1, shape[3]])
+            o = s.ReducerOptionsT()
+            o.keepDims = False
+            w.op(B.MEAN, [t_in[0], axes], [out], s.BuiltinOptions.ReducerOptions, o)
+        else:  # linear
+            wt = w.tensor(f"{name}/weight", v["w"].shape, v["w"])
+            bt = w.tensor(f"{name}/bias", v["b"].shape, v["b"])
+            out = w.tensor("logits", [1, v["w"].shape[0]])
+            o = s.FullyConnectedOptionsT()
+            o.fusedActivationFunction = s.ActivationFunctionType.NONE
+            o.keepNumDims = False
+            w.op(B.FULLY_CONNECTED, [t_in[0], wt, bt], [out], s.BuiltinOptions.FullyConnectedOptions, o)
+        v["t"] = out
+    last = vops[-1]
+    if last["kind"] != "linear":
+        raise ValueError("the graph must end with the linear head")
+    return w.finish([inp], [last["t"]], f"spaedge task ({getattr(model, 'arch', 'resnet')}), NHWC input")
