@@ -106,9 +106,26 @@ def _existing(p: Path) -> Path:
     return p
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs):
+    # json.loads keeps the last of repeated keys silently, and safetensors does
+    # too: a header naming a tensor (or metadata key) twice is refused, as the C++ reader does.
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 def _check_metadata(p: Path, header: bytes) -> dict[str, str]:
     try:
-        doc = json.loads(header.decode("utf-8"))
+        doc = json.loads(header.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as e:
+        raise BundleError(f"{p}: header has the key {str(e)!r} twice (duplicate tensor or metadata name)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{p}: header is not valid JSON ({e})") from None
     meta = doc.get("__metadata__") if isinstance(doc, dict) else None

@@ -1,0 +1,421 @@
+"""Corruption matrix: every kind of damaged bundle is refused, never a crash.
+
+Real bundles made by the toolchain (tests/fuzz/seeds, from
+tests/fuzz/make_seeds.py) are truncated at every structural boundary,
+bit-flipped, given absurd header lengths, wrong dtypes, out-of-range indices,
+duplicate names, another base... and fed to
+  - the C++ runtime (spaedge.runtime.Runtime / load_task): BundleError naming
+    the file and the field, and the runtime keeps working afterwards;
+  - the Python reader (spaedge.pack.format.read_bundle): BundleError naming the file.
+Container cases that tests/cpp/test_bundle.cpp already covers on synthetic
+files (each JSON/shape/offset rule) are not repeated here; this file checks
+the same rules hold on real bundles and through both readers.
+
+numpy + safetensors + the compiled extension only (no torch), so it also runs
+under .ci/sanitize_python.sh against the ASan build.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load as st_load
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _numpy_reference as ref  # noqa: E402
+
+runtime = pytest.importorskip("spaedge.runtime", reason="compiled spaedge._runtime not built")
+from spaedge.pack.format import BundleError as PyBundleError  # noqa: E402
+from spaedge.pack.format import read_bundle  # noqa: E402
+
+Runtime, BundleError = runtime.Runtime, runtime.BundleError
+SEEDS = Path(__file__).parent / "fuzz" / "seeds"
+BASE = SEEDS / "base.safetensors"
+TASK = SEEDS / "task_splora_pruned.safetensors"
+GOOD_INPUT = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 1, 8, 8)
+
+
+def header_of(buf: bytes) -> tuple[int, dict]:
+    (n,) = struct.unpack("<Q", buf[:8])
+    return n, json.loads(buf[8:8 + n])
+
+
+def boundaries(buf: bytes) -> list[tuple[str, int]]:
+    """(label, length) cut points: inside the length field, inside the header,
+    at and inside every tensor of the data section."""
+    n, hdr = header_of(buf)
+    data = 8 + n
+    cuts = [("empty", 0)] + [(f"length_byte_{i}", i) for i in range(1, 8)]
+    cuts += [("header_start", 8), ("header_1", 9), ("header_mid", 8 + n // 2), ("header_end-1", data - 1),
+             ("no_data", data)]
+    spans = sorted(tuple(v["data_offsets"]) for k, v in hdr.items() if k != "__metadata__")
+    for b, e in spans:
+        if b > 0:
+            cuts.append((f"tensor_at_{b}", data + b))
+        if e - b > 2:
+            cuts.append((f"inside_tensor_{b}", data + b + 2))
+    cuts.append(("last_byte", len(buf) - 1))
+    seen, out = set(), []
+    for label, at in cuts:
+        if at not in seen and at < len(buf):
+            seen.add(at)
+            out.append((label, at))
+    return out
+
+
+def parts(path: Path) -> tuple[dict, dict]:
+    buf = path.read_bytes()
+    _, hdr = header_of(buf)
+    return dict(st_load(buf)), dict(hdr["__metadata__"])
+
+
+def rebuild(tensors: dict, meta: dict) -> bytes:
+    """Bundle bytes with a correct content hash (the damage is semantic)."""
+    meta = {k: v for k, v in meta.items() if k not in ("content_hash", "version")}
+    return ref.bundle_bytes(tensors, meta)
+
+
+@pytest.fixture(scope="module")
+def rt():
+    r = Runtime(BASE, threads=1)
+    assert r.load_task(TASK) == "fuzz"  # the undamaged bundle loads and runs
+    assert r.run(GOOD_INPUT).shape == (1, 3)
+    return r
+
+
+def refused_by_runtime(rt, path: Path, field: str | None = None) -> str:
+    """load_task must raise BundleError naming the file (and the field); the runtime keeps its task."""
+    before = rt.run(GOOD_INPUT)
+    with pytest.raises(BundleError) as e:
+        rt.load_task(path)
+    msg = str(e.value)
+    assert str(path) in msg, msg
+    if field is not None:
+        assert re.search(field, msg), msg
+    assert rt.active_task == "fuzz" and rt.tasks == ["fuzz"]
+    assert np.array_equal(rt.run(GOOD_INPUT), before)
+    return msg
+
+
+def refused_by_python(path: Path, field: str | None = None) -> str:
+    with pytest.raises(PyBundleError) as e:
+        read_bundle(path)
+    msg = str(e.value)
+    assert str(path) in msg, msg
+    if field is not None:
+        assert re.search(field, msg), msg
+    return msg
+
+
+# ---- truncation --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["task", "base"])
+def test_truncation_at_every_boundary(rt, tmp_path, which):
+    good = (TASK if which == "task" else BASE).read_bytes()
+    n, _ = header_of(good)
+    cuts = boundaries(good)
+    assert len(cuts) > 20
+    for label, at in cuts:
+        p = tmp_path / f"{which}_{label}.safetensors"
+        p.write_bytes(good[:at])
+        if at == 0:
+            field = "empty file"
+        elif at < 8:
+            field = "shorter than the 8-byte"
+        elif at < 8 + n:
+            field = r"header length \d+ exceeds"
+        else:
+            field = r"tensor '[^']+': 'data_offsets' \[\d+, \d+\] out of range"
+        if which == "task":
+            refused_by_runtime(rt, p, field)
+        else:
+            with pytest.raises(BundleError, match=field) as e:
+                Runtime(p, threads=1)
+            assert str(p) in str(e.value)
+        refused_by_python(p)
+
+
+# ---- bit flips ---------------------------------------------------------------------------
+
+
+def metadata_string_spans(buf: bytes) -> list[tuple[int, int]]:
+    """Byte ranges (file offsets) of the __metadata__ string values: the parts of a
+    bundle no checksum covers (content_hash covers the data section only)."""
+    n, hdr = header_of(buf)
+    text = buf[8:8 + n]
+    spans = []
+    for v in hdr["__metadata__"].values():
+        raw = json.dumps(v, separators=(",", ":")).encode()[1:-1]
+        i = text.find(b'"' + raw + b'"')
+        assert i >= 0
+        spans.append((8 + i + 1, 8 + i + 1 + len(raw)))
+    return spans
+
+
+def test_bit_flips_in_the_header(rt, tmp_path):
+    good = TASK.read_bytes()
+    n, _ = header_of(good)
+    free = metadata_string_spans(good)
+    loaded_from_free_text = refused = 0
+    rng = np.random.default_rng(0)
+    positions = sorted(set(range(0, 8)) | set(rng.choice(np.arange(8, 8 + n), 150, replace=False).tolist()))
+    for pos in positions:
+        for bit in (0, 5):
+            b = bytearray(good)
+            b[pos] ^= 1 << bit
+            p = tmp_path / f"hflip_{pos}_{bit}.safetensors"
+            p.write_bytes(bytes(b))
+            try:
+                name = rt.load_task(p)
+            except BundleError as e:
+                assert str(p) in str(e)
+                refused += 1
+                continue
+            # Accepted only if the flip changed metadata text (labels, info, a
+            # number in 'input'...) into something still valid: never structure.
+            assert any(s <= pos < e for s, e in free), (pos, bit, bytes(good[max(8, pos - 20):pos + 20]))
+            loaded_from_free_text += 1
+            rt.unload(name)
+            rt.load_task(TASK)
+    assert rt.active_task == "fuzz"
+    assert refused > 100
+    # Flips anywhere in structure (length, names, dtypes, shapes, offsets, keys) were refused.
+    print(f"header flips: {refused} refused, {loaded_from_free_text} loaded (metadata text only)")
+
+
+def test_bit_flips_in_the_data(rt, tmp_path):
+    good = TASK.read_bytes()
+    n, _ = header_of(good)
+    data = 8 + n
+    for pos in list(range(data, len(good), max(1, (len(good) - data) // 40))) + [len(good) - 1]:
+        b = bytearray(good)
+        b[pos] ^= 0x10
+        p = tmp_path / f"dflip_{pos}.safetensors"
+        p.write_bytes(bytes(b))
+        refused_by_runtime(rt, p, "metadata 'content_hash' mismatch")
+        refused_by_python(p, "content_hash")
+    # And in the base: its hash mismatch is found at Runtime construction.
+    b = bytearray(BASE.read_bytes())
+    b[-3] ^= 1
+    p = tmp_path / "base_flip.safetensors"
+    p.write_bytes(bytes(b))
+    with pytest.raises(BundleError, match=re.escape(str(p)) + ": metadata 'content_hash' mismatch"):
+        Runtime(p, threads=1)
+    refused_by_python(p, "content_hash")
+
+
+# ---- absurd header lengths -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2**64 - 1, 2**63, 2**32, 100 * 1024 * 1024 + 1, 0, 1])
+def test_absurd_header_length(rt, tmp_path, n):
+    good = TASK.read_bytes()
+    p = tmp_path / f"hl_{n}.safetensors"
+    p.write_bytes(struct.pack("<Q", n) + good[8:])
+    refused_by_runtime(rt, p, "header length")
+    refused_by_python(p)
+
+
+# ---- dtypes -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype,elem", [("F16", 2), ("BF16", 2), ("F64", 8), ("I64", 8), ("U8", 1), ("BOOL", 1),
+                                        ("I16", 2), ("F8_E4M3", 1)])
+def test_container_dtypes_other_than_f32_i32(rt, tmp_path, dtype, elem):
+    good = TASK.read_bytes()
+
+    def edit(h):
+        t = h["fc.bias"]
+        t["dtype"] = dtype
+        t["shape"] = [(t["data_offsets"][1] - t["data_offsets"][0]) // elem]  # sizes still add up
+        return h
+    p = tmp_path / f"dtype_{dtype}.safetensors"
+    p.write_bytes(ref.rewrite_header(good, edit))
+    refused_by_runtime(rt, p, f"tensor 'fc.bias': dtype '{dtype}' not allowed")
+    refused_by_python(p)
+
+
+@pytest.mark.parametrize("tensor,new", [("fc.weight", np.int32), ("conv1.out_index", np.float32),
+                                        ("layer1.0.conv1.lora_a", np.int32)])
+def test_role_dtype_mismatch(rt, tmp_path, tensor, new):
+    t, m = parts(TASK)
+    t[tensor] = t[tensor].astype(new)
+    p = tmp_path / "role_dtype.safetensors"
+    p.write_bytes(rebuild(t, m))
+    refused_by_runtime(rt, p, f"tensor '{re.escape(tensor)}': dtype is")
+
+
+# ---- indices -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tensor,value,field", [
+    ("conv1.out_index", 4, "index 4 out of range for 4 output channels"),
+    ("conv1.out_index", -1, "index -1 out of range"),
+    ("layer2.0.conv1.out_index", 2**31 - 1, "index 2147483647 out of range"),
+    ("layer2.0.conv1.out_index", -(2**31), "index -2147483648 out of range"),
+    ("layer1.0.conv1.in_index", 9, r"tensor 'layer1\.0\.conv1\.in_index'"),
+])
+def test_indices_out_of_range(rt, tmp_path, tensor, value, field):
+    t, m = parts(TASK)
+    a = t[tensor].copy()
+    a[-1 if value >= 0 else 0] = value
+    t[tensor] = a
+    p = tmp_path / "index.safetensors"
+    p.write_bytes(rebuild(t, m))
+    refused_by_runtime(rt, p, f"tensor '{re.escape(tensor)}'.*" + field if "tensor" not in field else field)
+
+
+def test_repeated_and_empty_indices(rt, tmp_path):
+    t, m = parts(TASK)
+    a = t["conv1.out_index"].copy()
+    a[1] = a[0]
+    t["conv1.out_index"] = a
+    p = tmp_path / "repeat.safetensors"
+    p.write_bytes(rebuild(t, m))
+    refused_by_runtime(rt, p, r"tensor 'conv1\.out_index': not strictly increasing")
+    t, m = parts(TASK)
+    t["conv1.out_index"] = np.zeros(0, np.int32)
+    p.write_bytes(rebuild(t, m))
+    refused_by_runtime(rt, p, r"tensor 'conv1\.out_index'")
+
+
+# ---- duplicate names ---------------------------------------------------------------------
+
+
+def _with_duplicate(good: bytes, name: str, same_region: bool) -> bytes:
+    """Header text with tensor `name` listed twice (JSON objects cannot say this
+    through json.dumps, so the text is edited)."""
+    n, hdr = header_of(good)
+    text = good[8:8 + n].rstrip(b" ").decode()
+    entry = hdr[name]
+    dup = dict(entry)
+    if not same_region:
+        other = next(v for k, v in hdr.items() if k not in ("__metadata__", name) and v["shape"] == entry["shape"])
+        dup["data_offsets"] = other["data_offsets"]
+    text = text[:-1] + "," + json.dumps(name) + ":" + json.dumps(dup, separators=(",", ":")) + "}"
+    raw = text.encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + good[8 + n:]
+
+
+@pytest.mark.parametrize("same_region", [True, False])
+def test_duplicate_tensor_names(rt, tmp_path, same_region):
+    p = tmp_path / "dup.safetensors"
+    p.write_bytes(_with_duplicate(TASK.read_bytes(), "layer2.0.bn1.bias", same_region))
+    refused_by_runtime(rt, p, r"header.*duplicate key \"layer2\.0\.bn1\.bias\"")
+    refused_by_python(p, r"layer2\.0\.bn1\.bias")
+
+
+def test_duplicate_metadata_keys(rt, tmp_path):
+    good = TASK.read_bytes()
+    n, _ = header_of(good)
+    text = good[8:8 + n].decode()
+    text = text.replace('"__metadata__":{', '"__metadata__":{"task":"evil",', 1)
+    raw = text.rstrip(" ").encode()
+    raw += b" " * (-len(raw) % 8)
+    p = tmp_path / "dupmeta.safetensors"
+    p.write_bytes(struct.pack("<Q", len(raw)) + raw + good[8 + n:])
+    refused_by_runtime(rt, p, 'duplicate key "task"')
+    refused_by_python(p, "task")
+
+
+# ---- another base, wrong kinds of file --------------------------------------------------------
+
+
+def test_task_for_another_base(rt, tmp_path):
+    t, m = parts(BASE)
+    w = t["conv1.weight"].copy()
+    w.flat[0] += 1.0
+    t["conv1.weight"] = w
+    other = tmp_path / "other_base.safetensors"
+    other.write_bytes(rebuild(t, m))
+    rt2 = Runtime(other, threads=1)
+    assert rt2.base_hash != rt.base_hash
+    with pytest.raises(BundleError, match=f"was made for base {rt.base_hash}, but the loaded base is "
+                                          f"{rt2.base_hash}") as e:
+        rt2.load_task(TASK)
+    assert str(TASK) in str(e.value) and rt2.tasks == []
+    # A task naming a base that does not exist at all.
+    t, m = parts(TASK)
+    m["base_hash"] = "f" * 64
+    p = tmp_path / "nobase.safetensors"
+    p.write_bytes(rebuild(t, m))
+    refused_by_runtime(rt, p, "was made for base f{64}")
+
+
+def test_base_given_as_task_and_task_as_base(rt, tmp_path):
+    refused_by_runtime(rt, BASE, "is a spaedge-base bundle, expected a spaedge-task bundle")
+    with pytest.raises(BundleError, match="is a spaedge-task bundle, expected a spaedge-base bundle"):
+        Runtime(TASK, threads=1)
+
+
+def test_empty_file_directory_missing(rt, tmp_path):
+    e = tmp_path / "empty.safetensors"
+    e.write_bytes(b"")
+    refused_by_runtime(rt, e, "empty file")
+    refused_by_python(e)
+    refused_by_runtime(rt, tmp_path, "is a directory")
+    refused_by_python(tmp_path, "is a directory")
+    refused_by_runtime(rt, tmp_path / "missing.safetensors", "cannot open")
+    refused_by_python(tmp_path / "missing.safetensors")
+    with pytest.raises(BundleError, match="is a directory"):
+        Runtime(tmp_path, threads=1)
+    with pytest.raises(BundleError, match="empty file"):
+        Runtime(e, threads=1)
+
+
+# ---- values that would poison the arithmetic --------------------------------------------------
+
+
+@pytest.mark.parametrize("tensor,value", [("fc.weight", np.nan), ("layer1.0.conv1.lora_b", np.inf),
+                                          ("bn1.running_var", -np.inf)])
+def test_non_finite_values(rt, tmp_path, tensor, value):
+    t, m = parts(TASK)
+    a = t[tensor].copy()
+    a.flat[0] = value
+    t[tensor] = a
+    p = tmp_path / "nonfinite.safetensors"
+    p.write_bytes(rebuild(t, m))
+    refused_by_runtime(rt, p, f"tensor '{re.escape(tensor)}'")
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda i: i.update(std=[0.0]), r"metadata 'input': std\[0\]"),
+    (lambda i: i.update(channels=3), r"metadata 'input'"),
+    (lambda i: i.update(height=10**9), r"metadata 'input'"),
+    (lambda i: i.pop("width"), r"metadata 'input': missing field 'width'"),
+])
+def test_bad_input_metadata(rt, tmp_path, edit, field):
+    t, m = parts(TASK)
+    inp = json.loads(m["input"])
+    edit(inp)
+    m["input"] = json.dumps(inp)
+    p = tmp_path / "input.safetensors"
+    p.write_bytes(rebuild(t, m))
+    refused_by_runtime(rt, p, field)
+
+
+def test_spaedge_run_refuses_the_same_files(tmp_path):
+    """The device CLI goes through the same reader: one line, nonzero exit, no crash."""
+    import shutil
+    import subprocess
+    exe = shutil.which("spaedge-run")
+    if exe is None:
+        pytest.skip("spaedge-run not on PATH")
+    good = TASK.read_bytes()
+    np.save(tmp_path / "x.npy", GOOD_INPUT)
+    ok = subprocess.run([exe, str(BASE), str(TASK), str(tmp_path / "x.npy")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    for label, at in boundaries(good)[::3]:
+        p = tmp_path / f"cli_{label}.safetensors"
+        p.write_bytes(good[:at])
+        r = subprocess.run([exe, str(BASE), str(p), str(tmp_path / "x.npy")], capture_output=True, text=True)
+        assert r.returncode not in (0,) and r.returncode > 0, (label, r.returncode, r.stderr)  # < 0: a signal
+        assert str(p) in r.stderr, r.stderr
