@@ -28,11 +28,15 @@ ValueError; an unknown task name raises KeyError.
 
 Thread safety: one Runtime serves one call at a time (an internal mutex), so it
 may be shared between threads; :meth:`run` releases the GIL while it computes.
+A run that races with a switch/load/unload in another thread runs wholly
+before or wholly after it: it returns exactly the logits (and class count) of
+the task that was active when it ran, or raises RuntimeError if none was.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Optional
 
 import numpy as np
@@ -57,26 +61,33 @@ class Runtime:
         if mode != "merged":
             self.mode = mode
         self._info: dict[str, dict] = {}  # task name -> task_info (bundles are immutable once loaded)
+        # Makes "look up the active task's shape, then run it" atomic with respect to
+        # switches in other threads (the C++ mutex covers each call, not the pair).
+        # The C++ side serialises every call anyway, so this costs no parallelism.
+        self._lock = threading.RLock()
 
     # ---- tasks ---------------------------------------------------------------
     def load_task(self, path: str | os.PathLike) -> str:
         """Validate a task bundle against the base, keep it, make it active; returns its name.
 
         A task with the same name is replaced."""
-        name = self._rt.load_task(os.fspath(path))
-        self._info.pop(name, None)
-        return name
+        with self._lock:
+            name = self._rt.load_task(os.fspath(path))
+            self._info.pop(name, None)
+            return name
 
     def switch(self, name: str) -> float:
         """Make a loaded task active (gather + merge + fold + pack); returns milliseconds."""
-        self._check_name(name)
-        return self._rt.switch_to(name)
+        with self._lock:
+            self._check_name(name)
+            return self._rt.switch_to(name)
 
     def unload(self, name: str) -> None:
         """Forget a loaded task (if it was active, no task is active afterwards)."""
-        self._check_name(name)
-        self._rt.unload_task(name)
-        self._info.pop(name, None)
+        with self._lock:
+            self._check_name(name)
+            self._rt.unload_task(name)
+            self._info.pop(name, None)
 
     @property
     def tasks(self) -> list[str]:
@@ -140,6 +151,10 @@ class Runtime:
     # ---- inference -------------------------------------------------------------
     def run(self, x, check_finite: bool = True) -> np.ndarray:
         """Logits of the active task for a normalised NCHW batch (see the module doc)."""
+        with self._lock:
+            return self._run_locked(x, check_finite)
+
+    def _run_locked(self, x, check_finite: bool) -> np.ndarray:
         info = self._active_info()
         c, h, w = info["channels"], info["height"], info["width"]
         expect = f"float32 array of shape ({c}, {h}, {w}) or (N, {c}, {h}, {w}) (NCHW) for task {info['name']!r}"
@@ -171,8 +186,9 @@ class Runtime:
 
     def predict(self, x, k: int = 1) -> list:
         """Top-k (label, logit) pairs per image of a normalised batch (a list per image)."""
-        logits = self.run(x)
-        labels = self._active_info()["labels"]
+        with self._lock:  # the labels of the task that produced the logits
+            logits = self.run(x)
+            labels = self._active_info()["labels"]
         rows = logits[None] if logits.ndim == 1 else logits
         k = max(1, min(int(k), rows.shape[1]))
         result = []
