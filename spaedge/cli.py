@@ -378,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ts = sub.add_parser("tasks", help="list the known tasks")
     ts.set_defaults(func=cmd_tasks)
+    from spaedge.bench import add_bench_parser
+    add_bench_parser(sub)
     return p
 
 
