@@ -73,22 +73,32 @@ class BenchTask:
         return self._exports["torch"]
 
     def onnx_path(self) -> str:
-        if "onnx" not in self._exports:
-            from spaedge.pack.export import export_onnx
-
-            p = Path(self.workdir) / f"{self.name}.onnx"
-            export_onnx(self.torch_model(), p, self.input_size)
-            self._exports["onnx"] = str(p)
-        return self._exports["onnx"]
+        return self._export("onnx")
 
     def tflite_path(self) -> str:
-        if "tflite" not in self._exports:
-            from spaedge.pack.export import export_tflite
+        return self._export("tflite")
 
-            p = Path(self.workdir) / f"{self.name}.tflite"
-            export_tflite(self.torch_model(), p, self.input_size)
-            self._exports["tflite"] = str(p)
-        return self._exports["tflite"]
+    def _export(self, kind: str) -> str:
+        """WORKDIR/NAME.onnx or .tflite: exported here, or reused when it is
+        newer than the task bundle (so a device without torch can time the
+        peers on exports made by the toolchain elsewhere)."""
+        if kind not in self._exports:
+            p = Path(self.workdir) / f"{self.name}.{kind}"
+            if not (p.exists() and p.stat().st_mtime >= Path(self.task_path).stat().st_mtime):
+                try:
+                    from spaedge.pack.export import export_onnx, export_tflite
+                except ImportError as e:
+                    raise EngineUnavailable(
+                        f"no {p.name} to reuse and exporting it needs the toolchain (torch): run "
+                        f"`spaedge bench --exports DIR` where spaedge[train,export] is installed and copy DIR "
+                        f"here ({e})") from None
+                export = export_onnx if kind == "onnx" else export_tflite
+                try:
+                    export(self.torch_model(), p, self.input_size)
+                except ImportError as e:  # e.g. the LiteRT schema for the TFLite writer
+                    raise EngineUnavailable(str(e)) from None
+            self._exports[kind] = str(p)
+        return self._exports[kind]
 
     def facts(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
@@ -475,7 +485,9 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--switches", type=_positive, default=20, help="task switches to time (default 20)")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")
     b.add_argument("--png", metavar="FILE", help="write a bar chart of the latencies (PNG)")
-    b.add_argument("--exports", metavar="DIR", help="keep the ONNX/TFLite exports here (default: a temporary dir)")
+    b.add_argument("--exports", metavar="DIR",
+                   help="keep the ONNX/TFLite exports here, and reuse those newer than the task bundle "
+                        "(default: a temporary directory); lets a device without torch time the peers")
     b.set_defaults(func=bench_main)
     return b
 
@@ -555,15 +567,19 @@ def run_bench(task: BenchTask, *, threads: Sequence[int] = (1,), runs: int = 50,
                 runners[e] = make_runner(e, task, n, x, **({"mode": mode} if e == "spaedge" else {}))
             except EngineUnavailable as err:
                 errors[e] = str(err)
+        if not runners:
+            raise ValueError("no engine can run here: " + "; ".join(f"{e}: {m}" for e, m in errors.items()))
         outputs = {e: r() for e, r in runners.items()}
         if reference is None:
             if "torch" in outputs:
-                reference = np.asarray(outputs["torch"], dtype=np.float64)
+                reference, reference_engine = np.asarray(outputs["torch"], dtype=np.float64), "torch"
             else:
                 try:
                     reference = np.asarray(make_runner("torch", task, n, x)(), dtype=np.float64)
-                except EngineUnavailable:
-                    reference = np.asarray(outputs[next(iter(outputs))], dtype=np.float64)
+                    reference_engine = "torch"
+                except EngineUnavailable:  # a device without torch: compare with the first engine
+                    reference_engine = next(iter(outputs))
+                    reference = np.asarray(outputs[reference_engine], dtype=np.float64)
         agree = check_agreement(outputs, reference)
         times = measure(runners, runs)
         for e in engines:
@@ -588,12 +604,13 @@ def run_bench(task: BenchTask, *, threads: Sequence[int] = (1,), runs: int = 50,
             ses = summarise(np.asarray(session_times(task.onnx_path(), threads[-1], max(3, switches // 4))) * 1e-3)
             switch["onnxruntime_session"] = ses
             switch["speedup"] = ses["median_ms"] / st["median_ms"]
-        except ImportError:
+        except (ImportError, EngineUnavailable):
             pass
     import spaedge
 
     return {"task": task.facts(), "machine": machine_info(), "spaedge_version": spaedge.__version__,
-            "mode": mode, "isa": _isa(task), "latency": latency, "switch": switch, "runs": runs}
+            "mode": mode, "isa": _isa(task), "latency": latency, "switch": switch, "runs": runs,
+            "outputs_checked_against": reference_engine}
 
 
 def _isa(task: BenchTask) -> str:
@@ -609,7 +626,7 @@ def report_text(result: dict) -> str:
     t, m = result["task"], result["machine"]
     macs = t["macs"]
     lines = [f"{t['name']}: {t['base_model']} task, input {t['input_size']}, batch 1, "
-             f"{macs / 1e6:.1f} MMACs, {t['params'] / 1e6:.2f}M parameters"
+             f"{macs / 1e6:.1f} MMACs" + (f", {t['params'] / 1e6:.2f}M parameters" if t["params"] else "")
              + (f", density {t['density']:.0%}" if t.get("density") else ""),
              f"machine: {m['cpu']} ({m['cores']} cores), spaedge {result['isa']} kernels, mode {result['mode']}",
              "", format_table(result["latency"]), ""]

@@ -101,3 +101,20 @@ def test_benchmark_suite_runs(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     tail = p.stdout.strip().splitlines()[-1]
     assert " passed" in tail and "failed" not in tail and "error" not in tail, tail
+
+
+def test_exports_are_reused_only_when_newer_than_the_bundle(bundles, tmp_path):
+    """--exports DIR: a device without torch times the peers on exports made elsewhere."""
+    _, task = bundles
+    t = bench.BenchTask(**{**task.facts(), "input_size": task.input_size, "workdir": str(tmp_path)})
+    onnx = tmp_path / "digits.onnx"
+    onnx.write_bytes(b"stub")
+    bundle_time = os.stat(task.task_path).st_mtime
+    os.utime(onnx, (bundle_time + 10, bundle_time + 10))
+    assert t.onnx_path() == str(onnx) and onnx.read_bytes() == b"stub"
+    t2 = bench.BenchTask(**{**task.facts(), "input_size": task.input_size, "workdir": str(tmp_path)})
+    os.utime(onnx, (bundle_time - 10, bundle_time - 10))  # stale: older than the task bundle
+    assert t2.onnx_path() == str(onnx) and onnx.read_bytes() != b"stub"
+    import onnxruntime as ort
+
+    assert ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).get_inputs()[0].name == "input"
