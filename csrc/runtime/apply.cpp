@@ -92,6 +92,17 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
                 for (size_t i = 0; i < Ip; ++i)
                     for (size_t t = 0; t < kk; ++t) w[(o * kk + t) * Ip + i] += d[(o * Ip + i) * kk + t];
         }
+        if (!ct.pointwise_delta.empty()) {
+            const size_t c = size_t(ct.kernel / 2) * size_t(ct.kernel) + size_t(ct.kernel / 2);
+            const float* d = ct.pointwise_delta.data();  // [O', I']
+            for (size_t o = 0; o < size_t(ct.out_c); ++o)
+                for (size_t i = 0; i < Ip; ++i) w[(o * kk + c) * Ip + i] += d[o * Ip + i];
+        }
+        for (size_t j = 0; j < ct.sparse_index.size(); ++j) {
+            const size_t f = size_t(ct.sparse_index[j]);  // flat OIHW over [O', I', k, k]
+            const size_t o = f / (Ip * kk), i = (f / kk) % Ip, t = f % kk;
+            w[(o * kk + t) * Ip + i] += ct.sparse_values[j];
+        }
         if (!ct.scale.empty()) {
             for (size_t o = 0; o < size_t(ct.out_c); ++o) {
                 const float s = ct.scale[o];

@@ -30,6 +30,7 @@ public:
     void run() {
         read_metadata();
         read_tensors();
+        read_shared_adapters();
         check_unknown();
     }
 
@@ -244,6 +245,41 @@ private:
                         expect_shape(*wd, {O, I, k, k}, "(kept outputs, kept inputs, kernel, kernel)");
                         ct.weight_delta = floats(*wd);
                     }
+                    if (const TensorView* pd = get(L + ".pointwise_delta", DType::F32, false, "")) {
+                        expect_shape(*pd, {O, I}, "(kept outputs, kept inputs): added at the centre tap");
+                        ct.pointwise_delta = floats(*pd);
+                    }
+                    {
+                        const TensorView* sv = get(L + ".sparse_delta_values", DType::F32, false, "");
+                        const TensorView* si = get(L + ".sparse_delta_index", DType::I32, false, "");
+                        if (sv && !si)
+                            b_.fail("missing tensor '" + L + ".sparse_delta_index' (present iff '" + L +
+                                    ".sparse_delta_values' is)");
+                        if (si && !sv)
+                            b_.fail("missing tensor '" + L + ".sparse_delta_values' (present iff '" + L +
+                                    ".sparse_delta_index' is)");
+                        if (sv) {
+                            if (sv->shape.size() != 1)
+                                b_.fail_tensor(sv->name, "shape " + sv->shape_str() + ", expected [nnz]");
+                            expect_shape(*si, {sv->shape[0]}, "(one flat index per value)");
+                            const int64_t limit = O * I * k * k;
+                            ct.sparse_values = floats(*sv);
+                            ct.sparse_index.resize(si->numel);
+                            for (size_t j = 0; j < si->numel; ++j) {
+                                const int64_t x = si->i32(j);
+                                if (x < 0 || x >= limit)
+                                    b_.fail_tensor(si->name, "index " + std::to_string(x) +
+                                                                 " out of range for the [" + std::to_string(O) +
+                                                                 ", " + std::to_string(I) + ", " + std::to_string(k) +
+                                                                 ", " + std::to_string(k) + "] task weight");
+                                if (j > 0 && x <= ct.sparse_index[j - 1])
+                                    b_.fail_tensor(si->name, "not strictly increasing: element " +
+                                                                 std::to_string(j) + " is " + std::to_string(x) +
+                                                                 " after " + std::to_string(ct.sparse_index[j - 1]));
+                                ct.sparse_index[j] = x;
+                            }
+                        }
+                    }
                     if (const TensorView* tb = get(L + ".bias", DType::F32, false, "")) {
                         expect_shape(*tb, {O}, "(one per kept output channel)");
                         ct.bias = floats(*tb);
@@ -373,12 +409,49 @@ private:
         t_.plan.shape = shapes_;
     }
 
+    // Pear: metadata 'shared_adapters' = {"target conv": "source conv"}; the
+    // target has no lora tensors of its own and uses the source's (same kept
+    // output/input counts required).
+    void read_shared_adapters() {
+        const std::string* raw = b_.find_meta("shared_adapters");
+        if (!raw) return;
+        json::Value m = meta_json("shared_adapters");
+        if (!m.is(json::Type::Object))
+            b_.fail("metadata 'shared_adapters' must be a JSON object {target conv: source conv}");
+        const Graph& g = base_.graph();
+        std::map<std::string, size_t> conv_by_name;
+        for (size_t ci = 0; ci < t_.convs.size(); ++ci) conv_by_name[g.nodes[size_t(t_.convs[ci].node)].name] = ci;
+        for (const auto& kv : m.object) {
+            const std::string where = "metadata 'shared_adapters': entry '" + kv.first + "'";
+            if (!kv.second.is(json::Type::String)) b_.fail(where + " must map to a conv name (a string)");
+            auto ti = conv_by_name.find(kv.first);
+            auto si = conv_by_name.find(kv.second.string);
+            if (ti == conv_by_name.end()) b_.fail(where + ": no conv of the base is called '" + kv.first + "'");
+            if (si == conv_by_name.end())
+                b_.fail(where + ": no conv of the base is called '" + kv.second.string + "'");
+            ConvTask& tc = t_.convs[ti->second];
+            const ConvTask& sc = t_.convs[si->second];
+            if (tc.rank > 0) b_.fail(where + ": the target has its own lora_a/lora_b; a shared adapter replaces them");
+            if (sc.rank == 0 || m.find(kv.second.string))
+                b_.fail(where + ": the source '" + kv.second.string +
+                        "' has no lora_a/lora_b of its own (chains are not allowed)");
+            if (sc.out_c != tc.out_c || sc.in_c != tc.in_c)
+                b_.fail(where + ": the source keeps " + std::to_string(sc.out_c) + "x" + std::to_string(sc.in_c) +
+                        " channels, the target " + std::to_string(tc.out_c) + "x" + std::to_string(tc.in_c) +
+                        "; a shared adapter needs equal kept shapes");
+            tc.rank = sc.rank;
+            tc.lora_a = sc.lora_a;
+            tc.lora_b = sc.lora_b;
+        }
+    }
+
     void check_unknown() {
         for (const auto& t : b_.tensors())
             if (!used_.count(t.name))
                 b_.fail_tensor(t.name, "unknown tensor: no graph node of the base uses it "
                                        "(format version 1 task tensors are <conv>.out_index, "
-                                       ".in_index, .lora_a, .lora_b, .weight_delta, .bias; "
+                                       ".in_index, .lora_a, .lora_b, .weight_delta, .pointwise_delta, "
+                                       ".sparse_delta_values, .sparse_delta_index, .bias; "
                                        "<batchnorm>.weight/.bias/.running_mean/.running_var; "
                                        "<linear>.weight/.bias)");
     }

@@ -23,6 +23,9 @@ struct ConvTask {
     std::vector<float> lora_a;        // [rank, in_c]
     std::vector<float> lora_b;        // [out_c, rank]
     std::vector<float> weight_delta;  // OIHW [out_c, in_c, k, k] or empty
+    std::vector<float> pointwise_delta;  // [out_c, in_c] added at the centre tap, or empty
+    std::vector<float> sparse_values;    // sparse update: values ...
+    std::vector<int64_t> sparse_index;   // ... at flat OIHW positions (strictly increasing)
     std::vector<float> scale;         // folded BN scale per out channel, empty = 1
     std::vector<float> bias;          // final (folded) bias per out channel
     kernels::ConvGeometry geom;       // at the task's input size

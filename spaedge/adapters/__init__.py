@@ -11,13 +11,26 @@ from __future__ import annotations
 from torch import nn
 
 from spaedge.adapters.layers import AdaptedLayer, FineTuned, SPLoRA
+from spaedge.adapters.variants import SPLoPA, SPPaRA, SparseAdapter
 
-__all__ = ["AdaptedLayer", "SPLoRA", "FineTuned", "METHODS", "adapt", "adapted_layers", "learned_parameters"]
+__all__ = ["AdaptedLayer", "SPLoRA", "FineTuned", "SPPaRA", "SPLoPA", "SparseAdapter", "METHODS", "adapt", "adapted_layers", "learned_parameters"]
 
 METHODS = {
     "splora": lambda conv, rank: SPLoRA(conv, rank=rank),
     "finetune": lambda conv, rank: FineTuned(conv),
+    "sppara": lambda conv, rank: SPPaRA(conv),
+    # block-SPA: blocks of 4 channels, 4 prototypes of rank min(rank, 4)
+    "splopa": lambda conv, rank: SPLoPA(conv, rank=rank, block=SPLOPA_BLOCK),
+    "sparse": lambda conv, rank: SparseAdapter(conv),
+    "sparse-large": lambda conv, rank: SparseAdapter(conv, large=True),
 }
+
+SPLOPA_BLOCK = 4
+
+
+def prune_block(model: nn.Module) -> int:
+    """Channels a pruning step must remove together for ``model``'s adapters."""
+    return SPLOPA_BLOCK if getattr(model, "adapter_method", None) == "splopa" else 1
 
 
 def adapt(model: nn.Module, method: str = "splora", rank: int = 8, head: str = "fc") -> nn.Module:
@@ -48,5 +61,10 @@ def adapted_layers(model: nn.Module) -> dict[str, AdaptedLayer]:
 
 
 def learned_parameters(model: nn.Module) -> int:
-    """Parameters the task trains (adapters, biases, BatchNorm, head)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Parameters the task trains (adapters, biases, BatchNorm, head); a sparse
+    adapter counts its unmasked entries only."""
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    for m in model.modules():
+        if isinstance(m, SparseAdapter):
+            total -= m.sparse.numel() - m.nonzeros()
+    return total

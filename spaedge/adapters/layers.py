@@ -83,7 +83,10 @@ class AdaptedLayer(nn.Module):
         return self.weight if d is None else self.weight + d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.task_weight()
+        # A criterion probing dL/dW_task sets ``weight_probe`` to a detached leaf
+        # copy of the task weight (spaedge.pruning.criteria.task_weight_grads).
+        probe = getattr(self, "weight_probe", None)
+        w = self.task_weight() if probe is None else probe
         if self.is_conv:
             return F.conv2d(x, w, self.bias, self.stride, self.padding)
         return F.linear(x, w, self.bias)

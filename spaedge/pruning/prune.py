@@ -15,10 +15,12 @@ import torch
 from torch import nn
 
 from spaedge.adapters.layers import AdaptedLayer
-from spaedge.pruning.criteria import CRITERIA, normalise
+from spaedge.pruning.criteria import CRITERIA, DATA_CRITERIA, normalise
 from spaedge.pruning.groups import ChannelGroup, channel_groups
 
-__all__ = ["remove_channels", "density", "plan", "prune_step", "prune_to_density"]
+SCHEDULES = ("iterative", "oneshot")
+
+__all__ = ["SCHEDULES", "remove_channels", "density", "plan", "prune_step", "prune_to_density"]
 
 
 def _keep_batchnorm(bn: nn.BatchNorm2d, keep: torch.Tensor) -> None:
@@ -86,34 +88,59 @@ def _channel_cost(model: nn.Module, group: ChannelGroup) -> int:
     return cost
 
 
+def _units(model: nn.Module, group: ChannelGroup, block: int) -> list[list[int]]:
+    """The removable units of a group: single channels, or whole blocks."""
+    if block <= 1:
+        return [[p] for p in range(group.size)]
+    base = model.get_submodule(group.producers[0])
+    if base.base_out_channels % block:
+        return [[p] for p in range(group.size)]
+    units: dict[int, list[int]] = {}
+    for pos, idx in enumerate(base.out_index.tolist()):
+        units.setdefault(idx // block, []).append(pos)
+    return list(units.values())
+
+
 def prune_step(model: nn.Module, example_input: torch.Tensor, n_channels: int, *,
                target_density: float = 0.0, criterion: str = "magnitude", min_channels: int = 1,
-               score_kwargs: dict | None = None) -> int:
+               score_kwargs: dict | None = None, block: int = 1) -> int:
     """Remove up to ``n_channels`` lowest-ranked channels, stopping early once
-    the backbone is estimated to be at ``target_density``. Returns how many went."""
+    the backbone is estimated to be at ``target_density``. Returns how many went.
+
+    ``block`` > 1 removes channels in whole blocks of ``block`` base channels
+    (base index // block, for block-SPA adapters): a block is ranked by the mean
+    of its channels' normalised scores. Groups whose base width is not a
+    multiple of ``block`` are pruned channel by channel."""
     if criterion not in CRITERIA:
         raise ValueError(f"unknown pruning criterion {criterion!r}; known: {', '.join(CRITERIA)}")
     score = CRITERIA[criterion]
+    kwargs = {**(score_kwargs or {}), "cache": {}}  # per-step cache shared by all groups
     groups = channel_groups(model, example_input)
     layers = [m for m in model.modules() if isinstance(m, AdaptedLayer)]
     base_total = sum(_weights(m, base=True) for m in layers)
     current = sum(_weights(m) for m in layers)
-    candidates = []  # (score, group index, channel position)
+    candidates = []  # (score, group index, channel positions)
     for gi, g in enumerate(groups):
-        s = normalise(score(model, g, **(score_kwargs or {})))
-        order = torch.argsort(s)
-        for pos in order[: max(g.size - min_channels, 0)].tolist():
-            candidates.append((float(s[pos]), gi, pos))
-    candidates.sort()
+        s = normalise(score(model, g, **kwargs))
+        units = _units(model, g, block)
+        unit_scores = [float(s[u].mean()) for u in units]
+        order = sorted(range(len(units)), key=lambda j: unit_scores[j])
+        spare = g.size - min_channels
+        for j in order:
+            if len(units[j]) > spare:
+                break
+            spare -= len(units[j])
+            candidates.append((unit_scores[j], gi, units[j]))
+    candidates.sort(key=lambda c: (c[0], c[1], c[2][0]))
     costs = [_channel_cost(model, g) for g in groups]
     drop: dict[int, list[int]] = {}
     removed = 0
-    for _, gi, pos in candidates:
+    for _, gi, positions in candidates:
         if removed >= n_channels or current <= target_density * base_total:
             break
-        drop.setdefault(gi, []).append(pos)
-        current -= costs[gi]
-        removed += 1
+        drop.setdefault(gi, []).extend(positions)
+        current -= costs[gi] * len(positions)
+        removed += len(positions)
     for gi, positions in drop.items():
         g = groups[gi]
         gone = set(positions)
@@ -125,12 +152,23 @@ def prune_to_density(model: nn.Module, example_input: torch.Tensor, target: floa
                      step_fraction: float = 0.05, criterion: str = "magnitude",
                      recover: Callable[[int, float], None] | None = None,
                      on_step: Callable[[int, float], None] | None = None,
-                     score_kwargs: dict | None = None) -> list[float]:
-    """Iteratively prune to ``target`` density (fraction of base weights kept).
+                     score_kwargs: dict | None = None, schedule: str = "iterative",
+                     block: int = 1) -> list[float]:
+    """Prune to ``target`` density (fraction of base weights kept).
 
-    ``recover(step, density)`` trains after each step (the recovery epochs);
-    returns the density after each step.
+    ``schedule="iterative"`` (the SPA paper): steps of ``step_fraction`` of the
+    base's filters, ``recover(step, density)`` training after each step.
+    ``schedule="oneshot"``: one scoring of the model as it is, then channels are
+    removed in that ranking down to the target with no training in between
+    (re-ranked only if the weight estimate of one pass falls short);
+    ``recover`` runs once at the end. Returns the density after each step.
     """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown pruning schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown pruning criterion {criterion!r}; known: {', '.join(CRITERIA)}")
+    if criterion in DATA_CRITERIA and not (score_kwargs or {}).get("data"):
+        raise ValueError(f"pruning criterion {criterion!r} needs task data: pass score_kwargs={{'data': batches}}")
     if not 0.0 < target <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {target}")
     if not 0.0 < step_fraction <= 1.0:
@@ -138,11 +176,13 @@ def prune_to_density(model: nn.Module, example_input: torch.Tensor, target: floa
     groups = channel_groups(model, example_input)
     total_filters = sum(g.size for g in groups)
     per_step = max(1, math.ceil(step_fraction * total_filters))
+    if schedule == "oneshot":
+        per_step = total_filters
     history: list[float] = []
     step = 0
     while density(model) > target + 1e-9:
         removed = prune_step(model, example_input, per_step, target_density=target, criterion=criterion,
-                             score_kwargs=score_kwargs)
+                             score_kwargs=score_kwargs, block=block)
         if removed == 0:
             break  # every group is at its minimum width
         step += 1
@@ -150,6 +190,8 @@ def prune_to_density(model: nn.Module, example_input: torch.Tensor, target: floa
         history.append(d)
         if on_step is not None:
             on_step(step, d)
-        if recover is not None:
+        if recover is not None and schedule == "iterative":
             recover(step, d)
+    if recover is not None and schedule == "oneshot" and history:
+        recover(step, history[-1])
     return history
