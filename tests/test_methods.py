@@ -18,6 +18,7 @@ from spaedge.pruning.groups import channel_groups
 from spaedge.pruning.prune import density, prune_to_density
 
 torch.backends.mkldnn.enabled = False
+torch.set_num_threads(1)  # 2 shared cores: more threads oversubscribe and run ~100x slower
 
 
 def _tiny(method="splora", rank=4, classes=3, seed=0):
