@@ -79,12 +79,14 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--base", default=d.base, help=f"base network: tiny (built-in), resnet18/34/50[-cifar] (default {d.base})")
     g.add_argument("--base-weights", help="weights file for the base (.pth state dict or .safetensors, torchvision names)")
     g.add_argument("--data-dir", help="where the task's data is (for fashion_mnist, flowers, cifar10)")
-    g.add_argument("--method", default=d.method, choices=["splora", "finetune"],
+    g.add_argument("--method", default=d.method,
+                   choices=["splora", "finetune", "sppara", "splopa", "sparse", "sparse-large"],
                    help="splora: frozen base + low-rank adapters (default); finetune: train every kept weight (baseline)")
     g.add_argument("--rank", type=_positive_int, default=d.rank, help=f"adapter rank (default {d.rank})")
     g.add_argument("--density", type=_density, default=d.density,
                    help=f"fraction of the base's weights to keep, e.g. 0.3 or 30%% (default {d.density})")
-    g.add_argument("--criterion", default=d.criterion, choices=["magnitude", "l1"], help="channel importance")
+    g.add_argument("--criterion", default=d.criterion, choices=["magnitude", "l1", "gradient", "taylor", "lrp"],
+                   help="channel importance")
     g.add_argument("--prune-step", type=float, default=d.prune_step,
                    help=f"fraction of filters removed per pruning step (default {d.prune_step})")
     g.add_argument("--epochs", type=_nonneg_int, default=d.epochs, help=f"adaptation epochs before pruning (default {d.epochs})")
@@ -380,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     ts.set_defaults(func=cmd_tasks)
     from spaedge.bench import add_bench_parser
     add_bench_parser(sub)
+    from spaedge.experiment import add_parser as add_experiment_parser
+    add_experiment_parser(sub)
     return p
 
 
