@@ -115,8 +115,13 @@ def batches(dataset, batch_size: int, shuffle: bool = False,
 
 def fit(model: nn.Module, dataset, epochs: int, *, lr: float = 3e-3, batch_size: int = 64,
         weight_decay: float = 0.0, generator: Optional[torch.Generator] = None,
-        reporter: Optional[Reporter] = None, description: str = "train") -> float:
-    """Train the model's trainable parameters; returns the last epoch's mean loss."""
+        reporter: Optional[Reporter] = None, description: str = "train", session=None,
+        phase: tuple[str, int] = ("adapt", 0)) -> float:
+    """Train the model's trainable parameters; returns the last epoch's mean loss.
+
+    ``session`` (a spaedge.checkpoint.Session) checkpoints after every epoch and,
+    when resuming, restarts this fit at its saved epoch; ``phase`` names the fit
+    in the pipeline (adapt / recover <step> / final)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if epochs <= 0 or not params:
         return float("nan")
@@ -125,17 +130,21 @@ def fit(model: nn.Module, dataset, epochs: int, *, lr: float = 3e-3, batch_size:
     # is at most ~1.5x slower on these small layers, so train without oneDNN.
     with torch.backends.mkldnn.flags(enabled=False):
         return _fit(model, dataset, epochs, params, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
-                    generator=generator, reporter=reporter, description=description)
+                    generator=generator, reporter=reporter, description=description, session=session,
+                        phase=phase)
 
 
-def _fit(model, dataset, epochs, params, *, lr, batch_size, weight_decay, generator, reporter, description):
+def _fit(model, dataset, epochs, params, *, lr, batch_size, weight_decay, generator, reporter, description,
+         session=None, phase=("adapt", 0)):
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(dataset) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     advance = reporter.bar(description, steps) if reporter else (lambda n=1: None)
+    start = min(epochs, session.begin(phase[0], phase[1], opt, sched)) if session is not None else 0
+    advance(start * math.ceil(len(dataset) / batch_size))
     model.train()
     loss_mean = float("nan")
-    for epoch in range(epochs):
+    for epoch in range(start, epochs):
         total, count = 0.0, 0
         for x, y in batches(dataset, batch_size, shuffle=True, generator=generator):
             loss = F.cross_entropy(model(x), y)
@@ -149,6 +158,8 @@ def _fit(model, dataset, epochs, params, *, lr, batch_size, weight_decay, genera
         loss_mean = total / max(count, 1)
         if reporter is not None and not reporter.live:
             reporter.log(f"{description}: epoch {epoch + 1}/{epochs}, loss {loss_mean:.4f}")
+        if session is not None:
+            session.end_epoch(epoch + 1, opt, sched)
     model.eval()
     return loss_mean
 
@@ -189,14 +200,18 @@ def build_task_model(cfg: TrainConfig):
 
 
 def run(cfg: TrainConfig, out_dir: str | Path, *, reporter: Optional[Reporter] = None,
-        on_model: Optional[Callable[[nn.Module], None]] = None) -> dict:
-    """Adapt, prune and train a task; write the run directory; return its metrics."""
+        on_model: Optional[Callable[[nn.Module], None]] = None, resume: bool = True) -> dict:
+    """Adapt, prune and train a task; write the run directory; return its metrics.
+
+    Checkpoints after every epoch (``out_dir/checkpoint.safetensors``) and, with
+    ``resume``, continues from a checkpoint made with the same config, reaching
+    the same model as an uninterrupted run (spaedge.checkpoint)."""
     from spaedge.adapters import learned_parameters
     from spaedge.models.stats import count_macs
     from spaedge.pack.bundle import TaskSpec, write_task
     from spaedge.pack.format import atomic_write_bytes
     from spaedge.pack.materialize import whole_model_bytes
-    from spaedge.pruning.prune import density, prune_to_density
+    from spaedge.pruning.prune import density
 
     reporter = reporter or Reporter(enabled=False)
     out = Path(out_dir)
@@ -207,21 +222,27 @@ def run(cfg: TrainConfig, out_dir: str | Path, *, reporter: Optional[Reporter] =
     train_ds, val_ds, test_ds = task.split("train", augment=True), task.split("val"), task.split("test")
     example = torch.zeros(1, *task.input_size)
     macs_full = count_macs(model, task.input_size)
+    from spaedge.checkpoint import Session, prune_resumable
+    session = Session(out, cfg.to_json(), model, gen, resume=resume)
+    if session.resumed_from is not None:
+        p = session.resumed_from
+        reporter.log(f"resuming from {session.path}: {p.phase} (step {p.step}), {p.epochs_done} epochs done")
+    session.restore_rng()
     kw = dict(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, generator=gen,
-              reporter=reporter)
+              reporter=reporter, session=session)
     reporter.log(f"task {task.name}: {len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test images, "
                  f"{task.num_classes} classes, input {'x'.join(map(str, task.input_size))}")
-    fit(model, train_ds, cfg.epochs, description="adapt", **kw)
+    fit(model, train_ds, cfg.epochs, description="adapt", phase=("adapt", 0), **kw)
     reporter.log(f"adapted at density 100%: val accuracy {evaluate(model, val_ds):.2%}")
 
     def recover(step: int, d: float) -> None:
-        fit(model, train_ds, cfg.recovery_epochs, description=f"recover {step}", **kw)
+        fit(model, train_ds, cfg.recovery_epochs, description=f"recover {step}", phase=("recover", step), **kw)
         reporter.log(f"pruning step {step}: density {d:.1%}, val accuracy {evaluate(model, val_ds):.2%}")
 
     if cfg.density < 1.0:
-        prune_to_density(model, example, cfg.density, step_fraction=cfg.prune_step,
-                         criterion=cfg.criterion, recover=recover)
-    fit(model, train_ds, cfg.final_epochs, description="final", **kw)
+        prune_resumable(session, model, example, cfg.density, step_fraction=cfg.prune_step,
+                        criterion=cfg.criterion, recover=recover)
+    fit(model, train_ds, cfg.final_epochs, description="final", phase=("final", 0), **kw)
     metrics = {
         "task": task.name, "val_accuracy": evaluate(model, val_ds), "test_accuracy": evaluate(model, test_ds),
         "density": density(model), "learned_parameters": learned_parameters(model),
@@ -237,6 +258,7 @@ def run(cfg: TrainConfig, out_dir: str | Path, *, reporter: Optional[Reporter] =
     metrics["task_bundle_bytes"] = (out / "task.safetensors").stat().st_size
     atomic_write_bytes(out / "config.json", json.dumps(cfg.to_json(), indent=2).encode())
     atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
+    session.finish()
     if on_model is not None:
         on_model(model)
     return metrics
