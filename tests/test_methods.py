@@ -269,3 +269,34 @@ def test_method_trains_prunes_packs_and_runs_in_the_runtime(method, base_bundle,
         nnz = sum(m.nonzeros() for m in model.modules() if isinstance(m, SparseAdapter))
         stored = sum(v.size for k, v in tensors.items() if k.endswith("sparse_delta_values"))
         assert stored == nnz  # values + indices, never dense + mask
+
+
+def test_runtime_resolves_shared_adapters_and_refuses_bad_maps(base_bundle, tmp_path):
+    """Pear's bundle side: a target conv uses the source conv's factors, stored once."""
+    import json
+
+    from spaedge import runtime
+    from spaedge.errors import BundleError
+    from spaedge.pack.bundle import TaskSpec, base_hash, task_bundle
+    from spaedge.pack.format import write_bundle
+    model = _tiny("splora", rank=4)
+    src, dst = model.get_submodule("layer1.0.conv1"), model.get_submodule("layer1.0.conv2")
+    with torch.no_grad():
+        src.lora_b.normal_(std=0.1)
+        dst.lora_a.copy_(src.lora_a)
+        dst.lora_b.copy_(src.lora_b)  # the torch model shares by value
+    spec = TaskSpec("t", ["a", "b", "c"], (1, 28, 28), [0.5], [0.25])
+    tensors, meta = task_bundle(model, spec, base_hash(get_base("tiny")))
+    del tensors["layer1.0.conv2.lora_a"], tensors["layer1.0.conv2.lora_b"]
+    meta["shared_adapters"] = json.dumps({"layer1.0.conv2": "layer1.0.conv1"})
+    write_bundle(tmp_path / "t.safetensors", tensors, meta)
+    x = torch.randn(3, 1, 28, 28)
+    rt = runtime.Runtime(base_bundle, threads=1)
+    rt.load_task(tmp_path / "t.safetensors")
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(rt.run(x.numpy()), want, atol=1e-3 * (1 + np.abs(want).max()))
+    meta["shared_adapters"] = json.dumps({"layer1.0.conv2": "layer2.0.conv2"})
+    write_bundle(tmp_path / "bad.safetensors", tensors, meta)
+    with pytest.raises(BundleError, match="shared_adapters"):
+        runtime.Runtime(base_bundle, threads=1).load_task(tmp_path / "bad.safetensors")
