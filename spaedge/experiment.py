@@ -146,6 +146,7 @@ def run_cell(cell: Cell, budget: Budget, out_dir: str, base: str = "tiny", base_
     if cell.density < 1.0:
         opts = prune_options(model, criterion=cell.criterion, schedule=cell.schedule, data=data)
         prune_to_density(model, torch.zeros(1, *task.input_size), cell.density, step_fraction=budget.prune_step,
+                         criterion=cell.criterion,
                          recover=lambda s, d: fit(model, train, budget.recovery_epochs, **kw), **opts)
     fit(model, train, budget.final_epochs, **kw)
     run_dir = Path(out_dir) / "bundles"
