@@ -87,6 +87,9 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
                    help=f"fraction of the base's weights to keep, e.g. 0.3 or 30%% (default {d.density})")
     g.add_argument("--criterion", default=d.criterion, choices=["magnitude", "l1", "gradient", "taylor", "lrp"],
                    help="channel importance")
+    g.add_argument("--schedule", default=d.schedule, choices=["iterative", "oneshot"],
+                   help="iterative: --prune-step of the filters per step with recovery epochs (default); "
+                        "oneshot: prune once to the density")
     g.add_argument("--prune-step", type=float, default=d.prune_step,
                    help=f"fraction of filters removed per pruning step (default {d.prune_step})")
     g.add_argument("--epochs", type=_nonneg_int, default=d.epochs, help=f"adaptation epochs before pruning (default {d.epochs})")
@@ -104,6 +107,7 @@ def _config(args):
 
     return TrainConfig(task=args.task, base=args.base, base_weights=args.base_weights, data_dir=args.data_dir,
                        method=args.method, rank=args.rank, density=args.density, criterion=args.criterion,
+                       schedule=args.schedule,
                        prune_step=args.prune_step, epochs=args.epochs, recovery_epochs=args.recovery_epochs,
                        final_epochs=args.final_epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
 

@@ -34,6 +34,9 @@ class TrainConfig:
     rank: int = 8
     density: float = 0.3
     criterion: str = "magnitude"
+    schedule: str = "iterative"     # or "oneshot" (spaedge.pruning.prune.SCHEDULES)
+    mask_criterion: str = "snip"    # SparseAdapter masks (spaedge.adapters.sparse)
+    adapter_keep: float = 0.1       # SparseAdapter: kept fraction of a pointwise adapter
     prune_step: float = 0.05
     epochs: int = 8             # adaptation before pruning
     recovery_epochs: int = 1    # after each pruning step
@@ -219,6 +222,10 @@ def run(cfg: TrainConfig, out_dir: str | Path, *, reporter: Optional[Reporter] =
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     task, model, bhash = build_task_model(cfg)
+    from spaedge.methods import prepare_adapters, prune_options, score_batches
+    score_data = score_batches(task.split("train"), 4, cfg.batch_size, cfg.seed)
+    prepare_adapters(model, method=cfg.method, mask_criterion=cfg.mask_criterion, adapter_keep=cfg.adapter_keep,
+                     data=score_data, input_size=task.input_size)
     train_ds, val_ds, test_ds = task.split("train", augment=True), task.split("val"), task.split("test")
     example = torch.zeros(1, *task.input_size)
     macs_full = count_macs(model, task.input_size)
@@ -241,7 +248,8 @@ def run(cfg: TrainConfig, out_dir: str | Path, *, reporter: Optional[Reporter] =
 
     if cfg.density < 1.0:
         prune_resumable(session, model, example, cfg.density, step_fraction=cfg.prune_step,
-                        criterion=cfg.criterion, recover=recover)
+                        criterion=cfg.criterion, recover=recover,
+                        **prune_options(model, criterion=cfg.criterion, schedule=cfg.schedule, data=score_data))
     fit(model, train_ds, cfg.final_epochs, description="final", phase=("final", 0), **kw)
     metrics = {
         "task": task.name, "val_accuracy": evaluate(model, val_ds), "test_accuracy": evaluate(model, test_ds),
