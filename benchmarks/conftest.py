@@ -19,6 +19,9 @@ import pytest
 import bench_cases
 
 
+_LOAD_AT_START = os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
 @pytest.fixture(scope="session")
 def cases(tmp_path_factory):
     return bench_cases.Cases(tmp_path_factory.mktemp("bench-cases"))
@@ -103,10 +106,14 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.write_sep("=", "spaedge benchmark summary")
     terminalreporter.write_line(f"machine: {m['cpu']}, {m['cores']} cores; onnxruntime {m.get('onnxruntime', '-')}, "
                                 f"torch {m.get('torch', '-')}, ai-edge-litert {m.get('ai_edge_litert', '-')}")
+    if _LOAD_AT_START and m.get("loadavg"):
+        # Other processes on the machine change every engine's times (and multi-thread ones most).
+        terminalreporter.write_line(f"load average (1 min) at start {_LOAD_AT_START[0]:.1f}, at end "
+                                    f"{m['loadavg'][0]:.1f} on {m['cores']} cores")
     for line in format_summary(s).splitlines():
         terminalreporter.write_line(line)
     out = os.environ.get("SPAEDGE_BENCH_SUMMARY")
     if out:
         with open(out, "w") as f:
-            json.dump({"machine": m, **s}, f, indent=2)
+            json.dump({"machine": m, "loadavg_at_start": _LOAD_AT_START, **s}, f, indent=2)
         terminalreporter.write_line(f"wrote {out}")

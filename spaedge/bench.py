@@ -391,6 +391,10 @@ def machine_info() -> dict:
         pass
     info = {"cpu": cpu, "machine": platform.machine(), "cores": os.cpu_count(),
             "python": platform.python_version(), "system": platform.system()}
+    try:
+        info["loadavg"] = [round(v, 2) for v in os.getloadavg()]  # others' work skews a shared machine's times
+    except OSError:
+        pass
     for mod, key in (("onnxruntime", "onnxruntime"), ("torch", "torch"), ("ai_edge_litert", "ai_edge_litert")):
         try:
             info[key] = __import__(mod).__version__
@@ -628,7 +632,9 @@ def report_text(result: dict) -> str:
     lines = [f"{t['name']}: {t['base_model']} task, input {t['input_size']}, batch 1, "
              f"{macs / 1e6:.1f} MMACs" + (f", {t['params'] / 1e6:.2f}M parameters" if t["params"] else "")
              + (f", density {t['density']:.0%}" if t.get("density") else ""),
-             f"machine: {m['cpu']} ({m['cores']} cores), spaedge {result['isa']} kernels, mode {result['mode']}",
+             f"machine: {m['cpu']} ({m['cores']} cores"
+             + (f", load average {m['loadavg'][0]:.1f}" if m.get("loadavg") else "")
+             + f"), spaedge {result['isa']} kernels, mode {result['mode']}",
              "", format_table(result["latency"]), ""]
     sw = result.get("switch") or {}
     if sw:
