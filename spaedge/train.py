@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -131,9 +132,11 @@ def fit(model: nn.Module, dataset, epochs: int, *, lr: float = 3e-3, batch_size:
     # oneDNN's conv weight-gradient kernel crashes (SIGSEGV in torch 2.13) on
     # some of the ragged channel counts pruning leaves; PyTorch's native conv
     # is at most ~1.5x slower on these small layers, so train without oneDNN.
-    with torch.backends.mkldnn.flags(enabled=False):
-        return _fit(model, dataset, epochs, params, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
-                    generator=generator, reporter=reporter, description=description, session=session,
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*onednn.*tf32.*|.*TF32.*")
+        with torch.backends.mkldnn.flags(enabled=False):
+            return _fit(model, dataset, epochs, params, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+                        generator=generator, reporter=reporter, description=description, session=session,
                         phase=phase)
 
 
