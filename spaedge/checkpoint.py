@@ -208,7 +208,11 @@ class Session:
         return ck.position.epochs_done
 
     def end_epoch(self, epochs_done: int, optimizer, scheduler) -> None:
+        from spaedge import distributed
+
         self.pos.epochs_done = epochs_done
+        if not distributed.is_main():  # under torchrun rank 0 checkpoints (every rank holds the same model)
+            return
         save(self.path, position=self.pos, config=self.config, model=self.model, generator=self.generator,
              optimizer=optimizer, scheduler=scheduler)
 

@@ -87,9 +87,16 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
                    help=f"fraction of the base's weights to keep, e.g. 0.3 or 30%% (default {d.density})")
     g.add_argument("--criterion", default=d.criterion, choices=["magnitude", "l1", "gradient", "taylor", "lrp"],
                    help="channel importance")
-    g.add_argument("--schedule", default=d.schedule, choices=["iterative", "oneshot"],
+    g.add_argument("--schedule", default=d.schedule, choices=["iterative", "oneshot", "similar"],
                    help="iterative: --prune-step of the filters per step with recovery epochs (default); "
-                        "oneshot: prune once to the density")
+                        "oneshot: prune once to the density; similar: prune once before training by the "
+                        "similarity-weighted vote of the nearest tasks in --library (see `spaedge library -h`)")
+    g.add_argument("--library", help="for --schedule similar: a library directory (`spaedge library add`), run "
+                                     "directories or a directory of runs; several separated by commas")
+    g.add_argument("--neighbours", type=_positive_int, default=d.neighbours,
+                   help=f"for --schedule similar: nearest library tasks that vote (default {d.neighbours})")
+    g.add_argument("--train-limit", type=_nonneg_int, default=d.train_limit,
+                   help="train on the first N training images only (default 0: all)")
     g.add_argument("--prune-step", type=float, default=d.prune_step,
                    help=f"fraction of filters removed per pruning step (default {d.prune_step})")
     g.add_argument("--epochs", type=_nonneg_int, default=d.epochs, help=f"adaptation epochs before pruning (default {d.epochs})")
@@ -107,7 +114,8 @@ def _config(args):
 
     return TrainConfig(task=args.task, base=args.base, base_weights=args.base_weights, data_dir=args.data_dir,
                        method=args.method, rank=args.rank, density=args.density, criterion=args.criterion,
-                       schedule=args.schedule,
+                       schedule=args.schedule, library=args.library, neighbours=args.neighbours,
+                       train_limit=args.train_limit,
                        prune_step=args.prune_step, epochs=args.epochs, recovery_epochs=args.recovery_epochs,
                        final_epochs=args.final_epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
 
@@ -120,13 +128,27 @@ def _print_table(rows: list[tuple[str, str]]) -> None:
 
 # ---------------------------------------------------------------- commands
 def cmd_train(args) -> int:
+    from spaedge import distributed
     from spaedge.train import Reporter, run
 
     cfg = _config(args)
     out = Path(args.out or Path(args.runs) / _safe_name(cfg.task))
-    with Reporter() as rep:
-        metrics = run(cfg, out, reporter=rep)
-    _report_run(metrics, out)
+    # Under torchrun: DDP over the processes (gloo), rank 0 writes and prints (spaedge.distributed).
+    ddp = distributed.init_from_env()
+    dump = os.environ.get("SPAEDGE_DDP_STATE_HASH")  # debug/tests: every rank writes its model's hash
+
+    def on_model(model) -> None:
+        if dump:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"state-rank{distributed.rank()}.sha256").write_text(distributed.state_hash(model) + "\n")
+    main = distributed.is_main()
+    with Reporter(enabled=main) as rep:
+        if ddp and main:
+            rep.log(f"data-parallel over {distributed.world_size()} processes (torchrun, gloo)")
+        metrics = run(cfg, out, reporter=rep, on_model=on_model)
+    distributed.finish()  # on an error the process exits and torchrun stops the others
+    if main:
+        _report_run(metrics, out)
     return 0
 
 
@@ -388,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     from spaedge.experiment import add_parser as add_experiment_parser
     add_experiment_parser(sub)
+    from spaedge.pruning.similar import add_parser as add_library_parser
+    add_library_parser(sub)
     return p
 
 

@@ -35,7 +35,10 @@ class TrainConfig:
     rank: int = 8
     density: float = 0.3
     criterion: str = "magnitude"
-    schedule: str = "iterative"     # or "oneshot" (spaedge.pruning.prune.SCHEDULES)
+    schedule: str = "iterative"     # or "oneshot" (spaedge.pruning.prune.SCHEDULES), or "similar"
+    library: Optional[str] = None   # --schedule similar: plans/runs to vote (spaedge.pruning.similar)
+    neighbours: int = 3             # --schedule similar: nearest library tasks that vote
+    train_limit: int = 0            # train on the first N training images only (0: all)
     mask_criterion: str = "snip"    # SparseAdapter masks (spaedge.adapters.sparse)
     adapter_keep: float = 0.1       # SparseAdapter: kept fraction of a pointwise adapter
     prune_step: float = 0.05
@@ -103,18 +106,37 @@ class Reporter:
 
 
 def batches(dataset, batch_size: int, shuffle: bool = False,
-            generator: Optional[torch.Generator] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(images, labels) batches of a task split, in order or shuffled."""
+            generator: Optional[torch.Generator] = None, shard: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, labels) batches of a task split, in order or shuffled.
+
+    ``shard``: under torchrun, this rank's share of each batch (spaedge.distributed)."""
+    from spaedge import distributed
+
     n = len(dataset)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     fetch = getattr(dataset, "batch", None)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size].tolist()
+        if shard and distributed.active():
+            if len(idx) < distributed.world_size():
+                continue  # a last batch too small for every rank: skipped by all
+            idx = distributed.shard(idx)
         if fetch is not None:
             yield fetch(idx)
         else:
             items = [dataset[i] for i in idx]
             yield torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+
+
+def first_items(dataset, n: int):
+    """The first ``n`` items of a task split (a fixed subset: splits are class-mixed)."""
+    import copy
+
+    if n <= 0 or n >= len(dataset):
+        return dataset
+    sub = copy.copy(dataset)
+    sub.indices, sub.targets = dataset.indices[:n], dataset.targets[:n]
+    return sub
 
 
 def fit(model: nn.Module, dataset, epochs: int, *, lr: float = 3e-3, batch_size: int = 64,
@@ -142,6 +164,9 @@ def fit(model: nn.Module, dataset, epochs: int, *, lr: float = 3e-3, batch_size:
 
 def _fit(model, dataset, epochs, params, *, lr, batch_size, weight_decay, generator, reporter, description,
          session=None, phase=("adapt", 0)):
+    from spaedge import distributed
+
+    net = distributed.wrap(model)  # a fresh DDP wrapper per fit: pruning replaced the parameters
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(dataset) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
@@ -152,8 +177,8 @@ def _fit(model, dataset, epochs, params, *, lr, batch_size, weight_decay, genera
     loss_mean = float("nan")
     for epoch in range(start, epochs):
         total, count = 0.0, 0
-        for x, y in batches(dataset, batch_size, shuffle=True, generator=generator):
-            loss = F.cross_entropy(model(x), y)
+        for x, y in batches(dataset, batch_size, shuffle=True, generator=generator, shard=True):
+            loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -161,11 +186,13 @@ def _fit(model, dataset, epochs, params, *, lr, batch_size, weight_decay, genera
             total += loss.item() * len(y)
             count += len(y)
             advance()
+        total, count = distributed.all_sum([total, count])
         loss_mean = total / max(count, 1)
         if reporter is not None and not reporter.live:
             reporter.log(f"{description}: epoch {epoch + 1}/{epochs}, loss {loss_mean:.4f}")
         if session is not None:
             session.end_epoch(epoch + 1, opt, sched)
+    distributed.average_buffers(model)  # BatchNorm statistics: the same model on every rank
     model.eval()
     return loss_mean
 
@@ -230,6 +257,8 @@ def run(cfg: TrainConfig, out_dir: str | Path, *, reporter: Optional[Reporter] =
     prepare_adapters(model, method=cfg.method, mask_criterion=cfg.mask_criterion, adapter_keep=cfg.adapter_keep,
                      data=score_data, input_size=task.input_size)
     train_ds, val_ds, test_ds = task.split("train", augment=True), task.split("val"), task.split("test")
+    if cfg.train_limit:
+        train_ds = first_items(train_ds, cfg.train_limit)
     example = torch.zeros(1, *task.input_size)
     macs_full = count_macs(model, task.input_size)
     from spaedge.checkpoint import Session, prune_resumable
@@ -242,6 +271,10 @@ def run(cfg: TrainConfig, out_dir: str | Path, *, reporter: Optional[Reporter] =
               reporter=reporter, session=session)
     reporter.log(f"task {task.name}: {len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test images, "
                  f"{task.num_classes} classes, input {'x'.join(map(str, task.input_size))}")
+    similar = None
+    if cfg.schedule == "similar" and session.resumed_from is None:  # resumed: the checkpoint has the shapes
+        from spaedge.pruning.similar import prune_from_library  # prune once by similar tasks' vote, then train
+        similar = prune_from_library(model, cfg, task, bhash, example, log=reporter.log)
     fit(model, train_ds, cfg.epochs, description="adapt", phase=("adapt", 0), **kw)
     reporter.log(f"adapted at density 100%: val accuracy {evaluate(model, val_ds):.2%}")
 
@@ -249,7 +282,7 @@ def run(cfg: TrainConfig, out_dir: str | Path, *, reporter: Optional[Reporter] =
         fit(model, train_ds, cfg.recovery_epochs, description=f"recover {step}", phase=("recover", step), **kw)
         reporter.log(f"pruning step {step}: density {d:.1%}, val accuracy {evaluate(model, val_ds):.2%}")
 
-    if cfg.density < 1.0:
+    if cfg.density < 1.0 and cfg.schedule != "similar":
         prune_resumable(session, model, example, cfg.density, step_fraction=cfg.prune_step,
                         criterion=cfg.criterion, recover=recover,
                         **prune_options(model, criterion=cfg.criterion, schedule=cfg.schedule, data=score_data))
@@ -261,6 +294,13 @@ def run(cfg: TrainConfig, out_dir: str | Path, *, reporter: Optional[Reporter] =
         "whole_model_bytes": whole_model_bytes(model), "seconds": round(time.time() - t0, 1),
         "base_hash": bhash,
     }
+    from spaedge import distributed
+    if not distributed.is_main():  # under torchrun only rank 0 writes the run directory
+        if on_model is not None:
+            on_model(model)
+        return metrics
+    if similar is not None:
+        metrics["similar_tasks"] = similar["neighbours"]
     out.mkdir(parents=True, exist_ok=True)
     info = {"rank": cfg.rank, "density": metrics["density"], "test_accuracy": metrics["test_accuracy"],
             "macs": metrics["macs"], "learned_parameters": metrics["learned_parameters"],
@@ -269,6 +309,8 @@ def run(cfg: TrainConfig, out_dir: str | Path, *, reporter: Optional[Reporter] =
     metrics["task_bundle_bytes"] = (out / "task.safetensors").stat().st_size
     atomic_write_bytes(out / "config.json", json.dumps(cfg.to_json(), indent=2).encode())
     atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
+    from spaedge.pruning.similar import write_run_plan  # kept channels + task embedding, for libraries
+    write_run_plan(out, model, cfg, task, bhash, metrics, embedding=similar["embedding"] if similar else None)
     session.finish()
     if on_model is not None:
         on_model(model)

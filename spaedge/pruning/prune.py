@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from spaedge import distributed
 from spaedge.adapters.layers import AdaptedLayer
 from spaedge.pruning.criteria import CRITERIA, DATA_CRITERIA, normalise
 from spaedge.pruning.groups import ChannelGroup, channel_groups
@@ -121,7 +122,7 @@ def prune_step(model: nn.Module, example_input: torch.Tensor, n_channels: int, *
     current = sum(_weights(m) for m in layers)
     candidates = []  # (score, group index, channel positions)
     for gi, g in enumerate(groups):
-        s = normalise(score(model, g, **kwargs))
+        s = distributed.agree(normalise(score(model, g, **kwargs)))  # torchrun: rank 0's scores decide
         units = _units(model, g, block)
         unit_scores = [float(s[u].mean()) for u in units]
         order = sorted(range(len(units)), key=lambda j: unit_scores[j])
