@@ -51,9 +51,14 @@ def _safe_name(task: str) -> str:
 
 
 def _density(text: str) -> float:
-    v = float(text.rstrip("%")) / (100.0 if text.endswith("%") or float(text.rstrip("%")) > 1 else 1.0)
+    # A bare number above 1 is refused rather than read as a percentage:
+    # "--density 2" is more likely a slip than a wish for 2%.
+    try:
+        v = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+    except ValueError:
+        v = float("nan")
     if not 0.0 < v <= 1.0:
-        raise argparse.ArgumentTypeError(f"density must be in (0, 1] or (0%, 100%], got {text}")
+        raise argparse.ArgumentTypeError(f"density must be in (0, 1] or (0%, 100%], e.g. 0.3 or 30%; got {text}")
     return v
 
 
