@@ -11,9 +11,10 @@ from __future__ import annotations
 from torch import nn
 
 from spaedge.adapters.layers import AdaptedLayer, FineTuned, SPLoRA
+from spaedge.adapters.pear import PearLoRA
 from spaedge.adapters.variants import SPLoPA, SPPaRA, SparseAdapter
 
-__all__ = ["AdaptedLayer", "SPLoRA", "FineTuned", "SPPaRA", "SPLoPA", "SparseAdapter", "METHODS", "adapt", "adapted_layers", "learned_parameters"]
+__all__ = ["AdaptedLayer", "SPLoRA", "FineTuned", "SPPaRA", "SPLoPA", "SparseAdapter", "PearLoRA", "METHODS", "adapt", "adapted_layers", "learned_parameters"]
 
 METHODS = {
     "splora": lambda conv, rank: SPLoRA(conv, rank=rank),
@@ -23,6 +24,8 @@ METHODS = {
     "splopa": lambda conv, rank: SPLoPA(conv, rank=rank, block=SPLOPA_BLOCK),
     "sparse": lambda conv, rank: SparseAdapter(conv),
     "sparse-large": lambda conv, rank: SparseAdapter(conv, large=True),
+    # Pear: SPLoRA whose least important adapters are pruned and shared after channel pruning
+    "pear": lambda conv, rank: PearLoRA(conv, rank=rank),
 }
 
 SPLOPA_BLOCK = 4

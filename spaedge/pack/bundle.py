@@ -20,6 +20,8 @@ from torch import nn
 
 from spaedge.adapters import adapt
 from spaedge.adapters.layers import AdaptedLayer
+from spaedge.adapters.pear import bundle_metadata as pear_metadata
+from spaedge.adapters.pear import link_shared
 from spaedge.errors import BundleError
 from spaedge.models import ResNet, from_config
 from spaedge.pack.format import json_field, read_bundle, serialise, write_bundle
@@ -121,6 +123,7 @@ def task_bundle(model: ResNet, spec: TaskSpec, base_content_hash: str,
             tensors[f"{name}.bias"] = _np(head.bias).astype(np.float32)
     meta = {"format": "spaedge-task", "base_hash": base_content_hash, "method": model.adapter_method,
             **spec.metadata(), "info": json.dumps(info or {})}
+    meta.update(pear_metadata(model))  # shared_adapters: Pear's shared factors are stored once
     return tensors, meta
 
 
@@ -184,6 +187,12 @@ def load_task_model(base_path: str | os.PathLike, task_path: str | os.PathLike) 
                 head.in_features, head.out_features = int(sub["weight"].shape[1]), int(sub["weight"].shape[0])
         except KeyError as e:
             raise BundleError(f"{where}: tensor '{prefix}{e.args[0]}' is missing") from None
+    if "shared_adapters" in meta:
+        shared = json_field(meta, "shared_adapters", where)
+        try:
+            link_shared(model, shared)
+        except (ValueError, TypeError) as e:
+            raise BundleError(f"{where}: field 'shared_adapters': {e}") from None
     model.eval()
     return model, spec, meta
 
