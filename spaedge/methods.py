@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["score_batches", "prepare_adapters", "prune_options"]
+__all__ = ["score_batches", "prepare_adapters", "prune_options", "after_pruning", "restore_adapters"]
 
 
 def score_batches(dataset, n_batches: int = 4, batch_size: int = 64, seed: int = 0) -> list:
@@ -48,3 +48,23 @@ def prune_options(model: nn.Module, *, criterion: str, schedule: str = "iterativ
     if criterion in DATA_CRITERIA:
         opts["score_kwargs"] = {"data": data}
     return opts
+
+
+def after_pruning(model: nn.Module, *, method: str, data, pear_prune: float = 0.5, pear_share: str = "nearest"):
+    """Pear: once channel pruning is over (kept shapes final) and before the
+    final epochs, prune the least important adapters and share important ones
+    into their positions (spaedge.adapters.pear). No-op for other methods."""
+    if method != "pear":
+        return None
+    from spaedge.adapters.pear import apply_pear
+
+    return apply_pear(model, data, prune=pear_prune, share=pear_share)
+
+
+def restore_adapters(model: nn.Module, *, method: str) -> None:
+    """After a checkpoint's state dict was adopted: rebuild what a state dict
+    cannot hold (Pear's parameter sharing and removed adapters)."""
+    if method == "pear":
+        from spaedge.adapters.pear import relink
+
+        relink(model)

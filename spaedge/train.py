@@ -41,6 +41,8 @@ class TrainConfig:
     train_limit: int = 0            # train on the first N training images only (0: all)
     mask_criterion: str = "snip"    # SparseAdapter masks (spaedge.adapters.sparse)
     adapter_keep: float = 0.1       # SparseAdapter: kept fraction of a pointwise adapter
+    pear_prune: float = 0.5         # Pear: fraction of adapters pruned (and shared into)
+    pear_share: str = "nearest"     # Pear: sharing map (spaedge.adapters.pear.SHARE_MAPS)
     prune_step: float = 0.05
     epochs: int = 8             # adaptation before pruning
     recovery_epochs: int = 1    # after each pruning step
@@ -266,6 +268,8 @@ def run(cfg: TrainConfig, out_dir: str | Path, *, reporter: Optional[Reporter] =
     if session.resumed_from is not None:
         p = session.resumed_from
         reporter.log(f"resuming from {session.path}: {p.phase} (step {p.step}), {p.epochs_done} epochs done")
+        from spaedge.methods import restore_adapters
+        restore_adapters(model, method=cfg.method)
     session.restore_rng()
     kw = dict(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, generator=gen,
               reporter=reporter, session=session)
@@ -286,6 +290,12 @@ def run(cfg: TrainConfig, out_dir: str | Path, *, reporter: Optional[Reporter] =
         prune_resumable(session, model, example, cfg.density, step_fraction=cfg.prune_step,
                         criterion=cfg.criterion, recover=recover,
                         **prune_options(model, criterion=cfg.criterion, schedule=cfg.schedule, data=score_data))
+    from spaedge.methods import after_pruning
+    pear = after_pruning(model, method=cfg.method, data=score_data, pear_prune=cfg.pear_prune,
+                         pear_share=cfg.pear_share)
+    if pear and not pear.get("skipped"):
+        reporter.log(f"pear: {len(pear['pruned'])} adapters pruned, {pear['shared']} shared, "
+                     f"{pear['removed']} removed (no source of their kept shape)")
     fit(model, train_ds, cfg.final_epochs, description="final", phase=("final", 0), **kw)
     metrics = {
         "task": task.name, "val_accuracy": evaluate(model, val_ds), "test_accuracy": evaluate(model, test_ds),
