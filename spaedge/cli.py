@@ -85,8 +85,14 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--base-weights", help="weights file for the base (.pth state dict or .safetensors, torchvision names)")
     g.add_argument("--data-dir", help="where the task's data is (for fashion_mnist, flowers, cifar10)")
     g.add_argument("--method", default=d.method,
-                   choices=["splora", "finetune", "sppara", "splopa", "sparse", "sparse-large"],
-                   help="splora: frozen base + low-rank adapters (default); finetune: train every kept weight (baseline)")
+                   choices=["splora", "finetune", "sppara", "splopa", "sparse", "sparse-large", "pear"],
+                   help="splora: frozen base + low-rank adapters (default); finetune: train every kept weight (baseline); "
+                        "pear: splora, then the least important adapters are pruned and shared (--pear-*)")
+    g.add_argument("--pear-prune", type=float, default=d.pear_prune,
+                   help=f"for --method pear: fraction of adapters pruned after channel pruning (default {d.pear_prune})")
+    g.add_argument("--pear-share", default=d.pear_share, choices=["nearest", "important", "none"],
+                   help="for --method pear: a pruned position takes the same-shape kept adapter nearest in depth "
+                        "(default), the most important one, or none (adapter removed)")
     g.add_argument("--rank", type=_positive_int, default=d.rank, help=f"adapter rank (default {d.rank})")
     g.add_argument("--density", type=_density, default=d.density,
                    help=f"fraction of the base's weights to keep, e.g. 0.3 or 30%% (default {d.density})")
@@ -120,7 +126,7 @@ def _config(args):
     return TrainConfig(task=args.task, base=args.base, base_weights=args.base_weights, data_dir=args.data_dir,
                        method=args.method, rank=args.rank, density=args.density, criterion=args.criterion,
                        schedule=args.schedule, library=args.library, neighbours=args.neighbours,
-                       train_limit=args.train_limit,
+                       train_limit=args.train_limit, pear_prune=args.pear_prune, pear_share=args.pear_share,
                        prune_step=args.prune_step, epochs=args.epochs, recovery_epochs=args.recovery_epochs,
                        final_epochs=args.final_epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
 
