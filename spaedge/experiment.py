@@ -54,7 +54,9 @@ class Cell:
     def label(self) -> str:
         m = {"splora": f"SPLoRA r{self.rank}", "finetune": "Fine-pruning", "sppara": "SPPaRA",
              "splopa": f"SPLoPA r{self.rank}", "sparse": "SparseAdapter",
-             "sparse-large": "SparseAdapter Large-Sparse"}.get(self.method, self.method)
+             "sparse-large": "SparseAdapter Large-Sparse", "pear": f"Pear r{self.rank}"}.get(self.method, self.method)
+        if self.method.startswith("pear-"):  # Pear with another sharing map, e.g. pear-none
+            m = f"Pear r{self.rank}, share {self.method[5:]}"
         extra = "" if self.schedule == "iterative" else f", {self.schedule}"
         return f"{m} ({self.criterion}{extra})"
 
@@ -89,6 +91,7 @@ def default_grid(tasks=DEFAULT_TASKS, seeds=(0, 1), densities=(1.0, 0.3, 0.1)) -
                     c(method="splopa", rank=2, density=d)
                     c(method="sparse", rank=0, density=d)
             c(method="sparse-large", rank=0, density=0.3)
+            c(method="pear", rank=8, density=0.3)
             for crit in ("gradient", "taylor", "lrp"):
                 c(method="splora", rank=8, density=0.1, criterion=crit)
             c(method="splora", rank=8, density=0.1, schedule="oneshot")
@@ -98,7 +101,8 @@ def default_grid(tasks=DEFAULT_TASKS, seeds=(0, 1), densities=(1.0, 0.3, 0.1)) -
 def fast_grid() -> list[Cell]:
     return [Cell("digits", "finetune", 0, 0.3), Cell("digits", "splora", 4, 0.3),
             Cell("digits", "splora", 4, 0.3, criterion="taylor", schedule="oneshot"),
-            Cell("digits", "sppara", 0, 0.3), Cell("digits", "splopa", 2, 0.3), Cell("digits", "sparse", 0, 0.3)]
+            Cell("digits", "sppara", 0, 0.3), Cell("digits", "splopa", 2, 0.3), Cell("digits", "sparse", 0, 0.3),
+            Cell("digits", "pear", 4, 0.3)]
 
 
 FAST_BUDGET = Budget(epochs=1, recovery_epochs=0, final_epochs=1, prune_step=0.35, train_limit=128,
@@ -124,14 +128,16 @@ def run_cell(cell: Cell, budget: Budget, out_dir: str, base: str = "tiny", base_
 
     torch.set_num_threads(1)  # one run per core
     from spaedge.adapters import learned_parameters
-    from spaedge.methods import prepare_adapters, prune_options, score_batches
+    from spaedge.methods import after_pruning, prepare_adapters, prune_options, score_batches
     from spaedge.models.stats import count_macs
     from spaedge.pack.bundle import TaskSpec, write_task
     from spaedge.pruning.prune import density, prune_to_density
     from spaedge.train import TrainConfig, build_task_model, evaluate, fit
 
     t0 = time.time()
-    cfg = TrainConfig(task=cell.task, base=base, base_weights=base_weights, data_dir=data_dir, method=cell.method,
+    # "pear" uses Pear's default sharing map, "pear-<map>" another one (spaedge.adapters.pear.SHARE_MAPS)
+    method, share = ("pear", cell.method[5:] or "nearest") if cell.method.startswith("pear") else (cell.method, "")
+    cfg = TrainConfig(task=cell.task, base=base, base_weights=base_weights, data_dir=data_dir, method=method,
                       rank=max(cell.rank, 1), density=cell.density, criterion=cell.criterion, seed=cell.seed)
     torch.manual_seed(cell.seed)
     gen = torch.Generator().manual_seed(cell.seed)
@@ -139,7 +145,7 @@ def run_cell(cell: Cell, budget: Budget, out_dir: str, base: str = "tiny", base_
     train = _Subset(task.split("train", augment=True), budget.train_limit)
     test = _Subset(task.split("test"), budget.test_limit)
     data = score_batches(_Subset(task.split("train"), budget.train_limit), budget.score_batches, seed=cell.seed)
-    prepare_adapters(model, method=cell.method, mask_criterion=budget.mask_criterion,
+    prepare_adapters(model, method=method, mask_criterion=budget.mask_criterion,
                      adapter_keep=budget.adapter_keep, data=data, input_size=task.input_size)
     kw = dict(lr=budget.lr, batch_size=budget.batch_size, generator=gen)
     fit(model, train, budget.epochs, **kw)
@@ -148,6 +154,7 @@ def run_cell(cell: Cell, budget: Budget, out_dir: str, base: str = "tiny", base_
         prune_to_density(model, torch.zeros(1, *task.input_size), cell.density, step_fraction=budget.prune_step,
                          criterion=cell.criterion,
                          recover=lambda s, d: fit(model, train, budget.recovery_epochs, **kw), **opts)
+    pear = after_pruning(model, method=method, data=data, pear_share=share or "nearest")
     fit(model, train, budget.final_epochs, **kw)
     run_dir = Path(out_dir) / "bundles"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +165,8 @@ def run_cell(cell: Cell, budget: Budget, out_dir: str, base: str = "tiny", base_
               "learned_parameters": learned_parameters(model), "task_bundle_bytes": bundle.stat().st_size,
               "macs": count_macs(model, task.input_size), "seconds": round(time.time() - t0, 1),
               "budget": dataclasses.asdict(budget)}
+    if pear:
+        result.update(pear_shared=pear["shared"], pear_removed=pear["removed"])
     bundle.unlink()  # the numbers are what the table needs; keep the disk small
     return result
 

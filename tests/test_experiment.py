@@ -11,11 +11,11 @@ def test_fast_experiment_writes_table_csv_png_and_resumes(tmp_path, capsys):
     out = tmp_path / "exp"
     assert main(["experiment", "--fast", "--workers", "1", "--out", str(out)]) == 0
     runs = sorted((out / "runs").glob("*.json"))
-    assert len(runs) == 6
+    assert len(runs) == 7
     table = (out / "results.md").read_text()
-    for label in ("Fine-pruning", "SPLoRA r4", "SPPaRA", "SPLoPA", "SparseAdapter"):
+    for label in ("Fine-pruning", "SPLoRA r4", "SPPaRA", "SPLoPA", "SparseAdapter", "Pear r4"):
         assert label in table
-    assert (out / "results.csv").read_text().count("\n") == 7
+    assert (out / "results.csv").read_text().count("\n") == 8
     assert (out / "results.png").stat().st_size > 1000
     r = json.loads(runs[0].read_text())
     assert r["task_bundle_bytes"] > 0 and r["learned_parameters"] > 0 and r["macs"] > 0
