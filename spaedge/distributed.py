@@ -19,6 +19,10 @@
 - only rank 0 writes (checkpoints, bundles, metrics, plan) and prints.
 
 Without torchrun (or with one process) every function here is a no-op.
+Debugging: ``SPAEDGE_DDP_STATE_HASH=1`` makes every rank write
+``RUN_DIR/state-rank<r>.sha256`` (its final model's hash; they must be equal);
+``SPAEDGE_DDP_UNSYNCED=1`` skips the DDP wrapper, so ranks train apart (the
+hashes then differ: what tests/test_ddp.py checks the sync against).
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ def is_main() -> bool:
 
 def wrap(model: nn.Module) -> nn.Module:
     """``model`` in a new DDP wrapper (gradient averaging), or itself alone."""
-    if not active():
+    if not active() or os.environ.get("SPAEDGE_DDP_UNSYNCED"):  # debug/tests: no gradient averaging
         return model
     from torch.nn.parallel import DistributedDataParallel
 
