@@ -35,6 +35,7 @@ const KernelTable& scalar_table() {
         scalar::conv_lowrank_pack,
         scalar::conv_lowrank_scratch_floats,
         scalar::conv_lowrank,
+        scalar::conv_apply,
     };
     return t;
 }
@@ -44,7 +45,7 @@ const KernelTable& scalar_table() {
         #ns, ns::conv_packed_floats, ns::conv_pack, ns::conv_scratch_floats, ns::conv,      \
             ns::maxpool, ns::global_avgpool, ns::linear, ns::lowrank_merge,                 \
             ns::conv_lowrank_packed_floats, ns::conv_lowrank_pack,                          \
-            ns::conv_lowrank_scratch_floats, ns::conv_lowrank,                              \
+            ns::conv_lowrank_scratch_floats, ns::conv_lowrank, ns::conv_apply,              \
     }
 
 const KernelTable* avx2_table() {

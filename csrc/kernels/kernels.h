@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace spaedge::kernels {
 
@@ -29,6 +30,20 @@ struct Epilogue {
     const float* bias = nullptr;      // [out_c] or null
     const float* residual = nullptr;  // NHWC [out_h * out_w * out_c] or null
     bool relu = false;
+};
+
+// One conv of a task application, read straight from the base (see conv_apply).
+struct ApplyArgs {
+    ConvGeometry g;                  // the pruned conv: in_c / out_c are the kept counts
+    const float* base = nullptr;     // base weight in tap-major HWIO: base[t][i][o], t < kernel^2
+    int base_in = 0, base_out = 0;   // channels of the base conv (base row length = base_out)
+    const int32_t* out_index = nullptr;  // [out_c] kept base outputs (each < base_out)
+    const int32_t* in_index = nullptr;   // [in_c] kept base inputs (each < base_in)
+    int rank = 0;                    // Channel-SPA rank, 0 = no adapter
+    const float* a = nullptr;        // A' [rank][in_c]
+    const float* bt = nullptr;       // B'^T [rank][out_c] (B' transposed)
+    bool fused = false;              // pack for conv_lowrank (B' scaled, A') instead of merging
+    const float* scale = nullptr;    // [out_c] folded BatchNorm scale, or null (= 1)
 };
 
 struct KernelTable {
@@ -75,6 +90,19 @@ struct KernelTable {
     size_t (*conv_lowrank_scratch_floats)(const ConvGeometry& g, int rank, int threads);
     void (*conv_lowrank)(const ConvGeometry& g, int rank, const float* packed, const float* in,
                          float* out, const Epilogue& ep, float* scratch, int threads);
+
+    // Task application of one conv in one pass, from the base into the packed
+    // layout: rows [k0, k1) of K = kernel^2 * in_c (in (ky, kx, ci) order) of
+    //   W'[o][t][i] = (base[t][in_index[i]][out_index[o]]
+    //                  + (t == centre && !fused ? sum_r bt[r][o] * a[r][i] : 0)) * scale[o]
+    // for every kept o, written where conv_pack (fused: conv_lowrank_pack with
+    // B' scaled by `scale`) would put them; padding lanes are written as zeros.
+    // The call whose range ends at K (k1 == K) also writes the fused mode's
+    // B' and A' parts. Disjoint ranges may run concurrently. The result equals
+    // gather + lowrank_merge + scale + conv_pack (conv_lowrank_pack) of this
+    // table: bit for bit on scalar and AVX2 (the merge is summed in the same
+    // order), within rounding on NEON (whose merge has a non-fused in_c tail).
+    void (*conv_apply)(const ApplyArgs& a, int k0, int k1, float* packed);
 };
 
 // Tables compiled into this binary (null when the ISA is not built).

@@ -33,6 +33,80 @@ void size_scratch(Applied& a, int threads) {
     a.scratch_threads = threads;
 }
 
+namespace {
+
+// The general path for convs whose task carries a full/pointwise/sparse weight
+// delta: gather W[out_index][:, in_index] from the mapped OIHW base into an
+// OHWI workspace, merge, add the deltas, scale, pack.
+void apply_general(const Graph& g, const ConvTask& ct, const kernels::KernelTable& kt, int fused,
+                   float* w, float* bs, float* dst) {
+    const Node& n = g.nodes[size_t(ct.node)];
+    const TensorView& W = *n.weight;
+    const size_t kk = size_t(ct.kernel) * size_t(ct.kernel);
+    const size_t I = size_t(n.in_channels);
+    const size_t Ip = size_t(ct.in_c);
+    // Sequential writes; the reads stay within one base row (I*k*k floats).
+    // The mapping may be unaligned, hence memcpy per element.
+    for (size_t o = 0; o < size_t(ct.out_c); ++o) {
+        const unsigned char* row = W.data + size_t(ct.out_index[o]) * I * kk * 4;
+        float* d = w + o * kk * Ip;
+        for (size_t t = 0; t < kk; ++t) {
+            const unsigned char* src = row + 4 * t;
+            float* dt = d + t * Ip;
+            for (size_t i = 0; i < Ip; ++i) std::memcpy(dt + i, src + size_t(ct.in_index[i]) * kk * 4, 4);
+        }
+    }
+    if (ct.rank > 0 && fused == 0)
+        kt.lowrank_merge(ct.out_c, ct.in_c, ct.kernel, ct.rank, ct.lora_a.data(), ct.lora_b.data(), w);
+    if (!ct.weight_delta.empty()) {
+        const float* d = ct.weight_delta.data();  // OIHW
+        for (size_t o = 0; o < size_t(ct.out_c); ++o)
+            for (size_t i = 0; i < Ip; ++i)
+                for (size_t t = 0; t < kk; ++t) w[(o * kk + t) * Ip + i] += d[(o * Ip + i) * kk + t];
+    }
+    if (!ct.pointwise_delta.empty()) {
+        const size_t c = size_t(ct.kernel / 2) * size_t(ct.kernel) + size_t(ct.kernel / 2);
+        const float* d = ct.pointwise_delta.data();  // [O', I']
+        for (size_t o = 0; o < size_t(ct.out_c); ++o)
+            for (size_t i = 0; i < Ip; ++i) w[(o * kk + c) * Ip + i] += d[o * Ip + i];
+    }
+    for (size_t j = 0; j < ct.sparse_index.size(); ++j) {
+        const size_t f = size_t(ct.sparse_index[j]);  // flat OIHW over [O', I', k, k]
+        const size_t o = f / (Ip * kk), i = (f / kk) % Ip, t = f % kk;
+        w[(o * kk + t) * Ip + i] += ct.sparse_values[j];
+    }
+    if (!ct.scale.empty()) {
+        for (size_t o = 0; o < size_t(ct.out_c); ++o) {
+            const float s = ct.scale[o];
+            float* r = w + o * kk * Ip;
+            for (size_t j = 0; j < kk * Ip; ++j) r[j] *= s;
+        }
+    }
+    if (fused > 0) {
+        // BN scales output channel o of the whole sum: scale B' rows too.
+        const float* b = ct.lora_b.data();
+        if (!ct.scale.empty()) {
+            for (size_t o = 0; o < size_t(ct.out_c); ++o)
+                for (size_t r = 0; r < size_t(fused); ++r)
+                    bs[o * size_t(fused) + r] = ct.lora_b[o * size_t(fused) + r] * ct.scale[o];
+            b = bs;
+        }
+        kt.conv_lowrank_pack(ct.geom, fused, w, ct.lora_a.data(), b, dst);
+    } else {
+        kt.conv_pack(ct.geom, w, dst);
+    }
+}
+
+bool needs_general(const ConvTask& ct) {
+    return !ct.weight_delta.empty() || !ct.pointwise_delta.empty() || !ct.sparse_index.empty();
+}
+
+// Packed rows (of K = k*k*in_c) per work item of the one-pass path: about
+// kItemFloats floats written per item, in whole 8-row blocks.
+constexpr size_t kItemFloats = size_t(48) << 10;
+
+}  // namespace
+
 void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTable& kt,
                 int threads, ApplyMode mode, Applied& a) {
     a.task = nullptr;  // not runnable until complete
@@ -41,90 +115,68 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
     size_t total = 0, max_ohwi = 0, max_b = 0;
     a.packed_offset.resize(task.convs.size());
     a.fused_rank.assign(task.convs.size(), 0);
+    a.items.clear();
     for (size_t ci = 0; ci < task.convs.size(); ++ci) {
         const ConvTask& ct = task.convs[ci];
         const int r = mode == ApplyMode::FusedLowRank ? ct.rank : 0;
         a.fused_rank[ci] = r;
         a.packed_offset[ci] = total;
         total += round_floats(r > 0 ? kt.conv_lowrank_packed_floats(ct.geom, r) : kt.conv_packed_floats(ct.geom));
-        max_ohwi = std::max(max_ohwi, size_t(ct.out_c) * size_t(ct.kernel * ct.kernel) * size_t(ct.in_c));
-        max_b = std::max(max_b, size_t(ct.out_c) * size_t(r));
+        if (needs_general(ct)) {
+            max_ohwi = std::max(max_ohwi, size_t(ct.out_c) * size_t(ct.kernel * ct.kernel) * size_t(ct.in_c));
+            max_b = std::max(max_b, size_t(ct.out_c) * size_t(r));
+            a.items.push_back({int(ci), -1, -1});
+        }
     }
-    // Convs are independent: up to `threads` of them are prepared at once,
-    // each with its own slice of the OHWI workspace. Nothing below throws.
-    const int nconv = int(task.convs.size());
-    const int workers = std::max(1, std::min(threads, nconv));
-    const size_t slice = round_floats(max_ohwi);
+    const size_t general = a.items.size();  // first: the big, unsplit ones
+    // One-pass convs are cut into row ranges so both threads stay busy on a
+    // network whose last convs hold most of the weights.
+    for (size_t ci = 0; ci < task.convs.size(); ++ci) {
+        const ConvTask& ct = task.convs[ci];
+        if (needs_general(ct)) continue;
+        const int K = ct.kernel * ct.kernel * ct.in_c;
+        const size_t width = round_floats(size_t(ct.out_c));
+        int rows = int(std::max<size_t>(8, (kItemFloats / width + 7) / 8 * 8));
+        if (threads == 1) rows = K;  // nothing to balance
+        for (int k0 = 0; k0 < K; k0 += rows) a.items.push_back({int(ci), k0, std::min(K, k0 + rows)});
+    }
+    const int nitems = int(a.items.size());
+    const int workers = std::max(1, std::min(threads, nitems));
     a.packed.resize(total);
-    a.ohwi.resize(slice * size_t(workers));
+    // Workspace only for the general path (one slice per worker).
+    const int gworkers = workers;
+    const size_t slice = round_floats(max_ohwi);
+    a.ohwi.resize(general ? slice * size_t(gworkers) : 0);
     const size_t bslice = round_floats(max_b);
-    a.bwork.resize(bslice * size_t(workers));
+    a.bwork.resize(general ? bslice * size_t(gworkers) : 0);
 
+    // Nothing below throws.
 #pragma omp parallel for num_threads(workers) schedule(dynamic, 1) if (workers > 1)
-    for (int ci = 0; ci < nconv; ++ci) {
-        const ConvTask& ct = task.convs[size_t(ci)];
+    for (int it = 0; it < nitems; ++it) {
+        const ApplyItem item = a.items[size_t(it)];
+        const ConvTask& ct = task.convs[size_t(item.conv)];
+        const int fused = a.fused_rank[size_t(item.conv)];
+        float* dst = a.packed.data() + a.packed_offset[size_t(item.conv)];
+        if (item.k0 < 0) {
+            const int worker = worker_id();
+            apply_general(g, ct, kt, fused, a.ohwi.data() + slice * size_t(worker),
+                          a.bwork.data() + bslice * size_t(worker), dst);
+            continue;
+        }
         const Node& n = g.nodes[size_t(ct.node)];
-        const TensorView& W = *n.weight;
-        const size_t kk = size_t(ct.kernel) * size_t(ct.kernel);
-        const size_t I = size_t(n.in_channels);
-        const size_t Ip = size_t(ct.in_c);
-        const int worker = worker_id();
-        float* w = a.ohwi.data() + slice * size_t(worker);
-        const int fused = a.fused_rank[size_t(ci)];
-        // Gather W[out_index][:, in_index] from OIHW into OHWI: sequential
-        // writes; the reads stay within one base row (I*k*k floats, L1/L2-sized).
-        // The mapping may be unaligned, hence memcpy per element.
-        for (size_t o = 0; o < size_t(ct.out_c); ++o) {
-            const unsigned char* row = W.data + size_t(ct.out_index[o]) * I * kk * 4;
-            float* dst = w + o * kk * Ip;
-            for (size_t t = 0; t < kk; ++t) {
-                const unsigned char* src = row + 4 * t;
-                float* d = dst + t * Ip;
-                for (size_t i = 0; i < Ip; ++i) std::memcpy(d + i, src + size_t(ct.in_index[i]) * kk * 4, 4);
-            }
-        }
-        if (ct.rank > 0 && fused == 0)
-            kt.lowrank_merge(ct.out_c, ct.in_c, ct.kernel, ct.rank, ct.lora_a.data(),
-                             ct.lora_b.data(), w);
-        if (!ct.weight_delta.empty()) {
-            const float* d = ct.weight_delta.data();  // OIHW
-            for (size_t o = 0; o < size_t(ct.out_c); ++o)
-                for (size_t i = 0; i < Ip; ++i)
-                    for (size_t t = 0; t < kk; ++t) w[(o * kk + t) * Ip + i] += d[(o * Ip + i) * kk + t];
-        }
-        if (!ct.pointwise_delta.empty()) {
-            const size_t c = size_t(ct.kernel / 2) * size_t(ct.kernel) + size_t(ct.kernel / 2);
-            const float* d = ct.pointwise_delta.data();  // [O', I']
-            for (size_t o = 0; o < size_t(ct.out_c); ++o)
-                for (size_t i = 0; i < Ip; ++i) w[(o * kk + c) * Ip + i] += d[o * Ip + i];
-        }
-        for (size_t j = 0; j < ct.sparse_index.size(); ++j) {
-            const size_t f = size_t(ct.sparse_index[j]);  // flat OIHW over [O', I', k, k]
-            const size_t o = f / (Ip * kk), i = (f / kk) % Ip, t = f % kk;
-            w[(o * kk + t) * Ip + i] += ct.sparse_values[j];
-        }
-        if (!ct.scale.empty()) {
-            for (size_t o = 0; o < size_t(ct.out_c); ++o) {
-                const float s = ct.scale[o];
-                float* r = w + o * kk * Ip;
-                for (size_t j = 0; j < kk * Ip; ++j) r[j] *= s;
-            }
-        }
-        float* dst = a.packed.data() + a.packed_offset[size_t(ci)];
-        if (fused > 0) {
-            // BN scales output channel o of the whole sum: scale B' rows too.
-            const float* b = ct.lora_b.data();
-            if (!ct.scale.empty()) {
-                float* bs = a.bwork.data() + bslice * size_t(worker);
-                for (size_t o = 0; o < size_t(ct.out_c); ++o)
-                    for (size_t r = 0; r < size_t(fused); ++r)
-                        bs[o * size_t(fused) + r] = ct.lora_b[o * size_t(fused) + r] * ct.scale[o];
-                b = bs;
-            }
-            kt.conv_lowrank_pack(ct.geom, fused, w, ct.lora_a.data(), b, dst);
-        } else {
-            kt.conv_pack(ct.geom, w, dst);
-        }
+        kernels::ApplyArgs args;
+        args.g = ct.geom;
+        args.base = n.weight_hwio;
+        args.base_in = n.in_channels;
+        args.base_out = n.out_channels;
+        args.out_index = ct.out_index.data();
+        args.in_index = ct.in_index.data();
+        args.rank = ct.rank;
+        args.a = ct.lora_a.data();
+        args.bt = ct.lora_bt.data();
+        args.fused = fused > 0;
+        args.scale = ct.scale.empty() ? nullptr : ct.scale.data();
+        kt.conv_apply(args, item.k0, item.k1, dst);
     }
     a.arena.resize(task.plan.arena_floats);
     a.task = &task;

@@ -1,7 +1,9 @@
 // Base bundle: graph parsing and validation.
 #include "runtime/model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 
 #include "runtime/json.h"
@@ -288,6 +290,35 @@ BaseModel::BaseModel(const std::string& path) {
             if (!std::isfinite(t.f32(i)))
                 b.fail_tensor(t.name, "element " + std::to_string(i) + " is not finite");
         }
+    }
+
+    // Re-layout every conv weight once, OIHW -> tap-major HWIO (w[t][i][o]):
+    // a task switch then reads whole kept base rows (t, i) and picks the kept
+    // outputs of each packed panel from them (kernels::conv_apply). Costs one
+    // copy of the conv weights in memory; the mapping is not read at a switch
+    // of an adapter-only task any more.
+    size_t total = 0;
+    for (const Node& n : g.nodes)
+        if (n.op == Op::Conv) total += n.weight->numel;
+    hwio_.resize(total);
+    size_t off = 0;
+    for (Node& n : g.nodes) {
+        if (n.op != Op::Conv) continue;
+        const size_t O = size_t(n.out_channels), I = size_t(n.in_channels);
+        const size_t kk = size_t(n.kernel) * size_t(n.kernel);
+        float* dst = hwio_.data() + off;
+        const unsigned char* src = n.weight->data;  // OIHW, maybe unaligned
+        // Blocks of 16 outputs: contiguous writes, reads from 16 nearby rows.
+        for (size_t o0 = 0; o0 < O; o0 += 16) {
+            const size_t o1 = std::min(O, o0 + 16);
+            for (size_t i = 0; i < I; ++i)
+                for (size_t t = 0; t < kk; ++t) {
+                    float* d = dst + (t * I + i) * O;
+                    for (size_t o = o0; o < o1; ++o) std::memcpy(d + o, src + ((o * I + i) * kk + t) * 4, 4);
+                }
+        }
+        n.weight_hwio = dst;
+        off += n.weight->numel;
     }
 }
 

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/buffer.h"
 #include "spaedge/bundle.h"
 
 namespace spaedge {
@@ -25,6 +26,7 @@ struct Node {
     // conv
     int in_channels = 0, out_channels = 0;
     const TensorView* weight = nullptr;  // base weight [O, I, k, k]
+    const float* weight_hwio = nullptr;  // the same re-laid out at load: [k*k][I][O]
     const TensorView* bias = nullptr;    // optional base bias [O]
     // batchnorm
     double eps = 1e-5;
@@ -58,6 +60,7 @@ private:
     std::unique_ptr<Bundle> bundle_;
     Graph graph_;
     std::string model_;
+    FloatBuffer hwio_;  // all conv weights, tap-major HWIO (Node::weight_hwio)
 };
 
 }  // namespace spaedge

@@ -669,6 +669,14 @@ Task::Task(const BaseModel& base, const std::string& p) {
     bundle_bytes = b.file_size();
     Loader(base, b, *this).run();
     build_plan(base.graph(), *this);
+    // Per-task tables for a fast switch: B' transposed so the panel lanes
+    // (output channels) of each rank row are contiguous.
+    for (ConvTask& ct : convs) {
+        ct.lora_bt.resize(size_t(ct.rank) * size_t(ct.out_c));
+        for (size_t o = 0; o < size_t(ct.out_c); ++o)
+            for (size_t r = 0; r < size_t(ct.rank); ++r)
+                ct.lora_bt[r * size_t(ct.out_c) + o] = ct.lora_b[o * size_t(ct.rank) + r];
+    }
 }
 
 }  // namespace spaedge

@@ -22,6 +22,7 @@ struct ConvTask {
     int rank = 0;
     std::vector<float> lora_a;        // [rank, in_c]
     std::vector<float> lora_b;        // [out_c, rank]
+    std::vector<float> lora_bt;       // lora_b transposed, [rank, out_c] (for kernels::conv_apply)
     std::vector<float> weight_delta;  // OIHW [out_c, in_c, k, k] or empty
     std::vector<float> pointwise_delta;  // [out_c, in_c] added at the centre tap, or empty
     std::vector<float> sparse_values;    // sparse update: values ...
@@ -88,6 +89,12 @@ enum class ApplyMode {
     FusedLowRank,  // W' and (A, B) packed separately; conv + B (A x_centre) in one kernel pass
 };
 
+// One unit of task application: rows [k0, k1) of conv `conv` in one pass
+// (kernels::conv_apply), or the whole conv by the general path (k0 = -1).
+struct ApplyItem {
+    int conv = 0, k0 = 0, k1 = 0;
+};
+
 // The active task's weights packed for one kernel table, plus the arena.
 struct Applied {
     const Task* task = nullptr;
@@ -96,7 +103,8 @@ struct Applied {
     std::vector<size_t> packed_offset;  // per ConvTask
     std::vector<int> fused_rank;        // per ConvTask: rank run unmerged (0 = plain conv)
     FloatBuffer bwork;                  // BN-scaled B' workspace (fused mode)
-    FloatBuffer ohwi;                   // gather/merge workspace
+    FloatBuffer ohwi;                   // gather/merge workspace (general path only)
+    std::vector<ApplyItem> items;       // work list of the last application
     FloatBuffer arena;                  // activations
     FloatBuffer scratch;                // conv scratch
     int scratch_threads = 0;

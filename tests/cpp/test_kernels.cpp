@@ -605,6 +605,144 @@ void test_lowrank_merge(const std::vector<const k::KernelTable*>& tables) {
     }
 }
 
+// ------------------------------------------------------ conv_apply ----------
+
+// conv_apply (task application in one pass, from an HWIO base) against what it
+// replaces: gather into OHWI, the same table's lowrank_merge, BN scale, then
+// conv_pack / conv_lowrank_pack. Ragged panels, (non-)contiguous kept
+// outputs, centre taps of k = 1..7, ranks 0..17, both modes, and the rows cut
+// into ranges applied out of order (as the runtime's threads do). The packed
+// buffer starts as NaN so every padding lane must be written.
+void test_conv_apply(const std::vector<const k::KernelTable*>& tables) {
+    struct P {
+        int base_out, base_in, out_c, in_c, kk, rank;
+        bool scale, fused, contiguous;
+        int chunk;  // rows per range (0 = all at once)
+    };
+    const std::vector<P> cases = {
+        {1, 1, 1, 1, 1, 0, false, false, false, 0},   {16, 3, 16, 3, 3, 0, true, false, true, 0},
+        {40, 9, 17, 5, 3, 4, true, false, false, 0},   {40, 9, 17, 5, 3, 4, true, true, false, 5},
+        {64, 64, 33, 20, 3, 8, true, false, false, 8}, {64, 64, 33, 20, 3, 8, true, true, false, 13},
+        {64, 64, 64, 64, 3, 8, true, false, true, 64}, {100, 7, 15, 7, 7, 3, false, false, false, 1},
+        {100, 7, 15, 7, 7, 3, true, true, false, 0},   {512, 256, 154, 77, 3, 8, true, false, false, 200},
+        {512, 256, 154, 77, 1, 17, true, true, false, 24}, {48, 48, 32, 1, 5, 2, true, false, true, 3},
+        {24, 30, 9, 30, 1, 1, true, false, false, 0},  {3, 5, 2, 4, 3, 0, true, true, false, 7},
+    };
+    uint64_t seed = 500;
+    for (const P& p : cases) {
+        Rng rng(seed++);
+        const int kk = p.kk * p.kk;
+        // Kept indices: strictly increasing, contiguous or spread out.
+        auto pick = [&rng](int base, int kept, bool contiguous) {
+            std::vector<int32_t> idx;
+            if (contiguous) {
+                const int start = static_cast<int>(rng.next() % static_cast<uint32_t>(base - kept + 1));
+                for (int i = 0; i < kept; ++i) idx.push_back(start + i);
+                return idx;
+            }
+            int left = kept;
+            for (int i = 0; i < base && left > 0; ++i) {
+                const int remaining = base - i;
+                if (static_cast<int>(rng.next() % static_cast<uint32_t>(remaining)) < left) {
+                    idx.push_back(i);
+                    --left;
+                }
+            }
+            return idx;
+        };
+        const std::vector<int32_t> oi = pick(p.base_out, p.out_c, p.contiguous);
+        const std::vector<int32_t> ii = pick(p.base_in, p.in_c, false);
+        const std::vector<float> oihw = random_vec(static_cast<size_t>(p.base_out) * p.base_in * kk, rng);
+        std::vector<float> hwio(oihw.size());
+        for (int o = 0; o < p.base_out; ++o)
+            for (int i = 0; i < p.base_in; ++i)
+                for (int t = 0; t < kk; ++t)
+                    hwio[(static_cast<size_t>(t) * p.base_in + i) * p.base_out + o] =
+                        oihw[(static_cast<size_t>(o) * p.base_in + i) * kk + t];
+        const std::vector<float> a = random_vec(static_cast<size_t>(p.rank) * p.in_c, rng);
+        const std::vector<float> bm = random_vec(static_cast<size_t>(p.out_c) * p.rank, rng);
+        std::vector<float> bt(bm.size());
+        for (int o = 0; o < p.out_c; ++o)
+            for (int r = 0; r < p.rank; ++r)
+                bt[static_cast<size_t>(r) * p.out_c + o] = bm[static_cast<size_t>(o) * p.rank + r];
+        std::vector<float> scale = random_vec(static_cast<size_t>(p.out_c), rng);
+        k::ConvGeometry g = geom(9, 9, p.in_c, p.out_c, p.kk, 1, p.kk / 2);
+        const int K = kk * p.in_c;
+        // Gathered OHWI weights (exact copies of base values).
+        std::vector<float> w(static_cast<size_t>(p.out_c) * K);
+        for (int o = 0; o < p.out_c; ++o)
+            for (int t = 0; t < kk; ++t)
+                for (int i = 0; i < p.in_c; ++i)
+                    w[(static_cast<size_t>(o) * kk + t) * p.in_c + i] =
+                        oihw[(static_cast<size_t>(oi[o]) * p.base_in + ii[i]) * kk + t];
+        for (const k::KernelTable* t : tables) {
+            char b[192];
+            std::snprintf(b, sizeof b, "conv_apply[%s] base %dx%d kept out=%d in=%d k%d rank=%d%s%s%s chunk=%d",
+                          t->isa, p.base_out, p.base_in, p.out_c, p.in_c, p.kk, p.rank,
+                          p.scale ? " scale" : "", p.fused ? " fused" : "", p.contiguous ? " contiguous" : "",
+                          p.chunk);
+            // What the multi-pass path produces with this table.
+            std::vector<float> ww = w;
+            if (p.rank > 0 && !p.fused) t->lowrank_merge(p.out_c, p.in_c, p.kk, p.rank, a.data(), bm.data(), ww.data());
+            std::vector<float> bs = bm;
+            if (p.scale) {
+                for (int o = 0; o < p.out_c; ++o) {
+                    for (int j = 0; j < K; ++j) ww[static_cast<size_t>(o) * K + j] *= scale[static_cast<size_t>(o)];
+                    for (int r = 0; r < p.rank; ++r) bs[static_cast<size_t>(o) * p.rank + r] *= scale[static_cast<size_t>(o)];
+                }
+            }
+            const bool fused = p.fused && p.rank > 0;
+            const size_t n = fused ? t->conv_lowrank_packed_floats(g, p.rank) : t->conv_packed_floats(g);
+            std::vector<float> want(n, 0.0f);
+            if (fused)
+                t->conv_lowrank_pack(g, p.rank, ww.data(), a.data(), bs.data(), want.data());
+            else
+                t->conv_pack(g, ww.data(), want.data());
+
+            k::ApplyArgs args;
+            args.g = g;
+            args.base = hwio.data();
+            args.base_in = p.base_in;
+            args.base_out = p.base_out;
+            args.out_index = oi.data();
+            args.in_index = ii.data();
+            args.rank = p.rank;
+            args.a = a.data();
+            args.bt = bt.data();
+            args.fused = fused;
+            args.scale = p.scale ? scale.data() : nullptr;
+            const int chunk = p.chunk > 0 ? p.chunk : K;
+            std::vector<int> starts;
+            for (int k0 = 0; k0 < K; k0 += chunk) starts.push_back(k0);
+            // 64-byte aligned output (AVX2 streams its stores there) and misaligned.
+            for (int misalign : {0, 1}) {
+                const float nan = std::numeric_limits<float>::quiet_NaN();
+                Guarded buf(n + 32, nan);
+                const size_t lead =
+                    (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64 / sizeof(float) + size_t(misalign);
+                float* out = buf.data() + lead;
+                for (size_t j = starts.size(); j-- > 0;)  // last range first
+                    t->conv_apply(args, starts[j], std::min(K, starts[j] + chunk), out);
+                bool inside = buf.guards_intact();
+                for (size_t j = 0; j < lead; ++j) inside = inside && std::isnan(buf.data()[j]);
+                for (size_t j = lead + n; j < n + 32; ++j) inside = inside && std::isnan(buf.data()[j]);
+                const std::string what = std::string(b) + (misalign ? " misaligned" : " aligned");
+                if (!inside) {
+                    report(false, what + ": wrote outside the packed weights");
+                    continue;
+                }
+                const Compare c = compare(want.data(), out, n);
+                // Bit for bit where no merge rounding is involved, else within tolerance.
+                bool exact = true;
+                for (size_t j = 0; j < n; ++j)
+                    if (std::memcmp(&want[j], out + j, sizeof(float)) != 0) exact = false;
+                const bool merged = p.rank > 0 && !fused;
+                report(merged ? within(c) : exact && within(c), what, &c);
+            }
+        }
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -631,6 +769,7 @@ int main() {
     test_gap(tables);
     test_linear(tables);
     test_lowrank_merge(tables);
+    test_conv_apply(tables);
 
     std::printf("kernels: %d passed, %d failed\n", g_passed, g_failed);
     return g_failed == 0 ? 0 : 1;

@@ -28,4 +28,6 @@ void linear(int in_f, int out_f, const float* w, const float* bias, const float*
 void lowrank_merge(int out_c, int in_c, int kernel, int rank, const float* a, const float* b,
                    float* w_ohwi);
 
+void conv_apply(const ApplyArgs& a, int k0, int k1, float* packed);
+
 }  // namespace spaedge::kernels::neon
