@@ -295,7 +295,7 @@ def run(cfg: TrainConfig, out_dir: str | Path, *, reporter: Optional[Reporter] =
                          pear_share=cfg.pear_share)
     if pear and not pear.get("skipped"):
         reporter.log(f"pear: {len(pear['pruned'])} adapters pruned, {pear['shared']} shared, "
-                     f"{pear['removed']} removed (no source of their kept shape)")
+                     f"{pear['removed']} removed (--pear-share none, or no kept adapter of their kept shape)")
     fit(model, train_ds, cfg.final_epochs, description="final", phase=("final", 0), **kw)
     metrics = {
         "task": task.name, "val_accuracy": evaluate(model, val_ds), "test_accuracy": evaluate(model, test_ds),
