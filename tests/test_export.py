@@ -198,8 +198,10 @@ def test_same_padding_rule():
     assert _same_padding_matches(223, 7, 2, 3)
 
 
+@pytest.mark.tflite
 def test_tflite_litert_torch_converter(tmp_path):
-    """The general converter (the optional `tflite` extra); NCHW input."""
+    """The general converter (the optional `tflite` extra, ~2 GB); NCHW input.
+    CI runs it in a separate environment that has the extra (.ci/run)."""
     pytest.importorskip("litert_torch", reason="litert-torch (spaedge[tflite]) not installed")
     size = (1, 28, 28)
     _, model = _task_model("tiny", 10, 0.5, size, seed=9)
