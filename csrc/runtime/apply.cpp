@@ -5,21 +5,7 @@
 
 #include "runtime/task.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace spaedge {
-
-namespace {
-int worker_id() {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-}  // namespace
 
 void size_scratch(Applied& a, int threads) {
     size_t need = 0;
@@ -108,7 +94,7 @@ constexpr size_t kItemFloats = size_t(48) << 10;
 }  // namespace
 
 void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTable& kt,
-                int threads, ApplyMode mode, Applied& a) {
+                int threads, ApplyMode mode, Workers& pool, Applied& a) {
     a.task = nullptr;  // not runnable until complete
     a.kt = &kt;
     const Graph& g = base.graph();
@@ -150,18 +136,17 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
     const size_t bslice = round_floats(max_b);
     a.bwork.resize(general ? bslice * size_t(gworkers) : 0);
 
-    // Nothing below throws.
-#pragma omp parallel for num_threads(workers) schedule(dynamic, 1) if (workers > 1)
-    for (int it = 0; it < nitems; ++it) {
+    // Nothing below throws. Items go to the caller and helper threads as
+    // they come free (Workers), so a helper the OS keeps waiting costs nothing.
+    pool.run(nitems, workers, [&](int it, int worker) {
         const ApplyItem item = a.items[size_t(it)];
         const ConvTask& ct = task.convs[size_t(item.conv)];
         const int fused = a.fused_rank[size_t(item.conv)];
         float* dst = a.packed.data() + a.packed_offset[size_t(item.conv)];
         if (item.k0 < 0) {
-            const int worker = worker_id();
             apply_general(g, ct, kt, fused, a.ohwi.data() + slice * size_t(worker),
                           a.bwork.data() + bslice * size_t(worker), dst);
-            continue;
+            return;
         }
         const Node& n = g.nodes[size_t(ct.node)];
         kernels::ApplyArgs args;
@@ -177,7 +162,7 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
         args.fused = fused > 0;
         args.scale = ct.scale.empty() ? nullptr : ct.scale.data();
         kt.conv_apply(args, item.k0, item.k1, dst);
-    }
+    });
     a.arena.resize(task.plan.arena_floats);
     a.task = &task;
     size_scratch(a, threads);

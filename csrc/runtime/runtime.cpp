@@ -36,6 +36,7 @@ struct Runtime::Impl {
     std::vector<std::string> order;
     const Task* active = nullptr;
     Applied applied;
+    Workers workers;  // helpers for task application (declared last: joined first)
 
     const Task& find(const std::string& name) const {
         auto it = tasks.find(name);
@@ -51,7 +52,7 @@ struct Runtime::Impl {
     double apply(const Task& t) {
         auto t0 = std::chrono::steady_clock::now();
         active = nullptr;
-        apply_task(*base, t, *kt, threads, mode, applied);
+        apply_task(*base, t, *kt, threads, mode, workers, applied);
         active = &t;
         auto t1 = std::chrono::steady_clock::now();
         return std::chrono::duration<double, std::milli>(t1 - t0).count();

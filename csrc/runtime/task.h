@@ -10,6 +10,7 @@
 #include "kernels/kernels.h"
 #include "runtime/buffer.h"
 #include "runtime/model.h"
+#include "runtime/workers.h"
 
 namespace spaedge {
 
@@ -111,8 +112,9 @@ struct Applied {
 };
 
 // Gathers, merges, folds and packs `task` for `kt`; sizes arena and scratch.
+// Work items run on the caller and `threads` - 1 helpers of `pool`.
 void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTable& kt,
-                int threads, ApplyMode mode, Applied& out);
+                int threads, ApplyMode mode, Workers& pool, Applied& out);
 // Resizes conv scratch for a new thread count.
 void size_scratch(Applied& a, int threads);
 // Runs `batch` NCHW images through the applied task; logits are [batch, classes].

@@ -1,5 +1,7 @@
 // Runtime tests: base graph validation, task validation against the base,
 // numerics against a direct double-precision reference, switching, threads.
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <functional>
 #include <map>
@@ -9,6 +11,7 @@
 
 #include "spaedge/bundle.h"
 #include "spaedge/runtime.h"
+#include "runtime/workers.h"
 #include "test_bundle_writer.h"
 
 using spaedge::Runtime;
@@ -322,8 +325,9 @@ void test_numerics(const Files& f) {
     CHECK(rt.working_set_bytes() > 0);
 }
 
-void test_switching(const Files& f) {
-    Runtime rt(f.base, 1);
+void test_switching(const Files& f, int threads = 1, const char* mode = "merged") {
+    Runtime rt(f.base, threads);
+    rt.set_mode(mode);
     TaskSpec ta = tiny_task(0.0f), tb_ = tiny_task(0.37f);
     tb_.name = "other";
     tb_.h = 7;
@@ -765,10 +769,39 @@ void test_fuzz(const Files& f) {
 
 }  // namespace
 
+// Workers: every item exactly once, per-worker ids below the thread count,
+// helpers that start late (or never) still leave a complete result.
+void test_workers() {
+    spaedge::Workers pool;
+    for (int round = 0; round < 200; ++round) {
+        const int n = round % 37, threads = 1 + round % 4;
+        std::vector<std::atomic<int>> hits(static_cast<size_t>(n) + 1);
+        std::vector<std::atomic<int>> busy(static_cast<size_t>(threads));
+        std::atomic<bool> ok{true};
+        pool.run(n, threads, [&](int i, int w) {
+            if (i < 0 || i >= n || w < 0 || w >= threads) {
+                ok = false;
+                return;
+            }
+            if (busy[size_t(w)].fetch_add(1) != 0) ok = false;  // one item per worker id at a time
+            if (round % 5 == 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
+            hits[size_t(i)].fetch_add(1);
+            busy[size_t(w)].fetch_sub(1);
+        });
+        for (int i = 0; i < n; ++i) ok = ok && hits[size_t(i)].load() == 1;
+        CHECK(ok.load());
+    }
+}
+
 int main() {
     Files f;
     test_numerics(f);
     test_switching(f);
+    // Task application split over the caller and helper threads, both modes
+    // (c2 of the second task takes the general path, the other convs one pass).
+    test_switching(f, 2);
+    test_switching(f, 3, "lowrank");
+    test_workers();
     test_task_errors(f);
     test_graph_errors(f);
     test_fuzz(f);
