@@ -25,7 +25,7 @@ LIBASAN=$(g++ -print-file-name=libasan.so)
 LIBUBSAN=$(g++ -print-file-name=libubsan.so)
 # The import must pick the instrumented module, not an installed spaedge.
 PYTHONPATH="$PKG" LD_PRELOAD="$LIBASAN $LIBUBSAN" ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 \
-  python3 -c "import spaedge._runtime as m, sys; assert m.__file__.startswith('$PKG'), m.__file__; print('instrumented', m.__file__)"
+  python3 -P -c "import spaedge._runtime as m, sys; assert m.__file__.startswith('$PKG'), m.__file__; print('instrumented', m.__file__)"
 cd "$PKG"
 PATH="$PKG/bin:$PATH" PYTHONPATH="$PKG" LD_PRELOAD="$LIBASAN $LIBUBSAN" \
   ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \

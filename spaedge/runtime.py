@@ -171,7 +171,9 @@ class Runtime:
             if a.shape[-3:] == (h, w, c):
                 hint = " (that looks like NHWC: transpose to NCHW, or use Runtime.normalize)"
             raise ValueError(f"Runtime.run: expected a {expect}, got shape {a.shape}{hint}")
-        a = np.ascontiguousarray(a, dtype=np.float32)
+        # C order, native float32 and 4-byte aligned: the kernels read floats
+        # directly (a view into a byte buffer can be misaligned; it is copied).
+        a = np.require(a, dtype=np.float32, requirements=["C", "A"])
         if single:
             a = a[None]
         n = a.shape[0]

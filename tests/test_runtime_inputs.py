@@ -121,6 +121,12 @@ def test_raw_extension_checks_buffer_sizes(tasks):
         raw.run(x, 2, np.empty((2, 4), np.float32))
     with pytest.raises(TypeError):
         raw.run(x.astype(np.float64), 2, np.empty((2, 5), np.float32))  # noconvert: no silent copy
+    # A misaligned float view (found by the UBSan run of these tests): refused, not read.
+    buf = np.zeros(x.nbytes + 4, np.uint8)
+    misaligned = buf[2:2 + x.nbytes].view(np.float32).reshape(x.shape)
+    misaligned[...] = x
+    with pytest.raises(ValueError, match="aligned"):
+        raw.run(misaligned, 2, np.empty((2, 5), np.float32))
 
 
 # ---- several threads ------------------------------------------------------------------------

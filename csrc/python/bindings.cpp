@@ -1,5 +1,7 @@
 // pybind11 bindings: the private extension module spaedge._runtime.
 // The public Python face is spaedge/runtime.py; keep this layer thin.
+#include <cstdint>
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -87,6 +89,11 @@ PYBIND11_MODULE(_runtime, m) {
                 const float* in = input.data();
                 float* out = logits.mutable_data();
                 const size_t in_n = size_t(input.size()), out_n = size_t(logits.size());
+                // The kernels load floats directly: a misaligned view (e.g. into a
+                // byte buffer) would be undefined behaviour, so refuse it here.
+                if (reinterpret_cast<std::uintptr_t>(in) % alignof(float) != 0 ||
+                    reinterpret_cast<std::uintptr_t>(out) % alignof(float) != 0)
+                    throw py::value_error("run: input and logits must be 4-byte aligned float32 arrays");
                 py::gil_scoped_release release;
                 r.run(in, in_n, batch, out, out_n);
             },
