@@ -13,8 +13,12 @@ Everything runs through the ``spaedge`` CLI (the commands are printed):
    training epochs (``BUDGET``) in every arm:
    - scratch, one-shot magnitude: adapt, prune once (L1), train;
    - scratch, one-shot Taylor: adapt, prune once (first-order Taylor), train;
+   - scratch, magnitude at init: prune once before training (L1 of the base
+     weights), train: the control for "pruned before training";
    - similar: prune once before any training by the library vote, train;
-   - similar at half the epochs.
+   - similar at half the epochs;
+   - control: the same vote from a library holding only the other domain's
+     tasks (digits plans for the Fashion task, Fashion plans for digits).
 3. A Markdown table of test accuracy (mean ± std over seeds) to ``OUT/similar.md``.
 """
 
@@ -40,8 +44,12 @@ ARMS = {
                                     "--recovery-epochs", "0", "--final-epochs", "2"],
     "scratch, one-shot Taylor": ["--schedule", "oneshot", "--criterion", "taylor", "--epochs", "2",
                                  "--recovery-epochs", "0", "--final-epochs", "2"],
+    "scratch, magnitude at init": ["--schedule", "oneshot", "--criterion", "magnitude", "--epochs", "0",
+                                   "--recovery-epochs", "0", "--final-epochs", "4"],
     "similar tasks (vote of 3)": ["--schedule", "similar", "--epochs", "2", "--final-epochs", "2"],
     "similar tasks, half the epochs": ["--schedule", "similar", "--epochs", "1", "--final-epochs", "1"],
+    "other-domain tasks only (control)": ["--schedule", "similar", "--epochs", "2", "--final-epochs", "2",
+                                          "--neighbours", "2"],
 }
 EPOCHS = {"similar tasks, half the epochs": BUDGET // 2}
 
@@ -81,6 +89,9 @@ def main(argv=None) -> int:
     for d in DENSITIES:
         runs = [str(out / f"lib_runs/d{int(d*100)}/{_safe(t)}") for t in LIBRARY_TASKS]
         _spaedge(["library", "add", *runs, "--to", str(out / f"lib{int(d*100)}")], print)
+        for dom in ("digits", "fashion"):
+            _spaedge(["library", "add", *[r for r in runs if Path(r).name.startswith(dom)],
+                      "--to", str(out / f"lib{int(d*100)}_{dom}")], print)
 
     jobs = []
     for t in NEW_TASKS:
@@ -88,6 +99,9 @@ def main(argv=None) -> int:
             for s in a.seeds:
                 for arm, flags in ARMS.items():
                     extra = ["--library", str(out / f"lib{int(d*100)}")] if "similar" in arm else []
+                    if "other-domain" in arm:
+                        other = "fashion" if t.startswith("digits") else "digits"
+                        extra = ["--library", str(out / f"lib{int(d*100)}_{other}")]
                     run_dir = out / "new" / f"{_safe(t)}__d{int(d*100)}__{_safe(arm).replace(' ', '_')}__s{s}"
                     jobs.append(["train", "--task", t, "--density", str(d), "--seed", str(s), "--out", str(run_dir),
                                  *flags, *extra, *common])
