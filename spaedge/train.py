@@ -280,7 +280,7 @@ def run(cfg: TrainConfig, out_dir: str | Path, *, reporter: Optional[Reporter] =
         from spaedge.pruning.similar import prune_from_library  # prune once by similar tasks' vote, then train
         similar = prune_from_library(model, cfg, task, bhash, example, log=reporter.log)
     fit(model, train_ds, cfg.epochs, description="adapt", phase=("adapt", 0), **kw)
-    reporter.log(f"adapted at density 100%: val accuracy {evaluate(model, val_ds):.2%}")
+    reporter.log(f"adapted at density {density(model):.1%}: val accuracy {evaluate(model, val_ds):.2%}")
 
     def recover(step: int, d: float) -> None:
         fit(model, train_ds, cfg.recovery_epochs, description=f"recover {step}", phase=("recover", step), **kw)
