@@ -5,7 +5,10 @@
 Builds (or reuses, in --dir) two tasks of a benchmark case, then takes turns in
 blocks: spaedge switch at 1 thread, at 2 threads, and an onnxruntime
 InferenceSession for the same task model, so load changes on a shared machine
-hit all three alike. Prints medians, p90s and the ratio ORT / switch.
+hit all three alike. Prints medians, p90s and the ratio ORT / switch, in
+wall time and, for one thread, in the calling thread's CPU time (which a busy
+machine inflates far less than wall time: time spent descheduled is not
+counted).
 """
 
 from __future__ import annotations
@@ -54,28 +57,36 @@ def main() -> None:
     times = {f"switch {t}t": [] for t in args.threads}
     if ort:
         times.update({f"ort session {t}t": [] for t in args.threads})
+    cpu = {k: [] for k in times}
     for _ in range(args.rounds):
         for t in args.threads:
             rt, names = rts[t]
             for i in range(6):
-                t0 = time.perf_counter()
+                c0, t0 = time.thread_time(), time.perf_counter()
                 rt.switch(names[i & 1])
-                dt = (time.perf_counter() - t0) * 1e3
+                dt, dc = (time.perf_counter() - t0) * 1e3, (time.thread_time() - c0) * 1e3
                 if i:
                     times[f"switch {t}t"].append(dt)
+                    cpu[f"switch {t}t"].append(dc)
             if ort:
-                t0 = time.perf_counter()
+                c0, t0 = time.thread_time(), time.perf_counter()
                 ort_session(ort, onnx, t)
                 times[f"ort session {t}t"].append((time.perf_counter() - t0) * 1e3)
+                cpu[f"ort session {t}t"].append((time.thread_time() - c0) * 1e3)
     load = os.getloadavg()[0]
     print(f"case {args.case}, mode {args.mode}, isa {rts[args.threads[0]][0].isa}, load average {load:.1f}")
     for k, v in times.items():
         v = np.asarray(v)
-        print(f"{k:<16} median {np.median(v):7.3f} ms  p90 {np.percentile(v, 90):7.3f} ms  (n={len(v)})")
+        c = f"  caller CPU median {np.median(cpu[k]):7.3f} ms" if k.endswith(" 1t") else ""
+        print(f"{k:<16} median {np.median(v):7.3f} ms  p90 {np.percentile(v, 90):7.3f} ms{c}  (n={len(v)})")
     if ort:
         for t in args.threads:
             r = np.median(times[f"ort session {t}t"]) / np.median(times[f"switch {t}t"])
-            print(f"ORT session / switch at {t} thread(s): {r:.1f}x")
+            line = f"ORT session / switch at {t} thread(s): {r:.1f}x"
+            if t == 1:
+                rc = np.median(cpu["ort session 1t"]) / np.median(cpu["switch 1t"])
+                line += f" (CPU time: {rc:.1f}x)"
+            print(line)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@
 // panel uses masked loads/gathers (zeros in the padding lanes); no per-lane
 // checks anywhere.
 //
-// Measured on Zen 4 (ResNet-18 at 30%, one thread): the switch is bound by
-// memory traffic (kept base rows in, packed panels out); replacing the
-// gathers by plain loads (wrong values, for timing) saves only ~10%, and
-// vinsertps-built vectors were slower than vgatherdps.
+// Measured on the development machine (a 2-vCPU Intel Xeon KVM guest;
+// ResNet-18 at 30%, one thread): the switch is bound by data movement (kept
+// base rows in, packed panels out); replacing the gathers by plain loads
+// (wrong values, for timing) saved only ~10%, and vectors built with
+// vinsertps from scalar loads were slower than vgatherdps.
 #include <algorithm>
 #include <cstdint>
 
