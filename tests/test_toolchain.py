@@ -190,6 +190,12 @@ def test_bundle_round_trip_rebuilds_the_same_model(tmp_path, pruned18):
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)
     assert plan(rebuilt) == plan(model)
+    # The same task written again is the same file, byte for byte (the
+    # safetensors writer orders metadata differently on every call).
+    first = (tmp_path / "demo.safetensors").read_bytes()
+    for _ in range(3):
+        write_task(model, spec, bhash, tmp_path / "again.safetensors", info={"rank": 8})
+        assert (tmp_path / "again.safetensors").read_bytes() == first
 
 
 def test_bundle_for_another_base_and_corruption_are_refused(tmp_path, pruned18):
