@@ -5,6 +5,10 @@
 #include <cstdlib>
 #include <new>
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 namespace spaedge {
 
 class FloatBuffer {
@@ -33,7 +37,20 @@ public:
     void resize(size_t n) {
         if (n > cap_) {
             size_t bytes = ((n * sizeof(float)) + 63) / 64 * 64;
-            void* q = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
+            void* q = nullptr;
+#ifdef __linux__
+            // Large buffers (base re-layout, packed weights, arena) on 2 MB
+            // pages where the kernel allows it (THP "madvise" mode): a switch
+            // walks tens of MB a few rows at a time, and 4 KB pages make that
+            // a TLB miss every few rows.
+            constexpr size_t kHuge = size_t(2) << 20;
+            if (bytes >= 2 * kHuge) {
+                bytes = (bytes + kHuge - 1) / kHuge * kHuge;
+                q = std::aligned_alloc(kHuge, bytes);
+                if (q) madvise(q, bytes, MADV_HUGEPAGE);  // a hint; failure is fine
+            }
+#endif
+            if (!q) q = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
             if (!q) throw std::bad_alloc();
             std::free(p_);
             p_ = static_cast<float*>(q);
