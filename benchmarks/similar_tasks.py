@@ -20,6 +20,10 @@ Everything runs through the ``spaedge`` CLI (the commands are printed):
    - control: the same vote from a library holding only the other domain's
      tasks (digits plans for the Fashion task, Fashion plans for digits).
 3. A Markdown table of test accuracy (mean ± std over seeds) to ``OUT/similar.md``.
+
+``--library-criterion taylor`` builds the library with first-order Taylor
+pruning instead of magnitude; ``--densities`` and ``--arms WORD...`` narrow
+the grid (finished runs are skipped, so an interrupted run continues).
 """
 
 from __future__ import annotations
@@ -67,11 +71,19 @@ def _spaedge(args: list[str], log) -> None:
 
 
 def main(argv=None) -> int:
+    global DENSITIES, ARMS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/similar")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--densities", type=float, nargs="+", default=DENSITIES)
+    ap.add_argument("--library-criterion", default="magnitude", help="criterion of the library runs")
+    ap.add_argument("--arms", nargs="+", help="only the arms whose name contains one of these words")
     a = ap.parse_args(argv)
+    DENSITIES = a.densities
+    if a.arms:
+        ARMS = {k: v for k, v in ARMS.items() if any(w in k for w in a.arms)}
+    LIBRARY_FLAGS.extend(["--criterion", a.library_criterion])
     out = Path(a.out)
     common = ["--train-limit", str(TRAIN_LIMIT)]
 
