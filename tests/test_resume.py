@@ -1,0 +1,125 @@
+"""Training checkpoints: an interrupted `spaedge train` resumes to the same result.
+
+The reference is an uninterrupted run with the same seed; interrupted runs
+stop after N epoch checkpoints (in adaptation, during a pruning recovery, in
+the final phase), or by SIGINT in a subprocess, and are continued. The task
+bundle must be byte-identical and the metrics equal (but the wall time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from spaedge import checkpoint  # noqa: E402
+from spaedge.train import TrainConfig, run  # noqa: E402
+
+CFG = dict(epochs=2, recovery_epochs=1, final_epochs=2, density=0.6, prune_step=0.2, seed=3, batch_size=16)
+
+
+def _images(root):
+    """A tiny two-class image folder (bright vs dark squares): seconds per run, not minutes."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("val", 8), ("test", 8)):
+        for c, level in (("bright", 200), ("dark", 60)):
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                a = np.clip(rng.normal(level, 40, (28, 28)), 0, 255).astype(np.uint8)
+                Image.fromarray(a, "L").save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def task_dir(tmp_path_factory):
+    CFG["task"] = f"imagefolder:{_images(tmp_path_factory.mktemp('imgs'))}"
+
+
+def metrics_wo_time(d):
+    m = json.loads((d / "metrics.json").read_text())
+    m.pop("seconds")
+    return m
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ref")
+    run(TrainConfig(**CFG), d)
+    assert not (d / checkpoint.CHECKPOINT).exists()  # removed once the run is complete
+    return d
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_after", [1, 3, 6])  # adapt epoch 1; a recovery; final epoch 1
+def test_resume_gives_the_same_bundle(reference, tmp_path, monkeypatch, stop_after):
+    saves = []
+    real = checkpoint.save
+
+    def counting_save(path, **kw):
+        real(path, **kw)
+        saves.append(kw["position"].phase)
+        if len(saves) == stop_after:
+            raise Stop()
+
+    monkeypatch.setattr(checkpoint, "save", counting_save)
+    with pytest.raises(Stop):
+        run(TrainConfig(**CFG), tmp_path)
+    assert (tmp_path / checkpoint.CHECKPOINT).exists() and not (tmp_path / "task.safetensors").exists()
+    ck = checkpoint.load(tmp_path / checkpoint.CHECKPOINT, TrainConfig(**CFG).to_json())
+    assert ck is not None and ck.position.phase == saves[-1]
+    monkeypatch.setattr(checkpoint, "save", real)
+    run(TrainConfig(**CFG), tmp_path)
+    assert (tmp_path / "task.safetensors").read_bytes() == (reference / "task.safetensors").read_bytes()
+    assert metrics_wo_time(tmp_path) == metrics_wo_time(reference)
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_checkpoint_of_another_config_is_not_resumed(tmp_path, monkeypatch):
+    real = checkpoint.save
+
+    def stop(path, **kw):
+        real(path, **kw)
+        raise Stop()
+
+    monkeypatch.setattr(checkpoint, "save", stop)
+    with pytest.raises(Stop):
+        run(TrainConfig(**CFG), tmp_path)
+    assert checkpoint.load(tmp_path / checkpoint.CHECKPOINT, TrainConfig(**{**CFG, "seed": 4}).to_json()) is None
+    assert checkpoint.load(tmp_path / checkpoint.CHECKPOINT, TrainConfig(**CFG).to_json()) is not None
+
+
+def test_ctrl_c_leaves_a_resumable_run_directory(reference, tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "spaedge.cli", "train", "--out", str(out), "--task", CFG["task"],
+            "--epochs", "2", "--recovery-epochs", "1", "--final-epochs", "2", "--density", "0.6",
+            "--prune-step", "0.2", "--seed", "3", "--batch-size", "16"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    deadline = time.time() + 300
+    ck = out / checkpoint.CHECKPOINT
+    while not ck.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert not (out / "task.safetensors").exists()
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name], list(out.iterdir())
+    assert checkpoint.load(ck, TrainConfig(**CFG).to_json()) is not None  # whole, readable
+    r = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (out / "task.safetensors").read_bytes() == (reference / "task.safetensors").read_bytes()
+    assert metrics_wo_time(out) == metrics_wo_time(reference)
