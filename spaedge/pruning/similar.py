@@ -415,7 +415,8 @@ def add_parser(sub) -> None:
                     "normalised penultimate features over the first 256 training images). Every `spaedge "
                     "train` run writes RUN_DIR/plan.json; `spaedge train --schedule similar --library DIR` prunes "
                     "a new task once by the similarity-weighted vote of its --neighbours nearest plans (cosine "
-                    "of embeddings; weights softmax(cosine / 0.05)), then trains its epochs. --library also accepts run directories or a directory of runs directly.")
+                    "of embeddings; weights softmax(cosine / 0.05)), then trains its epochs. Plans of runs pruned "
+                    "with --criterion taylor transfer much better than magnitude ones (docs/results.md). --library also accepts run directories or a directory of runs directly.")
     s = lib.add_subparsers(dest="library_command", metavar="ACTION")
     a = s.add_parser("add", help="add finished runs' plans to a library directory",
                      description="Copy RUN_DIR/plan.json (or rebuild it from task.safetensors + config.json for "
