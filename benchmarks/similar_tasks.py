@@ -85,7 +85,8 @@ def main(argv=None) -> int:
         ARMS = {k: v for k, v in ARMS.items() if any(w in k for w in a.arms)}
     LIBRARY_FLAGS.extend(["--criterion", a.library_criterion])
     out = Path(a.out)
-    common = ["--train-limit", str(TRAIN_LIMIT)]
+    # lr and batch pinned (the TrainConfig defaults changed after these tables were made)
+    common = ["--train-limit", str(TRAIN_LIMIT), "--lr", "0.003", "--batch-size", "64"]
 
     def pool_run(jobs):
         with ThreadPoolExecutor(a.workers) as pool:
