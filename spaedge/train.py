@@ -227,7 +227,10 @@ def build_task_model(cfg: TrainConfig):
     from spaedge.tasks import get_task
 
     base = get_base(cfg.base, cfg.base_weights)
-    task = get_task(cfg.task, data_dir=cfg.data_dir, input_size=None)
+    # An image folder has no size of its own: it takes the base's (28x28
+    # grayscale for the built-in base, not 224x224 RGB at 60x the compute).
+    size = base.native_input_size() if cfg.task.startswith("imagefolder") else None
+    task = get_task(cfg.task, data_dir=cfg.data_dir, input_size=size)
     if task.input_size[0] != base.in_channels:
         task = get_task(cfg.task, data_dir=cfg.data_dir,
                         input_size=(base.in_channels, *task.input_size[1:]))

@@ -59,6 +59,15 @@ def reference(tmp_path_factory):
     return d
 
 
+def test_an_image_folder_takes_the_base_input_size():
+    from spaedge.train import build_task_model
+
+    task, _, _ = build_task_model(TrainConfig(**CFG))
+    assert task.input_size == (1, 28, 28)  # the built-in base's, not 224x224
+    task, _, _ = build_task_model(TrainConfig(**{**CFG, "base": "resnet18"}))
+    assert task.input_size == (3, 224, 224)
+
+
 class Stop(Exception):
     pass
 
@@ -101,25 +110,35 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path, monkeypatch):
     assert checkpoint.load(tmp_path / checkpoint.CHECKPOINT, TrainConfig(**CFG).to_json()) is not None
 
 
-def test_ctrl_c_leaves_a_resumable_run_directory(reference, tmp_path):
+def test_ctrl_c_leaves_a_resumable_run_directory(tmp_path):
+    # Long enough a final phase that the SIGINT, sent as soon as the first
+    # checkpoint exists, lands mid-run even on a fast machine.
+    cfg = {**CFG, "final_epochs": 12}
+    args = ["--task", cfg["task"], "--epochs", "2", "--recovery-epochs", "1", "--final-epochs", "12",
+            "--density", "0.6", "--prune-step", "0.2", "--seed", "3", "--batch-size", "16"]
+
+    def train(out):
+        return [sys.executable, "-m", "spaedge.cli", "train", "--out", str(out), *args]
+
+    reference = tmp_path / "reference"
+    r = subprocess.run(train(reference), capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "spaedge.cli", "train", "--out", str(out), "--task", CFG["task"],
-            "--epochs", "2", "--recovery-epochs", "1", "--final-epochs", "2", "--density", "0.6",
-            "--prune-step", "0.2", "--seed", "3", "--batch-size", "16"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc = subprocess.Popen(train(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
     deadline = time.time() + 300
     ck = out / checkpoint.CHECKPOINT
     while not ck.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+        time.sleep(0.01)
     assert proc.poll() is None, proc.communicate()
-    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0
+    assert proc.returncode != 0, "the run ended before the interrupt reached it"
+    assert b"Traceback" not in err, err.decode()[-2000:]
     assert not (out / "task.safetensors").exists()
     assert not [p for p in out.iterdir() if ".tmp-" in p.name], list(out.iterdir())
-    assert checkpoint.load(ck, TrainConfig(**CFG).to_json()) is not None  # whole, readable
-    r = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert checkpoint.load(ck, TrainConfig(**cfg).to_json()) is not None  # whole, readable
+    r = subprocess.run(train(out), capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr
+    assert "resuming from" in r.stdout + r.stderr
     assert (out / "task.safetensors").read_bytes() == (reference / "task.safetensors").read_bytes()
     assert metrics_wo_time(out) == metrics_wo_time(reference)

@@ -173,6 +173,16 @@ class ResNet(nn.Module):
         nodes.append({"name": "fc", "op": "linear", "inputs": [t], "output": "logits"})
         return {"input": "x", "input_channels": self.in_channels, "nodes": nodes, "output": "logits"}
 
+    def native_input_size(self) -> tuple[int, int, int]:
+        """The input size the stem was made for: 224x224 for the ImageNet stem;
+        for the small stem 28x28 when grayscale (the built-in base, MNIST-like
+        data) and 32x32 otherwise (CIFAR). Used for tasks of no fixed size
+        (image folders)."""
+        if self.stem == "imagenet":
+            return (self.in_channels, 224, 224)
+        side = 28 if self.in_channels == 1 else 32
+        return (self.in_channels, side, side)
+
     def config(self) -> dict:
         """Enough to rebuild the architecture (stored in bundles and runs)."""
         return {"arch": self.arch, "block": self.block_type.__name__, "layers": list(self.layer_sizes),
