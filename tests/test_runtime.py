@@ -144,6 +144,37 @@ def test_threads_do_not_change_results(toy):
         rt.threads = -1
 
 
+_ISA_CHILD = """
+import json, sys
+import numpy as np
+from spaedge.runtime import Runtime
+base, task, x_path, out, mode = sys.argv[1:6]
+rt = Runtime(base, threads=2, mode=mode)
+rt.load_task(task)
+np.save(out, rt.run(np.load(x_path)))
+print(json.dumps({"isa": rt.isa}))
+"""
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512", "neon"])
+@pytest.mark.parametrize("mode", ["merged", "lowrank"])
+def test_every_forced_isa_matches_the_reference(toy, tmp_path, isa, mode):
+    """SPAEDGE_ISA forces a kernel table once per process: each one this machine
+    runs gives the numpy reference; one it cannot run falls back to scalar."""
+    x = inputs((2, 3, 16, 16), seed=7)
+    np.save(tmp_path / "x.npy", x)
+    env = dict(os.environ, SPAEDGE_ISA=isa)
+    r = subprocess.run([sys.executable, "-c", _ISA_CHILD, str(toy["base_path"]), str(toy["a_path"]),
+                        str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), mode],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["isa"] in (isa, "scalar"), info
+    want = ref.reference_logits(toy["graph"], toy["base"], toy["a"], x)
+    got = np.load(tmp_path / "y.npy")
+    assert ref.close(got, want), np.max(np.abs(got - want))
+
+
 # ---- tasks and switching -----------------------------------------------------------
 
 
@@ -182,7 +213,7 @@ def test_task_info_and_facts(toy):
     assert info["method"] == "finetune" and json.loads(info["info"]) == {"rank": 2}
     assert info["bundle_bytes"] == os.path.getsize(toy["b_path"])
     assert info["macs"] > 0 and info["params"] > 0
-    assert rt.isa in ("scalar", "avx2", "neon")
+    assert rt.isa in ("scalar", "avx2", "avx512", "neon")
     assert rt.base_hash == toy["hash"] and rt.base_model == "toy"
     with pytest.raises(KeyError, match="gamma"):
         rt.switch("gamma")

@@ -9,6 +9,9 @@
 #if defined(SPAEDGE_HAVE_AVX2)
 #include "kernels/avx2/avx2.h"
 #endif
+#if defined(SPAEDGE_HAVE_AVX512)
+#include "kernels/avx512/avx512.h"
+#endif
 #if defined(SPAEDGE_HAVE_NEON)
 #include "kernels/neon/neon.h"
 #endif
@@ -57,6 +60,32 @@ const KernelTable* avx2_table() {
 #endif
 }
 
+// AVX-512 convolutions; everything else (and the packed layout: panels of 16
+// output channels, packed by avx2::conv_pack / conv_apply) is the AVX2 code.
+const KernelTable* avx512_table() {
+#if defined(SPAEDGE_HAVE_AVX512) && defined(SPAEDGE_HAVE_AVX2)
+    static const KernelTable t = {
+        "avx512",
+        avx512::conv_packed_floats,
+        avx2::conv_pack,
+        avx512::conv_scratch_floats,
+        avx512::conv,
+        avx2::maxpool,
+        avx2::global_avgpool,
+        avx2::linear,
+        avx2::lowrank_merge,
+        avx512::conv_lowrank_packed_floats,
+        avx2::conv_lowrank_pack,
+        avx512::conv_lowrank_scratch_floats,
+        avx512::conv_lowrank,
+        avx2::conv_apply,
+    };
+    return &t;
+#else
+    return nullptr;
+#endif
+}
+
 const KernelTable* neon_table() {
 #if defined(SPAEDGE_HAVE_NEON)
     static const KernelTable t = SPAEDGE_TABLE(neon);
@@ -87,6 +116,16 @@ bool cpu_has_avx2_fma() {
     if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
     return ebx & (1u << 5);  // AVX2
 }
+
+bool cpu_has_avx512f() {
+    if (!cpu_has_avx2_fma()) return false;
+    unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+    if (!(ebx & (1u << 16))) return false;  // AVX512F
+    // The OS must also save/restore opmask (bit 5), ZMM0-15 upper halves (6)
+    // and ZMM16-31 (7).
+    return (read_xcr0() & 0xE6) == 0xE6;
+}
 #endif
 
 struct Choice {
@@ -98,6 +137,7 @@ Choice choose() {
     Choice c;
     const KernelTable* best = &scalar_table();
     if (const KernelTable* t = avx2_table(); t && cpu_supports(*t)) best = t;
+    if (const KernelTable* t = avx512_table(); t && cpu_supports(*t)) best = t;
     if (const KernelTable* t = neon_table(); t && cpu_supports(*t)) best = t;
 
     const char* env = std::getenv("SPAEDGE_ISA");
@@ -111,10 +151,12 @@ Choice choose() {
         forced = &scalar_table();
     } else if (want == "avx2") {
         forced = avx2_table();
+    } else if (want == "avx512") {
+        forced = avx512_table();
     } else if (want == "neon") {
         forced = neon_table();
     } else {
-        c.error = "SPAEDGE_ISA=" + want + " is not one of scalar|avx2|neon; using scalar";
+        c.error = "SPAEDGE_ISA=" + want + " is not one of scalar|avx2|avx512|neon; using scalar";
         c.table = &scalar_table();
         return c;
     }
@@ -142,6 +184,10 @@ bool cpu_supports(const KernelTable& table) {
 #ifdef SPAEDGE_X86_64
     if (std::strcmp(table.isa, "avx2") == 0) {
         static const bool ok = cpu_has_avx2_fma();
+        return ok;
+    }
+    if (std::strcmp(table.isa, "avx512") == 0) {
+        static const bool ok = cpu_has_avx512f();
         return ok;
     }
 #endif

@@ -32,11 +32,15 @@
 //   static void copy(float* d, const float* s, int n);
 //   static void zero(float* d, int n);
 //   static void tile(int rows, const TileArgs& t);      // 1 <= rows <= MR
+// and optionally (AVX-512: one tile spans two adjacent panels)
+//   static constexpr bool PAIRS = true;
+//   static void tile2(int rows, const TileArgs& t, size_t bstride);  // nr in (NR, 2*NR]
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -48,6 +52,12 @@ namespace spaedge::kernels::gemm {
 namespace {
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// Isa::PAIRS if declared, else false.
+template <class I, class = void>
+struct tiles_pairs : std::false_type {};
+template <class I>
+struct tiles_pairs<I, std::void_t<decltype(I::PAIRS)>> : std::bool_constant<I::PAIRS> {};
 
 constexpr int kMaxMR = 8;
 
@@ -335,14 +345,18 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
                 t.ldc = ldc;
                 t.accumulate = kb > 0;
                 t.relu = ep.relu && kb + 1 == all_blocks;
-                for (int pan = pan0; pan < pan1; ++pan) {
+                const size_t pstride = static_cast<size_t>(p.ktot) * NR;  // panel to panel
+                for (int pan = pan0; pan < pan1;) {
+                    // Isas with PAIRS take two adjacent panels per tile when
+                    // the group has them; a lone last panel goes alone.
+                    const int step = tiles_pairs<Isa>::value && pan + 1 < pan1 ? 2 : 1;
                     const int n0 = pan * NR;
                     t.b = packed + (static_cast<size_t>(pan) * p.ktot + k0) * NR;
-                    t.nr = std::min(NR, p.N - n0);
+                    t.nr = std::min(step * NR, p.N - n0);
                     // Next B micro-panel this task will use: the next panel in
                     // this K block, else the group's first panel in the next one.
                     const float* next_b =
-                        pan + 1 < pan1 ? t.b + static_cast<size_t>(p.ktot) * NR
+                        pan + step < pan1 ? t.b + step * pstride
                         : k0 + kc < p.ktot
                             ? packed + (static_cast<size_t>(pan0) * p.ktot + k0 + kc) * NR
                             : t.b;
@@ -361,8 +375,15 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
                         t.pf = r0 == 0 ? next_b : t.b;
                         t.c = out + crow * ldc + n0;
                         t.res = (kb == 0 && ep.residual) ? ep.residual + crow * ldc + n0 : nullptr;
+                        if constexpr (tiles_pairs<Isa>::value) {
+                            if (step == 2) {
+                                Isa::tile2(mr, t, pstride);
+                                continue;
+                            }
+                        }
                         Isa::tile(mr, t);
                     }
+                    pan += step;
                 }
                 k0 += kc;
             }

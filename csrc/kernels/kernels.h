@@ -108,6 +108,7 @@ struct KernelTable {
 // Tables compiled into this binary (null when the ISA is not built).
 const KernelTable& scalar_table();
 const KernelTable* avx2_table();
+const KernelTable* avx512_table();  // conv/conv_lowrank AVX-512, the rest avx2 (same packed layout)
 const KernelTable* neon_table();
 
 // The one dispatch point. Chooses once (thread-safe): the environment variable

@@ -748,7 +748,7 @@ void test_conv_apply(const std::vector<const k::KernelTable*>& tables) {
 int main() {
     std::vector<const k::KernelTable*> tables;
     tables.push_back(&k::scalar_table());  // the reference against itself: deterministic
-    for (const k::KernelTable* t : {k::avx2_table(), k::neon_table()}) {
+    for (const k::KernelTable* t : {k::avx2_table(), k::avx512_table(), k::neon_table()}) {
         if (!t) continue;
         if (k::cpu_supports(*t))
             tables.push_back(t);

@@ -71,7 +71,7 @@ public:
     bool has_task(const std::string& name) const;
     TaskInfo task_info(const std::string& name) const;
     std::string active_task() const;  // "" when none
-    std::string isa() const;          // kernel path in use: "scalar", "avx2", "neon"
+    std::string isa() const;          // kernel path in use: "scalar", "avx2", "avx512", "neon"
     std::string isa_note() const;     // non-empty when SPAEDGE_ISA asked for an unusable path
     int threads() const;
     void set_threads(int threads);  // 0 = all hardware threads

@@ -2,7 +2,7 @@
 // every kernel table this CPU supports (or only those named on the command
 // line). Not a test; numbers only.
 //
-//   bench_kernels [--threads N] [--reps N] [--isa scalar|avx2|neon]... [--quick] [--rank R]
+//   bench_kernels [--threads N] [--reps N] [--isa scalar|avx2|avx512|neon]... [--quick] [--rank R]
 //
 // --rank R times the fused low-rank entry (conv_lowrank) with rank R instead of
 // conv; GFLOP/s then still counts only the conv's own FLOPs, so the ratio to
@@ -81,7 +81,7 @@ int main(int argc, char** argv) {
     };
 
     std::vector<const k::KernelTable*> tables;
-    for (const k::KernelTable* t : {&k::scalar_table(), k::avx2_table(), k::neon_table()}) {
+    for (const k::KernelTable* t : {&k::scalar_table(), k::avx2_table(), k::avx512_table(), k::neon_table()}) {
         if (!t || !k::cpu_supports(*t)) continue;
         if (!isas.empty() && std::find(isas.begin(), isas.end(), t->isa) == isas.end()) continue;
         if (isas.empty() && quick && !std::strcmp(t->isa, "scalar")) continue;
