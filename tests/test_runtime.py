@@ -166,7 +166,9 @@ def test_every_forced_isa_matches_the_reference(toy, tmp_path, isa, mode):
     env = dict(os.environ, SPAEDGE_ISA=isa)
     r = subprocess.run([sys.executable, "-c", _ISA_CHILD, str(toy["base_path"]), str(toy["a_path"]),
                         str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), mode],
-                       capture_output=True, text=True, timeout=120, env=env)
+                       capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    # cwd: `python -c` puts it first on sys.path; from a checkout that would be
+    # the source tree (no compiled module), not the installed package.
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout.strip().splitlines()[-1])
     assert info["isa"] in (isa, "scalar"), info
