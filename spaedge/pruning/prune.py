@@ -102,6 +102,35 @@ def _units(model: nn.Module, group: ChannelGroup, block: int) -> list[list[int]]
     return list(units.values())
 
 
+def ranked_units(model: nn.Module, groups: list, scores: list[torch.Tensor], *, block: int = 1,
+                 min_channels: int = 1) -> list[tuple[float, int, list[int]]]:
+    """Every removable unit (a channel, or a block of them) of every group as
+    (score, group index, channel positions), lowest score first: a unit's score
+    is the mean of its channels' ``scores[group index]``, and each group keeps
+    at least ``min_channels``. Shared by the criteria-driven steps here and the
+    similar-task vote (spaedge.pruning.similar)."""
+    candidates = []
+    for gi, (g, s) in enumerate(zip(groups, scores)):
+        units = _units(model, g, block)
+        unit_scores = [float(s[u].mean()) for u in units]
+        spare = g.size - min_channels
+        for j in sorted(range(len(units)), key=lambda j: unit_scores[j]):
+            if len(units[j]) > spare:
+                break
+            spare -= len(units[j])
+            candidates.append((unit_scores[j], gi, units[j]))
+    candidates.sort(key=lambda c: (c[0], c[1], c[2][0]))
+    return candidates
+
+
+def remove_positions(model: nn.Module, groups: list, drop: dict[int, list[int]]) -> None:
+    """Remove the channel positions ``drop[group index]`` of each group."""
+    for gi, positions in drop.items():
+        g = groups[gi]
+        gone = set(positions)
+        remove_channels(model, g, torch.tensor([i for i in range(g.size) if i not in gone], dtype=torch.long))
+
+
 def prune_step(model: nn.Module, example_input: torch.Tensor, n_channels: int, *,
                target_density: float = 0.0, criterion: str = "magnitude", min_channels: int = 1,
                score_kwargs: dict | None = None, block: int = 1) -> int:
@@ -120,19 +149,9 @@ def prune_step(model: nn.Module, example_input: torch.Tensor, n_channels: int, *
     layers = [m for m in model.modules() if isinstance(m, AdaptedLayer)]
     base_total = sum(_weights(m, base=True) for m in layers)
     current = sum(_weights(m) for m in layers)
-    candidates = []  # (score, group index, channel positions)
-    for gi, g in enumerate(groups):
-        s = distributed.agree(normalise(score(model, g, **kwargs)))  # torchrun: rank 0's scores decide
-        units = _units(model, g, block)
-        unit_scores = [float(s[u].mean()) for u in units]
-        order = sorted(range(len(units)), key=lambda j: unit_scores[j])
-        spare = g.size - min_channels
-        for j in order:
-            if len(units[j]) > spare:
-                break
-            spare -= len(units[j])
-            candidates.append((unit_scores[j], gi, units[j]))
-    candidates.sort(key=lambda c: (c[0], c[1], c[2][0]))
+    # torchrun: rank 0's scores decide
+    scores = [distributed.agree(normalise(score(model, g, **kwargs))) for g in groups]
+    candidates = ranked_units(model, groups, scores, block=block, min_channels=min_channels)
     costs = [_channel_cost(model, g) for g in groups]
     drop: dict[int, list[int]] = {}
     removed = 0
@@ -142,10 +161,7 @@ def prune_step(model: nn.Module, example_input: torch.Tensor, n_channels: int, *
         drop.setdefault(gi, []).extend(positions)
         current -= costs[gi] * len(positions)
         removed += len(positions)
-    for gi, positions in drop.items():
-        g = groups[gi]
-        gone = set(positions)
-        remove_channels(model, g, torch.tensor([i for i in range(g.size) if i not in gone]))
+    remove_positions(model, groups, drop)
     return removed
 
 

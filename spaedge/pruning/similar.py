@@ -54,7 +54,7 @@ from torch import nn
 
 from spaedge.adapters.layers import AdaptedLayer
 from spaedge.pruning.groups import ChannelGroup, channel_groups
-from spaedge.pruning.prune import _units, _weights, density, remove_channels
+from spaedge.pruning.prune import _weights, density, ranked_units, remove_positions
 
 __all__ = ["PLAN_FILE", "Plan", "task_embedding", "cosine", "load_library", "nearest", "vote_weights",
            "channel_votes", "group_votes", "prune_by_votes", "plan_of_model", "write_run_plan",
@@ -220,19 +220,8 @@ def prune_by_votes(model: nn.Module, example_input: torch.Tensor, votes: dict[st
             total += o * i * m.kernel_size[0] * m.kernel_size[1]
         return total
 
-    candidates = []  # (score, group, positions)
-    for gi, g in enumerate(groups):
-        s = group_votes(model, g, votes) + tie_break * _magnitude(model, g)
-        units = _units(model, g, block)
-        scores = [float(s[u].mean()) for u in units]
-        order = sorted(range(len(units)), key=lambda j: scores[j])
-        spare = g.size - min_channels
-        for j in order:
-            if len(units[j]) > spare:
-                break
-            spare -= len(units[j])
-            candidates.append((scores[j], gi, units[j]))
-    candidates.sort(key=lambda c: (c[0], c[1], c[2][0]))
+    scores = [group_votes(model, g, votes) + tie_break * _magnitude(model, g) for g in groups]
+    candidates = ranked_units(model, groups, scores, block=block, min_channels=min_channels)
     drop: dict[int, list[int]] = {}
     current = layer_weights()
     for _, gi, positions in candidates:
@@ -241,10 +230,7 @@ def prune_by_votes(model: nn.Module, example_input: torch.Tensor, votes: dict[st
         drop.setdefault(gi, []).extend(positions)
         count[gi] -= len(positions)
         current = layer_weights()
-    for gi, positions in drop.items():
-        g = groups[gi]
-        gone = set(positions)
-        remove_channels(model, g, torch.tensor([i for i in range(g.size) if i not in gone], dtype=torch.long))
+    remove_positions(model, groups, drop)
     return density(model)
 
 
