@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _toolchain_helpers import train_steps as _train
 from spaedge.adapters import adapt, adapted_layers, learned_parameters
 from spaedge.adapters.sparse import large_keep, sparsify
 from spaedge.adapters.variants import SPLoPA, SPPaRA, SparseAdapter
@@ -32,19 +33,6 @@ def _data(n=2, bs=16, classes=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(bs, 1, 28, 28, generator=g), torch.randint(0, classes, (bs,), generator=g))
             for _ in range(n)]
-
-
-def _train(model, data, steps=3, lr=1e-2):
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    model.train()
-    for i in range(steps):
-        x, y = data[i % len(data)]
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
 
 
 # ------------------------------------------------------------------ criteria

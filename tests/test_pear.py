@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _toolchain_helpers import tiny_image_folder as _images
+from _toolchain_helpers import train_steps as _train
 from spaedge.adapters import adapt, adapted_layers, learned_parameters
 from spaedge.adapters.pear import (OWN, REMOVED, PearLoRA, adapter_scores, apply_pear, knowledge_init, link_shared,
                                    relink, shared_map, sharing_map)
@@ -35,18 +37,6 @@ def _tiny(rank=4, seed=0):
 def _data(n=2, bs=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(bs, 1, 28, 28, generator=g), torch.randint(0, 3, (bs,), generator=g)) for _ in range(n)]
-
-
-def _train(model, data, steps=3, lr=1e-2):
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-    for i in range(steps):
-        x, y = data[i % len(data)]
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
 
 
 def _trained(rank=4):
@@ -308,19 +298,6 @@ def test_loading_refuses_a_map_between_different_shapes(base_bundle, tmp_path):
 
 
 # ------------------------------------------------------------------ end to end
-def _images(root):
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("val", 8), ("test", 8)):
-        for c, level in (("bright", 200), ("dark", 60)):
-            d = root / split / c
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                a = np.clip(rng.normal(level, 40, (28, 28)), 0, 255).astype(np.uint8)
-                Image.fromarray(a, "L").save(d / f"{i}.png")
-    return root
-
-
 def _runtime_matches(base_path, task_path, model, x):
     from spaedge import runtime
     with torch.no_grad():

@@ -20,24 +20,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from _toolchain_helpers import tiny_image_folder as _images  # noqa: E402
 from spaedge import checkpoint  # noqa: E402
 from spaedge.train import TrainConfig, run  # noqa: E402
 
 CFG = dict(epochs=2, recovery_epochs=1, final_epochs=2, density=0.6, prune_step=0.2, seed=3, batch_size=16)
-
-
-def _images(root):
-    """A tiny two-class image folder (bright vs dark squares): seconds per run, not minutes."""
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("val", 8), ("test", 8)):
-        for c, level in (("bright", 200), ("dark", 60)):
-            d = root / split / c
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                a = np.clip(rng.normal(level, 40, (28, 28)), 0, 255).astype(np.uint8)
-                Image.fromarray(a, "L").save(d / f"{i}.png")
-    return root
 
 
 @pytest.fixture(scope="module", autouse=True)
