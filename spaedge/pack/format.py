@@ -69,25 +69,27 @@ def serialise(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) ->
     for k, v in metadata.items():
         if not isinstance(v, str):
             raise TypeError(f"metadata {k}: values must be strings (JSON-encode structured ones)")
-    # The data section does not depend on the metadata, so hash it first.
-    content_hash = data_hash(_st_save(arrays, metadata=dict(metadata)))
-    meta = {**metadata, "version": FORMAT_VERSION, "content_hash": content_hash}
-    return _canonical_header(_st_save(arrays, metadata=meta)), content_hash
+    # Serialise once: the data section does not depend on the metadata, so its
+    # hash goes into a header rebuilt around the same data.
+    raw = _st_save(arrays, metadata=dict(metadata))
+    (n,) = struct.unpack("<Q", raw[:8])
+    header, data = json.loads(raw[8:8 + n]), raw[8 + n:]
+    content_hash = hashlib.sha256(data).hexdigest()
+    header["__metadata__"] = {**metadata, "version": FORMAT_VERSION, "content_hash": content_hash}
+    return _canonical(header, data), content_hash
 
 
-def _canonical_header(payload: bytes) -> bytes:
-    """The same safetensors file with its header keys in sorted order.
+def _canonical(header: dict, data: bytes) -> bytes:
+    """A safetensors file with its header keys in sorted order.
 
     The safetensors writer emits ``__metadata__`` in a different (hash) order
     on every call, so the same bundle written twice differed in bytes; sorted
     keys make a bundle a pure function of its content (resume and rebuilds
     give byte-identical files). Offsets are relative to the data section and
     do not change; the header is padded with spaces to 8 bytes as the format asks."""
-    (n,) = struct.unpack("<Q", payload[:8])
-    header = json.loads(payload[8:8 + n])
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + payload[8 + n:]
+    return struct.pack("<Q", len(text)) + text + data
 
 
 def write_bundle(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
