@@ -1,0 +1,294 @@
+// How close task application (conv_apply, the work of a task switch) runs to
+// this machine's memory speed. Not a test; numbers only.
+//
+//   bench_switch [--case d30|d10] [--reps N] [--isa NAME]
+//
+// For every conv of ResNet-18 pruned as the benchmark suite's task is
+// (benchmarks/bench_cases.py: random base, magnitude criterion; the kept
+// channel counts below are that task's), one thread times:
+//   apply   conv_apply over all K rows of every conv, rank-8 merge and BN
+//           scale included: what Runtime::switch_to does in merged mode;
+//   floor   the same bytes moved with no arithmetic: every kept base row read
+//           whole (a tap-major base row holds all base outputs, so the pass
+//           reads kept_in x base_out floats per tap, not kept_in x kept_out)
+//           and as many packed floats written as the switch writes, with the
+//           stores the switch uses (streaming on x86, plain on aarch64);
+//   read / write  the two halves of the floor alone.
+// apply / floor is the share of the switch that is not data movement.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
+#include "kernels/kernels.h"
+#include "runtime/buffer.h"
+
+namespace k = spaedge::kernels;
+
+namespace {
+
+// taps, base in, base out, kept in, kept out; stride/pad/spatial size do not
+// matter to the application (it writes weights only).
+struct Layer {
+    int taps, base_in, base_out, kept_in, kept_out;
+};
+
+// Kept channel counts of the suite's resnet18-d30 / -d10 tasks, in graph order
+// (stem, layer1..layer4 with each stage's downsample after its first conv2).
+const Layer kD30[] = {
+    {49, 3, 64, 3, 47},      {9, 64, 64, 47, 37},     {9, 64, 64, 37, 47},     {9, 64, 64, 47, 32},
+    {9, 64, 64, 32, 47},     {9, 64, 128, 47, 79},    {9, 128, 128, 79, 31},   {1, 64, 128, 47, 31},
+    {9, 128, 128, 31, 65},   {9, 128, 128, 65, 31},   {9, 128, 256, 31, 143},  {9, 256, 256, 143, 62},
+    {1, 128, 256, 31, 62},   {9, 256, 256, 62, 177},  {9, 256, 256, 177, 62},  {9, 256, 512, 62, 379},
+    {9, 512, 512, 379, 218}, {1, 256, 512, 62, 218},  {9, 512, 512, 218, 484}, {9, 512, 512, 484, 218},
+};
+const Layer kD10[] = {
+    {49, 3, 64, 3, 40},     {9, 64, 64, 40, 28},    {9, 64, 64, 28, 40},    {9, 64, 64, 40, 25},
+    {9, 64, 64, 25, 40},    {9, 64, 128, 40, 63},   {9, 128, 128, 63, 20},  {1, 64, 128, 40, 20},
+    {9, 128, 128, 20, 39},  {9, 128, 128, 39, 20},  {9, 128, 256, 20, 86},  {9, 256, 256, 86, 20},
+    {1, 128, 256, 20, 20},  {9, 256, 256, 20, 100}, {9, 256, 256, 100, 20}, {9, 256, 512, 20, 231},
+    {9, 512, 512, 231, 95}, {1, 256, 512, 20, 95},  {9, 512, 512, 95, 416}, {9, 512, 512, 416, 95},
+};
+
+constexpr int kRank = 8;
+
+// A sorted random subset of n of [0, total), as a pruned task keeps.
+std::vector<int32_t> kept(int n, int total, std::mt19937& rng) {
+    std::vector<int32_t> all(size_t(total), 0);
+    for (int i = 0; i < total; ++i) all[size_t(i)] = i;
+    std::shuffle(all.begin(), all.end(), rng);
+    all.resize(size_t(n));
+    std::sort(all.begin(), all.end());
+    return all;
+}
+
+struct Conv {
+    Layer l;
+    int kernel;
+    spaedge::FloatBuffer base;  // tap-major HWIO, as the runtime lays the base out at load
+    std::vector<int32_t> in_index, out_index;
+    std::vector<float> a, bt, scale;
+    size_t packed_offset = 0, packed_floats = 0;
+};
+
+// Sums whole rows (so the loads cannot be dropped) and writes `n` floats with
+// the kind of stores the switch uses.
+float read_rows(const float* const* rows, int nrows, int len) {
+#if defined(__x86_64__) || defined(_M_X64)
+    __m128 s0 = _mm_setzero_ps(), s1 = s0;
+    for (int r = 0; r < nrows; ++r) {
+        const float* p = rows[r];
+        int i = 0;
+        for (; i + 8 <= len; i += 8) {
+            s0 = _mm_add_ps(s0, _mm_load_ps(p + i));
+            s1 = _mm_add_ps(s1, _mm_load_ps(p + i + 4));
+        }
+        for (; i < len; ++i) s0 = _mm_add_ss(s0, _mm_set_ss(p[i]));
+    }
+    float out[4];
+    _mm_storeu_ps(out, _mm_add_ps(s0, s1));
+    return out[0] + out[1] + out[2] + out[3];
+#elif defined(__aarch64__)
+    float32x4_t s0 = vdupq_n_f32(0.0f), s1 = s0;
+    float tail = 0.0f;
+    for (int r = 0; r < nrows; ++r) {
+        const float* p = rows[r];
+        int i = 0;
+        for (; i + 8 <= len; i += 8) {
+            s0 = vaddq_f32(s0, vld1q_f32(p + i));
+            s1 = vaddq_f32(s1, vld1q_f32(p + i + 4));
+        }
+        for (; i < len; ++i) tail += p[i];
+    }
+    return vaddvq_f32(vaddq_f32(s0, s1)) + tail;
+#else
+    float s = 0.0f;
+    for (int r = 0; r < nrows; ++r)
+        for (int i = 0; i < len; ++i) s += rows[r][i];
+    return s;
+#endif
+}
+
+void write_floats(float* d, size_t n, float v) {
+#if defined(__x86_64__) || defined(_M_X64)
+    const __m128 x = _mm_set1_ps(v);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) _mm_stream_ps(d + i, x);  // d is 64-byte aligned, n a multiple of 16
+    for (; i < n; ++i) d[i] = v;
+    _mm_sfence();
+#elif defined(__aarch64__)
+    const float32x4_t x = vdupq_n_f32(v);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(d + i, x);
+    for (; i < n; ++i) d[i] = v;
+#else
+    for (size_t i = 0; i < n; ++i) d[i] = v;
+#endif
+}
+
+double now_ms() {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::string which = "d30";
+    int reps = 40;
+    std::string isa;
+    for (int i = 1; i < argc; ++i) {
+        if (!std::strcmp(argv[i], "--case") && i + 1 < argc) {
+            which = argv[++i];
+        } else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
+            reps = std::max(3, std::atoi(argv[++i]));
+        } else if (!std::strcmp(argv[i], "--isa") && i + 1 < argc) {
+            isa = argv[++i];
+        } else {
+            std::fprintf(stderr, "usage: %s [--case d30|d10] [--reps N] [--isa scalar|avx2|avx512|neon]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (which != "d30" && which != "d10") {
+        std::fprintf(stderr, "bench_switch: --case must be d30 or d10, got '%s'\n", which.c_str());
+        return 2;
+    }
+    const k::KernelTable* t = &k::active();
+    if (!isa.empty()) {
+        t = nullptr;
+        for (const k::KernelTable* c : {&k::scalar_table(), k::avx2_table(), k::avx512_table(), k::neon_table()})
+            if (c && isa == c->isa && k::cpu_supports(*c)) t = c;
+        if (!t) {
+            std::fprintf(stderr, "bench_switch: ISA '%s' is not built into this binary or not supported here\n",
+                         isa.c_str());
+            return 2;
+        }
+    }
+
+    const Layer* begin = which == "d30" ? std::begin(kD30) : std::begin(kD10);
+    const Layer* end = which == "d30" ? std::end(kD30) : std::end(kD10);
+    std::mt19937 rng(0);
+    std::vector<Conv> convs(size_t(end - begin));
+    size_t packed_total = 0, read_floats = 0, base_floats = 0;
+    for (size_t c = 0; c < convs.size(); ++c) {
+        Conv& v = convs[c];
+        v.l = begin[c];
+        v.kernel = v.l.taps == 49 ? 7 : v.l.taps == 9 ? 3 : 1;
+        const size_t n = size_t(v.l.taps) * v.l.base_in * v.l.base_out;
+        v.base.resize(n);
+        for (size_t i = 0; i < n; ++i) v.base.data()[i] = float(int(i % 199) - 99) * 1e-3f;
+        base_floats += n;
+        v.in_index = kept(v.l.kept_in, v.l.base_in, rng);
+        v.out_index = kept(v.l.kept_out, v.l.base_out, rng);
+        v.a.assign(size_t(kRank) * v.l.kept_in, 0.01f);
+        v.bt.assign(size_t(kRank) * v.l.kept_out, 0.02f);
+        v.scale.assign(size_t(v.l.kept_out), 1.5f);
+        k::ConvGeometry g;
+        g.in_h = g.in_w = 7;
+        g.in_c = v.l.kept_in;
+        g.out_c = v.l.kept_out;
+        g.kernel = v.kernel;
+        g.pad = v.kernel / 2;
+        v.packed_offset = packed_total;
+        v.packed_floats = t->conv_packed_floats(g);
+        packed_total += spaedge::round_floats(v.packed_floats);
+        read_floats += size_t(v.l.taps) * v.l.kept_in * v.l.base_out;
+    }
+    spaedge::FloatBuffer packed;
+    packed.resize(packed_total);
+    std::memset(packed.data(), 0, packed_total * sizeof(float));
+
+    // Row pointers of the floor pass: every kept (tap, input) row of every conv.
+    std::vector<std::vector<const float*>> rows(convs.size());
+    for (size_t c = 0; c < convs.size(); ++c) {
+        const Conv& v = convs[c];
+        for (int tap = 0; tap < v.l.taps; ++tap)
+            for (int32_t i : v.in_index)
+                rows[c].push_back(v.base.data() + (size_t(tap) * v.l.base_in + size_t(i)) * v.l.base_out);
+    }
+
+    auto apply = [&] {
+        for (const Conv& v : convs) {
+            k::ApplyArgs a;
+            a.g.in_h = a.g.in_w = 7;
+            a.g.in_c = v.l.kept_in;
+            a.g.out_c = v.l.kept_out;
+            a.g.kernel = v.kernel;
+            a.g.pad = v.kernel / 2;
+            a.base = v.base.data();
+            a.base_in = v.l.base_in;
+            a.base_out = v.l.base_out;
+            a.out_index = v.out_index.data();
+            a.in_index = v.in_index.data();
+            a.rank = kRank;
+            a.a = v.a.data();
+            a.bt = v.bt.data();
+            a.scale = v.scale.data();
+            t->conv_apply(a, 0, v.l.taps * v.l.kept_in, packed.data() + v.packed_offset);
+        }
+    };
+    volatile float sink = 0.0f;
+    auto read = [&] {
+        float s = 0.0f;
+        for (size_t c = 0; c < convs.size(); ++c)
+            s += read_rows(rows[c].data(), int(rows[c].size()), convs[c].l.base_out);
+        sink = sink + s;
+    };
+    auto write = [&] {
+        for (const Conv& v : convs) write_floats(packed.data() + v.packed_offset, spaedge::round_floats(v.packed_floats), 0.5f);
+    };
+    // Interleaved per conv, as the switch reads and writes.
+    auto floor = [&] {
+        float s = 0.0f;
+        for (size_t c = 0; c < convs.size(); ++c) {
+            s += read_rows(rows[c].data(), int(rows[c].size()), convs[c].l.base_out);
+            write_floats(packed.data() + convs[c].packed_offset, spaedge::round_floats(convs[c].packed_floats), s);
+        }
+        sink = sink + s;
+    };
+
+    struct Measure {
+        const char* name;
+        std::function<void()> fn;
+        std::vector<double> ms;
+    };
+    std::vector<Measure> ms = {{"apply", apply, {}}, {"floor", floor, {}}, {"read", read, {}}, {"write", write, {}}};
+    for (Measure& m : ms) m.fn();  // page in, warm up
+    // Taking turns, so each measure sees the same machine.
+    for (int r = 0; r < reps; ++r)
+        for (Measure& m : ms) {
+            const double t0 = now_ms();
+            m.fn();
+            m.ms.push_back(now_ms() - t0);
+        }
+
+    const double mb_read = read_floats * 4e-6, mb_write = packed_total * 4e-6;
+    std::printf("bench_switch: ResNet-18 %s, isa %s, 1 thread, %d reps; base %.1f MB (tap-major), "
+                "switch reads %.1f MB of kept base rows and writes %.1f MB of panels\n",
+                which.c_str(), t->isa, reps, base_floats * 4e-6, mb_read, mb_write);
+    const double floor_ms = median(ms[1].ms);
+    for (const Measure& m : ms) {
+        const double med = median(m.ms);
+        const double mb = m.name[0] == 'r' ? mb_read : m.name[0] == 'w' ? mb_write : mb_read + mb_write;
+        std::printf("  %-6s median %7.3f ms  p10 %7.3f ms  %6.1f GB/s  %.2fx floor\n", m.name, med,
+                    [&] { std::vector<double> v = m.ms; std::sort(v.begin(), v.end()); return v[v.size() / 10]; }(),
+                    mb / med, med / floor_ms);
+    }
+    return 0;
+}
