@@ -39,6 +39,7 @@ const KernelTable& scalar_table() {
         scalar::conv_lowrank_scratch_floats,
         scalar::conv_lowrank,
         scalar::conv_apply,
+        scalar::conv_apply_oihw,
     };
     return t;
 }
@@ -49,6 +50,7 @@ const KernelTable& scalar_table() {
             ns::maxpool, ns::global_avgpool, ns::linear, ns::lowrank_merge,                 \
             ns::conv_lowrank_packed_floats, ns::conv_lowrank_pack,                          \
             ns::conv_lowrank_scratch_floats, ns::conv_lowrank, ns::conv_apply,              \
+            ns::conv_apply_oihw,                                                            \
     }
 
 const KernelTable* avx2_table() {
@@ -79,6 +81,7 @@ const KernelTable* avx512_table() {
         avx512::conv_lowrank_scratch_floats,
         avx512::conv_lowrank,
         avx2::conv_apply,
+        avx2::conv_apply_oihw,
     };
     return &t;
 #else

@@ -35,7 +35,8 @@ struct Epilogue {
 // One conv of a task application, read straight from the base (see conv_apply).
 struct ApplyArgs {
     ConvGeometry g;                  // the pruned conv: in_c / out_c are the kept counts
-    const float* base = nullptr;     // base weight in tap-major HWIO: base[t][i][o], t < kernel^2
+    const float* base = nullptr;     // base weight: tap-major HWIO base[t][i][o] (conv_apply)
+                                     // or the bundle's OIHW base[o][i][t] (conv_apply_oihw)
     int base_in = 0, base_out = 0;   // channels of the base conv (base row length = base_out)
     const int32_t* out_index = nullptr;  // [out_c] kept base outputs (each < base_out)
     const int32_t* in_index = nullptr;   // [in_c] kept base inputs (each < base_in)
@@ -103,7 +104,28 @@ struct KernelTable {
     // table: bit for bit on scalar and AVX2 (the merge is summed in the same
     // order), within rounding on NEON (whose merge has a non-fused in_c tail).
     void (*conv_apply)(const ApplyArgs& a, int k0, int k1, float* packed);
+
+    // The same values from the base in its stored OIHW layout (a.base is
+    // base[o][i][t]), cut by kept outputs instead of rows: every K row (and,
+    // fused, every B' row) of kept outputs [o0, o1), o0 a multiple of 16 and
+    // o1 a multiple of 16 or out_c; the call with o1 == out_c also writes the
+    // fused mode's A' part. It reads the kept outputs' base rows (out_c x
+    // base_in x k^2 floats) where conv_apply reads the kept inputs' rows
+    // (k^2 x in_c x base_out): the runtime takes whichever reads less (see
+    // apply_read_floats). Offsets into the base must fit in int32. Equal to
+    // conv_apply of the same table bit for bit.
+    void (*conv_apply_oihw)(const ApplyArgs& a, int o0, int o1, float* packed);
 };
+
+// Floats of the base one conv's application reads: conv_apply reads every
+// kept input's tap-major row whole (k^2 x in_c x base_out), conv_apply_oihw
+// every kept output's OIHW row whole (out_c x base_in x k^2). Kept channels
+// are scattered, so nearly every cache line of a row they touch is read.
+inline size_t apply_read_floats(const ApplyArgs& a, bool oihw) {
+    const size_t taps = static_cast<size_t>(a.g.kernel) * a.g.kernel;
+    return oihw ? static_cast<size_t>(a.g.out_c) * a.base_in * taps
+                : taps * a.g.in_c * static_cast<size_t>(a.base_out);
+}
 
 // Tables compiled into this binary (null when the ISA is not built).
 const KernelTable& scalar_table();

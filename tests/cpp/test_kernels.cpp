@@ -738,6 +738,34 @@ void test_conv_apply(const std::vector<const k::KernelTable*>& tables) {
                     if (std::memcmp(&want[j], out + j, sizeof(float)) != 0) exact = false;
                 const bool merged = p.rank > 0 && !fused;
                 report(merged ? within(c) : exact && within(c), what, &c);
+
+                // conv_apply_oihw from the OIHW base, cut into output ranges
+                // (multiples of 16, last range first): the same bits as conv_apply.
+                std::vector<float> rows_result(out, out + n);
+                k::ApplyArgs oargs = args;
+                oargs.base = oihw.data();
+                for (int ochunk : {16, 32, p.out_c}) {
+                    Guarded obuf(n + 32, nan);
+                    float* oout = obuf.data() + lead;
+                    const int step = ochunk == p.out_c ? p.out_c : ochunk;
+                    std::vector<int> o_starts;
+                    for (int o0 = 0; o0 < p.out_c; o0 += step) o_starts.push_back(o0);
+                    for (size_t j = o_starts.size(); j-- > 0;)
+                        t->conv_apply_oihw(oargs, o_starts[j], std::min(p.out_c, o_starts[j] + step), oout);
+                    bool oinside = obuf.guards_intact();
+                    for (size_t j = 0; j < lead; ++j) oinside = oinside && std::isnan(obuf.data()[j]);
+                    for (size_t j = lead + n; j < n + 32; ++j) oinside = oinside && std::isnan(obuf.data()[j]);
+                    const std::string owhat = what + " oihw ochunk=" + std::to_string(step);
+                    if (!oinside) {
+                        report(false, owhat + ": wrote outside the packed weights");
+                        continue;
+                    }
+                    bool same = true;
+                    for (size_t j = 0; j < n; ++j)
+                        if (std::memcmp(&rows_result[j], oout + j, sizeof(float)) != 0) same = false;
+                    const Compare oc = compare(want.data(), oout, n);
+                    report(same && within(oc), owhat + " (bit for bit as conv_apply)", &oc);
+                }
             }
         }
     }

@@ -1,20 +1,28 @@
 // AVX2 task application: gather + centre-tap merge + BN scale straight into
-// the conv panels (16 output channels per panel, packed[panel][k][16]).
+// the conv panels (16 output channels per panel, packed[panel][k][16]), from
+// either layout of the base (kernels.h: conv_apply, conv_apply_oihw).
 //
-// The base is tap-major HWIO (base[t][i][o]), so packed row k = (t, i') of a
-// panel is 16 floats of one base row (t, in_index[i']) at the panel's
-// out_index: one contiguous load when those outputs are consecutive, two
-// vgatherdps otherwise. Rows go in blocks of 8 (the 8 base rows stay in L1
-// while every panel takes its lanes from them), so the base is read row after
-// row and each panel receives 8 consecutive 64-byte rows. The ragged last
-// panel uses masked loads/gathers (zeros in the padding lanes); no per-lane
-// checks anywhere.
+// Tap-major (conv_apply): packed row k = (t, i') of a panel is 16 floats of
+// one base row (t, in_index[i']) at the panel's out_index: one contiguous
+// load when those outputs are consecutive, two vgatherdps otherwise. Rows go
+// in blocks of 8 (the 8 base rows stay in L1 while every panel takes its
+// lanes from them), so the base is read row after row and each panel
+// receives 8 consecutive 64-byte rows.
+//
+// OIHW (conv_apply_oihw): a panel's 16 kept outputs are 16 base rows
+// base[o][i][t]; for each kept input i' the k^2 taps of all 16 rows sit in
+// (usually) one cache line per row, so the k^2 gathers of rows (t, i') hit
+// L1, and the 16 rows are read front to back, a few inputs ahead prefetched.
+//
+// The ragged last panel uses masked loads/gathers (zeros in the padding
+// lanes); no per-lane checks anywhere.
 //
 // Measured on the development machine (a 2-vCPU Intel Xeon KVM guest;
 // ResNet-18 at 30%, one thread): the switch is bound by data movement (kept
 // base rows in, packed panels out); replacing the gathers by plain loads
 // (wrong values, for timing) saved only ~10%, and vectors built with
-// vinsertps from scalar loads were slower than vgatherdps.
+// vinsertps from scalar loads were slower than vgatherdps. bench_switch
+// times it against the bare data movement.
 #include <algorithm>
 #include <cstdint>
 
@@ -23,11 +31,67 @@
 namespace spaedge::kernels::avx2 {
 
 namespace {
-constexpr int kNR = 16;  // must match conv.cpp
-constexpr int kRows = 8;  // packed rows per block
-}  // namespace
 
-namespace {
+constexpr int kNR = 16;    // must match conv.cpp
+constexpr int kRows = 8;   // tap-major: packed rows per block
+constexpr int kAhead = 4;  // OIHW: inputs prefetched ahead
+
+// What both entries derive from the arguments.
+struct Shape {
+    int ic, oc, rank, panels, taps, centre;
+    size_t K, ktot;
+    bool merge;
+    explicit Shape(const ApplyArgs& a)
+        : ic(a.g.in_c),
+          oc(a.g.out_c),
+          rank(std::max(a.rank, 0)),
+          panels((a.g.out_c + kNR - 1) / kNR),
+          taps(a.g.kernel * a.g.kernel),
+          centre((a.g.kernel / 2) * a.g.kernel + a.g.kernel / 2),
+          K(static_cast<size_t>(a.g.kernel) * a.g.kernel * a.g.in_c),
+          ktot(K + (a.fused ? static_cast<size_t>(std::max(a.rank, 0)) : 0)),
+          merge(a.rank > 0 && !a.fused) {}
+};
+
+// One panel's lanes: masks (all set for a full panel) and BN scale.
+struct Lanes {
+    bool full;
+    __m256i m0, m1;
+    __m256 f0, f1, s0, s1;
+    Lanes(const ApplyArgs& a, const Shape& s, int p) {
+        const int o0 = p * kNR, nv = std::min(kNR, s.oc - o0);
+        full = nv == kNR;
+        m0 = tail_mask(std::min(nv, 8));
+        m1 = tail_mask(std::max(nv - 8, 0));
+        f0 = _mm256_castsi256_ps(m0);
+        f1 = _mm256_castsi256_ps(m1);
+        const __m256 ones = _mm256_set1_ps(1.0f);
+        if (full) {
+            s0 = a.scale ? _mm256_loadu_ps(a.scale + o0) : ones;
+            s1 = a.scale ? _mm256_loadu_ps(a.scale + o0 + 8) : ones;
+        } else {
+            s0 = a.scale ? _mm256_maskload_ps(a.scale + o0, m0) : ones;
+            s1 = a.scale ? _mm256_maskload_ps(a.scale + o0 + 8, m1) : ones;
+        }
+    }
+};
+
+// v += B'A' for input column `col` on the panel's lanes (padding lanes add 0).
+inline void add_merge(const ApplyArgs& a, const Shape& s, int o0, int col, const Lanes& l, __m256& v0,
+                      __m256& v1) {
+    __m256 d0 = _mm256_setzero_ps(), d1 = d0;
+    for (int q = 0; q < s.rank; ++q) {
+        const __m256 av = _mm256_broadcast_ss(a.a + static_cast<size_t>(q) * s.ic + col);
+        const float* bq = a.bt + static_cast<size_t>(q) * s.oc + o0;
+        const __m256 b0 = l.full ? _mm256_loadu_ps(bq) : _mm256_maskload_ps(bq, l.m0);
+        const __m256 b1 = l.full ? _mm256_loadu_ps(bq + 8) : _mm256_maskload_ps(bq + 8, l.m1);
+        d0 = _mm256_fmadd_ps(b0, av, d0);
+        d1 = _mm256_fmadd_ps(b1, av, d1);
+    }
+    v0 = _mm256_add_ps(v0, d0);
+    v1 = _mm256_add_ps(v1, d1);
+}
+
 // Streaming (non-temporal) stores when the destination is 32-byte aligned:
 // the packed weights are written once per switch and read by the next run,
 // so they need not be read for ownership first (a third of the traffic).
@@ -38,47 +102,37 @@ inline void put(float* p, __m256 v) {
     else
         _mm256_storeu_ps(p, v);
 }
-}  // namespace
 
 template <bool kStream>
-static void apply_rows(const ApplyArgs& a, int k0, int k1, float* packed) {
-    const ConvGeometry& g = a.g;
-    const int ic = g.in_c, oc = g.out_c;
-    const size_t K = static_cast<size_t>(g.kernel) * g.kernel * ic;
-    const int rank = std::max(a.rank, 0);
-    const size_t ktot = K + (a.fused ? static_cast<size_t>(rank) : 0);
-    const int panels = (oc + kNR - 1) / kNR;
-    const int centre = (g.kernel / 2) * g.kernel + g.kernel / 2;
+void apply_rows(const ApplyArgs& a, const Shape& s, int k0, int k1, float* packed) {
     const size_t tap_floats = static_cast<size_t>(a.base_in) * a.base_out;
-    const bool merge = rank > 0 && !a.fused;
-    const __m256 ones = _mm256_set1_ps(1.0f);
-
     for (int kb = k0; kb < k1; kb += kRows) {
         const int n = std::min(kRows, k1 - kb);
         const float* src[kRows];
         int col[kRows];   // i' of each row (column of A')
         bool cen[kRows];  // row is at the centre tap and gets B'A'
         for (int r = 0; r < n; ++r) {
-            const int k = kb + r, t = k / ic, i = k % ic;
+            const int k = kb + r, t = k / s.ic, i = k % s.ic;
             src[r] = a.base + static_cast<size_t>(t) * tap_floats +
                      static_cast<size_t>(a.in_index[i]) * a.base_out;
             col[r] = i;
-            cen[r] = merge && t == centre;
+            cen[r] = s.merge && t == s.centre;
         }
         // The next block's rows, pulled into L1 a panel's window at a time
         // (short rows train the hardware prefetchers too late; ~8% here).
         const float* nxt[kRows];
         const int nn = std::max(0, std::min(kRows, k1 - kb - kRows));
         for (int r = 0; r < nn; ++r) {
-            const int k = kb + kRows + r, t = k / ic, i = k % ic;
+            const int k = kb + kRows + r, t = k / s.ic, i = k % s.ic;
             nxt[r] = a.base + static_cast<size_t>(t) * tap_floats +
                      static_cast<size_t>(a.in_index[i]) * a.base_out;
         }
-        for (int p = 0; p < panels; ++p) {
-            const int o0 = p * kNR, nv = std::min(kNR, oc - o0);
-            float* dst = packed + (static_cast<size_t>(p) * ktot + kb) * kNR;
-            if (nv == kNR) {
-                const int32_t* oi = a.out_index + o0;
+        for (int p = 0; p < s.panels; ++p) {
+            const int o0 = p * kNR;
+            const Lanes l(a, s, p);
+            float* dst = packed + (static_cast<size_t>(p) * s.ktot + kb) * kNR;
+            const int32_t* oi = a.out_index + o0;
+            if (l.full) {
                 const __m256i i0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(oi));
                 const __m256i i1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(oi + 8));
                 const bool contiguous = oi[kNR - 1] - oi[0] == kNR - 1;  // indices strictly increase
@@ -86,8 +140,6 @@ static void apply_rows(const ApplyArgs& a, int k0, int k1, float* packed) {
                     _mm_prefetch(reinterpret_cast<const char*>(nxt[r] + oi[0]), _MM_HINT_T0);
                     _mm_prefetch(reinterpret_cast<const char*>(nxt[r] + oi[kNR - 1]), _MM_HINT_T0);
                 }
-                const __m256 s0 = a.scale ? _mm256_loadu_ps(a.scale + o0) : ones;
-                const __m256 s1 = a.scale ? _mm256_loadu_ps(a.scale + o0 + 8) : ones;
                 for (int r = 0; r < n; ++r) {
                     __m256 v0, v1;
                     if (contiguous) {
@@ -97,91 +149,124 @@ static void apply_rows(const ApplyArgs& a, int k0, int k1, float* packed) {
                         v0 = _mm256_i32gather_ps(src[r], i0, 4);
                         v1 = _mm256_i32gather_ps(src[r], i1, 4);
                     }
-                    if (cen[r]) {
-                        __m256 d0 = _mm256_setzero_ps(), d1 = d0;
-                        for (int q = 0; q < rank; ++q) {
-                            const __m256 av = _mm256_broadcast_ss(a.a + static_cast<size_t>(q) * ic + col[r]);
-                            const float* bq = a.bt + static_cast<size_t>(q) * oc + o0;
-                            d0 = _mm256_fmadd_ps(_mm256_loadu_ps(bq), av, d0);
-                            d1 = _mm256_fmadd_ps(_mm256_loadu_ps(bq + 8), av, d1);
-                        }
-                        v0 = _mm256_add_ps(v0, d0);
-                        v1 = _mm256_add_ps(v1, d1);
-                    }
-                    put<kStream>(dst + r * kNR, _mm256_mul_ps(v0, s0));
-                    put<kStream>(dst + r * kNR + 8, _mm256_mul_ps(v1, s1));
+                    if (cen[r]) add_merge(a, s, o0, col[r], l, v0, v1);
+                    put<kStream>(dst + r * kNR, _mm256_mul_ps(v0, l.s0));
+                    put<kStream>(dst + r * kNR + 8, _mm256_mul_ps(v1, l.s1));
                 }
             } else {
                 // Ragged last panel: lanes >= nv are masked off and come out +0.
-                const __m256i m0 = tail_mask(std::min(nv, 8)), m1 = tail_mask(std::max(nv - 8, 0));
-                const __m256 f0 = _mm256_castsi256_ps(m0), f1 = _mm256_castsi256_ps(m1);
-                const int32_t* oi = a.out_index + o0;
-                const __m256i i0 = _mm256_maskload_epi32(oi, m0);
-                const __m256i i1 = _mm256_maskload_epi32(oi + 8, m1);
-                const __m256 s0 = a.scale ? _mm256_maskload_ps(a.scale + o0, m0) : ones;
-                const __m256 s1 = a.scale ? _mm256_maskload_ps(a.scale + o0 + 8, m1) : ones;
+                const __m256i i0 = _mm256_maskload_epi32(oi, l.m0);
+                const __m256i i1 = _mm256_maskload_epi32(oi + 8, l.m1);
                 const __m256 z = _mm256_setzero_ps();
                 for (int r = 0; r < n; ++r) {
-                    __m256 v0 = _mm256_mask_i32gather_ps(z, src[r], i0, f0, 4);
-                    __m256 v1 = _mm256_mask_i32gather_ps(z, src[r], i1, f1, 4);
-                    if (cen[r]) {
-                        __m256 d0 = _mm256_setzero_ps(), d1 = d0;
-                        for (int q = 0; q < rank; ++q) {
-                            const __m256 av = _mm256_broadcast_ss(a.a + static_cast<size_t>(q) * ic + col[r]);
-                            const float* bq = a.bt + static_cast<size_t>(q) * oc + o0;
-                            d0 = _mm256_fmadd_ps(_mm256_maskload_ps(bq, m0), av, d0);
-                            d1 = _mm256_fmadd_ps(_mm256_maskload_ps(bq + 8, m1), av, d1);
-                        }
-                        v0 = _mm256_add_ps(v0, d0);
-                        v1 = _mm256_add_ps(v1, d1);
-                    }
-                    put<kStream>(dst + r * kNR, _mm256_mul_ps(v0, s0));
-                    put<kStream>(dst + r * kNR + 8, _mm256_mul_ps(v1, s1));
+                    __m256 v0 = _mm256_mask_i32gather_ps(z, src[r], i0, l.f0, 4);
+                    __m256 v1 = _mm256_mask_i32gather_ps(z, src[r], i1, l.f1, 4);
+                    if (cen[r]) add_merge(a, s, o0, col[r], l, v0, v1);
+                    put<kStream>(dst + r * kNR, _mm256_mul_ps(v0, l.s0));
+                    put<kStream>(dst + r * kNR + 8, _mm256_mul_ps(v1, l.s1));
                 }
             }
         }
     }
-
 }
 
+template <bool kStream>
+void apply_oihw(const ApplyArgs& a, const Shape& s, int p0, int p1, float* packed) {
+    const size_t orow = static_cast<size_t>(a.base_in) * s.taps;  // floats per base output row
+    const __m256 z = _mm256_setzero_ps();
+    for (int p = p0; p < p1; ++p) {
+        const int o0 = p * kNR, nv = std::min(kNR, s.oc - o0);
+        const Lanes l(a, s, p);
+        alignas(32) int32_t off[kNR];  // each lane's base row; padding lanes are masked off
+        for (int j = 0; j < kNR; ++j)
+            off[j] = j < nv ? static_cast<int32_t>(static_cast<size_t>(a.out_index[o0 + j]) * orow) : 0;
+        const __m256i i0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(off));
+        const __m256i i1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(off + 8));
+        float* dst = packed + static_cast<size_t>(p) * s.ktot * kNR;
+        for (int i = 0; i < s.ic; ++i) {
+            const float* src = a.base + static_cast<size_t>(a.in_index[i]) * s.taps;
+            if (i + kAhead < s.ic) {
+                const float* ahead = a.base + static_cast<size_t>(a.in_index[i + kAhead]) * s.taps;
+                for (int j = 0; j < nv; ++j) _mm_prefetch(reinterpret_cast<const char*>(ahead + off[j]), _MM_HINT_T0);
+            }
+            for (int t = 0; t < s.taps; ++t) {
+                __m256 v0, v1;
+                if (l.full) {
+                    v0 = _mm256_i32gather_ps(src + t, i0, 4);
+                    v1 = _mm256_i32gather_ps(src + t, i1, 4);
+                } else {
+                    v0 = _mm256_mask_i32gather_ps(z, src + t, i0, l.f0, 4);
+                    v1 = _mm256_mask_i32gather_ps(z, src + t, i1, l.f1, 4);
+                }
+                if (s.merge && t == s.centre) add_merge(a, s, o0, i, l, v0, v1);
+                float* d = dst + (static_cast<size_t>(t) * s.ic + i) * kNR;
+                put<kStream>(d, _mm256_mul_ps(v0, l.s0));
+                put<kStream>(d + 8, _mm256_mul_ps(v1, l.s1));
+            }
+        }
+    }
+}
+
+// Fused mode: B' (scaled) rows K..K+rank-1 of panels [p0, p1). Small, plain loops.
+void fused_b(const ApplyArgs& a, const Shape& s, int p0, int p1, float* packed) {
+    for (int p = p0; p < p1; ++p) {
+        float* dst = packed + (static_cast<size_t>(p) * s.ktot + s.K) * kNR;
+        for (int q = 0; q < s.rank; ++q)
+            for (int j = 0; j < kNR; ++j) {
+                const int o = p * kNR + j;
+                float v = 0.0f;
+                if (o < s.oc) {
+                    v = a.bt[static_cast<size_t>(q) * s.oc + o];
+                    if (a.scale) v *= a.scale[o];
+                }
+                dst[static_cast<size_t>(q) * kNR + j] = v;
+            }
+    }
+}
+
+// Fused mode: the A' panels (kNR rank columns, in_c rows) after the W' panels.
+void fused_a(const ApplyArgs& a, const Shape& s, float* packed) {
+    float* ap = packed + static_cast<size_t>(s.panels) * s.ktot * kNR;
+    const int rp = (s.rank + kNR - 1) / kNR;
+    for (int p = 0; p < rp; ++p)
+        for (int i = 0; i < s.ic; ++i)
+            for (int j = 0; j < kNR; ++j) {
+                const int q = p * kNR + j;
+                ap[(static_cast<size_t>(p) * s.ic + i) * kNR + j] =
+                    q < s.rank ? a.a[static_cast<size_t>(q) * s.ic + i] : 0.0f;
+            }
+}
+
+bool aligned32(const float* p) { return (reinterpret_cast<uintptr_t>(p) & 31) == 0; }
+
+}  // namespace
+
 void conv_apply(const ApplyArgs& a, int k0, int k1, float* packed) {
-    if ((reinterpret_cast<uintptr_t>(packed) & 31) == 0) {
-        apply_rows<true>(a, k0, k1, packed);
+    const Shape s(a);
+    if (aligned32(packed)) {
+        apply_rows<true>(a, s, k0, k1, packed);
         _mm_sfence();  // streaming stores are weakly ordered: publish them
     } else {
-        apply_rows<false>(a, k0, k1, packed);
+        apply_rows<false>(a, s, k0, k1, packed);
     }
-    const ConvGeometry& g = a.g;
-    const int ic = g.in_c, oc = g.out_c;
-    const size_t K = static_cast<size_t>(g.kernel) * g.kernel * ic;
-    const int rank = std::max(a.rank, 0);
-    const size_t ktot = K + (a.fused ? static_cast<size_t>(rank) : 0);
-    const int panels = (oc + kNR - 1) / kNR;
-    if (a.fused && rank > 0 && static_cast<size_t>(k1) == K) {
-        // B' (scaled) rows K..K+rank-1 of every panel, then the A' panels
-        // (kNR rank columns, in_c rows): small, plain loops.
-        for (int p = 0; p < panels; ++p) {
-            float* dst = packed + (static_cast<size_t>(p) * ktot + K) * kNR;
-            for (int q = 0; q < rank; ++q)
-                for (int j = 0; j < kNR; ++j) {
-                    const int o = p * kNR + j;
-                    float v = 0.0f;
-                    if (o < oc) {
-                        v = a.bt[static_cast<size_t>(q) * oc + o];
-                        if (a.scale) v *= a.scale[o];
-                    }
-                    dst[static_cast<size_t>(q) * kNR + j] = v;
-                }
-        }
-        float* ap = packed + static_cast<size_t>(panels) * ktot * kNR;
-        const int rp = (rank + kNR - 1) / kNR;
-        for (int p = 0; p < rp; ++p)
-            for (int i = 0; i < ic; ++i)
-                for (int j = 0; j < kNR; ++j) {
-                    const int q = p * kNR + j;
-                    ap[(static_cast<size_t>(p) * ic + i) * kNR + j] =
-                        q < rank ? a.a[static_cast<size_t>(q) * ic + i] : 0.0f;
-                }
+    if (a.fused && s.rank > 0 && static_cast<size_t>(k1) == s.K) {
+        fused_b(a, s, 0, s.panels, packed);
+        fused_a(a, s, packed);
+    }
+}
+
+void conv_apply_oihw(const ApplyArgs& a, int o0, int o1, float* packed) {
+    const Shape s(a);
+    const int p0 = o0 / kNR, p1 = (o1 + kNR - 1) / kNR;
+    if (aligned32(packed)) {
+        apply_oihw<true>(a, s, p0, p1, packed);
+        _mm_sfence();
+    } else {
+        apply_oihw<false>(a, s, p0, p1, packed);
+    }
+    if (a.fused && s.rank > 0) {
+        fused_b(a, s, p0, p1, packed);
+        if (o1 == s.oc) fused_a(a, s, packed);
     }
 }
 

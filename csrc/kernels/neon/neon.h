@@ -29,5 +29,6 @@ void lowrank_merge(int out_c, int in_c, int kernel, int rank, const float* a, co
                    float* w_ohwi);
 
 void conv_apply(const ApplyArgs& a, int k0, int k1, float* packed);
+void conv_apply_oihw(const ApplyArgs& a, int o0, int o1, float* packed);
 
 }  // namespace spaedge::kernels::neon
