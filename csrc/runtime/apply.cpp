@@ -91,6 +91,38 @@ bool needs_general(const ConvTask& ct) {
 // kItemFloats floats written per item, in whole 8-row blocks.
 constexpr size_t kItemFloats = size_t(48) << 10;
 
+// Arguments of the one-pass application of `ct`, reading the base's
+// tap-major copy or, `oihw`, its stored OIHW weights.
+kernels::ApplyArgs one_pass_args(const Node& n, const ConvTask& ct, int fused, bool oihw) {
+    kernels::ApplyArgs args;
+    args.g = ct.geom;
+    args.base = oihw ? reinterpret_cast<const float*>(n.weight->data) : n.weight_hwio;
+    args.base_in = n.in_channels;
+    args.base_out = n.out_channels;
+    args.out_index = ct.out_index.data();
+    args.in_index = ct.in_index.data();
+    args.rank = ct.rank;
+    args.a = ct.lora_a.data();
+    args.bt = ct.lora_bt.data();
+    args.fused = fused > 0;
+    args.scale = ct.scale.empty() ? nullptr : ct.scale.data();
+    return args;
+}
+
+// Whether `ct` is applied from the stored OIHW weights: they read fewer
+// bytes (the kept outputs' rows, not the kept inputs'), can be read as floats
+// in place (4-byte aligned in the mapping) and index in int32.
+bool use_oihw(const Node& n, const ConvTask& ct) {
+    if (!n.weight || n.weight->dtype != DType::F32 ||
+        reinterpret_cast<uintptr_t>(n.weight->data) % alignof(float) != 0)
+        return false;
+    const size_t base_floats =
+        size_t(n.in_channels) * size_t(n.out_channels) * size_t(ct.kernel) * size_t(ct.kernel);
+    if (base_floats >= (size_t(1) << 31)) return false;
+    const kernels::ApplyArgs args = one_pass_args(n, ct, 0, true);
+    return kernels::apply_read_floats(args, true) < kernels::apply_read_floats(args, false);
+}
+
 }  // namespace
 
 void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTable& kt,
@@ -121,6 +153,14 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
         const ConvTask& ct = task.convs[ci];
         if (needs_general(ct)) continue;
         const int K = ct.kernel * ct.kernel * ct.in_c;
+        if (use_oihw(g.nodes[size_t(ct.node)], ct)) {
+            // Kept outputs in multiples of 16 (every ISA's panel width divides 16).
+            int outs = int(std::max<size_t>(16, kItemFloats / size_t(K) / 16 * 16));
+            if (threads == 1) outs = ct.out_c;
+            for (int o0 = 0; o0 < ct.out_c; o0 += outs)
+                a.items.push_back({int(ci), o0, std::min(ct.out_c, o0 + outs), true});
+            continue;
+        }
         const size_t width = round_floats(size_t(ct.out_c));
         int rows = int(std::max<size_t>(8, (kItemFloats / width + 7) / 8 * 8));
         if (threads == 1) rows = K;  // nothing to balance
@@ -148,20 +188,11 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
                           a.bwork.data() + bslice * size_t(worker), dst);
             return;
         }
-        const Node& n = g.nodes[size_t(ct.node)];
-        kernels::ApplyArgs args;
-        args.g = ct.geom;
-        args.base = n.weight_hwio;
-        args.base_in = n.in_channels;
-        args.base_out = n.out_channels;
-        args.out_index = ct.out_index.data();
-        args.in_index = ct.in_index.data();
-        args.rank = ct.rank;
-        args.a = ct.lora_a.data();
-        args.bt = ct.lora_bt.data();
-        args.fused = fused > 0;
-        args.scale = ct.scale.empty() ? nullptr : ct.scale.data();
-        kt.conv_apply(args, item.k0, item.k1, dst);
+        const kernels::ApplyArgs args = one_pass_args(g.nodes[size_t(ct.node)], ct, fused, item.oihw);
+        if (item.oihw)
+            kt.conv_apply_oihw(args, item.k0, item.k1, dst);
+        else
+            kt.conv_apply(args, item.k0, item.k1, dst);
     });
     a.arena.resize(task.plan.arena_floats);
     a.task = &task;

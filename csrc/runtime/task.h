@@ -90,10 +90,13 @@ enum class ApplyMode {
     FusedLowRank,  // W' and (A, B) packed separately; conv + B (A x_centre) in one kernel pass
 };
 
-// One unit of task application: rows [k0, k1) of conv `conv` in one pass
-// (kernels::conv_apply), or the whole conv by the general path (k0 = -1).
+// One unit of task application: the whole conv `conv` by the general path
+// (k0 = -1); or in one pass from the base, rows [k0, k1) from its tap-major
+// copy (kernels::conv_apply) or, `oihw`, kept outputs [k0, k1) from its
+// stored OIHW layout (kernels::conv_apply_oihw), whichever reads less.
 struct ApplyItem {
     int conv = 0, k0 = 0, k1 = 0;
+    bool oihw = false;
 };
 
 // The active task's weights packed for one kernel table, plus the arena.
