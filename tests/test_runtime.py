@@ -68,6 +68,25 @@ def test_splora_task_matches_numpy_reference(toy, mode):
     assert ref.close(got, want), np.max(np.abs(got - want))
 
 
+def test_base_with_unaligned_data_section(toy, tmp_path):
+    """A base whose header is not padded maps its floats at odd addresses; the
+    switch then reads the tap-major copy instead of the mapped OIHW weights
+    (which it reads as floats in place): same logits, bit for bit."""
+    raw = Path(toy["base_path"]).read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = raw[8:8 + n].rstrip(b" ")
+    header += b" " * ((2 - (8 + len(header))) % 4)  # data section at 2 mod 4
+    assert (8 + len(header)) % 4 == 2
+    (tmp_path / "base.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + n:])
+    x = inputs((2, 3, 16, 16))
+    for mode in ("merged", "lowrank"):
+        want = fresh(toy, mode=mode)
+        want.load_task(toy["a_path"])
+        got = Runtime(tmp_path / "base.safetensors", threads=1, mode=mode)
+        got.load_task(toy["a_path"])
+        assert np.array_equal(got.run(x), want.run(x))
+
+
 def test_single_image_returns_one_row(toy):
     rt = fresh(toy)
     rt.load_task(toy["a_path"])
