@@ -293,10 +293,12 @@ BaseModel::BaseModel(const std::string& path) {
     }
 
     // Re-layout every conv weight once, OIHW -> tap-major HWIO (w[t][i][o]):
-    // a task switch then reads whole kept base rows (t, i) and picks the kept
-    // outputs of each packed panel from them (kernels::conv_apply). Costs one
-    // copy of the conv weights in memory; the mapping is not read at a switch
-    // of an adapter-only task any more.
+    // a task switch can then read whole kept-input rows (t, i) and pick the
+    // kept outputs of each packed panel from them (kernels::conv_apply), which
+    // for a conv that keeps fewer inputs than outputs reads fewer bytes than
+    // the kept-output rows of the mapped OIHW weights (conv_apply_oihw; the
+    // switch takes the cheaper per conv). Costs one copy of the conv weights
+    // in memory.
     size_t total = 0;
     for (const Node& n : g.nodes)
         if (n.op == Op::Conv) total += n.weight->numel;
