@@ -7,13 +7,53 @@
 // - Every ISA has the same table; only dispatch.cpp chooses which one runs.
 // - No allocation inside a kernel call: callers pass scratch sized by
 //   `conv_scratch_floats`.
-// - `threads` is the number of OpenMP threads a call may use (>= 1).
+// - Kernels create no threads. A call that may run in parallel takes a
+//   `const Parallel*` from its caller (below); null means serial.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 namespace spaedge::kernels {
+
+// Work sharing lent to a kernel by its caller. A kernel cuts its work into
+// items whose outputs do not overlap and hands them to `run`; the caller
+// decides who runs them (the runtime: its own thread plus helper threads that
+// claim items one at a time as they get a CPU, csrc/runtime/workers.h).
+//
+// run(ctx, n, fn, arg) calls fn(arg, item, worker) exactly once for every
+// item in [0, n), in any order and possibly concurrently, and returns when all
+// calls have returned (their writes visible to the caller). `worker` is in
+// [0, threads) and two calls with the same worker never overlap, so a kernel
+// may give each worker its own scratch. fn does not throw.
+//
+// A null Parallel, a null run or threads <= 1 means serial (items in order on
+// the calling thread, worker 0). Results never depend on the split: every
+// output element is computed by one item, the same way for any thread count.
+struct Parallel {
+    int threads = 1;  // workers (>= 1); also what scratch was sized for
+    void* ctx = nullptr;
+    void (*run)(void* ctx, int n, void (*fn)(void* arg, int item, int worker), void* arg) = nullptr;
+};
+
+// Workers a call may use through `par` (1 when serial).
+inline int parallel_threads(const Parallel* par) {
+    return par && par->run && par->threads > 1 ? par->threads : 1;
+}
+
+// f(item, worker) for every item in [0, n), through `par`.
+template <class F>
+void parallel_for(const Parallel* par, int n, F&& f) {
+    if (n <= 0) return;
+    if (n == 1 || parallel_threads(par) == 1) {
+        for (int i = 0; i < n; ++i) f(i, 0);
+        return;
+    }
+    using Fn = typename std::remove_reference<F>::type;
+    par->run(par->ctx, n, [](void* arg, int item, int worker) { (*static_cast<Fn*>(arg))(item, worker); },
+             const_cast<void*>(static_cast<const void*>(&f)));
+}
 
 struct ConvGeometry {
     int in_h = 0, in_w = 0, in_c = 0;
@@ -54,17 +94,18 @@ struct KernelTable {
     size_t (*conv_packed_floats)(const ConvGeometry& g);
     // Pack OHWI weights w[out_c][kernel][kernel][in_c] into `packed`.
     void (*conv_pack)(const ConvGeometry& g, const float* w_ohwi, float* packed);
-    // Floats of scratch one conv call needs when run with `threads` threads
-    // (also enough for any smaller thread count).
+    // Floats of scratch one conv call needs when run with a Parallel of
+    // `threads` workers (also enough for any smaller count).
     size_t (*conv_scratch_floats)(const ConvGeometry& g, int threads);
     // out[out_h][out_w][out_c] = epilogue(conv(in[in_h][in_w][in_c], W)).
     // `out` never aliases `in`; it may alias `ep.residual` exactly (in place).
+    // `par`: work sharing (null = serial); par->threads <= the scratch's count.
     void (*conv)(const ConvGeometry& g, const float* packed, const float* in, float* out,
-                 const Epilogue& ep, float* scratch, int threads);
+                 const Epilogue& ep, float* scratch, const Parallel* par);
 
     // Max pooling, padding counts as -infinity. out is out_h x out_w x c.
     void (*maxpool)(int in_h, int in_w, int c, int kernel, int stride, int pad, const float* in,
-                    float* out, int threads);
+                    float* out, const Parallel* par);
     // Global average pooling: out[c] = mean over h*w of in.
     void (*global_avgpool)(int h, int w, int c, const float* in, float* out);
     // y[o] = bias[o] + sum_i w[o][i] * x[i]; w row-major [out_f][in_f]; bias may be null.
@@ -89,7 +130,7 @@ struct KernelTable {
                               const float* a, const float* b, float* packed);
     size_t (*conv_lowrank_scratch_floats)(const ConvGeometry& g, int rank, int threads);
     void (*conv_lowrank)(const ConvGeometry& g, int rank, const float* packed, const float* in,
-                         float* out, const Epilogue& ep, float* scratch, int threads);
+                         float* out, const Epilogue& ep, float* scratch, const Parallel* par);
 
     // Task application of one conv in one pass, from the base into the packed
     // layout: rows [k0, k1) of K = kernel^2 * in_c (in (ky, kx, ci) order) of

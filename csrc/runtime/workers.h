@@ -1,5 +1,5 @@
-// Work sharing for task application that a busy machine cannot stall.
-// Internal header.
+// Work sharing that a busy machine cannot stall, for task application and
+// for the kernels (through kernels::Parallel). Internal header.
 //
 // An OpenMP parallel region ends in a barrier that waits for every thread of
 // the team, including one the OS has not scheduled yet; on a loaded machine
@@ -8,7 +8,11 @@
 // helper threads join in when they get a CPU: items are claimed one at a time,
 // and the caller waits only for items a helper has actually claimed. A helper
 // that never ran costs nothing, so `threads` > 1 is never slower than 1 by
-// more than one item. Idle helpers sleep on a condition variable.
+// more than one item.
+//
+// Between jobs a helper spins for a short while (kSpinMicros, pausing
+// between looks) so that back-to-back jobs (the convs of one inference) find
+// it awake, then sleeps on a condition variable until the next job.
 #pragma once
 
 #include <atomic>
@@ -19,6 +23,12 @@
 #include <thread>
 #include <vector>
 
+#include "kernels/kernels.h"
+
+#ifndef SPAEDGE_SPIN_MICROS
+#define SPAEDGE_SPIN_MICROS 50
+#endif
+
 namespace spaedge {
 
 class Workers {
@@ -28,28 +38,65 @@ public:
     Workers(const Workers&) = delete;
     Workers& operator=(const Workers&) = delete;
 
-    // Calls fn(i, w) once for every item i in [0, n), on the calling thread
-    // (w = 0) and up to threads - 1 helpers (w = 1, 2, ...: each w runs one
-    // item at a time, so per-w scratch is safe); returns when all calls have
-    // returned (their writes visible to the caller). fn must not throw. One
-    // caller at a time (the Runtime's mutex).
+    // Calls fn(arg, i, w) once for every item i in [0, n), on the calling
+    // thread (w = 0) and up to threads - 1 helpers (w = 1, 2, ...: each w runs
+    // one item at a time, so per-w scratch is safe); returns when all calls
+    // have returned (their writes visible to the caller). fn must not throw.
+    // One caller at a time (the Runtime's mutex).
+    using RawFn = void (*)(void* arg, int item, int worker);
+    void run(int n, int threads, RawFn fn, void* arg);
+
+    // The same with a std::function.
     using Fn = std::function<void(int, int)>;
-    void run(int n, int threads, const Fn& fn);
+    void run(int n, int threads, const Fn& fn) {
+        run(n, threads, [](void* a, int i, int w) { (*static_cast<const Fn*>(a))(i, w); },
+            const_cast<Fn*>(&fn));
+    }
+
+    // How long an idle helper keeps looking for the next job before sleeping.
+    static constexpr int kSpinMicros = SPAEDGE_SPIN_MICROS;
 
 private:
     void helper(int index);
     // Claims items of generation `gen` and runs them; returns when none are left.
-    void work(uint32_t gen, int n, const Fn* fn, int w);
+    void work(uint32_t gen, int n, RawFn fn, void* arg, int w);
+    // Spins until a job other than `seen` is published or the pool stops,
+    // at most kSpinMicros; true if one was seen.
+    bool spin(uint32_t seen) const;
 
     std::mutex mu_;
     std::condition_variable wake_;
     std::vector<std::thread> threads_;
     bool stop_ = false;
-    uint32_t gen_ = 0;  // job generation (under mu_)
+    int sleepers_ = 0;        // helpers waiting on wake_ (under mu_)
+    uint32_t gen_ = 0;        // job generation (under mu_)
     int n_ = 0, wanted_ = 0;  // items and helpers of the current job (under mu_)
-    const Fn* fn_ = nullptr;
-    std::atomic<uint64_t> claim_{0};  // (generation << 32) | next item
-    std::atomic<int> done_{0};        // items of the current generation finished
+    RawFn fn_ = nullptr;
+    void* arg_ = nullptr;
+    std::atomic<uint32_t> published_{0};  // gen_, for spinning helpers (0 = stopping)
+    std::atomic<uint64_t> claim_{0};      // (generation << 32) | next item
+    std::atomic<int> done_{0};            // items of the current generation finished
+};
+
+// The kernels' view of a pool: a kernels::Parallel with `threads` workers
+// whose items run through Workers::run. Lives as long as kernels use get().
+class PoolParallel {
+public:
+    PoolParallel(Workers& pool, int threads) : pool_(&pool) {
+        par_.threads = threads;
+        par_.ctx = this;
+        par_.run = [](void* ctx, int n, Workers::RawFn fn, void* arg) {
+            const PoolParallel& self = *static_cast<const PoolParallel*>(ctx);
+            self.pool_->run(n, self.par_.threads, fn, arg);
+        };
+    }
+    PoolParallel(const PoolParallel&) = delete;
+    PoolParallel& operator=(const PoolParallel&) = delete;
+    const kernels::Parallel* get() const { return &par_; }
+
+private:
+    Workers* pool_;
+    kernels::Parallel par_;
 };
 
 }  // namespace spaedge

@@ -7,15 +7,14 @@
 namespace spaedge::kernels::avx2 {
 
 void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const float* in,
-             float* out, int threads) {
+             float* out, const Parallel* par) {
     const int oh = (in_h + 2 * pad - kernel) / stride + 1;
     const int ow = (in_w + 2 * pad - kernel) / stride + 1;
     const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     const __m256i tail = tail_mask(c % 8);
     const int cv = c - c % 8;
-    (void)threads;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int oy = 0; oy < oh; ++oy) {
+    // Output rows are the items.
+    parallel_for(par, oh, [&](int oy, int) {
         const int y0 = std::max(oy * stride - pad, 0), y1 = std::min(oy * stride - pad + kernel, in_h);
         for (int ox = 0; ox < ow; ++ox) {
             const int x0 = std::max(ox * stride - pad, 0);
@@ -39,7 +38,7 @@ void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const f
                 store_n(o + cv, m, c % 8);
             }
         }
-    }
+    });
 }
 
 void global_avgpool(int h, int w, int c, const float* in, float* out) {

@@ -7,14 +7,13 @@
 namespace spaedge::kernels::neon {
 
 void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const float* in,
-             float* out, int threads) {
+             float* out, const Parallel* par) {
     const int oh = (in_h + 2 * pad - kernel) / stride + 1;
     const int ow = (in_w + 2 * pad - kernel) / stride + 1;
     const float32x4_t ninf = vdupq_n_f32(-std::numeric_limits<float>::infinity());
     const int cv = c - c % 4;
-    (void)threads;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int oy = 0; oy < oh; ++oy) {
+    // Output rows are the items.
+    parallel_for(par, oh, [&](int oy, int) {
         const int y0 = std::max(oy * stride - pad, 0), y1 = std::min(oy * stride - pad + kernel, in_h);
         for (int ox = 0; ox < ow; ++ox) {
             const int x0 = std::max(ox * stride - pad, 0);
@@ -35,7 +34,7 @@ void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const f
                 o[ch] = m;
             }
         }
-    }
+    });
 }
 
 void global_avgpool(int h, int w, int c, const float* in, float* out) {

@@ -6,12 +6,11 @@
 namespace spaedge::kernels::scalar {
 
 void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const float* in,
-             float* out, int threads) {
+             float* out, const Parallel* par) {
     const int oh = (in_h + 2 * pad - kernel) / stride + 1;
     const int ow = (in_w + 2 * pad - kernel) / stride + 1;
-    (void)threads;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int oy = 0; oy < oh; ++oy) {
+    // Output rows are the items.
+    parallel_for(par, oh, [&](int oy, int) {
         for (int ox = 0; ox < ow; ++ox) {
             float* o = out + (static_cast<size_t>(oy) * ow + ox) * c;
             for (int ch = 0; ch < c; ++ch) o[ch] = -std::numeric_limits<float>::infinity();
@@ -27,7 +26,7 @@ void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const f
                 }
             }
         }
-    }
+    });
 }
 
 void global_avgpool(int h, int w, int c, const float* in, float* out) {
