@@ -24,11 +24,8 @@ inline void cpu_pause() {
 }  // namespace
 
 Workers::~Workers() {
-    {
-        std::lock_guard<std::mutex> lock(mu_);
-        stop_ = true;
-        published_.store(0, std::memory_order_release);
-    }
+    stop_.store(true, std::memory_order_seq_cst);
+    { std::lock_guard<std::mutex> lock(mu_); }  // a helper between its check and its wait gets there
     wake_.notify_all();
     for (std::thread& t : threads_) t.join();
 }
@@ -50,8 +47,9 @@ bool Workers::spin(uint32_t seen) const {
     const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
     for (;;) {
         for (int i = 0; i < 64; ++i) {
-            const uint32_t g = published_.load(std::memory_order_acquire);
-            if (g != seen) return true;  // a new job, or 0: stopping
+            if (published_.load(std::memory_order_relaxed) != seen ||
+                stop_.load(std::memory_order_relaxed))
+                return true;
             cpu_pause();
         }
         if (std::chrono::steady_clock::now() >= until) return false;
@@ -59,27 +57,31 @@ bool Workers::spin(uint32_t seen) const {
 }
 
 void Workers::helper(int index) {
-    uint32_t seen = 0;
-    std::unique_lock<std::mutex> lock(mu_);
+    uint32_t seen = 0;  // generation last taken (or skipped)
     for (;;) {
-        if (!stop_ && gen_ == seen) {
-            // Idle: look for the next job for a little while, then sleep.
-            lock.unlock();
-            spin(seen);
-            lock.lock();
-            ++sleepers_;
-            wake_.wait(lock, [&] { return stop_ || gen_ != seen; });
-            --sleepers_;
+        if (stop_.load(std::memory_order_acquire)) return;
+        const uint32_t g = published_.load(std::memory_order_acquire);
+        if (g == 0 || g == seen) {
+            // Nothing new (or a job being written): look for a while, then sleep.
+            if (g == seen && !spin(seen)) {
+                std::unique_lock<std::mutex> lock(mu_);
+                sleepers_.fetch_add(1, std::memory_order_seq_cst);
+                wake_.wait(lock, [&] {
+                    const uint32_t p = published_.load(std::memory_order_seq_cst);
+                    return stop_.load(std::memory_order_seq_cst) || (p != 0 && p != seen);
+                });
+                sleepers_.fetch_sub(1, std::memory_order_relaxed);
+            }
+            continue;
         }
-        if (stop_) return;
-        seen = gen_;
-        if (index >= wanted_) continue;  // not needed for this job
-        const int n = n_;
-        const RawFn fn = fn_;
-        void* const arg = arg_;
-        lock.unlock();
-        work(seen, n, fn, arg, index + 1);
-        lock.lock();
+        const int n = n_.load(std::memory_order_relaxed);
+        const int wanted = wanted_.load(std::memory_order_relaxed);
+        const RawFn fn = fn_.load(std::memory_order_relaxed);
+        void* const arg = arg_.load(std::memory_order_relaxed);
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (published_.load(std::memory_order_relaxed) != g) continue;  // rewritten meanwhile
+        seen = g;
+        if (index < wanted) work(g, n, fn, arg, index + 1);
     }
 }
 
@@ -90,30 +92,30 @@ void Workers::run(int n, int threads, RawFn fn, void* arg) {
         for (int i = 0; i < n; ++i) fn(arg, i, 0);
         return;
     }
-    uint32_t gen;
-    bool notify;
-    {
-        std::lock_guard<std::mutex> lock(mu_);
-        while (int(threads_.size()) < helpers) {
-            const int index = int(threads_.size());
-            try {
-                threads_.emplace_back([this, index] { helper(index); });
-            } catch (...) {
-                break;  // no more threads: fewer helpers
-            }
+    while (int(threads_.size()) < helpers) {
+        const int index = int(threads_.size());
+        try {
+            threads_.emplace_back([this, index] { helper(index); });
+        } catch (...) {
+            break;  // no more threads: fewer helpers
         }
-        gen = ++gen_;
-        if (gen == 0) gen = ++gen_;  // 0 means "nothing seen yet" / "stopping"
-        n_ = n;
-        wanted_ = std::min(helpers, int(threads_.size()));
-        fn_ = fn;
-        arg_ = arg;
-        done_.store(0, std::memory_order_relaxed);
-        claim_.store(uint64_t(gen) << 32, std::memory_order_release);
-        published_.store(gen, std::memory_order_release);
-        notify = sleepers_ > 0;
     }
-    if (notify) wake_.notify_all();
+    uint32_t gen = ++gen_;
+    if (gen == 0) gen = ++gen_;  // 0 means "being written"
+    // Seqlock write: helpers ignore the fields until the generation is back.
+    published_.store(0, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+    n_.store(n, std::memory_order_relaxed);
+    wanted_.store(std::min(helpers, int(threads_.size())), std::memory_order_relaxed);
+    fn_.store(fn, std::memory_order_relaxed);
+    arg_.store(arg, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    claim_.store(uint64_t(gen) << 32, std::memory_order_relaxed);
+    published_.store(gen, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+        { std::lock_guard<std::mutex> lock(mu_); }  // a helper between its check and its wait gets there
+        wake_.notify_all();
+    }
     work(gen, n, fn, arg, 0);
     // Every item is claimed; wait for the ones helpers are still running
     // (yielding, so a helper descheduled mid-item gets this CPU).
