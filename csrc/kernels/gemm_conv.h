@@ -147,12 +147,15 @@ Plan make_plan(const ConvGeometry& g, int threads, int rank = 0) {
     // (the caller at once, helpers kLateMacs later); ties go to fewer, larger
     // items. More, smaller items balance better, each costs kItemMacs.
     const int mb0 = ceil_div(p.M, Isa::MC_MAX), nb0 = ceil_div(p.panels, Isa::PANELS_MAX);
-    const int mb_hi = threads == 1 ? mb0 : std::min(std::max(mb0 + threads, 4 * threads), ceil_div(p.M, MR));
-    const int nb_hi = threads == 1 ? nb0 : std::min(std::max(nb0 + threads, 2 * threads), p.panels);
+    // (The search is sized for a handful of workers: beyond 8 it widens no
+    // further, and the simulation models at most 16.)
+    const int tw = std::min(threads, 8);
+    const int mb_hi = threads == 1 ? mb0 : std::min(std::max(mb0 + tw, 4 * tw), ceil_div(p.M, MR));
+    const int nb_hi = threads == 1 ? nb0 : std::min(std::max(nb0 + tw, 2 * tw), p.panels);
     const double k_macs = static_cast<double>(p.ktot) * NR;  // per row and panel
     double best = -1.0;
-    double finish[64];
-    const int sim = std::min(threads, 64);  // beyond 64 workers the estimate is rough
+    double finish[16];
+    const int sim = std::min(threads, 16);
     int last_mbe = 0;
     for (int mb = mb0; mb <= mb_hi; ++mb) {
         const int mc = ceil_div(ceil_div(p.M, mb), MR) * MR;
