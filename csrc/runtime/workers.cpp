@@ -30,15 +30,20 @@ Workers::~Workers() {
     for (std::thread& t : threads_) t.join();
 }
 
-void Workers::work(uint32_t gen, int n, RawFn fn, void* arg, int w) {
-    uint64_t c = claim_.load(std::memory_order_relaxed);
-    for (;;) {
-        if (uint32_t(c >> 32) != gen || int(uint32_t(c)) >= n) return;
-        if (!claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel, std::memory_order_relaxed))
-            continue;  // c reloaded
-        fn(arg, int(uint32_t(c)), w);
-        done_.fetch_add(1, std::memory_order_release);
-        c = claim_.load(std::memory_order_relaxed);
+void Workers::work(uint32_t gen, int n, int ranges, Range* range, RawFn fn, void* arg, int w) {
+    for (int k = 0; k < ranges; ++k) {
+        const int r = (w + k) % ranges;
+        const int end = int(int64_t(n) * (r + 1) / ranges);
+        std::atomic<uint64_t>& next = range[r].next;
+        uint64_t c = next.load(std::memory_order_relaxed);
+        for (;;) {
+            if (uint32_t(c >> 32) != gen || int(uint32_t(c)) >= end) break;
+            if (!next.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel, std::memory_order_relaxed))
+                continue;  // c reloaded
+            fn(arg, int(uint32_t(c)), w);
+            done_.fetch_add(1, std::memory_order_release);
+            c = next.load(std::memory_order_relaxed);
+        }
     }
 }
 
@@ -78,10 +83,11 @@ void Workers::helper(int index) {
         const int wanted = wanted_.load(std::memory_order_relaxed);
         const RawFn fn = fn_.load(std::memory_order_relaxed);
         void* const arg = arg_.load(std::memory_order_relaxed);
+        Range* const range = range_.load(std::memory_order_relaxed);
         std::atomic_thread_fence(std::memory_order_acquire);
         if (published_.load(std::memory_order_relaxed) != g) continue;  // rewritten meanwhile
         seen = g;
-        if (index < wanted) work(g, n, fn, arg, index + 1);
+        if (index < wanted) work(g, n, wanted + 1, range, fn, arg, index + 1);
     }
 }
 
@@ -100,23 +106,32 @@ void Workers::run(int n, int threads, RawFn fn, void* arg) {
             break;  // no more threads: fewer helpers
         }
     }
+    const int wanted = std::min(helpers, int(threads_.size()));
+    const int ranges = wanted + 1;
+    if (ranges > range_capacity_) {
+        range_capacity_ = std::max(ranges, 2 * range_capacity_);
+        range_blocks_.emplace_back(new Range[size_t(range_capacity_)]);
+    }
+    Range* const range = range_blocks_.back().get();
     uint32_t gen = ++gen_;
     if (gen == 0) gen = ++gen_;  // 0 means "being written"
     // Seqlock write: helpers ignore the fields until the generation is back.
     published_.store(0, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_release);
     n_.store(n, std::memory_order_relaxed);
-    wanted_.store(std::min(helpers, int(threads_.size())), std::memory_order_relaxed);
+    wanted_.store(wanted, std::memory_order_relaxed);
     fn_.store(fn, std::memory_order_relaxed);
     arg_.store(arg, std::memory_order_relaxed);
+    range_.store(range, std::memory_order_relaxed);
     done_.store(0, std::memory_order_relaxed);
-    claim_.store(uint64_t(gen) << 32, std::memory_order_relaxed);
+    for (int r = 0; r < ranges; ++r)
+        range[r].next.store((uint64_t(gen) << 32) | uint64_t(int64_t(n) * r / ranges), std::memory_order_relaxed);
     published_.store(gen, std::memory_order_seq_cst);
     if (sleepers_.load(std::memory_order_seq_cst) > 0) {
         { std::lock_guard<std::mutex> lock(mu_); }  // a helper between its check and its wait gets there
         wake_.notify_all();
     }
-    work(gen, n, fn, arg, 0);
+    work(gen, n, ranges, range, fn, arg, 0);
     // Every item is claimed; wait for the ones helpers are still running
     // (yielding, so a helper descheduled mid-item gets this CPU).
     while (done_.load(std::memory_order_acquire) < n) std::this_thread::yield();

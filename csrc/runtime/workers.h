@@ -10,6 +10,12 @@
 // that never ran costs nothing, so `threads` > 1 is never slower than 1 by
 // more than one item.
 //
+// Claim order: the items are cut into one contiguous range per worker, as a
+// static split would, and each worker claims from its own range first, in
+// order, then from the next workers' ranges. When everyone shows up, each
+// works on neighbouring items (a conv's items of one M block share its input
+// rows); a range whose worker is late is taken by the others from its start.
+//
 // Between jobs a helper spins for a short while (kSpinMicros, pausing
 // between looks) so that back-to-back jobs (the convs of one inference) find
 // it awake, then sleeps on a condition variable until the next job. Nothing
@@ -21,6 +27,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -59,9 +66,14 @@ public:
     static constexpr int kSpinMicros = SPAEDGE_SPIN_MICROS;
 
 private:
+    // One worker's range of the current job: (generation << 32) | next item.
+    struct alignas(64) Range {
+        std::atomic<uint64_t> next{0};
+    };
     void helper(int index);
-    // Claims items of generation `gen` and runs them; returns when none are left.
-    void work(uint32_t gen, int n, RawFn fn, void* arg, int w);
+    // Claims items of generation `gen` (n items in `ranges` ranges) and runs
+    // them, worker w's range first; returns when none are left.
+    void work(uint32_t gen, int n, int ranges, Range* range, RawFn fn, void* arg, int w);
     // Spins until published_ differs from `seen` or the pool stops, at most
     // kSpinMicros; true if it did.
     bool spin(uint32_t seen) const;
@@ -71,11 +83,15 @@ private:
     // a helper that read the same nonzero generation before and after the
     // fields has a consistent copy. mu_ only guards sleeping (wake_).
     std::atomic<uint32_t> published_{0};  // generation of the current job; 0 while it is written
-    std::atomic<int> n_{0}, wanted_{0};   // items and helpers of the job
+    std::atomic<int> n_{0}, wanted_{0};   // items and helpers of the job (wanted_ + 1 ranges)
     std::atomic<RawFn> fn_{nullptr};
     std::atomic<void*> arg_{nullptr};
-    std::atomic<uint64_t> claim_{0};      // (generation << 32) | next item
+    std::atomic<Range*> range_{nullptr};  // the job's ranges
     std::atomic<int> done_{0};            // items of the current generation finished
+    // Range arrays; a larger one replaces the current one when more workers
+    // join, the old ones stay alive for helpers still looking at them.
+    std::vector<std::unique_ptr<Range[]>> range_blocks_;
+    int range_capacity_ = 0;
     std::atomic<bool> stop_{false};
     std::atomic<int> sleepers_{0};        // helpers about to wait or waiting on wake_
     uint32_t gen_ = 0;                    // last generation (the caller's)
