@@ -90,6 +90,7 @@ struct Plan {
     int rank = 0;         // fused low-rank: extra K rows of B, T = x_centre A'^T
     int r_panels = 0;     // A' panels (NR columns of T each)
     int ktot = 0;         // B rows per panel: K + rank
+    int workers = 1;      // threads the GEMM phase shares (1: small conv, run by the caller)
     size_t padded_floats = 0;  // scratch: the padded input, then one slot per worker
     size_t w_slot = 0;    // floats per worker slot (a multiple of 16: 64-byte aligned)
     size_t scratch = 0;
@@ -108,11 +109,15 @@ struct WorkerState {
 // kLateMacs after the caller (waking up, getting a CPU).
 constexpr double kItemMacs = 16384.0;
 constexpr double kLateMacs = 65536.0;
-// Floats of the padded input per copy item (bands of whole rows).
-constexpr size_t kPadItemFloats = 16384;
+// Floats of the padded input per copy item (bands of whole rows), and what a
+// copied float weighs against a multiply-add (for kMinSharedWork).
+constexpr double kPadItemFloats = 16384.0;
+constexpr double kCopyWork = 8.0;
 
+// `threads`: workers the scratch is sized for; the split uses them when the
+// conv is at least `min_work` multiply-adds (Parallel::min_work), else one.
 template <class Isa>
-Plan make_plan(const ConvGeometry& g, int threads, int rank = 0) {
+Plan make_plan(const ConvGeometry& g, int threads, int rank = 0, double min_work = kMinSharedWork) {
     constexpr int MR = Isa::MR, NR = Isa::NR;
     Plan p;
     threads = std::max(threads, 1);
@@ -142,20 +147,21 @@ Plan make_plan(const ConvGeometry& g, int threads, int rank = 0) {
 
     // Work items are (M block, panel group) pairs that the workers claim
     // one at a time. One worker: the largest blocks the limits allow. More:
-    // the split with the earliest estimated finish when `threads` workers
+    // the split with the earliest estimated finish when the workers
     // claim the items in order, each taking the next one as it comes free
     // (the caller at once, helpers kLateMacs later); ties go to fewer, larger
     // items. More, smaller items balance better, each costs kItemMacs.
     const int mb0 = ceil_div(p.M, Isa::MC_MAX), nb0 = ceil_div(p.panels, Isa::PANELS_MAX);
+    p.workers = static_cast<double>(p.M) * p.N * p.ktot < min_work ? 1 : threads;
     // (The search is sized for a handful of workers: beyond 8 it widens no
     // further, and the simulation models at most 16.)
-    const int tw = std::min(threads, 8);
-    const int mb_hi = threads == 1 ? mb0 : std::min(std::max(mb0 + tw, 4 * tw), ceil_div(p.M, MR));
-    const int nb_hi = threads == 1 ? nb0 : std::min(std::max(nb0 + tw, 2 * tw), p.panels);
+    const int tw = std::min(p.workers, 8);
+    const int mb_hi = p.workers == 1 ? mb0 : std::min(std::max(mb0 + tw, 4 * tw), ceil_div(p.M, MR));
+    const int nb_hi = p.workers == 1 ? nb0 : std::min(std::max(nb0 + tw, 2 * tw), p.panels);
     const double k_macs = static_cast<double>(p.ktot) * NR;  // per row and panel
     double best = -1.0;
     double finish[16];
-    const int sim = std::min(threads, 16);
+    const int sim = std::min(p.workers, 16);
     int last_mbe = 0;
     for (int mb = mb0; mb <= mb_hi; ++mb) {
         const int mc = ceil_div(ceil_div(p.M, mb), MR) * MR;
@@ -274,7 +280,7 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
     constexpr int MR = Isa::MR, NR = Isa::NR;
     static_assert(MR <= kMaxMR && Isa::MC_MAX % MR == 0, "M blocks must hold whole tiles");
     const int threads = parallel_threads(par);
-    const Plan p = make_plan<Isa>(g, threads, rank);
+    const Plan p = make_plan<Isa>(g, threads, rank, par ? par->min_work : kMinSharedWork);
     if (p.M <= 0 || p.N <= 0 || p.K <= 0) return;
     const size_t ldc = static_cast<size_t>(p.N);
     const float* src = p.padded ? scratch : in;
@@ -289,22 +295,20 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
 
     // Phase 1: the zero-bordered input, bands of whole rows as items.
     if (p.padded) {
-        const size_t row_floats = row_stride;
-        const int band = static_cast<int>(std::max<size_t>(1, (kPadItemFloats + row_floats - 1) / row_floats));
-        parallel_for(par, ceil_div(p.hp, band), [&](int item, int) {
-            pad_rows<Isa>(g, in, scratch, item * band, std::min(p.hp, (item + 1) * band));
-        });
+        const double row_work = static_cast<double>(row_stride) * kCopyWork;
+        parallel_for_bands(par, p.hp, row_work, kPadItemFloats * kCopyWork,
+                           [&](int y0, int y1, int) { pad_rows<Isa>(g, in, scratch, y0, y1); });
     }
 
     // Worker slots: no M block set up yet in this call.
     using State = WorkerState<Isa::MC_MAX>;
     float* slots = reinterpret_cast<float*>(
         (reinterpret_cast<uintptr_t>(scratch + p.padded_floats) + 63) & ~uintptr_t(63));
-    for (int w = 0; w < threads; ++w) (new (slots + p.w_slot * w) State)->mblk = -1;
+    for (int w = 0; w < p.workers; ++w) (new (slots + p.w_slot * w) State)->mblk = -1;
     const size_t state_floats = (sizeof(State) + 63) / 64 * 16;
 
     // Phase 2: the (M block, panel group) items, M block major.
-    parallel_for(par, p.mb * p.nb, [&](int task, int worker) {
+    parallel_for(p.workers > 1 ? par : nullptr, p.mb * p.nb, [&](int task, int worker) {
         float* slot = slots + p.w_slot * worker;
         State& st = *std::launder(reinterpret_cast<State*>(slot));
         float* tbuf = slot + state_floats;

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstddef>
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -31,10 +32,18 @@ namespace spaedge::kernels {
 // A null Parallel, a null run or threads <= 1 means serial (items in order on
 // the calling thread, worker 0). Results never depend on the split: every
 // output element is computed by one item, the same way for any thread count.
+//
+// Work below `min_work` multiply-adds (or comparable simple operations) per
+// call is done by the caller alone: a few microseconds handed to a helper save
+// little and, on a busy machine, risk waiting for a helper the OS preempts in
+// the middle of its item. (Tests set it to 0 to share everything.)
+constexpr double kMinSharedWork = 524288.0;
+
 struct Parallel {
-    int threads = 1;  // workers (>= 1); also what scratch was sized for
+    int threads = 1;  // workers (>= 1); at most what scratch was sized for
     void* ctx = nullptr;
     void (*run)(void* ctx, int n, void (*fn)(void* arg, int item, int worker), void* arg) = nullptr;
+    double min_work = kMinSharedWork;
 };
 
 // Workers a call may use through `par` (1 when serial).
@@ -53,6 +62,29 @@ void parallel_for(const Parallel* par, int n, F&& f) {
     using Fn = typename std::remove_reference<F>::type;
     par->run(par->ctx, n, [](void* arg, int item, int worker) { (*static_cast<Fn*>(arg))(item, worker); },
              const_cast<void*>(static_cast<const void*>(&f)));
+}
+
+// Whether `work` is worth sharing through `par`.
+inline bool worth_sharing(const Parallel* par, double work) {
+    return parallel_threads(par) > 1 && work >= par->min_work;
+}
+
+// f(begin, end, worker) over [0, n) cut into bands of consecutive units, each
+// band at least `min_band_work` (units cost `unit_work` each; a band per unit
+// when min_work is 0); serial when the whole is not worth sharing.
+template <class F>
+void parallel_for_bands(const Parallel* par, int n, double unit_work, double min_band_work, F&& f) {
+    if (n <= 0) return;
+    const double total = unit_work * n;
+    int bands = 1;
+    if (worth_sharing(par, total))
+        bands = par->min_work > 0.0 && min_band_work > 0.0 ? static_cast<int>(std::min<double>(n, total / min_band_work)) : n;
+    bands = std::max(bands, 1);
+    const int per = (n + bands - 1) / bands;
+    bands = (n + per - 1) / per;
+    parallel_for(bands > 1 ? par : nullptr, bands, [&](int b, int worker) {
+        f(b * per, std::min(n, (b + 1) * per), worker);
+    });
 }
 
 struct ConvGeometry {

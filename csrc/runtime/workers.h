@@ -104,8 +104,9 @@ private:
 // whose items run through Workers::run. Lives as long as kernels use get().
 class PoolParallel {
 public:
-    PoolParallel(Workers& pool, int threads) : pool_(&pool) {
+    PoolParallel(Workers& pool, int threads, double min_work = kernels::kMinSharedWork) : pool_(&pool) {
         par_.threads = threads;
+        par_.min_work = min_work;
         par_.ctx = this;
         par_.run = [](void* ctx, int n, Workers::RawFn fn, void* arg) {
             const PoolParallel& self = *static_cast<const PoolParallel*>(ctx);

@@ -98,9 +98,10 @@ void with_sharing(const Sharing& sh, F&& f) {
         par.threads = sh.threads;
         par.ctx = &ctx;
         par.run = shuffled_run;
+        par.min_work = 0.0;  // share even the smallest case
         f(static_cast<const k::Parallel*>(&par));
     } else {
-        const spaedge::PoolParallel par(pool(), sh.threads);
+        const spaedge::PoolParallel par(pool(), sh.threads, 0.0);  // share even the smallest case
         f(par.get());
     }
 }

@@ -5,24 +5,30 @@
 
 namespace spaedge::kernels::scalar {
 
+// Comparisons per maxpool item, at least.
+constexpr double kPoolBandWork = 65536.0;
+
 void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const float* in,
              float* out, const Parallel* par) {
     const int oh = (in_h + 2 * pad - kernel) / stride + 1;
     const int ow = (in_w + 2 * pad - kernel) / stride + 1;
-    // Output rows are the items.
-    parallel_for(par, oh, [&](int oy, int) {
-        for (int ox = 0; ox < ow; ++ox) {
-            float* o = out + (static_cast<size_t>(oy) * ow + ox) * c;
-            for (int ch = 0; ch < c; ++ch) o[ch] = -std::numeric_limits<float>::infinity();
-            for (int ky = 0; ky < kernel; ++ky) {
-                const int iy = oy * stride - pad + ky;
-                if (iy < 0 || iy >= in_h) continue;
-                for (int kx = 0; kx < kernel; ++kx) {
-                    const int ix = ox * stride - pad + kx;
-                    if (ix < 0 || ix >= in_w) continue;
-                    const float* x = in + (static_cast<size_t>(iy) * in_w + ix) * c;
-                    for (int ch = 0; ch < c; ++ch)
-                        if (x[ch] > o[ch]) o[ch] = x[ch];
+    // Bands of output rows are the items (at least kPoolBandWork each).
+    const double row_work = static_cast<double>(ow) * c * kernel * kernel;
+    parallel_for_bands(par, oh, row_work, kPoolBandWork, [&](int oy0, int oy1, int) {
+        for (int oy = oy0; oy < oy1; ++oy) {
+            for (int ox = 0; ox < ow; ++ox) {
+                float* o = out + (static_cast<size_t>(oy) * ow + ox) * c;
+                for (int ch = 0; ch < c; ++ch) o[ch] = -std::numeric_limits<float>::infinity();
+                for (int ky = 0; ky < kernel; ++ky) {
+                    const int iy = oy * stride - pad + ky;
+                    if (iy < 0 || iy >= in_h) continue;
+                    for (int kx = 0; kx < kernel; ++kx) {
+                        const int ix = ox * stride - pad + kx;
+                        if (ix < 0 || ix >= in_w) continue;
+                        const float* x = in + (static_cast<size_t>(iy) * in_w + ix) * c;
+                        for (int ch = 0; ch < c; ++ch)
+                            if (x[ch] > o[ch]) o[ch] = x[ch];
+                    }
                 }
             }
         }
