@@ -34,10 +34,16 @@ namespace spaedge::kernels {
 // output element is computed by one item, the same way for any thread count.
 //
 // Work below `min_work` multiply-adds (or comparable simple operations) per
-// call is done by the caller alone: a few microseconds handed to a helper save
-// little and, on a busy machine, risk waiting for a helper the OS preempts in
-// the middle of its item. (Tests set it to 0 to share everything.)
-constexpr double kMinSharedWork = 524288.0;
+// call is done by the caller alone: handing a helper a job costs ~2 us here
+// (publishing, claiming, the uneven end), so the default (2M, ~25 us of one
+// core) keeps the digits task's tiny convs serial (sharing them made it 15-25%
+// slower on 2 threads than on 1), and on a busy machine a small job is not
+// worth the risk of waiting for a helper preempted mid-item. Tests set 0 to
+// share everything.
+#ifndef SPAEDGE_MIN_SHARED_WORK
+#define SPAEDGE_MIN_SHARED_WORK 2097152.0
+#endif
+constexpr double kMinSharedWork = SPAEDGE_MIN_SHARED_WORK;
 
 struct Parallel {
     int threads = 1;  // workers (>= 1); at most what scratch was sized for
