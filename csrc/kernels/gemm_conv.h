@@ -110,9 +110,12 @@ struct WorkerState {
 constexpr double kItemMacs = 16384.0;
 constexpr double kLateMacs = 65536.0;
 // Floats of the padded input per copy item (bands of whole rows), and what a
-// copied float weighs against a multiply-add (for kMinSharedWork).
+// copied float weighs against a multiply-add (for Parallel::min_work: a copy
+// streams memory at a few floats per ns, the GEMM does ~75 MACs per ns; with
+// 32 the stem's 635 KB pad is shared, which keeps the helper awake for the
+// big conv after it).
 constexpr double kPadItemFloats = 16384.0;
-constexpr double kCopyWork = 8.0;
+constexpr double kCopyWork = 32.0;
 
 // `threads`: workers the scratch is sized for; the split uses them when the
 // conv is at least `min_work` multiply-adds (Parallel::min_work), else one.
