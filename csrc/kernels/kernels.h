@@ -11,8 +11,8 @@
 //   `const Parallel*` from its caller (below); null means serial.
 #pragma once
 
-#include <cstddef>
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
