@@ -57,9 +57,6 @@ bool Workers::spin(uint32_t seen) const {
                 return true;
             cpu_pause();
         }
-        // Let a runnable thread on this CPU go first: on a busy machine a
-        // helper that only paused would spend the CPU share the caller needs.
-        std::this_thread::yield();
         if (std::chrono::steady_clock::now() >= until) return false;
     }
 }

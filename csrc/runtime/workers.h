@@ -17,7 +17,7 @@
 // rows); a range whose worker is late is taken by the others from its start.
 //
 // Between jobs a helper spins for a short while (kSpinMicros, pausing
-// between looks and yielding every 64 looks) so that back-to-back jobs (the convs of one inference) find
+// between looks) so that back-to-back jobs (the convs of one inference) find
 // it awake, then sleeps on a condition variable until the next job. Nothing
 // on the way from one job to the next takes a lock while helpers are awake
 // (a contended mutex costs a futex sleep and wake, tens of microseconds).
