@@ -29,6 +29,5 @@ PYTHONPATH="$PKG" LD_PRELOAD="$LIBASAN $LIBUBSAN" ASAN_OPTIONS=detect_leaks=0:ha
 cd "$PKG"
 PATH="$PKG/bin:$PATH" PYTHONPATH="$PKG" LD_PRELOAD="$LIBASAN $LIBUBSAN" \
   ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  OMP_NUM_THREADS=2 \
   python3 -m pytest -q -p no:cacheprovider "$OLDPWD/tests/test_runtime.py" "$OLDPWD/tests/test_runtime_inputs.py" \
   "$OLDPWD/tests/test_corruption.py" -k "not torch"

@@ -34,8 +34,6 @@ rm -rf "$probe"
 
 export ASAN_OPTIONS="halt_on_error=1:abort_on_error=1:detect_leaks=$leaks:strict_string_checks=1:detect_stack_use_after_return=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
-# OpenMP worker threads are fine under ASan; two keep the run modest.
-export OMP_NUM_THREADS=2
 (cd "$B" && ctest --output-on-failure -j1)
 
 if [ "${SANITIZE_PYTHON:-0}" = 1 ]; then

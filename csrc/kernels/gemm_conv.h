@@ -21,7 +21,10 @@
 // Blocking (BLIS order): K in blocks of whole spans (or parts of one long
 // span) of <= KC_MAX floats (an NR x kc B micro-panel stays in L1), M in
 // blocks of <= MC_MAX rows, N in groups of panels. Work items are (M block,
-// panel group) pairs, split statically over the OpenMP threads.
+// panel group) pairs, claimed one at a time by the workers of the caller's
+// Parallel (any worker, any order; each item writes its own part of C).
+// A padded conv first copies the input in one parallel phase (bands of rows
+// as items), then runs the GEMM items as a second phase.
 //
 // Epilogue: at the first K block the accumulators start from bias + residual
 // (so an output aliasing the residual is read before it is overwritten); later
@@ -40,11 +43,8 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <type_traits>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "kernels/kernels.h"
 
@@ -90,13 +90,37 @@ struct Plan {
     int rank = 0;         // fused low-rank: extra K rows of B, T = x_centre A'^T
     int r_panels = 0;     // A' panels (NR columns of T each)
     int ktot = 0;         // B rows per panel: K + rank
-    size_t padded_floats = 0;  // scratch: the padded input, then per-thread T blocks
-    size_t t_slot = 0;
+    int workers = 1;      // threads the GEMM phase shares (1: small conv, run by the caller)
+    size_t padded_floats = 0;  // scratch: the padded input, then one slot per worker
+    size_t w_slot = 0;    // floats per worker slot (a multiple of 16: 64-byte aligned)
     size_t scratch = 0;
 };
 
+// Per-worker slot in scratch: the M block whose rows the worker last set up,
+// its A row offsets and (fused low-rank) its T block.
+template <int MC>
+struct WorkerState {
+    int64_t mblk;        // -1: none yet in this call
+    size_t row_off[MC];  // offsets of the block's A rows at ky = 0
+};
+
+// Cost model of the split (multiply-adds): an item costs its MACs plus
+// kItemMacs (claiming, setting up its rows, colder caches); helpers start
+// kLateMacs after the caller (waking up, getting a CPU).
+constexpr double kItemMacs = 16384.0;
+constexpr double kLateMacs = 65536.0;
+// Floats of the padded input per copy item (bands of whole rows), and what a
+// copied float weighs against a multiply-add (for Parallel::min_work: a copy
+// streams memory at a few floats per ns, the GEMM does ~75 MACs per ns; with
+// 32 the stem's 635 KB pad is shared, which keeps the helper awake for the
+// big conv after it).
+constexpr double kPadItemFloats = 16384.0;
+constexpr double kCopyWork = 32.0;
+
+// `threads`: workers the scratch is sized for; the split uses them when the
+// conv is at least `min_work` multiply-adds (Parallel::min_work), else one.
 template <class Isa>
-Plan make_plan(const ConvGeometry& g, int threads, int rank = 0) {
+Plan make_plan(const ConvGeometry& g, int threads, int rank = 0, double min_work = kMinSharedWork) {
     constexpr int MR = Isa::MR, NR = Isa::NR;
     Plan p;
     threads = std::max(threads, 1);
@@ -124,35 +148,49 @@ Plan make_plan(const ConvGeometry& g, int threads, int rank = 0) {
         p.kc_max = ceil_div(p.span, p.parts_per_span);
     }
 
-    // Work items are (M block, panel group) pairs split contiguously over the
-    // threads. Pick the split that minimises the busiest thread's work
-    // (rows x panels), with M blocks no larger than MC_MAX; ties go to fewer,
-    // larger items.
+    // Work items are (M block, panel group) pairs that the workers claim
+    // one at a time. One worker: the largest blocks the limits allow. More:
+    // the split with the earliest estimated finish when the workers
+    // claim the items in order, each taking the next one as it comes free
+    // (the caller at once, helpers kLateMacs later); ties go to fewer, larger
+    // items. More, smaller items balance better, each costs kItemMacs.
     const int mb0 = ceil_div(p.M, Isa::MC_MAX), nb0 = ceil_div(p.panels, Isa::PANELS_MAX);
-    const int mb_hi = std::min(mb0 * threads, ceil_div(p.M, MR));
-    const int nb_hi = std::min(nb0 * threads, p.panels);
+    p.workers = static_cast<double>(p.M) * p.N * p.ktot < min_work ? 1 : threads;
+    // (The search is sized for a handful of workers: beyond 8 it widens no
+    // further, and the simulation models at most 16.)
+    const int tw = std::min(p.workers, 8);
+    const int mb_hi = p.workers == 1 ? mb0 : std::min(std::max(mb0 + tw, 4 * tw), ceil_div(p.M, MR));
+    const int nb_hi = p.workers == 1 ? nb0 : std::min(std::max(nb0 + tw, 2 * tw), p.panels);
+    const double k_macs = static_cast<double>(p.ktot) * NR;  // per row and panel
     double best = -1.0;
+    double finish[16];
+    const int sim = std::min(p.workers, 16);
+    int last_mbe = 0;
     for (int mb = mb0; mb <= mb_hi; ++mb) {
         const int mc = ceil_div(ceil_div(p.M, mb), MR) * MR;
         const int mbe = ceil_div(p.M, mc);
+        if (mbe == last_mbe) continue;  // same split as the last mb
+        last_mbe = mbe;
         for (int nb = nb0; nb <= nb_hi; ++nb) {
             const int np = ceil_div(p.panels, nb);
             const int nbe = ceil_div(p.panels, np);
-            const int tasks = mbe * nbe;
-            double worst = 0.0;
-            for (int t = 0; t < threads; ++t) {
-                const int t0 = static_cast<int>(static_cast<long long>(tasks) * t / threads);
-                const int t1 = static_cast<int>(static_cast<long long>(tasks) * (t + 1) / threads);
-                double load = 0.0;
-                for (int task = t0; task < t1; ++task) {
+            if (nb > nb0 && ceil_div(p.panels, ceil_div(p.panels, nb - 1)) == nbe) continue;
+            double end = 0.0;
+            if (sim > 1) {
+                finish[0] = 0.0;
+                for (int w = 1; w < sim; ++w) finish[w] = kLateMacs;
+                for (int task = 0; task < mbe * nbe; ++task) {
                     const int rows = std::min(mc, p.M - (task / nbe) * mc);
                     const int pans = std::min(np, p.panels - (task % nbe) * np);
-                    load += static_cast<double>(ceil_div(rows, MR)) * MR * pans;
+                    int w = 0;
+                    for (int v = 1; v < sim; ++v)
+                        if (finish[v] < finish[w]) w = v;
+                    finish[w] += static_cast<double>(ceil_div(rows, MR)) * MR * pans * k_macs + kItemMacs;
                 }
-                worst = std::max(worst, load);
+                for (int w = 0; w < sim; ++w) end = std::max(end, finish[w]);
             }
-            if (best < 0.0 || worst < best * 0.999) {
-                best = worst;
+            if (best < 0.0 || end < best * 0.999) {
+                best = end;
                 p.mc = mc;
                 p.mb = mbe;
                 p.np = np;
@@ -162,11 +200,13 @@ Plan make_plan(const ConvGeometry& g, int threads, int rank = 0) {
     }
 
     p.padded_floats = p.padded ? static_cast<size_t>(p.hp) * p.wp * g.in_c : 0;
-    // T block per thread: up to MC_MAX rows of r_panels * NR floats, +16 to
-    // align to 64 bytes. Sized by MC_MAX, not mc, so scratch sized for some
-    // thread count also serves every smaller one.
-    p.t_slot = p.rank ? static_cast<size_t>(Isa::MC_MAX) * p.r_panels * NR + 16 : 0;
-    p.scratch = p.padded_floats + p.t_slot * threads;
+    // One slot per worker, 64-byte aligned (+16 floats to align the first):
+    // its WorkerState, then its T block of up to MC_MAX rows of r_panels * NR
+    // floats. Sized by MC_MAX, not mc, so scratch sized for some thread count
+    // also serves every smaller one.
+    const size_t state = (sizeof(WorkerState<Isa::MC_MAX>) + 63) / 64 * 16;
+    p.w_slot = state + (static_cast<size_t>(Isa::MC_MAX) * p.r_panels * NR + 15) / 16 * 16;
+    p.scratch = p.padded_floats + 16 + p.w_slot * threads;
     return p;
 }
 
@@ -239,13 +279,12 @@ size_t scratch_floats(const ConvGeometry& g, int threads, int rank = 0) {
 
 template <class Isa>
 void conv(const ConvGeometry& g, const float* packed, const float* in, float* out,
-          const Epilogue& ep, float* scratch, int threads, int rank = 0) {
+          const Epilogue& ep, float* scratch, const Parallel* par, int rank = 0) {
     constexpr int MR = Isa::MR, NR = Isa::NR;
     static_assert(MR <= kMaxMR && Isa::MC_MAX % MR == 0, "M blocks must hold whole tiles");
-    threads = std::max(threads, 1);
-    const Plan p = make_plan<Isa>(g, threads, rank);
+    const int threads = parallel_threads(par);
+    const Plan p = make_plan<Isa>(g, threads, rank, par ? par->min_work : kMinSharedWork);
     if (p.M <= 0 || p.N <= 0 || p.K <= 0) return;
-    const int tasks = p.mb * p.nb;
     const size_t ldc = static_cast<size_t>(p.N);
     const float* src = p.padded ? scratch : in;
     const size_t row_stride = static_cast<size_t>(p.wp) * g.in_c;  // floats per (padded) input row
@@ -257,138 +296,138 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
     const float* a_packed = packed + static_cast<size_t>(p.panels) * p.ktot * NR;
     const size_t ldt = static_cast<size_t>(p.r_panels) * NR;  // T row stride
 
-#pragma omp parallel num_threads(threads) if (threads > 1 && (tasks > 1 || p.padded))
-    {
-        int tid = 0, nthr = 1;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-        nthr = omp_get_num_threads();
-#endif
-        if (p.padded) {
-            const int y0 = static_cast<int>(static_cast<long long>(p.hp) * tid / nthr);
-            const int y1 = static_cast<int>(static_cast<long long>(p.hp) * (tid + 1) / nthr);
-            pad_rows<Isa>(g, in, scratch, y0, y1);
-#pragma omp barrier
-        }
-        float* tbuf = nullptr;
-        if (p.rank) {
-            float* slot = scratch + p.padded_floats + p.t_slot * tid;
-            tbuf = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(slot) + 63) & ~uintptr_t(63));
-        }
-        // Offsets of this M block's A rows at ky = 0 (reused for every K block).
-        size_t row_off[Isa::MC_MAX];
-        // Static contiguous split: consecutive tasks share an M block.
-        const int t0 = static_cast<int>(static_cast<long long>(tasks) * tid / nthr);
-        const int t1 = static_cast<int>(static_cast<long long>(tasks) * (tid + 1) / nthr);
-        int cached_mblk = -1;
-        for (int task = t0; task < t1; ++task) {
-            const int mblk = task / p.nb, nblk = task % p.nb;
-            const int m0 = mblk * p.mc, rows = std::min(p.mc, p.M - m0);
-            const int pan0 = nblk * p.np, pan1 = std::min(p.panels, pan0 + p.np);
-            if (mblk != cached_mblk) {
-                for (int r = 0; r < rows; ++r) {
-                    const int m = m0 + r, oy = m / ow, ox = m % ow;
-                    row_off[r] = static_cast<size_t>(oy) * g.stride * row_stride + ox * col_step;
-                }
-                if (p.rank) {
-                    // T[r][:] = A' x_centre(r) for the block's rows: a small GEMM
-                    // over in_c with the same micro-kernel, A' packed as B.
-                    for (int tp = 0; tp < p.r_panels; ++tp) {
-                        for (int i0 = 0; i0 < g.in_c; i0 += Isa::KC_MAX) {
-                            TileArgs t;
-                            t.seg = std::min(Isa::KC_MAX, g.in_c - i0);
-                            t.nseg = 1;
-                            t.jump = 0;
-                            t.b = a_packed + (static_cast<size_t>(tp) * g.in_c + i0) * NR;
-                            t.pf = t.b;
-                            t.ldc = ldt;
-                            t.nr = std::min(NR, p.rank - tp * NR);
-                            t.accumulate = i0 > 0;
-                            t.bias = nullptr;
-                            t.res = nullptr;
-                            t.relu = false;
-                            for (int r0 = 0; r0 < rows; r0 += MR) {
-                                const int mr = std::min(MR, rows - r0);
-                                for (int r = 0; r < mr; ++r) t.a[r] = src + row_off[r0 + r] + centre + i0;
-                                for (int r = mr; r < MR; ++r) t.a[r] = t.a[0];
-                                t.c = tbuf + r0 * ldt + tp * NR;
-                                Isa::tile(mr, t);
-                            }
-                        }
-                    }
-                }
-                cached_mblk = mblk;
-            }
-            int k0 = 0;  // K index of the block start (B row)
-            const int all_blocks = kblocks + (p.rank ? 1 : 0);
-            for (int kb = 0; kb < all_blocks; ++kb) {
-                TileArgs t;
-                const bool lowrank_block = kb == kblocks;
-                size_t a_off = 0;  // offset of the block start within an A row
-                if (lowrank_block) {
-                    t.seg = p.rank;
-                    t.nseg = 1;
-                } else if (p.spans_per_block > 0) {
-                    const int ky0 = kb * p.spans_per_block;
-                    t.seg = p.span;
-                    t.nseg = std::min(p.spans_per_block, g.kernel - ky0);
-                    a_off = static_cast<size_t>(ky0) * row_stride;
-                } else {
-                    const int ky = kb / p.parts_per_span, part = kb % p.parts_per_span;
-                    const int s0 = part * p.kc_max;
-                    t.seg = std::min(p.kc_max, p.span - s0);
-                    t.nseg = 1;
-                    a_off = static_cast<size_t>(ky) * row_stride + s0;
-                }
-                t.jump = static_cast<ptrdiff_t>(row_stride) - p.span;
-                const int kc = t.seg * t.nseg;
-                t.ldc = ldc;
-                t.accumulate = kb > 0;
-                t.relu = ep.relu && kb + 1 == all_blocks;
-                const size_t pstride = static_cast<size_t>(p.ktot) * NR;  // panel to panel
-                for (int pan = pan0; pan < pan1;) {
-                    // Isas with PAIRS take two adjacent panels per tile when
-                    // the group has them; a lone last panel goes alone.
-                    const int step = tiles_pairs<Isa>::value && pan + 1 < pan1 ? 2 : 1;
-                    const int n0 = pan * NR;
-                    t.b = packed + (static_cast<size_t>(pan) * p.ktot + k0) * NR;
-                    t.nr = std::min(step * NR, p.N - n0);
-                    // Next B micro-panel this task will use: the next panel in
-                    // this K block, else the group's first panel in the next one.
-                    const float* next_b =
-                        pan + step < pan1 ? t.b + step * pstride
-                        : k0 + kc < p.ktot
-                            ? packed + (static_cast<size_t>(pan0) * p.ktot + k0 + kc) * NR
-                            : t.b;
-                    t.bias = (kb == 0 && ep.bias) ? ep.bias + n0 : nullptr;
-                    for (int r0 = 0; r0 < rows; r0 += MR) {
-                        const int mr = std::min(MR, rows - r0);
-                        const size_t crow = static_cast<size_t>(m0 + r0);
-                        if (lowrank_block) {
-                            for (int r = 0; r < mr; ++r) t.a[r] = tbuf + (r0 + r) * ldt;
-                        } else {
-                            for (int r = 0; r < mr; ++r) t.a[r] = src + row_off[r0 + r] + a_off;
-                        }
-                        for (int r = mr; r < MR; ++r) t.a[r] = t.a[0];
-                        // The first tile of a panel pulls the next panel's B
-                        // micro-panel towards L1; the other tiles touch their own.
-                        t.pf = r0 == 0 ? next_b : t.b;
-                        t.c = out + crow * ldc + n0;
-                        t.res = (kb == 0 && ep.residual) ? ep.residual + crow * ldc + n0 : nullptr;
-                        if constexpr (tiles_pairs<Isa>::value) {
-                            if (step == 2) {
-                                Isa::tile2(mr, t, pstride);
-                                continue;
-                            }
-                        }
-                        Isa::tile(mr, t);
-                    }
-                    pan += step;
-                }
-                k0 += kc;
-            }
-        }
+    // Phase 1: the zero-bordered input, bands of whole rows as items.
+    if (p.padded) {
+        const double row_work = static_cast<double>(row_stride) * kCopyWork;
+        parallel_for_bands(par, p.hp, row_work, kPadItemFloats * kCopyWork,
+                           [&](int y0, int y1, int) { pad_rows<Isa>(g, in, scratch, y0, y1); });
     }
+
+    // Worker slots: no M block set up yet in this call.
+    using State = WorkerState<Isa::MC_MAX>;
+    float* slots = reinterpret_cast<float*>(
+        (reinterpret_cast<uintptr_t>(scratch + p.padded_floats) + 63) & ~uintptr_t(63));
+    for (int w = 0; w < p.workers; ++w) (new (slots + p.w_slot * w) State)->mblk = -1;
+    const size_t state_floats = (sizeof(State) + 63) / 64 * 16;
+
+    // Phase 2: the (M block, panel group) items, M block major.
+    parallel_for(p.workers > 1 ? par : nullptr, p.mb * p.nb, [&](int task, int worker) {
+        float* slot = slots + p.w_slot * worker;
+        State& st = *std::launder(reinterpret_cast<State*>(slot));
+        float* tbuf = slot + state_floats;
+        size_t* row_off = st.row_off;
+        const int mblk = task / p.nb, nblk = task % p.nb;
+        const int m0 = mblk * p.mc, rows = std::min(p.mc, p.M - m0);
+        const int pan0 = nblk * p.np, pan1 = std::min(p.panels, pan0 + p.np);
+        if (st.mblk != mblk) {
+            // Set up this M block's rows in the worker's slot (reused while the
+            // worker's next items stay in the block).
+            int oy = m0 / ow, ox = m0 % ow;
+            for (int r = 0; r < rows; ++r) {
+                row_off[r] = static_cast<size_t>(oy) * g.stride * row_stride + ox * col_step;
+                if (++ox == ow) {
+                    ox = 0;
+                    ++oy;
+                }
+            }
+            if (p.rank) {
+                // T[r][:] = A' x_centre(r) for the block's rows: a small GEMM
+                // over in_c with the same micro-kernel, A' packed as B.
+                for (int tp = 0; tp < p.r_panels; ++tp) {
+                    for (int i0 = 0; i0 < g.in_c; i0 += Isa::KC_MAX) {
+                        TileArgs t;
+                        t.seg = std::min(Isa::KC_MAX, g.in_c - i0);
+                        t.nseg = 1;
+                        t.jump = 0;
+                        t.b = a_packed + (static_cast<size_t>(tp) * g.in_c + i0) * NR;
+                        t.pf = t.b;
+                        t.ldc = ldt;
+                        t.nr = std::min(NR, p.rank - tp * NR);
+                        t.accumulate = i0 > 0;
+                        t.bias = nullptr;
+                        t.res = nullptr;
+                        t.relu = false;
+                        for (int r0 = 0; r0 < rows; r0 += MR) {
+                            const int mr = std::min(MR, rows - r0);
+                            for (int r = 0; r < mr; ++r) t.a[r] = src + row_off[r0 + r] + centre + i0;
+                            for (int r = mr; r < MR; ++r) t.a[r] = t.a[0];
+                            t.c = tbuf + r0 * ldt + tp * NR;
+                            Isa::tile(mr, t);
+                        }
+                    }
+                }
+            }
+            st.mblk = mblk;
+        }
+        int k0 = 0;  // K index of the block start (B row)
+        const int all_blocks = kblocks + (p.rank ? 1 : 0);
+        for (int kb = 0; kb < all_blocks; ++kb) {
+            TileArgs t;
+            const bool lowrank_block = kb == kblocks;
+            size_t a_off = 0;  // offset of the block start within an A row
+            if (lowrank_block) {
+                t.seg = p.rank;
+                t.nseg = 1;
+            } else if (p.spans_per_block > 0) {
+                const int ky0 = kb * p.spans_per_block;
+                t.seg = p.span;
+                t.nseg = std::min(p.spans_per_block, g.kernel - ky0);
+                a_off = static_cast<size_t>(ky0) * row_stride;
+            } else {
+                const int ky = kb / p.parts_per_span, part = kb % p.parts_per_span;
+                const int s0 = part * p.kc_max;
+                t.seg = std::min(p.kc_max, p.span - s0);
+                t.nseg = 1;
+                a_off = static_cast<size_t>(ky) * row_stride + s0;
+            }
+            t.jump = static_cast<ptrdiff_t>(row_stride) - p.span;
+            const int kc = t.seg * t.nseg;
+            t.ldc = ldc;
+            t.accumulate = kb > 0;
+            t.relu = ep.relu && kb + 1 == all_blocks;
+            const size_t pstride = static_cast<size_t>(p.ktot) * NR;  // panel to panel
+            for (int pan = pan0; pan < pan1;) {
+                // Isas with PAIRS take two adjacent panels per tile when
+                // the group has them; a lone last panel goes alone.
+                const int step = tiles_pairs<Isa>::value && pan + 1 < pan1 ? 2 : 1;
+                const int n0 = pan * NR;
+                t.b = packed + (static_cast<size_t>(pan) * p.ktot + k0) * NR;
+                t.nr = std::min(step * NR, p.N - n0);
+                // Next B micro-panel this item will use: the next panel in
+                // this K block, else the group's first panel in the next one.
+                const float* next_b =
+                    pan + step < pan1 ? t.b + step * pstride
+                    : k0 + kc < p.ktot
+                        ? packed + (static_cast<size_t>(pan0) * p.ktot + k0 + kc) * NR
+                        : t.b;
+                t.bias = (kb == 0 && ep.bias) ? ep.bias + n0 : nullptr;
+                for (int r0 = 0; r0 < rows; r0 += MR) {
+                    const int mr = std::min(MR, rows - r0);
+                    const size_t crow = static_cast<size_t>(m0 + r0);
+                    if (lowrank_block) {
+                        for (int r = 0; r < mr; ++r) t.a[r] = tbuf + (r0 + r) * ldt;
+                    } else {
+                        for (int r = 0; r < mr; ++r) t.a[r] = src + row_off[r0 + r] + a_off;
+                    }
+                    for (int r = mr; r < MR; ++r) t.a[r] = t.a[0];
+                    // The first tile of a panel pulls the next panel's B
+                    // micro-panel towards L1; the other tiles touch their own.
+                    t.pf = r0 == 0 ? next_b : t.b;
+                    t.c = out + crow * ldc + n0;
+                    t.res = (kb == 0 && ep.residual) ? ep.residual + crow * ldc + n0 : nullptr;
+                    if constexpr (tiles_pairs<Isa>::value) {
+                        if (step == 2) {
+                            Isa::tile2(mr, t, pstride);
+                            continue;
+                        }
+                    }
+                    Isa::tile(mr, t);
+                }
+                pan += step;
+            }
+            k0 += kc;
+        }
+    });
 }
 
 }  // namespace

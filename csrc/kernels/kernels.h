@@ -7,13 +7,91 @@
 // - Every ISA has the same table; only dispatch.cpp chooses which one runs.
 // - No allocation inside a kernel call: callers pass scratch sized by
 //   `conv_scratch_floats`.
-// - `threads` is the number of OpenMP threads a call may use (>= 1).
+// - Kernels create no threads. A call that may run in parallel takes a
+//   `const Parallel*` from its caller (below); null means serial.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 namespace spaedge::kernels {
+
+// Work sharing lent to a kernel by its caller. A kernel cuts its work into
+// items whose outputs do not overlap and hands them to `run`; the caller
+// decides who runs them (the runtime: its own thread plus helper threads that
+// claim items one at a time as they get a CPU, csrc/runtime/workers.h).
+//
+// run(ctx, n, fn, arg) calls fn(arg, item, worker) exactly once for every
+// item in [0, n), in any order and possibly concurrently, and returns when all
+// calls have returned (their writes visible to the caller). `worker` is in
+// [0, threads) and two calls with the same worker never overlap, so a kernel
+// may give each worker its own scratch. fn does not throw.
+//
+// A null Parallel, a null run or threads <= 1 means serial (items in order on
+// the calling thread, worker 0). Results never depend on the split: every
+// output element is computed by one item, the same way for any thread count.
+//
+// Work below `min_work` multiply-adds (or comparable simple operations) per
+// call is done by the caller alone: handing a helper a job costs ~2 us here
+// (publishing, claiming, the uneven end), so the default (2M, ~25 us of one
+// core) keeps the digits task's tiny convs serial (sharing them made it 15-25%
+// slower on 2 threads than on 1), and on a busy machine a small job is not
+// worth the risk of waiting for a helper preempted mid-item. Tests set 0 to
+// share everything.
+#ifndef SPAEDGE_MIN_SHARED_WORK
+#define SPAEDGE_MIN_SHARED_WORK 2097152.0
+#endif
+constexpr double kMinSharedWork = SPAEDGE_MIN_SHARED_WORK;
+
+struct Parallel {
+    int threads = 1;  // workers (>= 1); at most what scratch was sized for
+    void* ctx = nullptr;
+    void (*run)(void* ctx, int n, void (*fn)(void* arg, int item, int worker), void* arg) = nullptr;
+    double min_work = kMinSharedWork;
+};
+
+// Workers a call may use through `par` (1 when serial).
+inline int parallel_threads(const Parallel* par) {
+    return par && par->run && par->threads > 1 ? par->threads : 1;
+}
+
+// f(item, worker) for every item in [0, n), through `par`.
+template <class F>
+void parallel_for(const Parallel* par, int n, F&& f) {
+    if (n <= 0) return;
+    if (n == 1 || parallel_threads(par) == 1) {
+        for (int i = 0; i < n; ++i) f(i, 0);
+        return;
+    }
+    using Fn = typename std::remove_reference<F>::type;
+    par->run(par->ctx, n, [](void* arg, int item, int worker) { (*static_cast<Fn*>(arg))(item, worker); },
+             const_cast<void*>(static_cast<const void*>(&f)));
+}
+
+// Whether `work` is worth sharing through `par`.
+inline bool worth_sharing(const Parallel* par, double work) {
+    return parallel_threads(par) > 1 && work >= par->min_work;
+}
+
+// f(begin, end, worker) over [0, n) cut into bands of consecutive units, each
+// band at least `min_band_work` (units cost `unit_work` each; a band per unit
+// when min_work is 0); serial when the whole is not worth sharing.
+template <class F>
+void parallel_for_bands(const Parallel* par, int n, double unit_work, double min_band_work, F&& f) {
+    if (n <= 0) return;
+    const double total = unit_work * n;
+    int bands = 1;
+    if (worth_sharing(par, total))
+        bands = par->min_work > 0.0 && min_band_work > 0.0 ? static_cast<int>(std::min<double>(n, total / min_band_work)) : n;
+    bands = std::max(bands, 1);
+    const int per = (n + bands - 1) / bands;
+    bands = (n + per - 1) / per;
+    parallel_for(bands > 1 ? par : nullptr, bands, [&](int b, int worker) {
+        f(b * per, std::min(n, (b + 1) * per), worker);
+    });
+}
 
 struct ConvGeometry {
     int in_h = 0, in_w = 0, in_c = 0;
@@ -55,17 +133,18 @@ struct KernelTable {
     size_t (*conv_packed_floats)(const ConvGeometry& g);
     // Pack OHWI weights w[out_c][kernel][kernel][in_c] into `packed`.
     void (*conv_pack)(const ConvGeometry& g, const float* w_ohwi, float* packed);
-    // Floats of scratch one conv call needs when run with `threads` threads
-    // (also enough for any smaller thread count).
+    // Floats of scratch one conv call needs when run with a Parallel of
+    // `threads` workers (also enough for any smaller count).
     size_t (*conv_scratch_floats)(const ConvGeometry& g, int threads);
     // out[out_h][out_w][out_c] = epilogue(conv(in[in_h][in_w][in_c], W)).
     // `out` never aliases `in`; it may alias `ep.residual` exactly (in place).
+    // `par`: work sharing (null = serial); par->threads <= the scratch's count.
     void (*conv)(const ConvGeometry& g, const float* packed, const float* in, float* out,
-                 const Epilogue& ep, float* scratch, int threads);
+                 const Epilogue& ep, float* scratch, const Parallel* par);
 
     // Max pooling, padding counts as -infinity. out is out_h x out_w x c.
     void (*maxpool)(int in_h, int in_w, int c, int kernel, int stride, int pad, const float* in,
-                    float* out, int threads);
+                    float* out, const Parallel* par);
     // Global average pooling: out[c] = mean over h*w of in.
     void (*global_avgpool)(int h, int w, int c, const float* in, float* out);
     // y[o] = bias[o] + sum_i w[o][i] * x[i]; w row-major [out_f][in_f]; bias may be null.
@@ -90,7 +169,7 @@ struct KernelTable {
                               const float* a, const float* b, float* packed);
     size_t (*conv_lowrank_scratch_floats)(const ConvGeometry& g, int rank, int threads);
     void (*conv_lowrank)(const ConvGeometry& g, int rank, const float* packed, const float* in,
-                         float* out, const Epilogue& ep, float* scratch, int threads);
+                         float* out, const Epilogue& ep, float* scratch, const Parallel* par);
 
     // Task application of one conv in one pass, from the base into the packed
     // layout: rows [k0, k1) of K = kernel^2 * in_c (in (ky, kx, ci) order) of

@@ -199,8 +199,12 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
     size_scratch(a, threads);
 }
 
-void execute(Applied& a, int threads, const float* input, int batch, float* logits) {
+void execute(Applied& a, int threads, Workers& pool, const float* input, int batch, float* logits) {
     const Task& t = *a.task;
+    // Convs and pooling share their items with the pool's helpers (claimed
+    // as they get a CPU; a helper that never runs costs nothing).
+    const PoolParallel parallel(pool, threads);
+    const kernels::Parallel* par = parallel.get();
     const Plan& p = t.plan;
     const kernels::KernelTable& kt = *a.kt;
     float* arena = a.arena.data();
@@ -227,9 +231,9 @@ void execute(Applied& a, int threads, const float* input, int batch, float* logi
                     const float* packed = a.packed.data() + a.packed_offset[size_t(s.index)];
                     const int r = a.fused_rank[size_t(s.index)];
                     if (r > 0)
-                        kt.conv_lowrank(s.geom, r, packed, in, out, ep, a.scratch.data(), threads);
+                        kt.conv_lowrank(s.geom, r, packed, in, out, ep, a.scratch.data(), par);
                     else
-                        kt.conv(s.geom, packed, in, out, ep, a.scratch.data(), threads);
+                        kt.conv(s.geom, packed, in, out, ep, a.scratch.data(), par);
                     break;
                 }
                 case StepKind::Relu: {
@@ -251,7 +255,7 @@ void execute(Applied& a, int threads, const float* input, int batch, float* logi
                     break;
                 }
                 case StepKind::MaxPool:
-                    kt.maxpool(s.h, s.w, s.c, s.pool_k, s.pool_s, s.pool_p, in, out, threads);
+                    kt.maxpool(s.h, s.w, s.c, s.pool_k, s.pool_s, s.pool_p, in, out, par);
                     break;
                 case StepKind::Gap: kt.global_avgpool(s.h, s.w, s.c, in, out); break;
                 case StepKind::Linear: {

@@ -36,7 +36,7 @@ struct Runtime::Impl {
     std::vector<std::string> order;
     const Task* active = nullptr;
     Applied applied;
-    Workers workers;  // helpers for task application (declared last: joined first)
+    Workers workers;  // helpers for task application and the kernels (declared last: joined first)
 
     const Task& find(const std::string& name) const {
         auto it = tasks.find(name);
@@ -127,7 +127,7 @@ void Runtime::run(const float* input_nchw, int batch, float* logits) {
     if (!m.active) throw Error("run: no active task (load_task or switch_to first)");
     if (batch < 1) throw Error("run: batch must be >= 1, got " + std::to_string(batch));
     if (!input_nchw || !logits) throw Error("run: null input or logits pointer");
-    execute(m.applied, m.threads, input_nchw, batch, logits);
+    execute(m.applied, m.threads, m.workers, input_nchw, batch, logits);
 }
 
 void Runtime::run(const float* input_nchw, size_t input_floats, int batch, float* logits,
@@ -146,7 +146,7 @@ void Runtime::run(const float* input_nchw, size_t input_floats, int batch, float
     if (logits_floats < size_t(t.classes()) * size_t(batch))
         throw Error("run: logits buffer has " + std::to_string(logits_floats) + " floats, task '" +
                     t.name + "' writes " + std::to_string(batch) + " x " + std::to_string(t.classes()));
-    execute(m.applied, m.threads, input_nchw, batch, logits);
+    execute(m.applied, m.threads, m.workers, input_nchw, batch, logits);
 }
 
 std::vector<std::string> Runtime::tasks() const {

@@ -121,6 +121,7 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
 // Resizes conv scratch for a new thread count.
 void size_scratch(Applied& a, int threads);
 // Runs `batch` NCHW images through the applied task; logits are [batch, classes].
-void execute(Applied& a, int threads, const float* input_nchw, int batch, float* logits);
+// Kernels run on the caller and `threads` - 1 helpers of `pool`.
+void execute(Applied& a, int threads, Workers& pool, const float* input_nchw, int batch, float* logits);
 
 }  // namespace spaedge

@@ -9,16 +9,23 @@
 //
 // Buffers are surrounded by canary floats; a kernel writing outside its
 // output, packed-weight or scratch region, or writing to its input, fails.
+//
+// Threads: conv, conv_lowrank and maxpool also run with 2 and 3 workers
+// through kernels::Parallel, lent by the runtime's pool (Workers) and by a
+// serial stand-in that runs the items in a shuffled order on random workers;
+// their outputs must equal the serial run's bit for bit.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <string>
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "runtime/workers.h"
 
 namespace k = spaedge::kernels;
 
@@ -46,6 +53,57 @@ std::vector<float> random_vec(size_t n, Rng& rng) {
     std::vector<float> v(n);
     for (auto& x : v) x = rng.uniform();
     return v;
+}
+
+// ---- work sharing: how a kernel call gets its workers ----------------------
+
+struct Sharing {
+    int threads;    // workers
+    bool shuffled;  // serial stand-in: items in a random order, random workers
+    std::string name() const {
+        return "threads=" + std::to_string(threads) + (shuffled ? " shuffled" : "");
+    }
+};
+const Sharing kSerial{1, false};
+// Every non-serial way a call is checked against the serial one.
+const Sharing kShared[] = {{2, false}, {3, false}, {3, true}};
+
+spaedge::Workers& pool() {
+    static spaedge::Workers p;
+    return p;
+}
+
+struct ShuffledCtx {
+    int threads;
+    uint64_t seed;
+};
+
+void shuffled_run(void* ctx, int n, void (*fn)(void*, int, int), void* arg) {
+    ShuffledCtx& s = *static_cast<ShuffledCtx*>(ctx);
+    Rng rng(s.seed++);
+    std::vector<int> order(static_cast<size_t>(n));
+    std::iota(order.begin(), order.end(), 0);
+    for (int i = n - 1; i > 0; --i) std::swap(order[size_t(i)], order[rng.next() % uint32_t(i + 1)]);
+    for (int i : order) fn(arg, i, int(rng.next() % uint32_t(s.threads)));
+}
+
+// Calls f(const k::Parallel*) with the Parallel that `sh` describes.
+template <class F>
+void with_sharing(const Sharing& sh, F&& f) {
+    if (sh.threads == 1 && !sh.shuffled) {
+        f(static_cast<const k::Parallel*>(nullptr));
+    } else if (sh.shuffled) {
+        ShuffledCtx ctx{sh.threads, 7};
+        k::Parallel par;
+        par.threads = sh.threads;
+        par.ctx = &ctx;
+        par.run = shuffled_run;
+        par.min_work = 0.0;  // share even the smallest case
+        f(static_cast<const k::Parallel*>(&par));
+    } else {
+        const spaedge::PoolParallel par(pool(), sh.threads, 0.0);  // share even the smallest case
+        f(par.get());
+    }
 }
 
 // A buffer with canaries on both sides.
@@ -158,8 +216,9 @@ struct ConvData {
 
 // Runs table `t` on the case (conv, or conv_lowrank when d.rank >= 0);
 // returns the output (guards checked inside).
-bool run_conv(const k::KernelTable& t, const ConvData& d, int ep_variant, int threads,
+bool run_conv(const k::KernelTable& t, const ConvData& d, int ep_variant, const Sharing& sh,
               std::vector<float>& result, std::string& problem) {
+    const int threads = sh.threads;
     const k::ConvGeometry& g = d.g;
     const size_t out_n = static_cast<size_t>(g.out_h()) * g.out_w() * g.out_c;
     const bool lr = d.rank >= 0;
@@ -217,10 +276,12 @@ bool run_conv(const k::KernelTable& t, const ConvData& d, int ep_variant, int th
             ep.residual = out.data();
             break;
     }
-    if (lr)
-        t.conv_lowrank(g, d.rank, packed.data(), in.data(), out.data(), ep, scratch.data(), threads);
-    else
-        t.conv(g, packed.data(), in.data(), out.data(), ep, scratch.data(), threads);
+    with_sharing(sh, [&](const k::Parallel* par) {
+        if (lr)
+            t.conv_lowrank(g, d.rank, packed.data(), in.data(), out.data(), ep, scratch.data(), par);
+        else
+            t.conv(g, packed.data(), in.data(), out.data(), ep, scratch.data(), par);
+    });
     if (!out.guards_intact()) {
         problem = "conv wrote outside its output";
         return false;
@@ -258,6 +319,31 @@ k::ConvGeometry geom(int h, int w, int c, int oc, int kk, int s, int p) {
     g.stride = s;
     g.pad = p;
     return g;
+}
+
+// Table `t` on the case, serially (against the reference `want`, within the
+// tolerance) and with every kShared sharing (equal to the serial output bit
+// for bit).
+void check_conv_sharing(const k::KernelTable& t, const ConvData& d, int ev, const std::vector<float>& want,
+                        const std::string& what) {
+    std::string problem;
+    std::vector<float> serial;
+    if (!run_conv(t, d, ev, kSerial, serial, problem)) {
+        report(false, what + " " + kSerial.name() + ": " + problem);
+        return;
+    }
+    const Compare c = compare(want.data(), serial.data(), want.size());
+    report(within(c), what + " " + kSerial.name(), &c);
+    for (const Sharing& sh : kShared) {
+        std::vector<float> got;
+        if (!run_conv(t, d, ev, sh, got, problem)) {
+            report(false, what + " " + sh.name() + ": " + problem);
+            continue;
+        }
+        report(got.size() == serial.size() &&
+                   std::memcmp(got.data(), serial.data(), got.size() * sizeof(float)) == 0,
+               what + " " + sh.name() + " == serial bit for bit");
+    }
 }
 
 void test_conv(const std::vector<const k::KernelTable*>& tables) {
@@ -319,24 +405,14 @@ void test_conv(const std::vector<const k::KernelTable*>& tables) {
         for (int ev : eps) {
             std::vector<float> want;
             std::string problem;
-            if (!run_conv(ref, d, ev, 1, want, problem)) {
+            if (!run_conv(ref, d, ev, kSerial, want, problem)) {
                 report(false, std::string("conv[scalar] ") + geom_str(d.g) + " " + ep_name(ev) +
                                   ": " + problem);
                 continue;
             }
             for (const k::KernelTable* t : tables) {
-                for (int threads : {1, 2}) {
-                    std::vector<float> got;
-                    const std::string what = std::string("conv[") + t->isa + "] " +
-                                             geom_str(d.g) + " " + ep_name(ev) +
-                                             " threads=" + std::to_string(threads);
-                    if (!run_conv(*t, d, ev, threads, got, problem)) {
-                        report(false, what + ": " + problem);
-                        continue;
-                    }
-                    const Compare c = compare(want.data(), got.data(), want.size());
-                    report(within(c), what, &c);
-                }
+                const std::string what = std::string("conv[") + t->isa + "] " + geom_str(d.g) + " " + ep_name(ev);
+                check_conv_sharing(*t, d, ev, want, what);
             }
         }
     }
@@ -382,7 +458,7 @@ void test_conv_lowrank(const std::vector<const k::KernelTable*>& tables) {
             for (int ev : {EP_NONE, EP_BIAS_RELU, EP_BIAS_RESIDUAL_INPLACE}) {
                 std::vector<float> want;
                 std::string problem;
-                if (!run_conv(ref, d, ev, 1, want, problem)) {
+                if (!run_conv(ref, d, ev, kSerial, want, problem)) {
                     report(false, std::string("conv_lowrank[scalar] ") + geom_str(d.g) + rs + " " +
                                       ep_name(ev) + ": " + problem);
                     continue;
@@ -393,7 +469,7 @@ void test_conv_lowrank(const std::vector<const k::KernelTable*>& tables) {
                     ref.lowrank_merge(d.g.out_c, d.g.in_c, d.g.kernel, rank, d.la.data(), d.lb.data(),
                                       m.w.data());
                     std::vector<float> merged;
-                    if (run_conv(ref, m, ev, 1, merged, problem)) {
+                    if (run_conv(ref, m, ev, kSerial, merged, problem)) {
                         const Compare c = compare(merged.data(), want.data(), want.size());
                         report(within(c), std::string("conv_lowrank[scalar] == merge+conv ") +
                                               geom_str(d.g) + rs + " " + ep_name(ev), &c);
@@ -402,18 +478,9 @@ void test_conv_lowrank(const std::vector<const k::KernelTable*>& tables) {
                     }
                 }
                 for (const k::KernelTable* t : tables) {
-                    for (int threads : {1, 2}) {
-                        std::vector<float> got;
-                        const std::string what = std::string("conv_lowrank[") + t->isa + "] " +
-                                                 geom_str(d.g) + rs + " " + ep_name(ev) +
-                                                 " threads=" + std::to_string(threads);
-                        if (!run_conv(*t, d, ev, threads, got, problem)) {
-                            report(false, what + ": " + problem);
-                            continue;
-                        }
-                        const Compare c = compare(want.data(), got.data(), want.size());
-                        report(within(c), what, &c);
-                    }
+                    const std::string what = std::string("conv_lowrank[") + t->isa + "] " +
+                                             geom_str(d.g) + rs + " " + ep_name(ev);
+                    check_conv_sharing(*t, d, ev, want, what);
                 }
             }
         }
@@ -428,7 +495,7 @@ void test_scalar_sanity() {
         std::vector<float> w(9, 1.0f), in(9, 1.0f), out(9), packed(s.conv_packed_floats(g));
         s.conv_pack(g, w.data(), packed.data());
         std::vector<float> scratch(s.conv_scratch_floats(g, 1) + 1);
-        s.conv(g, packed.data(), in.data(), out.data(), k::Epilogue{}, scratch.data(), 1);
+        s.conv(g, packed.data(), in.data(), out.data(), k::Epilogue{}, scratch.data(), nullptr);
         const float want[9] = {4, 6, 4, 6, 9, 6, 4, 6, 4};
         bool ok = true;
         for (int i = 0; i < 9; ++i) ok = ok && out[i] == want[i];
@@ -443,12 +510,12 @@ void test_scalar_sanity() {
         ep.bias = bias.data();
         ep.relu = true;
         std::vector<float> scratch(s.conv_scratch_floats(g, 1) + 1);
-        s.conv(g, packed.data(), in.data(), out.data(), ep, scratch.data(), 1);
+        s.conv(g, packed.data(), in.data(), out.data(), ep, scratch.data(), nullptr);
         report(out[0] == 4.0f && out[1] == 0.0f, "scalar sanity: 1x1 conv bias relu");
     }
     {  // maxpool 2x2 s2 on 2x2 single channel; gap; linear; merge
         std::vector<float> in = {1, -2, 5, 3}, out(1);
-        s.maxpool(2, 2, 1, 2, 2, 0, in.data(), out.data(), 1);
+        s.maxpool(2, 2, 1, 2, 2, 0, in.data(), out.data(), nullptr);
         report(out[0] == 5.0f, "scalar sanity: maxpool");
         s.global_avgpool(2, 2, 1, in.data(), out.data());
         report(out[0] == 1.75f, "scalar sanity: global_avgpool");
@@ -484,22 +551,32 @@ void test_maxpool(const std::vector<const k::KernelTable*>& tables) {
         const size_t out_n = static_cast<size_t>(oh) * ow * p.c;
         std::vector<float> in = random_vec(static_cast<size_t>(p.h) * p.w * p.c, rng);
         std::vector<float> want(out_n);
-        ref.maxpool(p.h, p.w, p.c, p.kk, p.s, p.p, in.data(), want.data(), 1);
+        ref.maxpool(p.h, p.w, p.c, p.kk, p.s, p.p, in.data(), want.data(), nullptr);
         for (const k::KernelTable* t : tables) {
-            for (int threads : {1, 2}) {
+            std::vector<float> serial;
+            for (const Sharing& sh : {kSerial, kShared[0], kShared[1], kShared[2]}) {
                 char b[160];
-                std::snprintf(b, sizeof b, "maxpool[%s] %dx%dx%d k%d s%d p%d threads=%d", t->isa,
-                              p.h, p.w, p.c, p.kk, p.s, p.p, threads);
+                std::snprintf(b, sizeof b, "maxpool[%s] %dx%dx%d k%d s%d p%d %s", t->isa, p.h, p.w,
+                              p.c, p.kk, p.s, p.p, sh.name().c_str());
                 Guarded gin(in.size()), out(out_n, std::numeric_limits<float>::quiet_NaN());
                 std::memcpy(gin.data(), in.data(), in.size() * sizeof(float));
-                t->maxpool(p.h, p.w, p.c, p.kk, p.s, p.p, gin.data(), out.data(), threads);
+                with_sharing(sh, [&](const k::Parallel* par) {
+                    t->maxpool(p.h, p.w, p.c, p.kk, p.s, p.p, gin.data(), out.data(), par);
+                });
                 if (!out.guards_intact() || !gin.guards_intact() ||
                     std::memcmp(gin.data(), in.data(), in.size() * sizeof(float)) != 0) {
                     report(false, std::string(b) + ": wrote outside its output or to its input");
                     continue;
                 }
-                const Compare c = compare(want.data(), out.data(), out_n);
-                report(within(c), b, &c);
+                if (sh.threads == 1) {
+                    const Compare c = compare(want.data(), out.data(), out_n);
+                    report(within(c), b, &c);
+                    serial.assign(out.data(), out.data() + out_n);
+                } else {
+                    report(serial.size() == out_n &&
+                               std::memcmp(serial.data(), out.data(), out_n * sizeof(float)) == 0,
+                           std::string(b) + " == serial bit for bit");
+                }
             }
         }
     }

@@ -6,40 +6,47 @@
 
 namespace spaedge::kernels::avx2 {
 
+// Work per maxpool item, at least (in multiply-add units, as row_work).
+constexpr double kPoolBandWork = 262144.0;
+
 void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const float* in,
-             float* out, int threads) {
+             float* out, const Parallel* par) {
     const int oh = (in_h + 2 * pad - kernel) / stride + 1;
     const int ow = (in_w + 2 * pad - kernel) / stride + 1;
     const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     const __m256i tail = tail_mask(c % 8);
     const int cv = c - c % 8;
-    (void)threads;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int oy = 0; oy < oh; ++oy) {
-        const int y0 = std::max(oy * stride - pad, 0), y1 = std::min(oy * stride - pad + kernel, in_h);
-        for (int ox = 0; ox < ow; ++ox) {
-            const int x0 = std::max(ox * stride - pad, 0);
-            const int x1 = std::min(ox * stride - pad + kernel, in_w);
-            float* o = out + (static_cast<size_t>(oy) * ow + ox) * c;
-            for (int ch = 0; ch < cv; ch += 8) {
-                __m256 m = ninf;
-                for (int iy = y0; iy < y1; ++iy)
-                    for (int ix = x0; ix < x1; ++ix)
-                        m = _mm256_max_ps(
-                            m, _mm256_loadu_ps(in + (static_cast<size_t>(iy) * in_w + ix) * c + ch));
-                _mm256_storeu_ps(o + ch, m);
-            }
-            if (cv < c) {
-                __m256 m = ninf;
-                for (int iy = y0; iy < y1; ++iy)
-                    for (int ix = x0; ix < x1; ++ix)
-                        m = _mm256_max_ps(m, _mm256_maskload_ps(
-                                                 in + (static_cast<size_t>(iy) * in_w + ix) * c + cv,
-                                                 tail));
-                store_n(o + cv, m, c % 8);
+    // Bands of output rows are the items (at least kPoolBandWork each). A
+    // comparison counts as 4 multiply-adds against Parallel::min_work: the
+    // pool is memory-bound and its vectors are half as wide as the conv's FMAs.
+    const double row_work = 4.0 * ow * c * kernel * kernel;
+    parallel_for_bands(par, oh, row_work, kPoolBandWork, [&](int oy0, int oy1, int) {
+        for (int oy = oy0; oy < oy1; ++oy) {
+            const int y0 = std::max(oy * stride - pad, 0), y1 = std::min(oy * stride - pad + kernel, in_h);
+            for (int ox = 0; ox < ow; ++ox) {
+                const int x0 = std::max(ox * stride - pad, 0);
+                const int x1 = std::min(ox * stride - pad + kernel, in_w);
+                float* o = out + (static_cast<size_t>(oy) * ow + ox) * c;
+                for (int ch = 0; ch < cv; ch += 8) {
+                    __m256 m = ninf;
+                    for (int iy = y0; iy < y1; ++iy)
+                        for (int ix = x0; ix < x1; ++ix)
+                            m = _mm256_max_ps(
+                                m, _mm256_loadu_ps(in + (static_cast<size_t>(iy) * in_w + ix) * c + ch));
+                    _mm256_storeu_ps(o + ch, m);
+                }
+                if (cv < c) {
+                    __m256 m = ninf;
+                    for (int iy = y0; iy < y1; ++iy)
+                        for (int ix = x0; ix < x1; ++ix)
+                            m = _mm256_max_ps(m, _mm256_maskload_ps(
+                                                     in + (static_cast<size_t>(iy) * in_w + ix) * c + cv,
+                                                     tail));
+                    store_n(o + cv, m, c % 8);
+                }
             }
         }
-    }
+    });
 }
 
 void global_avgpool(int h, int w, int c, const float* in, float* out) {

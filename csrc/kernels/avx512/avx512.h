@@ -14,11 +14,11 @@ namespace spaedge::kernels::avx512 {
 size_t conv_packed_floats(const ConvGeometry& g);
 size_t conv_scratch_floats(const ConvGeometry& g, int threads);
 void conv(const ConvGeometry& g, const float* packed, const float* in, float* out,
-          const Epilogue& ep, float* scratch, int threads);
+          const Epilogue& ep, float* scratch, const Parallel* par);
 
 size_t conv_lowrank_packed_floats(const ConvGeometry& g, int rank);
 size_t conv_lowrank_scratch_floats(const ConvGeometry& g, int rank, int threads);
 void conv_lowrank(const ConvGeometry& g, int rank, const float* packed, const float* in,
-                  float* out, const Epilogue& ep, float* scratch, int threads);
+                  float* out, const Epilogue& ep, float* scratch, const Parallel* par);
 
 }  // namespace spaedge::kernels::avx512

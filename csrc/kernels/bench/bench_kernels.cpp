@@ -7,6 +7,9 @@
 // --rank R times the fused low-rank entry (conv_lowrank) with rank R instead of
 // conv; GFLOP/s then still counts only the conv's own FLOPs, so the ratio to
 // the plain run is the cost of keeping the adapter unmerged.
+//
+// Threads are the runtime's pool (runtime/workers.h) lent to the kernels as a
+// kernels::Parallel, as in inference.
 #include <algorithm>
 #include <chrono>
 #include <ctime>
@@ -17,6 +20,7 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "runtime/workers.h"
 
 namespace k = spaedge::kernels;
 
@@ -46,6 +50,7 @@ double now_s() {
 }  // namespace
 
 int main(int argc, char** argv) {
+    spaedge::Workers pool;
     std::vector<int> threads_list = {1, 2};
     int reps = 50;
     bool quick = false;
@@ -123,10 +128,11 @@ int main(int argc, char** argv) {
             else
                 t->conv_pack(g, w.data(), packed.data());
             auto run = [&](float* scratch, int threads) {
+                const spaedge::PoolParallel par(pool, threads);
                 if (lr)
-                    t->conv_lowrank(g, rank, packed.data(), in.data(), out.data(), ep, scratch, threads);
+                    t->conv_lowrank(g, rank, packed.data(), in.data(), out.data(), ep, scratch, par.get());
                 else
-                    t->conv(g, packed.data(), in.data(), out.data(), ep, scratch, threads);
+                    t->conv(g, packed.data(), in.data(), out.data(), ep, scratch, par.get());
             };
             const double flops = 2.0 * out_n * g.kernel * g.kernel * g.in_c;
             for (int threads : threads_list) {

@@ -176,8 +176,8 @@ size_t conv_scratch_floats(const ConvGeometry& g, int threads) {
 }
 
 void conv(const ConvGeometry& g, const float* packed, const float* in, float* out,
-          const Epilogue& ep, float* scratch, int threads) {
-    gemm::conv<Neon>(g, packed, in, out, ep, scratch, threads);
+          const Epilogue& ep, float* scratch, const Parallel* par) {
+    gemm::conv<Neon>(g, packed, in, out, ep, scratch, par);
 }
 
 size_t conv_lowrank_packed_floats(const ConvGeometry& g, int rank) {
@@ -194,8 +194,8 @@ size_t conv_lowrank_scratch_floats(const ConvGeometry& g, int rank, int threads)
 }
 
 void conv_lowrank(const ConvGeometry& g, int rank, const float* packed, const float* in,
-                  float* out, const Epilogue& ep, float* scratch, int threads) {
-    gemm::conv<Neon>(g, packed, in, out, ep, scratch, threads, rank);
+                  float* out, const Epilogue& ep, float* scratch, const Parallel* par) {
+    gemm::conv<Neon>(g, packed, in, out, ep, scratch, par, rank);
 }
 
 }  // namespace spaedge::kernels::neon

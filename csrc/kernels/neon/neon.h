@@ -10,17 +10,17 @@ size_t conv_packed_floats(const ConvGeometry& g);
 void conv_pack(const ConvGeometry& g, const float* w_ohwi, float* packed);
 size_t conv_scratch_floats(const ConvGeometry& g, int threads);
 void conv(const ConvGeometry& g, const float* packed, const float* in, float* out,
-          const Epilogue& ep, float* scratch, int threads);
+          const Epilogue& ep, float* scratch, const Parallel* par);
 
 size_t conv_lowrank_packed_floats(const ConvGeometry& g, int rank);
 void conv_lowrank_pack(const ConvGeometry& g, int rank, const float* w_ohwi, const float* a,
                        const float* b, float* packed);
 size_t conv_lowrank_scratch_floats(const ConvGeometry& g, int rank, int threads);
 void conv_lowrank(const ConvGeometry& g, int rank, const float* packed, const float* in,
-                  float* out, const Epilogue& ep, float* scratch, int threads);
+                  float* out, const Epilogue& ep, float* scratch, const Parallel* par);
 
 void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const float* in,
-             float* out, int threads);
+             float* out, const Parallel* par);
 void global_avgpool(int h, int w, int c, const float* in, float* out);
 
 void linear(int in_f, int out_f, const float* w, const float* bias, const float* x, float* y);

@@ -17,12 +17,11 @@ void conv_pack(const ConvGeometry& g, const float* w_ohwi, float* packed) {
 size_t conv_scratch_floats(const ConvGeometry&, int) { return 0; }
 
 void conv(const ConvGeometry& g, const float* packed, const float* in, float* out,
-          const Epilogue& ep, float* /*scratch*/, int threads) {
+          const Epilogue& ep, float* /*scratch*/, const Parallel* par) {
     const int oh = g.out_h(), ow = g.out_w();
     const int k = g.kernel, ic = g.in_c, oc = g.out_c;
-    (void)threads;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int oy = 0; oy < oh; ++oy) {
+    // Output rows are the items.
+    parallel_for(par, oh, [&](int oy, int) {
         for (int ox = 0; ox < ow; ++ox) {
             const size_t opix = (static_cast<size_t>(oy) * ow + ox) * oc;
             for (int o = 0; o < oc; ++o) {
@@ -45,7 +44,7 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
                 out[opix + o] = acc;
             }
         }
-    }
+    });
 }
 
 // Fused low-rank conv, reference: packed = [W' OHWI][A' rank x in_c][B' out_c x rank].
@@ -67,14 +66,13 @@ void conv_lowrank_pack(const ConvGeometry& g, int rank, const float* w_ohwi, con
 size_t conv_lowrank_scratch_floats(const ConvGeometry&, int, int) { return 0; }
 
 void conv_lowrank(const ConvGeometry& g, int rank, const float* packed, const float* in,
-                  float* out, const Epilogue& ep, float* /*scratch*/, int threads) {
+                  float* out, const Epilogue& ep, float* /*scratch*/, const Parallel* par) {
     const int oh = g.out_h(), ow = g.out_w();
     const int k = g.kernel, ic = g.in_c, oc = g.out_c, c = g.kernel / 2;
     const float* a = packed + conv_packed_floats(g);
     const float* b = a + static_cast<size_t>(rank) * ic;
-    (void)threads;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int oy = 0; oy < oh; ++oy) {
+    // Output rows are the items.
+    parallel_for(par, oh, [&](int oy, int) {
         for (int ox = 0; ox < ow; ++ox) {
             const size_t opix = (static_cast<size_t>(oy) * ow + ox) * oc;
             const int cy = oy * g.stride - g.pad + c, cx = ox * g.stride - g.pad + c;
@@ -107,7 +105,7 @@ void conv_lowrank(const ConvGeometry& g, int rank, const float* packed, const fl
                 out[opix + o] = acc;
             }
         }
-    }
+    });
 }
 
 }  // namespace spaedge::kernels::scalar

@@ -5,29 +5,36 @@
 
 namespace spaedge::kernels::scalar {
 
+// Work per maxpool item, at least (in multiply-add units, as row_work).
+constexpr double kPoolBandWork = 262144.0;
+
 void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const float* in,
-             float* out, int threads) {
+             float* out, const Parallel* par) {
     const int oh = (in_h + 2 * pad - kernel) / stride + 1;
     const int ow = (in_w + 2 * pad - kernel) / stride + 1;
-    (void)threads;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int oy = 0; oy < oh; ++oy) {
-        for (int ox = 0; ox < ow; ++ox) {
-            float* o = out + (static_cast<size_t>(oy) * ow + ox) * c;
-            for (int ch = 0; ch < c; ++ch) o[ch] = -std::numeric_limits<float>::infinity();
-            for (int ky = 0; ky < kernel; ++ky) {
-                const int iy = oy * stride - pad + ky;
-                if (iy < 0 || iy >= in_h) continue;
-                for (int kx = 0; kx < kernel; ++kx) {
-                    const int ix = ox * stride - pad + kx;
-                    if (ix < 0 || ix >= in_w) continue;
-                    const float* x = in + (static_cast<size_t>(iy) * in_w + ix) * c;
-                    for (int ch = 0; ch < c; ++ch)
-                        if (x[ch] > o[ch]) o[ch] = x[ch];
+    // Bands of output rows are the items (at least kPoolBandWork each). A
+    // comparison counts as 4 multiply-adds against Parallel::min_work: the
+    // pool is memory-bound and its vectors are half as wide as the conv's FMAs.
+    const double row_work = 4.0 * ow * c * kernel * kernel;
+    parallel_for_bands(par, oh, row_work, kPoolBandWork, [&](int oy0, int oy1, int) {
+        for (int oy = oy0; oy < oy1; ++oy) {
+            for (int ox = 0; ox < ow; ++ox) {
+                float* o = out + (static_cast<size_t>(oy) * ow + ox) * c;
+                for (int ch = 0; ch < c; ++ch) o[ch] = -std::numeric_limits<float>::infinity();
+                for (int ky = 0; ky < kernel; ++ky) {
+                    const int iy = oy * stride - pad + ky;
+                    if (iy < 0 || iy >= in_h) continue;
+                    for (int kx = 0; kx < kernel; ++kx) {
+                        const int ix = ox * stride - pad + kx;
+                        if (ix < 0 || ix >= in_w) continue;
+                        const float* x = in + (static_cast<size_t>(iy) * in_w + ix) * c;
+                        for (int ch = 0; ch < c; ++ch)
+                            if (x[ch] > o[ch]) o[ch] = x[ch];
+                    }
                 }
             }
         }
-    }
+    });
 }
 
 void global_avgpool(int h, int w, int c, const float* in, float* out) {
