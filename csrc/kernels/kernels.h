@@ -93,6 +93,15 @@ void parallel_for_bands(const Parallel* par, int n, double unit_work, double min
     });
 }
 
+// f(oy0, oy1, worker) over maxpool's output rows [0, oh) in bands of at least
+// 256K units; a comparison counts as 4 multiply-adds against min_work (the
+// pool is memory-bound and its vectors are half as wide as the conv's FMAs).
+template <class F>
+void maxpool_row_bands(const Parallel* par, int oh, int ow, int c, int kernel, F&& f) {
+    constexpr double kBandWork = 262144.0;
+    parallel_for_bands(par, oh, 4.0 * ow * c * kernel * kernel, kBandWork, f);
+}
+
 struct ConvGeometry {
     int in_h = 0, in_w = 0, in_c = 0;
     int out_c = 0;

@@ -6,9 +6,6 @@
 
 namespace spaedge::kernels::avx2 {
 
-// Work per maxpool item, at least (in multiply-add units, as row_work).
-constexpr double kPoolBandWork = 262144.0;
-
 void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const float* in,
              float* out, const Parallel* par) {
     const int oh = (in_h + 2 * pad - kernel) / stride + 1;
@@ -16,11 +13,7 @@ void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const f
     const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     const __m256i tail = tail_mask(c % 8);
     const int cv = c - c % 8;
-    // Bands of output rows are the items (at least kPoolBandWork each). A
-    // comparison counts as 4 multiply-adds against Parallel::min_work: the
-    // pool is memory-bound and its vectors are half as wide as the conv's FMAs.
-    const double row_work = 4.0 * ow * c * kernel * kernel;
-    parallel_for_bands(par, oh, row_work, kPoolBandWork, [&](int oy0, int oy1, int) {
+    maxpool_row_bands(par, oh, ow, c, kernel, [&](int oy0, int oy1, int) {
         for (int oy = oy0; oy < oy1; ++oy) {
             const int y0 = std::max(oy * stride - pad, 0), y1 = std::min(oy * stride - pad + kernel, in_h);
             for (int ox = 0; ox < ow; ++ox) {

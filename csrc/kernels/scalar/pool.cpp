@@ -5,18 +5,11 @@
 
 namespace spaedge::kernels::scalar {
 
-// Work per maxpool item, at least (in multiply-add units, as row_work).
-constexpr double kPoolBandWork = 262144.0;
-
 void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const float* in,
              float* out, const Parallel* par) {
     const int oh = (in_h + 2 * pad - kernel) / stride + 1;
     const int ow = (in_w + 2 * pad - kernel) / stride + 1;
-    // Bands of output rows are the items (at least kPoolBandWork each). A
-    // comparison counts as 4 multiply-adds against Parallel::min_work: the
-    // pool is memory-bound and its vectors are half as wide as the conv's FMAs.
-    const double row_work = 4.0 * ow * c * kernel * kernel;
-    parallel_for_bands(par, oh, row_work, kPoolBandWork, [&](int oy0, int oy1, int) {
+    maxpool_row_bands(par, oh, ow, c, kernel, [&](int oy0, int oy1, int) {
         for (int oy = oy0; oy < oy1; ++oy) {
             for (int ox = 0; ox < ow; ++ox) {
                 float* o = out + (static_cast<size_t>(oy) * ow + ox) * c;
