@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/apply_panels.h"
 #include "kernels/avx2/simd.h"
 
 namespace spaedge::kernels::avx2 {
@@ -36,22 +37,7 @@ constexpr int kNR = 16;    // must match conv.cpp
 constexpr int kRows = 8;   // tap-major: packed rows per block
 constexpr int kAhead = 4;  // OIHW: inputs prefetched ahead
 
-// What both entries derive from the arguments.
-struct Shape {
-    int ic, oc, rank, panels, taps, centre;
-    size_t K, ktot;
-    bool merge;
-    explicit Shape(const ApplyArgs& a)
-        : ic(a.g.in_c),
-          oc(a.g.out_c),
-          rank(std::max(a.rank, 0)),
-          panels((a.g.out_c + kNR - 1) / kNR),
-          taps(a.g.kernel * a.g.kernel),
-          centre((a.g.kernel / 2) * a.g.kernel + a.g.kernel / 2),
-          K(static_cast<size_t>(a.g.kernel) * a.g.kernel * a.g.in_c),
-          ktot(K + (a.fused ? static_cast<size_t>(std::max(a.rank, 0)) : 0)),
-          merge(a.rank > 0 && !a.fused) {}
-};
+using Shape = panels::Shape<kNR>;
 
 // One panel's lanes: masks (all set for a full panel) and BN scale.
 struct Lanes {
@@ -207,35 +193,6 @@ void apply_oihw(const ApplyArgs& a, const Shape& s, int p0, int p1, float* packe
     }
 }
 
-// Fused mode: B' (scaled) rows K..K+rank-1 of panels [p0, p1). Small, plain loops.
-void fused_b(const ApplyArgs& a, const Shape& s, int p0, int p1, float* packed) {
-    for (int p = p0; p < p1; ++p) {
-        float* dst = packed + (static_cast<size_t>(p) * s.ktot + s.K) * kNR;
-        for (int q = 0; q < s.rank; ++q)
-            for (int j = 0; j < kNR; ++j) {
-                const int o = p * kNR + j;
-                float v = 0.0f;
-                if (o < s.oc) {
-                    v = a.bt[static_cast<size_t>(q) * s.oc + o];
-                    if (a.scale) v *= a.scale[o];
-                }
-                dst[static_cast<size_t>(q) * kNR + j] = v;
-            }
-    }
-}
-
-// Fused mode: the A' panels (kNR rank columns, in_c rows) after the W' panels.
-void fused_a(const ApplyArgs& a, const Shape& s, float* packed) {
-    float* ap = packed + static_cast<size_t>(s.panels) * s.ktot * kNR;
-    const int rp = (s.rank + kNR - 1) / kNR;
-    for (int p = 0; p < rp; ++p)
-        for (int i = 0; i < s.ic; ++i)
-            for (int j = 0; j < kNR; ++j) {
-                const int q = p * kNR + j;
-                ap[(static_cast<size_t>(p) * s.ic + i) * kNR + j] =
-                    q < s.rank ? a.a[static_cast<size_t>(q) * s.ic + i] : 0.0f;
-            }
-}
 
 bool aligned32(const float* p) { return (reinterpret_cast<uintptr_t>(p) & 31) == 0; }
 
@@ -250,8 +207,8 @@ void conv_apply(const ApplyArgs& a, int k0, int k1, float* packed) {
         apply_rows<false>(a, s, k0, k1, packed);
     }
     if (a.fused && s.rank > 0 && static_cast<size_t>(k1) == s.K) {
-        fused_b(a, s, 0, s.panels, packed);
-        fused_a(a, s, packed);
+        panels::fused_b(a, s, 0, s.panels, packed);
+        panels::fused_a(a, s, packed);
     }
 }
 
@@ -265,8 +222,8 @@ void conv_apply_oihw(const ApplyArgs& a, int o0, int o1, float* packed) {
         apply_oihw<false>(a, s, p0, p1, packed);
     }
     if (a.fused && s.rank > 0) {
-        fused_b(a, s, p0, p1, packed);
-        if (o1 == s.oc) fused_a(a, s, packed);
+        panels::fused_b(a, s, p0, p1, packed);
+        if (o1 == s.oc) panels::fused_a(a, s, packed);
     }
 }
 

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/apply_panels.h"
 #include "kernels/neon/simd.h"
 
 namespace spaedge::kernels::neon {
@@ -34,28 +35,23 @@ inline float32x4_t gather4(const float* s, const int32_t* idx) {
     return v;
 }
 
-// What both entries derive from the arguments.
-struct Shape {
-    int ic, oc, rank, panels, full, taps, centre;
-    size_t K, ktot;
-    bool merge;
-    explicit Shape(const ApplyArgs& a)
-        : ic(a.g.in_c),
-          oc(a.g.out_c),
-          rank(std::max(a.rank, 0)),
-          panels((a.g.out_c + kNR - 1) / kNR),
-          full(a.g.out_c / kNR),
-          taps(a.g.kernel * a.g.kernel),
-          centre((a.g.kernel / 2) * a.g.kernel + a.g.kernel / 2),
-          K(static_cast<size_t>(a.g.kernel) * a.g.kernel * a.g.in_c),
-          ktot(K + (a.fused ? static_cast<size_t>(std::max(a.rank, 0)) : 0)),
-          merge(a.rank > 0 && !a.fused) {}
+using Shape = panels::Shape<kNR>;
+
+// A full panel's BN scale (ones without one, or for a ragged panel, which
+// is done lane by lane), loaded once per panel.
+struct PanelScale {
+    float32x4_t s0, s1;
+    PanelScale(const ApplyArgs& a, int o0, bool full) {
+        const bool load = full && a.scale;
+        s0 = load ? vld1q_f32(a.scale + o0) : vdupq_n_f32(1.0f);
+        s1 = load ? vld1q_f32(a.scale + o0 + 4) : vdupq_n_f32(1.0f);
+    }
 };
 
 // A full panel's row: v (8 base values of outputs o0..o0+7) + B'A' at input
 // column `col` when `centre`, times the BN scale, stored at dst.
-inline void full_row(const ApplyArgs& a, const Shape& s, int o0, int col, bool centre, float32x4_t v0,
-                     float32x4_t v1, float* dst) {
+inline void full_row(const ApplyArgs& a, const Shape& s, int o0, int col, bool centre, const PanelScale& sc,
+                     float32x4_t v0, float32x4_t v1, float* dst) {
     if (centre) {
         float32x4_t d0 = vdupq_n_f32(0.0f), d1 = d0;
         for (int q = 0; q < s.rank; ++q) {
@@ -67,9 +63,8 @@ inline void full_row(const ApplyArgs& a, const Shape& s, int o0, int col, bool c
         v0 = vaddq_f32(v0, d0);
         v1 = vaddq_f32(v1, d1);
     }
-    const float32x4_t ones = vdupq_n_f32(1.0f);
-    vst1q_f32(dst, vmulq_f32(v0, a.scale ? vld1q_f32(a.scale + o0) : ones));
-    vst1q_f32(dst + 4, vmulq_f32(v1, a.scale ? vld1q_f32(a.scale + o0 + 4) : ones));
+    vst1q_f32(dst, vmulq_f32(v0, sc.s0));
+    vst1q_f32(dst + 4, vmulq_f32(v1, sc.s1));
 }
 
 // One lane (output o) of the ragged last panel.
@@ -83,35 +78,6 @@ inline float ragged_value(const ApplyArgs& a, const Shape& s, int o, int col, bo
     return a.scale ? v * a.scale[o] : v;
 }
 
-// Fused mode: B' (scaled) rows K..K+rank-1 of panels [p0, p1).
-void fused_b(const ApplyArgs& a, const Shape& s, int p0, int p1, float* packed) {
-    for (int p = p0; p < p1; ++p) {
-        float* dst = packed + (static_cast<size_t>(p) * s.ktot + s.K) * kNR;
-        for (int q = 0; q < s.rank; ++q)
-            for (int j = 0; j < kNR; ++j) {
-                const int o = p * kNR + j;
-                float v = 0.0f;
-                if (o < s.oc) {
-                    v = a.bt[static_cast<size_t>(q) * s.oc + o];
-                    if (a.scale) v *= a.scale[o];
-                }
-                dst[static_cast<size_t>(q) * kNR + j] = v;
-            }
-    }
-}
-
-// Fused mode: the A' panels (kNR rank columns, in_c rows) after the W' panels.
-void fused_a(const ApplyArgs& a, const Shape& s, float* packed) {
-    float* ap = packed + static_cast<size_t>(s.panels) * s.ktot * kNR;
-    const int rp = (s.rank + kNR - 1) / kNR;
-    for (int p = 0; p < rp; ++p)
-        for (int i = 0; i < s.ic; ++i)
-            for (int j = 0; j < kNR; ++j) {
-                const int q = p * kNR + j;
-                ap[(static_cast<size_t>(p) * s.ic + i) * kNR + j] =
-                    q < s.rank ? a.a[static_cast<size_t>(q) * s.ic + i] : 0.0f;
-            }
-}
 
 }  // namespace
 
@@ -135,6 +101,7 @@ void conv_apply(const ApplyArgs& a, int k0, int k1, float* packed) {
             float* dst = packed + (static_cast<size_t>(p) * s.ktot + kb) * kNR;
             const int32_t* oi = a.out_index + o0;
             const bool contiguous = oi[kNR - 1] - oi[0] == kNR - 1;
+            const PanelScale sc(a, o0, true);
             for (int r = 0; r < n; ++r) {
                 float32x4_t v0, v1;
                 if (contiguous) {
@@ -144,7 +111,7 @@ void conv_apply(const ApplyArgs& a, int k0, int k1, float* packed) {
                     v0 = gather4(src[r], oi);
                     v1 = gather4(src[r], oi + 4);
                 }
-                full_row(a, s, o0, col[r], cen[r], v0, v1, dst + r * kNR);
+                full_row(a, s, o0, col[r], cen[r], sc, v0, v1, dst + r * kNR);
             }
         }
         if (s.full < s.panels) {
@@ -159,8 +126,8 @@ void conv_apply(const ApplyArgs& a, int k0, int k1, float* packed) {
         }
     }
     if (a.fused && s.rank > 0 && static_cast<size_t>(k1) == s.K) {
-        fused_b(a, s, 0, s.panels, packed);
-        fused_a(a, s, packed);
+        panels::fused_b(a, s, 0, s.panels, packed);
+        panels::fused_a(a, s, packed);
     }
 }
 
@@ -174,13 +141,14 @@ void conv_apply_oihw(const ApplyArgs& a, int o0, int o1, float* packed) {
         for (int j = 0; j < kNR; ++j)
             off[j] = j < nv ? static_cast<int32_t>(static_cast<size_t>(a.out_index[ob + j]) * orow) : 0;
         float* dst = packed + static_cast<size_t>(p) * s.ktot * kNR;
+        const PanelScale sc(a, ob, nv == kNR);
         for (int i = 0; i < s.ic; ++i) {
             const float* src = a.base + static_cast<size_t>(a.in_index[i]) * s.taps;
             for (int t = 0; t < s.taps; ++t) {
                 float* d = dst + (static_cast<size_t>(t) * s.ic + i) * kNR;
                 const bool centre = s.merge && t == s.centre;
                 if (nv == kNR) {
-                    full_row(a, s, ob, i, centre, gather4(src + t, off), gather4(src + t, off + 4), d);
+                    full_row(a, s, ob, i, centre, sc, gather4(src + t, off), gather4(src + t, off + 4), d);
                 } else {
                     for (int j = 0; j < kNR; ++j) d[j] = 0.0f;
                     for (int j = 0; j < nv; ++j) d[j] = ragged_value(a, s, ob + j, i, centre, src[t + off[j]]);
@@ -189,8 +157,8 @@ void conv_apply_oihw(const ApplyArgs& a, int o0, int o1, float* packed) {
         }
     }
     if (a.fused && s.rank > 0) {
-        fused_b(a, s, p0, p1, packed);
-        if (o1 == s.oc) fused_a(a, s, packed);
+        panels::fused_b(a, s, p0, p1, packed);
+        if (o1 == s.oc) panels::fused_a(a, s, packed);
     }
 }
 
