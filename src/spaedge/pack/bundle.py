@@ -18,10 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spaedge.adapters import adapt
-from spaedge.adapters.layers import AdaptedLayer
-from spaedge.adapters.pear import bundle_metadata as pear_metadata
-from spaedge.adapters.pear import link_shared
+from spaedge.adapters import AdaptedLayer, adapt, get_method, method_of
 from spaedge.errors import BundleError
 from spaedge.models import ResNet, from_config
 from spaedge.pack.format import json_field, read_bundle, serialise, write_bundle
@@ -123,7 +120,9 @@ def task_bundle(model: ResNet, spec: TaskSpec, base_content_hash: str,
             tensors[f"{name}.bias"] = _np(head.bias).astype(np.float32)
     meta = {"format": "spaedge-task", "base_hash": base_content_hash, "method": model.adapter_method,
             **spec.metadata(), "info": json.dumps(info or {})}
-    meta.update(pear_metadata(model))  # shared_adapters: Pear's shared factors are stored once
+    method = method_of(model)
+    if method.bundle_metadata is not None:  # e.g. Pear's shared_adapters: shared factors are stored once
+        meta.update(method.bundle_metadata(model))
     return tensors, meta
 
 
@@ -187,12 +186,9 @@ def load_task_model(base_path: str | os.PathLike, task_path: str | os.PathLike) 
                 head.in_features, head.out_features = int(sub["weight"].shape[1]), int(sub["weight"].shape[0])
         except KeyError as e:
             raise BundleError(f"{where}: tensor '{prefix}{e.args[0]}' is missing") from None
-    if "shared_adapters" in meta:
-        shared = json_field(meta, "shared_adapters", where)
-        try:
-            link_shared(model, shared)
-        except (ValueError, TypeError) as e:
-            raise BundleError(f"{where}: field 'shared_adapters': {e}") from None
+    method = get_method(meta["method"])
+    if method.load_metadata is not None:
+        method.load_metadata(model, meta, where)
     model.eval()
     return model, spec, meta
 

@@ -1,28 +1,22 @@
-"""Prunable adapter layers over a frozen base weight.
+"""The adapted layer every method builds on: a frozen base conv (or linear)
+whose kept channels are recorded and really removed by pruning.
 
 Every adapted layer keeps the base weight frozen and records which of the
 base's output and input channels it still has (``out_index``/``in_index``,
 relative to the original base layer). Pruning removes channels for real: the
 weight, the adapter factors and the indices are sliced, so nothing that
-training does can bring a pruned channel back.
-
-Channel-SPA / SPLoRA (DESIGN.md)::
-
-    W_task = W[out_index][:, in_index] + centre_tap(B @ A)
-
-with A (r x I') and B (O' x r) trainable, the product touching only the centre
-tap of a k x k kernel (a pointwise update); for linear layers there is no tap.
+training does can bring a pruned channel back. A method (one module of this
+package each, listed in ``spaedge.adapters.registry``) subclasses
+``AdaptedLayer`` with its ``delta()`` and bundle tensors.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AdaptedLayer", "SPLoRA", "FineTuned"]
+__all__ = ["AdaptedLayer", "centre_tap"]
 
 
 class AdaptedLayer(nn.Module):
@@ -121,7 +115,11 @@ class AdaptedLayer(nn.Module):
             self.bias = nn.Parameter(t["bias"].clone())
 
     def learned_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return sum(p.numel() for p in self.parameters() if p.requires_grad) - self.masked_entries()
+
+    def masked_entries(self) -> int:
+        """Entries of trainable parameters a mask holds at zero (not learned, not stored)."""
+        return 0
 
     def extra_repr(self) -> str:
         k = f", kernel={self.kernel_size[0]}" if self.is_conv else ""
@@ -129,84 +127,10 @@ class AdaptedLayer(nn.Module):
                 f"out={self.out_channels}/{self.base_out_channels}{k}")
 
 
-def _centre_tap(w: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+def centre_tap(w: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
     """A zero tensor shaped like ``w`` with ``update`` (O x I) at the centre tap."""
     if w.dim() == 2:
         return update
     k = w.shape[-1]
     c = k // 2
     return F.pad(update[:, :, None, None], (c, k - 1 - c, c, k - 1 - c))
-
-
-class SPLoRA(AdaptedLayer):
-    """Channel-SPA with a rank-r adapter at the centre tap (Hedegaard et al.)."""
-
-    method = "splora"
-
-    def __init__(self, base: nn.Conv2d | nn.Linear, rank: int = 8, init_scale: float = 1.0):
-        super().__init__(base)
-        if rank < 1:
-            raise ValueError(f"adapter rank must be at least 1, got {rank}")
-        self.rank = rank
-        o, i = self.base_out_channels, self.base_in_channels
-        # LoRA initialisation: A random, B zero, so the task starts at the base.
-        a = torch.empty(rank, i)
-        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        self.lora_a = nn.Parameter(a * init_scale)
-        self.lora_b = nn.Parameter(torch.zeros(o, rank))
-
-    def delta(self) -> torch.Tensor:
-        return _centre_tap(self.weight, self.lora_b @ self.lora_a)
-
-    def keep_out(self, keep: torch.Tensor) -> None:
-        super().keep_out(keep)
-        self.lora_b = nn.Parameter(self.lora_b.data[keep].clone())
-
-    def keep_in(self, keep: torch.Tensor) -> None:
-        super().keep_in(keep)
-        self.lora_a = nn.Parameter(self.lora_a.data[:, keep].clone())
-
-    def bundle_tensors(self) -> dict[str, torch.Tensor]:
-        t = super().bundle_tensors()
-        t["lora_a"] = self.lora_a.detach()
-        t["lora_b"] = self.lora_b.detach()
-        return t
-
-    def load_bundle_tensors(self, t: dict[str, torch.Tensor]) -> None:
-        super().load_bundle_tensors(t)
-        self.rank = int(t["lora_a"].shape[0])
-        self.lora_a = nn.Parameter(t["lora_a"].clone())
-        self.lora_b = nn.Parameter(t["lora_b"].clone())
-
-
-class FineTuned(AdaptedLayer):
-    """The "fine-pruning" baseline: the whole (pruned) weight is trained.
-
-    The bundle stores the update against the gathered base weight
-    (``weight_delta``), so the runtime applies it like any other task.
-    """
-
-    method = "finetune"
-
-    def __init__(self, base: nn.Conv2d | nn.Linear):
-        super().__init__(base)
-        self.weight.requires_grad_(True)
-        self.register_buffer("base_weight", self.weight.detach().clone())
-
-    def keep_out(self, keep: torch.Tensor) -> None:
-        super().keep_out(keep)
-        self.base_weight = self.base_weight[keep].clone()
-
-    def keep_in(self, keep: torch.Tensor) -> None:
-        super().keep_in(keep)
-        self.base_weight = self.base_weight[:, keep].clone()
-
-    def bundle_tensors(self) -> dict[str, torch.Tensor]:
-        t = super().bundle_tensors()
-        t["weight_delta"] = (self.weight - self.base_weight).detach()
-        return t
-
-    def load_bundle_tensors(self, t: dict[str, torch.Tensor]) -> None:
-        super().load_bundle_tensors(t)
-        self.base_weight = self.weight.detach().clone()
-        self.weight = nn.Parameter(self.weight.data + t["weight_delta"], requires_grad=True)

@@ -78,7 +78,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spaedge.adapters.layers import AdaptedLayer, SPLoRA
+from spaedge.adapters.base import AdaptedLayer
+from spaedge.adapters.registry import Method, register
+from spaedge.adapters.splora import SPLoRA
+from spaedge.errors import BundleError
+from spaedge.pack.format import json_field
 
 __all__ = ["PearLoRA", "SHARE_MAPS", "KNOWLEDGE", "adapter_scores", "sharing_map", "knowledge_init",
            "apply_pear", "relink", "link_shared", "shared_map", "bundle_metadata"]
@@ -331,3 +335,23 @@ def bundle_metadata(model: nn.Module) -> dict[str, str]:
     """Task-bundle metadata for Pear's sharing ({} when nothing is shared)."""
     m = shared_map(model)
     return {"shared_adapters": json.dumps(m)} if m else {}
+
+
+def _after_pruning(model: nn.Module, opts, data) -> dict:
+    return apply_pear(model, data, prune=opts.pear_prune, share=opts.pear_share)
+
+
+def _load_metadata(model: nn.Module, meta: dict[str, str], where: str) -> None:
+    if "shared_adapters" not in meta:
+        return
+    shared = json_field(meta, "shared_adapters", where)
+    try:
+        link_shared(model, shared)
+    except (ValueError, TypeError) as e:
+        raise BundleError(f"{where}: field 'shared_adapters': {e}") from None
+
+
+register(Method("pear", lambda conv, rank: PearLoRA(conv, rank=rank), label="Pear r{rank}",
+                after_pruning=_after_pruning, restore=relink, bundle_metadata=bundle_metadata,
+                load_metadata=_load_metadata,
+                summary="SPLoRA, then the least important adapters are pruned and shared (--pear-*)"))

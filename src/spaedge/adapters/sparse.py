@@ -1,9 +1,14 @@
-"""SparseAdapter masks: unstructured pruning of adapter weights at initialisation.
+"""SparseAdapter (He et al. 2022) in the SPA setting, and its masks.
+
+The adapter is a weight update D made sparse at initialisation by a mask
+buffer the forward multiplies in (masked entries get no gradient and stay out
+of the bundle). The plain setting's D is pointwise (O x I at the centre tap,
+SPPaRA's shape); the Large-Sparse setting's D is the full kernel (O x I x k x
+k, k^2 times wider) sparsified to the same number of nonzeros.
 
 ``sparsify(model, criterion, keep, data)`` scores every entry of every
 ``SparseAdapter`` update and keeps the globally top ``keep`` fraction (one
-threshold over all layers). Masks are buffers the forward multiplies in, so
-masked entries get no gradient and stay out of the bundle.
+threshold over all layers).
 
 Scores (higher = keep):
 - ``snip``: |g * w| (Lee et al. 2019), g = dL/dw on task batches.
@@ -28,11 +33,75 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spaedge.adapters.variants import SparseAdapter
+from spaedge.adapters.base import AdaptedLayer, centre_tap
+from spaedge.adapters.registry import Method, register
 
-__all__ = ["MASK_CRITERIA", "sparsify", "large_keep"]
+__all__ = ["SparseAdapter", "MASK_CRITERIA", "sparsify", "large_keep"]
 
 MASK_CRITERIA = ("snip", "magnitude", "random", "grasp", "synflow")
+
+
+class SparseAdapter(AdaptedLayer):
+    """A weight update D with a fixed unstructured mask (a buffer) applied in forward."""
+
+    method = "sparse"
+
+    def __init__(self, base, rank: int = 0, large: bool = False, init_std: float = 1e-2):
+        super().__init__(base)
+        self.large = large
+        shape = tuple(self.weight.shape) if large else (self.base_out_channels, self.base_in_channels)
+        # Nonzero random init (as the adapters of the SparseAdapter paper), scaled to the
+        # base weights so the task starts close to the base; saliency needs w != 0.
+        scale = float(self.weight.detach().std()) * init_std if self.weight.numel() > 1 else init_std
+        self.sparse = nn.Parameter(torch.randn(shape) * scale)
+        self.register_buffer("mask", torch.ones(shape))
+
+    def update(self) -> torch.Tensor:
+        return self.sparse * self.mask
+
+    def delta(self) -> torch.Tensor:
+        u = self.update()
+        return u if self.large or not self.is_conv else centre_tap(self.weight, u)
+
+    def keep_out(self, keep):
+        super().keep_out(keep)
+        self.sparse = nn.Parameter(self.sparse.data[keep].clone())
+        self.mask = self.mask[keep].clone()
+
+    def keep_in(self, keep):
+        super().keep_in(keep)
+        self.sparse = nn.Parameter(self.sparse.data[:, keep].clone())
+        self.mask = self.mask[:, keep].clone()
+
+    def nonzeros(self) -> int:
+        return int(self.mask.sum())
+
+    def masked_entries(self) -> int:
+        return self.sparse.numel() - self.nonzeros()
+
+    def bundle_tensors(self):
+        t = super().bundle_tensors()
+        d = self.delta().detach()
+        m = self.mask.bool()
+        if not self.large and self.is_conv:
+            m = centre_tap(self.weight, m.float()).bool()
+        flat = torch.nonzero(m.reshape(-1), as_tuple=False).reshape(-1)
+        if flat.numel():
+            t["sparse_delta_values"] = d.reshape(-1)[flat].float()
+            t["sparse_delta_index"] = flat.to(torch.int32)
+        return t
+
+    def load_bundle_tensors(self, t):
+        AdaptedLayer.load_bundle_tensors(self, t)
+        self.large = True
+        dense = torch.zeros(self.weight.shape)
+        mask = torch.zeros(self.weight.shape)
+        if "sparse_delta_index" in t:
+            idx = t["sparse_delta_index"].long()
+            dense.view(-1)[idx] = t["sparse_delta_values"]
+            mask.view(-1)[idx] = 1.0
+        self.sparse = nn.Parameter(dense)
+        self.mask = mask
 
 
 def _layers(model):
@@ -156,3 +225,18 @@ def large_keep(model: nn.Module, keep: float) -> float:
     layers = _layers(model)
     pointwise = sum(m.sparse.shape[0] * m.sparse.shape[1] for m in layers)
     return min(1.0, keep * pointwise / sum(m.sparse.numel() for m in layers))
+
+
+def _prepare(model: nn.Module, opts, data, input_size) -> None:
+    """Sparsify at initialisation. ``opts.adapter_keep`` is the fraction of a
+    *pointwise* adapter's entries kept; the Large-Sparse model keeps the same
+    number of nonzeros over its k^2-times wider full-kernel adapter."""
+    keep = large_keep(model, opts.adapter_keep) if model.adapter_method == "sparse-large" else opts.adapter_keep
+    sparsify(model, opts.mask_criterion, keep, data, input_shape=input_size)
+
+
+register(Method("sparse", lambda conv, rank: SparseAdapter(conv), label="SparseAdapter", uses_rank=False,
+                prepare=_prepare, summary="a pointwise update made sparse at initialisation (--mask-criterion)"))
+register(Method("sparse-large", lambda conv, rank: SparseAdapter(conv, large=True),
+                label="SparseAdapter Large-Sparse", uses_rank=False, prepare=_prepare,
+                summary="SparseAdapter over the full kernel, with the plain one's nonzeros"))

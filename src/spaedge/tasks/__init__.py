@@ -13,6 +13,7 @@ unknown names raise `UnknownTask` listing the known ones. See
 `registry.py` for the names and each loader's module for its layout.
 """
 
+from .batching import batches, first_items, score_batches
 from .core import (CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, SPLITS, DatasetNotFound, Task,
                    TaskDataset, load_image, parse_input_size, stratified_split)
 from .idx import read_idx, write_idx
@@ -20,6 +21,9 @@ from .registry import (DEFAULT_TASK, UnknownTask, get_task, list_tasks, register
                        task_descriptions)
 
 __all__ = [
+    "batches",
+    "first_items",
+    "score_batches",
     "CROP_FRACTION",
     "DEFAULT_TASK",
     "DatasetNotFound",

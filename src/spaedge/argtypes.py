@@ -1,0 +1,45 @@
+"""Values read from the command line: each parser checks a text and says what is wrong.
+
+Shared by the training configuration's flags (``spaedge.train.config``) and
+the other commands; argparse prints the message as a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["parse_density", "positive_int", "nonneg_int", "unit_fraction"]
+
+
+def parse_density(text: str) -> float:
+    """A density in (0, 1], or a percentage like ``30%``."""
+    # A bare number above 1 is refused rather than read as a percentage:
+    # "--density 2" is more likely a slip than a wish for 2%.
+    try:
+        v = float(text[:-1]) / 100.0 if str(text).endswith("%") else float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"density must be in (0, 1] or (0%, 100%], e.g. 0.3 or 30%; got {text}")
+    return v
+
+
+def positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
+    return v
+
+
+def unit_fraction(text: str) -> float:
+    v = float(text)
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text}")
+    return v

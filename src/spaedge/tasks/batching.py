@@ -1,0 +1,57 @@
+"""Batches of a task split: in order, shuffled, a fixed subset, or the few
+fixed batches data-driven criteria score on."""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Iterator, Optional
+
+import torch
+
+__all__ = ["batches", "first_items", "score_batches"]
+
+# select(global batch positions) -> this process's share, or None to skip the batch
+Select = Callable[[list[int]], Optional[list[int]]]
+
+
+def batches(dataset, batch_size: int, shuffle: bool = False, generator: Optional[torch.Generator] = None,
+            select: Optional[Select] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, labels) batches of a task split, in order or shuffled.
+
+    ``select`` takes each batch's positions and returns the part to load, or
+    None to skip the batch (data-parallel training takes its share of every
+    batch this way: ``spaedge.train.distributed.share``)."""
+    n = len(dataset)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    fetch = getattr(dataset, "batch", None)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size].tolist()
+        if select is not None:
+            idx = select(idx)
+            if idx is None:
+                continue
+        if fetch is not None:
+            yield fetch(idx)
+        else:
+            items = [dataset[i] for i in idx]
+            yield torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+
+
+def first_items(dataset, n: int):
+    """The first ``n`` items of a task split (a fixed subset: splits are class-mixed); all for n <= 0."""
+    if n <= 0 or n >= len(dataset):
+        return dataset
+    sub = copy.copy(dataset)
+    sub.indices, sub.targets = dataset.indices[:n], dataset.targets[:n]
+    return sub
+
+
+def score_batches(dataset, n_batches: int = 4, batch_size: int = 64, seed: int = 0) -> list:
+    """A few fixed (images, labels) batches of a split for data-driven criteria."""
+    g = torch.Generator().manual_seed(seed + 7919)
+    out = []
+    for b in batches(dataset, batch_size, shuffle=True, generator=g):
+        out.append(b)
+        if len(out) >= n_batches:
+            break
+    return out
