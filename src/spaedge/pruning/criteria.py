@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spaedge.adapters.layers import AdaptedLayer
+from spaedge.adapters.base import AdaptedLayer
 from spaedge.pruning.groups import ChannelGroup
 
 __all__ = ["CRITERIA", "DATA_CRITERIA", "magnitude", "gradient", "taylor", "lrp", "normalise",

@@ -15,7 +15,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from spaedge.adapters.layers import AdaptedLayer
+from spaedge.adapters.base import AdaptedLayer
 
 __all__ = ["ChannelGroup", "channel_groups"]
 

@@ -14,8 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from spaedge import distributed
-from spaedge.adapters.layers import AdaptedLayer
+from spaedge.adapters.base import AdaptedLayer
 from spaedge.pruning.criteria import CRITERIA, DATA_CRITERIA, normalise
 from spaedge.pruning.groups import ChannelGroup, channel_groups
 
@@ -133,14 +132,19 @@ def remove_positions(model: nn.Module, groups: list, drop: dict[int, list[int]])
 
 def prune_step(model: nn.Module, example_input: torch.Tensor, n_channels: int, *,
                target_density: float = 0.0, criterion: str = "magnitude", min_channels: int = 1,
-               score_kwargs: dict | None = None, block: int = 1) -> int:
+               score_kwargs: dict | None = None, block: int = 1,
+               agree: Callable[[torch.Tensor], torch.Tensor] | None = None) -> int:
     """Remove up to ``n_channels`` lowest-ranked channels, stopping early once
     the backbone is estimated to be at ``target_density``. Returns how many went.
 
     ``block`` > 1 removes channels in whole blocks of ``block`` base channels
     (base index // block, for block-SPA adapters): a block is ranked by the mean
     of its channels' normalised scores. Groups whose base width is not a
-    multiple of ``block`` are pruned channel by channel."""
+    multiple of ``block`` are pruned channel by channel.
+
+    ``agree`` maps each group's scores before ranking; data-parallel training
+    passes one that gives every process rank 0's scores, so all remove the
+    same channels (``spaedge.train.distributed.agree``)."""
     if criterion not in CRITERIA:
         raise ValueError(f"unknown pruning criterion {criterion!r}; known: {', '.join(CRITERIA)}")
     score = CRITERIA[criterion]
@@ -149,8 +153,8 @@ def prune_step(model: nn.Module, example_input: torch.Tensor, n_channels: int, *
     layers = [m for m in model.modules() if isinstance(m, AdaptedLayer)]
     base_total = sum(_weights(m, base=True) for m in layers)
     current = sum(_weights(m) for m in layers)
-    # torchrun: rank 0's scores decide
-    scores = [distributed.agree(normalise(score(model, g, **kwargs))) for g in groups]
+    agree = agree or (lambda t: t)
+    scores = [agree(normalise(score(model, g, **kwargs))) for g in groups]
     candidates = ranked_units(model, groups, scores, block=block, min_channels=min_channels)
     costs = [_channel_cost(model, g) for g in groups]
     drop: dict[int, list[int]] = {}
@@ -170,7 +174,7 @@ def prune_to_density(model: nn.Module, example_input: torch.Tensor, target: floa
                      recover: Callable[[int, float], None] | None = None,
                      on_step: Callable[[int, float], None] | None = None,
                      score_kwargs: dict | None = None, schedule: str = "iterative",
-                     block: int = 1) -> list[float]:
+                     block: int = 1, agree: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[float]:
     """Prune to ``target`` density (fraction of base weights kept).
 
     ``schedule="iterative"`` (the SPA paper): steps of ``step_fraction`` of the
@@ -199,7 +203,7 @@ def prune_to_density(model: nn.Module, example_input: torch.Tensor, target: floa
     step = 0
     while density(model) > target + 1e-9:
         removed = prune_step(model, example_input, per_step, target_density=target, criterion=criterion,
-                             score_kwargs=score_kwargs, block=block)
+                             score_kwargs=score_kwargs, block=block, agree=agree)
         if removed == 0:
             break  # every group is at its minimum width
         step += 1
