@@ -21,6 +21,7 @@ Only safetensors and JSON: no pickle is ever written or read.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +29,15 @@ from typing import Optional
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
 from spaedge.pack.format import atomic_write_bytes
+from spaedge.pruning.groups import channel_groups
+from spaedge.pruning.prune import density, prune_to_density
+from spaedge.train import distributed
 
 __all__ = ["CHECKPOINT", "Position", "Checkpoint", "save", "load", "adopt_state", "PHASES"]
 
@@ -125,7 +130,6 @@ def load(path: Path, config: dict) -> Optional[Checkpoint]:
     """The checkpoint at ``path`` if it exists and was made with ``config``; None otherwise."""
     if not path.exists():
         return None
-    from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if meta.get("format") != FORMAT or json.loads(meta.get("config", "null")) != json.loads(
@@ -208,8 +212,6 @@ class Session:
         return ck.position.epochs_done
 
     def end_epoch(self, epochs_done: int, optimizer, scheduler) -> None:
-        from spaedge import distributed
-
         self.pos.epochs_done = epochs_done
         if not distributed.is_main():  # under torchrun rank 0 checkpoints (every rank holds the same model)
             return
@@ -221,16 +223,16 @@ class Session:
         self.path.unlink(missing_ok=True)
 
 
-def prune_resumable(session: Session, model: nn.Module, example: torch.Tensor, target: float, *,
+def prune_resumable(session: Optional[Session], model: nn.Module, example: torch.Tensor, target: float, *,
                     step_fraction: float, criterion: str, recover, **prune_kwargs) -> None:
     """``prune_to_density`` that continues from the checkpoint's pruning step with
     the same channels-per-step as the uninterrupted run (the per-step count is
-    fixed by the unpruned model, so it is stored, not recomputed)."""
-    import math
-
-    from spaedge.pruning.groups import channel_groups
-    from spaedge.pruning.prune import density, prune_to_density
-
+    fixed by the unpruned model, so it is stored, not recomputed). Without a
+    session it is ``prune_to_density``."""
+    if session is None:
+        prune_to_density(model, example, target, step_fraction=step_fraction, criterion=criterion, recover=recover,
+                         **prune_kwargs)
+        return
     done = session.pos.prune_steps
     if done == 0:
         total = sum(g.size for g in channel_groups(model, example))
@@ -246,4 +248,4 @@ def prune_resumable(session: Session, model: nn.Module, example: torch.Tensor, t
         recover(done + step, d)
 
     prune_to_density(model, example, target, step_fraction=fraction, criterion=criterion, recover=rec,
-                     **prune_kwargs)  # schedule, block, score_kwargs (spaedge.methods.prune_options)
+                     **prune_kwargs)  # schedule, block, score_kwargs (spaedge.train.pipeline)

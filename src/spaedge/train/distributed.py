@@ -2,15 +2,15 @@
 
 ``torchrun --nproc_per_node N -m spaedge.cli train ...`` starts N copies of
 ``spaedge train``; ``init_from_env`` (called by the CLI) sees torchrun's
-``WORLD_SIZE``/``RANK`` and joins the gloo process group. Then, in
-``spaedge.train``:
+``WORLD_SIZE``/``RANK`` and joins the gloo process group. Then, in the
+training loops and pipeline (``spaedge.train``):
 
 - every ``fit`` wraps the model in a fresh ``DistributedDataParallel`` (pruning
   replaces parameters with smaller ones, so a wrapper never outlives a pruning
   step); DDP averages the gradients over ranks in every backward;
 - every rank walks the same shuffled order of the training split (same seeded
   generator) and takes its interleaved share of each global batch
-  (``shard``: positions rank, rank+N, ...), so a step still sees
+  (``share``: positions rank, rank+N, ...), so a step still sees
   ``batch_size`` images in total and the schedule matches a single process;
 - after each fit the BatchNorm running statistics are averaged over ranks, so
   every rank holds the same model;
@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["init_from_env", "active", "rank", "world_size", "is_main", "wrap", "shard", "agree",
+__all__ = ["init_from_env", "active", "rank", "world_size", "is_main", "wrap", "share", "agree",
            "average_buffers", "all_sum", "barrier", "state_hash", "finish"]
 
 
@@ -74,9 +74,14 @@ def wrap(model: nn.Module) -> nn.Module:
     return DistributedDataParallel(model)
 
 
-def shard(index: list[int]) -> list[int]:
-    """This rank's share of a global batch (interleaved positions)."""
-    return index[rank()::world_size()] if active() else index
+def share(index: list[int]) -> list[int] | None:
+    """This rank's share of a global batch (interleaved positions); None for a
+    last batch too small to give every rank a part (every rank skips it)."""
+    if not active():
+        return index
+    if len(index) < world_size():
+        return None
+    return index[rank()::world_size()]
 
 
 def agree(t: torch.Tensor) -> torch.Tensor:

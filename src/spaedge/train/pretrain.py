@@ -15,8 +15,13 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors.torch import save
 
-from spaedge.train import Reporter, evaluate, fit
+from spaedge.models import BASES
+from spaedge.pack.format import atomic_write_bytes
+from spaedge.progress import Reporter
+from spaedge.tasks import get_task
+from spaedge.train.loops import evaluate, fit
 
 __all__ = ["PRETRAIN_TASK", "pretrain"]
 
@@ -27,12 +32,6 @@ def pretrain(out: str | Path, *, base: str = "tiny", task: str = PRETRAIN_TASK, 
              epochs: int = 6, lr: float = 2e-3, batch_size: int = 128, seed: int = 0,
              reporter: Optional[Reporter] = None) -> dict:
     """Train every weight of a fresh ``base`` on ``task``; write ``out`` (safetensors)."""
-    from safetensors.torch import save
-
-    from spaedge.models import BASES
-    from spaedge.pack.format import atomic_write_bytes
-    from spaedge.tasks import get_task
-
     reporter = reporter or Reporter(enabled=False)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
