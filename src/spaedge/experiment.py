@@ -4,10 +4,12 @@ Protocol (offline default): the built-in ``tiny`` base (pretrained on
 Fashion-MNIST classes 0-5) adapted to three tasks whose images it never saw in
 pretraining: ``digits`` (8x8 handwritten digits upscaled, 10 classes),
 ``fashion_mnist_new`` (Fashion-MNIST classes 6-9) and ``fashion_mnist:6,8``
-(shirt vs bag, a 2-class subset of the unseen classes). Each run: adapt
-(``epochs``), prune iteratively (``prune_step`` of the filters per step, one
-recovery epoch each) to the density, ``final_epochs`` more, then test accuracy,
-learned parameters, task-bundle bytes (the real packed file) and MACs. The
+(shirt vs bag, a 2-class subset of the unseen classes). Each run is the
+training pipeline (``spaedge.train.pipeline.train_task``) under the grid's
+``Budget``: adapt (``epochs``), prune iteratively (``prune_step`` of the
+filters per step, one recovery epoch each) to the density, ``final_epochs``
+more, then test accuracy, learned parameters, task-bundle bytes (the packed
+bundle's size) and MACs. The
 training split is capped at ``train_limit`` images (same images for every
 method) and the test split at ``test_limit`` to fit the 1-hour / 2-core budget.
 
@@ -18,10 +20,10 @@ share a grid (each writes its own JSON files; ``--report-only`` merges).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
-import math
-import os
+import multiprocessing as mp
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -29,7 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["Cell", "default_grid", "fast_grid", "run_cell", "run_grid", "report"]
+import torch
+
+from spaedge.adapters import get_method
+from spaedge.pack.bundle import TaskSpec, task_bundle
+from spaedge.pack.format import atomic_write_bytes, serialise
+from spaedge.train import TrainConfig, train_task
+
+__all__ = ["Cell", "Budget", "FAST_BUDGET", "DEFAULT_TASKS", "default_grid", "fast_grid", "cell_config", "run_cell",
+           "run_grid", "load_results", "report"]
 
 DEFAULT_TASKS = ("digits", "fashion_mnist_new", "fashion_mnist:6,8")
 
@@ -43,20 +53,20 @@ class Cell:
     criterion: str = "magnitude"
     schedule: str = "iterative"
     seed: int = 0
+    # Method options as TrainConfig fields and values, e.g. (("pear_share", "none"),)
+    options: tuple = ()
 
     @property
     def key(self) -> str:
         t = self.task.replace(":", "_").replace(",", "-").replace("/", "_")
-        return (f"{t}__{self.method}-r{self.rank}__d{int(round(self.density * 100))}__{self.criterion}"
+        opts = "".join(f"-{v}" for _, v in self.options)
+        return (f"{t}__{self.method}{opts}-r{self.rank}__d{int(round(self.density * 100))}__{self.criterion}"
                 f"__{self.schedule}__s{self.seed}")
 
     @property
     def label(self) -> str:
-        m = {"splora": f"SPLoRA r{self.rank}", "finetune": "Fine-pruning", "sppara": "SPPaRA",
-             "splopa": f"SPLoPA r{self.rank}", "sparse": "SparseAdapter",
-             "sparse-large": "SparseAdapter Large-Sparse", "pear": f"Pear r{self.rank}"}.get(self.method, self.method)
-        if self.method.startswith("pear-"):  # Pear with another sharing map, e.g. pear-none
-            m = f"Pear r{self.rank}, share {self.method[5:]}"
+        m = get_method(self.method).describe(self.rank)
+        m += "".join(f", {k.split('_')[-1]} {v}" for k, v in self.options)
         extra = "" if self.schedule == "iterative" else f", {self.schedule}"
         return f"{m} ({self.criterion}{extra})"
 
@@ -70,12 +80,11 @@ class Budget:
     train_limit: int = 400
     test_limit: int = 1000
     batch_size: int = 32
-    # Learning rates per family: the low-rank/sparse adapters learn slowly at a
-    # fine-tuning rate (at 3e-3 SPLoRA reached 77% where fine-pruning had 94%
-    # unpruned); 1e-2 is the rate `spaedge train` defaults to. Fine-pruning
-    # updates every weight and keeps the usual fine-tuning rate.
+    # The adapters' rate: they learn slowly at a fine-tuning rate (at 3e-3
+    # SPLoRA reached 77% where fine-pruning had 94% unpruned); 1e-2 is the rate
+    # `spaedge train` defaults to. A method may set its own (the registry's
+    # ``lr``: fine-pruning keeps the usual fine-tuning rate).
     lr: float = 1e-2
-    finetune_lr: float = 3e-3
     score_batches: int = 2
     adapter_keep: float = 0.1
     mask_criterion: str = "snip"
@@ -114,78 +123,43 @@ FAST_BUDGET = Budget(epochs=1, recovery_epochs=0, final_epochs=1, prune_step=0.3
                      test_limit=128, score_batches=1)
 
 
-class _Subset:
-    """The first ``n`` images of a split (a fixed, seed-independent subset)."""
+def cell_config(cell: Cell, budget: Budget, base: str = "tiny", base_weights: Optional[str] = None,
+                data_dir: Optional[str] = None) -> TrainConfig:
+    """The training config of one cell of the grid under ``budget``."""
+    return TrainConfig(task=cell.task, base=base, base_weights=base_weights, data_dir=data_dir, method=cell.method,
+                       rank=max(cell.rank, 1), density=cell.density, criterion=cell.criterion,
+                       schedule=cell.schedule, seed=cell.seed, epochs=budget.epochs,
+                       recovery_epochs=budget.recovery_epochs, final_epochs=budget.final_epochs,
+                       prune_step=budget.prune_step, train_limit=budget.train_limit, test_limit=budget.test_limit,
+                       batch_size=budget.batch_size, lr=get_method(cell.method).lr or budget.lr,
+                       score_batches=budget.score_batches, adapter_keep=budget.adapter_keep,
+                       mask_criterion=budget.mask_criterion, **dict(cell.options))
 
-    def __init__(self, ds, n: int):
-        self.ds, self.n = ds, min(n, len(ds))
 
-    def __len__(self):
-        return self.n
-
-    def batch(self, idx):
-        return self.ds.batch(idx)
-
-
-def run_cell(cell: Cell, budget: Budget, out_dir: str, base: str = "tiny", base_weights: Optional[str] = None,
+def run_cell(cell: Cell, budget: Budget, base: str = "tiny", base_weights: Optional[str] = None,
              data_dir: Optional[str] = None) -> dict:
-    import torch
-
+    """Train one cell through the pipeline; its row of the table (the bundle is
+    serialised in memory for its size, not written)."""
     torch.set_num_threads(1)  # one run per core
-    from spaedge.adapters import learned_parameters
-    from spaedge.methods import after_pruning, prepare_adapters, prune_options, score_batches
-    from spaedge.models.stats import count_macs
-    from spaedge.pack.bundle import TaskSpec, write_task
-    from spaedge.pruning.prune import density, prune_to_density
-    from spaedge.train import TrainConfig, build_task_model, evaluate, fit
-
-    t0 = time.time()
-    # "pear" uses Pear's default sharing map, "pear-<map>" another one (spaedge.adapters.pear.SHARE_MAPS)
-    method, share = ("pear", cell.method[5:] or "nearest") if cell.method.startswith("pear") else (cell.method, "")
-    cfg = TrainConfig(task=cell.task, base=base, base_weights=base_weights, data_dir=data_dir, method=method,
-                      rank=max(cell.rank, 1), density=cell.density, criterion=cell.criterion, seed=cell.seed)
-    torch.manual_seed(cell.seed)
-    gen = torch.Generator().manual_seed(cell.seed)
-    task, model, bhash = build_task_model(cfg)
-    train = _Subset(task.split("train", augment=True), budget.train_limit)
-    test = _Subset(task.split("test"), budget.test_limit)
-    data = score_batches(_Subset(task.split("train"), budget.train_limit), budget.score_batches, seed=cell.seed)
-    prepare_adapters(model, method=method, mask_criterion=budget.mask_criterion,
-                     adapter_keep=budget.adapter_keep, data=data, input_size=task.input_size)
-    kw = dict(lr=budget.finetune_lr if method == "finetune" else budget.lr, batch_size=budget.batch_size,
-              generator=gen)
-    fit(model, train, budget.epochs, **kw)
-    if cell.density < 1.0:
-        opts = prune_options(model, criterion=cell.criterion, schedule=cell.schedule, data=data)
-        prune_to_density(model, torch.zeros(1, *task.input_size), cell.density, step_fraction=budget.prune_step,
-                         criterion=cell.criterion,
-                         recover=lambda s, d: fit(model, train, budget.recovery_epochs, **kw), **opts)
-    pear = after_pruning(model, method=method, data=data, pear_share=share or "nearest")
-    fit(model, train, budget.final_epochs, **kw)
-    run_dir = Path(out_dir) / "bundles"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    bundle = run_dir / f"{cell.key}.safetensors"
-    write_task(model, TaskSpec.from_task(task), bhash, bundle)
+    trained = train_task(cell_config(cell, budget, base, base_weights, data_dir))
+    m = trained.metrics
+    bundle, _ = serialise(*task_bundle(trained.model, TaskSpec.from_task(trained.task), trained.base_hash))
     result = {**dataclasses.asdict(cell), "key": cell.key, "label": cell.label,
-              "test_accuracy": evaluate(model, test), "density_reached": density(model),
-              "learned_parameters": learned_parameters(model), "task_bundle_bytes": bundle.stat().st_size,
-              "macs": count_macs(model, task.input_size), "seconds": round(time.time() - t0, 1),
-              "budget": dataclasses.asdict(budget)}
-    if pear:
-        result.update(pear_shared=pear["shared"], pear_removed=pear["removed"])
-    bundle.unlink()  # the numbers are what the table needs; keep the disk small
+              "test_accuracy": m["test_accuracy"], "density_reached": m["density"],
+              "learned_parameters": m["learned_parameters"], "task_bundle_bytes": len(bundle),
+              "macs": m["macs"], "seconds": m["seconds"], "budget": dataclasses.asdict(budget)}
+    if trained.pear:
+        result.update(pear_shared=trained.pear["shared"], pear_removed=trained.pear["removed"])
     return result
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
 
 
 def _worker(args):
     cell, budget, out_dir, base, base_weights, data_dir = args
-    res = run_cell(cell, budget, out_dir, base, base_weights, data_dir)
+    res = run_cell(cell, budget, base, base_weights, data_dir)
     _write_json(Path(out_dir) / "runs" / f"{cell.key}.json", res)
     return res
 
@@ -208,7 +182,6 @@ def run_grid(cells: list[Cell], budget: Budget, out_dir: str | Path, *, workers:
             log(f"[{done}/{len(todo)}] {r['key']}: {r['test_accuracy']:.2%} ({r['seconds']}s, "
                 f"{time.time() - t0:.0f}s elapsed)")
     else:
-        import multiprocessing as mp
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             futs = {pool.submit(_worker, a): a[0] for a in args}
             for f in as_completed(futs):
@@ -233,8 +206,6 @@ def _ms(values):
 
 def report(results: list[dict], out_dir: str | Path, command: str = "") -> str:
     """Write results.md, results.csv and results.png; return the Markdown table."""
-    import csv
-
     out = Path(out_dir)
     tasks = sorted({r["task"] for r in results}, key=lambda t: (DEFAULT_TASKS + (t,)).index(t))
     rows: dict[tuple, list[dict]] = {}
@@ -287,51 +258,3 @@ def report(results: list[dict], out_dir: str | Path, command: str = "") -> str:
     except ImportError:  # matplotlib is optional: table and CSV still written
         pass
     return table
-
-
-def main(args) -> int:
-    import shlex
-    import sys
-
-    if args.fast:
-        cells, budget = fast_grid(), FAST_BUDGET
-    else:
-        tasks = tuple(args.tasks.split(";")) if args.tasks else DEFAULT_TASKS
-        seeds = tuple(range(args.seeds))
-        cells, budget = default_grid(tasks, seeds), Budget()
-        if args.train_limit:
-            budget.train_limit = args.train_limit
-    try:
-        i, n = (int(v) for v in args.shard.split("/"))
-        if not 0 <= i < n:
-            raise ValueError
-    except ValueError:
-        raise SystemExit(f"spaedge experiment: --shard must be I/N with 0 <= I < N, got {args.shard!r}")
-    if not args.report_only:
-        run_grid(cells, budget, args.out, workers=args.workers, shard=(i, n), base=args.base,
-                 base_weights=args.base_weights, data_dir=args.data_dir,
-                 log=lambda m: print(m, file=sys.stderr, flush=True))
-    results = load_results(args.out)
-    if not results:
-        print("no finished runs yet", file=sys.stderr)
-        return 1
-    print(report(results, args.out, command="`spaedge " + " ".join(shlex.quote(a) for a in sys.argv[2:]) + "`"
-                 if len(sys.argv) > 1 else ""))
-    return 0
-
-
-def add_parser(sub) -> None:
-    e = sub.add_parser("experiment", help="methods x criteria x densities x ranks over tasks and seeds",
-                       description=__doc__.split("\n\n")[0])
-    e.add_argument("--out", default="experiment", help="results directory (resumes from its runs/)")
-    e.add_argument("--fast", action="store_true", help="a few tiny runs (CI)")
-    e.add_argument("--tasks", help="';'-separated task names (default: " + "; ".join(DEFAULT_TASKS) + ")")
-    e.add_argument("--seeds", type=int, default=2, help="seeds per cell (default 2)")
-    e.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
-    e.add_argument("--shard", default="0/1", help="run cells I, I+N, ... of the grid (I/N), for several machines")
-    e.add_argument("--train-limit", type=int, help="cap on training images per task (default 400)")
-    e.add_argument("--base", default="tiny")
-    e.add_argument("--base-weights")
-    e.add_argument("--data-dir")
-    e.add_argument("--report-only", action="store_true", help="only rewrite the table from finished runs")
-    e.set_defaults(func=main)
