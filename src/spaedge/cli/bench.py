@@ -1,0 +1,84 @@
+"""``spaedge bench``: latency of a packed task, spaedge vs onnxruntime, LiteRT and PyTorch.
+
+Works on a device without torch (the PyTorch column is then left out and
+exports made elsewhere are reused, ``--exports``).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from spaedge.argtypes import positive_int
+from spaedge.pack.format import atomic_write_bytes, read_metadata
+from spaedge.pack.layout import base_bundle_path, task_bundle_path
+
+def add_parser(subparsers) -> None:
+    from spaedge.bench import ENGINES
+
+    b = subparsers.add_parser(
+        "bench", help="latency of a packed task: spaedge vs onnxruntime, LiteRT, PyTorch",
+        description="Time a packed task at batch 1 in the C++ runtime and, on the same pruned model, in "
+                    "onnxruntime, the LiteRT interpreter and PyTorch eager (those that are installed); "
+                    "print median/p90 latency, GFLOP/s and the ratio to onnxruntime, and the task-switch "
+                    "time against creating an onnxruntime session.")
+    b.add_argument("--bundles", default="bundles", help="bundle directory (default ./bundles)")
+    b.add_argument("--task", default="digits", help="task name (default digits)")
+    b.add_argument("--threads", type=positive_int, nargs="+", default=[1],
+                   help="thread counts to measure, e.g. --threads 1 2 (default 1)")
+    b.add_argument("--runs", type=positive_int, default=50, help="timed runs per engine and thread count (default 50)")
+    b.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES),
+                   help="engines to time (default: all that are installed)")
+    b.add_argument("--mode", choices=["merged", "lowrank"], default="merged", help="spaedge runtime mode")
+    b.add_argument("--switches", type=positive_int, default=20, help="task switches to time (default 20)")
+    b.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    b.add_argument("--png", metavar="FILE", help="write a bar chart of the latencies (PNG)")
+    b.add_argument("--exports", metavar="DIR",
+                   help="keep the ONNX/TFLite exports here, and reuse those newer than the task bundle "
+                        "(default: a temporary directory); lets a device without torch time the peers")
+    b.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from spaedge.bench import bench_task_from_bundles, report_text, run_bench
+    from spaedge.bench.report import png_chart
+
+    bundles = Path(args.bundles)
+    base_path, task_path = base_bundle_path(bundles), task_bundle_path(bundles, args.task)
+    for p in (base_path, task_path):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} does not exist: pack the task first "
+                                    f"(spaedge pack --task {args.task} --out {bundles})")
+    with tempfile.TemporaryDirectory(prefix="spaedge-bench-") as tmp:
+        workdir = Path(args.exports) if args.exports else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        result = run_bench(bench_task_from_bundles(base_path, task_path, workdir), threads=args.threads,
+                           runs=args.runs, engines=args.engines, mode=args.mode, switches=args.switches,
+                           other_tasks=_other_tasks(bundles, base_path, task_path))
+    print(report_text(result))
+    if args.json:
+        atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
+        print(f"wrote {args.json}")
+    if args.png:
+        t = result["task"]
+        png_chart(args.png, f"{t['name']} ({t['base_model']}, {t['input_size']}, batch 1) on {result['machine']['cpu']}",
+             result["latency"])
+        print(f"wrote {args.png}")
+    return 0
+
+
+def _other_tasks(bundles: Path, base_path: Path, task_path: Path) -> list[str]:
+    """Other task bundles of the directory made for the same base (for switch timing)."""
+    want = read_metadata(base_path).get("content_hash")
+    out = []
+    for p in sorted(bundles.glob("*.safetensors")):
+        if p in (base_path, task_path):
+            continue
+        try:
+            meta = read_metadata(p)
+        except Exception:  # noqa: BLE001 - not a bundle: not a candidate
+            continue
+        if meta.get("format") == "spaedge-task" and meta.get("base_hash") == want:
+            out.append(str(p))
+    return out[:1]

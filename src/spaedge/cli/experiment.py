@@ -1,0 +1,61 @@
+"""``spaedge experiment``: the methods x criteria x densities x ranks grid, resumable and shardable."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from spaedge.cli.common import CliError, add_config_flags
+
+DESCRIPTION = ("Run the comparison grid (methods x criteria x densities x ranks over tasks and seeds) through the "
+               "training pipeline and write results.md, results.csv and results.png; finished runs are kept in "
+               "OUT/runs and skipped on a rerun.")
+
+
+def add_parser(sub) -> None:
+    from spaedge.experiment import DEFAULT_TASKS
+    from spaedge.train import TrainConfig
+
+    e = sub.add_parser("experiment", help="methods x criteria x densities x ranks over tasks and seeds",
+                       description=DESCRIPTION)
+    e.add_argument("--out", default="experiment", help="results directory (resumes from its runs/)")
+    e.add_argument("--fast", action="store_true", help="a few tiny runs (CI)")
+    e.add_argument("--tasks", help="';'-separated task names (default: " + "; ".join(DEFAULT_TASKS) + ")")
+    e.add_argument("--seeds", type=int, default=2, help="seeds per cell (default 2)")
+    e.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
+    e.add_argument("--shard", default="0/1", help="run cells I, I+N, ... of the grid (I/N), for several machines")
+    e.add_argument("--train-limit", type=int, help="cap on training images per task (default 400)")
+    add_config_flags(e, TrainConfig, names=["base", "base_weights", "data_dir"])
+    e.add_argument("--report-only", action="store_true", help="only rewrite the table from finished runs")
+    e.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from spaedge.experiment import (DEFAULT_TASKS, FAST_BUDGET, Budget, default_grid, fast_grid, load_results,
+                                    report, run_grid)
+
+    if args.fast:
+        cells, budget = fast_grid(), FAST_BUDGET
+    else:
+        tasks = tuple(args.tasks.split(";")) if args.tasks else DEFAULT_TASKS
+        seeds = tuple(range(args.seeds))
+        cells, budget = default_grid(tasks, seeds), Budget()
+        if args.train_limit:
+            budget.train_limit = args.train_limit
+    try:
+        i, n = (int(v) for v in args.shard.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        raise CliError(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}") from None
+    if not args.report_only:
+        run_grid(cells, budget, args.out, workers=args.workers, shard=(i, n), base=args.base,
+                 base_weights=args.base_weights, data_dir=args.data_dir,
+                 log=lambda m: print(m, file=sys.stderr, flush=True))
+    results = load_results(args.out)
+    if not results:
+        print("no finished runs yet", file=sys.stderr)
+        return 1
+    print(report(results, args.out, command="`spaedge " + " ".join(shlex.quote(a) for a in sys.argv[2:]) + "`"
+                 if len(sys.argv) > 1 else ""))
+    return 0
