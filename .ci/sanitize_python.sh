@@ -16,7 +16,7 @@ cmake --build "$B" -j2 --target _runtime spaedge-run
 # A throwaway copy of the package with the instrumented extension inside.
 PKG=$(mktemp -d)
 trap 'rm -rf "$PKG"' EXIT
-cp -r spaedge "$PKG/spaedge"
+cp -r src/spaedge "$PKG/spaedge"
 rm -f "$PKG"/spaedge/_runtime*.so
 cp "$B"/_runtime*.so "$PKG/spaedge/"
 mkdir -p "$PKG/bin" && cp "$B/spaedge-run" "$PKG/bin/"

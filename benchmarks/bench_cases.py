@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spaedge.bench import BenchTask, EngineUnavailable, bench_task_from_bundles, make_runner, make_synthetic_task
+from spaedge.bench import BenchTask, EngineUnavailable, bench_task_from_bundles, make_runner
+from spaedge.bench.synthetic import make_synthetic_task
 
 QUICK = os.environ.get("SPAEDGE_BENCH_QUICK", "") not in ("", "0")
 SIZE = (3, 64, 64) if QUICK else (3, 224, 224)

@@ -19,6 +19,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("spaedge.runtime", reason="compiled spaedge._runtime not built")
 
 from spaedge import bench  # noqa: E402
+from spaedge.bench.synthetic import make_synthetic_task  # noqa: E402
 from spaedge.cli import main  # noqa: E402
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -28,9 +29,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def bundles(tmp_path_factory):
     """DIR/base.safetensors with two digits-like tasks on the built-in base."""
     d = tmp_path_factory.mktemp("bundles")
-    a = bench.make_synthetic_task(d, "digits", base="tiny", density=0.3, classes=10, input_size=(1, 28, 28),
+    a = make_synthetic_task(d, "digits", base="tiny", density=0.3, classes=10, input_size=(1, 28, 28),
                                   base_file="base.safetensors")
-    bench.make_synthetic_task(d, "other", base="tiny", density=0.5, classes=4, input_size=(1, 28, 28), seed=1,
+    make_synthetic_task(d, "other", base="tiny", density=0.5, classes=4, input_size=(1, 28, 28), seed=1,
                               base_file="base.safetensors")
     return d, a
 

@@ -27,7 +27,8 @@ def test_fast_experiment_writes_table_csv_png_and_resumes(tmp_path, capsys):
     assert [p.stat().st_mtime for p in runs] == mtimes
 
 
-def test_bad_shard_is_refused(tmp_path):
-    import pytest
-    with pytest.raises(SystemExit, match="--shard"):
-        main(["experiment", "--fast", "--shard", "3/2", "--out", str(tmp_path)])
+def test_bad_shard_is_refused(tmp_path, capsys):
+    assert main(["experiment", "--fast", "--shard", "3/2", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--shard must be I/N" in err and "'3/2'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # refused before any run

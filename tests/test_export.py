@@ -213,7 +213,7 @@ def test_tflite_litert_torch_converter(tmp_path):
 
 
 def test_task_torch_model_is_plain(resnet18_30):
-    from spaedge.adapters.layers import AdaptedLayer
+    from spaedge.adapters.base import AdaptedLayer
 
     model, size = resnet18_30
     plain, got_size = task_torch_model(model, size)

@@ -12,7 +12,7 @@ from torch import nn
 from _toolchain_helpers import train_steps as _train
 from spaedge.adapters import adapt, adapted_layers, learned_parameters
 from spaedge.adapters.sparse import large_keep, sparsify
-from spaedge.adapters.variants import SPLoPA, SPPaRA, SparseAdapter
+from spaedge.adapters import SPLoPA, SPPaRA, SparseAdapter
 from spaedge.models import get_base
 from spaedge.pruning.criteria import CRITERIA, lrp_relevance, task_weight_grads
 from spaedge.pruning.groups import channel_groups
@@ -74,7 +74,7 @@ def test_lrp_epsilon_rule_on_a_small_mlp_matches_explicit_propagation():
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            from spaedge.adapters.layers import SPLoRA
+            from spaedge.adapters import SPLoRA
             self.l1 = SPLoRA(nn.Linear(5, 4, bias=True), rank=2)
             self.relu = nn.ReLU()
             self.fc = nn.Linear(4, 3)
@@ -237,15 +237,18 @@ def _pack_and_compare(model, base_path, tmp_path, x, **meta):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_method_trains_prunes_packs_and_runs_in_the_runtime(method, base_bundle, tmp_path):
-    from spaedge.methods import prepare_adapters, prune_options
+    from types import SimpleNamespace
+
+    from spaedge.adapters import get_method
+    m = get_method(method)
     model = _tiny(method, rank=4)
     data = _data(2, bs=16)
-    prepare_adapters(model, method=method, mask_criterion="snip", adapter_keep=0.2, data=data[:1],
-                     input_size=(1, 28, 28))
+    if m.prepare is not None:  # SparseAdapter's masks
+        m.prepare(model, SimpleNamespace(mask_criterion="snip", adapter_keep=0.2), data[:1], (1, 28, 28))
     _train(model, data, steps=2)
-    opts = prune_options(model, criterion="taylor", data=data[:1])
-    prune_to_density(model, torch.zeros(1, 1, 28, 28), 0.3, step_fraction=0.2,
-                     recover=lambda s, d: _train(model, data, steps=1), **opts)
+    prune_to_density(model, torch.zeros(1, 1, 28, 28), 0.3, step_fraction=0.2, criterion="taylor",
+                     score_kwargs={"data": data[:1]}, block=m.prune_block,
+                     recover=lambda s, d: _train(model, data, steps=1))
     _train(model, data, steps=2)
     # BN statistics moved by training: the runtime must fold the task's BN
     tensors = _pack_and_compare(model, base_bundle, tmp_path, torch.randn(4, 1, 28, 28))

@@ -214,7 +214,7 @@ def test_pear_after_channel_pruning_shares_only_equal_kept_shapes_and_refuses_la
 
 
 def test_relink_restores_sharing_from_a_state_dict():
-    from spaedge.checkpoint import adopt_state
+    from spaedge.train.checkpoint import adopt_state
     model, data = _trained()
     apply_pear(model, data, prune=0.5)
     fresh = _tiny()
@@ -349,7 +349,7 @@ def test_pear_trains_prunes_packs_and_runs_in_the_runtime(density, base_bundle, 
 def test_a_run_interrupted_after_pear_resumes_to_the_same_bundle(tmp_path, monkeypatch):
     """The checkpoint of the final phase holds a shared/removed-adapter model: resuming
     relinks the sharing (one parameter in the optimizer again) and does not apply Pear twice."""
-    from spaedge import checkpoint
+    from spaedge.train import checkpoint
     from spaedge.tasks import imagefolder
     from spaedge.train import TrainConfig, run
     monkeypatch.setattr(imagefolder, "DEFAULT_SIZE", (3, 28, 28))

@@ -21,7 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from _toolchain_helpers import tiny_image_folder as _images  # noqa: E402
-from spaedge import checkpoint  # noqa: E402
+from spaedge.train import checkpoint  # noqa: E402
 from spaedge.train import TrainConfig, run  # noqa: E402
 
 CFG = dict(epochs=2, recovery_epochs=1, final_epochs=2, density=0.6, prune_step=0.2, seed=3, batch_size=16)

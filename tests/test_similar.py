@@ -1,4 +1,4 @@
-"""One-shot pruning from similar tasks (spaedge.pruning.similar): the vote math on
+"""One-shot pruning from similar tasks (spaedge.pruning.similar, spaedge.train.library): the vote math on
 hand-made masks, the budget and dependency groups of the one-shot removal, the
 similarity, and the whole path (library of two tiny tasks -> a new task pruned
 once -> packed -> run by the C++ runtime, matching PyTorch)."""
@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from spaedge.adapters import adapt  # noqa: E402
-from spaedge.adapters.layers import AdaptedLayer  # noqa: E402
+from spaedge.adapters.base import AdaptedLayer  # noqa: E402
 from spaedge.models import get_base  # noqa: E402
 from spaedge.pruning import similar  # noqa: E402
 from spaedge.pruning.groups import channel_groups  # noqa: E402
@@ -181,21 +181,21 @@ CFG = dict(epochs=1, recovery_epochs=0, final_epochs=1, density=0.5, prune_step=
 def test_library_then_a_new_task_pruned_once_runs_in_the_runtime(folders, tmp_path):
     from spaedge import runtime
     from spaedge.pack.bundle import load_task_model, write_base
-    from spaedge.train import TrainConfig, run
+    from spaedge.train import TrainConfig, library, run
 
     runs = {}
     for name in ("squares", "stripes"):
         runs[name] = tmp_path / "runs" / name
         run(TrainConfig(task=folders[name], schedule="oneshot", **CFG), runs[name])
-        plan = json.loads((runs[name] / similar.PLAN_FILE).read_text())
+        plan = json.loads((runs[name] / library.PLAN_FILE).read_text())
         assert plan["format"] == "spaedge-plan" and plan["density"] <= 0.5
     lib = tmp_path / "lib"
-    files = [similar.add_to_library(r, lib) for r in runs.values()]
-    assert len(similar.load_library(lib)) == 2
+    files = [library.add_to_library(r, lib) for r in runs.values()]
+    assert len(library.load_library(lib)) == 2
     # a run made before plans existed: its plan is rebuilt from the bundle and config
-    (runs["stripes"] / similar.PLAN_FILE).unlink()
-    rebuilt = similar.plan_from_run(runs["stripes"])
-    stored = similar.read_plan(files[1] if "stripes" in files[1].name else files[0])
+    (runs["stripes"] / library.PLAN_FILE).unlink()
+    rebuilt = library.plan_from_run(runs["stripes"])
+    stored = library.read_plan(files[1] if "stripes" in files[1].name else files[0])
     assert rebuilt.kept == stored.kept and rebuilt.density == pytest.approx(stored.density)
     np.testing.assert_allclose(rebuilt.embedding, stored.embedding, rtol=1e-5, atol=1e-6)
 

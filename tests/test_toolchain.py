@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spaedge.adapters import adapt, adapted_layers, learned_parameters
-from spaedge.adapters.layers import FineTuned, SPLoRA
+from spaedge.adapters import FineTuned, SPLoRA
 from spaedge.errors import BundleError
 from spaedge.models import get_base, load_weights
 from spaedge.models.resnet import resnet18, resnet50, spaedge_tiny

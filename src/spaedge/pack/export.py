@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spaedge.adapters.layers import AdaptedLayer
+from spaedge.adapters.base import AdaptedLayer
 from spaedge.pack.format import atomic_write_bytes
 from spaedge.pack.materialize import materialize
 

@@ -11,7 +11,7 @@ import copy
 import torch
 from torch import nn
 
-from spaedge.adapters.layers import AdaptedLayer
+from spaedge.adapters.base import AdaptedLayer
 
 __all__ = ["materialize", "whole_model_bytes"]
 
