@@ -3,7 +3,7 @@
 # LeakSanitizer), in a separate build directory. Exits nonzero on any report.
 #
 #   bash .ci/sanitizers.sh
-#   SANITIZE_PYTHON=1 bash .ci/sanitizers.sh   # also tests/test_runtime*.py against
+#   SANITIZE_PYTHON=1 bash .ci/sanitizers.sh   # also tests/runtime/test_runtime*.py against
 #                                              # an ASan build of spaedge._runtime
 set -euo pipefail
 cd "$(dirname "$0")/.."

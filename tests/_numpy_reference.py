@@ -132,7 +132,6 @@ def task_tensors(graph, rng, keep_frac=0.6, rank=2, method="splora", classes=5, 
     outputs joined by an add share one out_index."""
     nodes = graph["nodes"]
     by_out = {n["output"]: n for n in nodes}
-    producer_conv = {}
 
     def root_conv(value):
         # Walk back through bn/relu/maxpool/gap to the conv defining a value's channels.

@@ -36,3 +36,25 @@ def train_steps(model, data, steps: int = 3, lr: float = 1e-2) -> None:
         loss.backward()
         opt.step()
     model.eval()
+
+
+def tiny_task_model(method: str = "splora", rank: int = 4, classes: int = 3, seed: int = 0):
+    """The built-in base with a fresh ``classes``-way head, adapted with ``method`` (seeded)."""
+    import torch
+
+    from spaedge.adapters import adapt
+    from spaedge.models import get_base
+
+    torch.manual_seed(seed)
+    base = get_base("tiny")
+    base.replace_head(classes)
+    return adapt(base, method, rank=rank)
+
+
+def random_batches(n: int = 2, bs: int = 16, classes: int = 3, seed: int = 0) -> list:
+    """``n`` fixed (images, labels) batches of random 1x28x28 images."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(bs, 1, 28, 28, generator=g), torch.randint(0, classes, (bs,), generator=g))
+            for _ in range(n)]

@@ -1,5 +1,10 @@
 """Shared test settings.
 
+What is tested is the installed package with its compiled runtime: if
+``spaedge._runtime`` does not import, the run stops at once with what to do
+(the runtime's tests never skip in silence). With the ``src/`` layout a
+checkout's sources cannot shadow the installed package.
+
 Tests run on small shared machines (CI has 2 cores and other jobs beside it):
 torch's intra-op pool at its default size oversubscribes the cores and makes
 the training tests many times slower, with no gain on these tiny models. One
@@ -10,11 +15,32 @@ use OpenMP; its tests pass an explicit thread count.
 
 import os
 
+import pytest
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-try:
-    import torch
-except ImportError:  # the device-side tests run without torch
-    pass
-else:
-    torch.set_num_threads(1)
+
+def pytest_configure(config):
+    try:
+        import spaedge._runtime  # noqa: F401
+    except ImportError as e:
+        raise pytest.UsageError(
+            f"spaedge's compiled runtime does not import ({e}). Install the package first "
+            "(pip install -e '.[test]' torch==2.13.0, or bash .ci/run) and run pytest from the checkout.") from None
+    try:
+        import torch
+    except ImportError:  # the device-side tests (runtime, corruption) run without torch
+        pass
+    else:
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_bundle(tmp_path_factory):
+    """The built-in base written as a base bundle (for tests that pack tasks on it)."""
+    from spaedge.models import get_base
+    from spaedge.pack.bundle import write_base
+
+    path = tmp_path_factory.mktemp("tiny-base") / "base.safetensors"
+    write_base(get_base("tiny"), path)
+    return path

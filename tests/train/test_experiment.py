@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from spaedge.cli import main
+
+pytestmark = pytest.mark.slow  # the whole pipeline (train, pack, run)
 
 
 def test_fast_experiment_writes_table_csv_png_and_resumes(tmp_path, capsys):

@@ -1,5 +1,6 @@
-"""Methods of issue 3: criteria, schedules, SPPaRA, SPLoPA, SparseAdapter, and
-their end-to-end path (train a few steps, prune, pack, run in the C++ runtime)."""
+"""The adapter methods (one module each, spaedge.adapters): SPPaRA, SPLoPA,
+SparseAdapter against their definitions, and every method's end-to-end path
+(train a few steps, prune, pack, run in the C++ runtime, matching PyTorch)."""
 
 from __future__ import annotations
 
@@ -9,114 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _toolchain_helpers import random_batches as _data
+from _toolchain_helpers import tiny_task_model as _tiny
 from _toolchain_helpers import train_steps as _train
-from spaedge.adapters import adapt, adapted_layers, learned_parameters
+from spaedge.adapters import SPLoPA, SPPaRA, SparseAdapter, adapted_layers, learned_parameters
 from spaedge.adapters.sparse import large_keep, sparsify
-from spaedge.adapters import SPLoPA, SPPaRA, SparseAdapter
 from spaedge.models import get_base
-from spaedge.pruning.criteria import CRITERIA, lrp_relevance, task_weight_grads
-from spaedge.pruning.groups import channel_groups
-from spaedge.pruning.prune import density, prune_to_density
+from spaedge.pruning.prune import prune_to_density
 
 torch.backends.mkldnn.enabled = False
-torch.set_num_threads(1)  # 2 shared cores: more threads oversubscribe and run ~100x slower
-
-
-def _tiny(method="splora", rank=4, classes=3, seed=0):
-    torch.manual_seed(seed)
-    base = get_base("tiny")
-    base.replace_head(classes)
-    return adapt(base, method, rank=rank)
-
-
-def _data(n=2, bs=16, classes=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(bs, 1, 28, 28, generator=g), torch.randint(0, classes, (bs,), generator=g))
-            for _ in range(n)]
-
-
-# ------------------------------------------------------------------ criteria
-def test_gradient_and_taylor_match_a_hand_computation():
-    model = _tiny()
-    data = _data(1)
-    layer_name = "layer1.0.conv1"
-    layer = model.get_submodule(layer_name)
-    wg = task_weight_grads(model, data)
-    # reference: autograd through the real task weight (adapter factors included)
-    model.eval()
-    w = layer.task_weight()
-    w_leaf = w.detach().clone().requires_grad_(True)
-    layer.weight_probe = w_leaf
-    F.cross_entropy(model(data[0][0]), data[0][1]).backward()
-    layer.weight_probe = None
-    torch.testing.assert_close(wg[layer_name][0][1], w_leaf.grad)
-    group = next(g for g in channel_groups(model, torch.zeros(1, 1, 28, 28)) if layer_name in g.producers)
-    got = CRITERIA["taylor"](model, group, data=data)
-    want = torch.zeros(group.size)
-    for name in group.producers:
-        w, g = wg[name][0]
-        want += (w * g).reshape(w.shape[0], -1).sum(1).abs()
-    torch.testing.assert_close(got, want / len(group.producers), rtol=1e-5, atol=1e-12)
-    grad = CRITERIA["gradient"](model, group, data=data)
-    assert grad.shape == (group.size,) and (grad > 0).all()
-
-
-def test_data_criteria_refuse_to_run_without_data():
-    model = _tiny()
-    with pytest.raises(ValueError, match="needs task data"):
-        prune_to_density(model, torch.zeros(1, 1, 28, 28), 0.5, criterion="taylor")
-
-
-def test_lrp_epsilon_rule_on_a_small_mlp_matches_explicit_propagation():
-    # Explicit layer-by-layer epsilon-LRP vs the autograd implementation.
-    torch.manual_seed(0)
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            from spaedge.adapters import SPLoRA
-            self.l1 = SPLoRA(nn.Linear(5, 4, bias=True), rank=2)
-            self.relu = nn.ReLU()
-            self.fc = nn.Linear(4, 3)
-
-        def forward(self, x):
-            return self.fc(self.relu(self.l1(x)))
-
-    net = Net()
-    nn.init.normal_(net.l1.lora_b)
-    x = torch.randn(6, 5)
-    y = torch.tensor([0, 1, 2, 0, 1, 2])
-    eps = 1e-2
-    got = lrp_relevance(net, [(x, y)], eps=eps)["l1"]
-    with torch.no_grad():
-        z1 = net.l1(x)
-        a1 = z1.clamp(min=0)
-        z2 = net.fc(a1)
-        r2 = torch.zeros_like(z2)
-        r2[torch.arange(6), y] = z2[torch.arange(6), y]
-        s = r2 / (z2 + eps * torch.where(z2 >= 0, 1.0, -1.0))
-        r_a1 = a1 * (s @ net.fc.weight)          # relevance at fc input (= relu output)
-        r_z1 = r_a1 * (z1 > 0)                   # relu passes relevance through
-        want = r_z1.abs().mean(0)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.parametrize("criterion", ["magnitude", "gradient", "taylor", "lrp"])
-@pytest.mark.parametrize("schedule", ["iterative", "oneshot"])
-def test_prune_to_density_with_every_criterion_and_schedule(criterion, schedule):
-    model = _tiny()
-    data = _data(1, bs=8)
-    steps = []
-    hist = prune_to_density(model, torch.zeros(1, 1, 28, 28), 0.4, criterion=criterion, schedule=schedule,
-                            step_fraction=0.2, score_kwargs={"data": data}, recover=lambda s, d: steps.append(s))
-    assert density(model) <= 0.4 + 1e-9
-    assert len(steps) == (len(hist) if schedule == "iterative" else 1)
-    model(torch.zeros(2, 1, 28, 28))
-
-
-def test_bad_schedule_is_refused():
-    with pytest.raises(ValueError, match="unknown pruning schedule"):
-        prune_to_density(_tiny(), torch.zeros(1, 1, 28, 28), 0.5, schedule="sometimes")
 
 
 # ------------------------------------------------------------------ adapters
@@ -206,14 +108,6 @@ def test_large_sparse_has_the_same_nonzeros_as_sparse():
 METHODS = ["splora", "finetune", "sppara", "splopa", "sparse", "sparse-large"]
 
 
-@pytest.fixture(scope="module")
-def base_bundle(tmp_path_factory):
-    from spaedge.pack.bundle import write_base
-    path = tmp_path_factory.mktemp("base") / "base.safetensors"
-    write_base(get_base("tiny"), path)
-    return path
-
-
 def _pack_and_compare(model, base_path, tmp_path, x, **meta):
     from spaedge import runtime
     from spaedge.pack.bundle import TaskSpec, base_hash, load_task_model, write_task
@@ -236,7 +130,7 @@ def _pack_and_compare(model, base_path, tmp_path, x, **meta):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_method_trains_prunes_packs_and_runs_in_the_runtime(method, base_bundle, tmp_path):
+def test_method_trains_prunes_packs_and_runs_in_the_runtime(method, tiny_base_bundle, tmp_path):
     from types import SimpleNamespace
 
     from spaedge.adapters import get_method
@@ -251,7 +145,7 @@ def test_method_trains_prunes_packs_and_runs_in_the_runtime(method, base_bundle,
                      recover=lambda s, d: _train(model, data, steps=1))
     _train(model, data, steps=2)
     # BN statistics moved by training: the runtime must fold the task's BN
-    tensors = _pack_and_compare(model, base_bundle, tmp_path, torch.randn(4, 1, 28, 28))
+    tensors = _pack_and_compare(model, tiny_base_bundle, tmp_path, torch.randn(4, 1, 28, 28))
     keys = {k.split(".")[-1] for k in tensors}
     expect = {"splora": "lora_a", "finetune": "weight_delta", "sppara": "pointwise_delta",
               "splopa": "pointwise_delta", "sparse": "sparse_delta_index", "sparse-large": "sparse_delta_values"}
@@ -262,7 +156,7 @@ def test_method_trains_prunes_packs_and_runs_in_the_runtime(method, base_bundle,
         assert stored == nnz  # values + indices, never dense + mask
 
 
-def test_runtime_resolves_shared_adapters_and_refuses_bad_maps(base_bundle, tmp_path):
+def test_runtime_resolves_shared_adapters_and_refuses_bad_maps(tiny_base_bundle, tmp_path):
     """Pear's bundle side: a target conv uses the source conv's factors, stored once."""
     import json
 
@@ -282,7 +176,7 @@ def test_runtime_resolves_shared_adapters_and_refuses_bad_maps(base_bundle, tmp_
     meta["shared_adapters"] = json.dumps({"layer1.0.conv2": "layer1.0.conv1"})
     write_bundle(tmp_path / "t.safetensors", tensors, meta)
     x = torch.randn(3, 1, 28, 28)
-    rt = runtime.Runtime(base_bundle, threads=1)
+    rt = runtime.Runtime(tiny_base_bundle, threads=1)
     rt.load_task(tmp_path / "t.safetensors")
     with torch.no_grad():
         want = model(x).numpy()
@@ -290,4 +184,4 @@ def test_runtime_resolves_shared_adapters_and_refuses_bad_maps(base_bundle, tmp_
     meta["shared_adapters"] = json.dumps({"layer1.0.conv2": "layer2.0.conv2"})
     write_bundle(tmp_path / "bad.safetensors", tensors, meta)
     with pytest.raises(BundleError, match="shared_adapters"):
-        runtime.Runtime(base_bundle, threads=1).load_task(tmp_path / "bad.safetensors")
+        runtime.Runtime(tiny_base_bundle, threads=1).load_task(tmp_path / "bad.safetensors")

@@ -11,9 +11,9 @@ import math
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
-from spaedge.adapters import adapt  # noqa: E402
+from _toolchain_helpers import tiny_task_model  # noqa: E402
 from spaedge.adapters.base import AdaptedLayer  # noqa: E402
 from spaedge.models import get_base  # noqa: E402
 from spaedge.pruning import similar  # noqa: E402
@@ -25,10 +25,7 @@ EXAMPLE = torch.zeros(1, 1, 28, 28)
 
 
 def _tiny(seed=0):
-    torch.manual_seed(seed)
-    base = get_base("tiny")
-    base.replace_head(3)
-    return adapt(base, "splora", rank=2)
+    return tiny_task_model("splora", rank=2, seed=seed)
 
 
 def _plan(kept: dict[str, list[int]], channels: dict[str, int], emb, task="t") -> similar.Plan:
@@ -178,6 +175,7 @@ CFG = dict(epochs=1, recovery_epochs=0, final_epochs=1, density=0.5, prune_step=
            rank=2)
 
 
+@pytest.mark.slow
 def test_library_then_a_new_task_pruned_once_runs_in_the_runtime(folders, tmp_path):
     from spaedge import runtime
     from spaedge.pack.bundle import load_task_model, write_base

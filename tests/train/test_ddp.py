@@ -15,7 +15,9 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
+
+pytestmark = pytest.mark.slow  # the whole pipeline (train, pack, run)
 
 ARGS = ["--task", "digits:0,1,2", "--train-limit", "64", "--batch-size", "16", "--epochs", "1",
         "--recovery-epochs", "1", "--final-epochs", "1", "--density", "0.5", "--prune-step", "0.4",

@@ -11,6 +11,8 @@ import pytest
 
 from spaedge.pack.format import read_metadata
 
+pytestmark = pytest.mark.slow  # the whole pipeline (train, pack, run)
+
 
 def spaedge(*args, cwd, check=True):
     proc = subprocess.run([sys.executable, "-m", "spaedge.cli", *args], cwd=cwd, capture_output=True, text=True,

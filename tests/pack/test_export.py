@@ -9,8 +9,8 @@ import copy
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-ort = pytest.importorskip("onnxruntime")
+import torch
+import onnxruntime as ort
 
 from spaedge.adapters import adapt  # noqa: E402
 from spaedge.models import get_base  # noqa: E402
@@ -18,22 +18,12 @@ from spaedge.pack.bundle import TaskSpec, write_base, write_task  # noqa: E402
 from spaedge.pack.export import _same_padding_matches, export_onnx, export_tflite, task_torch_model  # noqa: E402
 from spaedge.pack.materialize import materialize  # noqa: E402
 from spaedge.pruning.prune import density, prune_to_density  # noqa: E402
+from spaedge.bench.synthetic import randomise_task_model  # noqa: E402
 
 
 def _randomise(model, seed: int) -> None:
     """Non-trivial adapters, BatchNorm statistics and head, as training would leave them."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora" in name or name.startswith("fc."):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(1 + 0.2 * torch.randn(n, generator=g))
-                m.bias.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+    randomise_task_model(model, torch.Generator().manual_seed(seed), scale=0.1, bn_scale=0.2)
 
 
 def _task_model(base_name: str, classes: int, d: float, size, seed: int = 0):
@@ -122,7 +112,7 @@ def test_onnx_of_tiny_base_task_from_bundles(tmp_path):
         want = model(x).numpy()
     _, got = _ort(path, x.numpy())
     _close(got, want)
-    runtime = pytest.importorskip("spaedge.runtime", reason="compiled spaedge._runtime not built")
+    import spaedge.runtime as runtime
     rt = runtime.Runtime(bundles[0], threads=1)
     rt.load_task(bundles[1])
     _close(rt.run(x.numpy()), got)
@@ -141,7 +131,7 @@ def test_export_needs_an_input_size_for_a_model(tmp_path, resnet18_30):
 
 # ---------------------------------------------------------------------- TFLite
 def _litert(path, x_nhwc):
-    interp = pytest.importorskip("ai_edge_litert.interpreter", reason="ai-edge-litert (LiteRT) not installed")
+    import ai_edge_litert.interpreter as interp
     it = interp.Interpreter(model_path=str(path), num_threads=1)
     it.allocate_tensors()
     (i,), (o,) = it.get_input_details(), it.get_output_details()
@@ -155,7 +145,7 @@ def _litert(path, x_nhwc):
 def test_tflite_builtin_pruned_resnet18_matches_torch(tmp_path, resnet18_30, size):
     """Even and odd sizes: stride-2 convs and the max-pool need explicit padding
     where TFLite's SAME would pad differently from PyTorch."""
-    pytest.importorskip("ai_edge_litert", reason="ai-edge-litert (LiteRT) not installed")
+    import ai_edge_litert  # noqa: F401
     model, _ = resnet18_30
     path = export_tflite(model, tmp_path / "r18.tflite", size)
     for seed in range(2):
@@ -166,7 +156,7 @@ def test_tflite_builtin_pruned_resnet18_matches_torch(tmp_path, resnet18_30, siz
 
 
 def test_tflite_builtin_tiny_task_matches_torch(tmp_path):
-    pytest.importorskip("ai_edge_litert", reason="ai-edge-litert (LiteRT) not installed")
+    import ai_edge_litert  # noqa: F401
     size = (1, 28, 28)
     _, model = _task_model("tiny", 10, 0.5, size, seed=7)
     path = export_tflite(model, tmp_path / "tiny.tflite", size)
@@ -178,7 +168,7 @@ def test_tflite_builtin_tiny_task_matches_torch(tmp_path):
 
 def test_tflite_builtin_graph_is_folded_and_fused(tmp_path, resnet18_30):
     """BatchNorm folded into convs and ReLU fused: no standalone ops for them."""
-    s = pytest.importorskip("ai_edge_litert.schema_py_generated", reason="ai-edge-litert (LiteRT) not installed")
+    import ai_edge_litert.schema_py_generated as s
     model, size = resnet18_30
     path = export_tflite(model, tmp_path / "r18.tflite", size)
     m = s.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
@@ -202,7 +192,7 @@ def test_same_padding_rule():
 def test_tflite_litert_torch_converter(tmp_path):
     """The general converter (the optional `tflite` extra, ~2 GB); NCHW input.
     CI runs it in a separate environment that has the extra (.ci/run)."""
-    pytest.importorskip("litert_torch", reason="litert-torch (spaedge[tflite]) not installed")
+    import litert_torch  # noqa: F401
     size = (1, 28, 28)
     _, model = _task_model("tiny", 10, 0.5, size, seed=9)
     path = export_tflite(model, tmp_path / "lt.tflite", size, converter="litert-torch")

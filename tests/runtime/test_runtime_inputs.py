@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 import _numpy_reference as ref  # noqa: E402
 
-runtime = pytest.importorskip("spaedge.runtime", reason="compiled spaedge._runtime not built")
+import spaedge.runtime as runtime
 Runtime, BundleError = runtime.Runtime, runtime.BundleError
 
 

@@ -11,27 +11,18 @@ import copy
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-runtime = pytest.importorskip("spaedge.runtime", reason="compiled spaedge._runtime not built")
-models = pytest.importorskip("spaedge.models")
-adapters = pytest.importorskip("spaedge.adapters")
-pack = pytest.importorskip("spaedge.pack.bundle")
-pruning = pytest.importorskip("spaedge.pruning.prune")
+import torch
+import spaedge.runtime as runtime
+import spaedge.models as models
+import spaedge.adapters as adapters
+import spaedge.pack.bundle as pack
+import spaedge.pruning.prune as pruning
+from spaedge.bench.synthetic import randomise_task_model  # noqa: E402
 
 
-def _randomise(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(1 + 0.2 * torch.randn(n, generator=g))
-                m.bias.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-        for name, p in model.named_parameters():
-            if "lora" in name or name.startswith("fc."):
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+def _randomise(model, seed: int) -> None:
+    """Non-trivial adapters, BatchNorm statistics and head, as training would leave them."""
+    randomise_task_model(model, torch.Generator().manual_seed(seed), scale=0.2, bn_scale=0.2)
 
 
 CONFIGS = {

@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _toolchain_helpers import random_batches as _data
+from _toolchain_helpers import tiny_task_model
 from _toolchain_helpers import tiny_image_folder as _images
 from _toolchain_helpers import train_steps as _train
-from spaedge.adapters import adapt, adapted_layers, learned_parameters
+from spaedge.adapters import adapted_layers, learned_parameters
 from spaedge.adapters.pear import (OWN, REMOVED, PearLoRA, adapter_scores, apply_pear, knowledge_init, link_shared,
                                    relink, shared_map, sharing_map)
 from spaedge.models import get_base
@@ -28,15 +30,7 @@ SPEC = dict(name="t", labels=["a", "b", "c"], input_size=(1, 28, 28), mean=[0.5]
 
 
 def _tiny(rank=4, seed=0):
-    torch.manual_seed(seed)
-    base = get_base("tiny")
-    base.replace_head(3)
-    return adapt(base, "pear", rank=rank)
-
-
-def _data(n=2, bs=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(bs, 1, 28, 28, generator=g), torch.randint(0, 3, (bs,), generator=g)) for _ in range(n)]
+    return tiny_task_model("pear", rank=rank, seed=seed)
 
 
 def _trained(rank=4):
@@ -230,14 +224,6 @@ def test_relink_restores_sharing_from_a_state_dict():
 
 
 # ------------------------------------------------------------------ bundles
-@pytest.fixture(scope="module")
-def base_bundle(tmp_path_factory):
-    from spaedge.pack.bundle import write_base
-    path = tmp_path_factory.mktemp("base") / "base.safetensors"
-    write_base(get_base("tiny"), path)
-    return path
-
-
 def _unshared(model):
     """The same model with every shared adapter given its own copy of the factors."""
     m = copy.deepcopy(model)
@@ -249,7 +235,7 @@ def _unshared(model):
     return m
 
 
-def test_bundle_stores_a_shared_adapter_once_and_loads_the_sharing_back(base_bundle, tmp_path):
+def test_bundle_stores_a_shared_adapter_once_and_loads_the_sharing_back(tiny_base_bundle, tmp_path):
     from spaedge.pack.bundle import TaskSpec, base_hash, load_task_model, write_task
     from spaedge.pack.format import read_bundle
     model, data = _trained()
@@ -269,7 +255,7 @@ def test_bundle_stores_a_shared_adapter_once_and_loads_the_sharing_back(base_bun
                        for t in smap)
     size = lambda p: (tmp_path / p).stat().st_size  # noqa: E731
     assert size("copied.safetensors") - size("shared.safetensors") >= factor_bytes - 200
-    again, _, _ = load_task_model(base_bundle, tmp_path / "shared.safetensors")
+    again, _, _ = load_task_model(tiny_base_bundle, tmp_path / "shared.safetensors")
     assert shared_map(again) == smap
     for t, s in smap.items():
         assert again.get_submodule(t).lora_a is again.get_submodule(s).lora_a
@@ -279,7 +265,7 @@ def test_bundle_stores_a_shared_adapter_once_and_loads_the_sharing_back(base_bun
         torch.testing.assert_close(again(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_loading_refuses_a_map_between_different_shapes(base_bundle, tmp_path):
+def test_loading_refuses_a_map_between_different_shapes(tiny_base_bundle, tmp_path):
     from spaedge.errors import BundleError
     from spaedge.pack.bundle import TaskSpec, base_hash, load_task_model, task_bundle
     from spaedge.pack.format import write_bundle
@@ -292,7 +278,7 @@ def test_loading_refuses_a_map_between_different_shapes(base_bundle, tmp_path):
     meta["shared_adapters"] = json.dumps(smap)
     write_bundle(tmp_path / "bad.safetensors", tensors, meta)
     with pytest.raises(BundleError, match="shared_adapters"):
-        load_task_model(base_bundle, tmp_path / "bad.safetensors")
+        load_task_model(tiny_base_bundle, tmp_path / "bad.safetensors")
     with pytest.raises(ValueError, match="not an adapted conv"):
         link_shared(_tiny(), {"nowhere": "conv1"})
 
@@ -311,8 +297,9 @@ def _runtime_matches(base_path, task_path, model, x):
         assert (got.argmax(1) == want.argmax(1)).mean() >= 0.999
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("density", [1.0, 0.6])
-def test_pear_trains_prunes_packs_and_runs_in_the_runtime(density, base_bundle, tmp_path, monkeypatch):
+def test_pear_trains_prunes_packs_and_runs_in_the_runtime(density, tiny_base_bundle, tmp_path, monkeypatch):
     """spaedge train's pipeline with --method pear: adapt, prune channels, Pear,
     final epochs, pack; the bundle rebuilds the model and the C++ runtime agrees."""
     from spaedge.tasks import imagefolder
@@ -338,14 +325,15 @@ def test_pear_trains_prunes_packs_and_runs_in_the_runtime(density, base_bundle, 
     n_factors = sum(1 for k in tensors if k.endswith(".lora_a"))
     assert n_factors == sum(s == OWN for s in states)
     assert metrics["learned_parameters"] == learned_parameters(model)
-    again, _, _ = load_task_model(base_bundle, tmp_path / "run" / "task.safetensors")
+    again, _, _ = load_task_model(tiny_base_bundle, tmp_path / "run" / "task.safetensors")
     inp = json.loads(meta["input"])  # an image folder task runs at 224 x 224 by default
     x = torch.randn(3, inp["channels"], inp["height"], inp["width"])
     with torch.no_grad():
         torch.testing.assert_close(again(x), model(x), rtol=1e-4, atol=1e-4)
-    _runtime_matches(base_bundle, tmp_path / "run" / "task.safetensors", model, x)
+    _runtime_matches(tiny_base_bundle, tmp_path / "run" / "task.safetensors", model, x)
 
 
+@pytest.mark.slow
 def test_a_run_interrupted_after_pear_resumes_to_the_same_bundle(tmp_path, monkeypatch):
     """The checkpoint of the final phase holds a shared/removed-adapter model: resuming
     relinks the sharing (one parameter in the optimizer again) and does not apply Pear twice."""

@@ -13,16 +13,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
 
 from _toolchain_helpers import tiny_image_folder as _images  # noqa: E402
 from spaedge.train import checkpoint  # noqa: E402
 from spaedge.train import TrainConfig, run  # noqa: E402
+
+pytestmark = pytest.mark.slow  # the whole pipeline (train, pack, run)
 
 CFG = dict(epochs=2, recovery_epochs=1, final_epochs=2, density=0.6, prune_step=0.2, seed=3, batch_size=16)
 
@@ -97,34 +96,56 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path, monkeypatch):
     assert checkpoint.load(tmp_path / checkpoint.CHECKPOINT, TrainConfig(**CFG).to_json()) is not None
 
 
+# The child runs `spaedge train` with its checkpoint writer patched to stop the
+# process (SIGSTOP) right after the first checkpoint is complete: the parent
+# sees it stopped, sends SIGINT, then SIGCONT. The interrupt lands mid-run by
+# construction, however fast or slow the machine.
+STOP_AFTER_FIRST_CHECKPOINT = """
+import os, signal, sys
+from spaedge.train import checkpoint
+real = checkpoint.save
+def save(*args, **kw):
+    real(*args, **kw)
+    if not save.stopped:
+        save.stopped = True
+        os.kill(os.getpid(), signal.SIGSTOP)
+save.stopped = False
+checkpoint.save = save
+from spaedge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_ctrl_c_leaves_a_resumable_run_directory(tmp_path):
-    # Long enough a final phase that the SIGINT, sent as soon as the first
-    # checkpoint exists, lands mid-run even on a fast machine.
-    cfg = {**CFG, "final_epochs": 12}
-    args = ["--task", cfg["task"], "--epochs", "2", "--recovery-epochs", "1", "--final-epochs", "12",
+    cfg = {**CFG, "final_epochs": 3}
+    args = ["--task", cfg["task"], "--epochs", "2", "--recovery-epochs", "1", "--final-epochs", "3",
             "--density", "0.6", "--prune-step", "0.2", "--seed", "3", "--batch-size", "16"]
 
     def train(out):
-        return [sys.executable, "-m", "spaedge.cli", "train", "--out", str(out), *args]
+        return ["train", "--out", str(out), *args]
 
     reference = tmp_path / "reference"
-    r = subprocess.run(train(reference), capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "spaedge.cli", *train(reference)], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "run"
-    proc = subprocess.Popen(train(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
-    deadline = time.time() + 300
+    proc = subprocess.Popen([sys.executable, "-c", STOP_AFTER_FIRST_CHECKPOINT, *train(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)  # returns once the child has stopped itself
+    assert os.WIFSTOPPED(status), f"the child ended before its first checkpoint (status {status})"
     ck = out / checkpoint.CHECKPOINT
-    while not ck.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    assert proc.poll() is None, proc.communicate()
+    assert ck.exists() and not (out / "task.safetensors").exists()
     proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0, "the run ended before the interrupt reached it"
+    assert proc.returncode == 130, (proc.returncode, err.decode()[-2000:])
+    assert b"interrupted" in err
     assert b"Traceback" not in err, err.decode()[-2000:]
     assert not (out / "task.safetensors").exists()
     assert not [p for p in out.iterdir() if ".tmp-" in p.name], list(out.iterdir())
     assert checkpoint.load(ck, TrainConfig(**cfg).to_json()) is not None  # whole, readable
-    r = subprocess.run(train(out), capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "spaedge.cli", *train(out)], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "resuming from" in r.stdout + r.stderr
     assert (out / "task.safetensors").read_bytes() == (reference / "task.safetensors").read_bytes()
