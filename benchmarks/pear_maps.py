@@ -22,61 +22,32 @@ as ``DIR/tiny-deep.safetensors``; same-shape convs are more common there.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-
 from pathlib import Path
 
 from spaedge.experiment import Budget, Cell, run_grid
 from spaedge.models import BASES
 from spaedge.models.resnet import BasicBlock, ResNet
 
-def _use_knowledge(knowledge: str) -> None:
-    """Every Pear run of this process uses ``knowledge`` as its knowledge checkpoint."""
-    import spaedge.methods as methods
-    from spaedge.adapters.pear import apply_pear
-
-    def after_pruning(model, *, method, data, pear_prune=0.5, pear_share="nearest"):
-        if method != "pear":
-            return None
-        return apply_pear(model, data, prune=pear_prune, share=pear_share, knowledge=knowledge)
-
-    methods.after_pruning = after_pruning
-
-
-if os.environ.get("SPAEDGE_PEAR_KNOWLEDGE"):  # spawned experiment workers inherit --knowledge this way
-    _use_knowledge(os.environ["SPAEDGE_PEAR_KNOWLEDGE"])
-
 # module level, so the spawned experiment workers (which re-import this file) know it too
 BASES.setdefault("tiny-deep", lambda: ResNet(BasicBlock, (2, 2, 2, 2), in_channels=1, stem="cifar",
                                              widths=(16, 32, 64, 128), arch="tiny-deep"))
 
-METHODS = ("splora", "pear", "pear-important", "pear-none")
+# method name -> (registered method, its options as TrainConfig fields)
+METHODS = {"splora": ("splora", ()), "pear": ("pear", ()), "pear-important": ("pear", (("pear_share", "important"),)),
+           "pear-none": ("pear", (("pear_share", "none"),))}
 
 
 def _pretrain(path: Path, images: int, epochs: int) -> None:
     import torch
-    from safetensors.torch import save
 
-    from spaedge.experiment import _Subset
-    from spaedge.pack.format import atomic_write_bytes
-    from spaedge.pretrain import PRETRAIN_TASK
-    from spaedge.tasks import get_task
-    from spaedge.train import Reporter, evaluate, fit
+    from spaedge.progress import Reporter
+    from spaedge.train.pretrain import pretrain
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    task = get_task(PRETRAIN_TASK)
-    model = BASES["tiny-deep"]()
-    model.replace_head(task.num_classes)
-    fit(model, _Subset(task.split("train"), images), epochs, lr=2e-3, batch_size=128, weight_decay=5e-4,
-        generator=torch.Generator().manual_seed(0), reporter=Reporter(), description="pretrain tiny-deep")
-    acc = evaluate(model, _Subset(task.split("test"), 2000))
-    print(f"pretrained tiny-deep: test accuracy {acc:.2%} on the base classes", file=sys.stderr, flush=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, save({k: v.contiguous() for k, v in model.state_dict().items()
-                                   if not k.endswith("num_batches_tracked")}))
+    with Reporter() as rep:
+        pretrain(path, base="tiny-deep", epochs=epochs, train_limit=images, seed=0, reporter=rep)
 
 
 def main(argv=None) -> int:
@@ -87,16 +58,14 @@ def main(argv=None) -> int:
     p.add_argument("--densities", default="1.0,0.3")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--base", default="tiny", choices=["tiny", "tiny-deep"])
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(METHODS), help=f"among {', '.join(METHODS)}")
     p.add_argument("--knowledge", default="weighted", choices=["weighted", "source"],
-                   help="Pear's knowledge checkpoint (use another --out for 'source': run keys do not include it)")
+                   help="Pear's knowledge checkpoint (TrainConfig.pear_knowledge)")
     p.add_argument("--pretrain-images", type=int, default=12000)
     p.add_argument("--pretrain-epochs", type=int, default=2)
     a = p.parse_args(argv)
     methods = a.methods.split(",")
-    if a.knowledge != "weighted":
-        os.environ["SPAEDGE_PEAR_KNOWLEDGE"] = a.knowledge  # the spawned workers inherit it
-        _use_knowledge(a.knowledge)
+    knowledge = (("pear_knowledge", a.knowledge),) if a.knowledge != "weighted" else ()
     weights = None
     if a.base == "tiny-deep":
         weights = Path(a.out) / "tiny-deep.safetensors"
@@ -104,17 +73,22 @@ def main(argv=None) -> int:
             _pretrain(weights, a.pretrain_images, a.pretrain_epochs)
     tasks = a.tasks.split(";")
     dens = [float(d) for d in a.densities.split(",")]
-    cells = [Cell(t, m, 8, d, seed=s) for t in tasks for d in dens for m in methods for s in range(a.seeds)]
+
+    def cell(t, m, d, s):
+        name, opts = METHODS[m]
+        return Cell(t, name, 8, d, seed=s, options=opts + (knowledge if name == "pear" else ()))
+    named = [(cell(t, m, d, s), m) for t in tasks for d in dens for m in methods for s in range(a.seeds)]
+    cells = [c for c, _ in named]
     res = run_grid(cells, Budget(), a.out, workers=a.workers, base=a.base,
                    base_weights=None if weights is None else str(weights),
                    log=lambda m: print(m, file=sys.stderr, flush=True))
-    keep = {c.key for c in cells}
-    res = [r for r in res if r["key"] in keep]
+    keep = {c.key: m for c, m in named}
+    res = [{**r, "name": keep[r["key"]]} for r in res if r["key"] in keep]
     head = ["density", "method"] + tasks + ["avg", "learned params", "bundle bytes", "shared / removed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for d in dens:
         for m in methods:
-            rs = [r for r in res if r["method"] == m and r["density"] == d]
+            rs = [r for r in res if r["name"] == m and r["density"] == d]
             if not rs:
                 continue
             cols, means = [], []

@@ -37,6 +37,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from spaedge.pack.layout import safe_name
+
 LIBRARY_TASKS = ["fashion_mnist:6,7", "fashion_mnist:8,9", "digits:0-4", "digits:5-9"]
 NEW_TASKS = ["fashion_mnist_new", "digits"]
 DENSITIES = [0.1, 0.3]
@@ -56,10 +58,6 @@ ARMS = {
                                           "--neighbours", "2"],
 }
 EPOCHS = {"similar tasks, half the epochs": BUDGET // 2}
-
-
-def _safe(t: str) -> str:
-    return t.replace(":", "_").replace(",", "-")
 
 
 def _spaedge(args: list[str], log) -> None:
@@ -96,11 +94,11 @@ def main(argv=None) -> int:
     lib_jobs = []
     for d in DENSITIES:
         for t in LIBRARY_TASKS:
-            lib_jobs.append(["train", "--task", t, "--density", str(d), "--out", str(out / f"lib_runs/d{int(d*100)}/{_safe(t)}"),
+            lib_jobs.append(["train", "--task", t, "--density", str(d), "--out", str(out / f"lib_runs/d{int(d*100)}/{safe_name(t)}"),
                              *LIBRARY_FLAGS, *common])
     pool_run(lib_jobs)
     for d in DENSITIES:
-        runs = [str(out / f"lib_runs/d{int(d*100)}/{_safe(t)}") for t in LIBRARY_TASKS]
+        runs = [str(out / f"lib_runs/d{int(d*100)}/{safe_name(t)}") for t in LIBRARY_TASKS]
         _spaedge(["library", "add", *runs, "--to", str(out / f"lib{int(d*100)}")], print)
         for dom in ("digits", "fashion"):
             _spaedge(["library", "add", *[r for r in runs if Path(r).name.startswith(dom)],
@@ -115,7 +113,7 @@ def main(argv=None) -> int:
                     if "other-domain" in arm:
                         other = "fashion" if t.startswith("digits") else "digits"
                         extra = ["--library", str(out / f"lib{int(d*100)}_{other}")]
-                    run_dir = out / "new" / f"{_safe(t)}__d{int(d*100)}__{_safe(arm).replace(' ', '_')}__s{s}"
+                    run_dir = out / "new" / f"{safe_name(t)}__d{int(d*100)}__{safe_name(arm)}__s{s}"
                     jobs.append(["train", "--task", t, "--density", str(d), "--seed", str(s), "--out", str(run_dir),
                                  *flags, *extra, *common])
     pool_run(jobs)
@@ -127,7 +125,7 @@ def main(argv=None) -> int:
             for arm in ARMS:
                 ms = []
                 for s in a.seeds:
-                    p = out / "new" / f"{_safe(t)}__d{int(d*100)}__{_safe(arm).replace(' ', '_')}__s{s}" / "metrics.json"
+                    p = out / "new" / f"{safe_name(t)}__d{int(d*100)}__{safe_name(arm)}__s{s}" / "metrics.json"
                     ms.append(json.loads(p.read_text()))
                 acc = [m["test_accuracy"] * 100 for m in ms]
                 sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
@@ -137,7 +135,7 @@ def main(argv=None) -> int:
     lib = ["| library task | density | test accuracy % |", "|---|---|---|"]
     for d in DENSITIES:
         for t in LIBRARY_TASKS:
-            m = json.loads((out / f"lib_runs/d{int(d*100)}/{_safe(t)}/metrics.json").read_text())
+            m = json.loads((out / f"lib_runs/d{int(d*100)}/{safe_name(t)}/metrics.json").read_text())
             lib.append(f"| {t} | {d:.0%} | {m['test_accuracy'] * 100:.1f} |")
     text = "\n".join(lines) + "\n\n" + "\n".join(lib) + "\n"
     (out / "similar.md").write_text(text)

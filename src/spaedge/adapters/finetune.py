@@ -6,6 +6,7 @@ The bundle stores the update against the gathered base weight
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from spaedge.adapters.base import AdaptedLayer

@@ -338,7 +338,7 @@ def bundle_metadata(model: nn.Module) -> dict[str, str]:
 
 
 def _after_pruning(model: nn.Module, opts, data) -> dict:
-    return apply_pear(model, data, prune=opts.pear_prune, share=opts.pear_share)
+    return apply_pear(model, data, prune=opts.pear_prune, share=opts.pear_share, knowledge=opts.pear_knowledge)
 
 
 def _load_metadata(model: nn.Module, meta: dict[str, str], where: str) -> None:

@@ -13,6 +13,7 @@ times the peers on exports made by the toolchain elsewhere.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional

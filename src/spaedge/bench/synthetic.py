@@ -24,10 +24,11 @@ from spaedge.pruning.prune import prune_to_density
 __all__ = ["randomise_task_model", "make_synthetic_task"]
 
 
-def randomise_task_model(model: nn.Module, generator: torch.Generator, scale: float = 0.05) -> None:
+def randomise_task_model(model: nn.Module, generator: torch.Generator, scale: float = 0.05,
+                         bn_scale: float = 0.1) -> None:
     """Random task parts, in place: SPLoRA factors and the head ~ N(0, scale^2)
-    (so a product B A is nonzero), BatchNorm near identity with random
-    statistics. The frozen base weights are left as they are."""
+    (so a product B A is nonzero), BatchNorm scales 1 + N(0, bn_scale^2) with
+    random shifts and statistics. The frozen base weights are left as they are."""
     g = generator
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -36,7 +37,7 @@ def randomise_task_model(model: nn.Module, generator: torch.Generator, scale: fl
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 c = m.num_features
-                m.weight.copy_(1 + 0.1 * torch.randn(c, generator=g))
+                m.weight.copy_(1 + bn_scale * torch.randn(c, generator=g))
                 m.bias.copy_(0.1 * torch.randn(c, generator=g))
                 m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
                 m.running_var.copy_(0.5 + torch.rand(c, generator=g))

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from spaedge.models.resnet import ResNet, from_config, resnet18, resnet34, resnet50, spaedge_tiny
 
@@ -67,8 +68,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)

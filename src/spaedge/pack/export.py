@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence, Union
@@ -41,6 +42,7 @@ import torch
 from torch import nn
 
 from spaedge.adapters.base import AdaptedLayer
+from spaedge.pack.bundle import load_task_model
 from spaedge.pack.format import atomic_write_bytes
 from spaedge.pack.materialize import materialize
 
@@ -64,8 +66,6 @@ def task_torch_model(model_or_bundles: ModelOrBundles,
         except (TypeError, ValueError):
             raise TypeError("expected a torch model or a (base_path, task_path) pair of bundles, "
                             f"got {type(model_or_bundles).__name__}") from None
-        from spaedge.pack.bundle import load_task_model
-
         model, spec, _ = load_task_model(base_path, task_path)
         if input_size is None:
             input_size = spec.input_size
@@ -125,8 +125,6 @@ def _tflite_litert_torch(model: nn.Module, size: tuple[int, int, int]) -> bytes:
         raise ImportError("TFLite export with converter='litert-torch' needs litert-torch: "
                           "install spaedge[tflite] (pip install 'spaedge[tflite]' torch==2.13.0), "
                           f"or use converter='builtin' ({e})") from e
-    import tempfile
-
     edge = litert_torch.convert(model.eval(), (torch.zeros(1, *size),))
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "model.tflite"

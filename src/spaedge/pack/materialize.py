@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from safetensors.torch import save
 from torch import nn
 
 from spaedge.adapters.base import AdaptedLayer
@@ -41,8 +42,6 @@ def materialize(model: nn.Module) -> nn.Module:
 
 def whole_model_bytes(model: nn.Module) -> int:
     """Bytes of the materialised pruned model's weights as one safetensors file."""
-    from safetensors.torch import save
-
     state = {k: v.contiguous() for k, v in materialize(model).state_dict().items()
              if not k.endswith("num_batches_tracked")}
     return len(save(state))

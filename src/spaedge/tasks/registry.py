@@ -17,48 +17,33 @@ from __future__ import annotations
 import re
 from typing import Callable, Dict, List, Optional, Tuple
 
+from .cifar import make_cifar10
 from .core import InputSize, Task
+from .digits import make_digits
+from .fashion import make_fashion_mnist
+from .flowers import make_flowers
+from .imagefolder import make_imagefolder
 
 Factory = Callable[[Optional[str], InputSize], Task]
 
 DEFAULT_TASK = "digits"
 
 
-def _digits(data_dir, input_size):
-    from .digits import make_digits
-    return make_digits(data_dir, input_size)
-
-
-def _fashion(data_dir, input_size):
-    from .fashion import make_fashion_mnist
-    return make_fashion_mnist(data_dir, input_size)
-
-
 def _fashion_base(data_dir, input_size):
-    return _fashion(data_dir, input_size).with_classes(range(6), "fashion_mnist_base")
+    return make_fashion_mnist(data_dir, input_size).with_classes(range(6), "fashion_mnist_base")
 
 
 def _fashion_new(data_dir, input_size):
-    return _fashion(data_dir, input_size).with_classes(range(6, 10), "fashion_mnist_new")
-
-
-def _flowers(data_dir, input_size):
-    from .flowers import make_flowers
-    return make_flowers(data_dir, input_size)
-
-
-def _cifar10(data_dir, input_size):
-    from .cifar import make_cifar10
-    return make_cifar10(data_dir, input_size)
+    return make_fashion_mnist(data_dir, input_size).with_classes(range(6, 10), "fashion_mnist_new")
 
 
 _REGISTRY: Dict[str, Tuple[Factory, str]] = {
-    "digits": (_digits, "scikit-learn 8x8 digits upsampled to the base input (embedded default)"),
-    "fashion_mnist": (_fashion, "Fashion-MNIST, 10 classes"),
+    "digits": (make_digits, "scikit-learn 8x8 digits upsampled to the base input (embedded default)"),
+    "fashion_mnist": (make_fashion_mnist, "Fashion-MNIST, 10 classes"),
     "fashion_mnist_base": (_fashion_base, "Fashion-MNIST classes 0-5 (pretraining the built-in base only)"),
     "fashion_mnist_new": (_fashion_new, "Fashion-MNIST classes 6-9 relabelled 0-3 (unseen by the base)"),
-    "flowers": (_flowers, "Oxford Flowers-102, official split (--data-dir or $SPAEDGE_DATA/flowers102)"),
-    "cifar10": (_cifar10, "CIFAR-10 binary version (--data-dir or $SPAEDGE_DATA/cifar10)"),
+    "flowers": (make_flowers, "Oxford Flowers-102, official split (--data-dir or $SPAEDGE_DATA/flowers102)"),
+    "cifar10": (make_cifar10, "CIFAR-10 binary version (--data-dir or $SPAEDGE_DATA/cifar10)"),
 }
 
 _PATTERNS = {
@@ -139,7 +124,6 @@ def get_task(name: str, data_dir: Optional[str] = None, input_size: InputSize = 
         return _REGISTRY[name][0](data_dir, input_size)
     head, sep, rest = name.partition(":")
     if head == "imagefolder":
-        from .imagefolder import make_imagefolder
         path = rest if sep and rest else data_dir
         if not path:
             raise ValueError("imagefolder needs a path: imagefolder:PATH (or --data-dir PATH)")

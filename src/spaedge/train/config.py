@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from spaedge.adapters.pear import SHARE_MAPS
+from spaedge.adapters.pear import KNOWLEDGE, SHARE_MAPS
 from spaedge.adapters.registry import get_method, method_names
 from spaedge.adapters.sparse import MASK_CRITERIA
 from spaedge.argtypes import nonneg_int, parse_density, positive_int, unit_fraction
@@ -78,6 +78,9 @@ class TrainConfig:
     pear_share: str = _flag("nearest", "for --method pear: a pruned position takes the same-shape kept adapter "
                                        "nearest in depth (default), the most important one, or none (adapter "
                                        "removed)", choices=lambda: list(SHARE_MAPS))
+    pear_knowledge: str = _flag("weighted", "for --method pear: a shared adapter starts as the best rank-r fit of "
+                                            "every update it replaces, weighted by importance (default), or keeps "
+                                            "its own factors (source)", choices=lambda: list(KNOWLEDGE))
     prune_step: float = _flag(0.05, "fraction of filters removed per pruning step (default {default})",
                               parse=unit_fraction)
     # Defaults from two settings tried on digits: lr 1e-2, batch 32, 12 + 1/step + 8

@@ -20,7 +20,7 @@ from safetensors.torch import save
 from spaedge.models import BASES
 from spaedge.pack.format import atomic_write_bytes
 from spaedge.progress import Reporter
-from spaedge.tasks import get_task
+from spaedge.tasks import first_items, get_task
 from spaedge.train.loops import evaluate, fit
 
 __all__ = ["PRETRAIN_TASK", "pretrain"]
@@ -29,9 +29,10 @@ PRETRAIN_TASK = "fashion_mnist:0,1,2,3,4,5"
 
 
 def pretrain(out: str | Path, *, base: str = "tiny", task: str = PRETRAIN_TASK, data_dir: Optional[str] = None,
-             epochs: int = 6, lr: float = 2e-3, batch_size: int = 128, seed: int = 0,
+             epochs: int = 6, lr: float = 2e-3, batch_size: int = 128, seed: int = 0, train_limit: int = 0,
              reporter: Optional[Reporter] = None) -> dict:
-    """Train every weight of a fresh ``base`` on ``task``; write ``out`` (safetensors)."""
+    """Train every weight of a fresh ``base`` on ``task`` (its first ``train_limit``
+    training images, 0: all); write ``out`` (safetensors)."""
     reporter = reporter or Reporter(enabled=False)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -39,8 +40,8 @@ def pretrain(out: str | Path, *, base: str = "tiny", task: str = PRETRAIN_TASK, 
     model = BASES[base]()
     model.replace_head(t.num_classes)
     t0 = time.time()
-    fit(model, t.split("train"), epochs, lr=lr, batch_size=batch_size, weight_decay=5e-4, generator=gen,
-        reporter=reporter, description="pretrain")
+    fit(model, first_items(t.split("train"), train_limit), epochs, lr=lr, batch_size=batch_size, weight_decay=5e-4,
+        generator=gen, reporter=reporter, description="pretrain")
     result = {"task": t.name, "epochs": epochs, "seed": seed, "val_accuracy": evaluate(model, t.split("val")),
               "test_accuracy": evaluate(model, t.split("test")), "seconds": round(time.time() - t0, 1)}
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
