@@ -121,6 +121,14 @@ def write_base(path, graph, tensors, model="toy"):
     return write(path, tensors, {"format": "spaedge-base", "model": model, "graph": json.dumps(graph)})
 
 
+def toy_base(directory, rng):
+    """The toy graph's base with random weights, written to DIRECTORY/base.safetensors:
+    (graph, base tensors, content hash)."""
+    graph = toy_graph()
+    base = base_tensors(graph, rng)
+    return graph, base, write_base(Path(directory) / "base.safetensors", graph, base)
+
+
 def _keep(rng, n, k):
     return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int32)
 

@@ -58,3 +58,26 @@ def random_batches(n: int = 2, bs: int = 16, classes: int = 3, seed: int = 0) ->
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(bs, 1, 28, 28, generator=g), torch.randint(0, classes, (bs,), generator=g))
             for _ in range(n)]
+
+
+def assert_bundle_matches(model, base_path, task_path, x) -> None:
+    """The packed task against the torch ``model`` on inputs ``x``: the torch model
+    rebuilt from the bundles within 1e-4, the C++ runtime (merged and low-rank
+    modes) within 1e-3 of the logits' scale (1 + max |logit|), same top-1."""
+    import numpy as np
+    import torch
+
+    from spaedge import runtime
+    from spaedge.pack.bundle import load_task_model
+
+    with torch.no_grad():
+        want = model(x).numpy()
+        again, _, _ = load_task_model(base_path, task_path)
+        np.testing.assert_allclose(again(x).numpy(), want, rtol=1e-4, atol=1e-4 * (1 + np.abs(want).max()))
+    rt = runtime.Runtime(base_path, threads=1)
+    rt.load_task(task_path)
+    for mode in ("merged", "lowrank"):
+        rt.mode = mode
+        got = rt.run(x.numpy())
+        assert float(np.abs(got - want).max()) <= 1e-3 * (1 + float(np.abs(want).max())), mode
+        assert (got.argmax(1) == want.argmax(1)).all(), mode

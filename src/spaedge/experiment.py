@@ -36,6 +36,7 @@ import torch
 from spaedge.adapters import get_method
 from spaedge.pack.bundle import TaskSpec, task_bundle
 from spaedge.pack.format import atomic_write_bytes, serialise
+from spaedge.pack.layout import safe_name
 from spaedge.train import TrainConfig, train_task
 
 __all__ = ["Cell", "Budget", "FAST_BUDGET", "DEFAULT_TASKS", "default_grid", "fast_grid", "cell_config", "run_cell",
@@ -58,7 +59,7 @@ class Cell:
 
     @property
     def key(self) -> str:
-        t = self.task.replace(":", "_").replace(",", "-").replace("/", "_")
+        t = safe_name(self.task)
         opts = "".join(f"-{v}" for _, v in self.options)
         return (f"{t}__{self.method}{opts}-r{self.rank}__d{int(round(self.density * 100))}__{self.criterion}"
                 f"__{self.schedule}__s{self.seed}")

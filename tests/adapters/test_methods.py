@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _toolchain_helpers import assert_bundle_matches
 from _toolchain_helpers import random_batches as _data
 from _toolchain_helpers import tiny_task_model as _tiny
 from _toolchain_helpers import train_steps as _train
@@ -108,24 +109,12 @@ def test_large_sparse_has_the_same_nonzeros_as_sparse():
 METHODS = ["splora", "finetune", "sppara", "splopa", "sparse", "sparse-large"]
 
 
-def _pack_and_compare(model, base_path, tmp_path, x, **meta):
-    from spaedge import runtime
-    from spaedge.pack.bundle import TaskSpec, base_hash, load_task_model, write_task
+def _pack_and_compare(model, base_path, tmp_path, x):
+    from spaedge.pack.bundle import TaskSpec, base_hash, write_task
     from spaedge.pack.format import read_bundle
     spec = TaskSpec("t", ["a", "b", "c"], (1, 28, 28), [0.5], [0.25])
     write_task(model, spec, base_hash(get_base("tiny")), tmp_path / "task.safetensors")
-    with torch.no_grad():
-        want = model(x).numpy()
-        again, _, _ = load_task_model(base_path, tmp_path / "task.safetensors")
-        np.testing.assert_allclose(again(x).numpy(), want, rtol=1e-4, atol=1e-4 * (1 + np.abs(want).max()))
-    rt = runtime.Runtime(base_path, threads=1)
-    rt.load_task(tmp_path / "task.safetensors")
-    for mode in ("merged", "lowrank"):
-        rt.mode = mode
-        got = rt.run(x.numpy())
-        scale = 1 + float(np.abs(want).max())
-        assert float(np.abs(got - want).max()) <= 1e-3 * scale, mode
-        assert (got.argmax(1) == want.argmax(1)).mean() >= 0.999
+    assert_bundle_matches(model, base_path, tmp_path / "task.safetensors", x)
     return read_bundle(tmp_path / "task.safetensors")[0]
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _toolchain_helpers import assert_bundle_matches
 from _toolchain_helpers import random_batches as _data
 from _toolchain_helpers import tiny_task_model
 from _toolchain_helpers import tiny_image_folder as _images
@@ -284,19 +285,6 @@ def test_loading_refuses_a_map_between_different_shapes(tiny_base_bundle, tmp_pa
 
 
 # ------------------------------------------------------------------ end to end
-def _runtime_matches(base_path, task_path, model, x):
-    from spaedge import runtime
-    with torch.no_grad():
-        want = model(x).numpy()
-    rt = runtime.Runtime(base_path, threads=1)
-    rt.load_task(task_path)
-    for mode in ("merged", "lowrank"):
-        rt.mode = mode
-        got = rt.run(x.numpy())
-        assert float(np.abs(got - want).max()) <= 1e-3 * (1 + float(np.abs(want).max())), mode
-        assert (got.argmax(1) == want.argmax(1)).mean() >= 0.999
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("density", [1.0, 0.6])
 def test_pear_trains_prunes_packs_and_runs_in_the_runtime(density, tiny_base_bundle, tmp_path, monkeypatch):
@@ -330,7 +318,7 @@ def test_pear_trains_prunes_packs_and_runs_in_the_runtime(density, tiny_base_bun
     x = torch.randn(3, inp["channels"], inp["height"], inp["width"])
     with torch.no_grad():
         torch.testing.assert_close(again(x), model(x), rtol=1e-4, atol=1e-4)
-    _runtime_matches(tiny_base_bundle, tmp_path / "run" / "task.safetensors", model, x)
+    assert_bundle_matches(model, tiny_base_bundle, tmp_path / "run" / "task.safetensors", x)
 
 
 @pytest.mark.slow

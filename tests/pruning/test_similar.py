@@ -13,7 +13,7 @@ import pytest
 
 import torch
 
-from _toolchain_helpers import tiny_task_model  # noqa: E402
+from _toolchain_helpers import assert_bundle_matches, tiny_task_model  # noqa: E402
 from spaedge.adapters.base import AdaptedLayer  # noqa: E402
 from spaedge.models import get_base  # noqa: E402
 from spaedge.pruning import similar  # noqa: E402
@@ -176,9 +176,7 @@ CFG = dict(epochs=1, recovery_epochs=0, final_epochs=1, density=0.5, prune_step=
 
 
 @pytest.mark.slow
-def test_library_then_a_new_task_pruned_once_runs_in_the_runtime(folders, tmp_path):
-    from spaedge import runtime
-    from spaedge.pack.bundle import load_task_model, write_base
+def test_library_then_a_new_task_pruned_once_runs_in_the_runtime(folders, tmp_path, tiny_base_bundle):
     from spaedge.train import TrainConfig, library, run
 
     runs = {}
@@ -208,18 +206,7 @@ def test_library_then_a_new_task_pruned_once_runs_in_the_runtime(folders, tmp_pa
     assert metrics["density"] <= 0.3 + 1e-12
     model = models[0]
 
-    base_path = tmp_path / "base.safetensors"
-    write_base(get_base("tiny"), base_path)
-    x = torch.randn(5, 1, 28, 28)
-    with torch.no_grad():
-        want = model(x).numpy()
-        again, _, _ = load_task_model(base_path, new / "task.safetensors")
-        np.testing.assert_allclose(again(x).numpy(), want, rtol=1e-4, atol=1e-4 * (1 + np.abs(want).max()))
-    rt = runtime.Runtime(base_path, threads=1)
-    rt.load_task(new / "task.safetensors")
-    got = rt.run(x.numpy())
-    assert float(np.abs(got - want).max()) <= 1e-3 * (1 + float(np.abs(want).max()))
-    assert (got.argmax(1) == want.argmax(1)).all()
+    assert_bundle_matches(model, tiny_base_bundle, new / "task.safetensors", torch.randn(5, 1, 28, 28))
 
 
 def test_similar_schedule_needs_a_library(folders, tmp_path):

@@ -31,9 +31,7 @@ def toy(tmp_path_factory):
     """A toy base and two tasks on it: splora 16x16 and finetune 20x12 with task biases."""
     d = tmp_path_factory.mktemp("toy")
     rng = np.random.default_rng(0)
-    graph = ref.toy_graph()
-    base = ref.base_tensors(graph, rng)
-    h = ref.write_base(d / "base.safetensors", graph, base)
+    graph, base, h = ref.toy_base(d, rng)
     ta = ref.task_tensors(graph, rng, keep_frac=0.6, rank=2, method="splora", classes=5)
     ref.write(d / "a.safetensors", ta, ref.task_meta(h, "alpha", 5, (3, 16, 16)))
     tb = ref.task_tensors(graph, rng, keep_frac=0.5, method="finetune", classes=7,

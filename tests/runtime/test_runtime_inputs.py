@@ -27,9 +27,7 @@ def tasks(tmp_path_factory):
     """A toy base and three tasks with the SAME input size: 5, 3 and 5 classes."""
     d = tmp_path_factory.mktemp("inputs")
     rng = np.random.default_rng(7)
-    graph = ref.toy_graph()
-    base = ref.base_tensors(graph, rng)
-    h = ref.write_base(d / "base.safetensors", graph, base)
+    graph, base, h = ref.toy_base(d, rng)
     out = {"dir": d, "graph": graph, "base": base, "base_path": d / "base.safetensors", "t": {}}
     for name, classes, keep in (("five", 5, 0.6), ("three", 3, 0.5), ("other5", 5, 0.8)):
         t = ref.task_tensors(graph, rng, keep_frac=keep, rank=2, method="splora", classes=classes)
