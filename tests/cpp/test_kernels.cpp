@@ -386,7 +386,7 @@ void test_conv(const std::vector<const k::KernelTable*>& tables) {
         {geom(7, 7, 512, 512, 3, 1, 1), false},
         {geom(7, 7, 300, 200, 3, 1, 1), false},
     };
-    const k::KernelTable& ref = k::scalar_table();
+    const k::KernelTable& ref = k::scalar::table();
     uint64_t seed = 1;
     for (const ConvCase& cc : cases) {
         ConvData d;
@@ -438,7 +438,7 @@ void test_conv_lowrank(const std::vector<const k::KernelTable*>& tables) {
         {geom(7, 7, 300, 200, 3, 1, 1), {12}},
         {geom(28, 28, 64, 64, 3, 1, 1), {8}},
     };
-    const k::KernelTable& ref = k::scalar_table();
+    const k::KernelTable& ref = k::scalar::table();
     uint64_t seed = 500;
     for (const Case& cs : cases) {
         for (int rank : cs.ranks) {
@@ -489,7 +489,7 @@ void test_conv_lowrank(const std::vector<const k::KernelTable*>& tables) {
 
 // A few checks of the reference itself against values computed by hand.
 void test_scalar_sanity() {
-    const k::KernelTable& s = k::scalar_table();
+    const k::KernelTable& s = k::scalar::table();
     {  // 3x3 all-ones conv, pad 1, on a 3x3 all-ones image: corner 4, edge 6, centre 9
         k::ConvGeometry g = geom(3, 3, 1, 1, 3, 1, 1);
         std::vector<float> w(9, 1.0f), in(9, 1.0f), out(9), packed(s.conv_packed_floats(g));
@@ -543,7 +543,7 @@ void test_maxpool(const std::vector<const k::KernelTable*>& tables) {
         {112, 112, 64, 3, 2, 1}, {56, 56, 3, 3, 2, 1}, {4, 4, 8, 3, 1, 2},  // all-pad corners
         {11, 13, 129, 5, 3, 2},
     };
-    const k::KernelTable& ref = k::scalar_table();
+    const k::KernelTable& ref = k::scalar::table();
     uint64_t seed = 100;
     for (const P& p : cases) {
         Rng rng(seed++);
@@ -588,7 +588,7 @@ void test_gap(const std::vector<const k::KernelTable*>& tables) {
     };
     const std::vector<P> cases = {{1, 1, 1},  {1, 1, 3},   {2, 3, 17},  {7, 7, 512},
                                   {7, 7, 100}, {56, 56, 64}, {3, 5, 33}, {14, 14, 1}};
-    const k::KernelTable& ref = k::scalar_table();
+    const k::KernelTable& ref = k::scalar::table();
     uint64_t seed = 200;
     for (const P& p : cases) {
         Rng rng(seed++);
@@ -618,7 +618,7 @@ void test_linear(const std::vector<const k::KernelTable*>& tables) {
     };
     const std::vector<P> cases = {{1, 1},   {3, 64},   {17, 5},   {100, 33},
                                   {512, 1000}, {64, 1}, {2048, 37}, {9, 16}};
-    const k::KernelTable& ref = k::scalar_table();
+    const k::KernelTable& ref = k::scalar::table();
     uint64_t seed = 300;
     for (const P& p : cases) {
         Rng rng(seed++);
@@ -655,7 +655,7 @@ void test_lowrank_merge(const std::vector<const k::KernelTable*>& tables) {
     const std::vector<P> cases = {{1, 1, 1, 1},   {5, 3, 1, 1},    {64, 64, 3, 8},
                                   {17, 33, 3, 4}, {100, 17, 7, 3}, {3, 5, 1, 0},
                                   {512, 256, 3, 16}, {33, 100, 3, 5}, {10, 1000, 1, 8}};
-    const k::KernelTable& ref = k::scalar_table();
+    const k::KernelTable& ref = k::scalar::table();
     uint64_t seed = 400;
     for (const P& p : cases) {
         Rng rng(seed++);
@@ -851,20 +851,30 @@ void test_conv_apply(const std::vector<const k::KernelTable*>& tables) {
 }  // namespace
 
 int main() {
+    // Every ISA of isas.inc built into this binary, scalar included (the
+    // reference against itself: deterministic).
     std::vector<const k::KernelTable*> tables;
-    tables.push_back(&k::scalar_table());  // the reference against itself: deterministic
-    for (const k::KernelTable* t : {k::avx2_table(), k::avx512_table(), k::neon_table()}) {
-        if (!t) continue;
-        if (k::cpu_supports(*t))
-            tables.push_back(t);
+    for (const k::Isa& i : k::isas()) {
+        if (!i.table) continue;
+        if (i.supported)
+            tables.push_back(i.table);
         else
-            std::printf("kernels: %s compiled in but not supported by this CPU; skipped\n", t->isa);
+            std::printf("kernels: %s compiled in but not supported by this CPU; skipped\n", i.name);
     }
     std::printf("kernels: testing");
     for (const k::KernelTable* t : tables) std::printf(" %s", t->isa);
     std::printf(" (active: %s%s%s)\n", k::active().isa, *k::dispatch_error() ? "; " : "",
                 k::dispatch_error());
-    report(k::cpu_supports(k::scalar_table()), "dispatch: scalar always supported");
+    report(k::cpu_supports(k::scalar::table()), "dispatch: scalar always supported");
+    for (const k::Isa& i : k::isas()) {
+        if (!i.table) continue;
+        // Bound by name (kernels/isa_table.inc): the table is its row's, every field set.
+        report(std::strcmp(i.table->isa, i.name) == 0, std::string("table of ") + i.name + " is named " + i.table->isa);
+#define SPAEDGE_KERNEL(kernel, ret, params) \
+    report(i.table->kernel != nullptr, std::string("table of ") + i.name + " binds " #kernel);
+#include "kernels/kernels.inc"
+#undef SPAEDGE_KERNEL
+    }
     report(k::cpu_supports(k::active()), "dispatch: active table is supported");
 
     test_scalar_sanity();

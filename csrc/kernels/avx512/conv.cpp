@@ -10,7 +10,7 @@
 #include <algorithm>
 #include <cstddef>
 
-#include "kernels/avx512/avx512.h"
+#include "kernels/kernels.h"
 #include "kernels/gemm_conv.h"
 
 namespace spaedge::kernels::avx512 {

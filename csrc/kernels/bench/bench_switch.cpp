@@ -168,7 +168,7 @@ int main(int argc, char** argv) {
         } else if (!std::strcmp(argv[i], "--isa") && i + 1 < argc) {
             isa = argv[++i];
         } else {
-            std::fprintf(stderr, "usage: %s [--case d30|d10] [--reps N] [--isa scalar|avx2|avx512|neon]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--case d30|d10] [--reps N] [--isa NAME (kernels/isas.inc)]\n", argv[0]);
             return 2;
         }
     }
@@ -178,9 +178,8 @@ int main(int argc, char** argv) {
     }
     const k::KernelTable* t = &k::active();
     if (!isa.empty()) {
-        t = nullptr;
-        for (const k::KernelTable* c : {&k::scalar_table(), k::avx2_table(), k::avx512_table(), k::neon_table()})
-            if (c && isa == c->isa && k::cpu_supports(*c)) t = c;
+        const k::Isa* i = k::find_isa(isa.c_str());  // an ISA of isas.inc
+        t = i && i->supported ? i->table : nullptr;
         if (!t) {
             std::fprintf(stderr, "bench_switch: ISA '%s' is not built into this binary or not supported here\n",
                          isa.c_str());

@@ -2,7 +2,7 @@
 // plain; every other ISA is tested against this.
 #include <cstring>
 
-#include "kernels/scalar/scalar.h"
+#include "kernels/kernels.h"
 
 namespace spaedge::kernels::scalar {
 
