@@ -432,3 +432,35 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
 
 }  // namespace
 }  // namespace spaedge::kernels::gemm
+
+// The conv kernels of kernels.inc for an ISA whose convolutions are this GEMM
+// with the tile type `Isa` (expanded inside the ISA's namespace, after Isa).
+// SPAEDGE_GEMM_CONV_KERNELS: sizes and the convs; SPAEDGE_GEMM_PACK_KERNELS:
+// packing (an ISA that shares another's packed layout takes that ISA's).
+#define SPAEDGE_GEMM_CONV_KERNELS(Isa)                                                              \
+    size_t conv_packed_floats(const ConvGeometry& g) { return gemm::packed_floats<Isa>(g); }        \
+    size_t conv_scratch_floats(const ConvGeometry& g, int threads) {                                \
+        return gemm::scratch_floats<Isa>(g, threads);                                               \
+    }                                                                                               \
+    void conv(const ConvGeometry& g, const float* packed, const float* in, float* out,              \
+              const Epilogue& ep, float* scratch, const Parallel* par) {                            \
+        gemm::conv<Isa>(g, packed, in, out, ep, scratch, par);                                      \
+    }                                                                                               \
+    size_t conv_lowrank_packed_floats(const ConvGeometry& g, int rank) {                            \
+        return gemm::packed_floats<Isa>(g, rank);                                                   \
+    }                                                                                               \
+    size_t conv_lowrank_scratch_floats(const ConvGeometry& g, int rank, int threads) {              \
+        return gemm::scratch_floats<Isa>(g, threads, rank);                                         \
+    }                                                                                               \
+    void conv_lowrank(const ConvGeometry& g, int rank, const float* packed, const float* in,        \
+                      float* out, const Epilogue& ep, float* scratch, const Parallel* par) {        \
+        gemm::conv<Isa>(g, packed, in, out, ep, scratch, par, rank);                                \
+    }
+#define SPAEDGE_GEMM_PACK_KERNELS(Isa)                                                              \
+    void conv_pack(const ConvGeometry& g, const float* w_ohwi, float* packed) {                     \
+        gemm::pack<Isa>(g, w_ohwi, packed);                                                         \
+    }                                                                                               \
+    void conv_lowrank_pack(const ConvGeometry& g, int rank, const float* w_ohwi, const float* a,    \
+                           const float* b, float* packed) {                                         \
+        gemm::pack<Isa>(g, w_ohwi, packed, rank, a, b);                                             \
+    }

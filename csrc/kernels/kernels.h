@@ -102,6 +102,27 @@ void maxpool_row_bands(const Parallel* par, int oh, int ow, int c, int kernel, F
     parallel_for_bands(par, oh, 4.0 * ow * c * kernel * kernel, kBandWork, f);
 }
 
+// f(o, y0, y1, x0, x1) for every output pixel of a max pool (in row bands,
+// as maxpool_row_bands): o is the pixel's c outputs in `out`, rows [y0, y1)
+// and columns [x0, x1) its window clipped to the input (the padding is
+// -infinity: it never wins).
+template <class F>
+void maxpool_windows(const Parallel* par, int in_h, int in_w, int c, int kernel, int stride, int pad, float* out,
+                     F&& f) {
+    const int oh = (in_h + 2 * pad - kernel) / stride + 1;
+    const int ow = (in_w + 2 * pad - kernel) / stride + 1;
+    maxpool_row_bands(par, oh, ow, c, kernel, [&](int oy0, int oy1, int) {
+        for (int oy = oy0; oy < oy1; ++oy) {
+            const int y0 = std::max(oy * stride - pad, 0), y1 = std::min(oy * stride - pad + kernel, in_h);
+            for (int ox = 0; ox < ow; ++ox) {
+                const int x0 = std::max(ox * stride - pad, 0);
+                const int x1 = std::min(ox * stride - pad + kernel, in_w);
+                f(out + (static_cast<size_t>(oy) * ow + ox) * c, y0, y1, x0, x1);
+            }
+        }
+    });
+}
+
 struct ConvGeometry {
     int in_h = 0, in_w = 0, in_c = 0;
     int out_c = 0;
