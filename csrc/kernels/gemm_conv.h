@@ -77,7 +77,8 @@ struct TileArgs {
     bool relu;               // last K block
 };
 
-struct Plan {
+// How one conv call is cut: K, M and N blocks, work items, scratch.
+struct Blocking {
     int M = 0, N = 0, K = 0, panels = 0;
     int hp = 0, wp = 0;   // rows/cols of the (padded) input that A points into
     bool padded = false;  // input copied into a zero-bordered buffer in scratch
@@ -120,9 +121,9 @@ constexpr double kCopyWork = 32.0;
 // `threads`: workers the scratch is sized for; the split uses them when the
 // conv is at least `min_work` multiply-adds (Parallel::min_work), else one.
 template <class Isa>
-Plan make_plan(const ConvGeometry& g, int threads, int rank = 0, double min_work = kMinSharedWork) {
+Blocking make_blocking(const ConvGeometry& g, int threads, int rank = 0, double min_work = kMinSharedWork) {
     constexpr int MR = Isa::MR, NR = Isa::NR;
-    Plan p;
+    Blocking p;
     threads = std::max(threads, 1);
     p.M = g.out_h() * g.out_w();
     p.N = g.out_c;
@@ -274,7 +275,7 @@ void pack(const ConvGeometry& g, const float* w_ohwi, float* packed, int rank = 
 
 template <class Isa>
 size_t scratch_floats(const ConvGeometry& g, int threads, int rank = 0) {
-    return make_plan<Isa>(g, threads, rank).scratch;
+    return make_blocking<Isa>(g, threads, rank).scratch;
 }
 
 template <class Isa>
@@ -283,7 +284,7 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
     constexpr int MR = Isa::MR, NR = Isa::NR;
     static_assert(MR <= kMaxMR && Isa::MC_MAX % MR == 0, "M blocks must hold whole tiles");
     const int threads = parallel_threads(par);
-    const Plan p = make_plan<Isa>(g, threads, rank, par ? par->min_work : kMinSharedWork);
+    const Blocking p = make_blocking<Isa>(g, threads, rank, par ? par->min_work : kMinSharedWork);
     if (p.M <= 0 || p.N <= 0 || p.K <= 0) return;
     const size_t ldc = static_cast<size_t>(p.N);
     const float* src = p.padded ? scratch : in;
