@@ -111,10 +111,10 @@ struct WorkerState {
 constexpr double kItemMacs = 16384.0;
 constexpr double kLateMacs = 65536.0;
 // Floats of the padded input per copy item (bands of whole rows), and what a
-// copied float weighs against a multiply-add (for Parallel::min_work: a copy
-// streams memory at a few floats per ns, the GEMM does ~75 MACs per ns; with
-// 32 the stem's 635 KB pad is shared, which keeps the helper awake for the
-// big conv after it).
+// copied float weighs against a multiply-add (for Parallel::min_work): a copy
+// streams far fewer floats per second than the GEMM does multiply-adds, and
+// with 32 the ResNet stem's pad is shared, which keeps the helper awake for
+// the big conv after it (docs/benchmarks.md, "Measurements behind the kernel and runtime design").
 constexpr double kPadItemFloats = 16384.0;
 constexpr double kCopyWork = 32.0;
 

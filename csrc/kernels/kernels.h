@@ -34,12 +34,12 @@ namespace spaedge::kernels {
 // output element is computed by one item, the same way for any thread count.
 //
 // Work below `min_work` multiply-adds (or comparable simple operations) per
-// call is done by the caller alone: handing a helper a job costs ~2 us here
-// (publishing, claiming, the uneven end), so the default (2M, ~25 us of one
-// core) keeps the digits task's tiny convs serial (sharing them made it 15-25%
-// slower on 2 threads than on 1), and on a busy machine a small job is not
-// worth the risk of waiting for a helper preempted mid-item. Tests set 0 to
-// share everything.
+// call is done by the caller alone: handing a helper a job has a fixed cost
+// (publishing, claiming, the uneven end) that a small job cannot earn back,
+// so the default (2M) keeps the digits task's tiny convs serial, where
+// sharing them made 2 threads slower than 1; and on a busy machine a small
+// job is not worth the risk of waiting for a helper preempted mid-item (the
+// figures: docs/benchmarks.md, "Measurements behind the kernel and runtime design"). Tests set 0 to share everything.
 #ifndef SPAEDGE_MIN_SHARED_WORK
 #define SPAEDGE_MIN_SHARED_WORK 2097152.0
 #endif

@@ -17,12 +17,11 @@
 // The ragged last panel uses masked loads/gathers (zeros in the padding
 // lanes); no per-lane checks anywhere.
 //
-// Measured on the development machine (a 2-vCPU Intel Xeon KVM guest;
-// ResNet-18 at 30%, one thread): the switch is bound by data movement (kept
-// base rows in, packed panels out); replacing the gathers by plain loads
-// (wrong values, for timing) saved only ~10%, and vectors built with
-// vinsertps from scalar loads were slower than vgatherdps. bench_switch
-// times it against the bare data movement.
+// The switch is bound by data movement (kept base rows in, packed panels
+// out), not by the gathers: plain loads in their place gained little, and
+// vectors built with vinsertps from scalar loads lost to vgatherdps
+// (docs/benchmarks.md, "Measurements behind the kernel and runtime design"). bench_switch times it
+// against the bare data movement.
 #include <algorithm>
 #include <cstdint>
 
@@ -95,7 +94,8 @@ void apply_rows(const ApplyArgs& a, const Shape& s, int k0, int k1, float* packe
         const panels::RowBlock<kNR, kRows> rb(a, s, kb, k1);
         const int n = rb.n;
         // The next block's rows, pulled into L1 a panel's window at a time
-        // (short rows train the hardware prefetchers too late; ~8% here).
+        // (short rows train the hardware prefetchers too late; see
+        // docs/benchmarks.md, "Measurements behind ...").
         const float* nxt[kRows];
         const int nn = std::max(0, std::min(kRows, k1 - kb - kRows));
         for (int r = 0; r < nn; ++r) nxt[r] = panels::tap_row(a, s, kb + kRows + r);

@@ -174,8 +174,9 @@ void kloop_6x16(const TileArgs& t, __m256* acc) {
 
 // The whole full 6 x 16 tile in one asm block: start (C, or bias + residual),
 // the K loop of kloop_6x16, ReLU, store. Short-K convs (1x1 over 64 channels:
-// 64 k steps per tile) lose ~10% to the C++ start/finish of micro<6>, which
-// has to pass the accumulators through memory around the asm K loop.
+// 64 k steps per tile) lose noticeably to the C++ start/finish of micro<6>,
+// which has to pass the accumulators through memory around the asm K loop
+// (docs/benchmarks.md, "Measurements behind the kernel and runtime design").
 void tile_6x16_full(const TileArgs& t) {
     SPAEDGE_KLOOP_LOCALS(t);
     float* const c = t.c;
