@@ -4,7 +4,9 @@
 // - Batch 1, activations NHWC fp32: element (y, x, c) of an H x W x C tensor is
 //   at index (y * W + x) * C + c.
 // - Conv weights enter packing in OHWI order: w[o][ky][kx][i].
-// - Every ISA has the same table; only dispatch.cpp chooses which one runs.
+// - The kernels are listed once in kernels.inc, the instruction sets (ISAs)
+//   in isas.inc. Every ISA has the same table; only dispatch.cpp chooses
+//   which one runs.
 // - No allocation inside a kernel call: callers pass scratch sized by
 //   `conv_scratch_floats`.
 // - Kernels create no threads. A call that may run in parallel takes a
