@@ -77,7 +77,8 @@ struct TileArgs {
     bool relu;               // last K block
 };
 
-struct Plan {
+// How one conv call is cut: K, M and N blocks, work items, scratch.
+struct Blocking {
     int M = 0, N = 0, K = 0, panels = 0;
     int hp = 0, wp = 0;   // rows/cols of the (padded) input that A points into
     bool padded = false;  // input copied into a zero-bordered buffer in scratch
@@ -110,19 +111,19 @@ struct WorkerState {
 constexpr double kItemMacs = 16384.0;
 constexpr double kLateMacs = 65536.0;
 // Floats of the padded input per copy item (bands of whole rows), and what a
-// copied float weighs against a multiply-add (for Parallel::min_work: a copy
-// streams memory at a few floats per ns, the GEMM does ~75 MACs per ns; with
-// 32 the stem's 635 KB pad is shared, which keeps the helper awake for the
-// big conv after it).
+// copied float weighs against a multiply-add (for Parallel::min_work): a copy
+// streams far fewer floats per second than the GEMM does multiply-adds, and
+// with 32 the ResNet stem's pad is shared, which keeps the helper awake for
+// the big conv after it (docs/benchmarks.md, "Measurements behind the kernel and runtime design").
 constexpr double kPadItemFloats = 16384.0;
 constexpr double kCopyWork = 32.0;
 
 // `threads`: workers the scratch is sized for; the split uses them when the
 // conv is at least `min_work` multiply-adds (Parallel::min_work), else one.
 template <class Isa>
-Plan make_plan(const ConvGeometry& g, int threads, int rank = 0, double min_work = kMinSharedWork) {
+Blocking make_blocking(const ConvGeometry& g, int threads, int rank = 0, double min_work = kMinSharedWork) {
     constexpr int MR = Isa::MR, NR = Isa::NR;
-    Plan p;
+    Blocking p;
     threads = std::max(threads, 1);
     p.M = g.out_h() * g.out_w();
     p.N = g.out_c;
@@ -274,7 +275,7 @@ void pack(const ConvGeometry& g, const float* w_ohwi, float* packed, int rank = 
 
 template <class Isa>
 size_t scratch_floats(const ConvGeometry& g, int threads, int rank = 0) {
-    return make_plan<Isa>(g, threads, rank).scratch;
+    return make_blocking<Isa>(g, threads, rank).scratch;
 }
 
 template <class Isa>
@@ -283,7 +284,7 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
     constexpr int MR = Isa::MR, NR = Isa::NR;
     static_assert(MR <= kMaxMR && Isa::MC_MAX % MR == 0, "M blocks must hold whole tiles");
     const int threads = parallel_threads(par);
-    const Plan p = make_plan<Isa>(g, threads, rank, par ? par->min_work : kMinSharedWork);
+    const Blocking p = make_blocking<Isa>(g, threads, rank, par ? par->min_work : kMinSharedWork);
     if (p.M <= 0 || p.N <= 0 || p.K <= 0) return;
     const size_t ldc = static_cast<size_t>(p.N);
     const float* src = p.padded ? scratch : in;
@@ -432,3 +433,35 @@ void conv(const ConvGeometry& g, const float* packed, const float* in, float* ou
 
 }  // namespace
 }  // namespace spaedge::kernels::gemm
+
+// The conv kernels of kernels.inc for an ISA whose convolutions are this GEMM
+// with the tile type `Isa` (expanded inside the ISA's namespace, after Isa).
+// SPAEDGE_GEMM_CONV_KERNELS: sizes and the convs; SPAEDGE_GEMM_PACK_KERNELS:
+// packing (an ISA that shares another's packed layout takes that ISA's).
+#define SPAEDGE_GEMM_CONV_KERNELS(Isa)                                                              \
+    size_t conv_packed_floats(const ConvGeometry& g) { return gemm::packed_floats<Isa>(g); }        \
+    size_t conv_scratch_floats(const ConvGeometry& g, int threads) {                                \
+        return gemm::scratch_floats<Isa>(g, threads);                                               \
+    }                                                                                               \
+    void conv(const ConvGeometry& g, const float* packed, const float* in, float* out,              \
+              const Epilogue& ep, float* scratch, const Parallel* par) {                            \
+        gemm::conv<Isa>(g, packed, in, out, ep, scratch, par);                                      \
+    }                                                                                               \
+    size_t conv_lowrank_packed_floats(const ConvGeometry& g, int rank) {                            \
+        return gemm::packed_floats<Isa>(g, rank);                                                   \
+    }                                                                                               \
+    size_t conv_lowrank_scratch_floats(const ConvGeometry& g, int rank, int threads) {              \
+        return gemm::scratch_floats<Isa>(g, threads, rank);                                         \
+    }                                                                                               \
+    void conv_lowrank(const ConvGeometry& g, int rank, const float* packed, const float* in,        \
+                      float* out, const Epilogue& ep, float* scratch, const Parallel* par) {        \
+        gemm::conv<Isa>(g, packed, in, out, ep, scratch, par, rank);                                \
+    }
+#define SPAEDGE_GEMM_PACK_KERNELS(Isa)                                                              \
+    void conv_pack(const ConvGeometry& g, const float* w_ohwi, float* packed) {                     \
+        gemm::pack<Isa>(g, w_ohwi, packed);                                                         \
+    }                                                                                               \
+    void conv_lowrank_pack(const ConvGeometry& g, int rank, const float* w_ohwi, const float* a,    \
+                           const float* b, float* packed) {                                         \
+        gemm::pack<Isa>(g, w_ohwi, packed, rank, a, b);                                             \
+    }

@@ -4,7 +4,9 @@
 // - Batch 1, activations NHWC fp32: element (y, x, c) of an H x W x C tensor is
 //   at index (y * W + x) * C + c.
 // - Conv weights enter packing in OHWI order: w[o][ky][kx][i].
-// - Every ISA has the same table; only dispatch.cpp chooses which one runs.
+// - The kernels are listed once in kernels.inc, the instruction sets (ISAs)
+//   in isas.inc. Every ISA has the same table; only dispatch.cpp chooses
+//   which one runs.
 // - No allocation inside a kernel call: callers pass scratch sized by
 //   `conv_scratch_floats`.
 // - Kernels create no threads. A call that may run in parallel takes a
@@ -34,12 +36,12 @@ namespace spaedge::kernels {
 // output element is computed by one item, the same way for any thread count.
 //
 // Work below `min_work` multiply-adds (or comparable simple operations) per
-// call is done by the caller alone: handing a helper a job costs ~2 us here
-// (publishing, claiming, the uneven end), so the default (2M, ~25 us of one
-// core) keeps the digits task's tiny convs serial (sharing them made it 15-25%
-// slower on 2 threads than on 1), and on a busy machine a small job is not
-// worth the risk of waiting for a helper preempted mid-item. Tests set 0 to
-// share everything.
+// call is done by the caller alone: handing a helper a job has a fixed cost
+// (publishing, claiming, the uneven end) that a small job cannot earn back,
+// so the default (2M) keeps the digits task's tiny convs serial, where
+// sharing them made 2 threads slower than 1; and on a busy machine a small
+// job is not worth the risk of waiting for a helper preempted mid-item (the
+// figures: docs/benchmarks.md, "Measurements behind the kernel and runtime design"). Tests set 0 to share everything.
 #ifndef SPAEDGE_MIN_SHARED_WORK
 #define SPAEDGE_MIN_SHARED_WORK 2097152.0
 #endif
@@ -102,6 +104,27 @@ void maxpool_row_bands(const Parallel* par, int oh, int ow, int c, int kernel, F
     parallel_for_bands(par, oh, 4.0 * ow * c * kernel * kernel, kBandWork, f);
 }
 
+// f(o, y0, y1, x0, x1) for every output pixel of a max pool (in row bands,
+// as maxpool_row_bands): o is the pixel's c outputs in `out`, rows [y0, y1)
+// and columns [x0, x1) its window clipped to the input (the padding is
+// -infinity: it never wins).
+template <class F>
+void maxpool_windows(const Parallel* par, int in_h, int in_w, int c, int kernel, int stride, int pad, float* out,
+                     F&& f) {
+    const int oh = (in_h + 2 * pad - kernel) / stride + 1;
+    const int ow = (in_w + 2 * pad - kernel) / stride + 1;
+    maxpool_row_bands(par, oh, ow, c, kernel, [&](int oy0, int oy1, int) {
+        for (int oy = oy0; oy < oy1; ++oy) {
+            const int y0 = std::max(oy * stride - pad, 0), y1 = std::min(oy * stride - pad + kernel, in_h);
+            for (int ox = 0; ox < ow; ++ox) {
+                const int x0 = std::max(ox * stride - pad, 0);
+                const int x1 = std::min(ox * stride - pad + kernel, in_w);
+                f(out + (static_cast<size_t>(oy) * ow + ox) * c, y0, y1, x0, x1);
+            }
+        }
+    });
+}
+
 struct ConvGeometry {
     int in_h = 0, in_w = 0, in_c = 0;
     int out_c = 0;
@@ -134,75 +157,21 @@ struct ApplyArgs {
     const float* scale = nullptr;    // [out_c] folded BatchNorm scale, or null (= 1)
 };
 
+// The type of every ISA's version of each kernel (kernels.inc): fn::conv is
+// the type of avx2::conv, neon::conv, ...
+namespace fn {
+#define SPAEDGE_KERNEL(name, ret, params) using name = ret params;
+#include "kernels/kernels.inc"
+#undef SPAEDGE_KERNEL
+}  // namespace fn
+
+// One ISA's kernels: a field per line of kernels.inc (which documents each),
+// bound by name to that ISA's function (isa_table.inc).
 struct KernelTable {
-    const char* isa;  // "scalar", "avx2", "neon"
-
-    // Floats needed by the packed weights of this geometry (the panel layout is
-    // private to the ISA; padding of ragged channel counts included).
-    size_t (*conv_packed_floats)(const ConvGeometry& g);
-    // Pack OHWI weights w[out_c][kernel][kernel][in_c] into `packed`.
-    void (*conv_pack)(const ConvGeometry& g, const float* w_ohwi, float* packed);
-    // Floats of scratch one conv call needs when run with a Parallel of
-    // `threads` workers (also enough for any smaller count).
-    size_t (*conv_scratch_floats)(const ConvGeometry& g, int threads);
-    // out[out_h][out_w][out_c] = epilogue(conv(in[in_h][in_w][in_c], W)).
-    // `out` never aliases `in`; it may alias `ep.residual` exactly (in place).
-    // `par`: work sharing (null = serial); par->threads <= the scratch's count.
-    void (*conv)(const ConvGeometry& g, const float* packed, const float* in, float* out,
-                 const Epilogue& ep, float* scratch, const Parallel* par);
-
-    // Max pooling, padding counts as -infinity. out is out_h x out_w x c.
-    void (*maxpool)(int in_h, int in_w, int c, int kernel, int stride, int pad, const float* in,
-                    float* out, const Parallel* par);
-    // Global average pooling: out[c] = mean over h*w of in.
-    void (*global_avgpool)(int h, int w, int c, const float* in, float* out);
-    // y[o] = bias[o] + sum_i w[o][i] * x[i]; w row-major [out_f][in_f]; bias may be null.
-    void (*linear)(int in_f, int out_f, const float* w, const float* bias, const float* x,
-                   float* y);
-
-    // Channel-SPA merge into OHWI weights: for every o, i
-    //   w[o][c][c][i] += sum_r b[o][r] * a[r][i],  c = kernel / 2
-    // a is [rank][in_c], b is [out_c][rank].
-    void (*lowrank_merge)(int out_c, int in_c, int kernel, int rank, const float* a,
-                          const float* b, float* w_ohwi);
-
-    // Fused low-rank conv (the unmerged Channel-SPA mode): one pass computing
-    //   out = epilogue(conv(in, W') + B' (A' x_centre)),
-    // where x_centre is the input pixel under the centre tap (kernel / 2, kernel / 2)
-    // of each window (zero in the padding), a is A' [rank][in_c] and b is
-    // B' [out_c][rank]. Equivalent to lowrank_merge into W' followed by conv.
-    // rank 0 is a plain conv. Same aliasing rules as `conv`.
-    size_t (*conv_lowrank_packed_floats)(const ConvGeometry& g, int rank);
-    // Pack OHWI W' together with A' and B' into `packed`.
-    void (*conv_lowrank_pack)(const ConvGeometry& g, int rank, const float* w_ohwi,
-                              const float* a, const float* b, float* packed);
-    size_t (*conv_lowrank_scratch_floats)(const ConvGeometry& g, int rank, int threads);
-    void (*conv_lowrank)(const ConvGeometry& g, int rank, const float* packed, const float* in,
-                         float* out, const Epilogue& ep, float* scratch, const Parallel* par);
-
-    // Task application of one conv in one pass, from the base into the packed
-    // layout: rows [k0, k1) of K = kernel^2 * in_c (in (ky, kx, ci) order) of
-    //   W'[o][t][i] = (base[t][in_index[i]][out_index[o]]
-    //                  + (t == centre && !fused ? sum_r bt[r][o] * a[r][i] : 0)) * scale[o]
-    // for every kept o, written where conv_pack (fused: conv_lowrank_pack with
-    // B' scaled by `scale`) would put them; padding lanes are written as zeros.
-    // The call whose range ends at K (k1 == K) also writes the fused mode's
-    // B' and A' parts. Disjoint ranges may run concurrently. The result equals
-    // gather + lowrank_merge + scale + conv_pack (conv_lowrank_pack) of this
-    // table: bit for bit on scalar and AVX2 (the merge is summed in the same
-    // order), within rounding on NEON (whose merge has a non-fused in_c tail).
-    void (*conv_apply)(const ApplyArgs& a, int k0, int k1, float* packed);
-
-    // The same values from the base in its stored OIHW layout (a.base is
-    // base[o][i][t]), cut by kept outputs instead of rows: every K row (and,
-    // fused, every B' row) of kept outputs [o0, o1), o0 a multiple of 16 and
-    // o1 a multiple of 16 or out_c; the call with o1 == out_c also writes the
-    // fused mode's A' part. It reads the kept outputs' base rows (out_c x
-    // base_in x k^2 floats) where conv_apply reads the kept inputs' rows
-    // (k^2 x in_c x base_out): the runtime takes whichever reads less (see
-    // apply_read_floats). Offsets into the base must fit in int32. Equal to
-    // conv_apply of the same table bit for bit.
-    void (*conv_apply_oihw)(const ApplyArgs& a, int o0, int o1, float* packed);
+    const char* isa;  // its name in isas.inc: "scalar", "avx2", ...
+#define SPAEDGE_KERNEL(name, ret, params) fn::name* name;
+#include "kernels/kernels.inc"
+#undef SPAEDGE_KERNEL
 };
 
 // Floats of the base one conv's application reads: conv_apply reads every
@@ -215,16 +184,41 @@ inline size_t apply_read_floats(const ApplyArgs& a, bool oihw) {
                 : taps * a.g.in_c * static_cast<size_t>(a.base_out);
 }
 
-// Tables compiled into this binary (null when the ISA is not built).
-const KernelTable& scalar_table();
-const KernelTable* avx2_table();
-const KernelTable* avx512_table();  // conv/conv_lowrank AVX-512, the rest avx2 (same packed layout)
-const KernelTable* neon_table();
+// What every ISA of isas.inc defines in its folder's table.cpp (built only
+// when CMake builds the ISA; use them through isas()).
+#define SPAEDGE_ISA(name, priority)                                                       \
+    namespace name {                                                                       \
+    const KernelTable& table(); /* every kernel of kernels.inc, bound by name */          \
+    bool supported();           /* this CPU and OS can run it */                           \
+    }
+#include "kernels/isas.inc"
+#undef SPAEDGE_ISA
+
+// One ISA of isas.inc as this binary and CPU see it.
+struct Isa {
+    const char* name;
+    int priority;
+    const KernelTable* table;  // null when this binary does not build it
+    bool supported;            // built, and this CPU and OS can run it
+};
+
+struct IsaList {
+    const Isa* first;
+    int count;
+    const Isa* begin() const { return first; }
+    const Isa* end() const { return first + count; }
+};
+
+// Every ISA of isas.inc, in its order (the CPU checked once, thread-safe).
+IsaList isas();
+// The ISA of isas.inc called `name`, or null.
+const Isa* find_isa(const char* name);
 
 // The one dispatch point. Chooses once (thread-safe): the environment variable
-// SPAEDGE_ISA=scalar|avx2|neon forces a path (an unavailable one is an error
-// reported through `dispatch_error`); otherwise cpuid picks AVX2+FMA on x86-64
-// when the CPU and OS support it, NEON on aarch64, scalar elsewhere.
+// SPAEDGE_ISA=<name in isas.inc> forces a path (an unavailable one is an error
+// reported through `dispatch_error`); otherwise the built ISA of highest
+// priority that this CPU and OS support (AVX-512F or AVX2+FMA on x86-64,
+// NEON on aarch64, scalar elsewhere).
 const KernelTable& active();
 // Non-empty when SPAEDGE_ISA asked for a path this binary or CPU cannot run;
 // active() then falls back to scalar.

@@ -1,15 +1,15 @@
-// Task application (gather + low-rank merge + delta + BN fold + pack) and the
-// executor that runs the plan over the arena.
+// Task application: gather + low-rank merge + delta + BN fold + pack
+// (apply.h).
+#include "runtime/apply.h"
+
 #include <algorithm>
 #include <cstring>
-
-#include "runtime/task.h"
 
 namespace spaedge {
 
 void size_scratch(Applied& a, int threads) {
     size_t need = 0;
-    for (const Step& s : a.task->plan.steps) {
+    for (const Step& s : a.task->exec_plan.steps) {
         if (s.kind != StepKind::Conv) continue;
         const int r = a.fused_rank[size_t(s.index)];
         need = std::max(need, r > 0 ? a.kt->conv_lowrank_scratch_floats(s.geom, r, threads)
@@ -194,80 +194,9 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
         else
             kt.conv_apply(args, item.k0, item.k1, dst);
     });
-    a.arena.resize(task.plan.arena_floats);
+    a.arena.resize(task.exec_plan.arena_floats);
     a.task = &task;
     size_scratch(a, threads);
-}
-
-void execute(Applied& a, int threads, Workers& pool, const float* input, int batch, float* logits) {
-    const Task& t = *a.task;
-    // Convs and pooling share their items with the pool's helpers (claimed
-    // as they get a CPU; a helper that never runs costs nothing).
-    const PoolParallel parallel(pool, threads);
-    const kernels::Parallel* par = parallel.get();
-    const Plan& p = t.plan;
-    const kernels::KernelTable& kt = *a.kt;
-    float* arena = a.arena.data();
-    const size_t H = size_t(t.height), W = size_t(t.width), C = size_t(t.channels);
-    const size_t img = H * W * C;
-    const size_t classes = size_t(t.classes());
-    for (int b = 0; b < batch; ++b) {
-        const float* src = input + size_t(b) * img;
-        float* x = arena + p.offset[0];
-        for (size_t c = 0; c < C; ++c) {
-            const float* plane = src + c * H * W;
-            for (size_t i = 0; i < H * W; ++i) x[i * C + c] = plane[i];
-        }
-        for (const Step& s : p.steps) {
-            const float* in = arena + p.offset[size_t(s.in)];
-            float* out = arena + p.offset[size_t(s.out)];
-            switch (s.kind) {
-                case StepKind::Conv: {
-                    const ConvTask& ct = t.convs[size_t(s.index)];
-                    kernels::Epilogue ep;
-                    ep.bias = ct.bias.data();
-                    ep.residual = s.in2 >= 0 ? arena + p.offset[size_t(s.in2)] : nullptr;
-                    ep.relu = s.relu;
-                    const float* packed = a.packed.data() + a.packed_offset[size_t(s.index)];
-                    const int r = a.fused_rank[size_t(s.index)];
-                    if (r > 0)
-                        kt.conv_lowrank(s.geom, r, packed, in, out, ep, a.scratch.data(), par);
-                    else
-                        kt.conv(s.geom, packed, in, out, ep, a.scratch.data(), par);
-                    break;
-                }
-                case StepKind::Relu: {
-                    const size_t n = size_t(s.h) * size_t(s.w) * size_t(s.c);
-                    for (size_t i = 0; i < n; ++i) out[i] = in[i] > 0.0f ? in[i] : 0.0f;
-                    break;
-                }
-                case StepKind::Add: {
-                    const float* in2 = arena + p.offset[size_t(s.in2)];
-                    const size_t n = size_t(s.h) * size_t(s.w) * size_t(s.c);
-                    if (s.relu) {
-                        for (size_t i = 0; i < n; ++i) {
-                            float v = in[i] + in2[i];
-                            out[i] = v > 0.0f ? v : 0.0f;
-                        }
-                    } else {
-                        for (size_t i = 0; i < n; ++i) out[i] = in[i] + in2[i];
-                    }
-                    break;
-                }
-                case StepKind::MaxPool:
-                    kt.maxpool(s.h, s.w, s.c, s.pool_k, s.pool_s, s.pool_p, in, out, par);
-                    break;
-                case StepKind::Gap: kt.global_avgpool(s.h, s.w, s.c, in, out); break;
-                case StepKind::Linear: {
-                    const LinearTask& lt = t.linears[size_t(s.index)];
-                    kt.linear(lt.in_f, lt.out_f, lt.weight.data(), lt.bias.data(), in, out);
-                    break;
-                }
-            }
-        }
-        std::memcpy(logits + size_t(b) * classes, arena + p.offset[size_t(p.output)],
-                    classes * sizeof(float));
-    }
 }
 
 }  // namespace spaedge

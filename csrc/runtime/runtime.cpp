@@ -7,7 +7,7 @@
 #include <thread>
 
 #include "runtime/model.h"
-#include "runtime/task.h"
+#include "runtime/execute.h"
 
 namespace spaedge {
 

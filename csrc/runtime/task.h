@@ -1,6 +1,6 @@
-// Task bundles: loading + validation against a base, the execution plan, task
-// application (gather + low-rank merge + delta + BN fold + pack) and the
-// executor. Internal header.
+// A task bundle, read and validated against its base at load time
+// (Task::Task): everything a switch and a run need, copied out of the file,
+// and the task's execution plan. Internal header.
 #pragma once
 
 #include <cstdint>
@@ -8,9 +8,8 @@
 #include <vector>
 
 #include "kernels/kernels.h"
-#include "runtime/buffer.h"
+#include "runtime/exec_plan.h"
 #include "runtime/model.h"
-#include "runtime/workers.h"
 
 namespace spaedge {
 
@@ -40,33 +39,6 @@ struct LinearTask {
     std::vector<float> bias;    // [out_f]
 };
 
-enum class StepKind { Conv, Relu, Add, MaxPool, Gap, Linear };
-
-struct Step {
-    StepKind kind = StepKind::Relu;
-    int index = -1;          // ConvTask / LinearTask index for conv / linear steps
-    int in = -1, in2 = -1;   // value ids; in2 = residual (conv) or second operand (add)
-    int out = -1;            // value id written
-    bool relu = false;       // fused ReLU (conv epilogue, add)
-    kernels::ConvGeometry geom;  // conv
-    int h = 0, w = 0, c = 0;     // input dims (maxpool, gap, relu, add: h*w*c elements)
-    int pool_k = 0, pool_s = 0, pool_p = 0;
-    std::string label;       // node names fused into this step, for diagnostics
-};
-
-struct ValueShape {
-    int h = 0, w = 0, c = 0;
-    size_t floats() const { return size_t(h) * size_t(w) * size_t(c); }
-};
-
-struct Plan {
-    std::vector<Step> steps;
-    std::vector<ValueShape> shape;    // per value id
-    std::vector<size_t> offset;       // arena offset per materialised value
-    size_t arena_floats = 0;
-    int output = -1;
-};
-
 class Task {
 public:
     Task(const BaseModel& base, const std::string& path);
@@ -80,48 +52,8 @@ public:
     uint64_t task_params = 0;     // floats stored in the task bundle
     std::vector<ConvTask> convs;  // in graph order
     std::vector<LinearTask> linears;
-    Plan plan;
+    ExecPlan exec_plan;
     int classes() const { return int(labels.size()); }
 };
-
-// How low-rank adapters are applied (DESIGN.md "Runtime").
-enum class ApplyMode {
-    Merged,        // W' += centre_tap(B A) at switch time; plain conv at run time (default)
-    FusedLowRank,  // W' and (A, B) packed separately; conv + B (A x_centre) in one kernel pass
-};
-
-// One unit of task application: the whole conv `conv` by the general path
-// (k0 = -1); or in one pass from the base, rows [k0, k1) from its tap-major
-// copy (kernels::conv_apply) or, `oihw`, kept outputs [k0, k1) from its
-// stored OIHW layout (kernels::conv_apply_oihw), whichever reads less.
-struct ApplyItem {
-    int conv = 0, k0 = 0, k1 = 0;
-    bool oihw = false;
-};
-
-// The active task's weights packed for one kernel table, plus the arena.
-struct Applied {
-    const Task* task = nullptr;
-    const kernels::KernelTable* kt = nullptr;
-    FloatBuffer packed;                 // all conv weights, packed
-    std::vector<size_t> packed_offset;  // per ConvTask
-    std::vector<int> fused_rank;        // per ConvTask: rank run unmerged (0 = plain conv)
-    FloatBuffer bwork;                  // BN-scaled B' workspace (fused mode)
-    FloatBuffer ohwi;                   // gather/merge workspace (general path only)
-    std::vector<ApplyItem> items;       // work list of the last application
-    FloatBuffer arena;                  // activations
-    FloatBuffer scratch;                // conv scratch
-    int scratch_threads = 0;
-};
-
-// Gathers, merges, folds and packs `task` for `kt`; sizes arena and scratch.
-// Work items run on the caller and `threads` - 1 helpers of `pool`.
-void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTable& kt,
-                int threads, ApplyMode mode, Workers& pool, Applied& out);
-// Resizes conv scratch for a new thread count.
-void size_scratch(Applied& a, int threads);
-// Runs `batch` NCHW images through the applied task; logits are [batch, classes].
-// Kernels run on the caller and `threads` - 1 helpers of `pool`.
-void execute(Applied& a, int threads, Workers& pool, const float* input_nchw, int batch, float* logits);
 
 }  // namespace spaedge

@@ -3,8 +3,9 @@
 //
 // An OpenMP parallel region ends in a barrier that waits for every thread of
 // the team, including one the OS has not scheduled yet; on a loaded machine
-// that costs a scheduler time slice (~10 ms here) per region, and a spinning
-// waiter makes it worse. Here the caller works through the items itself and
+// that costs a scheduler time slice per region, and a spinning waiter makes
+// it worse (the figures: docs/benchmarks.md, "Measurements behind the kernel
+// and runtime design"). Here the caller works through the items itself and
 // helper threads join in when they get a CPU: items are claimed one at a time,
 // and the caller waits only for items a helper has actually claimed. A helper
 // that never ran costs nothing, so `threads` > 1 is never slower than 1 by
@@ -20,7 +21,7 @@
 // between looks) so that back-to-back jobs (the convs of one inference) find
 // it awake, then sleeps on a condition variable until the next job. Nothing
 // on the way from one job to the next takes a lock while helpers are awake
-// (a contended mutex costs a futex sleep and wake, tens of microseconds).
+// (a contended mutex costs a futex sleep and wake).
 #pragma once
 
 #include <atomic>

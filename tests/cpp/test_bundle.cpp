@@ -321,7 +321,7 @@ void test_bad_json_and_shape(const TempDir& d) {
         tb::write_file(p, with_header(c.header, data));
         std::vector<std::string> needles = {p + ": "};
         for (const char* n : c.needles) needles.push_back(n);
-        tb::expect_error([&] { Bundle b(p); }, needles, __FILE__, __LINE__);
+        tcheck::expect_error([&] { Bundle b(p); }, needles, __FILE__, __LINE__);
     }
     // Sanity: the same construction with a good header loads.
     const std::string p = d.file("case_ok.safetensors");
@@ -364,5 +364,5 @@ int main() {
     test_bad_json_and_shape(d);
     test_content_hash(d);
     test_not_files(d);
-    return tb::report("test_bundle");
+    return tcheck::summary("test_bundle");
 }

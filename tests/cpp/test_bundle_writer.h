@@ -1,6 +1,6 @@
-// Test helpers: write safetensors bundle bytes by hand (no Python), and a
-// tiny check framework (no third-party code). Shared by test_bundle.cpp and
-// test_runtime.cpp.
+// Test helpers: write safetensors bundle bytes by hand (no Python), and
+// temporary directories. Shared by test_bundle.cpp and test_runtime.cpp; the
+// checks are check.h's.
 #pragma once
 
 #include <cstdint>
@@ -9,57 +9,14 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "check.h"
 #include "runtime/sha256.h"
-#include "spaedge/error.h"
 
 namespace tb {
-
-// ---- checks ------------------------------------------------------------------------
-inline int g_passed = 0, g_failed = 0;
-
-inline void check(bool ok, const std::string& what, const char* file, int line) {
-    if (ok) {
-        ++g_passed;
-    } else {
-        ++g_failed;
-        std::printf("FAIL %s:%d: %s\n", file, line, what.c_str());
-    }
-}
-#define CHECK(cond) tb::check(bool(cond), #cond, __FILE__, __LINE__)
-#define CHECK_MSG(cond, msg) tb::check(bool(cond), std::string(#cond) + " -- " + (msg), __FILE__, __LINE__)
-
-// Runs f, expects a spaedge::Error whose message contains every needle.
-inline void expect_error(const std::function<void()>& f, const std::vector<std::string>& needles,
-                         const char* file, int line) {
-    try {
-        f();
-    } catch (const spaedge::Error& e) {
-        std::string msg = e.what();
-        for (const auto& n : needles) {
-            if (msg.find(n) == std::string::npos) {
-                check(false, "error message lacks '" + n + "': " + msg, file, line);
-                return;
-            }
-        }
-        check(true, "", file, line);
-        return;
-    } catch (const std::exception& e) {
-        check(false, std::string("wrong exception type: ") + e.what(), file, line);
-        return;
-    }
-    check(false, "no error thrown (wanted: " + (needles.empty() ? std::string() : needles[0]) + ")", file, line);
-}
-#define EXPECT_ERROR(expr, ...) tb::expect_error([&] { expr; }, {__VA_ARGS__}, __FILE__, __LINE__)
-
-inline int report(const char* name) {
-    std::printf("%s: %d passed, %d failed\n", name, g_passed, g_failed);
-    return g_failed == 0 ? 0 : 1;
-}
 
 // ---- temp dir ------------------------------------------------------------------------
 struct TempDir {

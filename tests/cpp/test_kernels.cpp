@@ -1,6 +1,6 @@
 // The one shared kernel tester: every kernel table compiled into this binary
 // that the CPU can run is checked against the scalar reference over awkward
-// shapes. Plain C++, no framework; prints each failing case and returns
+// shapes. Plain C++ with check.h; prints each failing case and returns
 // nonzero on any failure.
 //
 // Tolerance (per case): max |got - ref| <= 1e-4 * (1 + max |ref|).
@@ -24,15 +24,13 @@
 #include <string>
 #include <vector>
 
+#include "check.h"
 #include "kernels/kernels.h"
 #include "runtime/workers.h"
 
 namespace k = spaedge::kernels;
 
 namespace {
-
-int g_passed = 0;
-int g_failed = 0;
 
 constexpr float kTolerance = 1e-4f;
 
@@ -162,18 +160,27 @@ bool within(const Compare& c) {
     return !c.bad_special && c.max_err <= kTolerance * (1.0f + c.max_ref);
 }
 
+// One check (check.h); a failed comparison also prints its errors.
 void report(bool ok, const std::string& what, const Compare* c = nullptr) {
-    if (ok) {
-        ++g_passed;
+    if (ok || !c) {
+        tcheck::check(ok, what);
         return;
     }
-    ++g_failed;
-    if (c)
-        std::printf("FAIL %s: max_err=%.3g tol=%.3g (max|ref|=%.3g, worst index %zu%s)\n",
-                    what.c_str(), c->max_err, kTolerance * (1.0f + c->max_ref), c->max_ref,
-                    c->worst, c->bad_special ? ", NaN/inf mismatch" : "");
-    else
-        std::printf("FAIL %s\n", what.c_str());
+    char detail[192];
+    std::snprintf(detail, sizeof detail, ": max_err=%.3g tol=%.3g (max|ref|=%.3g, worst index %zu%s)", c->max_err,
+                  kTolerance * (1.0f + c->max_ref), c->max_ref, c->worst, c->bad_special ? ", NaN/inf mismatch" : "");
+    tcheck::check(false, what + detail);
+}
+
+// A kernel's guarded output against the reference `want`: nothing written
+// outside `got` (else one failure naming `region`), then within the tolerance.
+void check_output(const std::string& what, const Guarded& got, const float* want, const char* region) {
+    if (!got.guards_intact()) {
+        report(false, what + ": wrote outside " + region);
+        return;
+    }
+    const Compare c = compare(want, got.data(), got.n);
+    report(within(c), what, &c);
 }
 
 std::string geom_str(const k::ConvGeometry& g) {
@@ -213,6 +220,19 @@ struct ConvData {
     int rank = -1;             // >= 0: run the fused low-rank entry with la, lb
     std::vector<float> la, lb;  // A' [rank][in_c], B' [out_c][rank]
 };
+
+// A plain conv case of geometry g: weights, input, bias and residual drawn
+// from rng in that order.
+ConvData random_conv(const k::ConvGeometry& g, Rng& rng) {
+    ConvData d;
+    d.g = g;
+    const size_t out_n = static_cast<size_t>(g.out_h()) * g.out_w() * g.out_c;
+    d.w = random_vec(static_cast<size_t>(g.out_c) * g.kernel * g.kernel * g.in_c, rng);
+    d.in = random_vec(static_cast<size_t>(g.in_h) * g.in_w * g.in_c, rng);
+    d.bias = random_vec(g.out_c, rng);
+    d.residual = random_vec(out_n, rng);
+    return d;
+}
 
 // Runs table `t` on the case (conv, or conv_lowrank when d.rank >= 0);
 // returns the output (guards checked inside).
@@ -386,17 +406,11 @@ void test_conv(const std::vector<const k::KernelTable*>& tables) {
         {geom(7, 7, 512, 512, 3, 1, 1), false},
         {geom(7, 7, 300, 200, 3, 1, 1), false},
     };
-    const k::KernelTable& ref = k::scalar_table();
+    const k::KernelTable& ref = k::scalar::table();
     uint64_t seed = 1;
     for (const ConvCase& cc : cases) {
-        ConvData d;
-        d.g = cc.g;
         Rng rng(seed++);
-        const size_t out_n = static_cast<size_t>(d.g.out_h()) * d.g.out_w() * d.g.out_c;
-        d.w = random_vec(static_cast<size_t>(d.g.out_c) * d.g.kernel * d.g.kernel * d.g.in_c, rng);
-        d.in = random_vec(static_cast<size_t>(d.g.in_h) * d.g.in_w * d.g.in_c, rng);
-        d.bias = random_vec(d.g.out_c, rng);
-        d.residual = random_vec(out_n, rng);
+        const ConvData d = random_conv(cc.g, rng);
         const std::vector<int> eps =
             cc.all_epilogues
                 ? std::vector<int>{EP_NONE, EP_BIAS, EP_BIAS_RELU, EP_RESIDUAL_RELU,
@@ -438,19 +452,13 @@ void test_conv_lowrank(const std::vector<const k::KernelTable*>& tables) {
         {geom(7, 7, 300, 200, 3, 1, 1), {12}},
         {geom(28, 28, 64, 64, 3, 1, 1), {8}},
     };
-    const k::KernelTable& ref = k::scalar_table();
+    const k::KernelTable& ref = k::scalar::table();
     uint64_t seed = 500;
     for (const Case& cs : cases) {
         for (int rank : cs.ranks) {
-            ConvData d;
-            d.g = cs.g;
-            d.rank = rank;
             Rng rng(seed++);
-            const size_t out_n = static_cast<size_t>(d.g.out_h()) * d.g.out_w() * d.g.out_c;
-            d.w = random_vec(static_cast<size_t>(d.g.out_c) * d.g.kernel * d.g.kernel * d.g.in_c, rng);
-            d.in = random_vec(static_cast<size_t>(d.g.in_h) * d.g.in_w * d.g.in_c, rng);
-            d.bias = random_vec(d.g.out_c, rng);
-            d.residual = random_vec(out_n, rng);
+            ConvData d = random_conv(cs.g, rng);
+            d.rank = rank;
             d.la = random_vec(static_cast<size_t>(rank) * d.g.in_c + 1, rng);
             d.lb = random_vec(static_cast<size_t>(d.g.out_c) * rank + 1, rng);
             char rs[32];
@@ -489,7 +497,7 @@ void test_conv_lowrank(const std::vector<const k::KernelTable*>& tables) {
 
 // A few checks of the reference itself against values computed by hand.
 void test_scalar_sanity() {
-    const k::KernelTable& s = k::scalar_table();
+    const k::KernelTable& s = k::scalar::table();
     {  // 3x3 all-ones conv, pad 1, on a 3x3 all-ones image: corner 4, edge 6, centre 9
         k::ConvGeometry g = geom(3, 3, 1, 1, 3, 1, 1);
         std::vector<float> w(9, 1.0f), in(9, 1.0f), out(9), packed(s.conv_packed_floats(g));
@@ -543,7 +551,7 @@ void test_maxpool(const std::vector<const k::KernelTable*>& tables) {
         {112, 112, 64, 3, 2, 1}, {56, 56, 3, 3, 2, 1}, {4, 4, 8, 3, 1, 2},  // all-pad corners
         {11, 13, 129, 5, 3, 2},
     };
-    const k::KernelTable& ref = k::scalar_table();
+    const k::KernelTable& ref = k::scalar::table();
     uint64_t seed = 100;
     for (const P& p : cases) {
         Rng rng(seed++);
@@ -588,7 +596,7 @@ void test_gap(const std::vector<const k::KernelTable*>& tables) {
     };
     const std::vector<P> cases = {{1, 1, 1},  {1, 1, 3},   {2, 3, 17},  {7, 7, 512},
                                   {7, 7, 100}, {56, 56, 64}, {3, 5, 33}, {14, 14, 1}};
-    const k::KernelTable& ref = k::scalar_table();
+    const k::KernelTable& ref = k::scalar::table();
     uint64_t seed = 200;
     for (const P& p : cases) {
         Rng rng(seed++);
@@ -600,12 +608,7 @@ void test_gap(const std::vector<const k::KernelTable*>& tables) {
             std::snprintf(b, sizeof b, "global_avgpool[%s] %dx%dx%d", t->isa, p.h, p.w, p.c);
             Guarded out(p.c, std::numeric_limits<float>::quiet_NaN());
             t->global_avgpool(p.h, p.w, p.c, in.data(), out.data());
-            if (!out.guards_intact()) {
-                report(false, std::string(b) + ": wrote outside its output");
-                continue;
-            }
-            const Compare c = compare(want.data(), out.data(), p.c);
-            report(within(c), b, &c);
+            check_output(b, out, want.data(), "its output");
         }
     }
 }
@@ -618,7 +621,7 @@ void test_linear(const std::vector<const k::KernelTable*>& tables) {
     };
     const std::vector<P> cases = {{1, 1},   {3, 64},   {17, 5},   {100, 33},
                                   {512, 1000}, {64, 1}, {2048, 37}, {9, 16}};
-    const k::KernelTable& ref = k::scalar_table();
+    const k::KernelTable& ref = k::scalar::table();
     uint64_t seed = 300;
     for (const P& p : cases) {
         Rng rng(seed++);
@@ -635,12 +638,7 @@ void test_linear(const std::vector<const k::KernelTable*>& tables) {
                 Guarded y(p.out_f, std::numeric_limits<float>::quiet_NaN());
                 t->linear(p.in_f, p.out_f, w.data(), with_bias ? bias.data() : nullptr, x.data(),
                           y.data());
-                if (!y.guards_intact()) {
-                    report(false, std::string(b) + ": wrote outside its output");
-                    continue;
-                }
-                const Compare c = compare(want.data(), y.data(), p.out_f);
-                report(within(c), b, &c);
+                check_output(b, y, want.data(), "its output");
             }
         }
     }
@@ -655,7 +653,7 @@ void test_lowrank_merge(const std::vector<const k::KernelTable*>& tables) {
     const std::vector<P> cases = {{1, 1, 1, 1},   {5, 3, 1, 1},    {64, 64, 3, 8},
                                   {17, 33, 3, 4}, {100, 17, 7, 3}, {3, 5, 1, 0},
                                   {512, 256, 3, 16}, {33, 100, 3, 5}, {10, 1000, 1, 8}};
-    const k::KernelTable& ref = k::scalar_table();
+    const k::KernelTable& ref = k::scalar::table();
     uint64_t seed = 400;
     for (const P& p : cases) {
         Rng rng(seed++);
@@ -672,17 +670,22 @@ void test_lowrank_merge(const std::vector<const k::KernelTable*>& tables) {
             Guarded got(wn);
             std::memcpy(got.data(), w.data(), wn * sizeof(float));
             t->lowrank_merge(p.out_c, p.in_c, p.kk, p.rank, a.data(), bm.data(), got.data());
-            if (!got.guards_intact()) {
-                report(false, std::string(b) + ": wrote outside the weights");
-                continue;
-            }
-            const Compare c = compare(want.data(), got.data(), wn);
-            report(within(c), b, &c);
+            check_output(b, got, want.data(), "the weights");
         }
     }
 }
 
 // ------------------------------------------------------ conv_apply ----------
+
+// Whether a kernel given buf.data() + lead for n floats wrote only there:
+// the canaries, and the NaN the buffer was filled with before and after the
+// n floats, are intact.
+bool wrote_only(const Guarded& buf, size_t lead, size_t n) {
+    bool inside = buf.guards_intact();
+    for (size_t j = 0; j < lead; ++j) inside = inside && std::isnan(buf.data()[j]);
+    for (size_t j = lead + n; j < buf.n; ++j) inside = inside && std::isnan(buf.data()[j]);
+    return inside;
+}
 
 // conv_apply (task application in one pass, from an HWIO base) against what it
 // replaces: gather into OHWI, the same table's lowrank_merge, BN scale, then
@@ -800,11 +803,8 @@ void test_conv_apply(const std::vector<const k::KernelTable*>& tables) {
                 float* out = buf.data() + lead;
                 for (size_t j = starts.size(); j-- > 0;)  // last range first
                     t->conv_apply(args, starts[j], std::min(K, starts[j] + chunk), out);
-                bool inside = buf.guards_intact();
-                for (size_t j = 0; j < lead; ++j) inside = inside && std::isnan(buf.data()[j]);
-                for (size_t j = lead + n; j < n + 32; ++j) inside = inside && std::isnan(buf.data()[j]);
                 const std::string what = std::string(b) + (misalign ? " misaligned" : " aligned");
-                if (!inside) {
+                if (!wrote_only(buf, lead, n)) {
                     report(false, what + ": wrote outside the packed weights");
                     continue;
                 }
@@ -829,11 +829,8 @@ void test_conv_apply(const std::vector<const k::KernelTable*>& tables) {
                     for (int o0 = 0; o0 < p.out_c; o0 += step) o_starts.push_back(o0);
                     for (size_t j = o_starts.size(); j-- > 0;)
                         t->conv_apply_oihw(oargs, o_starts[j], std::min(p.out_c, o_starts[j] + step), oout);
-                    bool oinside = obuf.guards_intact();
-                    for (size_t j = 0; j < lead; ++j) oinside = oinside && std::isnan(obuf.data()[j]);
-                    for (size_t j = lead + n; j < n + 32; ++j) oinside = oinside && std::isnan(obuf.data()[j]);
                     const std::string owhat = what + " oihw ochunk=" + std::to_string(step);
-                    if (!oinside) {
+                    if (!wrote_only(obuf, lead, n)) {
                         report(false, owhat + ": wrote outside the packed weights");
                         continue;
                     }
@@ -851,20 +848,30 @@ void test_conv_apply(const std::vector<const k::KernelTable*>& tables) {
 }  // namespace
 
 int main() {
+    // Every ISA of isas.inc built into this binary, scalar included (the
+    // reference against itself: deterministic).
     std::vector<const k::KernelTable*> tables;
-    tables.push_back(&k::scalar_table());  // the reference against itself: deterministic
-    for (const k::KernelTable* t : {k::avx2_table(), k::avx512_table(), k::neon_table()}) {
-        if (!t) continue;
-        if (k::cpu_supports(*t))
-            tables.push_back(t);
+    for (const k::Isa& i : k::isas()) {
+        if (!i.table) continue;
+        if (i.supported)
+            tables.push_back(i.table);
         else
-            std::printf("kernels: %s compiled in but not supported by this CPU; skipped\n", t->isa);
+            std::printf("kernels: %s compiled in but not supported by this CPU; skipped\n", i.name);
     }
     std::printf("kernels: testing");
     for (const k::KernelTable* t : tables) std::printf(" %s", t->isa);
     std::printf(" (active: %s%s%s)\n", k::active().isa, *k::dispatch_error() ? "; " : "",
                 k::dispatch_error());
-    report(k::cpu_supports(k::scalar_table()), "dispatch: scalar always supported");
+    report(k::cpu_supports(k::scalar::table()), "dispatch: scalar always supported");
+    for (const k::Isa& i : k::isas()) {
+        if (!i.table) continue;
+        // Bound by name (kernels/isa_table.inc): the table is its row's, every field set.
+        report(std::strcmp(i.table->isa, i.name) == 0, std::string("table of ") + i.name + " is named " + i.table->isa);
+#define SPAEDGE_KERNEL(kernel, ret, params) \
+    report(i.table->kernel != nullptr, std::string("table of ") + i.name + " binds " #kernel);
+#include "kernels/kernels.inc"
+#undef SPAEDGE_KERNEL
+    }
     report(k::cpu_supports(k::active()), "dispatch: active table is supported");
 
     test_scalar_sanity();
@@ -876,6 +883,5 @@ int main() {
     test_lowrank_merge(tables);
     test_conv_apply(tables);
 
-    std::printf("kernels: %d passed, %d failed\n", g_passed, g_failed);
-    return g_failed == 0 ? 0 : 1;
+    return tcheck::summary("kernels");
 }

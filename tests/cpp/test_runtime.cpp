@@ -413,7 +413,7 @@ void expect_task_error(const Files& f, const std::string& file, const std::funct
     const std::string p = f.task(file, t);
     Runtime rt(f.base, 1);
     needles.insert(needles.begin(), p + ": ");
-    tb::expect_error([&] { rt.load_task(p); }, needles, __FILE__, line);
+    tcheck::expect_error([&] { rt.load_task(p); }, needles, __FILE__, line);
     CHECK(rt.tasks().empty() && rt.active_task().empty());
 }
 
@@ -499,7 +499,7 @@ void test_task_errors(const Files& f) {
         tb::write_file(p, tb::bundle(ts, m));
         std::vector<std::string> n = needles;
         n.insert(n.begin(), p);
-        tb::expect_error([&] { rt.load_task(p); }, n, __FILE__, line);
+        tcheck::expect_error([&] { rt.load_task(p); }, n, __FILE__, line);
     };
     auto set = [](tb::Meta& m, const std::string& k, const std::string& v) {
         for (auto& kv : m)
@@ -561,7 +561,7 @@ void test_graph_errors(const Files& f) {
         tb::write_file(p, base_bytes(m, graph));
         std::vector<std::string> n = needles;
         n.insert(n.begin(), p + ": ");
-        tb::expect_error([&] { Runtime rt(p, 1); }, n, __FILE__, line);
+        tcheck::expect_error([&] { Runtime rt(p, 1); }, n, __FILE__, line);
     };
     auto nodes = tiny_nodes;
     {
@@ -805,5 +805,5 @@ int main() {
     test_task_errors(f);
     test_graph_errors(f);
     test_fuzz(f);
-    return tb::report("test_runtime");
+    return tcheck::summary("test_runtime");
 }

@@ -17,12 +17,11 @@
 // The ragged last panel uses masked loads/gathers (zeros in the padding
 // lanes); no per-lane checks anywhere.
 //
-// Measured on the development machine (a 2-vCPU Intel Xeon KVM guest;
-// ResNet-18 at 30%, one thread): the switch is bound by data movement (kept
-// base rows in, packed panels out); replacing the gathers by plain loads
-// (wrong values, for timing) saved only ~10%, and vectors built with
-// vinsertps from scalar loads were slower than vgatherdps. bench_switch
-// times it against the bare data movement.
+// The switch is bound by data movement (kept base rows in, packed panels
+// out), not by the gathers: plain loads in their place gained little, and
+// vectors built with vinsertps from scalar loads lost to vgatherdps
+// (docs/benchmarks.md, "Measurements behind the kernel and runtime design"). bench_switch times it
+// against the bare data movement.
 #include <algorithm>
 #include <cstdint>
 
@@ -91,28 +90,15 @@ inline void put(float* p, __m256 v) {
 
 template <bool kStream>
 void apply_rows(const ApplyArgs& a, const Shape& s, int k0, int k1, float* packed) {
-    const size_t tap_floats = static_cast<size_t>(a.base_in) * a.base_out;
     for (int kb = k0; kb < k1; kb += kRows) {
-        const int n = std::min(kRows, k1 - kb);
-        const float* src[kRows];
-        int col[kRows];   // i' of each row (column of A')
-        bool cen[kRows];  // row is at the centre tap and gets B'A'
-        for (int r = 0; r < n; ++r) {
-            const int k = kb + r, t = k / s.ic, i = k % s.ic;
-            src[r] = a.base + static_cast<size_t>(t) * tap_floats +
-                     static_cast<size_t>(a.in_index[i]) * a.base_out;
-            col[r] = i;
-            cen[r] = s.merge && t == s.centre;
-        }
+        const panels::RowBlock<kNR, kRows> rb(a, s, kb, k1);
+        const int n = rb.n;
         // The next block's rows, pulled into L1 a panel's window at a time
-        // (short rows train the hardware prefetchers too late; ~8% here).
+        // (short rows train the hardware prefetchers too late; see
+        // docs/benchmarks.md, "Measurements behind ...").
         const float* nxt[kRows];
         const int nn = std::max(0, std::min(kRows, k1 - kb - kRows));
-        for (int r = 0; r < nn; ++r) {
-            const int k = kb + kRows + r, t = k / s.ic, i = k % s.ic;
-            nxt[r] = a.base + static_cast<size_t>(t) * tap_floats +
-                     static_cast<size_t>(a.in_index[i]) * a.base_out;
-        }
+        for (int r = 0; r < nn; ++r) nxt[r] = panels::tap_row(a, s, kb + kRows + r);
         for (int p = 0; p < s.panels; ++p) {
             const int o0 = p * kNR;
             const Lanes l(a, s, p);
@@ -129,13 +115,13 @@ void apply_rows(const ApplyArgs& a, const Shape& s, int k0, int k1, float* packe
                 for (int r = 0; r < n; ++r) {
                     __m256 v0, v1;
                     if (contiguous) {
-                        v0 = _mm256_loadu_ps(src[r] + oi[0]);
-                        v1 = _mm256_loadu_ps(src[r] + oi[0] + 8);
+                        v0 = _mm256_loadu_ps(rb.src[r] + oi[0]);
+                        v1 = _mm256_loadu_ps(rb.src[r] + oi[0] + 8);
                     } else {
-                        v0 = _mm256_i32gather_ps(src[r], i0, 4);
-                        v1 = _mm256_i32gather_ps(src[r], i1, 4);
+                        v0 = _mm256_i32gather_ps(rb.src[r], i0, 4);
+                        v1 = _mm256_i32gather_ps(rb.src[r], i1, 4);
                     }
-                    if (cen[r]) add_merge(a, s, o0, col[r], l, v0, v1);
+                    if (rb.cen[r]) add_merge(a, s, o0, rb.col[r], l, v0, v1);
                     put<kStream>(dst + r * kNR, _mm256_mul_ps(v0, l.s0));
                     put<kStream>(dst + r * kNR + 8, _mm256_mul_ps(v1, l.s1));
                 }
@@ -145,9 +131,9 @@ void apply_rows(const ApplyArgs& a, const Shape& s, int k0, int k1, float* packe
                 const __m256i i1 = _mm256_maskload_epi32(oi + 8, l.m1);
                 const __m256 z = _mm256_setzero_ps();
                 for (int r = 0; r < n; ++r) {
-                    __m256 v0 = _mm256_mask_i32gather_ps(z, src[r], i0, l.f0, 4);
-                    __m256 v1 = _mm256_mask_i32gather_ps(z, src[r], i1, l.f1, 4);
-                    if (cen[r]) add_merge(a, s, o0, col[r], l, v0, v1);
+                    __m256 v0 = _mm256_mask_i32gather_ps(z, rb.src[r], i0, l.f0, 4);
+                    __m256 v1 = _mm256_mask_i32gather_ps(z, rb.src[r], i1, l.f1, 4);
+                    if (rb.cen[r]) add_merge(a, s, o0, rb.col[r], l, v0, v1);
                     put<kStream>(dst + r * kNR, _mm256_mul_ps(v0, l.s0));
                     put<kStream>(dst + r * kNR + 8, _mm256_mul_ps(v1, l.s1));
                 }
@@ -206,25 +192,19 @@ void conv_apply(const ApplyArgs& a, int k0, int k1, float* packed) {
     } else {
         apply_rows<false>(a, s, k0, k1, packed);
     }
-    if (a.fused && s.rank > 0 && static_cast<size_t>(k1) == s.K) {
-        panels::fused_b(a, s, 0, s.panels, packed);
-        panels::fused_a(a, s, packed);
-    }
+    panels::finish_rows(a, s, k1, packed);
 }
 
 void conv_apply_oihw(const ApplyArgs& a, int o0, int o1, float* packed) {
     const Shape s(a);
-    const int p0 = o0 / kNR, p1 = (o1 + kNR - 1) / kNR;
+    const panels::PanelRange<kNR> r(o0, o1);
     if (aligned32(packed)) {
-        apply_oihw<true>(a, s, p0, p1, packed);
+        apply_oihw<true>(a, s, r.p0, r.p1, packed);
         _mm_sfence();
     } else {
-        apply_oihw<false>(a, s, p0, p1, packed);
+        apply_oihw<false>(a, s, r.p0, r.p1, packed);
     }
-    if (a.fused && s.rank > 0) {
-        panels::fused_b(a, s, p0, p1, packed);
-        if (o1 == s.oc) panels::fused_a(a, s, packed);
-    }
+    panels::finish_outputs(a, s, r, o1, packed);
 }
 
 }  // namespace spaedge::kernels::avx2

@@ -40,22 +40,26 @@ inline void zero_floats(float* d, int n) {
 // accumulators, two B vectors and two broadcasts stay in the 16 ymm registers
 // (GCC's own allocation spills here). Six independent A row pointers; each
 // segment runs seg k steps (four per iteration, then single steps), then all
-// row pointers jump to the next span. acc[2r + h] holds row r, columns
-// 8h..8h+7; it is loaded before and stored after the loop.
-void kloop_6x16(const TileArgs& t, __m256* acc) {
-    const float* a0 = t.a[0];
-    const float* a1 = t.a[1];
-    const float* a2 = t.a[2];
-    const float* a3 = t.a[3];
-    const float* a4 = t.a[4];
-    const float* a5 = t.a[5];
-    const float* b = t.b;
-    const float* pf = t.pf;
-    size_t nseg = static_cast<size_t>(t.nseg);
-    const size_t n4 = static_cast<size_t>(t.seg) / 4;
-    const size_t n1 = static_cast<size_t>(t.seg) % 4;
-    const ptrdiff_t jump = t.jump * static_cast<ptrdiff_t>(sizeof(float));
-    size_t cnt;
+// row pointers jump to the next span. Accumulator j (0..11) is ymm<j>: row
+// j / 2, columns 8 (j % 2) .. 8 (j % 2) + 7. The asm text, its operands and
+// its clobbers are defined once here for the two asm blocks below; the
+// operands are the locals SPAEDGE_KLOOP_LOCALS declares from the tile's
+// arguments.
+#define SPAEDGE_KLOOP_LOCALS(t)                                              \
+    const float* a0 = t.a[0];                                                \
+    const float* a1 = t.a[1];                                                \
+    const float* a2 = t.a[2];                                                \
+    const float* a3 = t.a[3];                                                \
+    const float* a4 = t.a[4];                                                \
+    const float* a5 = t.a[5];                                                \
+    const float* b = t.b;                                                    \
+    const float* pf = t.pf;                                                  \
+    size_t nseg = static_cast<size_t>(t.nseg);                               \
+    const size_t n4 = static_cast<size_t>(t.seg) / 4;                        \
+    const size_t n1 = static_cast<size_t>(t.seg) % 4;                        \
+    const ptrdiff_t jump = t.jump * static_cast<ptrdiff_t>(sizeof(float))
+
+// One k step: B row at boff bytes, A values at aoff bytes of each row pointer.
 #define SPAEDGE_STEP(boff, aoff)                                  \
     "prefetcht0 " #boff "(%[pf])\n\t"                              \
     "vmovups " #boff "(%[b]), %%ymm12\n\t"                         \
@@ -78,6 +82,7 @@ void kloop_6x16(const TileArgs& t, __m256* acc) {
     "vfmadd231ps %%ymm13, %%ymm14, %%ymm9\n\t"                     \
     "vfmadd231ps %%ymm12, %%ymm15, %%ymm10\n\t"                    \
     "vfmadd231ps %%ymm13, %%ymm15, %%ymm11\n\t"
+// Every A row pointer `n` bytes on (`n` a literal) or by an operand.
 #define SPAEDGE_ADVANCE(n)                                        \
     "add $" #n ", %[a0]\n\t"                                       \
     "add $" #n ", %[a1]\n\t"                                       \
@@ -85,6 +90,57 @@ void kloop_6x16(const TileArgs& t, __m256* acc) {
     "add $" #n ", %[a3]\n\t"                                       \
     "add $" #n ", %[a4]\n\t"                                       \
     "add $" #n ", %[a5]\n\t"
+#define SPAEDGE_ADVANCE_BY(op)                                    \
+    "add " op ", %[a0]\n\t"                                        \
+    "add " op ", %[a1]\n\t"                                        \
+    "add " op ", %[a2]\n\t"                                        \
+    "add " op ", %[a3]\n\t"                                        \
+    "add " op ", %[a4]\n\t"                                        \
+    "add " op ", %[a5]\n\t"
+// The loop over segments (labels 1-5), accumulating into ymm0-11.
+#define SPAEDGE_KLOOP                                             \
+    "5:\n\t"                       /* segment loop */              \
+    "mov %[n4], %[cnt]\n\t"                                        \
+    "test %[cnt], %[cnt]\n\t"                                      \
+    "jz 2f\n\t"                                                    \
+    ".p2align 5\n\t"                                               \
+    "1:\n\t"                       /* four k steps */              \
+    SPAEDGE_STEP(0, 0)                                             \
+    SPAEDGE_STEP(64, 4)                                            \
+    SPAEDGE_STEP(128, 8)                                           \
+    SPAEDGE_STEP(192, 12)                                          \
+    "add $256, %[b]\n\t"                                           \
+    "add $256, %[pf]\n\t"                                          \
+    SPAEDGE_ADVANCE(16)                                            \
+    "dec %[cnt]\n\t"                                               \
+    "jnz 1b\n\t"                                                   \
+    "2:\n\t"                                                       \
+    "mov %[n1], %[cnt]\n\t"                                        \
+    "test %[cnt], %[cnt]\n\t"                                      \
+    "jz 4f\n\t"                                                    \
+    "3:\n\t"                       /* single k steps */            \
+    SPAEDGE_STEP(0, 0)                                             \
+    "add $64, %[b]\n\t"                                            \
+    "add $64, %[pf]\n\t"                                           \
+    SPAEDGE_ADVANCE(4)                                             \
+    "dec %[cnt]\n\t"                                               \
+    "jnz 3b\n\t"                                                   \
+    "4:\n\t"                       /* next span */                 \
+    SPAEDGE_ADVANCE_BY("%[jump]")                                  \
+    "decq %[nseg]\n\t"                                             \
+    "jnz 5b\n\t"
+#define SPAEDGE_KLOOP_OUTPUTS                                                                      \
+    [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [a4] "+r"(a4), [a5] "+r"(a5), [b] "+r"(b), \
+        [pf] "+r"(pf), [cnt] "=&r"(cnt), [nseg] "+m"(nseg)
+#define SPAEDGE_KLOOP_INPUTS [n4] "m"(n4), [n1] "m"(n1), [jump] "m"(jump)
+#define SPAEDGE_KLOOP_CLOBBERS                                                                     \
+    "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", \
+        "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc"
+
+// The K loop alone; acc[j] is loaded before and stored after it.
+void kloop_6x16(const TileArgs& t, __m256* acc) {
+    SPAEDGE_KLOOP_LOCALS(t);
+    size_t cnt;
     __asm__ volatile(
         "vmovups 0(%[acc]), %%ymm0\n\t"
         "vmovups 32(%[acc]), %%ymm1\n\t"
@@ -98,41 +154,7 @@ void kloop_6x16(const TileArgs& t, __m256* acc) {
         "vmovups 288(%[acc]), %%ymm9\n\t"
         "vmovups 320(%[acc]), %%ymm10\n\t"
         "vmovups 352(%[acc]), %%ymm11\n\t"
-        "5:\n\t"                       // segment loop
-        "mov %[n4], %[cnt]\n\t"
-        "test %[cnt], %[cnt]\n\t"
-        "jz 2f\n\t"
-        ".p2align 5\n\t"
-        "1:\n\t"                       // four k steps
-        SPAEDGE_STEP(0, 0)
-        SPAEDGE_STEP(64, 4)
-        SPAEDGE_STEP(128, 8)
-        SPAEDGE_STEP(192, 12)
-        "add $256, %[b]\n\t"
-        "add $256, %[pf]\n\t"
-        SPAEDGE_ADVANCE(16)
-        "dec %[cnt]\n\t"
-        "jnz 1b\n\t"
-        "2:\n\t"
-        "mov %[n1], %[cnt]\n\t"
-        "test %[cnt], %[cnt]\n\t"
-        "jz 4f\n\t"
-        "3:\n\t"                       // single k steps
-        SPAEDGE_STEP(0, 0)
-        "add $64, %[b]\n\t"
-        "add $64, %[pf]\n\t"
-        SPAEDGE_ADVANCE(4)
-        "dec %[cnt]\n\t"
-        "jnz 3b\n\t"
-        "4:\n\t"                       // next span
-        "add %[jump], %[a0]\n\t"
-        "add %[jump], %[a1]\n\t"
-        "add %[jump], %[a2]\n\t"
-        "add %[jump], %[a3]\n\t"
-        "add %[jump], %[a4]\n\t"
-        "add %[jump], %[a5]\n\t"
-        "decq %[nseg]\n\t"
-        "jnz 5b\n\t"
+        SPAEDGE_KLOOP
         "vmovups %%ymm0, 0(%[acc])\n\t"
         "vmovups %%ymm1, 32(%[acc])\n\t"
         "vmovups %%ymm2, 64(%[acc])\n\t"
@@ -145,32 +167,18 @@ void kloop_6x16(const TileArgs& t, __m256* acc) {
         "vmovups %%ymm9, 288(%[acc])\n\t"
         "vmovups %%ymm10, 320(%[acc])\n\t"
         "vmovups %%ymm11, 352(%[acc])\n\t"
-        : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [a4] "+r"(a4),
-          [a5] "+r"(a5), [b] "+r"(b), [pf] "+r"(pf), [cnt] "=&r"(cnt), [nseg] "+m"(nseg)
-        : [n4] "m"(n4), [n1] "m"(n1), [jump] "m"(jump), [acc] "r"(acc)
-        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
-          "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc");
-#undef SPAEDGE_STEP
-#undef SPAEDGE_ADVANCE
+        : SPAEDGE_KLOOP_OUTPUTS
+        : SPAEDGE_KLOOP_INPUTS, [acc] "r"(acc)
+        : SPAEDGE_KLOOP_CLOBBERS);
 }
 
 // The whole full 6 x 16 tile in one asm block: start (C, or bias + residual),
 // the K loop of kloop_6x16, ReLU, store. Short-K convs (1x1 over 64 channels:
-// 64 k steps per tile) lose ~10% to the C++ start/finish of micro<6>, which
-// has to pass the accumulators through memory around the asm K loop.
+// 64 k steps per tile) lose noticeably to the C++ start/finish of micro<6>,
+// which has to pass the accumulators through memory around the asm K loop
+// (docs/benchmarks.md, "Measurements behind the kernel and runtime design").
 void tile_6x16_full(const TileArgs& t) {
-    const float* a0 = t.a[0];
-    const float* a1 = t.a[1];
-    const float* a2 = t.a[2];
-    const float* a3 = t.a[3];
-    const float* a4 = t.a[4];
-    const float* a5 = t.a[5];
-    const float* b = t.b;
-    const float* pf = t.pf;
-    size_t nseg = static_cast<size_t>(t.nseg);
-    const size_t n4 = static_cast<size_t>(t.seg) / 4;
-    const size_t n1 = static_cast<size_t>(t.seg) % 4;
-    const ptrdiff_t jump = t.jump * static_cast<ptrdiff_t>(sizeof(float));
+    SPAEDGE_KLOOP_LOCALS(t);
     float* const c = t.c;
     const size_t ldc = t.ldc * sizeof(float);
     const float* const bias = t.bias;
@@ -178,35 +186,6 @@ void tile_6x16_full(const TileArgs& t) {
     const size_t accumulate = t.accumulate ? 1 : 0;
     const size_t relu = t.relu ? 1 : 0;
     size_t cnt, p1, p2;
-#define SPAEDGE_STEP(boff, aoff)                                  \
-    "prefetcht0 " #boff "(%[pf])\n\t"                              \
-    "vmovups " #boff "(%[b]), %%ymm12\n\t"                         \
-    "vmovups " #boff "+32(%[b]), %%ymm13\n\t"                      \
-    "vbroadcastss " #aoff "(%[a0]), %%ymm14\n\t"                   \
-    "vbroadcastss " #aoff "(%[a1]), %%ymm15\n\t"                   \
-    "vfmadd231ps %%ymm12, %%ymm14, %%ymm0\n\t"                     \
-    "vfmadd231ps %%ymm13, %%ymm14, %%ymm1\n\t"                     \
-    "vbroadcastss " #aoff "(%[a2]), %%ymm14\n\t"                   \
-    "vfmadd231ps %%ymm12, %%ymm15, %%ymm2\n\t"                     \
-    "vfmadd231ps %%ymm13, %%ymm15, %%ymm3\n\t"                     \
-    "vbroadcastss " #aoff "(%[a3]), %%ymm15\n\t"                   \
-    "vfmadd231ps %%ymm12, %%ymm14, %%ymm4\n\t"                     \
-    "vfmadd231ps %%ymm13, %%ymm14, %%ymm5\n\t"                     \
-    "vbroadcastss " #aoff "(%[a4]), %%ymm14\n\t"                   \
-    "vfmadd231ps %%ymm12, %%ymm15, %%ymm6\n\t"                     \
-    "vfmadd231ps %%ymm13, %%ymm15, %%ymm7\n\t"                     \
-    "vbroadcastss " #aoff "(%[a5]), %%ymm15\n\t"                   \
-    "vfmadd231ps %%ymm12, %%ymm14, %%ymm8\n\t"                     \
-    "vfmadd231ps %%ymm13, %%ymm14, %%ymm9\n\t"                     \
-    "vfmadd231ps %%ymm12, %%ymm15, %%ymm10\n\t"                    \
-    "vfmadd231ps %%ymm13, %%ymm15, %%ymm11\n\t"
-#define SPAEDGE_ADVANCE(n)                                        \
-    "add $" #n ", %[a0]\n\t"                                       \
-    "add $" #n ", %[a1]\n\t"                                       \
-    "add $" #n ", %[a2]\n\t"                                       \
-    "add $" #n ", %[a3]\n\t"                                       \
-    "add $" #n ", %[a4]\n\t"                                       \
-    "add $" #n ", %[a5]\n\t"
 // OP each of the six 16-float rows at p1 (row stride p2) with ymm(2r), ymm(2r+1).
 #define SPAEDGE_ROWS(OP)                                          \
     OP("(%[p1])", "32(%[p1])", 0, 1)                               \
@@ -257,41 +236,7 @@ void tile_6x16_full(const TileArgs& t) {
         "jz 5f\n\t"
         SPAEDGE_ROWS(SPAEDGE_ADDM)
         // ---- K loop over segments
-        "5:\n\t"
-        "mov %[n4], %[cnt]\n\t"
-        "test %[cnt], %[cnt]\n\t"
-        "jz 2f\n\t"
-        ".p2align 5\n\t"
-        "1:\n\t"
-        SPAEDGE_STEP(0, 0)
-        SPAEDGE_STEP(64, 4)
-        SPAEDGE_STEP(128, 8)
-        SPAEDGE_STEP(192, 12)
-        "add $256, %[b]\n\t"
-        "add $256, %[pf]\n\t"
-        SPAEDGE_ADVANCE(16)
-        "dec %[cnt]\n\t"
-        "jnz 1b\n\t"
-        "2:\n\t"
-        "mov %[n1], %[cnt]\n\t"
-        "test %[cnt], %[cnt]\n\t"
-        "jz 4f\n\t"
-        "3:\n\t"
-        SPAEDGE_STEP(0, 0)
-        "add $64, %[b]\n\t"
-        "add $64, %[pf]\n\t"
-        SPAEDGE_ADVANCE(4)
-        "dec %[cnt]\n\t"
-        "jnz 3b\n\t"
-        "4:\n\t"
-        "add %[jump], %[a0]\n\t"
-        "add %[jump], %[a1]\n\t"
-        "add %[jump], %[a2]\n\t"
-        "add %[jump], %[a3]\n\t"
-        "add %[jump], %[a4]\n\t"
-        "add %[jump], %[a5]\n\t"
-        "decq %[nseg]\n\t"
-        "jnz 5b\n\t"
+        SPAEDGE_KLOOP
         // ---- finish: ReLU (last block), store
         "cmpq $0, %[relu]\n\t"
         "je 20f\n\t"
@@ -312,20 +257,24 @@ void tile_6x16_full(const TileArgs& t) {
         "mov %[c], %[p1]\n\t"
         "mov %[ldc], %[p2]\n\t"
         SPAEDGE_ROWS(SPAEDGE_STORE)
-        : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [a4] "+r"(a4),
-          [a5] "+r"(a5), [b] "+r"(b), [pf] "+r"(pf), [cnt] "=&r"(cnt), [p1] "=&r"(p1),
-          [p2] "=&r"(p2), [nseg] "+m"(nseg)
-        : [n4] "m"(n4), [n1] "m"(n1), [jump] "m"(jump), [c] "m"(c), [ldc] "m"(ldc),
-          [bias] "m"(bias), [res] "m"(res), [accumulate] "m"(accumulate), [relu] "m"(relu)
-        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
-          "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc");
-#undef SPAEDGE_STEP
-#undef SPAEDGE_ADVANCE
+        : SPAEDGE_KLOOP_OUTPUTS, [p1] "=&r"(p1), [p2] "=&r"(p2)
+        : SPAEDGE_KLOOP_INPUTS, [c] "m"(c), [ldc] "m"(ldc), [bias] "m"(bias), [res] "m"(res),
+          [accumulate] "m"(accumulate), [relu] "m"(relu)
+        : SPAEDGE_KLOOP_CLOBBERS);
 #undef SPAEDGE_ROWS
 #undef SPAEDGE_LOAD
 #undef SPAEDGE_ADDM
 #undef SPAEDGE_STORE
 }
+
+#undef SPAEDGE_STEP
+#undef SPAEDGE_ADVANCE
+#undef SPAEDGE_ADVANCE_BY
+#undef SPAEDGE_KLOOP
+#undef SPAEDGE_KLOOP_LOCALS
+#undef SPAEDGE_KLOOP_OUTPUTS
+#undef SPAEDGE_KLOOP_INPUTS
+#undef SPAEDGE_KLOOP_CLOBBERS
 
 // MR x 16 micro-kernel.
 template <int MR>
@@ -485,37 +434,7 @@ struct Avx2 {
 
 }  // namespace
 
-size_t conv_packed_floats(const ConvGeometry& g) { return gemm::packed_floats<Avx2>(g); }
-
-void conv_pack(const ConvGeometry& g, const float* w_ohwi, float* packed) {
-    gemm::pack<Avx2>(g, w_ohwi, packed);
-}
-
-size_t conv_scratch_floats(const ConvGeometry& g, int threads) {
-    return gemm::scratch_floats<Avx2>(g, threads);
-}
-
-void conv(const ConvGeometry& g, const float* packed, const float* in, float* out,
-          const Epilogue& ep, float* scratch, const Parallel* par) {
-    gemm::conv<Avx2>(g, packed, in, out, ep, scratch, par);
-}
-
-size_t conv_lowrank_packed_floats(const ConvGeometry& g, int rank) {
-    return gemm::packed_floats<Avx2>(g, rank);
-}
-
-void conv_lowrank_pack(const ConvGeometry& g, int rank, const float* w_ohwi, const float* a,
-                       const float* b, float* packed) {
-    gemm::pack<Avx2>(g, w_ohwi, packed, rank, a, b);
-}
-
-size_t conv_lowrank_scratch_floats(const ConvGeometry& g, int rank, int threads) {
-    return gemm::scratch_floats<Avx2>(g, threads, rank);
-}
-
-void conv_lowrank(const ConvGeometry& g, int rank, const float* packed, const float* in,
-                  float* out, const Epilogue& ep, float* scratch, const Parallel* par) {
-    gemm::conv<Avx2>(g, packed, in, out, ep, scratch, par, rank);
-}
+SPAEDGE_GEMM_CONV_KERNELS(Avx2)
+SPAEDGE_GEMM_PACK_KERNELS(Avx2)
 
 }  // namespace spaedge::kernels::avx2

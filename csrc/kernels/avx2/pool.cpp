@@ -8,36 +8,24 @@ namespace spaedge::kernels::avx2 {
 
 void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const float* in,
              float* out, const Parallel* par) {
-    const int oh = (in_h + 2 * pad - kernel) / stride + 1;
-    const int ow = (in_w + 2 * pad - kernel) / stride + 1;
     const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     const __m256i tail = tail_mask(c % 8);
     const int cv = c - c % 8;
-    maxpool_row_bands(par, oh, ow, c, kernel, [&](int oy0, int oy1, int) {
-        for (int oy = oy0; oy < oy1; ++oy) {
-            const int y0 = std::max(oy * stride - pad, 0), y1 = std::min(oy * stride - pad + kernel, in_h);
-            for (int ox = 0; ox < ow; ++ox) {
-                const int x0 = std::max(ox * stride - pad, 0);
-                const int x1 = std::min(ox * stride - pad + kernel, in_w);
-                float* o = out + (static_cast<size_t>(oy) * ow + ox) * c;
-                for (int ch = 0; ch < cv; ch += 8) {
-                    __m256 m = ninf;
-                    for (int iy = y0; iy < y1; ++iy)
-                        for (int ix = x0; ix < x1; ++ix)
-                            m = _mm256_max_ps(
-                                m, _mm256_loadu_ps(in + (static_cast<size_t>(iy) * in_w + ix) * c + ch));
-                    _mm256_storeu_ps(o + ch, m);
-                }
-                if (cv < c) {
-                    __m256 m = ninf;
-                    for (int iy = y0; iy < y1; ++iy)
-                        for (int ix = x0; ix < x1; ++ix)
-                            m = _mm256_max_ps(m, _mm256_maskload_ps(
-                                                     in + (static_cast<size_t>(iy) * in_w + ix) * c + cv,
-                                                     tail));
-                    store_n(o + cv, m, c % 8);
-                }
-            }
+    maxpool_windows(par, in_h, in_w, c, kernel, stride, pad, out, [&](float* o, int y0, int y1, int x0, int x1) {
+        for (int ch = 0; ch < cv; ch += 8) {
+            __m256 m = ninf;
+            for (int iy = y0; iy < y1; ++iy)
+                for (int ix = x0; ix < x1; ++ix)
+                    m = _mm256_max_ps(m, _mm256_loadu_ps(in + (static_cast<size_t>(iy) * in_w + ix) * c + ch));
+            _mm256_storeu_ps(o + ch, m);
+        }
+        if (cv < c) {
+            __m256 m = ninf;
+            for (int iy = y0; iy < y1; ++iy)
+                for (int ix = x0; ix < x1; ++ix)
+                    m = _mm256_max_ps(
+                        m, _mm256_maskload_ps(in + (static_cast<size_t>(iy) * in_w + ix) * c + cv, tail));
+            store_n(o + cv, m, c % 8);
         }
     });
 }

@@ -3,7 +3,7 @@
 
 #include <immintrin.h>
 
-#include "kernels/avx2/avx2.h"
+#include "kernels/kernels.h"
 
 namespace spaedge::kernels::avx2 {
 

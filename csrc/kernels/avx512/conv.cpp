@@ -10,7 +10,7 @@
 #include <algorithm>
 #include <cstddef>
 
-#include "kernels/avx512/avx512.h"
+#include "kernels/kernels.h"
 #include "kernels/gemm_conv.h"
 
 namespace spaedge::kernels::avx512 {
@@ -160,28 +160,6 @@ struct Avx512 {
 
 }  // namespace
 
-size_t conv_packed_floats(const ConvGeometry& g) { return gemm::packed_floats<Avx512>(g); }
-
-size_t conv_scratch_floats(const ConvGeometry& g, int threads) {
-    return gemm::scratch_floats<Avx512>(g, threads);
-}
-
-void conv(const ConvGeometry& g, const float* packed, const float* in, float* out,
-          const Epilogue& ep, float* scratch, const Parallel* par) {
-    gemm::conv<Avx512>(g, packed, in, out, ep, scratch, par);
-}
-
-size_t conv_lowrank_packed_floats(const ConvGeometry& g, int rank) {
-    return gemm::packed_floats<Avx512>(g, rank);
-}
-
-size_t conv_lowrank_scratch_floats(const ConvGeometry& g, int rank, int threads) {
-    return gemm::scratch_floats<Avx512>(g, threads, rank);
-}
-
-void conv_lowrank(const ConvGeometry& g, int rank, const float* packed, const float* in,
-                  float* out, const Epilogue& ep, float* scratch, const Parallel* par) {
-    gemm::conv<Avx512>(g, packed, in, out, ep, scratch, par, rank);
-}
+SPAEDGE_GEMM_CONV_KERNELS(Avx512)
 
 }  // namespace spaedge::kernels::avx512

@@ -2,7 +2,9 @@
 // every kernel table this CPU supports (or only those named on the command
 // line). Not a test; numbers only.
 //
-//   bench_kernels [--threads N] [--reps N] [--isa scalar|avx2|avx512|neon]... [--quick] [--rank R]
+//   bench_kernels [--threads N] [--reps N] [--isa NAME]... [--quick] [--rank R]
+//
+// NAME: an ISA of kernels/isas.inc (scalar, avx2, avx512, neon).
 //
 // --rank R times the fused low-rank entry (conv_lowrank) with rank R instead of
 // conv; GFLOP/s then still counts only the conv's own FLOPs, so the ratio to
@@ -86,11 +88,11 @@ int main(int argc, char** argv) {
     };
 
     std::vector<const k::KernelTable*> tables;
-    for (const k::KernelTable* t : {&k::scalar_table(), k::avx2_table(), k::avx512_table(), k::neon_table()}) {
-        if (!t || !k::cpu_supports(*t)) continue;
-        if (!isas.empty() && std::find(isas.begin(), isas.end(), t->isa) == isas.end()) continue;
-        if (isas.empty() && quick && !std::strcmp(t->isa, "scalar")) continue;
-        tables.push_back(t);
+    for (const k::Isa& i : k::isas()) {  // every ISA of isas.inc this binary and CPU can run
+        if (!i.supported) continue;
+        if (!isas.empty() && std::find(isas.begin(), isas.end(), i.name) == isas.end()) continue;
+        if (isas.empty() && quick && !std::strcmp(i.name, "scalar")) continue;
+        tables.push_back(i.table);
     }
 
     // The best wall time is the figure of merit on a shared machine (other

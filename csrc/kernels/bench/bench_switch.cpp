@@ -50,21 +50,24 @@ struct Layer {
     int taps, base_in, base_out, kept_in, kept_out;
 };
 
-// Kept channel counts of the suite's resnet18-d30 / -d10 tasks, in graph order
-// (stem, layer1..layer4 with each stage's downsample after its first conv2).
-const Layer kD30[] = {
-    {49, 3, 64, 3, 47},      {9, 64, 64, 47, 37},     {9, 64, 64, 37, 47},     {9, 64, 64, 47, 32},
-    {9, 64, 64, 32, 47},     {9, 64, 128, 47, 79},    {9, 128, 128, 79, 31},   {1, 64, 128, 47, 31},
-    {9, 128, 128, 31, 65},   {9, 128, 128, 65, 31},   {9, 128, 256, 31, 143},  {9, 256, 256, 143, 62},
-    {1, 128, 256, 31, 62},   {9, 256, 256, 62, 177},  {9, 256, 256, 177, 62},  {9, 256, 512, 62, 379},
-    {9, 512, 512, 379, 218}, {1, 256, 512, 62, 218},  {9, 512, 512, 218, 484}, {9, 512, 512, 484, 218},
+// ResNet-18's convs in graph order (stem, layer1..layer4 with each stage's
+// downsample after its first conv2) with the kept channel counts (in, out)
+// of the suite's resnet18-d30 and -d10 tasks.
+struct LayerCases {
+    int taps, base_in, base_out;
+    int d30[2], d10[2];
 };
-const Layer kD10[] = {
-    {49, 3, 64, 3, 40},     {9, 64, 64, 40, 28},    {9, 64, 64, 28, 40},    {9, 64, 64, 40, 25},
-    {9, 64, 64, 25, 40},    {9, 64, 128, 40, 63},   {9, 128, 128, 63, 20},  {1, 64, 128, 40, 20},
-    {9, 128, 128, 20, 39},  {9, 128, 128, 39, 20},  {9, 128, 256, 20, 86},  {9, 256, 256, 86, 20},
-    {1, 128, 256, 20, 20},  {9, 256, 256, 20, 100}, {9, 256, 256, 100, 20}, {9, 256, 512, 20, 231},
-    {9, 512, 512, 231, 95}, {1, 256, 512, 20, 95},  {9, 512, 512, 95, 416}, {9, 512, 512, 416, 95},
+const LayerCases kLayers[] = {
+    {49, 3, 64, {3, 47}, {3, 40}}, {9, 64, 64, {47, 37}, {40, 28}},
+    {9, 64, 64, {37, 47}, {28, 40}}, {9, 64, 64, {47, 32}, {40, 25}},
+    {9, 64, 64, {32, 47}, {25, 40}}, {9, 64, 128, {47, 79}, {40, 63}},
+    {9, 128, 128, {79, 31}, {63, 20}}, {1, 64, 128, {47, 31}, {40, 20}},
+    {9, 128, 128, {31, 65}, {20, 39}}, {9, 128, 128, {65, 31}, {39, 20}},
+    {9, 128, 256, {31, 143}, {20, 86}}, {9, 256, 256, {143, 62}, {86, 20}},
+    {1, 128, 256, {31, 62}, {20, 20}}, {9, 256, 256, {62, 177}, {20, 100}},
+    {9, 256, 256, {177, 62}, {100, 20}}, {9, 256, 512, {62, 379}, {20, 231}},
+    {9, 512, 512, {379, 218}, {231, 95}}, {1, 256, 512, {62, 218}, {20, 95}},
+    {9, 512, 512, {218, 484}, {95, 416}}, {9, 512, 512, {484, 218}, {416, 95}},
 };
 
 constexpr int kRank = 8;
@@ -168,7 +171,7 @@ int main(int argc, char** argv) {
         } else if (!std::strcmp(argv[i], "--isa") && i + 1 < argc) {
             isa = argv[++i];
         } else {
-            std::fprintf(stderr, "usage: %s [--case d30|d10] [--reps N] [--isa scalar|avx2|avx512|neon]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--case d30|d10] [--reps N] [--isa NAME (kernels/isas.inc)]\n", argv[0]);
             return 2;
         }
     }
@@ -178,9 +181,8 @@ int main(int argc, char** argv) {
     }
     const k::KernelTable* t = &k::active();
     if (!isa.empty()) {
-        t = nullptr;
-        for (const k::KernelTable* c : {&k::scalar_table(), k::avx2_table(), k::avx512_table(), k::neon_table()})
-            if (c && isa == c->isa && k::cpu_supports(*c)) t = c;
+        const k::Isa* i = k::find_isa(isa.c_str());  // an ISA of isas.inc
+        t = i && i->supported ? i->table : nullptr;
         if (!t) {
             std::fprintf(stderr, "bench_switch: ISA '%s' is not built into this binary or not supported here\n",
                          isa.c_str());
@@ -188,14 +190,14 @@ int main(int argc, char** argv) {
         }
     }
 
-    const Layer* begin = which == "d30" ? std::begin(kD30) : std::begin(kD10);
-    const Layer* end = which == "d30" ? std::end(kD30) : std::end(kD10);
     std::mt19937 rng(0);
-    std::vector<Conv> convs(size_t(end - begin));
+    std::vector<Conv> convs(std::size(kLayers));
     size_t packed_total = 0, read_floats = 0, base_floats = 0;
     for (size_t c = 0; c < convs.size(); ++c) {
         Conv& v = convs[c];
-        v.l = begin[c];
+        const LayerCases& lc = kLayers[c];
+        const int* kept_io = which == "d30" ? lc.d30 : lc.d10;
+        v.l = {lc.taps, lc.base_in, lc.base_out, kept_io[0], kept_io[1]};
         v.kernel = v.l.taps == 49 ? 7 : v.l.taps == 9 ? 3 : 1;
         const size_t n = size_t(v.l.taps) * v.l.base_in * v.l.base_out;
         v.base.resize(n);

@@ -83,19 +83,9 @@ inline float ragged_value(const ApplyArgs& a, const Shape& s, int o, int col, bo
 
 void conv_apply(const ApplyArgs& a, int k0, int k1, float* packed) {
     const Shape s(a);
-    const size_t tap_floats = static_cast<size_t>(a.base_in) * a.base_out;
     for (int kb = k0; kb < k1; kb += kRows) {
-        const int n = std::min(kRows, k1 - kb);
-        const float* src[kRows];
-        int col[kRows];
-        bool cen[kRows];
-        for (int r = 0; r < n; ++r) {
-            const int k = kb + r, t = k / s.ic, i = k % s.ic;
-            src[r] = a.base + static_cast<size_t>(t) * tap_floats +
-                     static_cast<size_t>(a.in_index[i]) * a.base_out;
-            col[r] = i;
-            cen[r] = s.merge && t == s.centre;
-        }
+        const panels::RowBlock<kNR, kRows> rb(a, s, kb, k1);
+        const int n = rb.n;
         for (int p = 0; p < s.full; ++p) {
             const int o0 = p * kNR;
             float* dst = packed + (static_cast<size_t>(p) * s.ktot + kb) * kNR;
@@ -105,13 +95,13 @@ void conv_apply(const ApplyArgs& a, int k0, int k1, float* packed) {
             for (int r = 0; r < n; ++r) {
                 float32x4_t v0, v1;
                 if (contiguous) {
-                    v0 = vld1q_f32(src[r] + oi[0]);
-                    v1 = vld1q_f32(src[r] + oi[0] + 4);
+                    v0 = vld1q_f32(rb.src[r] + oi[0]);
+                    v1 = vld1q_f32(rb.src[r] + oi[0] + 4);
                 } else {
-                    v0 = gather4(src[r], oi);
-                    v1 = gather4(src[r], oi + 4);
+                    v0 = gather4(rb.src[r], oi);
+                    v1 = gather4(rb.src[r], oi + 4);
                 }
-                full_row(a, s, o0, col[r], cen[r], sc, v0, v1, dst + r * kNR);
+                full_row(a, s, o0, rb.col[r], rb.cen[r], sc, v0, v1, dst + r * kNR);
             }
         }
         if (s.full < s.panels) {
@@ -121,21 +111,19 @@ void conv_apply(const ApplyArgs& a, int k0, int k1, float* packed) {
             for (int r = 0; r < n; ++r) {
                 for (int j = 0; j < kNR; ++j) dst[r * kNR + j] = 0.0f;
                 for (int j = 0; j < nv; ++j)
-                    dst[r * kNR + j] = ragged_value(a, s, o0 + j, col[r], cen[r], src[r][a.out_index[o0 + j]]);
+                    dst[r * kNR + j] =
+                        ragged_value(a, s, o0 + j, rb.col[r], rb.cen[r], rb.src[r][a.out_index[o0 + j]]);
             }
         }
     }
-    if (a.fused && s.rank > 0 && static_cast<size_t>(k1) == s.K) {
-        panels::fused_b(a, s, 0, s.panels, packed);
-        panels::fused_a(a, s, packed);
-    }
+    panels::finish_rows(a, s, k1, packed);
 }
 
 void conv_apply_oihw(const ApplyArgs& a, int o0, int o1, float* packed) {
     const Shape s(a);
-    const int p0 = o0 / kNR, p1 = (o1 + kNR - 1) / kNR;
+    const panels::PanelRange<kNR> range(o0, o1);
     const size_t orow = static_cast<size_t>(a.base_in) * s.taps;  // floats per base output row
-    for (int p = p0; p < p1; ++p) {
+    for (int p = range.p0; p < range.p1; ++p) {
         const int ob = p * kNR, nv = std::min(kNR, s.oc - ob);
         int32_t off[kNR];  // each lane's base row
         for (int j = 0; j < kNR; ++j)
@@ -156,10 +144,7 @@ void conv_apply_oihw(const ApplyArgs& a, int o0, int o1, float* packed) {
             }
         }
     }
-    if (a.fused && s.rank > 0) {
-        panels::fused_b(a, s, p0, p1, packed);
-        if (o1 == s.oc) panels::fused_a(a, s, packed);
-    }
+    panels::finish_outputs(a, s, range, o1, packed);
 }
 
 }  // namespace spaedge::kernels::neon

@@ -165,37 +165,7 @@ struct Neon {
 
 }  // namespace
 
-size_t conv_packed_floats(const ConvGeometry& g) { return gemm::packed_floats<Neon>(g); }
-
-void conv_pack(const ConvGeometry& g, const float* w_ohwi, float* packed) {
-    gemm::pack<Neon>(g, w_ohwi, packed);
-}
-
-size_t conv_scratch_floats(const ConvGeometry& g, int threads) {
-    return gemm::scratch_floats<Neon>(g, threads);
-}
-
-void conv(const ConvGeometry& g, const float* packed, const float* in, float* out,
-          const Epilogue& ep, float* scratch, const Parallel* par) {
-    gemm::conv<Neon>(g, packed, in, out, ep, scratch, par);
-}
-
-size_t conv_lowrank_packed_floats(const ConvGeometry& g, int rank) {
-    return gemm::packed_floats<Neon>(g, rank);
-}
-
-void conv_lowrank_pack(const ConvGeometry& g, int rank, const float* w_ohwi, const float* a,
-                       const float* b, float* packed) {
-    gemm::pack<Neon>(g, w_ohwi, packed, rank, a, b);
-}
-
-size_t conv_lowrank_scratch_floats(const ConvGeometry& g, int rank, int threads) {
-    return gemm::scratch_floats<Neon>(g, threads, rank);
-}
-
-void conv_lowrank(const ConvGeometry& g, int rank, const float* packed, const float* in,
-                  float* out, const Epilogue& ep, float* scratch, const Parallel* par) {
-    gemm::conv<Neon>(g, packed, in, out, ep, scratch, par, rank);
-}
+SPAEDGE_GEMM_CONV_KERNELS(Neon)
+SPAEDGE_GEMM_PACK_KERNELS(Neon)
 
 }  // namespace spaedge::kernels::neon

@@ -8,32 +8,21 @@ namespace spaedge::kernels::neon {
 
 void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const float* in,
              float* out, const Parallel* par) {
-    const int oh = (in_h + 2 * pad - kernel) / stride + 1;
-    const int ow = (in_w + 2 * pad - kernel) / stride + 1;
     const float32x4_t ninf = vdupq_n_f32(-std::numeric_limits<float>::infinity());
     const int cv = c - c % 4;
-    maxpool_row_bands(par, oh, ow, c, kernel, [&](int oy0, int oy1, int) {
-        for (int oy = oy0; oy < oy1; ++oy) {
-            const int y0 = std::max(oy * stride - pad, 0), y1 = std::min(oy * stride - pad + kernel, in_h);
-            for (int ox = 0; ox < ow; ++ox) {
-                const int x0 = std::max(ox * stride - pad, 0);
-                const int x1 = std::min(ox * stride - pad + kernel, in_w);
-                float* o = out + (static_cast<size_t>(oy) * ow + ox) * c;
-                for (int ch = 0; ch < cv; ch += 4) {
-                    float32x4_t m = ninf;
-                    for (int iy = y0; iy < y1; ++iy)
-                        for (int ix = x0; ix < x1; ++ix)
-                            m = vmaxq_f32(m, vld1q_f32(in + (static_cast<size_t>(iy) * in_w + ix) * c + ch));
-                    vst1q_f32(o + ch, m);
-                }
-                for (int ch = cv; ch < c; ++ch) {
-                    float m = -std::numeric_limits<float>::infinity();
-                    for (int iy = y0; iy < y1; ++iy)
-                        for (int ix = x0; ix < x1; ++ix)
-                            m = std::max(m, in[(static_cast<size_t>(iy) * in_w + ix) * c + ch]);
-                    o[ch] = m;
-                }
-            }
+    maxpool_windows(par, in_h, in_w, c, kernel, stride, pad, out, [&](float* o, int y0, int y1, int x0, int x1) {
+        for (int ch = 0; ch < cv; ch += 4) {
+            float32x4_t m = ninf;
+            for (int iy = y0; iy < y1; ++iy)
+                for (int ix = x0; ix < x1; ++ix)
+                    m = vmaxq_f32(m, vld1q_f32(in + (static_cast<size_t>(iy) * in_w + ix) * c + ch));
+            vst1q_f32(o + ch, m);
+        }
+        for (int ch = cv; ch < c; ++ch) {
+            float m = -std::numeric_limits<float>::infinity();
+            for (int iy = y0; iy < y1; ++iy)
+                for (int ix = x0; ix < x1; ++ix) m = std::max(m, in[(static_cast<size_t>(iy) * in_w + ix) * c + ch]);
+            o[ch] = m;
         }
     });
 }

@@ -3,7 +3,7 @@
 
 #include <arm_neon.h>
 
-#include "kernels/neon/neon.h"
+#include "kernels/kernels.h"
 
 namespace spaedge::kernels::neon {
 

@@ -2,7 +2,7 @@
 // written straight into the scalar packed layout (OHWI, then A' and B' for
 // the fused low-rank mode). Plain loops; the SIMD variants are tested
 // against this.
-#include "kernels/scalar/scalar.h"
+#include "kernels/kernels.h"
 
 namespace spaedge::kernels::scalar {
 

@@ -2,9 +2,41 @@
 // plain; every other ISA is tested against this.
 #include <cstring>
 
-#include "kernels/scalar/scalar.h"
+#include "kernels/kernels.h"
 
 namespace spaedge::kernels::scalar {
+
+namespace {
+
+// Output channel o at output pixel (oy, ox), before the epilogue: the
+// window's inputs times W[o] (OHWI), taps in the padding skipped.
+inline float window_dot(const ConvGeometry& g, const float* w_ohwi, const float* in, int oy, int ox, int o) {
+    const int k = g.kernel, ic = g.in_c;
+    float acc = 0.0f;
+    for (int ky = 0; ky < k; ++ky) {
+        const int iy = oy * g.stride - g.pad + ky;
+        if (iy < 0 || iy >= g.in_h) continue;
+        for (int kx = 0; kx < k; ++kx) {
+            const int ix = ox * g.stride - g.pad + kx;
+            if (ix < 0 || ix >= g.in_w) continue;
+            const float* x = in + (static_cast<size_t>(iy) * g.in_w + ix) * ic;
+            const float* w = w_ohwi + ((static_cast<size_t>(o) * k + ky) * k + kx) * ic;
+            for (int i = 0; i < ic; ++i) acc += w[i] * x[i];
+        }
+    }
+    return acc;
+}
+
+// Output element `at` (channel o) after the epilogue. Reads the residual at
+// the same index it writes: in-place safe.
+inline void finish(const Epilogue& ep, float acc, int o, size_t at, float* out) {
+    if (ep.bias) acc += ep.bias[o];
+    if (ep.residual) acc += ep.residual[at];
+    if (ep.relu && acc < 0.0f) acc = 0.0f;
+    out[at] = acc;
+}
+
+}  // namespace
 
 size_t conv_packed_floats(const ConvGeometry& g) {
     return static_cast<size_t>(g.out_c) * g.kernel * g.kernel * g.in_c;
@@ -18,31 +50,12 @@ size_t conv_scratch_floats(const ConvGeometry&, int) { return 0; }
 
 void conv(const ConvGeometry& g, const float* packed, const float* in, float* out,
           const Epilogue& ep, float* /*scratch*/, const Parallel* par) {
-    const int oh = g.out_h(), ow = g.out_w();
-    const int k = g.kernel, ic = g.in_c, oc = g.out_c;
+    const int oh = g.out_h(), ow = g.out_w(), oc = g.out_c;
     // Output rows are the items.
     parallel_for(par, oh, [&](int oy, int) {
         for (int ox = 0; ox < ow; ++ox) {
             const size_t opix = (static_cast<size_t>(oy) * ow + ox) * oc;
-            for (int o = 0; o < oc; ++o) {
-                float acc = 0.0f;
-                for (int ky = 0; ky < k; ++ky) {
-                    const int iy = oy * g.stride - g.pad + ky;
-                    if (iy < 0 || iy >= g.in_h) continue;
-                    for (int kx = 0; kx < k; ++kx) {
-                        const int ix = ox * g.stride - g.pad + kx;
-                        if (ix < 0 || ix >= g.in_w) continue;
-                        const float* x = in + (static_cast<size_t>(iy) * g.in_w + ix) * ic;
-                        const float* w =
-                            packed + ((static_cast<size_t>(o) * k + ky) * k + kx) * ic;
-                        for (int i = 0; i < ic; ++i) acc += w[i] * x[i];
-                    }
-                }
-                if (ep.bias) acc += ep.bias[o];
-                if (ep.residual) acc += ep.residual[opix + o];  // same index: in-place safe
-                if (ep.relu && acc < 0.0f) acc = 0.0f;
-                out[opix + o] = acc;
-            }
+            for (int o = 0; o < oc; ++o) finish(ep, window_dot(g, packed, in, oy, ox, o), o, opix + o, out);
         }
     });
 }
@@ -68,7 +81,7 @@ size_t conv_lowrank_scratch_floats(const ConvGeometry&, int, int) { return 0; }
 void conv_lowrank(const ConvGeometry& g, int rank, const float* packed, const float* in,
                   float* out, const Epilogue& ep, float* /*scratch*/, const Parallel* par) {
     const int oh = g.out_h(), ow = g.out_w();
-    const int k = g.kernel, ic = g.in_c, oc = g.out_c, c = g.kernel / 2;
+    const int ic = g.in_c, oc = g.out_c, c = g.kernel / 2;
     const float* a = packed + conv_packed_floats(g);
     const float* b = a + static_cast<size_t>(rank) * ic;
     // Output rows are the items.
@@ -79,19 +92,7 @@ void conv_lowrank(const ConvGeometry& g, int rank, const float* packed, const fl
             const bool centre_in = cy >= 0 && cy < g.in_h && cx >= 0 && cx < g.in_w;
             const float* xc = centre_in ? in + (static_cast<size_t>(cy) * g.in_w + cx) * ic : nullptr;
             for (int o = 0; o < oc; ++o) {
-                float acc = 0.0f;
-                for (int ky = 0; ky < k; ++ky) {
-                    const int iy = oy * g.stride - g.pad + ky;
-                    if (iy < 0 || iy >= g.in_h) continue;
-                    for (int kx = 0; kx < k; ++kx) {
-                        const int ix = ox * g.stride - g.pad + kx;
-                        if (ix < 0 || ix >= g.in_w) continue;
-                        const float* x = in + (static_cast<size_t>(iy) * g.in_w + ix) * ic;
-                        const float* w =
-                            packed + ((static_cast<size_t>(o) * k + ky) * k + kx) * ic;
-                        for (int i = 0; i < ic; ++i) acc += w[i] * x[i];
-                    }
-                }
+                float acc = window_dot(g, packed, in, oy, ox, o);
                 if (xc) {
                     for (int r = 0; r < rank; ++r) {
                         float t = 0.0f;
@@ -99,10 +100,7 @@ void conv_lowrank(const ConvGeometry& g, int rank, const float* packed, const fl
                         acc += b[static_cast<size_t>(o) * rank + r] * t;
                     }
                 }
-                if (ep.bias) acc += ep.bias[o];
-                if (ep.residual) acc += ep.residual[opix + o];
-                if (ep.relu && acc < 0.0f) acc = 0.0f;
-                out[opix + o] = acc;
+                finish(ep, acc, o, opix + o, out);
             }
         }
     });

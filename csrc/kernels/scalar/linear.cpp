@@ -1,5 +1,5 @@
 // Scalar reference fully connected layer.
-#include "kernels/scalar/scalar.h"
+#include "kernels/kernels.h"
 
 namespace spaedge::kernels::scalar {
 

@@ -1,5 +1,5 @@
 // Scalar reference Channel-SPA merge: centre tap += B @ A.
-#include "kernels/scalar/scalar.h"
+#include "kernels/kernels.h"
 
 namespace spaedge::kernels::scalar {
 

@@ -1,7 +1,7 @@
 // Scalar reference pooling.
 #include <limits>
 
-#include "kernels/scalar/scalar.h"
+#include "kernels/kernels.h"
 
 namespace spaedge::kernels::scalar {
 
