@@ -197,7 +197,7 @@ def _timeouts(timeout) -> Tuple[float, float]:
         if env:
             try:
                 parts = [float(x) for x in env.split(",")]
-                return (parts[0], parts[1] if len(parts) > 1 else max(parts[0], READ_TIMEOUT))
+                return (parts[0], parts[1] if len(parts) > 1 else parts[0])
             except (ValueError, IndexError):
                 raise ValueError(f"SPAEDGE_TIMEOUT={env!r}: expected CONNECT[,READ] in seconds") from None
         return CONNECT_TIMEOUT, READ_TIMEOUT
@@ -269,9 +269,10 @@ def _content_range_start(value: Optional[str]) -> Optional[int]:
 
 
 def _transfer(opener, url: str, part: Path, connect: float, read: float,
-              report: Callable[[int, Optional[int]], None]) -> None:
+              report: Callable[[int, Optional[int]], None]) -> int:
     """One request: append to ``part`` (resuming with Range) until the body ends.
-    Raises _Cut if the body ended early, network errors as they come."""
+    Returns the offset it wrote from (0: a fresh start). Raises _Cut if the body
+    ended early, network errors as they come."""
     have = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if have:
@@ -282,7 +283,7 @@ def _transfer(opener, url: str, part: Path, connect: float, read: float,
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # nothing past what we have: the partial is whole (or wrong)
             e.close()
-            return
+            return have
         raise
     with resp:
         status = getattr(resp, "status", None) or resp.getcode()
@@ -292,6 +293,7 @@ def _transfer(opener, url: str, part: Path, connect: float, read: float,
             mode, done = "ab", have
         else:  # the server ignored the Range (200): start again from byte 0
             mode, done = "wb", 0
+        start = done
         total = done + length if length is not None else None
         report(done, total)
         with open(part, mode) as f:
@@ -306,6 +308,7 @@ def _transfer(opener, url: str, part: Path, connect: float, read: float,
             os.fsync(f.fileno())
     if total is not None and done < total:
         raise _Cut(f"connection closed after {done} of {total} bytes")
+    return start
 
 
 def _fsync_dir(d: Path) -> None:
@@ -468,12 +471,12 @@ def _download(url, dest: Path, digest, progress, timeout, retries) -> Path:
         while True:
             before = part.stat().st_size if part.exists() else 0
             try:
-                _transfer(opener, actual, part, connect, read, report)
+                start = _transfer(opener, actual, part, connect, read, report)
             except _Cut as e:
                 grown = (part.stat().st_size if part.exists() else 0) > before
                 attempts += 1
                 if attempts > retries or not grown:
-                    raise DownloadError(f"cannot download {where}: {e} ({attempts} attempts); the "
+                    raise DownloadError(f"cannot download {where}: {e} (tries: {attempts}); the "
                                         f"partial file {part} resumes on the next run, or "
                                         + _by_hand(url, dest), url, dest) from None
                 continue
@@ -488,9 +491,8 @@ def _download(url, dest: Path, digest, progress, timeout, retries) -> Path:
             ok, got = _verify(part, digest)
             if ok:
                 break
-            resumed = before > 0
             part.unlink()
-            if resumed and fresh_retry:
+            if start > 0 and fresh_retry:
                 fresh_retry = False  # the old partial may be what was wrong
                 continue
             raise DigestMismatch(
