@@ -68,7 +68,7 @@ CONNECT_TIMEOUT = 15.0
 READ_TIMEOUT = 60.0
 RETRIES = 3  # resumptions after a transfer is cut off, within one fetch()
 CHUNK = 1 << 20
-USER_AGENT = "spaedge-download/1"
+USER_AGENT = "spaedge/0.1 (python urllib)"
 
 PathLike = Union[str, "os.PathLike[str]"]
 Progress = Callable[[int, Optional[int]], None]
@@ -96,7 +96,7 @@ class ChecksumsFileError(DownloadError, ValueError):
     """``$SPAEDGE_CHECKSUMS`` is unreadable, not JSON, or has a bad entry."""
 
 
-class UnsafeArchive(ValueError):
+class UnsafeArchive(DownloadError, ValueError):
     """A tar member would land outside the destination, or is a link out of it or a device file."""
 
 
@@ -545,7 +545,8 @@ def extract_tar(archive: PathLike, dest: PathLike) -> Path:
     here): no absolute paths, no ``..`` out of the destination, no links out of
     it, no device files. Only when all members are out are the archive's
     top-level entries renamed into ``dest`` (replacing entries of the same name).
-    An unsafe member raises UnsafeArchive and nothing is left behind.
+    An unsafe member raises UnsafeArchive (a DownloadError) and nothing is left
+    behind; so does an unreadable archive (DownloadError).
     """
     archive, dest = Path(archive), Path(dest).expanduser()
     dest.mkdir(parents=True, exist_ok=True)

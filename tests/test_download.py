@@ -283,7 +283,8 @@ def test_extract_tar_refuses_unsafe_members(tmp_path, filter_mode, bad, what):
     dest = tmp_path / "root" / "dest"
     with pytest.raises(UnsafeArchive) as e:
         extract_tar(archive, dest)
-    msg = str(e.value)
+    msg = _one_line(e.value)
+    assert isinstance(e.value, DownloadError)
     assert what in msg and str(archive) in msg and "nothing was extracted" in msg
     assert sorted(os.listdir(dest.parent)) == ["dest"] and os.listdir(dest) == []  # no temp left
     assert sorted(os.listdir(tmp_path)) == ["a.tgz", "root"]  # no evil.txt, no evil-abs.txt
@@ -372,6 +373,9 @@ def test_pretrained_resnet18_converted_once_and_loads(server, monkeypatch, tmp_p
     mtime = path.stat().st_mtime_ns
     assert pretrained_weights("resnet18", allow_download=False) == path
     assert pretrained_weights("resnet18-cifar") == path and path.stat().st_mtime_ns == mtime
+    assert server.count(R18) == 1
+    path.unlink()  # the .pth is kept: converted again with the network forbidden
+    assert pretrained_weights("resnet18", allow_download=False) == path and path.is_file()
     assert server.count(R18) == 1
 
 
