@@ -11,11 +11,16 @@ are deterministic (fixed hash order, no RNG). Missing data raises
 `DatasetNotFound` naming the directories searched and how to provide them;
 unknown names raise `UnknownTask` listing the known ones. See
 `registry.py` for the names and each loader's module for its layout.
+
+`fetch_data(name, data_dir)` downloads the data of tasks that can be
+downloaded (flowers, cifar10) on first use and returns the directory to pass
+as `data_dir`; see `fetch.py`.
 """
 
 from .batching import batches, first_items, score_batches
 from .core import (CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, SPLITS, DatasetNotFound, Task,
                    TaskDataset, load_image, parse_input_size, stratified_split)
+from .fetch import fetch_data
 from .idx import read_idx, write_idx
 from .registry import (DEFAULT_TASK, UnknownTask, get_task, list_tasks, register_task,
                        task_descriptions)
@@ -33,6 +38,7 @@ __all__ = [
     "Task",
     "TaskDataset",
     "UnknownTask",
+    "fetch_data",
     "get_task",
     "list_tasks",
     "load_image",

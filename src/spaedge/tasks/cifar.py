@@ -66,7 +66,9 @@ def find_cifar10(data_dir=None) -> str:
     raise DatasetNotFound(
         f"CIFAR-10 (binary version) not found {where}: expected "
         f"{', '.join(TRAIN_FILES + TEST_FILES)}. Download {BIN_URL}, unpack it and pass "
-        "--data-dir DIR (or put it in $SPAEDGE_DATA/cifar10).", dirs)
+        "--data-dir DIR (or put it in $SPAEDGE_DATA/cifar10). The spaedge commands download it "
+        "on first use unless --no-download is given (from Python: "
+        "spaedge.tasks.fetch_data('cifar10')).", dirs)
 
 
 def read_cifar_bin(path: str):

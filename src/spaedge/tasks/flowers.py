@@ -63,7 +63,9 @@ def find_flowers(data_dir=None) -> str:
     raise DatasetNotFound(
         f"Flowers-102 not found {where}: expected jpg/, imagelabels.mat, setid.mat. "
         f"Download 102flowers.tgz, imagelabels.mat and setid.mat from {URL}, unpack them "
-        "into one directory and pass --data-dir DIR (or put them in $SPAEDGE_DATA/flowers102).",
+        "into one directory and pass --data-dir DIR (or put them in $SPAEDGE_DATA/flowers102). "
+        "The spaedge commands download it on first use unless --no-download is given "
+        "(from Python: spaedge.tasks.fetch_data('flowers')).",
         dirs,
     )
 
