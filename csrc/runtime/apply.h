@@ -14,7 +14,7 @@
 
 namespace spaedge {
 
-// How low-rank adapters are applied (DESIGN.md "Runtime").
+// How low-rank adapters are applied (docs/runtime.md).
 enum class ApplyMode {
     Merged,        // W' += centre_tap(B A) at switch time; plain conv at run time (default)
     FusedLowRank,  // W' and (A, B) packed separately; conv + B (A x_centre) in one kernel pass

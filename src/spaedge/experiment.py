@@ -81,10 +81,10 @@ class Budget:
     train_limit: int = 400
     test_limit: int = 1000
     batch_size: int = 32
-    # The adapters' rate: they learn slowly at a fine-tuning rate (at 3e-3
-    # SPLoRA reached 77% where fine-pruning had 94% unpruned); 1e-2 is the rate
-    # `spaedge train` defaults to. A method may set its own (the registry's
-    # ``lr``: fine-pruning keeps the usual fine-tuning rate).
+    # The adapters' rate (they learn slowly at a fine-tuning rate; 1e-2 is what
+    # `spaedge train` defaults to). A method may set its own (the registry's
+    # ``lr``: fine-pruning keeps the usual fine-tuning rate). docs/benchmarks.md,
+    # "Measurements behind the toolchain's defaults".
     lr: float = 1e-2
     score_batches: int = 2
     adapter_keep: float = 0.1

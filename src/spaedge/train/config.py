@@ -83,9 +83,8 @@ class TrainConfig:
                                             "its own factors (source)", choices=lambda: list(KNOWLEDGE))
     prune_step: float = _flag(0.05, "fraction of filters removed per pruning step (default {default})",
                               parse=unit_fraction)
-    # Defaults from two settings tried on digits: lr 1e-2, batch 32, 12 + 1/step + 8
-    # epochs reach 97.2% test accuracy at 30% density, against 90.5% with
-    # lr 3e-3, batch 64, 8 + 1/step + 6 (the adapters were under-trained).
+    # The schedule and rate defaults were chosen on digits (docs/benchmarks.md,
+    # "Measurements behind the toolchain's defaults").
     epochs: int = _flag(12, "adaptation epochs before pruning (default {default})", parse=nonneg_int)
     recovery_epochs: int = _flag(1, "epochs after each pruning step (default {default})", parse=nonneg_int)
     final_epochs: int = _flag(8, "epochs after the last pruning step (default {default})", parse=nonneg_int)

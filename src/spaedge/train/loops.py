@@ -38,8 +38,8 @@ def fit(model: nn.Module, dataset, epochs: int, *, lr: float = 3e-3, batch_size:
     if epochs <= 0 or not params:
         return float("nan")
     # oneDNN's conv weight-gradient kernel crashes (SIGSEGV in torch 2.13) on
-    # some of the ragged channel counts pruning leaves; PyTorch's native conv
-    # is at most ~1.5x slower on these small layers, so train without oneDNN.
+    # some of the ragged channel counts pruning leaves: train without it
+    # (docs/benchmarks.md, "Measurements behind the toolchain's defaults").
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*onednn.*tf32.*|.*TF32.*")
         with torch.backends.mkldnn.flags(enabled=False):
