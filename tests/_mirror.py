@@ -80,13 +80,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if cut is not None:
             body = body[:cut]
+        with m.lock:  # counted before the client can have read it: a test may look as soon as it has the file
+            m.sent[path] += len(body)
         try:
             self.wfile.write(body)
             self.wfile.flush()
         except OSError:  # the client went away
             return
-        with m.lock:
-            m.sent[path] += len(body)
         if cut is not None:  # hang up before the promised length
             self.close_connection = True
             try:

@@ -1,5 +1,8 @@
 """Shared test settings.
 
+Tests never contact any host but 127.0.0.1: SPAEDGE_MIRROR points every
+download at a closed loopback port unless a test serves the files itself.
+
 What is tested is the installed package with its compiled runtime: if
 ``spaedge._runtime`` does not import, the run stops at once with what to do
 (the runtime's tests never skip in silence). With the ``src/`` layout a
@@ -14,10 +17,18 @@ use OpenMP; its tests pass an explicit thread count.
 """
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# No test reaches the network or the user's cache: spaedge's cache is a fresh
+# directory, and every download goes to a closed loopback port unless a test
+# serves the files itself (tests/_mirror.py). Subprocesses inherit both.
+os.environ["SPAEDGE_HOME"] = tempfile.mkdtemp(prefix="spaedge-test-home-")
+os.environ.pop("SPAEDGE_DATA", None)
+os.environ["SPAEDGE_MIRROR"] = "http://127.0.0.1:9"
+os.environ.pop("SPAEDGE_CHECKSUMS", None)
 
 
 def pytest_configure(config):

@@ -40,12 +40,13 @@ import socket
 import sys
 import tarfile
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Tuple, Union
+
+from spaedge.progress import ByteProgress
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -250,9 +251,10 @@ def _reason(e: BaseException, connect: float, read: float) -> str:
     return str(inner) or type(inner).__name__
 
 
-def _by_hand(url: str, dest: Path) -> str:
-    return (f"place the file by hand at {dest} (or run with --no-download to use local files only; "
-            "datasets can also be given with --data-dir DIR)")
+def _by_hand(url: str, dest: Path, offline: bool = False) -> str:
+    return (f"place the file by hand at {dest}" + (" (datasets can also be given with --data-dir DIR)" if offline
+            else " (or run with --no-download to use local files only; datasets can also be given with "
+                 "--data-dir DIR)"))
 
 
 def _describe(upstream: str, actual: str) -> str:
@@ -345,54 +347,9 @@ def file_lock(path: Path) -> Iterator[None]:
 # ------------------------------------------------------------------ progress
 
 
-class _TerminalProgress:
-    """Bytes and rate on stderr: a rich bar when rich is installed, else one
-    line rewritten in place."""
-
-    def __init__(self, label: str):
-        self.label = label
-        self.start = time.monotonic()
-        self.first: Optional[int] = None
-        self.last = 0.0
-        self.bar = None
-        try:
-            from rich.console import Console
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                       TimeRemainingColumn, TransferSpeedColumn)
-        except ImportError:
-            return
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                            TransferSpeedColumn(), TimeRemainingColumn(),
-                            console=Console(stderr=True))
-        self.task = self.bar.add_task(label, total=None)
-        self.bar.start()
-
-    def __call__(self, done: int, total: Optional[int]) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done, total=total)
-            return
-        now = time.monotonic()
-        if self.first is None:  # a resumed download starts past 0: rate counts this run only
-            self.first, self.start = done, now
-        if now - self.last < 0.2 and (total is None or done < total):
-            return
-        self.last = now
-        rate = (done - self.first) / max(now - self.start, 1e-6)
-        size = f"{done / 2**20:.1f}" + (f"/{total / 2**20:.1f}" if total else "")
-        sys.stderr.write(f"\r{self.label}  {size} MiB  {rate / 2**20:.1f} MiB/s ")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-        else:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 def _default_progress(url: str, dest: Path):
     if sys.stderr is not None and sys.stderr.isatty():
-        return _TerminalProgress(dest.name)
+        return ByteProgress(dest.name)
     print(f"spaedge: downloading {url} to {dest}", file=sys.stderr, flush=True)
     return None
 
@@ -441,7 +398,7 @@ def fetch(url: str, dest: PathLike, *, digest: Optional[str] = None, allow_downl
     if not allow_download:
         raise DownloadError(
             f"{url} is not cached and network access is forbidden (--no-download): "
-            + _by_hand(url, dest), url, dest)
+            + _by_hand(url, dest, offline=True), url, dest)
 
     with file_lock(dest):
         if dest.is_file() and _verify(dest, digest)[0]:  # another process fetched it meanwhile

@@ -38,6 +38,7 @@ from spaedge.pack.bundle import TaskSpec, task_bundle
 from spaedge.pack.format import atomic_write_bytes, serialise
 from spaedge.pack.layout import safe_name
 from spaedge.train import TrainConfig, train_task
+from spaedge.train.device import TrainEnv
 
 __all__ = ["Cell", "Budget", "FAST_BUDGET", "DEFAULT_TASKS", "default_grid", "fast_grid", "cell_config", "run_cell",
            "run_grid", "load_results", "report"]
@@ -138,11 +139,11 @@ def cell_config(cell: Cell, budget: Budget, base: str = "tiny", base_weights: Op
 
 
 def run_cell(cell: Cell, budget: Budget, base: str = "tiny", base_weights: Optional[str] = None,
-             data_dir: Optional[str] = None) -> dict:
+             data_dir: Optional[str] = None, env: Optional[TrainEnv] = None) -> dict:
     """Train one cell through the pipeline; its row of the table (the bundle is
     serialised in memory for its size, not written)."""
     torch.set_num_threads(1)  # one run per core
-    trained = train_task(cell_config(cell, budget, base, base_weights, data_dir))
+    trained = train_task(cell_config(cell, budget, base, base_weights, data_dir), env=env)
     m = trained.metrics
     bundle, _ = serialise(*task_bundle(trained.model, TaskSpec.from_task(trained.task), trained.base_hash))
     result = {**dataclasses.asdict(cell), "key": cell.key, "label": cell.label,
@@ -159,21 +160,21 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _worker(args):
-    cell, budget, out_dir, base, base_weights, data_dir = args
-    res = run_cell(cell, budget, base, base_weights, data_dir)
+    cell, budget, out_dir, base, base_weights, data_dir, env = args
+    res = run_cell(cell, budget, base, base_weights, data_dir, env)
     _write_json(Path(out_dir) / "runs" / f"{cell.key}.json", res)
     return res
 
 
 def run_grid(cells: list[Cell], budget: Budget, out_dir: str | Path, *, workers: int = 1, shard=(0, 1),
-             base="tiny", base_weights=None, data_dir=None, log=print) -> list[dict]:
+             base="tiny", base_weights=None, data_dir=None, log=print, env: Optional[TrainEnv] = None) -> list[dict]:
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     i, n = shard
     mine = [c for k, c in enumerate(cells) if k % n == i]
     todo = [c for c in mine if not (out / "runs" / f"{c.key}.json").exists()]
     log(f"{len(mine)} runs in this shard, {len(mine) - len(todo)} already done, {len(todo)} to go")
-    args = [(c, budget, str(out), base, base_weights, data_dir) for c in todo]
+    args = [(c, budget, str(out), base, base_weights, data_dir, env) for c in todo]
     t0 = time.time()
     done = 0
     if workers <= 1:

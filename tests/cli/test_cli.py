@@ -58,7 +58,8 @@ def test_pack_again_reuses_the_run_and_keeps_the_base(packed):
 
 def test_pack_refuses_a_directory_holding_another_base(packed, tmp_path):
     work, _ = packed
-    proc = spaedge("pack", "--task", "digits", "--base", "resnet18-cifar", "--out", str(work / "bundles"),
+    proc = spaedge("pack", "--task", "digits", "--base", "resnet18-cifar", "--base-weights", "random",
+                   "--out", str(work / "bundles"),
                    *QUICK, cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "holds another base" in proc.stderr and "Traceback" not in proc.stderr

@@ -28,7 +28,7 @@ def _randomise(model, seed: int) -> None:
 
 def _task_model(base_name: str, classes: int, d: float, size, seed: int = 0):
     torch.manual_seed(seed)
-    base = get_base(base_name)
+    base = get_base(base_name, None if base_name == "tiny" else "random")
     model = copy.deepcopy(base)
     model.replace_head(classes)
     model = adapt(model, "splora", rank=4)

@@ -330,13 +330,14 @@ def test_recorded_digests_match_the_file_names():
 
 
 def test_unreachable_weights_raise_instead_of_random(monkeypatch, tmp_path):
-    from spaedge.models.pretrained import pretrained_base, pretrained_weights
+    from spaedge.models import get_base
+    from spaedge.models.pretrained import pretrained_weights
 
     monkeypatch.setenv("SPAEDGE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("SPAEDGE_MIRROR", f"http://127.0.0.1:{dead_port()}")
     monkeypatch.setenv("SPAEDGE_TIMEOUT", "2,2")
     monkeypatch.delenv("SPAEDGE_CHECKSUMS", raising=False)
-    for call in (pretrained_weights, pretrained_base):
+    for call in (pretrained_weights, get_base):  # a ResNet base never falls back to random weights
         with pytest.raises(DownloadError) as e:
             call("resnet18", progress=False)
         msg = _one_line(e.value)

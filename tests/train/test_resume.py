@@ -50,7 +50,7 @@ def test_an_image_folder_takes_the_base_input_size():
 
     task, _, _ = build_task_model(TrainConfig(**CFG))
     assert task.input_size == (1, 28, 28)  # the built-in base's, not 224x224
-    task, _, _ = build_task_model(TrainConfig(**{**CFG, "base": "resnet18"}))
+    task, _, _ = build_task_model(TrainConfig(**{**CFG, "base": "resnet18", "base_weights": "random"}))
     assert task.input_size == (3, 224, 224)
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from spaedge.adapters import adapt
 from spaedge.bench.engines import BenchTask
-from spaedge.models import get_base
+from spaedge.models import RANDOM, get_base
 from spaedge.models.stats import count_macs, count_parameters
 from spaedge.pack.bundle import TaskSpec, base_hash, write_base, write_task
 from spaedge.pack.format import read_metadata
@@ -53,13 +53,13 @@ def make_synthetic_task(workdir: str | os.PathLike, name: str, *, base: str = "r
     pruned (magnitude criterion, no training) to ``density``; fine for speed.
 
     The base is the built-in weights for ``tiny``, random weights (seeded by
-    ``base_seed``) otherwise; its bundle (``base_file``, default
+    ``base_seed``; speed does not depend on them) otherwise; its bundle (``base_file``, default
     ``base-BASE.safetensors``) is written once per directory."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     size = tuple(int(v) for v in input_size)
     torch.manual_seed(base_seed)
-    model = get_base(base).eval()
+    model = get_base(base, None if base == "tiny" else RANDOM).eval()
     base_path = workdir / (base_file or f"base-{base}.safetensors")
     bhash = base_hash(model)
     if not base_path.exists() or read_metadata(base_path).get("content_hash") != bhash:

@@ -19,6 +19,7 @@ import sys
 
 from spaedge.cli import bench, experiment, info, library, pack, pretrain, run, tasks, train
 from spaedge.cli.common import EXIT_USAGE, CliError
+from spaedge.download import DownloadError
 from spaedge.errors import BundleError
 
 __all__ = ["main", "build_parser", "CliError", "EXIT_USAGE"]
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.func(args) or 0
-    except (CliError, BundleError, FileNotFoundError, ValueError) as e:
+    except (CliError, BundleError, DownloadError, FileNotFoundError, ValueError) as e:
         if os.environ.get("SPAEDGE_DEBUG"):
             raise
         print(f"spaedge {args.command}: error: {e}", file=sys.stderr)

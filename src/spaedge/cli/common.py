@@ -8,7 +8,7 @@ import dataclasses
 from typing import Iterable, Optional
 
 __all__ = ["CliError", "EXIT_USAGE", "human_bytes", "human_count", "print_table", "add_config_flags",
-           "config_from_args"]
+           "config_from_args", "add_env_flags", "env_from_args"]
 
 EXIT_USAGE = 2
 
@@ -64,3 +64,27 @@ def config_from_args(config_cls, args: argparse.Namespace):
     """The config whose fields the parsed ``args`` set (fields without a flag keep their default)."""
     return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
                          if hasattr(args, f.name)})
+
+
+def add_env_flags(parser: argparse.ArgumentParser) -> None:
+    """--device, --precision, --loader-workers and --no-download (spaedge.train.device.TrainEnv)."""
+    from spaedge.argtypes import nonneg_int
+    from spaedge.train.device import PRECISIONS, TrainEnv
+
+    help_of = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainEnv)}
+    d = TrainEnv()
+    g = parser.add_argument_group("the machine (not part of the run's config)")
+    g.add_argument("--device", default=d.device, metavar="DEVICE", help=help_of["device"] + " (default auto)")
+    g.add_argument("--precision", default=d.precision, choices=PRECISIONS, help=help_of["precision"] + " (default auto)")
+    g.add_argument("--loader-workers", type=nonneg_int, default=d.loader_workers, metavar="N",
+                   help=help_of["loader_workers"] + " (default 0)")
+    g.add_argument("--no-download", dest="download", action="store_false",
+                   help="use only local weights and data; never download (files a download would fetch are "
+                        "named in the error, with where to put them)")
+
+
+def env_from_args(args: argparse.Namespace):
+    from spaedge.train.device import TrainEnv
+
+    return TrainEnv(device=args.device, precision=args.precision, loader_workers=args.loader_workers,
+                    download=args.download)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from spaedge.cli.common import CliError, add_config_flags
+from spaedge.cli.common import CliError, add_config_flags, add_env_flags, env_from_args
 
 DESCRIPTION = ("Run the comparison grid (methods x criteria x densities x ranks over tasks and seeds) through the "
                "training pipeline and write results.md, results.csv and results.png; finished runs are kept in "
@@ -26,6 +26,7 @@ def add_parser(sub) -> None:
     e.add_argument("--shard", default="0/1", help="run cells I, I+N, ... of the grid (I/N), for several machines")
     e.add_argument("--train-limit", type=int, help="cap on training images per task (default 400)")
     add_config_flags(e, TrainConfig, names=["base", "base_weights", "data_dir"])
+    add_env_flags(e)
     e.add_argument("--report-only", action="store_true", help="only rewrite the table from finished runs")
     e.set_defaults(func=main)
 
@@ -50,7 +51,7 @@ def main(args) -> int:
         raise CliError(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}") from None
     if not args.report_only:
         run_grid(cells, budget, args.out, workers=args.workers, shard=(i, n), base=args.base,
-                 base_weights=args.base_weights, data_dir=args.data_dir,
+                 base_weights=args.base_weights, data_dir=args.data_dir, env=env_from_args(args),
                  log=lambda m: print(m, file=sys.stderr, flush=True))
     results = load_results(args.out)
     if not results:

@@ -47,21 +47,21 @@ def cmd_add(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from spaedge.models import get_base
     from spaedge.pack.bundle import base_hash
     from spaedge.pruning.similar import nearest
     from spaedge.train import TrainConfig
     from spaedge.train.library import load_library
-    from spaedge.train.setup import embed_task
+    from spaedge.train.setup import embed_task, load_base, resolve
 
     plans = load_library(args.library)
     if not plans:
         print(f"{args.library}: no plans")
         return 0
     if args.task:
-        cfg = TrainConfig(task=args.task, base=args.base, base_weights=args.base_weights, data_dir=args.data_dir)
+        cfg = resolve(TrainConfig(task=args.task, base=args.base, base_weights=args.base_weights,
+                                  data_dir=args.data_dir))
         emb = embed_task(cfg)
-        bh = base_hash(get_base(args.base, args.base_weights))
+        bh = base_hash(load_base(cfg))
         for p, s in nearest(plans, emb, len(plans), base_hash=bh):
             print(f"  {s:.4f}  {p.task:<24} density {p.density:.1%}  {p.source}")
         return 0

@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from spaedge.cli.common import CliError, add_config_flags, config_from_args, human_bytes, human_count, print_table
+from spaedge.cli.common import (CliError, add_config_flags, add_env_flags, config_from_args, env_from_args,
+                                human_bytes, human_count, print_table)
 from spaedge.cli.train import TITLE
 from spaedge.errors import BundleError
 from spaedge.pack.format import read_metadata
@@ -24,6 +25,7 @@ def add_parser(sub) -> None:
     k.add_argument("--runs", default="runs", help="directory of run directories (default ./runs)")
     k.add_argument("--retrain", action="store_true", help="train again even if a run exists")
     add_config_flags(k, TrainConfig, title=TITLE)
+    add_env_flags(k)
     k.set_defaults(func=main)
 
 
@@ -48,9 +50,10 @@ def main(args) -> int:
     from spaedge.progress import Reporter
     from spaedge.tasks import get_task
     from spaedge.train import TrainConfig, predict, run
-    from spaedge.train.setup import load_base
+    from spaedge.train.setup import load_base, resolve
 
-    cfg = config_from_args(TrainConfig, args)
+    env = env_from_args(args)
+    cfg = resolve(config_from_args(TrainConfig, args), allow_download=env.download, log=print)
     out = Path(args.out)
     base_bytes, bhash = serialise(*base_bundle(load_base(cfg)))
     base_path = base_bundle_path(out)
@@ -65,7 +68,7 @@ def main(args) -> int:
         run_dir = run_dir_path(args.runs, cfg.task)
         print(f"no trained run of {cfg.task} for this base yet: training it with these settings -> {run_dir}")
         with Reporter() as rep:
-            run(cfg, run_dir, reporter=rep)
+            run(cfg, run_dir, reporter=rep, env=env)
     else:
         print(f"using the trained run {run_dir} (pass --retrain to train again)")
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -83,7 +86,7 @@ def main(args) -> int:
     model, spec, _ = load_task_model(base_path, task_path)
     task = get_task(cfg.task, data_dir=cfg.data_dir, input_size=spec.input_size)
     test = task.split("test")
-    ref_logits, labels = predict(model, test)
+    ref_logits, labels = predict(model, test, env=env)
     rows = [
         ("task bundle", f"{human_bytes(task_bytes)}  (the same pruned model stored whole: "
                         f"{human_bytes(metrics['whole_model_bytes'])}, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from spaedge.cli.common import add_config_flags, config_from_args, human_count, print_table
+from spaedge.cli.common import add_config_flags, add_env_flags, config_from_args, env_from_args, human_count, print_table
 
 TITLE = "training (defaults are the embedded default's)"
 
@@ -19,6 +19,7 @@ def add_parser(sub) -> None:
     t.add_argument("--runs", default="runs", help="directory of run directories (default ./runs)")
     t.add_argument("--out", help="run directory (default RUNS/TASK)")
     add_config_flags(t, TrainConfig, title=TITLE)
+    add_env_flags(t)
     t.set_defaults(func=main)
 
 
@@ -43,7 +44,7 @@ def main(args) -> int:
     with Reporter(enabled=is_main) as rep:
         if ddp and is_main:
             rep.log(f"data-parallel over {distributed.world_size()} processes (torchrun, gloo)")
-        metrics = run(cfg, out, reporter=rep, on_model=on_model)
+        metrics = run(cfg, out, reporter=rep, on_model=on_model, env=env_from_args(args))
     distributed.finish()  # on an error the process exits and torchrun stops the others
     if is_main:
         report_run(metrics, out)

@@ -5,10 +5,16 @@
 - ``tiny`` (default): the built-in grayscale 28x28 base, pretrained here on
   Fashion-MNIST classes 0-5 (``spaedge pretrain``); its weights ship with the
   package.
-- ``resnet18`` / ``resnet34`` / ``resnet50``: torchvision-compatible; pass a
-  weights file (``.pth`` loaded with ``torch.load(weights_only=True)`` or
-  ``.safetensors``) or get random weights (fine for speed tests only).
-  Add ``-cifar`` (e.g. ``resnet18-cifar``) for the small-input stem.
+- ``resnet18`` / ``resnet34`` / ``resnet50``: torchvision-compatible. With no
+  ``weights`` they get torchvision's ImageNet-1k weights, downloaded once and
+  cached (``spaedge.models.pretrained``); or pass a weights file (``.pth``
+  read with ``torch.load(weights_only=True)``, or ``.safetensors``). Random
+  weights only when asked for: ``weights="random"`` (fine for speed tests).
+  Add ``-cifar`` (e.g. ``resnet18-cifar``) for the small-input stem; with
+  ImageNet weights its 3x3 stem conv starts random (the file's is 7x7).
+
+Every base says where its weights came from (``model.weights_source``); base
+bundles record it and ``spaedge info`` shows it.
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from spaedge.models.pretrained import PRETRAINED, pretrained_weights
 from spaedge.models.resnet import ResNet, from_config, resnet18, resnet34, resnet50, spaedge_tiny
 
-__all__ = ["ResNet", "get_base", "load_weights", "BASES", "BUILTIN_WEIGHTS", "from_config"]
+__all__ = ["ResNet", "get_base", "load_weights", "BASES", "BUILTIN_WEIGHTS", "RANDOM", "from_config"]
 
 BUILTIN_WEIGHTS = Path(__file__).with_name("weights") / "spaedge_tiny.safetensors"
+RANDOM = "random"  # weights=RANDOM: a randomly initialised base, on purpose
 
 BASES = {
     "tiny": lambda: spaedge_tiny(),
@@ -36,19 +44,33 @@ BASES = {
 }
 
 
-def get_base(name: str = "tiny", weights: str | os.PathLike | None = None, in_channels: int | None = None) -> ResNet:
-    """Build base ``name`` and load its weights (built-in ones for ``tiny``)."""
+def get_base(name: str = "tiny", weights: str | os.PathLike | None = None, in_channels: int | None = None, *,
+             allow_download: bool = True, progress=None) -> ResNet:
+    """Build base ``name`` with its weights: ``None`` for its own (built-in for
+    ``tiny``, ImageNet for the ResNets, downloaded on first use unless
+    ``allow_download`` is False), a weights file, or ``"random"``."""
     if name not in BASES:
         raise ValueError(f"unknown base {name!r}; known bases: {', '.join(BASES)}")
     model = BASES[name]() if in_channels is None else _with_channels(name, in_channels)
-    if weights is None and name == "tiny":
+    if weights is not None and str(weights) == RANDOM:
+        model.weights_source = "random (not pretrained)"
+    elif weights is None and name == "tiny":
         if not BUILTIN_WEIGHTS.exists():
             raise FileNotFoundError(
                 f"the built-in base weights are missing ({BUILTIN_WEIGHTS}); "
                 "recreate them with `spaedge pretrain` or reinstall spaedge")
-        weights = BUILTIN_WEIGHTS
-    if weights is not None:
+        load_weights(model, BUILTIN_WEIGHTS)
+        model.weights_source = "built-in (spaedge_tiny.safetensors)"
+    elif weights is None:
+        path = pretrained_weights(name, allow_download=allow_download, progress=progress)
+        stem = name.endswith("-cifar")
+        load_weights(model, path, skip_stem=stem)
+        entry = PRETRAINED[name.removesuffix("-cifar")]
+        model.weights_source = (f"ImageNet-1k ({entry.filename})"
+                                + (", stem conv random (3x3 small-input stem)" if stem else ""))
+    else:
         load_weights(model, weights)
+        model.weights_source = f"file {Path(weights).name}"
     model.eval()
     return model
 
@@ -81,16 +103,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_weights(model: ResNet, path: str | os.PathLike, *, head: bool = True) -> None:
+def load_weights(model: ResNet, path: str | os.PathLike, *, head: bool = True, skip_stem: bool = False) -> None:
     """Load a torchvision-named state dict into ``model``.
 
     The classification head (``fc.*``) is optional and ignored when its shape
-    differs: every task trains its own head.
+    differs: every task trains its own head. ``skip_stem`` leaves the stem
+    conv as initialised (ImageNet weights on a small-input -cifar stem).
     """
     sd = read_state_dict(path)
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    if skip_stem:
+        sd.pop("conv1.weight", None)
     own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
+    optional = ("fc.", "conv1.") if skip_stem else ("fc.",)
+    missing = [k for k in own if k not in sd and not k.startswith(optional) and not k.endswith("num_batches_tracked")]
     if missing:
         raise ValueError(f"{path}: not weights for this base ({type(model).__name__} {model.arch}); "
                          f"missing {len(missing)} tensors, e.g. {missing[:3]}")

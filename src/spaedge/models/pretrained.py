@@ -10,9 +10,9 @@ resume, ``--no-download``), its SHA-256 checked, and converted once to
 ``<stem>.safetensors`` beside it with ``torch.load(weights_only=True)`` (no
 pickle code runs); later calls return the safetensors file with no network.
 
-The ``-cifar`` variants (``resnet18-cifar``...) name the same ImageNet file: the
-weights are the same, but their 3x3 stem conv has another shape than the 7x7
-in the file (``spaedge.models.load_weights`` currently refuses that tensor).
+The ``-cifar`` variants (``resnet18-cifar``...) name the same ImageNet file; their
+3x3 stem conv has another shape than the file's 7x7 and starts random
+(``spaedge.models.get_base``).
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
+from safetensors.torch import save_file
+
 from spaedge.download import (DownloadError, file_lock, expected_digest, fetch, parse_digest,
                               spaedge_home)
 
-__all__ = ["PRETRAINED", "PretrainedWeights", "pretrained_base", "pretrained_weights", "weights_dir"]
+__all__ = ["PRETRAINED", "PretrainedWeights", "pretrained_weights", "weights_dir"]
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,6 @@ def _safetensors_metadata(path: Path) -> Optional[dict]:
 
 def _convert(pth: Path, out: Path, source: dict) -> None:
     """``pth`` (a torch state dict) -> ``out`` (safetensors), written atomically."""
-    import torch
-    from safetensors.torch import save_file
 
     try:
         sd = torch.load(str(pth), map_location="cpu", weights_only=True)
@@ -146,12 +147,3 @@ def pretrained_weights(name: str, *, allow_download: bool = True, progress=None)
         fetch(w.url, pth, digest=w.digest, allow_download=allow_download, progress=progress)
         _convert(pth, out, source)
     return out
-
-
-def pretrained_base(name: str, *, allow_download: bool = True, progress=None, in_channels=None):
-    """``get_base(name)`` with its ImageNet weights (``pretrained_weights``):
-    raises DownloadError rather than returning random weights."""
-    from spaedge.models import get_base
-
-    return get_base(name, weights=pretrained_weights(name, allow_download=allow_download,
-                                                     progress=progress), in_channels=in_channels)

@@ -56,6 +56,8 @@ def base_bundle(model: ResNet) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             tensors[f"{node['name']}.bias"] = _np(bias).astype(np.float32)
     meta = {"format": "spaedge-base", "model": model.arch, "graph": json.dumps(graph),
             "config": json.dumps(model.config())}
+    if getattr(model, "weights_source", None):  # where the weights came from (random bases say so)
+        meta["weights"] = model.weights_source
     return tensors, meta
 
 

@@ -14,22 +14,58 @@ __all__ = ["batches", "first_items", "score_batches"]
 Select = Callable[[list[int]], Optional[list[int]]]
 
 
-def batches(dataset, batch_size: int, shuffle: bool = False, generator: Optional[torch.Generator] = None,
-            select: Optional[Select] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(images, labels) batches of a task split, in order or shuffled.
-
-    ``select`` takes each batch's positions and returns the part to load, or
-    None to skip the batch (data-parallel training takes its share of every
-    batch this way: ``spaedge.train.distributed.share``)."""
-    n = len(dataset)
+def _order(n: int, batch_size: int, shuffle: bool, generator, select) -> Iterator[list[int]]:
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    fetch = getattr(dataset, "batch", None)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size].tolist()
         if select is not None:
             idx = select(idx)
             if idx is None:
                 continue
+        yield idx
+
+
+class _Plan:
+    """The batches of one pass as (positions, flips), drawn in the training
+    process: loader processes only decode, so the data, its order and its
+    augmentation are those of an in-process pass."""
+
+    def __init__(self, dataset, order):
+        self.dataset, self.order = dataset, order
+
+    def __iter__(self):
+        flips = getattr(self.dataset, "flips", None)
+        for idx in self.order:
+            yield idx, flips(len(idx)) if flips is not None else None
+
+
+class _Decode(torch.utils.data.Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, item):
+        idx, flips = item
+        return self.dataset.batch(idx, flips=flips)
+
+
+def batches(dataset, batch_size: int, shuffle: bool = False, generator: Optional[torch.Generator] = None,
+            select: Optional[Select] = None, workers: int = 0,
+            pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, labels) batches of a task split, in order or shuffled.
+
+    ``select`` takes each batch's positions and returns the part to load, or
+    None to skip the batch (data-parallel training takes its share of every
+    batch this way: ``spaedge.train.distributed.share``). ``workers`` > 0
+    decodes batches in that many processes (a torch DataLoader) ahead of
+    training; the batches are the same as in-process."""
+    order = _order(len(dataset), batch_size, shuffle, generator, select)
+    fetch = getattr(dataset, "batch", None)
+    if workers > 0 and fetch is not None:
+        loader = torch.utils.data.DataLoader(_Decode(dataset), sampler=_Plan(dataset, order), batch_size=None,
+                                             num_workers=workers, pin_memory=pin_memory)
+        yield from loader
+        return
+    for idx in order:
         if fetch is not None:
             yield fetch(idx)
         else:

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from spaedge.download import data_home
+
 __all__ = [
     "DatasetNotFound",
     "Task",
@@ -278,11 +280,17 @@ class TaskDataset(Dataset):
             raise IndexError(f"index out of range for a split of {n} items")
         return np.where(pos < 0, pos + n, pos)
 
-    def batch(self, index: Iterable[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def flips(self, n: int) -> Optional[torch.Tensor]:
+        """Which of ``n`` items to mirror (torch's global RNG), or None without flipping."""
+        return torch.rand(n) < 0.5 if self.flip and n else None
+
+    def batch(self, index: Iterable[int], flips: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Items ``index`` as one batch; ``flips`` (from ``flips()``, drawn by the
+        caller when a loader process decodes) says which to mirror."""
         pos = self._positions(list(index))
         x = self.source.load(self.indices[pos])
-        if self.flip and len(pos):
-            mask = torch.rand(len(pos)) < 0.5
+        mask = flips if flips is not None else self.flips(len(pos))
+        if mask is not None:
             x = torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
         x = (x - self.mean) / self.std
         return x.to(torch.float32).contiguous(), self.targets[torch.from_numpy(pos)]
@@ -437,7 +445,9 @@ def search_dirs(data_dir: Optional[Union[str, os.PathLike]], names: Sequence[str
 
     An explicit `data_dir` is searched alone (it and `data_dir/<name>`), so
     a typo never silently falls back to another copy. Otherwise
-    `$SPAEDGE_DATA/<name>` for each name, then the system `defaults`.
+    `<data home>/<name>` for each name (`$SPAEDGE_DATA`, default
+    `$SPAEDGE_HOME/data`: where named datasets are downloaded), then the
+    system `defaults`.
     """
     out: List[str] = []
     if data_dir is not None:
@@ -445,10 +455,8 @@ def search_dirs(data_dir: Optional[Union[str, os.PathLike]], names: Sequence[str
         out.append(d)
         out += [os.path.join(d, n) for n in names]
     else:
-        root = os.environ.get("SPAEDGE_DATA")
-        if root:
-            root = os.path.abspath(os.path.expanduser(root))
-            out += [os.path.join(root, n) for n in names]
+        root = os.path.abspath(os.path.expanduser(os.fspath(data_home())))
+        out += [os.path.join(root, n) for n in names]
         out += list(defaults)
     seen, uniq = set(), []
     for d in out:

@@ -131,12 +131,12 @@ def fetch_data(task_name: str, data_dir=None, *, allow_download: bool = True,
         entries = set(os.listdir(d)) if d.is_dir() else set()
         target = d if not entries or entries & set(ds.own_names) else d / ds.dir_name
     else:
-        found = _found(ds, None)  # $SPAEDGE_DATA/<name>
-        if found:
-            return found
         target = data_home() / ds.dir_name
         if _found(ds, str(target)):
             return str(target)
+        found = _found(ds, None)  # the loader's own search (data home under another name, system copies)
+        if found:
+            return found
     target.mkdir(parents=True, exist_ok=True)
     ds.download(target, allow_download, progress)
     ds.find(str(target))  # raises DatasetNotFound if what arrived is not the layout the loader reads

@@ -8,7 +8,9 @@ hash of the file's relative path (adding a file moves at most its
 neighbours). If PATH has train/ and test/ (and optionally val/) subfolders
 with class subdirectories, those are used; a missing val/ is carved as 15% of
 train. Images are decoded lazily as for Flowers-102 (shorter side to
-input/0.875, centre crop, default 3 x 224 x 224, ImageNet mean/std).
+input/0.875, centre crop, ImageNet mean/std); a folder of RGB images is 3 x 224 x 224
+by default, a folder of grayscale ones 1 x 28 x 28 (the sizes of the bases they
+suit: an ImageNet ResNet, the built-in tiny base).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from .core import (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, IMAGENET_MEAN, IMAGENE
                    DatasetNotFound, ImageFileSource, Task, parse_input_size, stratified_split)
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-DEFAULT_SIZE = (3, 224, 224)
+DEFAULT_SIZE = (3, 224, 224)  # an RGB folder's own size (photos)
+GRAY_SIZE = (1, 28, 28)  # a grayscale folder's
 FRACTIONS = (0.70, 0.15, 0.15)
 VAL_FRACTION = 0.15
 SEED = "spaedge/imagefolder/v1"
@@ -105,10 +108,26 @@ def scan_imagefolder(root: str) -> Tuple[List[str], Dict[str, Tuple[List[str], n
     return classes, {"all": (paths, np.asarray(ids, dtype=np.int64), keys)}
 
 
+def _grayscale(paths: List[str], n: int = 8) -> bool:
+    """Whether the folder's images are grayscale (the first few, read for their
+    mode only): a gray folder's own size is 1 x 28 x 28, an RGB one's 3 x 224 x 224."""
+    from PIL import Image
+
+    modes = []
+    for p in paths[:n]:
+        try:
+            with Image.open(p) as im:
+                modes.append(im.mode)
+        except (OSError, ValueError):
+            continue
+    return bool(modes) and all(m in ("1", "L", "LA", "I", "I;16", "F") for m in modes)
+
+
 def make_imagefolder(path, input_size=None, name=None) -> Task:
-    size = parse_input_size(input_size, DEFAULT_SIZE)
     root = os.path.abspath(os.path.expanduser(os.fspath(path)))
     classes, parts = scan_imagefolder(root)  # labels are needed now; decoding waits
+    first = next(iter(parts.values()))[0]
+    size = parse_input_size(input_size, GRAY_SIZE if _grayscale(first) else DEFAULT_SIZE)
 
     def load():
         if "all" in parts:

@@ -20,10 +20,12 @@ from spaedge.argtypes import nonneg_int, parse_density, positive_int, unit_fract
 from spaedge.pruning.criteria import CRITERIA
 from spaedge.pruning.prune import SCHEDULES
 
-__all__ = ["TrainConfig", "SIMILAR"]
+__all__ = ["TrainConfig", "SIMILAR", "AUTO"]
 
 # The schedule that prunes once, before training, by the vote of similar tasks (spaedge.train.library).
 SIMILAR = "similar"
+# base = AUTO: the base follows the task (spaedge.train.setup.default_base).
+AUTO = "auto"
 
 
 def _flag(default: Any, help: str, *, parse: Optional[Callable[[str], Any]] = None,
@@ -42,9 +44,13 @@ def _methods() -> str:
 @dataclass
 class TrainConfig:
     task: str = _flag("digits", "task name (see `spaedge tasks`; default {default})")
-    base: str = _flag("tiny", "base network: tiny (built-in), resnet18/34/50[-cifar] (default {default})")
+    base: str = _flag(AUTO, "base network: tiny (built-in, 28x28 gray), resnet18/34/50 (ImageNet weights, "
+                            "downloaded once), their -cifar variants (3x3 stem, 32x32 input); default auto: "
+                            "resnet18 for natural RGB images, tiny for grayscale ones")
     base_weights: Optional[str] = _flag(None, "weights file for the base (.pth state dict or .safetensors, "
-                                              "torchvision names)", metavar="FILE")
+                                              "torchvision names), or 'random' for an untrained base (speed "
+                                              "tests); default: the base's own pretrained weights",
+                                        metavar="FILE")
     data_dir: Optional[str] = _flag(None, "where the task's data is (for fashion_mnist, flowers, cifar10)",
                                     metavar="DIR")
     method: str = _flag("splora", "adapter method (default {default}). {described}", choices=method_names,

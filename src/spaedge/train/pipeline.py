@@ -36,8 +36,9 @@ from spaedge.train import distributed
 from spaedge.train.checkpoint import Session, prune_resumable
 from spaedge.train.config import SIMILAR, TrainConfig
 from spaedge.train.library import load_library, write_run_plan
-from spaedge.train.loops import evaluate, fit
-from spaedge.train.setup import build_task_model, embed_task
+from spaedge.train.device import TrainEnv, resolve_device
+from spaedge.train.loops import Diverged, evaluate, fit
+from spaedge.train.setup import build_task_model, embed_task, resolve
 
 __all__ = ["Trained", "train_task", "run"]
 
@@ -50,24 +51,31 @@ class Trained:
     task: Task
     base_hash: str
     metrics: dict
+    config: TrainConfig                # the resolved config (spaedge.train.setup.resolve)
     similar: Optional[dict] = None     # --schedule similar: neighbours and the task's embedding
     pear: Optional[dict] = None        # --method pear: what Pear pruned and shared
     session: Optional[Session] = None  # the checkpoint session, when checkpointing
 
 
 def train_task(cfg: TrainConfig, *, reporter: Optional[Reporter] = None, checkpoint_dir: Optional[Path] = None,
-               resume: bool = True) -> Trained:
+               resume: bool = True, env: Optional[TrainEnv] = None) -> Trained:
     """Adapt, prune and train the config's task; return the model and its metrics.
 
-    With ``checkpoint_dir`` it checkpoints after every epoch
+    The config is resolved first (``setup.resolve``: the task's data and the
+    base's weights made local, ``base="auto"`` chosen); ``trained.config`` is
+    the resolved one. With ``checkpoint_dir`` it checkpoints after every epoch
     (``checkpoint.safetensors``) and, with ``resume``, continues from a
     checkpoint made with the same config, reaching the same model as an
-    uninterrupted run (spaedge.train.checkpoint)."""
+    uninterrupted run (spaedge.train.checkpoint). ``env``: device, precision,
+    loader processes, downloads (spaedge.train.device)."""
     reporter = reporter or Reporter(enabled=False)
+    env = env or TrainEnv()
+    cfg = resolve(cfg, allow_download=env.download, log=reporter.log)
+    device = resolve_device(env.device)
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    task, model, bhash = build_task_model(cfg)
+    task, model, bhash = build_task_model(cfg, reporter.log)
     method = get_method(cfg.method)
     # The fixed batches data-driven criteria, masks and Pear score on, drawn
     # from the images training may see.
@@ -89,13 +97,14 @@ def train_task(cfg: TrainConfig, *, reporter: Optional[Reporter] = None, checkpo
                 method.restore(model)
         session.restore_rng()
     kw = dict(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, generator=gen,
-              reporter=reporter, session=session)
+              reporter=reporter, session=session, env=env)
     reporter.log(f"task {task.name}: {len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test images, "
-                 f"{task.num_classes} classes, input {'x'.join(map(str, task.input_size))}")
+                 f"{task.num_classes} classes, input {'x'.join(map(str, task.input_size))}; "
+                 f"base {cfg.base} ({model.weights_source}); training on {device}")
 
     def val_note(text: str) -> None:  # validation accuracy as progress (a whole pass: only when shown)
         if reporter.enabled:
-            reporter.log(f"{text}: val accuracy {evaluate(model, val_ds):.2%}")
+            reporter.log(f"{text}: val accuracy {evaluate(model, val_ds, env=env):.2%}")
 
     similar = None
     if cfg.schedule == SIMILAR and (session is None or session.resumed_from is None):
@@ -117,16 +126,21 @@ def train_task(cfg: TrainConfig, *, reporter: Optional[Reporter] = None, checkpo
         reporter.log(f"pear: {len(pear['pruned'])} adapters pruned, {pear['shared']} shared, "
                      f"{pear['removed']} removed (--pear-share none, or no kept adapter of their kept shape)")
     fit(model, train_ds, cfg.final_epochs, description="final", phase=("final", 0), **kw)
+    bad = [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise Diverged(f"training left non-finite values in {bad[0]} (and {len(bad) - 1} more tensors): lower --lr "
+                       "and run again; nothing was written")
     metrics = {
-        "task": task.name, "val_accuracy": evaluate(model, val_ds), "test_accuracy": evaluate(model, test_ds),
+        "task": task.name, "val_accuracy": evaluate(model, val_ds, env=env),
+        "test_accuracy": evaluate(model, test_ds, env=env),
         "density": density(model), "learned_parameters": learned_parameters(model),
         "macs": count_macs(model, task.input_size), "macs_unpruned": macs_full,
         "whole_model_bytes": whole_model_bytes(model), "seconds": round(time.time() - t0, 1),
-        "base_hash": bhash,
+        "base_hash": bhash, "device": str(device),
     }
     if similar is not None:
         metrics["similar_tasks"] = similar["neighbours"]
-    return Trained(model, task, bhash, metrics, similar=similar, pear=pear, session=session)
+    return Trained(model, task, bhash, metrics, config=cfg, similar=similar, pear=pear, session=session)
 
 
 def _prune_from_library(model: nn.Module, cfg: TrainConfig, task: Task, base_hash: str, example: torch.Tensor,
@@ -156,12 +170,13 @@ def _prune_from_library(model: nn.Module, cfg: TrainConfig, task: Task, base_has
 
 
 def run(cfg: TrainConfig, out_dir: str | Path, *, reporter: Optional[Reporter] = None,
-        on_model: Optional[Callable[[nn.Module], None]] = None, resume: bool = True) -> dict:
+        on_model: Optional[Callable[[nn.Module], None]] = None, resume: bool = True,
+        env: Optional[TrainEnv] = None) -> dict:
     """``train_task`` with a checkpoint after every epoch in ``out_dir``, then the
     run directory written; returns the metrics. Under torchrun only rank 0 writes."""
     out = Path(out_dir)
-    trained = train_task(cfg, reporter=reporter, checkpoint_dir=out, resume=resume)
-    model, task, metrics = trained.model, trained.task, trained.metrics
+    trained = train_task(cfg, reporter=reporter, checkpoint_dir=out, resume=resume, env=env)
+    model, task, metrics, cfg = trained.model, trained.task, trained.metrics, trained.config
     if not distributed.is_main():
         if on_model is not None:
             on_model(model)
@@ -169,7 +184,7 @@ def run(cfg: TrainConfig, out_dir: str | Path, *, reporter: Optional[Reporter] =
     out.mkdir(parents=True, exist_ok=True)
     info = {"rank": cfg.rank, "density": metrics["density"], "test_accuracy": metrics["test_accuracy"],
             "macs": metrics["macs"], "learned_parameters": metrics["learned_parameters"],
-            "base": cfg.base, "criterion": cfg.criterion}
+            "base": cfg.base, "base_weights": model.weights_source, "criterion": cfg.criterion}
     write_task(model, TaskSpec.from_task(task), trained.base_hash, out / "task.safetensors", info=info)
     metrics["task_bundle_bytes"] = (out / "task.safetensors").stat().st_size
     atomic_write_bytes(out / "config.json", json.dumps(cfg.to_json(), indent=2).encode())
