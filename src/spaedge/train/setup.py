@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from spaedge.adapters import adapt
-from spaedge.models import RANDOM, ResNet, get_base
+from spaedge.models import ResNet, get_base
 from spaedge.models.pretrained import PRETRAINED, pretrained_weights
 from spaedge.pack.bundle import base_hash
 from spaedge.pruning.similar import task_embedding
