@@ -81,3 +81,23 @@ def assert_bundle_matches(model, base_path, task_path, x) -> None:
         got = rt.run(x.numpy())
         assert float(np.abs(got - want).max()) <= 1e-3 * (1 + float(np.abs(want).max())), mode
         assert (got.argmax(1) == want.argmax(1)).all(), mode
+
+
+# The child runs `spaedge train` with its checkpoint writer patched to stop the
+# process (SIGSTOP) right after the first checkpoint is complete: the parent
+# sees it stopped, sends SIGINT, then SIGCONT. The interrupt lands mid-run by
+# construction, however fast or slow the machine.
+STOP_AFTER_FIRST_CHECKPOINT = """
+import os, signal, sys
+from spaedge.train import checkpoint
+real = checkpoint.save
+def save(*args, **kw):
+    real(*args, **kw)
+    if not save.stopped:
+        save.stopped = True
+        os.kill(os.getpid(), signal.SIGSTOP)
+save.stopped = False
+checkpoint.save = save
+from spaedge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["parse_density", "positive_int", "nonneg_int", "unit_fraction"]
+__all__ = ["parse_density", "positive_int", "nonneg_int", "unit_fraction", "path_text"]
 
 
 def parse_density(text: str) -> float:
@@ -43,3 +43,12 @@ def unit_fraction(text: str) -> float:
     if not 0.0 < v <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text}")
     return v
+
+
+def path_text(text: str) -> str:
+    """A path as typed: refused when no file could have that name (a NUL byte, empty)."""
+    if "\x00" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} contains a NUL byte: no file can have that name")
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
+    return text

@@ -36,7 +36,7 @@ import torch
 from spaedge.adapters import get_method
 from spaedge.pack.bundle import TaskSpec, task_bundle
 from spaedge.pack.format import atomic_write_bytes, serialise
-from spaedge.pack.layout import safe_name
+from spaedge.pack.layout import task_name
 from spaedge.train import TrainConfig, train_task
 from spaedge.train.device import TrainEnv
 
@@ -60,7 +60,7 @@ class Cell:
 
     @property
     def key(self) -> str:
-        t = safe_name(self.task)
+        t = task_name(self.task)
         opts = "".join(f"-{v}" for _, v in self.options)
         return (f"{t}__{self.method}{opts}-r{self.rank}__d{int(round(self.density * 100))}__{self.criterion}"
                 f"__{self.schedule}__s{self.seed}")

@@ -188,12 +188,16 @@ def test_library_then_a_new_task_pruned_once_runs_in_the_runtime(folders, tmp_pa
     lib = tmp_path / "lib"
     files = [library.add_to_library(r, lib) for r in runs.values()]
     assert len(library.load_library(lib)) == 2
-    # a run made before plans existed: its plan is rebuilt from the bundle and config
-    (runs["stripes"] / library.PLAN_FILE).unlink()
-    rebuilt = library.plan_from_run(runs["stripes"])
     stored = library.read_plan(files[1] if "stripes" in files[1].name else files[0])
-    assert rebuilt.kept == stored.kept and rebuilt.density == pytest.approx(stored.density)
-    np.testing.assert_allclose(rebuilt.embedding, stored.embedding, rtol=1e-5, atol=1e-6)
+    direct = library.plan_from_run(runs["stripes"])
+    assert direct.kept == stored.kept and direct.density == stored.density and direct.embedding == stored.embedding
+    assert len(library.load_library(tmp_path / "runs")) == 2  # a directory of finished runs is a library too
+    # a run directory whose files no longer match its manifest is refused, never half-read
+    (runs["stripes"] / library.PLAN_FILE).write_text("{}")
+    with pytest.raises(ValueError, match="not the file the run wrote"):
+        library.plan_from_run(runs["stripes"])
+    with pytest.raises(ValueError, match="not the file the run wrote"):
+        library.load_library(tmp_path / "runs")
 
     new = tmp_path / "new"
     models = []

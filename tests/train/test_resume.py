@@ -17,9 +17,11 @@ import sys
 import pytest
 
 
+from _toolchain_helpers import STOP_AFTER_FIRST_CHECKPOINT  # noqa: E402
 from _toolchain_helpers import tiny_image_folder as _images  # noqa: E402
 from spaedge.train import checkpoint  # noqa: E402
 from spaedge.train import TrainConfig, run  # noqa: E402
+from spaedge.train.setup import resolve  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the whole pipeline (train, pack, run)
 
@@ -29,6 +31,11 @@ CFG = dict(epochs=2, recovery_epochs=1, final_epochs=2, density=0.6, prune_step=
 @pytest.fixture(scope="module", autouse=True)
 def task_dir(tmp_path_factory):
     CFG["task"] = f"imagefolder:{_images(tmp_path_factory.mktemp('imgs'))}"
+
+
+def _resolved(cfg: dict) -> dict:
+    """The config a run records (its base chosen for the task, data made local)."""
+    return resolve(TrainConfig(**cfg)).to_json()
 
 
 def metrics_wo_time(d):
@@ -73,7 +80,7 @@ def test_resume_gives_the_same_bundle(reference, tmp_path, monkeypatch, stop_aft
     with pytest.raises(Stop):
         run(TrainConfig(**CFG), tmp_path)
     assert (tmp_path / checkpoint.CHECKPOINT).exists() and not (tmp_path / "task.safetensors").exists()
-    ck = checkpoint.load(tmp_path / checkpoint.CHECKPOINT, TrainConfig(**CFG).to_json())
+    ck = checkpoint.load(tmp_path / checkpoint.CHECKPOINT, _resolved(CFG))
     assert ck is not None and ck.position.phase == saves[-1]
     monkeypatch.setattr(checkpoint, "save", real)
     run(TrainConfig(**CFG), tmp_path)
@@ -92,28 +99,22 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "save", stop)
     with pytest.raises(Stop):
         run(TrainConfig(**CFG), tmp_path)
-    assert checkpoint.load(tmp_path / checkpoint.CHECKPOINT, TrainConfig(**{**CFG, "seed": 4}).to_json()) is None
-    assert checkpoint.load(tmp_path / checkpoint.CHECKPOINT, TrainConfig(**CFG).to_json()) is not None
+    monkeypatch.setattr(checkpoint, "save", real)
+    with pytest.raises(checkpoint.CheckpointError, match=r"other settings \(seed 3 there, 4 now\).*--restart"):
+        checkpoint.load(tmp_path / checkpoint.CHECKPOINT, _resolved({**CFG, "seed": 4}))
+    assert checkpoint.load(tmp_path / checkpoint.CHECKPOINT, _resolved(CFG)) is not None
+    # a run with another config in the same directory is refused, the checkpoint kept; --restart discards it
+    with pytest.raises(checkpoint.CheckpointError, match="--restart"):
+        run(TrainConfig(**{**CFG, "seed": 4}), tmp_path)
+    assert checkpoint.load(tmp_path / checkpoint.CHECKPOINT, _resolved(CFG)) is not None
+    run(TrainConfig(**{**CFG, "seed": 4}), tmp_path, resume=False)
+    assert (tmp_path / "task.safetensors").exists() and not (tmp_path / checkpoint.CHECKPOINT).exists()
 
 
-# The child runs `spaedge train` with its checkpoint writer patched to stop the
-# process (SIGSTOP) right after the first checkpoint is complete: the parent
-# sees it stopped, sends SIGINT, then SIGCONT. The interrupt lands mid-run by
-# construction, however fast or slow the machine.
-STOP_AFTER_FIRST_CHECKPOINT = """
-import os, signal, sys
-from spaedge.train import checkpoint
-real = checkpoint.save
-def save(*args, **kw):
-    real(*args, **kw)
-    if not save.stopped:
-        save.stopped = True
-        os.kill(os.getpid(), signal.SIGSTOP)
-save.stopped = False
-checkpoint.save = save
-from spaedge.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+def test_a_corrupt_checkpoint_is_refused_naming_restart(tmp_path):
+    (tmp_path / checkpoint.CHECKPOINT).write_bytes(b"not a checkpoint at all")
+    with pytest.raises(checkpoint.CheckpointError, match="not a readable spaedge checkpoint.*--restart"):
+        run(TrainConfig(**CFG), tmp_path)
 
 
 def test_ctrl_c_leaves_a_resumable_run_directory(tmp_path):
@@ -143,7 +144,7 @@ def test_ctrl_c_leaves_a_resumable_run_directory(tmp_path):
     assert b"Traceback" not in err, err.decode()[-2000:]
     assert not (out / "task.safetensors").exists()
     assert not [p for p in out.iterdir() if ".tmp-" in p.name], list(out.iterdir())
-    assert checkpoint.load(ck, TrainConfig(**cfg).to_json()) is not None  # whole, readable
+    assert checkpoint.load(ck, _resolved(cfg)) is not None  # whole, readable
     r = subprocess.run([sys.executable, "-m", "spaedge.cli", *train(out)], capture_output=True, text=True,
                        cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr

@@ -34,7 +34,13 @@ def prune_block(model: nn.Module) -> int:
 
 def adapt(model: nn.Module, method: str = "splora", rank: int = 8, head: str = "fc") -> nn.Module:
     """Wrap every ``nn.Conv2d`` of ``model`` (in place) with adapter ``method``."""
-    make = get_method(method).layer
+    m = get_method(method)
+    make = m.layer
+    widest = max((max(c.in_channels, c.out_channels) for c in model.modules() if isinstance(c, nn.Conv2d)),
+                 default=0)
+    if m.uses_rank and not 1 <= rank <= max(widest, 1):
+        raise ValueError(f"--rank {rank}: the adapter rank must be between 1 and the widest layer's channel count "
+                         f"({widest} in this base); a rank above a layer's width adds nothing")
     for p in model.parameters():
         p.requires_grad_(False)
     for name, module in list(model.named_modules()):

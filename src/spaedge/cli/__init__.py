@@ -14,24 +14,22 @@ clear line (exit code 2), never a traceback, for bad input.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import signal
 import sys
 
-from spaedge.cli import bench, experiment, info, library, pack, pretrain, run, tasks, train
 from spaedge.cli.common import EXIT_USAGE, CliError
-from spaedge.download import DownloadError
-from spaedge.errors import BundleError
 
 __all__ = ["main", "build_parser", "CliError", "EXIT_USAGE"]
 
-# One module per command, in the order `spaedge --help` lists them.
-COMMANDS = (train, pack, run, info, pretrain, tasks, bench, experiment, library)
+# One module per command (spaedge.cli.<name>), in the order `spaedge --help` lists them.
+COMMANDS = ("train", "pack", "run", "info", "pretrain", "tasks", "bench", "experiment", "library")
 
 
-def _unavailable(sub, module, reason: str) -> None:
+def _unavailable(sub, name: str, reason: str) -> None:
     """A command whose parts are not installed here (the toolchain on a device,
     say): it still appears, and running it says what is missing."""
-    name = module.__name__.rsplit(".", 1)[1]
     p = sub.add_parser(name, help=f"(unavailable here: {reason})", add_help=True)
     p.add_argument("rest", nargs=argparse.REMAINDER)
 
@@ -46,27 +44,44 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Run `spaedge COMMAND --help` for a command's options.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for module in COMMANDS:
+    for name in COMMANDS:
         try:
-            module.add_parser(sub)
+            importlib.import_module(f"spaedge.cli.{name}").add_parser(sub)
         except ImportError as e:  # the toolchain (torch) or the compiled runtime is not installed
-            _unavailable(sub, module, str(e))
+            _unavailable(sub, name, str(e))
     return p
 
 
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: files being written are cleaned up."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USAGE
-    try:
+    signal.signal(signal.SIGTERM, _terminate)
+    command = "spaedge"
+    try:  # the commands' modules load inside: Ctrl-C while the toolchain loads is a clean exit too
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = f"spaedge {args.command}" if getattr(args, "command", None) else command
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_USAGE
         return args.func(args) or 0
-    except (CliError, BundleError, DownloadError, FileNotFoundError, ValueError) as e:
+    except (CliError, ValueError, OSError) as e:  # BundleError, DownloadError, PathProblem, Diverged... are these
         if os.environ.get("SPAEDGE_DEBUG"):
             raise
-        print(f"spaedge {args.command}: error: {e}", file=sys.stderr)
+        print(f"{command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"spaedge {args.command}: interrupted; no partial bundle was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"{command}: {how}; no half-written file was left (a training run resumes from its last "
+              "checkpoint when run again)", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

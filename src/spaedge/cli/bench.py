@@ -10,7 +10,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from spaedge.argtypes import positive_int
+from spaedge.argtypes import path_text, positive_int
 from spaedge.pack.format import atomic_write_bytes, read_metadata
 from spaedge.pack.layout import base_bundle_path, task_bundle_path
 
@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
                     "onnxruntime, the LiteRT interpreter and PyTorch eager (those that are installed); "
                     "print median/p90 latency, GFLOP/s and the ratio to onnxruntime, and the task-switch "
                     "time against creating an onnxruntime session.")
-    b.add_argument("--bundles", default="bundles", help="bundle directory (default ./bundles)")
+    b.add_argument("--bundles", type=path_text, default="bundles", help="bundle directory (default ./bundles)")
     b.add_argument("--task", default="digits", help="task name (default digits)")
     b.add_argument("--threads", type=positive_int, nargs="+", default=[1],
                    help="thread counts to measure, e.g. --threads 1 2 (default 1)")
@@ -32,9 +32,9 @@ def add_parser(subparsers) -> None:
                    help="engines to time (default: all that are installed)")
     b.add_argument("--mode", choices=["merged", "lowrank"], default="merged", help="spaedge runtime mode")
     b.add_argument("--switches", type=positive_int, default=20, help="task switches to time (default 20)")
-    b.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    b.add_argument("--png", metavar="FILE", help="write a bar chart of the latencies (PNG)")
-    b.add_argument("--exports", metavar="DIR",
+    b.add_argument("--json", type=path_text, metavar="FILE", help="write the results as JSON")
+    b.add_argument("--png", type=path_text, metavar="FILE", help="write a bar chart of the latencies (PNG)")
+    b.add_argument("--exports", type=path_text, metavar="DIR",
                    help="keep the ONNX/TFLite exports here, and reuse those newer than the task bundle "
                         "(default: a temporary directory); lets a device without torch time the peers")
     b.set_defaults(func=main)

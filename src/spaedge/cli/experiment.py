@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 
+from spaedge.argtypes import path_text
 from spaedge.cli.common import CliError, add_config_flags, add_env_flags, env_from_args
 
 DESCRIPTION = ("Run the comparison grid (methods x criteria x densities x ranks over tasks and seeds) through the "
@@ -18,7 +19,7 @@ def add_parser(sub) -> None:
 
     e = sub.add_parser("experiment", help="methods x criteria x densities x ranks over tasks and seeds",
                        description=DESCRIPTION)
-    e.add_argument("--out", default="experiment", help="results directory (resumes from its runs/)")
+    e.add_argument("--out", type=path_text, default="experiment", help="results directory (resumes from its runs/)")
     e.add_argument("--fast", action="store_true", help="a few tiny runs (CI)")
     e.add_argument("--tasks", help="';'-separated task names (default: " + "; ".join(DEFAULT_TASKS) + ")")
     e.add_argument("--seeds", type=int, default=2, help="seeds per cell (default 2)")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from spaedge.argtypes import path_text
 from spaedge.cli.common import human_bytes, human_count, print_table
 from spaedge.pack.format import json_field, read_bundle
 
 
 def add_parser(sub) -> None:
     i = sub.add_parser("info", help="what a bundle holds", description="Print a bundle's metadata and sizes.")
-    i.add_argument("bundle", help="a base or task bundle (.safetensors)")
+    i.add_argument("bundle", type=path_text, help="a base or task bundle (.safetensors)")
     i.set_defaults(func=main)
 
 

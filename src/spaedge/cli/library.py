@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from spaedge.argtypes import path_text
 from spaedge.cli.common import add_config_flags
 
 
@@ -24,12 +25,12 @@ def add_parser(sub) -> None:
     a = s.add_parser("add", help="add finished runs' plans to a library directory",
                      description="Copy RUN_DIR/plan.json (or rebuild it from task.safetensors + config.json for "
                                  "runs made before plans existed) into the library directory.")
-    a.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    a.add_argument("--to", required=True, metavar="DIR", help="library directory (created if missing)")
+    a.add_argument("runs", nargs="+", type=path_text, metavar="RUN_DIR")
+    a.add_argument("--to", type=path_text, required=True, metavar="DIR", help="library directory (created if missing)")
     a.set_defaults(func=cmd_add)
     ls = s.add_parser("list", help="the plans of a library, optionally ranked for a task",
                       description="List a library's plans; with --task, ranked by similarity to that task.")
-    ls.add_argument("library", metavar="DIR")
+    ls.add_argument("library", type=path_text, metavar="DIR")
     ls.add_argument("--task", help="rank the plans by cosine similarity to this task's embedding")
     add_config_flags(ls, TrainConfig, names=["base", "base_weights", "data_dir"])
     ls.set_defaults(func=cmd_list)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spaedge.argtypes import positive_int
+from spaedge.argtypes import path_text, positive_int
 from spaedge.cli.common import CliError
 from spaedge.pack.layout import base_bundle_path, task_bundle_path
 
@@ -18,14 +18,14 @@ from spaedge.pack.layout import base_bundle_path, task_bundle_path
 def add_parser(sub) -> None:
     r = sub.add_parser("run", help="run a packed task in the C++ runtime",
                        description="Classify images, or score the task's test set (--eval), with the C++ runtime.")
-    r.add_argument("--bundles", default="bundles", help="bundle directory (default ./bundles)")
+    r.add_argument("--bundles", type=path_text, default="bundles", help="bundle directory (default ./bundles)")
     r.add_argument("--task", default="digits", help="task name (default digits)")
     r.add_argument("--eval", action="store_true", help="score the task's split instead of classifying images")
     r.add_argument("--split", default="test", choices=["train", "val", "test"], help="split for --eval")
-    r.add_argument("--data-dir", help="where the task's data is (for --eval)")
+    r.add_argument("--data-dir", type=path_text, help="where the task's data is (for --eval)")
     r.add_argument("--threads", type=positive_int, help="runtime threads (default: all cores)")
     r.add_argument("--top", type=positive_int, default=3, help="labels to print per image (default 3)")
-    r.add_argument("images", nargs="*", metavar="IMAGE", help="image files (jpg, png, ...)")
+    r.add_argument("images", nargs="*", type=path_text, metavar="IMAGE", help="image files (jpg, png, ...)")
     r.set_defaults(func=main)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from spaedge.argtypes import path_text
 from spaedge.cli.common import add_config_flags, add_env_flags, config_from_args, env_from_args, human_count, print_table
 
 TITLE = "training (defaults are the embedded default's)"
@@ -16,8 +17,10 @@ def add_parser(sub) -> None:
     t = sub.add_parser("train", help="prune and adapt a task into a run directory",
                        description="Adapt the base to a task, prune it iteratively to the target density with "
                                    "recovery epochs, and write a run directory (task bundle, config, metrics).")
-    t.add_argument("--runs", default="runs", help="directory of run directories (default ./runs)")
-    t.add_argument("--out", help="run directory (default RUNS/TASK)")
+    t.add_argument("--runs", type=path_text, default="runs", help="directory of run directories (default ./runs)")
+    t.add_argument("--out", type=path_text, help="run directory (default RUNS/TASK)")
+    t.add_argument("--restart", action="store_true",
+                   help="discard an unfinished run's checkpoint in the run directory instead of resuming it")
     add_config_flags(t, TrainConfig, title=TITLE)
     add_env_flags(t)
     t.set_defaults(func=main)
@@ -27,11 +30,13 @@ def main(args) -> int:
     # The toolchain (torch) is imported when a command runs, not when the
     # parser is built: `spaedge run/info` on a device has no torch.
     from spaedge.pack.layout import run_dir_path
+    from spaedge.paths import check_output_dir
     from spaedge.progress import Reporter
     from spaedge.train import TrainConfig, distributed, run
 
     cfg = config_from_args(TrainConfig, args)
-    out = Path(args.out) if args.out else run_dir_path(args.runs, cfg.task)
+    out = check_output_dir(args.out if args.out else run_dir_path(check_output_dir(args.runs, "--runs"), cfg.task),
+                           "the run directory")
     # Under torchrun: DDP over the processes (gloo), rank 0 writes and prints (spaedge.train.distributed).
     ddp = distributed.init_from_env()
     dump = os.environ.get("SPAEDGE_DDP_STATE_HASH")  # debug/tests: every rank writes its model's hash
@@ -44,7 +49,7 @@ def main(args) -> int:
     with Reporter(enabled=is_main) as rep:
         if ddp and is_main:
             rep.log(f"data-parallel over {distributed.world_size()} processes (torchrun, gloo)")
-        metrics = run(cfg, out, reporter=rep, on_model=on_model, env=env_from_args(args))
+        metrics = run(cfg, out, reporter=rep, on_model=on_model, env=env_from_args(args), resume=not args.restart)
     distributed.finish()  # on an error the process exits and torchrun stops the others
     if is_main:
         report_run(metrics, out)

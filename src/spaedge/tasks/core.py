@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from spaedge.download import data_home
 
 __all__ = [
+    "DatasetError",
     "DatasetNotFound",
     "Task",
     "TaskDataset",
@@ -50,6 +51,10 @@ _LUMA = (0.299, 0.587, 0.114)
 
 Size = Tuple[int, int, int]
 InputSize = Union[None, int, Sequence[int]]
+
+
+class DatasetError(ValueError):
+    """A task's data is there but cannot be used; the message names the file."""
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -239,7 +244,14 @@ class ImageFileSource:
     def load(self, indices: np.ndarray) -> torch.Tensor:
         if len(indices) == 0:
             return torch.zeros((0,) + self.size)
-        return torch.stack([load_image(self.paths[int(i)], self.size) for i in indices])
+        return torch.stack([self._load(self.paths[int(i)]) for i in indices])
+
+    def _load(self, path: str) -> torch.Tensor:
+        try:
+            return load_image(path, self.size)
+        except (OSError, ValueError, SyntaxError, EOFError) as e:  # changed or removed since it was checked
+            raise DatasetError(f"{path}: cannot read the image any more ({e}); the data changed during the run: "
+                               "fix or remove the file and run again (the run resumes from its checkpoint)") from None
 
 
 # --------------------------------------------------------------------------
@@ -346,6 +358,8 @@ class Task:
         if any(s <= 0 for s in self.std):
             raise ValueError(f"{name}: std must be positive, got {self.std}")
         self.description = description
+        # Things a person should know about the data (files skipped, say); shown by the pipeline.
+        self.notes: List[str] = []
         self.flip_ok = flip_ok
         self.in_memory = in_memory
         self.crop_fraction = float(crop_fraction)
@@ -385,11 +399,13 @@ class Task:
             raise ValueError(f"{self.name}: classes {bad} out of range 0..{self.num_classes - 1}")
         if name is None:
             name = f"{self.name}:{','.join(map(str, classes))}"
-        return Task(name, [self.labels[c] for c in classes], self.input_size, self.mean, self.std,
+        sub = Task(name, [self.labels[c] for c in classes], self.input_size, self.mean, self.std,
                     self._splits, description=self.description, flip_ok=self.flip_ok,
                     in_memory=self.in_memory, crop_fraction=self.crop_fraction,
                     classes=self._classes[classes],
                     source_classes=self._source_classes)
+        sub.notes = list(self.notes)
+        return sub
 
     def load_image(self, path: str) -> torch.Tensor:
         """An image file preprocessed like this task's data: C x H x W, normalised.

@@ -2,7 +2,12 @@
 
     PATH/<class>/**/*.jpg|jpeg|png|bmp|gif|webp
 
-Class names are the sorted subdirectory names that contain images. Without
+Class names are the sorted subdirectory names that contain images. Every
+image is decoded once when the folder is read: files that are not images,
+are truncated, or have more than ``MAX_PIXELS`` pixels are skipped, counted
+and named (``task.notes``), so training never stops on one. Directory links
+are followed, but never in a loop, and a file reached twice (through links)
+is listed once, in one split. Without
 split folders, each class is split 70/15/15 into train/val/test by a fixed
 hash of the file's relative path (adding a file moves at most its
 neighbours). If PATH has train/ and test/ (and optionally val/) subfolders
@@ -15,8 +20,10 @@ suit: an ImageNet ResNet, the built-in tiny base).
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Dict, List, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -32,22 +39,79 @@ SEED = "spaedge/imagefolder/v1"
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 
 
-def _scan_classes(root: str) -> Dict[str, List[str]]:
-    """{class name: sorted relative paths (to root) of its images}, classes with images only."""
+# Images above this many pixels are skipped (a 30000 x 30000 PNG would take
+# 2.7 GB to decode; the largest photos cameras take are ~10^8).
+MAX_PIXELS = 100_000_000
+
+
+def _image_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be used as an image (None if it decodes), read the way
+    training will read it; JPEGs decode at reduced scale, which still reads
+    every byte, so a truncated file is found."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                return f"{w}x{h} pixels, above the {MAX_PIXELS:,} limit"
+            if im.format == "JPEG":
+                im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
+            im.load()
+    except Image.DecompressionBombError:
+        return f"too many pixels (above PIL's decompression-bomb limit)"
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL's ways of saying "not an image"
+        return str(e) or type(e).__name__
+    return None
+
+
+class _Scan:
+    """What a scan keeps across class folders: files already seen (by their
+    real path, so links never list a file twice, in one split or two) and
+    the files skipped, with why."""
+
+    def __init__(self):
+        self.seen: set[str] = set()
+        self.skipped: List[Tuple[str, str]] = []
+
+
+def _scan_classes(root: str, scan: _Scan) -> Dict[str, List[str]]:
+    """{class name: sorted relative paths (to root) of its images}, classes with images only.
+
+    Directory links are followed once each (a link to a parent or to itself
+    is not a loop); every image is decoded once here, and those that fail or
+    are too large are skipped (``scan.skipped``) rather than stopping training."""
     out: Dict[str, List[str]] = {}
+    candidates: List[Tuple[str, str]] = []
     for name in sorted(os.listdir(root)):
         cdir = os.path.join(root, name)
         if name.startswith(".") or not os.path.isdir(cdir):
             continue
-        files = []
+        visited = set()
         for dirpath, dirnames, filenames in os.walk(cdir, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in visited:  # reached again through a link: a loop or a second path
+                dirnames[:] = []
+                continue
+            visited.add(real)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for f in sorted(filenames):
-                if not f.startswith(".") and f.lower().endswith(EXTENSIONS):
-                    files.append(os.path.relpath(os.path.join(dirpath, f), root))
-        if files:
-            out[name] = sorted(files)
-    return out
+                if f.startswith(".") or not f.lower().endswith(EXTENSIONS):
+                    continue
+                path = os.path.join(dirpath, f)
+                real_file = os.path.realpath(path)
+                if real_file in scan.seen or not os.path.isfile(real_file):
+                    continue
+                scan.seen.add(real_file)
+                candidates.append((name, path))
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:  # PIL decodes without the GIL
+        problems = list(pool.map(lambda c: _image_problem(c[1]), candidates))
+    for (name, path), problem in zip(candidates, problems):
+        if problem is not None:
+            scan.skipped.append((os.path.relpath(path, root), problem))
+            continue
+        out.setdefault(name, []).append(os.path.relpath(path, root))
+    return {name: sorted(files) for name, files in out.items()}
 
 
 def _split_dir(root: str, split: str):
@@ -66,16 +130,18 @@ def _not_found(root: str, why: str) -> DatasetNotFound:
         "Use imagefolder:PATH with an existing directory.", [root])
 
 
-def scan_imagefolder(root: str) -> Tuple[List[str], Dict[str, Tuple[List[str], np.ndarray, List[str]]]]:
+def scan_imagefolder(root: str, scan: Optional[_Scan] = None
+                     ) -> Tuple[List[str], Dict[str, Tuple[List[str], np.ndarray, List[str]]]]:
     """Returns (class names, {split: (absolute paths, class ids, hash keys)} or a single 'all')."""
+    scan = scan or _Scan()
     if not os.path.isdir(root):
         raise _not_found(root, "no such directory")
     train_dir, test_dir = _split_dir(root, "train"), _split_dir(root, "test")
     if train_dir and test_dir:
-        scans = {"train": _scan_classes(train_dir), "test": _scan_classes(test_dir)}
+        scans = {"train": _scan_classes(train_dir, scan), "test": _scan_classes(test_dir, scan)}
         val_dir = _split_dir(root, "val")
         if val_dir:
-            scans["val"] = _scan_classes(val_dir)
+            scans["val"] = _scan_classes(val_dir, scan)
         classes = sorted(scans["train"])
         if not classes:
             raise _not_found(root, f"no class subdirectories with images in {train_dir}")
@@ -95,13 +161,13 @@ def scan_imagefolder(root: str) -> Tuple[List[str], Dict[str, Tuple[List[str], n
                     keys.append(rel)
             out[split] = (paths, np.asarray(ids, dtype=np.int64), keys)
         return classes, out
-    scan = _scan_classes(root)
-    if not scan:
+    found = _scan_classes(root, scan)
+    if not found:
         raise _not_found(root, "no class subdirectories with images")
-    classes = sorted(scan)
+    classes = sorted(found)
     paths, ids, keys = [], [], []
     for i, c in enumerate(classes):
-        for rel in scan[c]:
+        for rel in found[c]:
             paths.append(os.path.join(root, rel))
             ids.append(i)
             keys.append(rel)
@@ -123,9 +189,18 @@ def _grayscale(paths: List[str], n: int = 8) -> bool:
     return bool(modes) and all(m in ("1", "L", "LA", "I", "I;16", "F") for m in modes)
 
 
+@functools.lru_cache(maxsize=8)
+def _scanned(root: str):
+    """A folder scanned once per process (every image is decoded in a scan;
+    a task is built several times at different sizes)."""
+    scan = _Scan()
+    classes, parts = scan_imagefolder(root, scan)
+    return classes, parts, scan
+
+
 def make_imagefolder(path, input_size=None, name=None) -> Task:
     root = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    classes, parts = scan_imagefolder(root)  # labels are needed now; decoding waits
+    classes, parts, scan = _scanned(root)
     first = next(iter(parts.values()))[0]
     size = parse_input_size(input_size, GRAY_SIZE if _grayscale(first) else DEFAULT_SIZE)
 
@@ -146,6 +221,11 @@ def make_imagefolder(path, input_size=None, name=None) -> Task:
         return table
 
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if size[0] == 3 else (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD)
-    return Task(name or f"imagefolder:{path}", classes, size, mean, std, load,
+    task = Task(name or f"imagefolder:{path}", classes, size, mean, std, load,
                 description=f"class-per-subdirectory images in {root}",
                 flip_ok=True, in_memory=False)
+    if scan.skipped:
+        shown = "; ".join(f"{p} ({why})" for p, why in scan.skipped[:3])
+        task.notes.append(f"{root}: skipped {len(scan.skipped)} file{'s' if len(scan.skipped) > 1 else ''} that "
+                          f"are not usable images: {shown}{'; ...' if len(scan.skipped) > 3 else ''}")
+    return task

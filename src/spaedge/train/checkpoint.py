@@ -29,7 +29,7 @@ from typing import Optional
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
@@ -39,7 +39,7 @@ from spaedge.pruning.groups import channel_groups
 from spaedge.pruning.prune import density, prune_to_density
 from spaedge.train import distributed
 
-__all__ = ["CHECKPOINT", "Position", "Checkpoint", "save", "load", "adopt_state", "PHASES"]
+__all__ = ["CHECKPOINT", "Position", "Checkpoint", "CheckpointError", "save", "load", "adopt_state", "PHASES"]
 
 CHECKPOINT = "checkpoint.safetensors"
 PHASES = {"adapt": 0, "recover": 1, "final": 2}
@@ -75,7 +75,7 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
         entry = {}
         for k, v in s.items():
             if torch.is_tensor(v):
-                tensors[f"opt.{pid}.{k}"] = v.detach().clone().contiguous()
+                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().clone().contiguous()
                 entry[k] = {"tensor": f"opt.{pid}.{k}"}
             else:
                 entry[k] = v
@@ -112,7 +112,7 @@ def restore_rng(tensors: dict[str, torch.Tensor], rest: dict, generator: torch.G
 
 def save(path: Path, *, position: Position, config: dict, model: nn.Module, generator: torch.Generator,
          optimizer=None, scheduler=None) -> None:
-    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "position": json.dumps(position.__dict__), "config": json.dumps(config, sort_keys=True),
             "requires_grad": json.dumps(sorted(n for n, p in model.named_parameters() if p.requires_grad))}
     if optimizer is not None:
@@ -126,23 +126,45 @@ def save(path: Path, *, position: Position, config: dict, model: nn.Module, gene
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed (corrupt, or made with another
+    config): it is never dropped silently; the message names --restart."""
+
+
 def load(path: Path, config: dict) -> Optional[Checkpoint]:
-    """The checkpoint at ``path`` if it exists and was made with ``config``; None otherwise."""
+    """The checkpoint at ``path`` (None if there is none). One made with another
+    ``config``, or unreadable, raises CheckpointError: discarding a resumable
+    run is the user's decision (``--restart``)."""
     if not path.exists():
         return None
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != FORMAT or json.loads(meta.get("config", "null")) != json.loads(
-            json.dumps(config, sort_keys=True)):
-        return None
-    tensors = st_load(path.read_bytes())
-    ck = Checkpoint(position=Position(**json.loads(meta["position"])), config=config,
-                    model={k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
-                    rng={"tensors": {k: v for k, v in tensors.items() if k.startswith("rng.")},
-                         "rest": json.loads(meta["rng"])})
-    if "optimizer" in meta:
-        ck.optimizer = _unflatten_optimizer(json.loads(meta["optimizer"]), tensors)
-        ck.scheduler = json.loads(meta["scheduler"])
+    restart = "pass --restart to discard it and train from the start, or --out another directory"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}")
+        stored = json.loads(meta.get("config", "null"))
+        if not isinstance(stored, dict):
+            raise ValueError("no config")
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a readable spaedge checkpoint ({e}): {restart}") from None
+    want = json.loads(json.dumps(config, sort_keys=True))
+    if stored != want:
+        diff = [k for k in sorted(set(stored) | set(want)) if stored.get(k) != want.get(k)]
+        what = ", ".join(f"{k} {stored.get(k)!r} there, {want.get(k)!r} now" for k in diff[:3])
+        raise CheckpointError(f"{path.parent} holds an unfinished run with other settings ({what}"
+                              f"{', ...' if len(diff) > 3 else ''}): {restart}")
+    try:
+        tensors = st_load(path.read_bytes())
+        ck = Checkpoint(position=Position(**json.loads(meta["position"])), config=config,
+                        model={k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
+                        rng={"tensors": {k: v for k, v in tensors.items() if k.startswith("rng.")},
+                             "rest": json.loads(meta["rng"])})
+        if "optimizer" in meta:
+            ck.optimizer = _unflatten_optimizer(json.loads(meta["optimizer"]), tensors)
+            ck.scheduler = json.loads(meta["scheduler"])
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a readable spaedge checkpoint ({e}): {restart}") from None
     return ck
 
 

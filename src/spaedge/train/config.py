@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 from spaedge.adapters.pear import KNOWLEDGE, SHARE_MAPS
 from spaedge.adapters.registry import get_method, method_names
 from spaedge.adapters.sparse import MASK_CRITERIA
-from spaedge.argtypes import nonneg_int, parse_density, positive_int, unit_fraction
+from spaedge.argtypes import nonneg_int, parse_density, path_text, positive_int, unit_fraction
 from spaedge.pruning.criteria import CRITERIA
 from spaedge.pruning.prune import SCHEDULES
 
@@ -50,9 +50,10 @@ class TrainConfig:
     base_weights: Optional[str] = _flag(None, "weights file for the base (.pth state dict or .safetensors, "
                                               "torchvision names), or 'random' for an untrained base (speed "
                                               "tests); default: the base's own pretrained weights",
-                                        metavar="FILE")
-    data_dir: Optional[str] = _flag(None, "where the task's data is (for fashion_mnist, flowers, cifar10)",
-                                    metavar="DIR")
+                                        parse=path_text, metavar="FILE")
+    data_dir: Optional[str] = _flag(None, "where the task's data is (default: the cache, $SPAEDGE_DATA or "
+                                          "~/.cache/spaedge/data, where flowers and cifar10 download on first use)",
+                                    parse=path_text, metavar="DIR")
     method: str = _flag("splora", "adapter method (default {default}). {described}", choices=method_names,
                         describe=_methods)
     rank: int = _flag(8, "adapter rank (default {default})", parse=positive_int)
@@ -66,7 +67,7 @@ class TrainConfig:
                           choices=lambda: [*SCHEDULES, SIMILAR])
     library: Optional[str] = _flag(None, "for --schedule similar: a library directory (`spaedge library add`), run "
                                          "directories or a directory of runs; several separated by commas",
-                                   metavar="DIR")
+                                   parse=path_text, metavar="DIR")
     neighbours: int = _flag(3, "for --schedule similar: nearest library tasks that vote (default {default})",
                             parse=positive_int)
     train_limit: int = _flag(0, "train (and score channels) on the first N training images only (default 0: all)",

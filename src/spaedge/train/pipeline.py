@@ -24,8 +24,8 @@ from torch import nn
 
 from spaedge.adapters import AdaptedLayer, get_method, learned_parameters
 from spaedge.models.stats import count_macs
-from spaedge.pack.bundle import TaskSpec, write_task
-from spaedge.pack.format import atomic_write_bytes
+from spaedge.pack.bundle import TaskSpec, task_bundle
+from spaedge.pack.format import serialise
 from spaedge.pack.materialize import whole_model_bytes
 from spaedge.progress import Reporter
 from spaedge.pruning.criteria import DATA_CRITERIA
@@ -35,9 +35,10 @@ from spaedge.tasks import Task, first_items, score_batches
 from spaedge.train import distributed
 from spaedge.train.checkpoint import Session, prune_resumable
 from spaedge.train.config import SIMILAR, TrainConfig
-from spaedge.train.library import load_library, write_run_plan
+from spaedge.train.library import load_library, plan_bytes, run_plan
 from spaedge.train.device import TrainEnv, resolve_device
 from spaedge.train.loops import Diverged, evaluate, fit
+from spaedge.train.rundir import write_run
 from spaedge.train.setup import build_task_model, embed_task, resolve
 
 __all__ = ["Trained", "train_task", "run"]
@@ -181,16 +182,16 @@ def run(cfg: TrainConfig, out_dir: str | Path, *, reporter: Optional[Reporter] =
         if on_model is not None:
             on_model(model)
         return metrics
-    out.mkdir(parents=True, exist_ok=True)
     info = {"rank": cfg.rank, "density": metrics["density"], "test_accuracy": metrics["test_accuracy"],
             "macs": metrics["macs"], "learned_parameters": metrics["learned_parameters"],
             "base": cfg.base, "base_weights": model.weights_source, "criterion": cfg.criterion}
-    write_task(model, TaskSpec.from_task(task), trained.base_hash, out / "task.safetensors", info=info)
-    metrics["task_bundle_bytes"] = (out / "task.safetensors").stat().st_size
-    atomic_write_bytes(out / "config.json", json.dumps(cfg.to_json(), indent=2).encode())
-    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
-    write_run_plan(out, model, cfg, task, trained.base_hash, metrics,
-                   embedding=trained.similar["embedding"] if trained.similar else None)
+    bundle, _ = serialise(*task_bundle(model, TaskSpec.from_task(task), trained.base_hash, info))
+    metrics["task_bundle_bytes"] = len(bundle)
+    plan = run_plan(model, cfg, task, trained.base_hash, metrics,
+                    embedding=trained.similar["embedding"] if trained.similar else None)
+    # task bundle, config, metrics and plan become visible together (spaedge.train.rundir)
+    write_run(out, {"task.safetensors": bundle, "config.json": json.dumps(cfg.to_json(), indent=2).encode(),
+                    "metrics.json": json.dumps(metrics, indent=2).encode(), "plan.json": plan_bytes(plan)})
     trained.session.finish()
     if on_model is not None:
         on_model(model)

@@ -62,6 +62,9 @@ def task_for_base(cfg: TrainConfig, base: ResNet, log: Optional[Callable[[str], 
     reverse) is converted, and ``log`` says so."""
     task = get_task(cfg.task, data_dir=cfg.data_dir, input_size=base.native_input_size())
     own = get_task(cfg.task, data_dir=cfg.data_dir).input_size[0]
+    for note in task.notes:
+        if log is not None:
+            log(note)
     if own != base.in_channels and log is not None:
         how = "each gray image repeated to 3 channels" if own == 1 else "colour converted to luma (1 channel)"
         log(f"{cfg.task} has {'gray' if own == 1 else 'RGB'} images, the {cfg.base} base takes "
@@ -71,7 +74,10 @@ def task_for_base(cfg: TrainConfig, base: ResNet, log: Optional[Callable[[str], 
 
 def build_task_model(cfg: TrainConfig, log: Optional[Callable[[str], None]] = None
                      ) -> tuple[Task, nn.Module, str]:
-    """(task, adapted model with a fresh head, base content hash) for a resolved config."""
+    """(task, adapted model with a fresh head, base content hash) for a config
+    (resolved here if its base is still ``auto``)."""
+    if cfg.base == AUTO:
+        cfg = resolve(cfg, log=log)
     base = load_base(cfg)
     task = task_for_base(cfg, base, log)
     bhash = base_hash(base)
