@@ -2,9 +2,11 @@
 
 ``get_base(name, weights=None)`` returns a base model:
 
-- ``tiny`` (default): the built-in grayscale 28x28 base, pretrained here on
-  Fashion-MNIST classes 0-5 (``spaedge pretrain``); its weights ship with the
-  package.
+- ``tiny`` and ``small``: the built-in grayscale 28x28 bases (``tiny``:
+  BasicBlock x [1,1,1,1], widths 16-128, 308k parameters; ``small``: ResNet-18's
+  layout at half width, 32-256, ~2.8M), pretrained here on Fashion-MNIST
+  classes 0-5 (``spaedge pretrain``); their weights ship with the package
+  (``small``'s as float16, loaded as float32).
 - ``resnet18`` / ``resnet34`` / ``resnet50``: torchvision-compatible. With no
   ``weights`` they get torchvision's ImageNet-1k weights, downloaded once and
   cached (``spaedge.models.pretrained``); or pass a weights file (``.pth``
@@ -26,15 +28,19 @@ import torch
 from safetensors.torch import load_file
 
 from spaedge.models.pretrained import PRETRAINED, pretrained_weights
-from spaedge.models.resnet import ResNet, from_config, resnet18, resnet34, resnet50, spaedge_tiny
+from spaedge.models.resnet import ResNet, from_config, resnet18, resnet34, resnet50, spaedge_small, spaedge_tiny
 
-__all__ = ["ResNet", "get_base", "load_weights", "BASES", "BUILTIN_WEIGHTS", "RANDOM", "from_config"]
+__all__ = ["ResNet", "get_base", "load_weights", "BASES", "BUILTIN", "BUILTIN_WEIGHTS", "RANDOM", "from_config"]
 
-BUILTIN_WEIGHTS = Path(__file__).with_name("weights") / "spaedge_tiny.safetensors"
+_WEIGHTS_DIR = Path(__file__).with_name("weights")
+# The built-in bases' weights, shipped in the package (spaedge pretrain --base NAME remakes them).
+BUILTIN = {"tiny": _WEIGHTS_DIR / "spaedge_tiny.safetensors", "small": _WEIGHTS_DIR / "spaedge_small.safetensors"}
+BUILTIN_WEIGHTS = BUILTIN["tiny"]
 RANDOM = "random"  # weights=RANDOM: a randomly initialised base, on purpose
 
 BASES = {
     "tiny": lambda: spaedge_tiny(),
+    "small": lambda: spaedge_small(),
     "resnet18": lambda: resnet18(),
     "resnet34": lambda: resnet34(),
     "resnet50": lambda: resnet50(),
@@ -44,23 +50,24 @@ BASES = {
 }
 
 
-def get_base(name: str = "tiny", weights: str | os.PathLike | None = None, in_channels: int | None = None, *,
-             allow_download: bool = True, progress=None) -> ResNet:
+def get_base(name: str = "tiny", weights: str | os.PathLike | None = None, *, allow_download: bool = True,
+             progress=None) -> ResNet:
     """Build base ``name`` with its weights: ``None`` for its own (built-in for
     ``tiny``, ImageNet for the ResNets, downloaded on first use unless
     ``allow_download`` is False), a weights file, or ``"random"``."""
     if name not in BASES:
         raise ValueError(f"unknown base {name!r}; known bases: {', '.join(BASES)}")
-    model = BASES[name]() if in_channels is None else _with_channels(name, in_channels)
+    model = BASES[name]()
     if weights is not None and str(weights) == RANDOM:
         model.weights_source = "random (not pretrained)"
-    elif weights is None and name == "tiny":
-        if not BUILTIN_WEIGHTS.exists():
+    elif weights is None and name in BUILTIN:
+        path = BUILTIN[name]
+        if not path.exists():
             raise FileNotFoundError(
-                f"the built-in base weights are missing ({BUILTIN_WEIGHTS}); "
-                "recreate them with `spaedge pretrain` or reinstall spaedge")
-        load_weights(model, BUILTIN_WEIGHTS)
-        model.weights_source = "built-in (spaedge_tiny.safetensors)"
+                f"the built-in {name} base's weights are missing ({path}); recreate them with "
+                f"`spaedge pretrain --base {name}` or reinstall spaedge")
+        load_weights(model, path)
+        model.weights_source = f"built-in ({path.name})"
     elif weights is None:
         path = pretrained_weights(name, allow_download=allow_download, progress=progress)
         stem = name.endswith("-cifar")
@@ -73,15 +80,6 @@ def get_base(name: str = "tiny", weights: str | os.PathLike | None = None, in_ch
         model.weights_source = f"file {Path(weights).name}"
     model.eval()
     return model
-
-
-def _with_channels(name: str, in_channels: int) -> ResNet:
-    kw = {"in_channels": in_channels}
-    if name.endswith("-cifar"):
-        kw["stem"] = "cifar"
-    ctor = {"tiny": spaedge_tiny, "resnet18": resnet18, "resnet34": resnet34,
-            "resnet50": resnet50}[name.replace("-cifar", "")]
-    return ctor(**kw)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50", "spaedge_tiny"]
+__all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50", "spaedge_tiny", "spaedge_small"]
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:
@@ -231,6 +231,15 @@ def spaedge_tiny(**kw) -> ResNet:
     kw.setdefault("stem", "cifar")
     kw.setdefault("widths", (16, 32, 64, 128))
     return ResNet(BasicBlock, (1, 1, 1, 1), arch="spaedge-tiny", **kw)
+
+
+def spaedge_small(**kw) -> ResNet:
+    """The second built-in base: ResNet-18's layout (BasicBlock x [2, 2, 2, 2])
+    at half width for 28x28 grayscale inputs (~2.8M parameters)."""
+    kw.setdefault("in_channels", 1)
+    kw.setdefault("stem", "cifar")
+    kw.setdefault("widths", (32, 64, 128, 256))
+    return ResNet(BasicBlock, (2, 2, 2, 2), arch="spaedge-small", **kw)
 
 
 def from_config(cfg: dict, num_classes: int = 1000) -> ResNet:
