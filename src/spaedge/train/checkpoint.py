@@ -66,6 +66,8 @@ class Checkpoint:
     optimizer: Optional[dict] = None
     scheduler: Optional[dict] = None
     rng: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    extra_tensors: dict = field(default_factory=dict)
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -111,7 +113,8 @@ def restore_rng(tensors: dict[str, torch.Tensor], rest: dict, generator: torch.G
 
 
 def save(path: Path, *, position: Position, config: dict, model: nn.Module, generator: torch.Generator,
-         optimizer=None, scheduler=None) -> None:
+         optimizer=None, scheduler=None, extra: Optional[dict] = None,
+         extra_tensors: Optional[dict[str, torch.Tensor]] = None) -> None:
     tensors = {f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "position": json.dumps(position.__dict__), "config": json.dumps(config, sort_keys=True),
             "requires_grad": json.dumps(sorted(n for n, p in model.named_parameters() if p.requires_grad))}
@@ -123,6 +126,10 @@ def save(path: Path, *, position: Position, config: dict, model: nn.Module, gene
     t, rest = rng_state(generator)
     tensors.update(t)
     meta["rng"] = json.dumps(rest)
+    if extra is not None:  # what else the run needs to resume exactly (validation tracking)
+        meta["extra"] = json.dumps(extra)
+    for k, v in (extra_tensors or {}).items():
+        tensors[f"extra.{k}"] = v.detach().cpu().clone().contiguous()
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
@@ -163,6 +170,8 @@ def load(path: Path, config: dict) -> Optional[Checkpoint]:
         if "optimizer" in meta:
             ck.optimizer = _unflatten_optimizer(json.loads(meta["optimizer"]), tensors)
             ck.scheduler = json.loads(meta["scheduler"])
+        ck.extra = json.loads(meta.get("extra", "{}"))
+        ck.extra_tensors = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path} is not a readable spaedge checkpoint ({e}): {restart}") from None
     return ck
@@ -207,6 +216,9 @@ class Session:
         self.ck = load(self.path, config) if resume else None
         self.pos = Position()
         self.resumed_from: Optional[Position] = None
+        # Saved with every checkpoint: what else must survive an interruption (set by the pipeline).
+        self.extra: dict = {}
+        self.extra_tensors: dict[str, torch.Tensor] = {}
         if self.ck is not None:
             adopt_state(model, self.ck.model)
             self.pos = Position(**self.ck.position.__dict__)
@@ -238,7 +250,7 @@ class Session:
         if not distributed.is_main():  # under torchrun rank 0 checkpoints (every rank holds the same model)
             return
         save(self.path, position=self.pos, config=self.config, model=self.model, generator=self.generator,
-             optimizer=optimizer, scheduler=scheduler)
+             optimizer=optimizer, scheduler=scheduler, extra=self.extra, extra_tensors=self.extra_tensors)
 
     def finish(self) -> None:
         """The run directory is complete: the checkpoint is not needed any more."""

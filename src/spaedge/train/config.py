@@ -93,6 +93,12 @@ class TrainConfig:
     # The schedule and rate defaults were chosen on digits (docs/benchmarks.md,
     # "Measurements behind the toolchain's defaults").
     epochs: int = _flag(12, "adaptation epochs before pruning (default {default})", parse=nonneg_int)
+    total_epochs: int = _flag(0, "when > 0, the whole budget in epochs: the final phase gets what adaptation and "
+                                 "recovery left, so every schedule trains as long (default 0: --final-epochs)",
+                              parse=nonneg_int, metavar="N")
+    early_stopping: int = _flag(0, "when > 0, the final phase stops after N epochs without a better validation "
+                                   "accuracy and keeps the best epoch's model (default 0: off)",
+                                parse=nonneg_int, metavar="N")
     recovery_epochs: int = _flag(1, "epochs after each pruning step (default {default})", parse=nonneg_int)
     final_epochs: int = _flag(8, "epochs after the last pruning step (default {default})", parse=nonneg_int)
     batch_size: int = _flag(32, "training batch size (default {default})", parse=positive_int)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -33,13 +33,16 @@ __all__ = ["fit", "predict", "evaluate", "Diverged"]
 def fit(model: nn.Module, dataset, epochs: int, *, lr: float = 3e-3, batch_size: int = 64,
         weight_decay: float = 0.0, generator: Optional[torch.Generator] = None,
         reporter: Optional[Reporter] = None, description: str = "train", session=None,
-        phase: tuple[str, int] = ("adapt", 0), env: Optional[TrainEnv] = None) -> float:
+        phase: tuple[str, int] = ("adapt", 0), env: Optional[TrainEnv] = None,
+        on_epoch: Optional[Callable[[int, float], bool]] = None) -> float:
     """Train the model's trainable parameters; returns the last epoch's mean loss.
 
     ``session`` (a spaedge.train.checkpoint.Session) checkpoints after every epoch and,
     when resuming, restarts this fit at its saved epoch; ``phase`` names the fit
     in the pipeline (adapt / recover <step> / final). ``env`` says where and how
-    (device, precision, loader processes); the model is back on the CPU after."""
+    (device, precision, loader processes); the model is back where it was after.
+    ``on_epoch(epochs done, mean loss)`` runs after every epoch (validation,
+    ``spaedge.train.validation``); True ends the fit there."""
     params = [p for p in model.parameters() if p.requires_grad]
     if epochs <= 0 or not params:
         return float("nan")
@@ -49,18 +52,24 @@ def fit(model: nn.Module, dataset, epochs: int, *, lr: float = 3e-3, batch_size:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*onednn.*tf32.*|.*TF32.*")
         with torch.backends.mkldnn.flags(enabled=onednn):
+            home = _device_of(model)
             model.to(device)
             try:
                 return _fit(model, dataset, epochs, params, lr=lr, batch_size=batch_size,
                             weight_decay=weight_decay, generator=generator, reporter=reporter,
                             description=description, session=session, phase=phase, env=env, device=device,
-                            channels_last=onednn)
+                            channels_last=onednn, on_epoch=on_epoch)
             finally:
-                model.to("cpu")
+                model.to(home)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def _fit(model, dataset, epochs, params, *, lr, batch_size, weight_decay, generator, reporter, description,
-         session, phase, env, device, channels_last):
+         session, phase, env, device, channels_last, on_epoch):
     net = distributed.wrap(model)  # a fresh DDP wrapper per fit: pruning replaced the parameters
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     per_epoch = math.ceil(len(dataset) / batch_size)
@@ -71,9 +80,9 @@ def _fit(model, dataset, epochs, params, *, lr, batch_size, weight_decay, genera
     advance = reporter.bar(description, epochs * per_epoch, unit="img") if reporter else (lambda n=1, images=0: None)
     start = min(epochs, session.begin(phase[0], phase[1], opt, sched)) if session is not None else 0
     advance(start * per_epoch)
-    model.train()
     loss_mean = float("nan")
     for epoch in range(start, epochs):
+        model.train()  # (validation after an epoch leaves it in eval mode)
         total, count, t0 = 0.0, 0, time.perf_counter()
         for batch in batches(dataset, batch_size, shuffle=True, generator=generator, select=distributed.share,
                              workers=env.loader_workers, pin_memory=device.type == "cuda"):
@@ -96,8 +105,14 @@ def _fit(model, dataset, epochs, params, *, lr, batch_size, weight_decay, genera
             left = (epochs - epoch - 1) * per_epoch * batch_size / max(rate, 1e-9)
             reporter.log(f"{description}: epoch {epoch + 1}/{epochs}, loss {loss_mean:.4f}, {rate:.0f} images/s"
                          + (f", {_duration(left)} left in this phase" if epoch + 1 < epochs else ""))
-        if session is not None:
-            session.end_epoch(epoch + 1, opt, sched)
+        stop = bool(on_epoch(epoch + 1, loss_mean)) if on_epoch is not None else False
+        if session is not None:  # a stopped phase counts as done: a resumed run does not train it further
+            session.end_epoch(epochs if stop else epoch + 1, opt, sched)
+        if stop:
+            if reporter is not None:
+                reporter.log(f"{description}: stopped after epoch {epoch + 1}/{epochs} (no better validation "
+                             "accuracy)")
+            break
     distributed.average_buffers(model)  # BatchNorm statistics: the same model on every rank
     model.eval()
     return loss_mean
@@ -119,6 +134,7 @@ def predict(model: nn.Module, dataset, batch_size: int = 256,
     device = resolve_device(env.device)
     model.eval()
     logits, labels = [], []
+    home = _device_of(model)
     model.to(device)
     try:
         with torch.inference_mode():
@@ -129,7 +145,7 @@ def predict(model: nn.Module, dataset, batch_size: int = 256,
                 logits.append(out.float().cpu().numpy())
                 labels.append(y.cpu().numpy())
     finally:
-        model.to("cpu")
+        model.to(home)
     return np.concatenate(logits), np.concatenate(labels)
 
 

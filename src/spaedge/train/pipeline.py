@@ -40,6 +40,7 @@ from spaedge.train.device import TrainEnv, resolve_device
 from spaedge.train.loops import Diverged, evaluate, fit
 from spaedge.train.rundir import write_run
 from spaedge.train.setup import build_task_model, embed_task, resolve
+from spaedge.train.validation import Validation
 
 __all__ = ["Trained", "train_task", "run"]
 
@@ -59,7 +60,7 @@ class Trained:
 
 
 def train_task(cfg: TrainConfig, *, reporter: Optional[Reporter] = None, checkpoint_dir: Optional[Path] = None,
-               resume: bool = True, env: Optional[TrainEnv] = None) -> Trained:
+               resume: bool = True, env: Optional[TrainEnv] = None, curve: bool = False) -> Trained:
     """Adapt, prune and train the config's task; return the model and its metrics.
 
     The config is resolved first (``setup.resolve``: the task's data and the
@@ -68,7 +69,8 @@ def train_task(cfg: TrainConfig, *, reporter: Optional[Reporter] = None, checkpo
     (``checkpoint.safetensors``) and, with ``resume``, continues from a
     checkpoint made with the same config, reaching the same model as an
     uninterrupted run (spaedge.train.checkpoint). ``env``: device, precision,
-    loader processes, downloads (spaedge.train.device)."""
+    loader processes, downloads (spaedge.train.device). ``curve``: record the
+    validation accuracy after every epoch (``metrics["curve"]``)."""
     reporter = reporter or Reporter(enabled=False)
     env = env or TrainEnv()
     cfg = resolve(cfg, allow_download=env.download, log=reporter.log)
@@ -107,14 +109,18 @@ def train_task(cfg: TrainConfig, *, reporter: Optional[Reporter] = None, checkpo
         if reporter.enabled:
             reporter.log(f"{text}: val accuracy {evaluate(model, val_ds, env=env):.2%}")
 
+    tracking = Validation(model, val_ds, env=env, patience=cfg.early_stopping, curve=curve, session=session)
     similar = None
     if cfg.schedule == SIMILAR and (session is None or session.resumed_from is None):
         similar = _prune_from_library(model, cfg, task, bhash, example, reporter.log)  # resumed: shapes restored
-    fit(model, train_ds, cfg.epochs, description="adapt", phase=("adapt", 0), **kw)
+    fit(model, train_ds, cfg.epochs, description="adapt", phase=("adapt", 0), on_epoch=tracking.hook("adapt"), **kw)
     val_note(f"adapted at density {density(model):.1%}")
+    steps = [0]  # pruning steps recovered from (for --total-epochs)
 
     def recover(step: int, d: float) -> None:
-        fit(model, train_ds, cfg.recovery_epochs, description=f"recover {step}", phase=("recover", step), **kw)
+        steps[0] = max(steps[0], step)
+        fit(model, train_ds, cfg.recovery_epochs, description=f"recover {step}", phase=("recover", step),
+            on_epoch=tracking.hook("recover", step), **kw)
         val_note(f"pruning step {step}: density {d:.1%}")
 
     if cfg.density < 1.0 and cfg.schedule != SIMILAR:
@@ -126,7 +132,15 @@ def train_task(cfg: TrainConfig, *, reporter: Optional[Reporter] = None, checkpo
     if pear and not pear.get("skipped"):
         reporter.log(f"pear: {len(pear['pruned'])} adapters pruned, {pear['shared']} shared, "
                      f"{pear['removed']} removed (--pear-share none, or no kept adapter of their kept shape)")
-    fit(model, train_ds, cfg.final_epochs, description="final", phase=("final", 0), **kw)
+    final_epochs = cfg.final_epochs
+    if cfg.total_epochs:  # the same budget for every schedule: the final phase takes what is left
+        recoveries = steps[0] if cfg.schedule == "iterative" else min(steps[0], 1)
+        final_epochs = max(0, cfg.total_epochs - cfg.epochs - recoveries * cfg.recovery_epochs)
+    fit(model, train_ds, final_epochs, description="final", phase=("final", 0), on_epoch=tracking.hook("final"),
+        **kw)
+    best_val = tracking.finish()
+    if best_val is not None:
+        reporter.log(f"kept the final phase's best epoch (val accuracy {best_val:.2%})")
     bad = [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
     if bad:
         raise Diverged(f"training left non-finite values in {bad[0]} (and {len(bad) - 1} more tensors): lower --lr "
@@ -137,8 +151,10 @@ def train_task(cfg: TrainConfig, *, reporter: Optional[Reporter] = None, checkpo
         "density": density(model), "learned_parameters": learned_parameters(model),
         "macs": count_macs(model, task.input_size), "macs_unpruned": macs_full,
         "whole_model_bytes": whole_model_bytes(model), "seconds": round(time.time() - t0, 1),
-        "base_hash": bhash, "device": str(device),
+        "base_hash": bhash, "device": str(device), "final_epochs": final_epochs,
     }
+    if curve:
+        metrics["curve"] = tracking.history
     if similar is not None:
         metrics["similar_tasks"] = similar["neighbours"]
     return Trained(model, task, bhash, metrics, config=cfg, similar=similar, pear=pear, session=session)
