@@ -2,9 +2,9 @@
 
     python benchmarks/pear_maps.py [--out DIR] [--tasks "digits;fashion_mnist_new"] [--seeds 2] [--workers 1]
 
-Cells of ``spaedge experiment`` (same budget as its offline default: 400
-training images, 2 adaptation epochs, 15% pruning steps with one recovery
-epoch, 2 final epochs, built-in ``tiny`` base, rank 8) for SPLoRA (no adapter
+Cells of ``spaedge experiment`` (its default budget and protocol: the same
+epochs for every run, the learning rate chosen on validation; built-in
+``tiny`` base, rank 8) for SPLoRA (no adapter
 pruning) and Pear with each sharing map (``pear`` = nearest in depth,
 ``pear-important``, ``pear-none``), at densities 100% and 30%. Prints a
 Markdown table: test accuracy mean ± std over seeds per task, learned

@@ -15,20 +15,42 @@ def test_fast_experiment_writes_table_csv_png_and_resumes(tmp_path, capsys):
     out = tmp_path / "exp"
     assert main(["experiment", "--fast", "--workers", "1", "--out", str(out)]) == 0
     runs = sorted((out / "runs").glob("*.json"))
-    assert len(runs) == 7
+    assert len(runs) == 7 * 2  # every cell at both rates of the fast budget
     table = (out / "results.md").read_text()
     for label in ("Fine-pruning", "SPLoRA r4", "SPPaRA", "SPLoPA", "SparseAdapter", "Pear r4"):
         assert label in table
-    assert (out / "results.csv").read_text().count("\n") == 8
-    assert (out / "results.png").stat().st_size > 1000
-    r = json.loads(runs[0].read_text())
+    assert "## Within noise" in table and "learning rate chosen on validation" in table
+    assert (out / "results.csv").read_text().count("\n") == 7 * 2 + 1
+    assert (out / "results.png").stat().st_size > 1000 and (out / "curves.png").stat().st_size > 1000
+    results = [json.loads(p.read_text()) for p in runs]
+    r = results[0]
     assert r["task_bundle_bytes"] > 0 and r["learned_parameters"] > 0 and r["macs"] > 0
+    assert len(r["curve"]) >= 2 and all(0 <= h["val_accuracy"] <= 1 for h in r["curve"])
+    # the table reports, for every cell, the rate with the better validation accuracy
+    for key in {r["config_key"] for r in results}:
+        pair = sorted((r for r in results if r["config_key"] == key), key=lambda r: (-r["val_accuracy"], r["lr"]))
+        shown = f"{pair[0]['lr']:g}"
+        row = next(l for l in table.splitlines() if pair[0]["label"] in l and f"| {pair[0]['density']:.0%} |" in l)
+        assert row.rstrip(" |").endswith(shown), (row, shown)
     # resume: a finished grid runs nothing again
     mtimes = [p.stat().st_mtime for p in runs]
     capsys.readouterr()
     assert main(["experiment", "--fast", "--workers", "1", "--out", str(out)]) == 0
     assert "0 to go" in capsys.readouterr().err
     assert [p.stat().st_mtime for p in runs] == mtimes
+
+
+def test_rates_are_chosen_on_validation_never_on_test():
+    from spaedge.experiment import Budget, chosen_rates, reported
+
+    budget = Budget(lrs=(1e-3, 1e-2), seeds=2)
+    rows = [dict(config_key="a", seed=0, lr=1e-3, val_accuracy=0.9, test_accuracy=0.5),
+            dict(config_key="a", seed=0, lr=1e-2, val_accuracy=0.8, test_accuracy=0.99),
+            dict(config_key="a", seed=1, lr=1e-3, val_accuracy=0.7, test_accuracy=0.6),
+            dict(config_key="a", seed=1, lr=1e-2, val_accuracy=0.9, test_accuracy=0.9),  # not a seed-0 rate
+            dict(config_key="b", seed=0, lr=1e-3, val_accuracy=0.5, test_accuracy=0.5)]  # search unfinished
+    assert chosen_rates(rows, budget) == {"a": 1e-3}
+    assert [(r["seed"], r["lr"]) for r in reported(rows, budget)] == [(0, 1e-3), (1, 1e-3)]
 
 
 def test_bad_shard_is_refused(tmp_path, capsys):

@@ -48,7 +48,5 @@ class FineTuned(AdaptedLayer):
         self.weight = nn.Parameter(self.weight.data + t["weight_delta"], requires_grad=True)
 
 
-# Fine-pruning updates every weight and keeps the usual fine-tuning rate: at
-# the adapters' 1e-2 it is unstable (docs/results.md).
 register(Method("finetune", lambda conv, rank: FineTuned(conv), label="Fine-pruning", uses_rank=False,
-                lr=3e-3, summary="train every kept weight (the fine-pruning baseline)"))
+                summary="train every kept weight (the fine-pruning baseline)"))

@@ -35,8 +35,6 @@ class Method:
     uses_rank: bool = True
     # Channels a pruning step removes together (block-SPA prunes whole blocks).
     prune_block: int = 1
-    # The learning rate `spaedge experiment` gives the method (None: its budget's).
-    lr: Optional[float] = None
     # After adapt, before any training: prepare(model, opts, data, input_size).
     prepare: Optional[Callable[[nn.Module, Any, list, tuple], None]] = None
     # Once channel pruning is over: after_pruning(model, opts, data) -> report dict or None.

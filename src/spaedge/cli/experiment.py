@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from spaedge.argtypes import path_text
+from spaedge.argtypes import nonneg_int, path_text, positive_int
 from spaedge.cli.common import CliError, add_config_flags, add_env_flags, env_from_args
 
 DESCRIPTION = ("Run the comparison grid (methods x criteria x densities x ranks over tasks and seeds) through the "
@@ -14,7 +14,7 @@ DESCRIPTION = ("Run the comparison grid (methods x criteria x densities x ranks 
 
 
 def add_parser(sub) -> None:
-    from spaedge.experiment import DEFAULT_TASKS
+    from spaedge.experiment import DEFAULT_LRS, DEFAULT_TASKS
     from spaedge.train import TrainConfig
 
     e = sub.add_parser("experiment", help="methods x criteria x densities x ranks over tasks and seeds",
@@ -22,10 +22,13 @@ def add_parser(sub) -> None:
     e.add_argument("--out", type=path_text, default="experiment", help="results directory (resumes from its runs/)")
     e.add_argument("--fast", action="store_true", help="a few tiny runs (CI)")
     e.add_argument("--tasks", help="';'-separated task names (default: " + "; ".join(DEFAULT_TASKS) + ")")
-    e.add_argument("--seeds", type=int, default=2, help="seeds per cell (default 2)")
+    e.add_argument("--seeds", type=positive_int, help="seeds per cell at its chosen rate (default 3)")
+    e.add_argument("--lrs", help="comma-separated learning rates every method is tried at (default "
+                                 + ",".join(f"{lr:g}" for lr in DEFAULT_LRS) + ")")
+    e.add_argument("--total-epochs", type=nonneg_int, help="epochs of every run in all (default 10)")
     e.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
     e.add_argument("--shard", default="0/1", help="run cells I, I+N, ... of the grid (I/N), for several machines")
-    e.add_argument("--train-limit", type=int, help="cap on training images per task (default 400)")
+    e.add_argument("--train-limit", type=positive_int, help="cap on training images per task (default 400)")
     add_config_flags(e, TrainConfig, names=["base", "base_weights", "data_dir"])
     add_env_flags(e)
     e.add_argument("--report-only", action="store_true", help="only rewrite the table from finished runs")
@@ -33,6 +36,8 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
+    import dataclasses
+
     from spaedge.experiment import (DEFAULT_TASKS, FAST_BUDGET, Budget, default_grid, fast_grid, load_results,
                                     report, run_grid)
 
@@ -40,16 +45,21 @@ def main(args) -> int:
         cells, budget = fast_grid(), FAST_BUDGET
     else:
         tasks = tuple(args.tasks.split(";")) if args.tasks else DEFAULT_TASKS
-        seeds = tuple(range(args.seeds))
-        cells, budget = default_grid(tasks, seeds), Budget()
-        if args.train_limit:
-            budget.train_limit = args.train_limit
+        cells, budget = default_grid(tasks), Budget()
     try:
         i, n = (int(v) for v in args.shard.split("/"))
         if not 0 <= i < n:
             raise ValueError
     except ValueError:
         raise CliError(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}") from None
+    changes = {k: v for k, v in (("seeds", args.seeds), ("train_limit", args.train_limit),
+                                 ("total_epochs", args.total_epochs)) if v is not None}
+    if args.lrs:
+        try:
+            changes["lrs"] = tuple(float(v) for v in args.lrs.split(","))
+        except ValueError:
+            raise CliError(f"--lrs must be numbers separated by commas, got {args.lrs!r}") from None
+    budget = dataclasses.replace(budget, **changes)
     if not args.report_only:
         run_grid(cells, budget, args.out, workers=args.workers, shard=(i, n), base=args.base,
                  base_weights=args.base_weights, data_dir=args.data_dir, env=env_from_args(args),
@@ -58,6 +68,6 @@ def main(args) -> int:
     if not results:
         print("no finished runs yet", file=sys.stderr)
         return 1
-    print(report(results, args.out, command="`spaedge " + " ".join(shlex.quote(a) for a in sys.argv[2:]) + "`"
-                 if len(sys.argv) > 1 else ""))
+    command = "`spaedge " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "`" if len(sys.argv) > 1 else ""
+    print(report(results, args.out, budget, command=command))
     return 0

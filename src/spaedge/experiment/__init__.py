@@ -1,0 +1,28 @@
+"""``spaedge experiment``: methods x criteria x densities x ranks over tasks and seeds.
+
+Protocol (offline default): a built-in base (``tiny``, or ``small``,
+pretrained on Fashion-MNIST classes 0-5) adapted to three tasks whose images
+it never saw in pretraining: ``digits`` (8x8 handwritten digits upscaled, 10
+classes), ``fashion_mnist_new`` (Fashion-MNIST classes 6-9) and
+``fashion_mnist:6,8`` (shirt vs bag). Each run is the training pipeline
+(``spaedge.train.pipeline.train_task``) under the grid's ``Budget``: the
+same training images, the same total epochs for every schedule (recovery
+epochs included), early stopping on validation, and the same learning-rate
+grid for every method, the rate chosen per cell on validation accuracy
+(seed 0), never on test; then the other seeds at that rate. The report gives
+test accuracy mean ± std over seeds, which differences are within noise,
+learned parameters, task-bundle bytes and MACs, with Pareto plots against
+bytes and MACs and the training curves.
+
+    grid.py    cells and the budget
+    run.py     the rate search and the seeds (resumable, shardable)
+    report.py  the table, the noise, the plots
+"""
+
+from spaedge.experiment.grid import (DEFAULT_LRS, DEFAULT_TASKS, FAST_BUDGET, Budget, Cell, cell_config,
+                                     default_grid, fast_grid)
+from spaedge.experiment.report import report, reported
+from spaedge.experiment.run import chosen_rates, load_results, run_cell, run_grid
+
+__all__ = ["Cell", "Budget", "FAST_BUDGET", "DEFAULT_TASKS", "DEFAULT_LRS", "default_grid", "fast_grid",
+           "cell_config", "run_cell", "run_grid", "load_results", "chosen_rates", "report", "reported"]

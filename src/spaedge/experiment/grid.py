@@ -1,0 +1,136 @@
+"""The comparison grid: cells (a method at a density, criterion and schedule on
+a task) and the budget every cell trains under."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+from spaedge.adapters import get_method
+from spaedge.pack.layout import task_name
+from spaedge.train import TrainConfig
+
+__all__ = ["Cell", "Budget", "FAST_BUDGET", "DEFAULT_TASKS", "DEFAULT_LRS", "default_grid", "fast_grid",
+           "cell_config"]
+
+DEFAULT_TASKS = ("digits", "fashion_mnist_new", "fashion_mnist:6,8")
+# The learning rates every method is tried at (chosen per cell on validation).
+DEFAULT_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    method: str = "splora"
+    rank: int = 8
+    density: float = 0.3
+    criterion: str = "magnitude"
+    schedule: str = "iterative"
+    seed: int = 0
+    # Method options as TrainConfig fields and values, e.g. (("pear_share", "none"),)
+    options: tuple = ()
+    lr: Optional[float] = None  # None: the budget's only rate
+
+    @property
+    def config_key(self) -> str:
+        """The cell without its seed and learning rate: what a rate is chosen for."""
+        opts = "".join(f"-{v}" for _, v in self.options)
+        return (f"{task_name(self.task)}__{self.method}{opts}-r{self.rank}__d{int(round(self.density * 100))}"
+                f"__{self.criterion}__{self.schedule}")
+
+    @property
+    def key(self) -> str:
+        return self.config_key + (f"__lr{self.lr:g}" if self.lr is not None else "") + f"__s{self.seed}"
+
+    @property
+    def label(self) -> str:
+        m = get_method(self.method).describe(self.rank)
+        m += "".join(f", {k.split('_')[-1]} {v}" for k, v in self.options)
+        extra = "" if self.schedule == "iterative" else f", {self.schedule}"
+        return f"{m} ({self.criterion}{extra})"
+
+
+@dataclass
+class Budget:
+    """What every cell gets: the same data, epochs and learning-rate grid (the
+    defaults are `spaedge experiment`'s fair protocol)."""
+
+    epochs: int = 2
+    recovery_epochs: int = 1
+    final_epochs: int = 2
+    # > 0: every schedule trains this many epochs in all (recovery epochs
+    # included); the final phase gets what adaptation and recovery left.
+    total_epochs: int = 10
+    early_stopping: int = 2   # > 0: patience of early stopping on validation in the final phase
+    prune_step: float = 0.15
+    train_limit: int = 400
+    test_limit: int = 1000
+    batch_size: int = 32
+    lrs: tuple = DEFAULT_LRS  # every method is trained at each; the best on validation is reported
+    seeds: int = 3            # seeds at the chosen rate (seed 0 chooses it)
+    score_batches: int = 2
+    adapter_keep: float = 0.1
+    mask_criterion: str = "snip"
+
+    def describe(self) -> str:
+        epochs = (f"{self.total_epochs} epochs in all ({self.epochs} adaptation, {self.recovery_epochs} per "
+                  "pruning step, the rest final)" if self.total_epochs else
+                  f"{self.epochs} + {self.recovery_epochs}/step + {self.final_epochs} epochs")
+        return (f"{self.train_limit} training images, {epochs}, pruning steps of {self.prune_step:.0%} of the "
+                f"filters, batch {self.batch_size}, learning rate chosen on validation among "
+                f"{', '.join(f'{lr:g}' for lr in self.lrs)}"
+                + (f", early stopping (patience {self.early_stopping})" if self.early_stopping else "")
+                + f"; {self.seeds} seed{'s' if self.seeds > 1 else ''}; test on the first {self.test_limit} "
+                  "test images")
+
+
+def default_grid(tasks=DEFAULT_TASKS, densities=(1.0, 0.3, 0.1)) -> list[Cell]:
+    """The cells of `spaedge experiment` (seed 0, no rate: the runner expands both)."""
+    cells = []
+    for task in tasks:
+        c = lambda **kw: cells.append(Cell(task=task, **kw))  # noqa: E731
+        for d in densities:
+            c(method="finetune", rank=0, density=d)
+            c(method="splora", rank=8, density=d)
+        for d in densities:
+            if d < 1.0:
+                c(method="splora", rank=2, density=d)
+                c(method="sppara", rank=0, density=d)
+                c(method="splopa", rank=2, density=d)
+                c(method="sparse", rank=0, density=d)
+        c(method="sparse-large", rank=0, density=0.3)
+        c(method="pear", rank=8, density=0.3)
+        for crit in ("gradient", "taylor", "lrp"):
+            c(method="splora", rank=8, density=0.1, criterion=crit)
+        c(method="splora", rank=8, density=0.1, schedule="oneshot")
+    return cells
+
+
+def fast_grid() -> list[Cell]:
+    return [Cell("digits", "finetune", 0, 0.3), Cell("digits", "splora", 4, 0.3),
+            Cell("digits", "splora", 4, 0.3, criterion="taylor", schedule="oneshot"),
+            Cell("digits", "sppara", 0, 0.3), Cell("digits", "splopa", 2, 0.3), Cell("digits", "sparse", 0, 0.3),
+            Cell("digits", "pear", 4, 0.3)]
+
+
+FAST_BUDGET = Budget(epochs=1, recovery_epochs=0, final_epochs=1, total_epochs=0, early_stopping=0, prune_step=0.35,
+                     train_limit=128, test_limit=128, score_batches=1, lrs=(3e-3, 1e-2), seeds=1)
+
+
+def cell_config(cell: Cell, budget: Budget, base: str = "tiny", base_weights: Optional[str] = None,
+                data_dir: Optional[str] = None) -> TrainConfig:
+    """The training config of one cell of the grid under ``budget``."""
+    return TrainConfig(task=cell.task, base=base, base_weights=base_weights, data_dir=data_dir, method=cell.method,
+                       rank=max(cell.rank, 1), density=cell.density, criterion=cell.criterion,
+                       schedule=cell.schedule, seed=cell.seed, epochs=budget.epochs,
+                       recovery_epochs=budget.recovery_epochs, final_epochs=budget.final_epochs,
+                       total_epochs=budget.total_epochs, early_stopping=budget.early_stopping,
+                       prune_step=budget.prune_step, train_limit=budget.train_limit, test_limit=budget.test_limit,
+                       batch_size=budget.batch_size, lr=cell.lr if cell.lr is not None else budget.lrs[0],
+                       score_batches=budget.score_batches, adapter_keep=budget.adapter_keep,
+                       mask_criterion=budget.mask_criterion, **dict(cell.options))
+
+
+def with_rate(cell: Cell, lr: float, seed: int) -> Cell:
+    return dataclasses.replace(cell, lr=lr, seed=seed)

@@ -1,0 +1,114 @@
+"""Running the grid: every cell at every rate of the budget on the selection
+seed, the rate with the best validation accuracy chosen (never the test
+accuracy), then the other seeds at that rate. Each finished run is a JSON
+file in ``OUT/runs``; a rerun skips those (resume). ``shard=(i, n)`` runs
+every n-th job, so several processes or machines can share a grid; a
+machine runs a cell's other seeds once the rate search of that cell has
+finished (on any machine sharing OUT)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing as mp
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from spaedge.experiment.grid import Budget, Cell, cell_config
+from spaedge.pack.bundle import TaskSpec, task_bundle
+from spaedge.pack.format import atomic_write_bytes, serialise
+from spaedge.train import train_task
+from spaedge.train.device import TrainEnv
+
+__all__ = ["run_cell", "run_grid", "load_results", "chosen_rates"]
+
+SELECTION_SEED = 0
+
+
+def run_cell(cell: Cell, budget: Budget, base: str = "tiny", base_weights: Optional[str] = None,
+             data_dir: Optional[str] = None, env: Optional[TrainEnv] = None) -> dict:
+    """Train one cell through the pipeline; its row of the table (the bundle is
+    serialised in memory for its size, not written)."""
+    torch.set_num_threads(1)  # one run per core
+    trained = train_task(cell_config(cell, budget, base, base_weights, data_dir), env=env, curve=True)
+    m = trained.metrics
+    bundle, _ = serialise(*task_bundle(trained.model, TaskSpec.from_task(trained.task), trained.base_hash))
+    result = {**dataclasses.asdict(cell), "key": cell.key, "config_key": cell.config_key, "label": cell.label,
+              "base": trained.config.base, "lr": trained.config.lr, "val_accuracy": m["val_accuracy"],
+              "test_accuracy": m["test_accuracy"], "density_reached": m["density"],
+              "learned_parameters": m["learned_parameters"], "task_bundle_bytes": len(bundle),
+              "macs": m["macs"], "macs_unpruned": m["macs_unpruned"], "seconds": m["seconds"],
+              "curve": m["curve"], "budget": dataclasses.asdict(budget)}
+    if trained.pear:
+        result.update(pear_shared=trained.pear["shared"], pear_removed=trained.pear["removed"])
+    return result
+
+
+def _worker(args):
+    cell, budget, out_dir, base, base_weights, data_dir, env = args
+    res = run_cell(cell, budget, base, base_weights, data_dir, env)
+    atomic_write_bytes(Path(out_dir) / "runs" / f"{cell.key}.json", json.dumps(res, indent=1).encode())
+    return res
+
+
+def load_results(out_dir: str | Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((Path(out_dir) / "runs").glob("*.json"))]
+
+
+def chosen_rates(results: list[dict], budget: Budget) -> dict[str, float]:
+    """{config_key: rate} for every cell whose rate search (all rates, selection
+    seed) is complete: the highest validation accuracy, ties to the lower rate."""
+    by: dict[str, dict[float, float]] = {}
+    for r in results:
+        if r["seed"] == SELECTION_SEED and r.get("lr") is not None:
+            by.setdefault(r["config_key"], {})[float(r["lr"])] = r["val_accuracy"]
+    out = {}
+    for key, accs in by.items():
+        if all(float(lr) in accs for lr in budget.lrs):
+            out[key] = min(budget.lrs, key=lambda lr: (-accs[float(lr)], lr))
+    return out
+
+
+def run_grid(cells: list[Cell], budget: Budget, out_dir: str | Path, *, workers: int = 1, shard=(0, 1),
+             base="tiny", base_weights=None, data_dir=None, log: Callable[[str], None] = print,
+             env: Optional[TrainEnv] = None) -> list[dict]:
+    """Run the rate search, then the other seeds at the chosen rates; returns all results."""
+    out = Path(out_dir)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    search = [dataclasses.replace(c, seed=SELECTION_SEED, lr=lr) for c in cells for lr in budget.lrs]
+    _run(search, budget, out, workers, shard, (base, base_weights, data_dir, env), log, "rate search")
+    rates = chosen_rates(load_results(out), budget)
+    seeds = [dataclasses.replace(c, seed=s, lr=rates[c.config_key]) for c in cells if c.config_key in rates
+             for s in range(1, budget.seeds)]
+    waiting = sum(c.config_key not in rates for c in cells)
+    if waiting:
+        log(f"{waiting} cells still wait for their rate search (other shards): run again to finish them")
+    _run(seeds, budget, out, workers, shard, (base, base_weights, data_dir, env), log, "other seeds")
+    return load_results(out)
+
+
+def _run(jobs: list[Cell], budget: Budget, out: Path, workers: int, shard, where, log, what: str) -> None:
+    i, n = shard
+    mine = [c for k, c in enumerate(jobs) if k % n == i]
+    todo = [c for c in mine if not (out / "runs" / f"{c.key}.json").exists()]
+    log(f"{what}: {len(mine)} runs in this shard, {len(mine) - len(todo)} already done, {len(todo)} to go")
+    args = [(c, budget, str(out), *where) for c in todo]
+    t0, done = time.time(), 0
+
+    def note(r):
+        nonlocal done
+        done += 1
+        log(f"[{what} {done}/{len(todo)}] {r['key']}: val {r['val_accuracy']:.2%}, test {r['test_accuracy']:.2%} "
+            f"({r['seconds']}s, {time.time() - t0:.0f}s elapsed)")
+
+    if workers <= 1:
+        for a in args:
+            note(_worker(a))
+        return
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        for f in as_completed([pool.submit(_worker, a) for a in args]):
+            note(f.result())
