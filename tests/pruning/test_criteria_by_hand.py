@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spaedge.adapters import SPLoRA
-from spaedge.pruning.criteria import CRITERIA, LRP_EPS
+from spaedge.adapters import SPLoRA, adapt
+from spaedge.pruning.criteria import CRITERIA, LRP_EPS, lrp_relevance
 from spaedge.pruning.groups import channel_groups
 
 # float32 implementation against float64 hand values
@@ -214,3 +214,172 @@ def test_data_criteria_average_over_batches_and_images_as_documented():
     assert ((hand["lrp_signed"] > 0).any(0) & (hand["lrp_signed"] < 0).any(0)).any()
     assert not torch.allclose(hand["taylor_signed"].mean(0).abs(), hand["taylor"], rtol=1e-2)
     assert not torch.allclose(hand["lrp_signed"].mean(0).abs(), hand["lrp"], rtol=1e-2)
+
+
+# ------------------------------------------------- a residual block, by hand
+class Residual(nn.Module):
+    """A ResNet in miniature: conv0-bn0-relu-maxpool, one basic block (conv1-bn1-relu-conv2-bn2,
+    + identity, relu), global average pool, fc. Channel groups: conv0 and conv2 write to the
+    residual sum (with bn0, bn2; read by conv1 and fc), conv1 alone (bn1; read by conv2)."""
+
+    def __init__(self, c: int = 4, m: int = 5, classes: int = 3):
+        super().__init__()
+        self.conv0 = nn.Conv2d(1, c, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(c)
+        self.relu0 = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(2)
+        self.conv1 = nn.Conv2d(c, m, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(m)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(m, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x):
+        h = self.maxpool(self.relu0(self.bn0(self.conv0(x))))
+        r = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(h)))))
+        return self.fc(torch.flatten(self.pool(self.relu2(r + h)), 1))
+
+
+def _residual(seed: int = 0) -> Residual:
+    """The block adapted with SPLoRA (rank 2, non-zero B), BatchNorms with running
+    statistics far from any batch's and non-trivial affine parameters."""
+    torch.manual_seed(seed)
+    net = adapt(Residual(), "splora", rank=2)
+    with torch.no_grad():
+        nn.init.normal_(net.fc.weight)
+        for layer in (net.conv0, net.conv1, net.conv2):
+            layer.weight.mul_(3)
+            nn.init.normal_(layer.lora_b, std=0.3)
+    for bn in (net.bn0, net.bn1, net.bn2):
+        n = bn.num_features
+        bn.running_mean.copy_(torch.randn(n) * 0.3)
+        bn.running_var.copy_(torch.rand(n) + 0.5)
+        with torch.no_grad():
+            bn.weight.copy_(torch.rand(n) + 0.5)
+            bn.bias.copy_(torch.randn(n) * 0.2)
+    return net
+
+
+def _residual_data():
+    g = torch.Generator().manual_seed(3)
+    return [(torch.randn(3, 1, 8, 8, generator=g), torch.tensor(labels)) for labels in ([0, 1, 2], [1, 2, 2])]
+
+
+RESIDUAL_EXAMPLE = torch.zeros(1, 1, 8, 8)
+
+
+def _conv_fwd(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Stride-1 'same' convolution by im2col."""
+    k = w.shape[-1]
+    u = F.unfold(a, k, padding=k // 2)
+    return torch.einsum("ck,nkp->ncp", w.flatten(1), u).reshape(a.shape[0], w.shape[0], *a.shape[2:])
+
+
+def _conv_lrp(a: torch.Tensor, w: torch.Tensor, z: torch.Tensor, r: torch.Tensor, eps: float) -> torch.Tensor:
+    """Epsilon rule through a conv z = w * a: every input entry of every patch gets
+    a_i w_ci / (z_c + eps sign z_c) of R_c, summed over the patches it is in."""
+    k = w.shape[-1]
+    u = F.unfold(a, k, padding=k // 2)                                    # (N, Cin*k*k, P)
+    s = (r / _stab(z, eps)).flatten(2)                                    # (N, C, P)
+    per_entry = u * torch.einsum("ck,ncp->nkp", w.flatten(1), s)
+    return F.fold(per_entry, a.shape[2:], k, padding=k // 2)
+
+
+def _bn_fwd(z: torch.Tensor, bn: nn.BatchNorm2d):
+    """Inference-mode BatchNorm as an affine map y = scale * z + shift; returns (y, scale)."""
+    scale = bn.weight.detach().double() / (bn.running_var.double() + bn.eps).sqrt()
+    shift = bn.bias.detach().double() - scale * bn.running_mean.double()
+    return z * scale[:, None, None] + shift[:, None, None], scale[:, None, None]
+
+
+def _maxpool2(a: torch.Tensor):
+    """2x2/2 max pool by reshaping; returns (output, one-hot mask of each window's winner)."""
+    n, c, h, w = a.shape
+    win = a.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
+    winner = F.one_hot(win.argmax(-1), 4).double()
+    return win.max(-1).values, winner
+
+
+def _maxpool2_lrp(a: torch.Tensor, winner: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """All of a window's relevance to its winner."""
+    n, c, h, w = a.shape
+    per = winner * r[..., None]
+    return per.reshape(n, c, h // 2, w // 2, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h, w)
+
+
+def _residual_lrp_by_hand(net: Residual, data, eps: float) -> dict[str, torch.Tensor]:
+    """Epsilon-LRP of the residual net, layer by layer, from the true-class logit down
+    to every conv output: the epsilon rule at every conv, BatchNorm (inference: running
+    statistics) and linear output; LRP-0 at the add (in proportion to each input) and
+    the average pool; all to the winner at the max pool; unchanged through ReLUs.
+    A conv's score: mean over images of |relevance of its output channel summed over positions|."""
+    w0, w1, w2 = (_task_weight(getattr(net, n)) for n in ("conv0", "conv1", "conv2"))
+    v, b = net.fc.weight.detach().double(), net.fc.bias.detach().double()
+    totals = {"conv0": [], "conv1": [], "conv2": []}
+    for x, y in data:
+        x = x.double()
+        n = x.shape[0]
+        # forward
+        z0 = _conv_fwd(x, w0)
+        y0, s0 = _bn_fwd(z0, net.bn0)
+        a0 = y0.clamp(min=0)
+        h, winner = _maxpool2(a0)
+        z1 = _conv_fwd(h, w1)
+        y1, s1 = _bn_fwd(z1, net.bn1)
+        a1 = y1.clamp(min=0)
+        z2 = _conv_fwd(a1, w2)
+        y2, s2 = _bn_fwd(z2, net.bn2)
+        total = y2 + h
+        a = total.clamp(min=0)
+        pooled = a.mean((2, 3))
+        logits = pooled @ v.T + b
+        # relevance, top down
+        r_logits = torch.zeros_like(logits)
+        r_logits[torch.arange(n), y] = logits[torch.arange(n), y]
+        r_pooled = pooled * ((r_logits / _stab(logits, eps)) @ v)                   # fc, epsilon
+        r_a = a / (a.shape[2] * a.shape[3]) * _div0(r_pooled, pooled)[:, :, None, None]  # average pool, LRP-0
+        r_total = r_a                                                                # ReLU
+        r_y2, r_h = y2 * _div0(r_total, total), h * _div0(r_total, total)            # add, LRP-0
+        r_z2 = z2 * s2 * r_y2 / _stab(y2, eps)                                       # bn2, epsilon
+        r_a1 = _conv_lrp(a1, w2, z2, r_z2, eps)                                      # conv2, epsilon
+        r_z1 = z1 * s1 * r_a1 / _stab(y1, eps)                                       # ReLU, bn1
+        r_h = r_h + _conv_lrp(h, w1, z1, r_z1, eps)                                  # conv1 + identity
+        r_a0 = _maxpool2_lrp(a0, winner, r_h)                                        # max pool
+        r_z0 = z0 * s0 * r_a0 / _stab(y0, eps)                                       # ReLU, bn0
+        for name, r in (("conv0", r_z0), ("conv1", r_z1), ("conv2", r_z2)):
+            totals[name].append(r.sum((2, 3)))
+    return {name: torch.cat(t).abs().mean(0) for name, t in totals.items()}
+
+
+def test_lrp_through_conv_batchnorm_residual_add_and_max_pool_matches_explicit_propagation():
+    net = _residual()
+    data = _residual_data()
+    eps = 0.25  # large enough that the epsilon rule visibly differs from LRP-0
+    want = _residual_lrp_by_hand(net, data, eps)
+    lrp0 = _residual_lrp_by_hand(net, data, 0.0)
+    assert all(not torch.allclose(want[n], lrp0[n], rtol=1e-2) for n in want)
+    net.train()  # the criterion must use the running statistics all the same, and give the mode back
+    got = lrp_relevance(net, data, eps=eps)
+    assert net.training
+    assert set(got) == {"conv0", "conv1", "conv2"}
+    for name in want:
+        torch.testing.assert_close(got[name].double(), want[name], rtol=1e-4, atol=1e-9, msg=name)
+
+
+def test_lrp_criterion_averages_the_residual_groups_producers():
+    net = _residual()
+    data = _residual_data()
+    groups = {tuple(g.producers): g for g in channel_groups(net, RESIDUAL_EXAMPLE)}
+    assert set(groups) == {("conv0", "conv2"), ("conv1",)}
+    res, mid = groups[("conv0", "conv2")], groups[("conv1",)]
+    assert res.norms == ["bn0", "bn2"] and res.consumers == ["conv1", "fc"]
+    assert mid.norms == ["bn1"] and mid.consumers == ["conv2"]
+    want = _residual_lrp_by_hand(net, data, LRP_EPS)
+    cache: dict = {}
+    torch.testing.assert_close(CRITERIA["lrp"](net, res, data=data, cache=cache).double(),
+                               (want["conv0"] + want["conv2"]) / 2, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(CRITERIA["lrp"](net, mid, data=data, cache=cache).double(), want["conv1"],
+                               rtol=1e-4, atol=1e-9)
