@@ -11,14 +11,20 @@ function) fails.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from spaedge.adapters import SPLoRA, adapt
-from spaedge.pruning.criteria import CRITERIA, LRP_EPS, lrp_relevance
+from spaedge.cli import build_parser
+from spaedge.cli.common import config_from_args
+from spaedge.pruning.criteria import CRITERIA, DATA_CRITERIA, LRP_EPS, lrp_relevance
 from spaedge.pruning.groups import channel_groups
+from spaedge.pruning.prune import prune_step
+from spaedge.train.config import TrainConfig
 
 # float32 implementation against float64 hand values
 RTOL, ATOL = 1e-5, 1e-6
@@ -383,3 +389,34 @@ def test_lrp_criterion_averages_the_residual_groups_producers():
                                (want["conv0"] + want["conv2"]) / 2, rtol=1e-4, atol=1e-9)
     torch.testing.assert_close(CRITERIA["lrp"](net, mid, data=data, cache=cache).double(), want["conv1"],
                                rtol=1e-4, atol=1e-9)
+
+
+# ------------------------------------------------------ the name on the command line
+def _criterion_from_command_line(name: str) -> str:
+    """``spaedge train --criterion NAME`` as the CLI parses it into the TrainConfig."""
+    return config_from_args(TrainConfig, build_parser().parse_args(["train", "--criterion", name])).criterion
+
+
+def test_every_criterion_the_cli_offers_is_checked_here():
+    choices = next(f for f in dataclasses.fields(TrainConfig) if f.name == "criterion").metadata["choices"]()
+    assert choices == list(CRITERIA)
+    assert set(choices) == set(HAND)  # a new criterion needs its hand-computed ranking in this file
+    assert DATA_CRITERIA == {"gradient", "taylor", "lrp"}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--criterion", "no-such-criterion"])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("name", sorted(HAND))
+def test_the_cli_name_prunes_the_channels_its_criterion_ranks_lowest(name, n):
+    # The pipeline's path: the parsed name into prune_step, data only for the data criteria.
+    criterion = _criterion_from_command_line(name)
+    assert criterion == name
+    net = _crafted()
+    removed = prune_step(net, torch.zeros(1, 2, 1, 1), n, criterion=criterion,
+                         score_kwargs={"data": [(X, Y)]} if criterion in DATA_CRITERIA else None)
+    assert removed == n
+    kept = sorted(_order(HAND[name])[n:])
+    assert net.conv1.out_index.tolist() == kept
+    assert net.conv1.in_index.tolist() == [0, 1]
+    torch.testing.assert_close(net.fc.weight.detach(), FC_W[:, kept])
