@@ -11,6 +11,7 @@ function) fails.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -420,3 +421,118 @@ def test_the_cli_name_prunes_the_channels_its_criterion_ranks_lowest(name, n):
     assert net.conv1.out_index.tolist() == kept
     assert net.conv1.in_index.tolist() == [0, 1]
     torch.testing.assert_close(net.fc.weight.detach(), FC_W[:, kept])
+
+
+# ------------------------------------------- a pruning step removes the lowest
+def _hand_step(scores: list[torch.Tensor], n: int) -> list[set[int]]:
+    """Positions a step of ``n`` removes by hand: each group's scores divided by the
+    group's mean, one ranking over all groups, the n lowest (each group keeping one)."""
+    ranked = sorted((float(s[p] / s.mean()), gi, p) for gi, s in enumerate(scores) for p in range(len(s)))
+    drop: list[set[int]] = [set() for _ in scores]
+    for _, gi, p in ranked:
+        if sum(map(len, drop)) == n:
+            break
+        if len(drop[gi]) < len(scores[gi]) - 1:
+            drop[gi].add(p)
+    return drop
+
+
+# Filters whose every task-weight entry is +-s: mean |w| = s, whatever inputs a filter
+# keeps. Group "res" (conv0 + conv2 write the residual sum): producer mean
+# (1.8, .5, 3, 2.7), normalised (.9, .25, 1.5, 1.35); group "mid" (conv1):
+# (.4, .1, .2, .5, .3), normalised (1.33, .33, .67, 1.67, 1). Four channels go:
+# res 1 (.25), mid 1 (.33), mid 2 (.67), res 0 (.9). Then two more, of what is
+# left: mid 4 (.3/.4 = .75) and res 3 (2.7/2.85 = .95), at positions 2 and 1.
+S0 = [1.6, 0.1, 5.9, 0.4]
+S2 = [2.0, 0.9, 0.1, 5.0]
+S1 = [0.4, 0.1, 0.2, 0.5, 0.3]
+
+
+def _signs(shape, g) -> torch.Tensor:
+    return torch.randint(0, 2, shape, generator=g).float() * 2 - 1
+
+
+def _magnitude_residual() -> Residual:
+    net = _residual()
+    g = torch.Generator().manual_seed(4)
+    for name, s in (("conv0", S0), ("conv1", S1), ("conv2", S2)):
+        layer = getattr(net, name)
+        w = _signs(layer.weight.shape, g) * torch.tensor(s)[:, None, None, None]
+        _set_task_weight(layer, w, layer.lora_a.detach(), layer.lora_b.detach())
+    return net
+
+
+def _residual_logits_by_hand(net: Residual, keep_res, keep_mid, x) -> torch.Tensor:
+    """The unpruned net's task weights, BatchNorms and head restricted to the kept
+    channels, run forward by hand (what the pruned net must compute)."""
+    w0, w1, w2 = (_task_weight(getattr(net, n)) for n in ("conv0", "conv1", "conv2"))
+    w0, w1, w2 = w0[keep_res], w1[keep_mid][:, keep_res], w2[keep_res][:, keep_mid]
+
+    def bn(z, m, keep):
+        scale = m.weight.detach().double()[keep] / (m.running_var.double()[keep] + m.eps).sqrt()
+        shift = m.bias.detach().double()[keep] - scale * m.running_mean.double()[keep]
+        return z * scale[:, None, None] + shift[:, None, None]
+
+    h = _maxpool2(bn(_conv_fwd(x.double(), w0), net.bn0, keep_res).clamp(min=0))[0]
+    r = bn(_conv_fwd(bn(_conv_fwd(h, w1), net.bn1, keep_mid).clamp(min=0), w2), net.bn2, keep_res)
+    pooled = (r + h).clamp(min=0).mean((2, 3))
+    return pooled @ net.fc.weight.detach().double()[:, keep_res].T + net.fc.bias.detach().double()
+
+
+def _check_pruned(net: Residual, original: Residual, keep_res: list[int], keep_mid: list[int]) -> None:
+    for name in ("conv0", "conv2"):
+        assert getattr(net, name).out_index.tolist() == keep_res, name
+    assert net.conv1.out_index.tolist() == keep_mid
+    assert net.conv0.in_index.tolist() == [0]
+    assert net.conv1.in_index.tolist() == keep_res
+    assert net.conv2.in_index.tolist() == keep_mid
+    for name, keep in (("bn0", keep_res), ("bn1", keep_mid), ("bn2", keep_res)):
+        bn, bn0 = getattr(net, name), getattr(original, name)
+        assert bn.num_features == len(keep), name
+        for t in ("weight", "bias", "running_mean", "running_var"):
+            torch.testing.assert_close(getattr(bn, t).detach(), getattr(bn0, t).detach()[keep], rtol=0, atol=0)
+    assert net.fc.in_features == len(keep_res)
+    x = _residual_data()[0][0]
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x).double(), _residual_logits_by_hand(original, keep_res, keep_mid, x),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_a_step_removes_the_lowest_normalised_channels_over_all_groups():
+    net = _magnitude_residual()
+    original = copy.deepcopy(net)
+    res = (torch.tensor(S0) + torch.tensor(S2)) / 2
+    mid = torch.tensor(S1)
+    # The design tells apart the ranking of the docs from near misses: raw scores
+    # ranked globally, or the residual group scored by one of its producers.
+    assert _hand_step([res, mid], 4) == [{0, 1}, {1, 2}]
+    raw = sorted([(float(v), 0, p) for p, v in enumerate(res)] + [(float(v), 1, p) for p, v in enumerate(mid)])
+    assert {(gi, p) for _, gi, p in raw[:4]} != {(0, 0), (0, 1), (1, 1), (1, 2)}
+    assert _hand_step([torch.tensor(S0), mid], 4) != [{0, 1}, {1, 2}]
+    assert _hand_step([torch.tensor(S2), mid], 4) != [{0, 1}, {1, 2}]
+
+    assert prune_step(net, RESIDUAL_EXAMPLE, 4, criterion="magnitude") == 4
+    _check_pruned(net, original, keep_res=[2, 3], keep_mid=[0, 3, 4])
+    # A second step ranks what is left (positions), and removes base channels 4 of
+    # mid (position 2) and 3 of res (position 1): indices stay those of the base.
+    assert _hand_step([res[[2, 3]], mid[[0, 3, 4]]], 2) == [{1}, {2}]
+    assert prune_step(net, RESIDUAL_EXAMPLE, 2, criterion="magnitude") == 2
+    _check_pruned(net, original, keep_res=[2], keep_mid=[0, 3])
+
+
+def test_an_lrp_step_removes_the_lowest_hand_relevance_channels():
+    net = _residual()
+    original = copy.deepcopy(net)
+    data = _residual_data()
+    hand = _residual_lrp_by_hand(net, data, LRP_EPS)
+    scores = [(hand["conv0"] + hand["conv2"]) / 2, hand["conv1"]]
+    n = 3
+    ranked = sorted(float(s[p] / s.mean()) for s in scores for p in range(len(s)))
+    assert ranked[n] - ranked[n - 1] > 1e-2  # no near tie at the cut
+    drop = _hand_step(scores, n)
+    keep_res = [p for p in range(4) if p not in drop[0]]
+    keep_mid = [p for p in range(5) if p not in drop[1]]
+    assert drop[0] and drop[1]  # both groups lose channels
+    assert prune_step(net, RESIDUAL_EXAMPLE, n, criterion="lrp", score_kwargs={"data": data}) == n
+    _check_pruned(net, original, keep_res, keep_mid)
