@@ -178,6 +178,8 @@ def normalise(scores: torch.Tensor) -> torch.Tensor:
     """Per-group normalisation: divide by the group's mean score, so every
     group averages 1 and the global ranking removes a layer's relatively weak
     channels rather than all channels of the layer with the smallest weights."""
+    if not torch.isfinite(scores).all():
+        raise ValueError("a pruning criterion gave non-finite channel scores: the model diverged (lower --lr)")
     mean = scores.mean()
     return scores / mean if mean > 0 else torch.ones_like(scores)
 
