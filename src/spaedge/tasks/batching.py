@@ -61,8 +61,11 @@ def batches(dataset, batch_size: int, shuffle: bool = False, generator: Optional
     order = _order(len(dataset), batch_size, shuffle, generator, select)
     fetch = getattr(dataset, "batch", None)
     if workers > 0 and fetch is not None:
+        # Its own generator: the loader seeds its processes from it, not from torch's
+        # global RNG, whose draws (the flips) must be those of an in-process pass.
         loader = torch.utils.data.DataLoader(_Decode(dataset), sampler=_Plan(dataset, order), batch_size=None,
-                                             num_workers=workers, pin_memory=pin_memory)
+                                             num_workers=workers, pin_memory=pin_memory,
+                                             generator=torch.Generator().manual_seed(0))
         yield from loader
         return
     for idx in order:
