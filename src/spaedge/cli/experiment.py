@@ -26,6 +26,7 @@ def add_parser(sub) -> None:
     e.add_argument("--lrs", help="comma-separated learning rates every method is tried at (default "
                                  + ",".join(f"{lr:g}" for lr in DEFAULT_LRS) + ")")
     e.add_argument("--total-epochs", type=nonneg_int, help="epochs of every run in all (default 10)")
+    e.add_argument("--methods", help="comma-separated methods: only the grid's cells of these")
     e.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
     e.add_argument("--shard", default="0/1", help="run cells I, I+N, ... of the grid (I/N), for several machines")
     e.add_argument("--train-limit", type=positive_int, help="cap on training images per task (default 400)")
@@ -46,6 +47,11 @@ def main(args) -> int:
     else:
         tasks = tuple(args.tasks.split(";")) if args.tasks else DEFAULT_TASKS
         cells, budget = default_grid(tasks), Budget()
+    if args.methods:
+        keep = set(args.methods.split(","))
+        cells = [c for c in cells if c.method in keep]
+        if not cells:
+            raise CliError(f"--methods {args.methods!r} selects no cell of the grid")
     try:
         i, n = (int(v) for v in args.shard.split("/"))
         if not 0 <= i < n:

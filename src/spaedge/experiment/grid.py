@@ -65,6 +65,7 @@ class Budget:
     early_stopping: int = 2   # > 0: patience of early stopping on validation in the final phase
     prune_step: float = 0.15
     train_limit: int = 400
+    val_limit: int = 500
     test_limit: int = 1000
     batch_size: int = 32
     lrs: tuple = DEFAULT_LRS  # every method is trained at each; the best on validation is reported
@@ -81,8 +82,8 @@ class Budget:
                 f"filters, batch {self.batch_size}, learning rate chosen on validation among "
                 f"{', '.join(f'{lr:g}' for lr in self.lrs)}"
                 + (f", early stopping (patience {self.early_stopping})" if self.early_stopping else "")
-                + f"; {self.seeds} seed{'s' if self.seeds > 1 else ''}; test on the first {self.test_limit} "
-                  "test images")
+                + f"; {self.seeds} seed{'s' if self.seeds > 1 else ''}; validation on the first "
+                  f"{self.val_limit} validation images, test on the first {self.test_limit} test images")
 
 
 def default_grid(tasks=DEFAULT_TASKS, densities=(1.0, 0.3, 0.1)) -> list[Cell]:
@@ -115,7 +116,7 @@ def fast_grid() -> list[Cell]:
 
 
 FAST_BUDGET = Budget(epochs=1, recovery_epochs=0, final_epochs=1, total_epochs=0, early_stopping=0, prune_step=0.35,
-                     train_limit=128, test_limit=128, score_batches=1, lrs=(3e-3, 1e-2), seeds=1)
+                     train_limit=128, val_limit=128, test_limit=128, score_batches=1, lrs=(3e-3, 1e-2), seeds=1)
 
 
 def cell_config(cell: Cell, budget: Budget, base: str = "tiny", base_weights: Optional[str] = None,
@@ -127,6 +128,7 @@ def cell_config(cell: Cell, budget: Budget, base: str = "tiny", base_weights: Op
                        recovery_epochs=budget.recovery_epochs, final_epochs=budget.final_epochs,
                        total_epochs=budget.total_epochs, early_stopping=budget.early_stopping,
                        prune_step=budget.prune_step, train_limit=budget.train_limit, test_limit=budget.test_limit,
+                       val_limit=budget.val_limit,
                        batch_size=budget.batch_size, lr=cell.lr if cell.lr is not None else budget.lrs[0],
                        score_batches=budget.score_batches, adapter_keep=budget.adapter_keep,
                        mask_criterion=budget.mask_criterion, **dict(cell.options))

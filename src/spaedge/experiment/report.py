@@ -19,7 +19,8 @@ __all__ = ["reported", "report"]
 def reported(results: list[dict], budget: Budget) -> list[dict]:
     """The runs the table reports: each cell's runs at its chosen rate (all seeds)."""
     rates = chosen_rates(results, budget)
-    return [r for r in results if r["config_key"] in rates and float(r["lr"]) == float(rates[r["config_key"]])]
+    return [r for r in results if r["config_key"] in rates and float(r["lr"]) == float(rates[r["config_key"]])
+            and not r.get("diverged")]
 
 
 def _ms(values: list[float]) -> str:
@@ -28,6 +29,14 @@ def _ms(values: list[float]) -> str:
     m = statistics.mean(values) * 100
     s = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
     return f"{m:.1f} ± {s:.1f}"
+
+
+def _diverged(results: list[dict]) -> str:
+    bad = sorted({(r["label"], f"{float(r['lr']):g}") for r in results if r.get("diverged")})
+    if not bad:
+        return ""
+    return ("\n## Rates that diverged\n\nThese (method, rate) pairs stopped on a non-finite loss in at least one "
+            "cell; the rate search passed over them:\n\n" + "\n".join(f"- {m} at {lr}" for m, lr in bad) + "\n")
 
 
 def _rows(runs: list[dict]) -> dict[tuple, list[dict]]:
@@ -95,7 +104,7 @@ def report(results: list[dict], out_dir: str | Path, budget: Budget, command: st
           f"Test accuracy (%) mean ± std over seeds {seeds} at the learning rate chosen on validation (seed 0); "
           f"learned params, bundle size and MACs averaged over tasks and seeds.\n\n{table}\n\n"
           "## Within noise\n\nA gap smaller than twice its standard error (sqrt(s1²/n1 + s2²/n2)) is within "
-          "noise.\n\n" + "\n".join(noise) + "\n")
+          "noise.\n\n" + "\n".join(noise) + "\n" + _diverged(results))
     (out / "results.md").write_text(md)
     fields = ["base", "task", "method", "options", "rank", "density", "criterion", "schedule", "seed", "lr",
               "val_accuracy", "test_accuracy", "density_reached", "learned_parameters", "task_bundle_bytes", "macs",

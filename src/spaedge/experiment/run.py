@@ -22,6 +22,7 @@ from spaedge.experiment.grid import Budget, Cell, cell_config
 from spaedge.pack.bundle import TaskSpec, task_bundle
 from spaedge.pack.format import atomic_write_bytes, serialise
 from spaedge.train import train_task
+from spaedge.train.loops import Diverged
 from spaedge.train.device import TrainEnv
 
 __all__ = ["run_cell", "run_grid", "load_results", "chosen_rates"]
@@ -34,7 +35,12 @@ def run_cell(cell: Cell, budget: Budget, base: str = "tiny", base_weights: Optio
     """Train one cell through the pipeline; its row of the table (the bundle is
     serialised in memory for its size, not written)."""
     torch.set_num_threads(1)  # one run per core
-    trained = train_task(cell_config(cell, budget, base, base_weights, data_dir), env=env, curve=True)
+    try:
+        trained = train_task(cell_config(cell, budget, base, base_weights, data_dir), env=env, curve=True)
+    except Diverged as e:  # a rate too high for this method: a result (never chosen), not a failure of the grid
+        return {**dataclasses.asdict(cell), "key": cell.key, "config_key": cell.config_key, "label": cell.label,
+                "base": base, "lr": cell.lr, "val_accuracy": 0.0, "test_accuracy": 0.0, "diverged": str(e),
+                "seconds": 0.0, "budget": dataclasses.asdict(budget)}
     m = trained.metrics
     bundle, _ = serialise(*task_bundle(trained.model, TaskSpec.from_task(trained.task), trained.base_hash))
     result = {**dataclasses.asdict(cell), "key": cell.key, "config_key": cell.config_key, "label": cell.label,

@@ -74,6 +74,8 @@ class TrainConfig:
                              parse=nonneg_int, metavar="N")
     test_limit: int = _flag(0, "evaluate on the first N test images only (default 0: all)", parse=nonneg_int,
                             metavar="N")
+    val_limit: int = _flag(0, "validate on the first N validation images only (default 0: all)", parse=nonneg_int,
+                           metavar="N")
     score_batches: int = _flag(4, "training batches the data-driven criteria, SparseAdapter masks and Pear score "
                                   "on (default {default})", parse=positive_int, metavar="N")
     mask_criterion: str = _flag("snip", "for --method sparse/sparse-large: how the adapter's mask is chosen at "

@@ -87,7 +87,8 @@ def train_task(cfg: TrainConfig, *, reporter: Optional[Reporter] = None, checkpo
     if method.prepare is not None:
         method.prepare(model, cfg, score_data, task.input_size)
     train_ds = first_items(task.split("train", augment=True), cfg.train_limit)
-    val_ds, test_ds = task.split("val"), first_items(task.split("test"), cfg.test_limit)
+    val_ds = first_items(task.split("val"), cfg.val_limit)
+    test_ds = first_items(task.split("test"), cfg.test_limit)
     example = torch.zeros(1, *task.input_size)
     macs_full = count_macs(model, task.input_size)
     session = None
