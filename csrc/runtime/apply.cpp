@@ -22,7 +22,7 @@ void size_scratch(Applied& a, int threads) {
 namespace {
 
 // The general path for convs whose task carries a full/pointwise/sparse weight
-// delta: gather W[out_index][:, in_index] from the mapped OIHW base into an
+// delta: gather W[out_index][:, in_index] from the base's OIHW weights into an
 // OHWI workspace, merge, add the deltas, scale, pack.
 void apply_general(const Graph& g, const ConvTask& ct, const kernels::KernelTable& kt, int fused,
                    float* w, float* bs, float* dst) {
@@ -32,7 +32,7 @@ void apply_general(const Graph& g, const ConvTask& ct, const kernels::KernelTabl
     const size_t I = size_t(n.in_channels);
     const size_t Ip = size_t(ct.in_c);
     // Sequential writes; the reads stay within one base row (I*k*k floats).
-    // The mapping may be unaligned, hence memcpy per element.
+    // Read as bytes (memcpy per element), as TensorView's accessors do.
     for (size_t o = 0; o < size_t(ct.out_c); ++o) {
         const unsigned char* row = W.data + size_t(ct.out_index[o]) * I * kk * 4;
         float* d = w + o * kk * Ip;
@@ -111,7 +111,7 @@ kernels::ApplyArgs one_pass_args(const Node& n, const ConvTask& ct, int fused, b
 
 // Whether `ct` is applied from the stored OIHW weights: they read fewer
 // bytes (the kept outputs' rows, not the kept inputs'), can be read as floats
-// in place (4-byte aligned in the mapping) and index in int32.
+// in place (4-byte aligned: the bundle's private copy always is) and index in int32.
 bool use_oihw(const Node& n, const ConvTask& ct) {
     if (!n.weight || n.weight->dtype != DType::F32 ||
         reinterpret_cast<uintptr_t>(n.weight->data) % alignof(float) != 0)

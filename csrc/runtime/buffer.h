@@ -11,6 +11,26 @@
 
 namespace spaedge {
 
+// `bytes` of 64-byte aligned memory (free with std::free), or null. Large
+// blocks (base re-layout, the base's private copy, packed weights, arena)
+// are put on 2 MB pages where the kernel allows it (THP "madvise" mode): a
+// switch walks tens of MB a few rows at a time, and 4 KB pages make that a
+// TLB miss every few rows.
+inline void* aligned_bytes(size_t bytes) {
+    bytes = (bytes + 63) / 64 * 64;
+    void* q = nullptr;
+#ifdef __linux__
+    constexpr size_t kHuge = size_t(2) << 20;
+    if (bytes >= 2 * kHuge) {
+        bytes = (bytes + kHuge - 1) / kHuge * kHuge;
+        q = std::aligned_alloc(kHuge, bytes);
+        if (q) madvise(q, bytes, MADV_HUGEPAGE);  // a hint; failure is fine
+    }
+#endif
+    if (!q) q = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
+    return q;
+}
+
 class FloatBuffer {
 public:
     FloatBuffer() = default;
@@ -36,21 +56,7 @@ public:
     // Makes room for n floats (contents not preserved when it grows).
     void resize(size_t n) {
         if (n > cap_) {
-            size_t bytes = ((n * sizeof(float)) + 63) / 64 * 64;
-            void* q = nullptr;
-#ifdef __linux__
-            // Large buffers (base re-layout, packed weights, arena) on 2 MB
-            // pages where the kernel allows it (THP "madvise" mode): a switch
-            // walks tens of MB a few rows at a time, and 4 KB pages make that
-            // a TLB miss every few rows.
-            constexpr size_t kHuge = size_t(2) << 20;
-            if (bytes >= 2 * kHuge) {
-                bytes = (bytes + kHuge - 1) / kHuge * kHuge;
-                q = std::aligned_alloc(kHuge, bytes);
-                if (q) madvise(q, bytes, MADV_HUGEPAGE);  // a hint; failure is fine
-            }
-#endif
-            if (!q) q = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
+            void* q = aligned_bytes(n * sizeof(float));
             if (!q) throw std::bad_alloc();
             std::free(p_);
             p_ = static_cast<float*>(q);

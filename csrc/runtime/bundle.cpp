@@ -1,8 +1,8 @@
-// Bundle reader: mmap + strict validation of the safetensors container.
+// Bundle reader: the file read into private memory, strict validation of the
+// safetensors container (bundle.h, docs/format.md).
 #include "spaedge/bundle.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,8 +10,10 @@
 #include <cerrno>
 #include <limits>
 
+#include "runtime/buffer.h"
 #include "runtime/json.h"
 #include "runtime/sha256.h"
+#include "runtime/testing.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "spaedge bundles are little-endian; this runtime reads them on little-endian hosts only"
@@ -19,9 +21,23 @@
 
 namespace spaedge {
 
+namespace testing {
+void (*bundle_opened)(const std::string& path) = nullptr;
+}  // namespace testing
+
 namespace {
 constexpr uint64_t kMaxHeader = 100u * 1024u * 1024u;  // same cap as safetensors
 constexpr int64_t kMaxDim = int64_t(1) << 40;
+constexpr size_t kChunk = size_t(1) << 20;  // streaming hash piece
+
+// Closes a descriptor when the reader is done with it (or throws).
+struct Fd {
+    int fd = -1;
+    ~Fd() {
+        if (fd >= 0) ::close(fd);
+    }
+};
+
 }  // namespace
 
 const char* dtype_name(DType d) { return d == DType::F32 ? "F32" : "I32"; }
@@ -41,55 +57,52 @@ void Bundle::fail_tensor(const std::string& name, const std::string& msg) const 
     throw Error(path_ + ": tensor '" + name + "': " + msg);
 }
 
-Bundle::Bundle(const std::string& path, const std::string& expected_format) : path_(path) {
-    try {
-        map_file();
-        parse_header();
-        const std::string& fmt = meta("format");
-        if (fmt != "spaedge-base" && fmt != "spaedge-task")
-            fail("metadata 'format' is '" + fmt + "', expected 'spaedge-base' or 'spaedge-task'");
-        if (!expected_format.empty() && fmt != expected_format)
-            fail("is a " + fmt + " bundle, expected a " + expected_format + " bundle");
-        format_ = fmt;
-        const std::string& ver = meta("version");
-        if (ver != "1")
-            fail("metadata 'version' is '" + ver +
-                 "', this runtime reads format version 1 only");
-        const std::string& h = meta("content_hash");
-        bool hex = h.size() == 64;
-        for (char c : h)
-            if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) hex = false;
-        if (!hex) fail("metadata 'content_hash' is not 64 lowercase hex digits");
-        const size_t data_start = 8 + header_len_;
-        std::string actual = Sha256::hex(base_ + data_start, size_ - data_start);
-        if (actual != h)
-            fail("metadata 'content_hash' mismatch: the bundle says " + h +
-                 " but its data section hashes to " + actual +
-                 " (file corrupted or modified after packing)");
-        content_hash_ = h;
-    } catch (...) {
-        if (base_) munmap(const_cast<unsigned char*>(base_), size_);
-        if (fd_ >= 0) close(fd_);
-        base_ = nullptr;
-        fd_ = -1;
-        throw;
+Bundle::Bundle(const std::string& path, const std::string& expected_format, const BundleOptions& options)
+    : path_(path) {
+    read_file(options);
+    check_common(expected_format, options);
+}
+
+Bundle::~Bundle() = default;
+
+namespace {
+
+// Reads exactly n bytes at `off`; a short read means the file shrank while it was read.
+void read_at(const Bundle& b, int fd, void* dst, size_t n, uint64_t off, uint64_t file_size) {
+    auto* p = static_cast<unsigned char*>(dst);
+    size_t done = 0;
+    while (done < n) {
+        const size_t want = std::min(n - done, size_t(1) << 30);
+        const ssize_t r = ::pread(fd, p + done, want, off_t(off + done));
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            const int e = errno;
+            b.fail(std::string("cannot read: ") + std::strerror(e));
+        }
+        if (r == 0) {
+            struct stat now;
+            const std::string size_now = fstat(fd, &now) == 0 ? std::to_string(now.st_size) : "?";
+            b.fail("file changed while being read: it was " + std::to_string(file_size) +
+                   " bytes when opened and is " + size_now +
+                   " now (truncated during the load? replace bundles by writing a new file and "
+                   "renaming it)");
+        }
+        done += size_t(r);
     }
 }
 
-Bundle::~Bundle() {
-    if (base_) munmap(const_cast<unsigned char*>(base_), size_);
-    if (fd_ >= 0) close(fd_);
-}
+}  // namespace
 
-void Bundle::map_file() {
+void Bundle::read_file(const BundleOptions& options) {
     // O_NONBLOCK: opening a FIFO must not hang; it is refused below as not a regular file.
-    fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd_ < 0) {
+    Fd f;
+    f.fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (f.fd < 0) {
         int e = errno;
         fail(std::string("cannot open: ") + std::strerror(e));
     }
     struct stat st;
-    if (fstat(fd_, &st) != 0) {
+    if (fstat(f.fd, &st) != 0) {
         int e = errno;
         fail(std::string("cannot stat: ") + std::strerror(e));
     }
@@ -99,18 +112,81 @@ void Bundle::map_file() {
     if (st.st_size < 8)
         fail("file is " + std::to_string(st.st_size) +
              " bytes, shorter than the 8-byte safetensors header length");
-    if (uint64_t(st.st_size) > uint64_t(std::numeric_limits<size_t>::max()))
-        fail("file too large to map");
+    if (uint64_t(st.st_size) > uint64_t(std::numeric_limits<size_t>::max() / 2))
+        fail("file too large to read");
     size_ = size_t(st.st_size);
-    void* p = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
-    if (p == MAP_FAILED) {
-        int e = errno;
-        fail(std::string("cannot mmap: ") + std::strerror(e));
+    if (testing::bundle_opened) testing::bundle_opened(path_);
+
+    unsigned char len[8];
+    read_at(*this, f.fd, len, 8, 0, size_);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | len[i];
+    const uint64_t avail = size_ - 8;
+    if (n > avail)
+        fail("header length " + std::to_string(n) + " exceeds the " + std::to_string(avail) +
+             " bytes after the length field (truncated file or not a safetensors file)");
+    if (n > kMaxHeader)
+        fail("header length " + std::to_string(n) + " is absurd (limit " +
+             std::to_string(kMaxHeader) + " bytes)");
+    if (n < 2) fail("header length " + std::to_string(n) + " is too small for a JSON header");
+    header_len_ = size_t(n);
+    std::string header(header_len_, '\0');
+    read_at(*this, f.fd, &header[0], header_len_, 8, size_);
+    parse_header(header);
+
+    data_size_ = size_ - 8 - header_len_;
+    const uint64_t data_at = 8 + header_len_;
+    if (options.load_data) {
+        if (data_size_ > 0) {
+            // 64-byte aligned: every tensor (offsets are multiples of 4) is float aligned.
+            storage_.reset(static_cast<unsigned char*>(aligned_bytes(data_size_)));
+            if (!storage_)
+                fail("cannot allocate " + std::to_string(data_size_) + " bytes for the data section");
+            read_at(*this, f.fd, storage_.get(), data_size_, data_at, size_);
+            data_ = storage_.get();
+        }
+        for (auto& t : tensors_) t.data = data_ ? data_ + t.begin : nullptr;
+        Sha256 h;
+        h.update(data_, data_size_);
+        uint8_t d[32];
+        h.finish(d);
+        computed_hash_ = to_hex(d, 32);
+    } else if (options.verify_hash) {
+        Sha256 h;
+        std::unique_ptr<unsigned char[]> buf(new unsigned char[std::min(kChunk, std::max<size_t>(data_size_, 1))]);
+        for (size_t done = 0; done < data_size_;) {
+            const size_t k = std::min(kChunk, data_size_ - done);
+            read_at(*this, f.fd, buf.get(), k, data_at + done, size_);
+            h.update(buf.get(), k);
+            done += k;
+        }
+        uint8_t d[32];
+        h.finish(d);
+        computed_hash_ = to_hex(d, 32);
     }
-    base_ = static_cast<const unsigned char*>(p);
-    // The mapping keeps the file alive; the descriptor is not needed any more.
-    close(fd_);
-    fd_ = -1;
+}
+
+void Bundle::check_common(const std::string& expected_format, const BundleOptions& options) {
+    const std::string& fmt = meta("format");
+    if (fmt != "spaedge-base" && fmt != "spaedge-task")
+        fail("metadata 'format' is '" + fmt + "', expected 'spaedge-base' or 'spaedge-task'");
+    if (!expected_format.empty() && fmt != expected_format)
+        fail("is a " + fmt + " bundle, expected a " + expected_format + " bundle");
+    format_ = fmt;
+    const std::string& ver = meta("version");
+    if (ver != "1")
+        fail("metadata 'version' is '" + ver +
+             "', this runtime reads format version 1 only");
+    const std::string& h = meta("content_hash");
+    bool hex = h.size() == 64;
+    for (char c : h)
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) hex = false;
+    if (!hex) fail("metadata 'content_hash' is not 64 lowercase hex digits");
+    if (options.verify_hash && computed_hash_ != h)
+        fail("metadata 'content_hash' mismatch: the bundle says " + h +
+             " but its data section hashes to " + computed_hash_ +
+             " (file corrupted, modified after packing or changed while being read)");
+    content_hash_ = h;
 }
 
 namespace {
@@ -124,26 +200,13 @@ int64_t as_count(const json::Value& v) {
 
 }  // namespace
 
-void Bundle::parse_header() {
-    uint64_t n = 0;
-    for (int i = 7; i >= 0; --i) n = (n << 8) | base_[i];
-    const uint64_t avail = size_ - 8;
-    if (n > avail)
-        fail("header length " + std::to_string(n) + " exceeds the " + std::to_string(avail) +
-             " bytes after the length field (truncated file or not a safetensors file)");
-    if (n > kMaxHeader)
-        fail("header length " + std::to_string(n) + " is absurd (limit " +
-             std::to_string(kMaxHeader) + " bytes)");
-    if (n < 2) fail("header length " + std::to_string(n) + " is too small for a JSON header");
-    header_len_ = size_t(n);
-    const char* hdr = reinterpret_cast<const char*>(base_ + 8);
-    if (hdr[0] != '{') fail("header does not start with '{' (not a safetensors file)");
+void Bundle::parse_header(const std::string& header) {
+    if (header[0] != '{') fail("header does not start with '{' (not a safetensors file)");
     const std::string ctx = path_ + ": header";
-    json::Value root = json::parse(hdr, header_len_, ctx);
+    json::Value root = json::parse(header.data(), header.size(), ctx);
     if (!root.is(json::Type::Object)) fail("header JSON is not an object");
 
     const size_t data_size = size_ - 8 - header_len_;
-    const unsigned char* data = base_ + 8 + header_len_;
     bool have_meta = false;
     for (const auto& kv : root.object) {
         const std::string& key = kv.first;
@@ -216,7 +279,6 @@ void Bundle::parse_header() {
         t.numel = size_t(numel);
         t.begin = size_t(b);
         t.end = size_t(e);
-        t.data = data + b;
         tensors_.push_back(std::move(t));
     }
     if (!have_meta) fail("header has no '__metadata__' (not a spaedge bundle)");

@@ -296,7 +296,7 @@ BaseModel::BaseModel(const std::string& path) {
     // a task switch can then read whole kept-input rows (t, i) and pick the
     // kept outputs of each packed panel from them (kernels::conv_apply), which
     // for a conv that keeps fewer inputs than outputs reads fewer bytes than
-    // the kept-output rows of the mapped OIHW weights (conv_apply_oihw; the
+    // the kept-output rows of the stored OIHW weights (conv_apply_oihw; the
     // switch takes the cheaper per conv). Costs one copy of the conv weights
     // in memory.
     size_t total = 0;
@@ -309,7 +309,7 @@ BaseModel::BaseModel(const std::string& path) {
         const size_t O = size_t(n.out_channels), I = size_t(n.in_channels);
         const size_t kk = size_t(n.kernel) * size_t(n.kernel);
         float* dst = hwio_.data() + off;
-        const unsigned char* src = n.weight->data;  // OIHW, maybe unaligned
+        const unsigned char* src = n.weight->data;  // OIHW
         // Blocks of 16 outputs: contiguous writes, reads from 16 nearby rows.
         for (size_t o0 = 0; o0 < O; o0 += 16) {
             const size_t o1 = std::min(O, o0 + 16);

@@ -1,5 +1,6 @@
 // Base model: the parsed, validated graph of a spaedge-base bundle plus its
-// frozen conv weights (kept memory-mapped). Internal header.
+// frozen conv weights (the bundle's private copy, OIHW, and a tap-major
+// re-layout). Internal header.
 #pragma once
 
 #include <memory>
@@ -25,7 +26,7 @@ struct Node {
     int kernel = 0, stride = 1, padding = 0;
     // conv
     int in_channels = 0, out_channels = 0;
-    const TensorView* weight = nullptr;  // base weight [O, I, k, k]
+    const TensorView* weight = nullptr;  // base weight [O, I, k, k] (the bundle's private copy)
     const float* weight_hwio = nullptr;  // the same re-laid out at load: [k*k][I][O]
     const TensorView* bias = nullptr;    // optional base bias [O]
     // batchnorm

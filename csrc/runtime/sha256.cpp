@@ -209,6 +209,7 @@ void Sha256::blocks(const uint8_t* p, size_t n) {
 }
 
 void Sha256::update(const void* data, size_t len) {
+    if (len == 0) return;  // data may be null then (an empty data section)
     const uint8_t* p = static_cast<const uint8_t*>(data);
     total_ += len;
     if (buf_len_ > 0) {

@@ -1,7 +1,7 @@
 """The device side of spaedge: the C++ runtime behind a small numpy API.
 
     from spaedge.runtime import Runtime
-    rt = Runtime("base.safetensors")            # mmap + validate the base once
+    rt = Runtime("base.safetensors")            # read + validate the base once
     name = rt.load_task("digits.safetensors")   # validate, keep, switch to it
     logits = rt.run(rt.normalize(images))       # (N, classes) float32
     ms = rt.switch("flowers")                   # another loaded task, ~ms

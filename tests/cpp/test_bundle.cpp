@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "runtime/json.h"
+#include "runtime/testing.h"
 #include "spaedge/bundle.h"
 #include "test_bundle_writer.h"
 
@@ -148,6 +149,9 @@ void test_good_bundle(const TempDir& d) {
     const auto& idx = b.tensor("idx");
     CHECK(idx.dtype == spaedge::DType::I32 && idx.i32(2) == 5);
     CHECK(b.meta("version") == "1" && b.content_hash().size() == 64);
+    CHECK(b.computed_hash() == b.content_hash() && b.data_loaded());
+    // Tensor data is private, 64-byte aligned memory.
+    CHECK(reinterpret_cast<uintptr_t>(b.tensors().front().data) % 64 == 0);
     CHECK(b.find("nope") == nullptr);
     EXPECT_ERROR(b.tensor("nope"), p + ": missing tensor 'nope'");
     EXPECT_ERROR(b.meta("graph"), p + ": missing metadata key 'graph'");
@@ -176,6 +180,7 @@ void test_good_bundle(const TempDir& d) {
     tb::write_file(d.file("unaligned.safetensors"), raw);
     Bundle u(d.file("unaligned.safetensors"));
     CHECK(u.tensor("w").f32(4) == 5.0f);
+    CHECK(reinterpret_cast<uintptr_t>(u.tensor("w").data) % 4 == 0);  // aligned all the same
 }
 
 // Writes header text + data with a correct content hash over `data`.
@@ -341,6 +346,56 @@ void test_content_hash(const TempDir& d) {
     }
 }
 
+// Header only: nothing of the data section is kept; the hash is streamed.
+void test_header_only(const TempDir& d) {
+    std::vector<uint8_t> good = tb::bundle(two_tensors(), task_meta());
+    const std::string p = d.file("header_only.safetensors");
+    tb::write_file(p, good);
+    spaedge::BundleOptions o;
+    o.load_data = false;
+    Bundle b(p, "", o);
+    CHECK(!b.data_loaded() && b.tensors().size() == 2 && b.tensors()[0].data == nullptr);
+    CHECK(b.computed_hash() == b.content_hash() && b.tensor("w").numel == 6);
+    good[good.size() - 2] ^= 0x20;
+    tb::write_file(p, good);
+    EXPECT_ERROR(Bundle(p, "", o), p + ": metadata 'content_hash' mismatch");
+    o.verify_hash = false;
+    Bundle unchecked(p, "", o);
+    CHECK(unchecked.computed_hash().empty() && unchecked.tensors().size() == 2);
+}
+
+// A file that changes while it is read (made to happen at the exact moment by
+// the testing hook): refused with a message, never a fault.
+const std::vector<uint8_t>* g_replacement = nullptr;
+void truncate_hook(const std::string& path) { CHECK(truncate(path.c_str(), 20) == 0); }
+void overwrite_hook(const std::string& path) { tb::write_file(path, *g_replacement); }
+
+void test_changes_while_reading(const TempDir& d) {
+    const std::vector<uint8_t> good = tb::bundle(two_tensors(), task_meta());
+    const std::string p = d.file("changing.safetensors");
+    tb::write_file(p, good);
+    spaedge::testing::bundle_opened = truncate_hook;
+    EXPECT_ERROR(Bundle{p}, p + ": file changed while being read: it was " + std::to_string(good.size()) +
+                                " bytes when opened and is 20 now");
+    // Overwritten in place with the same size, other data: the bytes read no
+    // longer hash to what the header says.
+    std::vector<uint8_t> other = good;
+    other[other.size() - 3] ^= 0x08;
+    g_replacement = &other;
+    tb::write_file(p, good);
+    spaedge::testing::bundle_opened = overwrite_hook;
+    EXPECT_ERROR(Bundle{p}, p + ": metadata 'content_hash' mismatch");
+    spaedge::testing::bundle_opened = nullptr;
+    tb::write_file(p, good);
+    Bundle again(p);
+    // Once read, the file no longer matters: truncate and overwrite it, the
+    // Bundle's tensors are the ones it checked.
+    CHECK(truncate(p.c_str(), 0) == 0);
+    CHECK(again.tensor("w").f32(5) == 6.0f && again.tensor("idx").i32(2) == 5);
+    tb::write_file(p, std::vector<uint8_t>(good.size(), 0xff));
+    CHECK(again.tensor("w").f32(0) == 1.0f);
+}
+
 void test_not_files(const TempDir& d) {
     EXPECT_ERROR(Bundle{d.path.string()}, d.path.string() + ": is a directory");
     EXPECT_ERROR(Bundle{d.file("missing.safetensors")}, "missing.safetensors: cannot open");
@@ -363,6 +418,8 @@ int main() {
     test_header_length(d);
     test_bad_json_and_shape(d);
     test_content_hash(d);
+    test_header_only(d);
+    test_changes_while_reading(d);
     test_not_files(d);
     return tcheck::summary("test_bundle");
 }

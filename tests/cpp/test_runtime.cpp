@@ -9,8 +9,12 @@
 #include <thread>
 #include <vector>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "spaedge/bundle.h"
 #include "spaedge/runtime.h"
+#include "runtime/testing.h"
 #include "runtime/workers.h"
 #include "test_bundle_writer.h"
 
@@ -767,6 +771,102 @@ void test_fuzz(const Files& f) {
     std::printf("fuzz: %d loaded, %d refused\n", loaded, refused);
 }
 
+// ---- files that change underneath --------------------------------------------------------
+// The runtime reads each bundle into private memory, checks it there and never
+// touches the file again: truncating or overwriting a loaded base or task (as
+// `scp` onto the file does) changes neither a switch nor a run. A file that
+// changes while it is being read is refused. Each event is made to happen at a
+// fixed point (the file operation, then the call; or the testing hook inside
+// the read), never by timing.
+std::string g_hook_path;
+void truncate_hook(const std::string& path) {
+    if (path == g_hook_path) CHECK(truncate(path.c_str(), 20) == 0);
+}
+
+void overwrite_in_place(const std::string& path, const std::vector<uint8_t>& bytes) {
+    FILE* fp = std::fopen(path.c_str(), "r+b");  // no truncation: the same inode, rewritten
+    CHECK(fp != nullptr);
+    if (!fp) return;
+    CHECK(std::fwrite(bytes.data(), 1, bytes.size(), fp) == bytes.size());
+    std::fclose(fp);
+}
+
+void test_files_change_underneath(const Files& f) {
+    const std::vector<uint8_t> base_good = base_bytes(f.m, graph_json(tiny_nodes()));
+    Model m2 = tiny_base();
+    for (auto& kv : m2.base)
+        for (float& v : kv.second) v = -v * 1.5f;
+    const std::vector<uint8_t> base_other = base_bytes(m2, graph_json(tiny_nodes()));
+    CHECK(base_other.size() == base_good.size());
+    TaskSpec t1 = tiny_task(), t2 = tiny_task(0.25f);
+    t2.name = "second";
+    std::vector<float> x = seq(2 * 2 * 5 * 4, 1.0f);
+    for (const char* mode : {"merged", "lowrank"}) {
+        for (int threads : {1, 2}) {
+            const std::string base = f.dir.file("moving_base.safetensors");
+            const std::string task1 = f.dir.file("moving_1.safetensors"), task2 = f.dir.file("moving_2.safetensors");
+            tb::write_file(base, base_good);
+            tb::write_file(task1, task_bytes(t1, f.base_hash));
+            tb::write_file(task2, task_bytes(t2, f.base_hash));
+            Runtime rt(base, threads);
+            rt.set_mode(mode);
+            rt.load_task(task1);
+            std::vector<float> want1(6), want2(6), y(6);
+            rt.run(x.data(), 2, want1.data());
+            CHECK(close(want1.data(), reference(f.m, t1, x.data())));
+            rt.load_task(task2);
+            rt.run(x.data(), 2, want2.data());
+            // The base truncated to nothing, then switches: the checked copy is used.
+            CHECK(truncate(base.c_str(), 0) == 0);
+            rt.switch_to("tiny");
+            rt.run(x.data(), 2, y.data());
+            CHECK(y == want1);
+            // Overwritten in place with another base of the same size.
+            tb::write_file(base, base_good);
+            overwrite_in_place(base, base_other);
+            rt.switch_to("second");
+            rt.run(x.data(), 2, y.data());
+            CHECK(y == want2);
+            rt.switch_to("tiny");
+            rt.run(x.data(), 2, y.data());
+            CHECK(y == want1);
+            CHECK(rt.base_hash() == f.base_hash);
+            // The task files truncated and overwritten after load: nothing changes.
+            CHECK(truncate(task1.c_str(), 10) == 0);
+            overwrite_in_place(task2, std::vector<uint8_t>(64, 0xff));
+            rt.switch_to("second");
+            rt.run(x.data(), 2, y.data());
+            CHECK(y == want2);
+            rt.switch_to("tiny");
+            rt.run(x.data(), 2, y.data());
+            CHECK(y == want1);
+            // Truncated while load_task reads it: refused, the runtime as it was.
+            const std::string task3 = f.dir.file("moving_3.safetensors");
+            tb::write_file(task3, task_bytes(t2, f.base_hash));
+            g_hook_path = task3;
+            spaedge::testing::bundle_opened = truncate_hook;
+            EXPECT_ERROR(rt.load_task(task3), task3 + ": file changed while being read: it was ",
+                         " bytes when opened and is 20 now");
+            spaedge::testing::bundle_opened = nullptr;
+            CHECK(rt.active_task() == "tiny" && rt.tasks().size() == 2);
+            rt.run(x.data(), 2, y.data());
+            CHECK(y == want1);
+            // A base truncated while the Runtime reads it: refused.
+            tb::write_file(base, base_good);
+            g_hook_path = base;
+            spaedge::testing::bundle_opened = truncate_hook;
+            EXPECT_ERROR(Runtime(base, threads), base + ": file changed while being read");
+            spaedge::testing::bundle_opened = nullptr;
+            // The other base now on disk is another base: the old tasks do not fit it.
+            tb::write_file(base, base_other);
+            Runtime fresh(base, threads);
+            CHECK(fresh.base_hash() != f.base_hash);
+            tb::write_file(task1, task_bytes(t1, f.base_hash));
+            EXPECT_ERROR(fresh.load_task(task1), "was made for base " + f.base_hash);
+        }
+    }
+}
+
 }  // namespace
 
 // Workers: every item exactly once, per-worker ids below the thread count,
@@ -804,6 +904,7 @@ int main() {
     test_workers();
     test_task_errors(f);
     test_graph_errors(f);
+    test_files_change_underneath(f);
     test_fuzz(f);
     return tcheck::summary("test_runtime");
 }

@@ -400,6 +400,98 @@ def test_bad_input_metadata(rt, tmp_path, edit, field):
     refused_by_runtime(rt, p, field)
 
 
+# ---- files that change underneath ----------------------------------------------------------
+# Issue item 2. The runtime reads every bundle into memory of its own, checks it
+# there and never reads the file again: a loaded base or task truncated or
+# overwritten in place changes nothing. Each case does the file operation, then
+# the call (no timing). Truncation ran in a child process: before this, it was
+# a SIGBUS, which would have taken pytest down with it.
+
+_CHILD = """
+import os, sys
+import numpy as np
+from spaedge.runtime import Runtime
+base, task, other_base, x_path, out, what = sys.argv[1:7]
+x = np.load(x_path)
+rt = Runtime(base, threads=2)
+first = rt.load_task(task)
+want = rt.run(x)
+bh = rt.base_hash
+if what == "truncate_base":
+    os.truncate(base, 0)
+elif what == "overwrite_base":
+    with open(base, "r+b") as f:  # in place, the same inode: what `scp` onto the file does
+        f.write(open(other_base, "rb").read())
+elif what == "truncate_task":
+    os.truncate(task, 10)
+elif what == "overwrite_task":
+    with open(task, "r+b") as f:
+        f.write(b"\\xff" * 64)
+for mode in ("merged", "lowrank", "merged"):
+    rt.mode = mode  # re-applies the task from the base: a switch
+    rt.switch(first)
+    got = rt.run(x)
+    assert np.array_equal(got, want), (mode, float(np.abs(got - want).max()))
+assert rt.base_hash == bh
+np.save(out, got)
+print("same logits")
+"""
+
+
+@pytest.mark.parametrize("what", ["truncate_base", "overwrite_base", "truncate_task", "overwrite_task"])
+def test_loaded_files_changed_underneath(tmp_path, what):
+    import shutil
+    import subprocess
+    import sys
+    base, task = tmp_path / "base.safetensors", tmp_path / "task.safetensors"
+    shutil.copy(BASE, base)
+    shutil.copy(TASK, task)
+    # Another base of exactly the same size: the same graph, other weights.
+    t, m = parts(BASE)
+    t = {k: (-2 * v).astype(np.float32) for k, v in t.items()}
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(rebuild(t, m))
+    assert other.stat().st_size == base.stat().st_size
+    np.save(tmp_path / "x.npy", np.repeat(GOOD_INPUT, 3, axis=0))
+    r = subprocess.run([sys.executable, "-c", _CHILD, str(base), str(task), str(other), str(tmp_path / "x.npy"),
+                        str(tmp_path / "y.npy"), what], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])  # -7 was SIGBUS
+    assert "same logits" in r.stdout
+    # And the logits are those of the bundles as they were.
+    fresh = Runtime(BASE, threads=1)
+    fresh.load_task(TASK)
+    assert np.array_equal(np.load(tmp_path / "y.npy"), fresh.run(np.repeat(GOOD_INPUT, 3, axis=0)))
+    # The changed base is another base (or no base): a new Runtime sees it.
+    if what == "overwrite_base":
+        assert Runtime(base, threads=1).base_hash != fresh.base_hash
+        with pytest.raises(BundleError, match="was made for base"):
+            Runtime(base, threads=1).load_task(TASK)
+    if what == "truncate_base":
+        with pytest.raises(BundleError, match="empty file"):
+            Runtime(base, threads=1)
+
+
+def test_replacing_by_rename_is_the_way_to_update(rt, tmp_path):
+    """The documented way: write a new file and rename it over the old one. A
+    loaded runtime keeps what it checked; the next load reads the new file."""
+    import os
+    import shutil
+    task = tmp_path / "task.safetensors"
+    shutil.copy(TASK, task)
+    r = Runtime(BASE, threads=1)
+    r.load_task(task)
+    want = r.run(GOOD_INPUT)
+    t, m = parts(TASK)
+    t["fc.bias"] = (t["fc.bias"] + 1).astype(np.float32)
+    tmp = tmp_path / "task.safetensors.tmp"
+    tmp.write_bytes(rebuild(t, m))
+    os.replace(tmp, task)
+    r.switch("fuzz")
+    assert np.array_equal(r.run(GOOD_INPUT), want)
+    r.load_task(task)
+    assert np.allclose(r.run(GOOD_INPUT), want + 1, atol=1e-5)
+
+
 def test_spaedge_run_refuses_the_same_files(tmp_path):
     """The device CLI goes through the same reader: one line, nonzero exit, no crash."""
     import shutil

@@ -66,9 +66,9 @@ def test_splora_task_matches_numpy_reference(toy, mode):
 
 
 def test_base_with_unaligned_data_section(toy, tmp_path):
-    """A base whose header is not padded maps its floats at odd addresses; the
-    switch then reads the tap-major copy instead of the mapped OIHW weights
-    (which it reads as floats in place): same logits, bit for bit."""
+    """A base whose header is not padded puts its floats at odd file offsets;
+    the runtime reads the data section into aligned memory of its own, so the
+    switch reads it as floats in place all the same: same logits, bit for bit."""
     raw = Path(toy["base_path"]).read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
     header = raw[8:8 + n].rstrip(b" ")

@@ -1,22 +1,28 @@
-// spaedge bundle reader: a memory-mapped, fully validated safetensors file.
+// spaedge bundle reader: a fully validated safetensors file, read into private memory.
 //
 // Opening a Bundle checks the container completely before anything is used
-// (docs/format.md): the file is a regular non-empty file of at least 8 bytes;
-// the header length is within the file and below 100 MB; the header is strict
-// JSON of the safetensors shape; every dtype is F32 or I32; every shape matches
-// its byte size; data_offsets lie inside the data section, do not overlap and
-// together cover it; the common metadata keys (format, version, content_hash)
-// are present; the format is the expected one; and content_hash equals the
-// SHA-256 of the data section. Any failure throws spaedge::Error naming the
-// file and the field. The mapping stays valid for the Bundle's lifetime.
-// Replace bundle files by rename (as the writer does): truncating a mapped file
-// in place would make later reads fault (SIGBUS), which no reader can prevent.
+// (docs/format.md): the file is a regular non-empty file of at least 8 bytes
+// (FIFOs and devices are refused without blocking);
+// the header length is within the file and below 100 MB; the header is
+// strict JSON of the safetensors shape; every dtype is F32 or I32; every
+// shape matches its byte size; data_offsets lie inside the data section, do
+// not overlap and together cover it; the common metadata keys (format,
+// version, content_hash) are present; the format is the expected one; and
+// content_hash equals the SHA-256 of the data section.
+// Any failure throws spaedge::Error naming the file and the field.
+//
+// The file is read (not mapped) into memory the Bundle owns, then closed: what
+// happens to the file afterwards (truncated, overwritten in place, deleted)
+// cannot change or fault what was checked. A file that changes while it is
+// being read is refused (a short read, or a content hash mismatch).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,8 +34,10 @@ enum class DType { F32, I32 };
 
 const char* dtype_name(DType d);
 
-// One tensor of a bundle. `data` points into the mapping and may be unaligned:
-// read through the accessors (memcpy based), never by casting the pointer.
+// One tensor of a bundle. `data` points into the Bundle's private copy of the
+// data section (64-byte aligned, so every tensor is 4-byte aligned), or is
+// null when the Bundle was opened without its data (BundleOptions::load_data).
+// Read through the accessors (memcpy based).
 struct TensorView {
     std::string name;
     DType dtype = DType::F32;
@@ -52,10 +60,23 @@ struct TensorView {
     std::string shape_str() const;
 };
 
+// How a Bundle reads its file. The default reads and checks everything.
+struct BundleOptions {
+    // true: the data section is read into memory the Bundle owns. false: only
+    // the header is kept (TensorView::data is null); with verify_hash the data
+    // section is streamed through the hash in 1 MB pieces, so a file of any
+    // size is checked in constant memory.
+    bool load_data = true;
+    // false: content_hash is not compared with the file (computed_hash() is
+    // still set when the data is loaded). For tools that only list a header.
+    bool verify_hash = true;
+};
+
 class Bundle {
 public:
     // expected_format: "spaedge-base", "spaedge-task", or "" for either.
-    explicit Bundle(const std::string& path, const std::string& expected_format = "");
+    explicit Bundle(const std::string& path, const std::string& expected_format = "",
+                    const BundleOptions& options = BundleOptions());
     ~Bundle();
     Bundle(const Bundle&) = delete;
     Bundle& operator=(const Bundle&) = delete;
@@ -63,6 +84,10 @@ public:
     const std::string& path() const { return path_; }
     const std::string& format() const { return format_; }
     const std::string& content_hash() const { return content_hash_; }
+    // The content hash computed from the file ("" when it was not computed:
+    // verify_hash off and the data not loaded). Equals content_hash() once verified.
+    const std::string& computed_hash() const { return computed_hash_; }
+    bool data_loaded() const { return data_ != nullptr || data_size_ == 0; }
     size_t file_size() const { return size_; }
     size_t header_size() const { return header_len_; }
 
@@ -83,14 +108,21 @@ public:
     [[noreturn]] void fail_tensor(const std::string& name, const std::string& msg) const;
 
 private:
-    void map_file();
-    void parse_header();
+    void read_file(const BundleOptions& options);
+    void parse_header(const std::string& header);
+    void check_common(const std::string& expected_format, const BundleOptions& options);
+
+    struct FreeBytes {
+        void operator()(unsigned char* p) const { std::free(p); }
+    };
 
     std::string path_;
     std::string format_;
     std::string content_hash_;
-    int fd_ = -1;
-    const unsigned char* base_ = nullptr;
+    std::string computed_hash_;
+    std::unique_ptr<unsigned char, FreeBytes> storage_;  // the data section, when loaded
+    const unsigned char* data_ = nullptr;
+    size_t data_size_ = 0;
     size_t size_ = 0;
     size_t header_len_ = 0;
     std::map<std::string, std::string> metadata_;

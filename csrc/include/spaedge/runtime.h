@@ -1,6 +1,6 @@
 // spaedge runtime: one frozen base on the device, tasks applied on demand.
 //
-//   spaedge::Runtime rt("base.safetensors");        // mmap + validate the base once
+//   spaedge::Runtime rt("base.safetensors");        // read + validate the base once
 //   std::string name = rt.load_task("digits.safetensors");  // validate, keep, switch to it
 //   std::vector<float> logits(rt.task_info(name).classes);
 //   rt.run(image_nchw, 1, logits.data());
@@ -43,7 +43,7 @@ struct TaskInfo {
 
 class Runtime {
 public:
-    // Memory-maps and validates the base bundle. threads: 0 = all hardware threads.
+    // Reads the base bundle into private memory and validates it (bundle.h). threads: 0 = all hardware threads.
     explicit Runtime(const std::string& base_path, int threads = 0);
     ~Runtime();
     Runtime(const Runtime&) = delete;
