@@ -24,22 +24,52 @@ def data_section(buf: bytes) -> bytes:
     return buf[8 + n:]
 
 
+def canonical_hash(buf: bytes) -> str:
+    """The content hash of format version 2 of safetensors bytes, written from
+    docs/format.md independently of spaedge's writer and C++ reader: SHA-256
+    of the metadata but content_hash (count, then length-prefixed UTF-8 key
+    and value by key bytes), the tensor table (count, then length-prefixed
+    name and dtype, ndim, dims, begin, end by name bytes), then the data
+    section; every number u64 little-endian."""
+    (n,) = struct.unpack("<Q", buf[:8])
+    header = json.loads(buf[8:8 + n])
+
+    def u64(v: int) -> bytes:
+        return struct.pack("<Q", v)
+
+    def s(text: str) -> bytes:
+        b = text.encode("utf-8")
+        return u64(len(b)) + b
+
+    meta = {k: v for k, v in header.get("__metadata__", {}).items() if k != "content_hash"}
+    out = u64(len(meta)) + b"".join(s(k) + s(meta[k]) for k in sorted(meta, key=lambda k: k.encode("utf-8")))
+    names = sorted((k for k in header if k != "__metadata__"), key=lambda k: k.encode("utf-8"))
+    out += u64(len(names))
+    for k in names:
+        e = header[k]
+        out += s(k) + s(e["dtype"]) + u64(len(e["shape"])) + b"".join(u64(d) for d in e["shape"])
+        out += u64(e["data_offsets"][0]) + u64(e["data_offsets"][1])
+    return hashlib.sha256(out + buf[8 + n:]).hexdigest()
+
+
 def bundle_bytes(tensors: dict, metadata: dict) -> bytes:
-    """safetensors bytes with version and a correct content_hash added."""
+    """safetensors bytes with version "2" (unless given) and a correct content_hash added."""
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    first = st_save(arrays, metadata=dict(metadata))
-    meta = {"version": "1", **metadata, "content_hash": hashlib.sha256(data_section(first)).hexdigest()}
-    return st_save(arrays, metadata=meta)
+    meta = {"version": "2", **metadata}
+    first = st_save(arrays, metadata=meta)
+    return st_save(arrays, metadata={**meta, "content_hash": canonical_hash(first)})
 
 
 def write(path, tensors: dict, metadata: dict) -> str:
+    """Writes a bundle; returns its content hash."""
     buf = bundle_bytes(tensors, metadata)
     Path(path).write_bytes(buf)
-    return hashlib.sha256(data_section(buf)).hexdigest()
+    return canonical_hash(buf)
 
 
 def rewrite_header(buf: bytes, edit) -> bytes:
-    """Bytes with the JSON header replaced by edit(header_dict) (data kept, hash kept)."""
+    """Bytes with the JSON header replaced by edit(header_dict), data kept, the
+    content hash left as it was (stale unless the edit changed nothing hashed)."""
     (n,) = struct.unpack("<Q", buf[:8])
     header = json.loads(buf[8:8 + n])
     header = edit(header)

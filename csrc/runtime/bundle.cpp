@@ -1,5 +1,5 @@
 // Bundle reader: the file read into private memory, strict validation of the
-// safetensors container (bundle.h, docs/format.md).
+// safetensors container, the canonical content hash (bundle.h, docs/format.md).
 #include "spaedge/bundle.h"
 
 #include <fcntl.h>
@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "runtime/buffer.h"
+#include "runtime/content_hash.h"
 #include "runtime/json.h"
 #include "runtime/sha256.h"
 #include "runtime/testing.h"
@@ -30,6 +31,17 @@ constexpr uint64_t kMaxHeader = 100u * 1024u * 1024u;  // same cap as safetensor
 constexpr int64_t kMaxDim = int64_t(1) << 40;
 constexpr size_t kChunk = size_t(1) << 20;  // streaming hash piece
 
+void put_u64(Sha256& h, uint64_t v) {
+    uint8_t b[8];
+    for (int i = 0; i < 8; ++i) b[i] = uint8_t(v >> (8 * i));
+    h.update(b, 8);
+}
+
+void put_bytes(Sha256& h, const std::string& s) {
+    put_u64(h, s.size());
+    h.update(s.data(), s.size());
+}
+
 // Closes a descriptor when the reader is done with it (or throws).
 struct Fd {
     int fd = -1;
@@ -39,6 +51,30 @@ struct Fd {
 };
 
 }  // namespace
+
+void hash_header(Sha256& h, const std::map<std::string, std::string>& metadata,
+                 const std::vector<TensorView>& tensors) {
+    // std::map orders std::string keys bytewise (as unsigned char): UTF-8 byte order.
+    put_u64(h, metadata.size() - metadata.count("content_hash"));
+    for (const auto& kv : metadata) {
+        if (kv.first == "content_hash") continue;
+        put_bytes(h, kv.first);
+        put_bytes(h, kv.second);
+    }
+    std::vector<const TensorView*> by_name;
+    for (const auto& t : tensors) by_name.push_back(&t);
+    std::sort(by_name.begin(), by_name.end(),
+              [](const TensorView* a, const TensorView* b) { return a->name < b->name; });
+    put_u64(h, by_name.size());
+    for (const TensorView* t : by_name) {
+        put_bytes(h, t->name);
+        put_bytes(h, dtype_name(t->dtype));
+        put_u64(h, t->shape.size());
+        for (int64_t d : t->shape) put_u64(h, uint64_t(d));
+        put_u64(h, t->begin);
+        put_u64(h, t->end);
+    }
+}
 
 const char* dtype_name(DType d) { return d == DType::F32 ? "F32" : "I32"; }
 
@@ -147,12 +183,14 @@ void Bundle::read_file(const BundleOptions& options) {
         }
         for (auto& t : tensors_) t.data = data_ ? data_ + t.begin : nullptr;
         Sha256 h;
+        hash_header(h, metadata_, tensors_);
         h.update(data_, data_size_);
         uint8_t d[32];
         h.finish(d);
         computed_hash_ = to_hex(d, 32);
     } else if (options.verify_hash) {
         Sha256 h;
+        hash_header(h, metadata_, tensors_);
         std::unique_ptr<unsigned char[]> buf(new unsigned char[std::min(kChunk, std::max<size_t>(data_size_, 1))]);
         for (size_t done = 0; done < data_size_;) {
             const size_t k = std::min(kChunk, data_size_ - done);
@@ -174,18 +212,22 @@ void Bundle::check_common(const std::string& expected_format, const BundleOption
         fail("is a " + fmt + " bundle, expected a " + expected_format + " bundle");
     format_ = fmt;
     const std::string& ver = meta("version");
-    if (ver != "1")
-        fail("metadata 'version' is '" + ver +
-             "', this runtime reads format version 1 only");
+    if (ver == "1")
+        fail("metadata 'version' is '1': format version 1 is no longer read (its content hash "
+             "does not cover the metadata); delete the file and repack it with this spaedge "
+             "(`spaedge pack --retrain`, or re-run the packing that wrote it)");
+    if (ver != kFormatVersion)
+        fail("metadata 'version' is '" + ver + "', this runtime reads format version " +
+             kFormatVersion + " only");
     const std::string& h = meta("content_hash");
     bool hex = h.size() == 64;
     for (char c : h)
         if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) hex = false;
     if (!hex) fail("metadata 'content_hash' is not 64 lowercase hex digits");
     if (options.verify_hash && computed_hash_ != h)
-        fail("metadata 'content_hash' mismatch: the bundle says " + h +
-             " but its data section hashes to " + computed_hash_ +
-             " (file corrupted, modified after packing or changed while being read)");
+        fail("metadata 'content_hash' mismatch: the bundle says " + h + " but its metadata, tensor "
+             "table and data hash to " + computed_hash_ +
+             " (file corrupted, edited or changed while being read)");
     content_hash_ = h;
 }
 

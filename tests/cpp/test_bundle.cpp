@@ -148,7 +148,7 @@ void test_good_bundle(const TempDir& d) {
     CHECK(w.f32(0) == 1.0f && w.f32(5) == 6.0f);
     const auto& idx = b.tensor("idx");
     CHECK(idx.dtype == spaedge::DType::I32 && idx.i32(2) == 5);
-    CHECK(b.meta("version") == "1" && b.content_hash().size() == 64);
+    CHECK(b.meta("version") == "2" && b.content_hash().size() == 64);
     CHECK(b.computed_hash() == b.content_hash() && b.data_loaded());
     // Tensor data is private, 64-byte aligned memory.
     CHECK(reinterpret_cast<uintptr_t>(b.tensors().front().data) % 64 == 0);
@@ -167,9 +167,9 @@ void test_good_bundle(const TempDir& d) {
     CHECK(z.tensor("e").numel == 0);
     // Unaligned (unpadded) header is still read.
     tb::Meta m = task_meta();
-    m.emplace_back("version", "1");
+    m.emplace_back("version", "2");
     tb::Layout l0 = tb::layout(two_tensors(), m);
-    m.emplace_back("content_hash", tb::sha_hex(l0.data));
+    m.emplace_back("content_hash", tb::content_hash(two_tensors(), m, l0.data));
     tb::Layout l = tb::layout(two_tensors(), m);
     std::string hdr = l.header + " ";
     if (hdr.size() % 8 == 0) hdr += " ";
@@ -188,9 +188,11 @@ std::vector<uint8_t> with_header(const std::string& header_json, const std::vect
     return tb::assemble(header_json, data);
 }
 
+// Metadata of a bundle holding one tensor 'w' F32 [3] at [0, 12] (its content
+// hash is right for that table; the cases below break something else first).
 std::string meta_json(const std::vector<uint8_t>& data, const std::string& fmt = "spaedge-task") {
-    return "\"__metadata__\":{\"format\":\"" + fmt + "\",\"version\":\"1\",\"content_hash\":\"" + tb::sha_hex(data) +
-           "\"}";
+    const std::string h = tb::content_hash({tb::Tensor{"w", "F32", {3}, data}}, {{"format", fmt}, {"version", "2"}}, data);
+    return "\"__metadata__\":{\"format\":\"" + fmt + "\",\"version\":\"2\",\"content_hash\":\"" + h + "\"}";
 }
 
 void test_truncation(const TempDir& d) {
@@ -303,19 +305,23 @@ void test_bad_json_and_shape(const TempDir& d) {
          {"'__metadata__' is a array"}},
         {"{\"__metadata__\":{\"format\":1},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
          {"metadata 'format' is a number"}},
-        {"{\"__metadata__\":{\"version\":\"1\",\"content_hash\":\"" + tb::sha_hex(data) +
+        {"{\"__metadata__\":{\"version\":\"2\",\"content_hash\":\"" + tb::sha_hex(data) +
              "\"},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
          {"missing metadata key 'format'"}},
-        {"{\"__metadata__\":{\"format\":\"other\",\"version\":\"1\",\"content_hash\":\"" + tb::sha_hex(data) +
+        {"{\"__metadata__\":{\"format\":\"other\",\"version\":\"2\",\"content_hash\":\"" + tb::sha_hex(data) +
              "\"},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
          {"metadata 'format' is 'other'"}},
-        {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"2\",\"content_hash\":\"" + tb::sha_hex(data) +
+        {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"3\",\"content_hash\":\"" + tb::sha_hex(data) +
              "\"},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
-         {"metadata 'version' is '2'"}},
-        {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"1\"},"
+         {"metadata 'version' is '3', this runtime reads format version 2 only"}},
+        // A version 1 bundle (content hash over the data only): refused, told to repack.
+        {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"1\",\"content_hash\":\"" + tb::sha_hex(data) +
+             "\"},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
+         {"metadata 'version' is '1': format version 1 is no longer read", "repack", "spaedge pack --retrain"}},
+        {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"2\"},"
          "\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
          {"missing metadata key 'content_hash'"}},
-        {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"1\",\"content_hash\":\"ABC\"},"
+        {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"2\",\"content_hash\":\"ABC\"},"
          "\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
          {"'content_hash' is not 64 lowercase hex"}},
         {"{" + M + ",\"\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}", {"empty name"}},
@@ -344,6 +350,51 @@ void test_content_hash(const TempDir& d) {
         tb::write_file(p, b);
         EXPECT_ERROR(Bundle{p}, p + ": metadata 'content_hash' mismatch", "file corrupted");
     }
+    // The hash covers the metadata and the tensor table too: the header
+    // rewritten around the same data and the stale hash is refused.
+    const tb::Meta meta = {{"format", "spaedge-task"}, {"labels", "[\"1\",\"7\"]"}, {"version", "2"}};
+    const std::vector<tb::Tensor> ts = {tb::f32("a", {2}, {1, 2}), tb::f32("b", {2}, {3, 4})};
+    const tb::Layout l0 = tb::layout(ts, meta);
+    const std::string h = tb::content_hash(ts, meta, l0.data);
+    auto stale = [&](const std::vector<tb::Tensor>& tensors, tb::Meta m, const char* file) {
+        m.emplace_back("content_hash", h);
+        const tb::Layout l = tb::layout(tensors, m);
+        const std::string p = d.file(file);
+        tb::write_file(p, tb::assemble(l.header, l.data));
+        return p;
+    };
+    Bundle ok(stale(ts, meta, "stale_ok.safetensors"));  // unchanged: loads
+    CHECK(ok.content_hash() == h);
+    tb::Meta m2 = meta;
+    m2[1].second = "[\"7\",\"7\"]";  // same length, one label changed
+    std::string p = stale(ts, m2, "stale_label.safetensors");
+    EXPECT_ERROR(Bundle{p}, p + ": metadata 'content_hash' mismatch", "metadata, tensor table and data");
+    tb::Meta m3 = meta;
+    m3.emplace_back("extra", "");  // a key added
+    p = stale(ts, m3, "stale_key.safetensors");
+    EXPECT_ERROR(Bundle{p}, p + ": metadata 'content_hash' mismatch");
+    // Two tensors of one shape swapped: same data section, other names.
+    std::vector<tb::Tensor> swapped = {tb::f32("b", {2}, {1, 2}), tb::f32("a", {2}, {3, 4})};
+    p = stale(swapped, meta, "stale_swap.safetensors");
+    EXPECT_ERROR(Bundle{p}, p + ": metadata 'content_hash' mismatch");
+    // A shape rewritten ([2] -> [2, 1]), same bytes.
+    std::vector<tb::Tensor> reshaped = {tb::f32("a", {2, 1}, {1, 2}), tb::f32("b", {2}, {3, 4})};
+    p = stale(reshaped, meta, "stale_shape.safetensors");
+    EXPECT_ERROR(Bundle{p}, p + ": metadata 'content_hash' mismatch");
+}
+
+// docs/format.md's worked example of the canonical hash; tests/pack checks the
+// Python writer against the same number.
+void test_hash_vector(const TempDir& d) {
+    const tb::Meta meta = {{"format", "spaedge-task"}, {"version", "2"}, {"labels", "[\"caf\u00e9\",\"7\"]"}};
+    const std::vector<tb::Tensor> ts = {tb::f32("w", {2}, {1.0f, -2.0f}), tb::i32("idx", {7})};
+    const tb::Layout l = tb::layout(ts, meta);
+    const std::string want = "02888ab57874e88d5ce646c9b5bfae489177d51c4f76b48bb150bcd203bcb619";
+    CHECK_MSG(tb::content_hash(ts, meta, l.data) == want, tb::content_hash(ts, meta, l.data));
+    const std::string p = d.file("vector.safetensors");
+    tb::write_file(p, tb::bundle(ts, meta));
+    Bundle b(p);
+    CHECK(b.content_hash() == want && b.meta("labels") == "[\"caf\u00e9\",\"7\"]");
 }
 
 // Header only: nothing of the data section is kept; the hash is streamed.
@@ -418,6 +469,7 @@ int main() {
     test_header_length(d);
     test_bad_json_and_shape(d);
     test_content_hash(d);
+    test_hash_vector(d);
     test_header_only(d);
     test_changes_while_reading(d);
     test_not_files(d);

@@ -3,6 +3,7 @@
 // checks are check.h's.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -122,14 +123,69 @@ inline std::string sha_hex(const std::vector<uint8_t>& data) {
     return spaedge::Sha256::hex(data.data(), data.size());
 }
 
-// A complete bundle: adds version "1" (unless meta has one) and the content hash.
+// The canonical content hash of format version 2, written from docs/format.md
+// independently of the runtime's (runtime/content_hash.h): u64 little-endian
+// counts and lengths; metadata but content_hash by key bytes; the tensor table
+// (name, dtype, shape, data_offsets) by name bytes; then the data section.
+inline std::string content_hash(const std::vector<Tensor>& tensors, const Meta& meta,
+                                const std::vector<uint8_t>& data) {
+    spaedge::Sha256 h;
+    auto u64 = [&](uint64_t v) {
+        uint8_t b[8];
+        for (int i = 0; i < 8; ++i) b[i] = uint8_t(v >> (8 * i));
+        h.update(b, 8);
+    };
+    auto str = [&](const std::string& x) {
+        u64(x.size());
+        h.update(x.data(), x.size());
+    };
+    std::vector<std::pair<std::string, std::string>> m;
+    for (const auto& kv : meta)
+        if (kv.first != "content_hash") m.push_back(kv);
+    std::sort(m.begin(), m.end(), [](const auto& a, const auto& b) {
+        return std::lexicographical_compare(a.first.begin(), a.first.end(), b.first.begin(), b.first.end(),
+                                            [](char x, char y) { return uint8_t(x) < uint8_t(y); });
+    });
+    u64(m.size());
+    for (const auto& kv : m) {
+        str(kv.first);
+        str(kv.second);
+    }
+    // Offsets as layout() assigns them: back to back in the given order.
+    std::vector<std::pair<const Tensor*, std::pair<uint64_t, uint64_t>>> t;
+    uint64_t at = 0;
+    for (const auto& x : tensors) {
+        t.push_back({&x, {at, at + x.bytes.size()}});
+        at += x.bytes.size();
+    }
+    std::sort(t.begin(), t.end(), [](const auto& a, const auto& b) {
+        const std::string &x = a.first->name, &y = b.first->name;
+        return std::lexicographical_compare(x.begin(), x.end(), y.begin(), y.end(),
+                                            [](char p, char q) { return uint8_t(p) < uint8_t(q); });
+    });
+    u64(t.size());
+    for (const auto& e : t) {
+        str(e.first->name);
+        str(e.first->dtype);
+        u64(e.first->shape.size());
+        for (int64_t d : e.first->shape) u64(uint64_t(d));
+        u64(e.second.first);
+        u64(e.second.second);
+    }
+    h.update(data.data(), data.size());
+    uint8_t d[32];
+    h.finish(d);
+    return spaedge::to_hex(d, 32);
+}
+
+// A complete bundle: adds version "2" (unless meta has one) and the content hash.
 inline std::vector<uint8_t> bundle(const std::vector<Tensor>& tensors, Meta meta) {
     bool has_version = false;
     for (const auto& kv : meta)
         if (kv.first == "version") has_version = true;
-    if (!has_version) meta.emplace_back("version", "1");
+    if (!has_version) meta.emplace_back("version", "2");
     Layout l0 = layout(tensors, meta);
-    meta.emplace_back("content_hash", sha_hex(l0.data));
+    meta.emplace_back("content_hash", content_hash(tensors, meta, l0.data));
     Layout l = layout(tensors, meta);
     return assemble(l.header, l.data);
 }

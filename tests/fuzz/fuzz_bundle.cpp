@@ -1,7 +1,7 @@
 // libFuzzer harness for the bundle reader, graph parsing and task application.
 //
 // Each input is written to a temporary file (the reader's only entry point is
-// a path: it mmaps) and then:
+// a path) and then:
 //   - if it says "spaedge-base" somewhere, a Runtime is built on it (the base
 //     reader and graph validation);
 //   - otherwise it is loaded as a task bundle against a fixed small base
@@ -13,9 +13,10 @@
 //
 // Random mutations almost never keep the SHA-256 content hash valid, which
 // would stop the fuzzer at the hash check. Before loading, the harness
-// therefore rewrites a well-formed "content_hash":"<64 hex>" in the header to
-// the real hash of the data section (same length, so offsets do not move),
-// unless the input's last byte is 0x00 (so the mismatch path stays covered).
+// therefore rewrites the 64 hex digits of a well-formed "content_hash" in the
+// header to the hash the reader computes for the file (the canonical hash of
+// its metadata, tensor table and data: docs/format.md; same length, so nothing
+// moves), unless the input's last byte is 0x00 (so the mismatch path stays covered).
 #include <unistd.h>
 
 #include <algorithm>
@@ -27,7 +28,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/sha256.h"
+#include "spaedge/bundle.h"
 #include "spaedge/runtime.h"
 
 namespace {
@@ -35,21 +36,36 @@ namespace {
 std::unique_ptr<spaedge::Runtime> g_rt;
 std::string g_path;
 
+bool write_all(const std::string& path, const std::vector<uint8_t>& buf);
+
+// Rewrites the stored content hash to the computed one (see the top); the
+// file at g_path holds `buf` before and after.
 void fix_content_hash(std::vector<uint8_t>& buf) {
     if (buf.size() < 8 || buf.back() == 0) return;
     uint64_t n = 0;
     for (int i = 7; i >= 0; --i) n = (n << 8) | buf[size_t(i)];
     if (n > buf.size() - 8) return;
+    std::string stored, computed;
+    try {
+        spaedge::BundleOptions o;
+        o.verify_hash = false;
+        spaedge::Bundle b(g_path, "", o);
+        const std::string* h = b.find_meta("content_hash");
+        if (!h || h->size() != 64) return;
+        stored = *h;
+        computed = b.computed_hash();
+    } catch (const spaedge::Error&) {
+        return;  // refused before the hash: loading refuses it the same way
+    }
+    if (stored == computed) return;
     static const char key[] = "\"content_hash\":\"";
     const size_t klen = sizeof(key) - 1;
     const char* hdr = reinterpret_cast<const char*>(buf.data() + 8);
     const size_t hlen = size_t(n);
     for (size_t i = 0; i + klen + 64 < hlen; ++i) {
-        if (std::memcmp(hdr + i, key, klen) != 0) continue;
-        const size_t at = 8 + i + klen;
-        if (buf[at + 64] != '"') return;
-        std::string h = spaedge::Sha256::hex(buf.data() + 8 + hlen, buf.size() - 8 - hlen);
-        std::memcpy(buf.data() + at, h.data(), 64);
+        if (std::memcmp(hdr + i, key, klen) != 0 || std::memcmp(hdr + i + klen, stored.data(), 64) != 0) continue;
+        std::memcpy(buf.data() + 8 + i + klen, computed.data(), 64);
+        if (!write_all(g_path, buf)) std::abort();
         return;
     }
 }
@@ -91,8 +107,8 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::vector<uint8_t> buf(data, data + size);
-    fix_content_hash(buf);
     if (!write_all(g_path, buf)) std::abort();
+    fix_content_hash(buf);
     static const char base_tag[] = "spaedge-base";
     const bool is_base =
         std::search(buf.begin(), buf.end(), base_tag, base_tag + sizeof(base_tag) - 1) != buf.end();

@@ -143,27 +143,31 @@ def test_truncation_at_every_boundary(rt, tmp_path, which):
 # ---- bit flips ---------------------------------------------------------------------------
 
 
-def metadata_string_spans(buf: bytes) -> list[tuple[int, int]]:
-    """Byte ranges (file offsets) of the __metadata__ string values: the parts of a
-    bundle no checksum covers (content_hash covers the data section only)."""
-    n, hdr = header_of(buf)
-    text = buf[8:8 + n]
-    spans = []
-    for v in hdr["__metadata__"].values():
-        raw = json.dumps(v, separators=(",", ":")).encode()[1:-1]
-        i = text.find(b'"' + raw + b'"')
-        assert i >= 0
-        spans.append((8 + i + 1, 8 + i + 1 + len(raw)))
-    return spans
+def decoded_header(buf: bytes):
+    """(metadata, tensor table) as JSON decodes them, or None if it does not."""
+    try:
+        n, hdr = header_of(buf)
+    except Exception:  # noqa: BLE001 - any damage to the length or the JSON
+        return None
+    if not isinstance(hdr, dict):
+        return None
+    return hdr.get("__metadata__"), {k: v for k, v in hdr.items() if k != "__metadata__"}
 
 
 def test_bit_flips_in_the_header(rt, tmp_path):
+    """Every flip in the header is refused unless it leaves the decoded header
+    exactly as it was (e.g. the case of a hex digit in a \\u escape): the
+    content hash covers the metadata and the tensor table, so a flip in a
+    label, a digit of 'input' or 'info' no longer loads."""
     good = TASK.read_bytes()
     n, _ = header_of(good)
-    free = metadata_string_spans(good)
-    loaded_from_free_text = refused = 0
+    want = decoded_header(good)
+    loaded_unchanged = refused = 0
     rng = np.random.default_rng(0)
     positions = sorted(set(range(0, 8)) | set(rng.choice(np.arange(8, 8 + n), 150, replace=False).tolist()))
+    meta_start = good.index(b'"__metadata__"')
+    meta_end = good.index(b"}", good.index(b'"version"'))
+    positions += list(range(meta_start, meta_end, 3))  # and every third byte of the metadata
     for pos in positions:
         for bit in (0, 5):
             b = bytearray(good)
@@ -176,16 +180,91 @@ def test_bit_flips_in_the_header(rt, tmp_path):
                 assert str(p) in str(e)
                 refused += 1
                 continue
-            # Accepted only if the flip changed metadata text (labels, info, a
-            # number in 'input'...) into something still valid: never structure.
-            assert any(s <= pos < e for s, e in free), (pos, bit, bytes(good[max(8, pos - 20):pos + 20]))
-            loaded_from_free_text += 1
+            assert decoded_header(bytes(b)) == want, (pos, bit, bytes(good[max(8, pos - 20):pos + 20]))
+            loaded_unchanged += 1
             rt.unload(name)
             rt.load_task(TASK)
     assert rt.active_task == "fuzz"
-    assert refused > 100
-    # Flips anywhere in structure (length, names, dtypes, shapes, offsets, keys) were refused.
-    print(f"header flips: {refused} refused, {loaded_from_free_text} loaded (metadata text only)")
+    assert refused > 500
+    print(f"header flips: {refused} refused, {loaded_unchanged} loaded (decoded header unchanged)")
+
+
+def _edit_header(buf: bytes, old: bytes, new: bytes) -> bytes:
+    """The same bytes with the first `old` in the header replaced by `new` (same
+    length: nothing moves; the stored content hash is left as it was)."""
+    assert len(old) == len(new)
+    n, _ = header_of(buf)
+    i = buf.index(old, 8, 8 + n)
+    return buf[:i] + new + buf[i + len(old):]
+
+
+def _flip_after(buf: bytes, key: bytes) -> bytes:
+    """The header with the hex digit after `key` changed (0 <-> 1, a <-> b...)."""
+    n, _ = header_of(buf)
+    i = buf.index(key, 8, 8 + n) + len(key)
+    return buf[:i] + bytes([buf[i] ^ 1]) + buf[i + 1:]
+
+
+def _spaedge_run(*args):
+    import shutil
+    import subprocess
+    exe = shutil.which("spaedge-run")
+    assert exe is not None, "spaedge-run is not on PATH: `pip install` puts it next to python"
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def test_metadata_edits_are_refused(rt, tmp_path):
+    """Issue item 1: one digit of the normalisation mean changed, and label 'b'
+    made a second 'c' (same length, so nothing else moves): refused by the
+    runtime, spaedge-run and read_bundle as a content hash mismatch."""
+    good = TASK.read_bytes()
+    np.save(tmp_path / "x.npy", GOOD_INPUT)
+    cases = {"mean": _edit_header(good, b"[0.5]", b"[0.7]"),
+             "label": _edit_header(good, b'\\"b\\"', b'\\"c\\"'),
+             "base_hash": _flip_after(good, b'"base_hash":"'),
+             "method": _edit_header(good, b'"method":"splora"', b'"method":"spLora"')}
+    for name, buf in cases.items():
+        p = tmp_path / f"edited_{name}.safetensors"
+        p.write_bytes(buf)
+        refused_by_runtime(rt, p, "metadata 'content_hash' mismatch")
+        refused_by_python(p, "content_hash")
+        r = _spaedge_run(BASE, p, tmp_path / "x.npy")
+        assert r.returncode == 2 and str(p) in r.stderr and "content_hash" in r.stderr, (name, r.returncode, r.stderr)
+
+
+def test_tensor_table_edits_are_refused(rt, tmp_path):
+    """Two tensors of one shape swapped (names exchanged, the same data section):
+    the hash covers the table, so this is refused too."""
+    good = TASK.read_bytes()
+    n, hdr = header_of(good)
+    a, b = "bn1.weight", "bn1.bias"
+    assert hdr[a]["shape"] == hdr[b]["shape"]
+    text = good[8:8 + n]
+    text = text.replace(b'"bn1.weight":', b'"bn1.TMPXXX":').replace(b'"bn1.bias":', b'"bn1.weight":')
+    text = text.replace(b'"bn1.TMPXXX":', b'"bn1.bias":')
+    assert len(text) == n and text != good[8:8 + n]
+    p = tmp_path / "swapped.safetensors"
+    p.write_bytes(good[:8] + text + good[8 + n:])
+    refused_by_runtime(rt, p, "metadata 'content_hash' mismatch")
+    refused_by_python(p, "content_hash")
+
+
+def test_base_graph_edit_is_refused(tmp_path):
+    """Issue item 1, the base: conv1's stride changed from 1 to 2 in the graph
+    (metadata) keeps the data section; the base is refused, not loaded with
+    the same base_hash."""
+    good = BASE.read_bytes()
+    for name, old, new in [("stride", b'\\"stride\\": 1', b'\\"stride\\": 2'),
+                           ("config", b'\\"widths\\": [4, 8]', b'\\"widths\\": [4, 9]'),
+                           ("model", b'"model":"fuzz-tiny"', b'"model":"fuzz-tinY"')]:
+        p = tmp_path / f"base_{name}.safetensors"
+        p.write_bytes(_edit_header(good, old, new))
+        with pytest.raises(BundleError, match=re.escape(str(p)) + ": metadata 'content_hash' mismatch"):
+            Runtime(p, threads=1)
+        refused_by_python(p, "content_hash")
+        np.save(tmp_path / "x.npy", GOOD_INPUT)
+        r = _spaedge_run(p, TASK, tmp_path / "x.npy")
+        assert r.returncode == 2 and "content_hash" in r.stderr, r.stderr
 
 
 def test_bit_flips_in_the_data(rt, tmp_path):

@@ -3,12 +3,12 @@
 // Opening a Bundle checks the container completely before anything is used
 // (docs/format.md): the file is a regular non-empty file of at least 8 bytes
 // (FIFOs and devices are refused without blocking);
-// the header length is within the file and below 100 MB; the header is
-// strict JSON of the safetensors shape; every dtype is F32 or I32; every
-// shape matches its byte size; data_offsets lie inside the data section, do
-// not overlap and together cover it; the common metadata keys (format,
-// version, content_hash) are present; the format is the expected one; and
-// content_hash equals the SHA-256 of the data section.
+// the header length is within the file and below 100 MB; the header is strict JSON of the safetensors shape;
+// every dtype is F32 or I32; every shape matches its byte size; data_offsets
+// lie inside the data section, do not overlap and together cover it; the
+// common metadata keys (format, version, content_hash) are present; the
+// format is the expected one; the version is 2; and content_hash equals the
+// canonical hash of the metadata, the tensor table and the data section.
 // Any failure throws spaedge::Error naming the file and the field.
 //
 // The file is read (not mapped) into memory the Bundle owns, then closed: what
@@ -71,6 +71,9 @@ struct BundleOptions {
     // still set when the data is loaded). For tools that only list a header.
     bool verify_hash = true;
 };
+
+// Format version this runtime reads and the toolchain writes (docs/format.md).
+constexpr const char* kFormatVersion = "2";
 
 class Bundle {
 public:

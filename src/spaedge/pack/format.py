@@ -9,35 +9,68 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
 from spaedge.errors import BundleError
 
-__all__ = ["FORMAT_VERSION", "BundleError", "write_bundle", "read_bundle", "read_metadata",
-           "data_hash", "atomic_write_bytes"]
+__all__ = ["FORMAT_VERSION", "MAX_HEADER_BYTES", "BundleError", "write_bundle", "read_bundle", "read_metadata",
+           "content_hash", "data_hash", "atomic_write_bytes"]
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+MAX_HEADER_BYTES = 100 * 1024 * 1024
 _DTYPES = {np.dtype(np.float32), np.dtype(np.int32)}
-_MAX_HEADER = 100 * 1024 * 1024
+_NP_DTYPES = {"F32": np.dtype("<f4"), "I32": np.dtype("<i4")}
+
+
+def _u64(n: int) -> bytes:
+    return struct.pack("<Q", n)
+
+
+def content_hash(metadata: Mapping[str, str], table: Mapping[str, Mapping], data) -> str:
+    """The canonical content hash of format version 2 (docs/format.md).
+
+    SHA-256 over: the number of metadata entries other than ``content_hash``,
+    then each as length-prefixed UTF-8 key and value, in bytewise key order;
+    the number of tensors, then each tensor's length-prefixed name and dtype,
+    its number of dimensions, the dimensions and its two data offsets, in
+    bytewise name order; then the data section. Every number is an 8-byte
+    little-endian unsigned integer. ``table`` maps tensor names to their
+    safetensors header entries (dtype, shape, data_offsets)."""
+    h = hashlib.sha256()
+    meta = sorted((k.encode("utf-8"), v.encode("utf-8")) for k, v in metadata.items() if k != "content_hash")
+    h.update(_u64(len(meta)))
+    for k, v in meta:
+        h.update(_u64(len(k)) + k + _u64(len(v)) + v)
+    entries = sorted(((name.encode("utf-8"), e) for name, e in table.items()), key=lambda x: x[0])
+    h.update(_u64(len(entries)))
+    for name, e in entries:
+        dtype = e["dtype"].encode("utf-8")
+        shape = e["shape"]
+        begin, end = e["data_offsets"]
+        h.update(_u64(len(name)) + name + _u64(len(dtype)) + dtype + _u64(len(shape))
+                 + b"".join(_u64(d) for d in shape) + _u64(begin) + _u64(end))
+    h.update(data)
+    return h.hexdigest()
 
 
 def _split(buf: bytes, where: str) -> tuple[int, bytes]:
     if len(buf) < 8:
         raise BundleError(f"{where}: file is {len(buf)} bytes, too short for a safetensors header")
     (n,) = struct.unpack("<Q", buf[:8])
-    if n > _MAX_HEADER or 8 + n > len(buf):
+    if n > MAX_HEADER_BYTES or 8 + n > len(buf):
         raise BundleError(f"{where}: header length {n} does not fit a {len(buf)}-byte file (truncated or corrupt)")
     return n, buf[8 + n:]
 
 
 def data_hash(buf: bytes, where: str = "bundle") -> str:
-    """SHA-256 of the data section of serialised safetensors bytes."""
+    """SHA-256 of the data section of serialised safetensors bytes (not the
+    content hash: that covers the metadata and the tensor table too)."""
     _, data = _split(buf, where)
     return hashlib.sha256(data).hexdigest()
 
@@ -69,14 +102,17 @@ def serialise(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) ->
     for k, v in metadata.items():
         if not isinstance(v, str):
             raise TypeError(f"metadata {k}: values must be strings (JSON-encode structured ones)")
-    # Serialise once: the data section does not depend on the metadata, so its
-    # hash goes into a header rebuilt around the same data.
+    # Serialise once: the data section and the tensor table do not depend on
+    # the metadata, so the hash goes into a header rebuilt around the same data.
     raw = _st_save(arrays, metadata=dict(metadata))
     (n,) = struct.unpack("<Q", raw[:8])
     header, data = json.loads(raw[8:8 + n]), raw[8 + n:]
-    content_hash = hashlib.sha256(data).hexdigest()
-    header["__metadata__"] = {**metadata, "version": FORMAT_VERSION, "content_hash": content_hash}
-    return _canonical(header, data), content_hash
+    meta = {k: v for k, v in metadata.items() if k != "content_hash"}
+    meta["version"] = FORMAT_VERSION
+    table = {k: v for k, v in header.items() if k != "__metadata__"}
+    digest = content_hash(meta, table, data)
+    header["__metadata__"] = {**meta, "content_hash": digest}
+    return _canonical(header, data), digest
 
 
 def _canonical(header: dict, data: bytes) -> bytes:
@@ -100,27 +136,63 @@ def write_bundle(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
     return content_hash
 
 
+def _show(p) -> str:
+    """A path for a message: control characters and NUL escaped (they would cut or garble the line)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(p))
+
+
+def _open(p: Path):
+    """The bundle file opened for reading, checked to be a regular file
+    without blocking (a FIFO is refused, not waited on); (file, size)."""
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise BundleError(f"{_show(p)}: no such bundle file") from None
+    except IsADirectoryError:
+        raise BundleError(f"{_show(p)}: is a directory, not a bundle file") from None
+    except OSError as e:
+        raise BundleError(f"{_show(p)}: cannot open ({e.strerror})") from None
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        os.close(fd)
+        raise BundleError(f"{_show(p)}: is a directory, not a bundle file")
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise BundleError(f"{_show(p)}: is not a regular file")
+    return os.fdopen(fd, "rb", buffering=0), st.st_size
+
+
+def _read_exact(f, p: Path, n: int, size: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = f.read(min(n - len(out), 1 << 24))
+        if not chunk:
+            raise BundleError(f"{_show(p)}: file changed while being read: it was {size} bytes when opened and is "
+                              f"{os.fstat(f.fileno()).st_size} now (truncated during the load? replace bundles by "
+                              "writing a new file and renaming it)")
+        out += chunk
+    return bytes(out)
+
+
+def _read_header(f, p: Path, size: int) -> bytes:
+    if size < 8:
+        raise BundleError(f"{_show(p)}: file is {size} bytes, too short for a safetensors header")
+    (n,) = struct.unpack("<Q", _read_exact(f, p, 8, size))
+    if n > MAX_HEADER_BYTES:
+        raise BundleError(f"{_show(p)}: header length {n} is absurd (limit {MAX_HEADER_BYTES} bytes)")
+    if 8 + n > size:
+        raise BundleError(f"{_show(p)}: header length {n} does not fit a {size}-byte file (truncated or corrupt)")
+    return _read_exact(f, p, n, size)
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``__metadata__`` of a bundle, checked to be a spaedge bundle."""
+    """The ``__metadata__`` of a bundle, checked to be a spaedge bundle of this
+    format version (the header only: the content hash is not checked)."""
     p = Path(path)
-    with open(_existing(p), "rb") as f:
-        head = f.read(8)
-        size = p.stat().st_size
-        if len(head) < 8:
-            raise BundleError(f"{p}: file is {size} bytes, too short for a safetensors header")
-        (n,) = struct.unpack("<Q", head)
-        if n > _MAX_HEADER or 8 + n > size:
-            raise BundleError(f"{p}: header length {n} does not fit a {size}-byte file (truncated or corrupt)")
-        header = f.read(n)
-    return _check_metadata(p, header)
-
-
-def _existing(p: Path) -> Path:
-    if p.is_dir():
-        raise BundleError(f"{p}: is a directory, not a bundle file")
-    if not p.exists():
-        raise BundleError(f"{p}: no such bundle file")
-    return p
+    f, size = _open(p)
+    with f:
+        header = _read_header(f, p, size)
+    return _check_metadata(p, _parse_header(p, header))
 
 
 class _DuplicateKey(ValueError):
@@ -138,43 +210,114 @@ def _no_duplicates(pairs):
     return out
 
 
-def _check_metadata(p: Path, header: bytes) -> dict[str, str]:
+def _parse_header(p: Path, header: bytes) -> dict:
     try:
         doc = json.loads(header.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except _DuplicateKey as e:
-        raise BundleError(f"{p}: header has the key {str(e)!r} twice (duplicate tensor or metadata name)") from None
+        raise BundleError(f"{_show(p)}: header has the key {str(e)!r} twice (duplicate tensor or metadata name)") \
+            from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{p}: header is not valid JSON ({e})") from None
-    meta = doc.get("__metadata__") if isinstance(doc, dict) else None
+        raise BundleError(f"{_show(p)}: header is not valid JSON ({e})") from None
+    except RecursionError:
+        raise BundleError(f"{_show(p)}: header is not valid JSON (nested too deeply)") from None
+    if not isinstance(doc, dict):
+        raise BundleError(f"{_show(p)}: header is not a JSON object")
+    return doc
+
+
+def _check_metadata(p: Path, doc: dict) -> dict[str, str]:
+    meta = doc.get("__metadata__")
     if not isinstance(meta, dict):
-        raise BundleError(f"{p}: field '__metadata__' is missing: not a spaedge bundle")
+        raise BundleError(f"{_show(p)}: field '__metadata__' is missing: not a spaedge bundle")
+    for k, v in meta.items():
+        if not isinstance(v, str):
+            raise BundleError(f"{_show(p)}: field {k!r} is a {type(v).__name__}; metadata values must be strings")
+        try:
+            k.encode("utf-8"), v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BundleError(f"{_show(p)}: field {k!r} is not valid UTF-8 (a lone surrogate escape)") from None
     fmt = meta.get("format")
     if fmt not in ("spaedge-base", "spaedge-task"):
-        raise BundleError(f"{p}: field 'format' is {fmt!r}, expected 'spaedge-base' or 'spaedge-task'")
-    if meta.get("version") != FORMAT_VERSION:
-        raise BundleError(f"{p}: field 'version' is {meta.get('version')!r}; this spaedge reads version "
+        raise BundleError(f"{_show(p)}: field 'format' is {fmt!r}, expected 'spaedge-base' or 'spaedge-task'")
+    version = meta.get("version")
+    if version == "1":
+        raise BundleError(f"{_show(p)}: field 'version' is '1': format version 1 is no longer read (its content hash "
+                          "does not cover the metadata); delete the file and repack it with this spaedge "
+                          "(`spaedge pack --retrain`, or re-run the packing that wrote it)")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{_show(p)}: field 'version' is {version!r}; this spaedge reads version "
                           f"{FORMAT_VERSION}: repack the bundle with this version")
     return meta
 
 
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_table(p: Path, doc: dict, data_size: int) -> dict[str, dict]:
+    """The tensor entries, checked as the C++ reader checks them."""
+    table = {}
+    for name, e in doc.items():
+        if name == "__metadata__":
+            continue
+        where = f"{_show(p)}: tensor {name!r}"
+        if not name:
+            raise BundleError(f"{_show(p)}: header has a tensor with an empty name")
+        if not isinstance(e, dict) or set(e) != {"dtype", "shape", "data_offsets"}:
+            raise BundleError(f"{where}: header entry must be an object of exactly dtype, shape, data_offsets")
+        dtype, shape, offsets = e["dtype"], e["shape"], e["data_offsets"]
+        if dtype not in _NP_DTYPES:
+            raise BundleError(f"{where}: dtype {dtype!r} not allowed (spaedge bundles hold only F32 and I32)")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(_is_count(d) for d in shape):
+            raise BundleError(f"{where}: 'shape' must be a list of at most 8 non-negative integers")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(d) for d in offsets):
+            raise BundleError(f"{where}: 'data_offsets' must be [begin, end], non-negative integers")
+        begin, end = offsets
+        if not begin <= end <= data_size:
+            raise BundleError(f"{where}: 'data_offsets' [{begin}, {end}] out of range: the data section has "
+                              f"{data_size} bytes")
+        if 4 * int(np.prod(shape, dtype=object)) != end - begin:
+            raise BundleError(f"{where}: 'shape' {shape} of {dtype} does not fill 'data_offsets' [{begin}, {end}]")
+        table[name] = e
+    pos = 0
+    for name, e in sorted(table.items(), key=lambda kv: tuple(kv[1]["data_offsets"])):
+        begin, end = e["data_offsets"]
+        if begin != pos:
+            raise BundleError(f"{_show(p)}: tensor {name!r}: 'data_offsets' [{begin}, {end}] "
+                              f"{'overlap another tensor' if begin < pos else 'leave bytes that belong to no tensor'}")
+        pos = end
+    if pos != data_size:
+        raise BundleError(f"{_show(p)}: data section bytes [{pos}, {data_size}) belong to no tensor")
+    return table
+
+
 def read_bundle(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Tensors (numpy) and metadata of a bundle; ``verify`` checks the content hash."""
+    """Tensors (numpy) and metadata of a bundle; ``verify`` checks the content hash.
+
+    Refuses, with a :class:`BundleError` naming the file and the field, what
+    the C++ reader refuses in the container, an old format version and a
+    content hash that does not match the metadata, tensor table and data."""
     p = Path(path)
-    buf = _existing(p).read_bytes()
-    n, data = _split(buf, str(p))
-    meta = _check_metadata(p, buf[8:8 + n])
+    f, size = _open(p)
+    with f:
+        header = _read_header(f, p, size)
+        doc = _parse_header(p, header)
+        meta = _check_metadata(p, doc)
+        data_size = size - 8 - len(header)
+        table = _check_table(p, doc, data_size)
+        data = bytearray(_read_exact(f, p, data_size, size))
     if verify:
-        actual = hashlib.sha256(data).hexdigest()
+        actual = content_hash(meta, table, data)
         if actual != meta.get("content_hash"):
-            raise BundleError(f"{p}: field 'content_hash' does not match the data "
-                              f"(stored {meta.get('content_hash')!r}, computed {actual}): the file is corrupt")
-    try:
-        tensors = _st_load(buf)
-    except Exception as e:  # noqa: BLE001 - safetensors raises several kinds
-        raise BundleError(f"{p}: tensors cannot be read ({e})") from None
-    for name, a in tensors.items():
-        if a.dtype not in _DTYPES:
-            raise BundleError(f"{p}: tensor '{name}' has dtype {a.dtype}, expected float32 or int32")
+            raise BundleError(f"{_show(p)}: field 'content_hash' does not match the metadata, tensor table and data "
+                              f"(stored {meta.get('content_hash')!r}, computed {actual}): the file is corrupt or "
+                              "was edited after packing")
+    tensors = {}
+    for name, e in table.items():
+        begin, end = e["data_offsets"]
+        dt = _NP_DTYPES[e["dtype"]]
+        a = np.frombuffer(data, dtype=dt, count=(end - begin) // 4, offset=begin).reshape(e["shape"])
+        tensors[name] = a.astype(dt.newbyteorder("="), copy=False)
     return tensors, meta
 
 
