@@ -27,7 +27,6 @@ void (*bundle_opened)(const std::string& path) = nullptr;
 }  // namespace testing
 
 namespace {
-constexpr uint64_t kMaxHeader = 100u * 1024u * 1024u;  // same cap as safetensors
 constexpr int64_t kMaxDim = int64_t(1) << 40;
 constexpr size_t kChunk = size_t(1) << 20;  // streaming hash piece
 
@@ -95,6 +94,8 @@ void Bundle::fail_tensor(const std::string& name, const std::string& msg) const 
 
 Bundle::Bundle(const std::string& path, const std::string& expected_format, const BundleOptions& options)
     : path_(path) {
+    if (path_.find('\0') != std::string::npos)
+        fail("path contains a NUL byte (the file name would be cut there)");
     read_file(options);
     check_common(expected_format, options);
 }
@@ -161,9 +162,9 @@ void Bundle::read_file(const BundleOptions& options) {
     if (n > avail)
         fail("header length " + std::to_string(n) + " exceeds the " + std::to_string(avail) +
              " bytes after the length field (truncated file or not a safetensors file)");
-    if (n > kMaxHeader)
+    if (n > kMaxHeaderBytes)
         fail("header length " + std::to_string(n) + " is absurd (limit " +
-             std::to_string(kMaxHeader) + " bytes)");
+             std::to_string(kMaxHeaderBytes) + " bytes, as safetensors)");
     if (n < 2) fail("header length " + std::to_string(n) + " is too small for a JSON header");
     header_len_ = size_t(n);
     std::string header(header_len_, '\0');

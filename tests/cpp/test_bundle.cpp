@@ -243,15 +243,28 @@ void test_header_length(const TempDir& d) {
     EXPECT_ERROR(Bundle{p}, "header length", "exceeds");
     tb::write_file(p, set_len(0));
     EXPECT_ERROR(Bundle{p}, "header length 0 is too small");
-    // Within the file but absurd (> 100 MB): a sparse 101 MB file.
-    {
+    // Within the file but absurd: over safetensors' limit of 100,000,000 bytes
+    // (sparse files, so no disk is used). The limit is checked before the header is read.
+    for (uint64_t n : {uint64_t(100000001), uint64_t(101) * 1024 * 1024}) {
         const std::string big = d.file("big.safetensors");
         std::vector<uint8_t> head(8);
-        const uint64_t n = 101ull * 1024 * 1024;
         for (int i = 0; i < 8; ++i) head[size_t(i)] = uint8_t(n >> (8 * i));
         head.push_back('{');
         tb::write_file(big, head);
-        if (truncate(big.c_str(), off_t(n + 16)) == 0) EXPECT_ERROR(Bundle{big}, "is absurd");
+        CHECK(truncate(big.c_str(), off_t(n + 16)) == 0);
+        EXPECT_ERROR(Bundle{big}, big + ": header length " + std::to_string(n) + " is absurd (limit 100000000 bytes");
+    }
+    {
+        // Exactly at the limit: read and parsed (and refused as JSON, not for its length).
+        const std::string big = d.file("big.safetensors");
+        const uint64_t n = 100000000;
+        std::vector<uint8_t> head(8);
+        for (int i = 0; i < 8; ++i) head[size_t(i)] = uint8_t(n >> (8 * i));
+        head.push_back('{');
+        tb::write_file(big, head);
+        CHECK(truncate(big.c_str(), off_t(n + 16)) == 0);
+        EXPECT_ERROR(Bundle{big}, big + ": header: invalid JSON");
+        std::remove(big.c_str());
     }
 }
 
@@ -453,6 +466,12 @@ void test_not_files(const TempDir& d) {
     const std::string fifo = d.file("fifo");
     if (mkfifo(fifo.c_str(), 0600) == 0) EXPECT_ERROR(Bundle{fifo}, fifo + ": is not a regular file");
     EXPECT_ERROR(Bundle{"/dev/null"}, "/dev/null: is not a regular file");
+    EXPECT_ERROR(Bundle{"/dev/zero"}, "/dev/zero: is not a regular file");
+    // A NUL byte would cut the path (open() reads a C string): refused, shown escaped.
+    const std::string good = d.file("nul.safetensors");
+    tb::write_file(good, tb::bundle(two_tensors(), task_meta()));
+    const std::string cut = good + std::string(1, '\0') + "ignored";
+    EXPECT_ERROR(Bundle{cut}, good + "\\x00ignored: path contains a NUL byte");
     const std::string e = d.file("empty.safetensors");
     tb::write_file(e, {});
     EXPECT_ERROR(Bundle{e}, e + ": empty file");

@@ -291,13 +291,31 @@ def test_bit_flips_in_the_data(rt, tmp_path):
 # ---- absurd header lengths -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n", [2**64 - 1, 2**63, 2**32, 100 * 1024 * 1024 + 1, 0, 1])
+@pytest.mark.parametrize("n", [2**64 - 1, 2**63, 2**32, 100 * 1024 * 1024 + 1, 100_000_001, 0, 1])
 def test_absurd_header_length(rt, tmp_path, n):
     good = TASK.read_bytes()
     p = tmp_path / f"hl_{n}.safetensors"
     p.write_bytes(struct.pack("<Q", n) + good[8:])
     refused_by_runtime(rt, p, "header length")
     refused_by_python(p)
+
+
+def test_header_cap_is_the_safetensors_one(rt, tmp_path):
+    """Issue item 12: one cap, safetensors' 100,000,000 bytes, in C++ and
+    Python (the C++ reader allowed 104,857,600). A sparse file just over it."""
+    for n, field in [(100_000_001, "header length 100000001 is absurd \\(limit 100000000 bytes"),
+                     (100_000_000, "header")]:
+        p = tmp_path / f"cap_{n}.safetensors"
+        with open(p, "wb") as f:
+            f.write(struct.pack("<Q", n) + b"{")
+            f.truncate(n + 64)
+        msg = refused_by_runtime(rt, p, field)
+        if n == 100_000_000:
+            assert "absurd" not in msg, msg  # read and refused as JSON, not for its length
+        py = refused_by_python(p, field)
+        if n == 100_000_000:
+            assert "absurd" not in py, py
+        p.unlink()
 
 
 # ---- dtypes -----------------------------------------------------------------------------
@@ -569,6 +587,37 @@ def test_replacing_by_rename_is_the_way_to_update(rt, tmp_path):
     assert np.array_equal(r.run(GOOD_INPUT), want)
     r.load_task(task)
     assert np.allclose(r.run(GOOD_INPUT), want + 1, atol=1e-5)
+
+
+# ---- paths --------------------------------------------------------------------------------
+
+
+def test_nul_byte_in_a_path_is_refused(rt, tmp_path):
+    """Issue item 12: a NUL byte used to cut the path (the C++ side opened
+    'base.safetensors' for 'base.safetensors\\0junk'). Refused, in both readers."""
+    from spaedge.pack.format import read_metadata
+    for p in (str(BASE) + "\0junk", str(TASK) + "\0"):
+        with pytest.raises(BundleError, match="path contains a NUL byte"):
+            Runtime(p, threads=1)
+        with pytest.raises(BundleError, match=re.escape(str(TASK)) + r".*path contains a NUL byte") \
+                if p.startswith(str(TASK)) else pytest.raises(BundleError, match="NUL"):
+            rt.load_task(p)
+        with pytest.raises(PyBundleError, match="path contains a NUL byte"):
+            read_bundle(p)
+        with pytest.raises(PyBundleError, match="path contains a NUL byte"):
+            read_metadata(p)
+    assert rt.tasks == ["fuzz"]
+
+
+def test_path_that_is_not_utf8(rt):
+    """A path that is not UTF-8 (bytes on Linux) is named, escaped, in a
+    BundleError; the message could not be made a Python string before
+    (UnicodeDecodeError instead of the error)."""
+    with pytest.raises(BundleError, match=r"\\xff-missing\.safetensors: cannot open"):
+        Runtime(b"/nonexistent/\xff-missing.safetensors", threads=1)
+    with pytest.raises(BundleError, match=r"\\xff-missing\.safetensors: cannot open"):
+        rt.load_task(b"/nonexistent/\xff-missing.safetensors")
+    assert rt.tasks == ["fuzz"]
 
 
 def test_spaedge_run_refuses_the_same_files(tmp_path):

@@ -1,9 +1,10 @@
 // spaedge bundle reader: a fully validated safetensors file, read into private memory.
 //
 // Opening a Bundle checks the container completely before anything is used
-// (docs/format.md): the file is a regular non-empty file of at least 8 bytes
-// (FIFOs and devices are refused without blocking);
-// the header length is within the file and below 100 MB; the header is strict JSON of the safetensors shape;
+// (docs/format.md): the path has no NUL byte; the file is a regular non-empty
+// file of at least 8 bytes (FIFOs and devices are refused without blocking);
+// the header length is within the file and at most 100,000,000 bytes (the
+// safetensors limit); the header is strict JSON of the safetensors shape;
 // every dtype is F32 or I32; every shape matches its byte size; data_offsets
 // lie inside the data section, do not overlap and together cover it; the
 // common metadata keys (format, version, content_hash) are present; the
@@ -74,6 +75,8 @@ struct BundleOptions {
 
 // Format version this runtime reads and the toolchain writes (docs/format.md).
 constexpr const char* kFormatVersion = "2";
+// Header length limit, the same as safetensors' (bytes).
+constexpr uint64_t kMaxHeaderBytes = 100000000;
 
 class Bundle {
 public:

@@ -23,7 +23,8 @@ __all__ = ["FORMAT_VERSION", "MAX_HEADER_BYTES", "BundleError", "write_bundle", 
            "content_hash", "data_hash", "atomic_write_bytes"]
 
 FORMAT_VERSION = "2"
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+#: Header length limit: safetensors' own (the C++ reader's kMaxHeaderBytes too).
+MAX_HEADER_BYTES = 100_000_000
 _DTYPES = {np.dtype(np.float32), np.dtype(np.int32)}
 _NP_DTYPES = {"F32": np.dtype("<f4"), "I32": np.dtype("<i4")}
 
@@ -144,6 +145,8 @@ def _show(p) -> str:
 def _open(p: Path):
     """The bundle file opened for reading, checked to be a regular file
     without blocking (a FIFO is refused, not waited on); (file, size)."""
+    if "\0" in os.fspath(p):
+        raise BundleError(f"{_show(p)}: path contains a NUL byte (the file name would be cut there)")
     try:
         fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -179,7 +182,7 @@ def _read_header(f, p: Path, size: int) -> bytes:
         raise BundleError(f"{_show(p)}: file is {size} bytes, too short for a safetensors header")
     (n,) = struct.unpack("<Q", _read_exact(f, p, 8, size))
     if n > MAX_HEADER_BYTES:
-        raise BundleError(f"{_show(p)}: header length {n} is absurd (limit {MAX_HEADER_BYTES} bytes)")
+        raise BundleError(f"{_show(p)}: header length {n} is absurd (limit {MAX_HEADER_BYTES} bytes, as safetensors)")
     if 8 + n > size:
         raise BundleError(f"{_show(p)}: header length {n} does not fit a {size}-byte file (truncated or corrupt)")
     return _read_exact(f, p, n, size)
