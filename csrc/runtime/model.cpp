@@ -84,9 +84,9 @@ BaseModel::BaseModel(const std::string& path) {
     const json::Value* ic = root.find("input_channels");
     if (!ic) gp.fail("missing field 'input_channels'");
     if (!ic->is(json::Type::Number) || ic->number != std::floor(ic->number) || ic->number < 1 ||
-        ic->number > kMaxChannels)
+        ic->number > kMaxInputChannels)
         gp.fail("field 'input_channels' must be an integer in [1, " +
-                std::to_string(kMaxChannels) + "]");
+                std::to_string(kMaxInputChannels) + "] (image channels)");
     g.input_channels = int(ic->number);
     const json::Value* nodes = root.find("nodes");
     if (!nodes || !nodes->is(json::Type::Array)) gp.fail("field 'nodes' must be an array");

@@ -48,6 +48,9 @@ struct Graph {
     int output = -1;                       // value id of the graph output
 };
 
+// Channels of a base's (and a task's) input image: 1 to 4 (docs/runtime.md).
+constexpr int kMaxInputChannels = 4;
+
 class BaseModel {
 public:
     explicit BaseModel(const std::string& path);

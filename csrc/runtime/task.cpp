@@ -13,14 +13,110 @@ namespace spaedge {
 
 namespace {
 
-constexpr int kMaxInputSide = 8192;
-constexpr size_t kMaxValueFloats = size_t(1) << 30;
+constexpr size_t kMaxValueFloats = kMaxArenaBytes / sizeof(float);
 
 std::string shape_str(const std::vector<int64_t>& s) {
     TensorView t;
     t.shape = s;
     return t.shape_str();
 }
+
+json::Value meta_json(const Bundle& b, const std::string& key) {
+    return json::parse(b.meta(key), b.path() + ": metadata '" + key + "'");
+}
+
+int meta_int(const Bundle& b, const json::Value& obj, const std::string& key, const char* field, int lo,
+             int hi) {
+    const json::Value* v = obj.find(field);
+    if (!v) b.fail("metadata '" + key + "': missing field '" + field + "'");
+    if (!v->is(json::Type::Number) || v->number != std::floor(v->number) || v->number < lo ||
+        v->number > hi)
+        b.fail("metadata '" + key + "': field '" + field + "' must be an integer in [" +
+               std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    return int(v->number);
+}
+
+std::vector<float> meta_floats(const Bundle& b, const json::Value& obj, const std::string& key,
+                               const char* field, size_t n) {
+    const json::Value* v = obj.find(field);
+    if (!v) b.fail("metadata '" + key + "': missing field '" + field + "'");
+    if (!v->is(json::Type::Array) || v->array.size() != n)
+        b.fail("metadata '" + key + "': field '" + field + "' must be a list of " +
+               std::to_string(n) + " numbers (one per input channel)");
+    std::vector<float> out;
+    for (const auto& e : v->array) {
+        if (!e.is(json::Type::Number))
+            b.fail("metadata '" + key + "': field '" + field + "' must hold numbers");
+        out.push_back(float(e.number));
+    }
+    return out;
+}
+
+}  // namespace
+
+TaskMetadata read_task_metadata(const Bundle& b) {
+    TaskMetadata m;
+    m.base_hash = b.meta("base_hash");
+    bool hex = m.base_hash.size() == 64;
+    for (char c : m.base_hash)
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) hex = false;
+    if (!hex) b.fail("metadata 'base_hash' is not 64 lowercase hex digits (a base's content_hash)");
+    m.name = b.meta("task");
+    if (m.name.empty()) b.fail("metadata 'task' is empty");
+    m.method = b.meta("method");
+    if (m.method.empty()) b.fail("metadata 'method' is empty");
+    if (const std::string* info = b.find_meta("info")) {
+        if (!meta_json(b, "info").is(json::Type::Object))
+            b.fail("metadata 'info' must be a JSON object");
+        m.info = *info;
+    } else {
+        m.info = "{}";
+    }
+
+    json::Value labels = meta_json(b, "labels");
+    if (!labels.is(json::Type::Array) || labels.array.empty())
+        b.fail("metadata 'labels' must be a non-empty JSON list of strings");
+    std::map<std::string, size_t> seen;
+    for (size_t i = 0; i < labels.array.size(); ++i) {
+        const json::Value& l = labels.array[i];
+        if (!l.is(json::Type::String))
+            b.fail("metadata 'labels' must be a non-empty JSON list of strings");
+        if (l.string.empty()) b.fail("metadata 'labels': label " + std::to_string(i) + " is empty");
+        auto it = seen.emplace(l.string, i);
+        if (!it.second)
+            b.fail("metadata 'labels': label " + std::to_string(i) + " '" + l.string + "' repeats label " +
+                   std::to_string(it.first->second) + " (class names must be distinct)");
+        m.labels.push_back(l.string);
+    }
+
+    json::Value in = meta_json(b, "input");
+    if (!in.is(json::Type::Object)) b.fail("metadata 'input' must be a JSON object");
+    m.channels = meta_int(b, in, "input", "channels", 1, kMaxInputChannels);
+    m.height = meta_int(b, in, "input", "height", 1, kMaxInputSide);
+    m.width = meta_int(b, in, "input", "width", 1, kMaxInputSide);
+    m.mean = meta_floats(b, in, "input", "mean", size_t(m.channels));
+    m.std = meta_floats(b, in, "input", "std", size_t(m.channels));
+    for (size_t c = 0; c < m.std.size(); ++c) {
+        if (!std::isfinite(m.mean[c]))
+            b.fail("metadata 'input': mean[" + std::to_string(c) + "] is not finite");
+        if (!(m.std[c] > 0) || !std::isfinite(m.std[c]))
+            b.fail("metadata 'input': std[" + std::to_string(c) + "] must be a positive finite number");
+    }
+
+    if (b.find_meta("shared_adapters")) {
+        json::Value sa = meta_json(b, "shared_adapters");
+        if (!sa.is(json::Type::Object))
+            b.fail("metadata 'shared_adapters' must be a JSON object {target conv: source conv}");
+        for (const auto& kv : sa.object) {
+            if (!kv.second.is(json::Type::String))
+                b.fail("metadata 'shared_adapters': entry '" + kv.first + "' must map to a conv name (a string)");
+            m.shared_adapters.emplace_back(kv.first, kv.second.string);
+        }
+    }
+    return m;
+}
+
+namespace {
 
 class Loader {
 public:
@@ -47,72 +143,26 @@ private:
         return json::parse(b_.meta(key), b_.path() + ": metadata '" + key + "'");
     }
 
-    int meta_int(const json::Value& obj, const std::string& key, const char* field, int lo,
-                 int hi) {
-        const json::Value* v = obj.find(field);
-        if (!v) b_.fail("metadata '" + key + "': missing field '" + field + "'");
-        if (!v->is(json::Type::Number) || v->number != std::floor(v->number) || v->number < lo ||
-            v->number > hi)
-            b_.fail("metadata '" + key + "': field '" + field + "' must be an integer in [" +
-                    std::to_string(lo) + ", " + std::to_string(hi) + "]");
-        return int(v->number);
-    }
-
-    std::vector<float> meta_floats(const json::Value& obj, const std::string& key,
-                                   const char* field, size_t n) {
-        const json::Value* v = obj.find(field);
-        if (!v) b_.fail("metadata '" + key + "': missing field '" + field + "'");
-        if (!v->is(json::Type::Array) || v->array.size() != n)
-            b_.fail("metadata '" + key + "': field '" + field + "' must be a list of " +
-                    std::to_string(n) + " numbers (one per input channel)");
-        std::vector<float> out;
-        for (const auto& e : v->array) {
-            if (!e.is(json::Type::Number))
-                b_.fail("metadata '" + key + "': field '" + field + "' must hold numbers");
-            out.push_back(float(e.number));
-        }
-        return out;
-    }
-
     void read_metadata() {
         const std::string& bh = b_.meta("base_hash");
         if (bh != base_.content_hash())
             throw Error("task bundle " + b_.path() + " was made for base " + bh +
                         ", but the loaded base is " + base_.content_hash() +
                         ": pack the task against this base or load the right base");
-        t_.name = b_.meta("task");
-        if (t_.name.empty()) b_.fail("metadata 'task' is empty");
-        t_.method = b_.meta("method");
-        if (const std::string* info = b_.find_meta("info")) t_.info = *info;
-        else t_.info = "{}";
-
-        json::Value labels = meta_json("labels");
-        if (!labels.is(json::Type::Array) || labels.array.empty())
-            b_.fail("metadata 'labels' must be a non-empty JSON list of strings");
-        for (const auto& l : labels.array) {
-            if (!l.is(json::Type::String))
-                b_.fail("metadata 'labels' must be a non-empty JSON list of strings");
-            t_.labels.push_back(l.string);
-        }
-
-        json::Value in = meta_json("input");
-        if (!in.is(json::Type::Object)) b_.fail("metadata 'input' must be a JSON object");
-        t_.channels = meta_int(in, "input", "channels", 1, 1 << 16);
-        t_.height = meta_int(in, "input", "height", 1, kMaxInputSide);
-        t_.width = meta_int(in, "input", "width", 1, kMaxInputSide);
+        TaskMetadata m = read_task_metadata(b_);
+        t_.name = std::move(m.name);
+        t_.method = std::move(m.method);
+        t_.info = std::move(m.info);
+        t_.labels = std::move(m.labels);
+        t_.channels = m.channels;
+        t_.height = m.height;
+        t_.width = m.width;
+        t_.mean = std::move(m.mean);
+        t_.std = std::move(m.std);
         const int base_c = base_.graph().input_channels;
         if (t_.channels != base_c)
             b_.fail("metadata 'input': channels is " + std::to_string(t_.channels) +
                     " but the base takes " + std::to_string(base_c) + " input channels");
-        t_.mean = meta_floats(in, "input", "mean", size_t(t_.channels));
-        t_.std = meta_floats(in, "input", "std", size_t(t_.channels));
-        for (size_t c = 0; c < t_.std.size(); ++c) {
-            if (!std::isfinite(t_.mean[c]))
-                b_.fail("metadata 'input': mean[" + std::to_string(c) + "] is not finite");
-            if (!(t_.std[c] > 0) || !std::isfinite(t_.std[c]))
-                b_.fail("metadata 'input': std[" + std::to_string(c) +
-                        "] must be a positive finite number");
-        }
     }
 
     // ---- tensors ------------------------------------------------------------
@@ -395,7 +445,8 @@ private:
             if (os.floats() > kMaxValueFloats)
                 b_.fail("metadata 'input': " + std::to_string(t_.height) + "x" +
                         std::to_string(t_.width) + " makes the output of node '" + n.name +
-                        "' too large");
+                        "' too large (over the limit of " + std::to_string(kMaxArenaBytes >> 20) +
+                        " MiB of activations)");
             lists_[size_t(n.out)] = std::move(out_list);
             list_src_[size_t(n.out)] = out_src;
             shapes_[size_t(n.out)] = os;
@@ -464,6 +515,12 @@ Task::Task(const BaseModel& base, const std::string& p) {
     bundle_bytes = b.file_size();
     Loader(base, b, *this).run();
     build_exec_plan(base.graph(), *this);
+    if (exec_plan.arena_floats > kMaxArenaBytes / sizeof(float))
+        b.fail("metadata 'input': a " + std::to_string(channels) + "x" + std::to_string(height) + "x" +
+               std::to_string(width) + " input needs " +
+               std::to_string((exec_plan.arena_floats * sizeof(float)) >> 20) +
+               " MiB of activations in this network (limit " + std::to_string(kMaxArenaBytes >> 20) +
+               " MiB)");
     // Per-task tables for a fast switch: B' transposed so the panel lanes
     // (output channels) of each rank row are contiguous.
     for (ConvTask& ct : convs) {

@@ -39,6 +39,28 @@ struct LinearTask {
     std::vector<float> bias;    // [out_f]
 };
 
+// Input limits of a task (docs/runtime.md), checked from the metadata before
+// anything is allocated: 1 to kMaxInputChannels channels, sides up to
+// kMaxInputSide; and the activation arena the input size implies, checked
+// once the execution plan is laid out, before the switch allocates it.
+constexpr int kMaxInputSide = 4096;
+constexpr size_t kMaxArenaBytes = size_t(1) << 30;
+
+// A task bundle's metadata, validated on its own (no base needed):
+// base_hash (64 lowercase hex), task and method (non-empty), labels (a
+// non-empty JSON list of distinct non-empty strings), input (channels,
+// height, width within the limits; mean finite, std finite and > 0, one per
+// channel), info (a JSON object when present), shared_adapters (a JSON object
+// of strings when present; checked against the graph by Task).
+struct TaskMetadata {
+    std::string base_hash, name, method, info;
+    std::vector<std::string> labels;
+    int channels = 0, height = 0, width = 0;
+    std::vector<float> mean, std;
+    std::vector<std::pair<std::string, std::string>> shared_adapters;
+};
+TaskMetadata read_task_metadata(const Bundle& b);
+
 class Task {
 public:
     Task(const BaseModel& base, const std::string& path);

@@ -487,7 +487,12 @@ void test_task_errors(const Files& f) {
                       [](TaskSpec& t) {
                           t.h = 0;
                       },
-                      {"metadata 'input': field 'height' must be an integer in [1, 8192]"}, __LINE__);
+                      {"metadata 'input': field 'height' must be an integer in [1, 4096]"}, __LINE__);
+    // Input sizes are bounded before anything is allocated (docs/runtime.md).
+    expect_task_error(f, "huge.safetensors", [](TaskSpec& t) { t.h = t.w = 8192; },
+                      {"metadata 'input': field 'height' must be an integer in [1, 4096]"}, __LINE__);
+    expect_task_error(f, "wide.safetensors", [](TaskSpec& t) { t.w = 4097; },
+                      {"metadata 'input': field 'width' must be an integer in [1, 4096]"}, __LINE__);
 
     // Metadata-level problems, written directly.
     Runtime rt(f.base, 1);
@@ -547,6 +552,32 @@ void test_task_errors(const Files& f) {
               {"metadata 'input': field 'mean' must be a list of 2 numbers"}, __LINE__);
     meta_case("base_fmt.safetensors", [&](tb::Meta& m) { set(m, "format", "spaedge-base"); },
               {"is a spaedge-base bundle, expected a spaedge-task bundle"}, __LINE__);
+    // Labels name the outputs: one per class, none empty, none twice.
+    meta_case("duplabels.safetensors", [&](tb::Meta& m) { set(m, "labels", "[\"c0\",\"7\",\"7\"]"); },
+              {"metadata 'labels': label 2 '7' repeats label 1 (class names must be distinct)"}, __LINE__);
+    meta_case("emptylabel.safetensors", [&](tb::Meta& m) { set(m, "labels", "[\"c0\",\"\",\"c2\"]"); },
+              {"metadata 'labels': label 1 is empty"}, __LINE__);
+    meta_case("ctrllabel.safetensors", [&](tb::Meta& m) { set(m, "labels", "[\"c0\",\"\\u001b[2J\",\"\\u001b[2J\"]"); },
+              {"metadata 'labels': label 2 '\\x1b[2J' repeats label 1"}, __LINE__);
+    meta_case("nanstd.safetensors",
+              [&](tb::Meta& m) {
+                  set(m, "input", "{\"channels\":2,\"height\":5,\"width\":4,\"mean\":[0,0],\"std\":[1,-0.5]}");
+              },
+              {"metadata 'input': std[1] must be a positive finite number"}, __LINE__);
+    meta_case("inf_std.safetensors",
+              [&](tb::Meta& m) {
+                  set(m, "input", "{\"channels\":2,\"height\":5,\"width\":4,\"mean\":[0,0],\"std\":[1e39,1]}");
+              },
+              {"metadata 'input': std[0] must be a positive finite number"}, __LINE__);
+    meta_case("five.safetensors",
+              [&](tb::Meta& m) {
+                  set(m, "input", "{\"channels\":5,\"height\":5,\"width\":4,\"mean\":[0,0,0,0,0],\"std\":[1,1,1,1,1]}");
+              },
+              {"metadata 'input': field 'channels' must be an integer in [1, 4]"}, __LINE__);
+    meta_case("info.safetensors", [&](tb::Meta& m) { set(m, "info", "[1]"); },
+              {"metadata 'info' must be a JSON object"}, __LINE__);
+    meta_case("method.safetensors", [&](tb::Meta& m) { set(m, "method", ""); }, {"metadata 'method' is empty"},
+              __LINE__);
     meta_case("version1.safetensors", [&](tb::Meta& m) { m.emplace_back("version", "1"); },
               {"metadata 'version' is '1': format version 1 is no longer read", "repack"}, __LINE__);
 

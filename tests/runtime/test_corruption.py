@@ -267,6 +267,38 @@ def test_base_graph_edit_is_refused(tmp_path):
         assert r.returncode == 2 and "content_hash" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("edit,field", [
+    (lambda m: m.update(labels=json.dumps(["a", "c", "c"])), r"'labels': label 2 'c' repeats label 1"),
+    (lambda m: m.update(labels=json.dumps(["a", "", "c"])), r"'labels': label 1 is empty"),
+    (lambda m: m.update(input=json.dumps({**json.loads(m["input"]), "std": [0.0]})), r"'input': std\[0\]"),
+    (lambda m: m.update(input=json.dumps({**json.loads(m["input"]), "std": [-0.25]})), r"'input': std\[0\]"),
+    (lambda m: m.update(input=json.dumps({**json.loads(m["input"]), "std": [1e39]})), r"'input': std\[0\]"),
+    (lambda m: m.update(input=json.dumps({**json.loads(m["input"]), "height": 8192, "width": 8192})),
+     r"'input': .*'?height'? must be an integer in \[1, 4096\]"),
+])
+def test_bad_labels_and_input_repacked_with_a_right_hash(rt, tmp_path, edit, field):
+    """Issue items 1 and 12: the same damage packed with a correct hash is
+    refused by both readers, naming the field; an 8192x8192 input is refused
+    before anything is allocated (it reserved 9.4 GB of arena before)."""
+    t, m = parts(TASK)
+    edit(m)
+    p = tmp_path / "repacked.safetensors"
+    p.write_bytes(rebuild(t, m))
+    refused_by_runtime(rt, p, field)
+    refused_by_python(p, field)
+
+
+def test_nan_std_is_refused_by_python(tmp_path):
+    """Python's JSON reads NaN and Infinity, which the C++ parser refuses outright."""
+    t, m = parts(TASK)
+    for bad in ("NaN", "Infinity", "-Infinity"):
+        m["input"] = m["input"].replace('"std": [0.25]', f'"std": [{bad}]')
+        p = tmp_path / "nanstd.safetensors"
+        p.write_bytes(rebuild(t, m))
+        refused_by_python(p, r"'input': std\[0\]")
+        t, m = parts(TASK)
+
+
 def test_bit_flips_in_the_data(rt, tmp_path):
     good = TASK.read_bytes()
     n, _ = header_of(good)

@@ -508,6 +508,34 @@ def test_corrupt_task_bundles_raise_bundle_error(toy, tmp_path, case, pattern):
     assert rt.tasks == []
 
 
+def test_input_size_limits(tmp_path):
+    """Issue item 12: input sizes are bounded before anything is allocated
+    (docs/runtime.md): sides up to 4096, 1 to 4 channels, and at most 1 GiB of
+    activations for the network at that size. A tiny base (one 1x1 conv to 16
+    channels) and tasks of a kilobyte that would otherwise reserve gigabytes."""
+    graph = {"input": "x", "input_channels": 3, "output": "logits",
+             "nodes": [ref.conv("c", "x", 3, 16, 1, pad=0), ref.op("relu", "r", "c"), ref.op("gap", "g", "r"),
+                       ref.op("linear", "fc", "g")]}
+    graph["nodes"][-1]["output"] = "logits"
+    rng = np.random.default_rng(0)
+    base = ref.base_tensors(graph, rng, conv_bias=())
+    h = ref.write_base(tmp_path / "base.safetensors", graph, base)
+    t = ref.task_tensors(graph, rng, keep_frac=1.0, method="none", classes=2)
+    rt = Runtime(tmp_path / "base.safetensors", threads=1)
+    for size, pattern in [((3, 8192, 8192), r"metadata 'input': field 'height' must be an integer in \[1, 4096\]"),
+                          ((3, 4096, 4096), r"metadata 'input': a 3x4096x4096 input needs \d+ MiB of activations "
+                                            r"in this network \(limit 1024 MiB\)")]:
+        p = tmp_path / f"t{size[1]}.safetensors"
+        ref.write(p, t, ref.task_meta(h, "big", 2, size, method="none"))
+        assert p.stat().st_size < 2000
+        with pytest.raises(BundleError, match=pattern):
+            rt.load_task(p)
+        assert rt.tasks == []
+    ref.write(tmp_path / "ok.safetensors", t, ref.task_meta(h, "ok", 2, (3, 1024, 1024), method="none"))
+    rt.load_task(tmp_path / "ok.safetensors")
+    assert rt.run(np.zeros((1, 3, 1024, 1024), np.float32)).shape == (1, 2)
+
+
 def test_directory_and_missing_file(toy, tmp_path):
     rt = fresh(toy)
     with pytest.raises(BundleError, match="is a directory"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import stat
 import struct
@@ -20,11 +21,14 @@ from safetensors.numpy import save as _st_save
 from spaedge.errors import BundleError
 
 __all__ = ["FORMAT_VERSION", "MAX_HEADER_BYTES", "BundleError", "write_bundle", "read_bundle", "read_metadata",
-           "content_hash", "data_hash", "atomic_write_bytes"]
+           "content_hash", "data_hash", "atomic_write_bytes", "check_task_metadata"]
 
 FORMAT_VERSION = "2"
 #: Header length limit: safetensors' own (the C++ reader's kMaxHeaderBytes too).
 MAX_HEADER_BYTES = 100_000_000
+#: Input limits of a task (docs/runtime.md; the C++ runtime's too).
+MAX_INPUT_CHANNELS = 4
+MAX_INPUT_SIDE = 4096
 _DTYPES = {np.dtype(np.float32), np.dtype(np.int32)}
 _NP_DTYPES = {"F32": np.dtype("<f4"), "I32": np.dtype("<i4")}
 
@@ -298,8 +302,9 @@ def read_bundle(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str,
     """Tensors (numpy) and metadata of a bundle; ``verify`` checks the content hash.
 
     Refuses, with a :class:`BundleError` naming the file and the field, what
-    the C++ reader refuses in the container, an old format version and a
-    content hash that does not match the metadata, tensor table and data."""
+    the C++ reader refuses in the container, an old format version, a content
+    hash that does not match the metadata, tensor table and data, and (task
+    bundles) bad labels or input metadata (:func:`check_task_metadata`)."""
     p = Path(path)
     f, size = _open(p)
     with f:
@@ -315,6 +320,8 @@ def read_bundle(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str,
             raise BundleError(f"{_show(p)}: field 'content_hash' does not match the metadata, tensor table and data "
                               f"(stored {meta.get('content_hash')!r}, computed {actual}): the file is corrupt or "
                               "was edited after packing")
+    if meta["format"] == "spaedge-task":
+        check_task_metadata(meta, _show(p))
     tensors = {}
     for name, e in table.items():
         begin, end = e["data_offsets"]
@@ -324,11 +331,58 @@ def read_bundle(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str,
     return tensors, meta
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_task_metadata(meta: Mapping[str, str], where: str) -> None:
+    """A task bundle's labels and input metadata, checked as the C++ runtime
+    checks them: labels a non-empty list of distinct non-empty strings; input
+    channels in [1, 4], height and width in [1, 4096], one finite mean and one
+    finite positive std per channel (as float32, the runtime's precision).
+    Raises BundleError naming the field."""
+    labels = json_field(meta, "labels", where)
+    if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):
+        raise BundleError(f"{where}: field 'labels' must be a non-empty JSON list of strings")
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        if not label:
+            raise BundleError(f"{where}: field 'labels': label {i} is empty")
+        if label in seen:
+            raise BundleError(f"{where}: field 'labels': label {i} {_show(label)!r} repeats label {seen[label]} "
+                              "(class names must be distinct)")
+        seen[label] = i
+    inp = json_field(meta, "input", where)
+    if not isinstance(inp, dict):
+        raise BundleError(f"{where}: field 'input' must be a JSON object")
+    limits = {"channels": MAX_INPUT_CHANNELS, "height": MAX_INPUT_SIDE, "width": MAX_INPUT_SIDE}
+    for k, hi in limits.items():
+        v = inp.get(k)
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
+            raise BundleError(f"{where}: field 'input': {k!r} must be an integer in [1, {hi}], got {v!r}")
+    for k in ("mean", "std"):
+        v = inp.get(k)
+        if not isinstance(v, list) or len(v) != inp["channels"] or not all(_number(x) for x in v):
+            raise BundleError(f"{where}: field 'input': {k!r} must be a list of {inp['channels']} numbers "
+                              "(one per input channel)")
+        for c, x in enumerate(v):
+            with np.errstate(over="ignore", under="ignore"):
+                x = float(np.float32(x))  # the runtime's precision: 1e39 is infinite there, 1e-50 zero
+            if not math.isfinite(x):
+                raise BundleError(f"{where}: field 'input': {k}[{c}] is not finite")
+            if k == "std" and not x > 0:
+                raise BundleError(f"{where}: field 'input': std[{c}] must be a positive finite number")
+
+
 def json_field(meta: Mapping[str, str], key: str, where: str):
     """Decode a JSON-valued metadata field with an error naming it."""
     if key not in meta:
         raise BundleError(f"{where}: field '{key}' is missing")
     try:
-        return json.loads(meta[key])
+        return json.loads(meta[key], object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as e:
+        raise BundleError(f"{where}: field '{key}' has the key {str(e)!r} twice") from None
     except json.JSONDecodeError as e:
         raise BundleError(f"{where}: field '{key}' is not valid JSON ({e})") from None
+    except RecursionError:
+        raise BundleError(f"{where}: field '{key}' is not valid JSON (nested too deeply)") from None
