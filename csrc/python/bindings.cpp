@@ -6,6 +6,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "runtime/json.h"
+#include "spaedge/bundle.h"
 #include "spaedge/runtime.h"
 
 namespace py = pybind11;
@@ -35,6 +37,63 @@ py::dict info_dict(const spaedge::TaskInfo& i) {
     return d;
 }
 
+// A JSON value the runtime's parser accepted (depth-limited) as Python objects.
+py::object from_json(const spaedge::json::Value& v) {
+    namespace json = spaedge::json;
+    switch (v.type) {
+        case json::Type::Null: return py::none();
+        case json::Type::Bool: return py::bool_(v.boolean);
+        case json::Type::Number:
+            if (v.is_integer) return py::int_(v.integer);
+            return py::float_(v.number);
+        case json::Type::String: return py::str(v.string);
+        case json::Type::Array: {
+            py::list l;
+            for (const auto& e : v.array) l.append(from_json(e));
+            return l;
+        }
+        case json::Type::Object: {
+            py::dict d;
+            for (const auto& kv : v.object) d[py::str(kv.first)] = from_json(kv.second);
+            return d;
+        }
+    }
+    return py::none();
+}
+
+py::dict summary_dict(const spaedge::BundleSummary& s) {
+    py::dict d;
+    d["path"] = s.path;
+    d["format"] = s.format;
+    d["version"] = s.version;
+    d["content_hash"] = s.content_hash;
+    d["hash_verified"] = s.hash_verified;
+    d["file_bytes"] = s.file_bytes;
+    d["header_bytes"] = s.header_bytes;
+    d["metadata"] = s.metadata;
+    py::list tensors;
+    for (const auto& t : s.tensors)
+        tensors.append(py::make_tuple(t.name, spaedge::dtype_name(t.dtype), py::tuple(py::cast(t.shape))));
+    d["tensors"] = tensors;
+    d["numbers"] = s.numbers;
+    if (s.format == "spaedge-base") {
+        d["model"] = s.model;
+        d["input_channels"] = s.input_channels;
+        d["nodes"] = s.nodes;
+        d["convs"] = s.convs;
+    } else {
+        d["task"] = s.task;
+        d["method"] = s.method;
+        d["base_hash"] = s.base_hash;
+        d["labels"] = s.labels;
+        d["input"] = py::dict(py::arg("channels") = s.channels, py::arg("height") = s.height,
+                              py::arg("width") = s.width, py::arg("mean") = s.mean, py::arg("std") = s.std);
+        d["info"] = from_json(spaedge::json::parse(s.info, s.path + ": metadata 'info'"));
+        d["shared_adapters"] = s.shared_adapters;
+    }
+    return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_runtime, m) {
@@ -55,6 +114,19 @@ PYBIND11_MODULE(_runtime, m) {
             PyErr_SetString(g_bundle_error, e.what());
         }
     });
+
+    m.def("inspect_bundle",
+          [](const std::string& path, bool verify) {
+              spaedge::BundleSummary s;
+              {
+                  py::gil_scoped_release release;
+                  s = spaedge::inspect_bundle(path, verify);
+              }
+              return summary_dict(s);
+          },
+          py::arg("path"), py::arg("verify") = true,
+          "A bundle's header and metadata checked by the runtime's reader without loading its data "
+          "(spaedge.cli.info); verify streams the data through the content hash.");
 
     // Every method takes the Runtime's mutex, which a run() may hold for a while:
     // never wait for it while holding the GIL. Results are converted to Python

@@ -67,16 +67,12 @@ struct GraphParser {
 
 }  // namespace
 
-BaseModel::BaseModel(const std::string& path) {
-    bundle_ = std::make_unique<Bundle>(path, "spaedge-base");
-    const Bundle& b = *bundle_;
-    model_ = b.meta("model");
+void parse_graph(const Bundle& b, Graph& g) {
     const std::string& graph_text = b.meta("graph");
-    json::Value root = json::parse(graph_text, path + ": metadata 'graph'");
+    json::Value root = json::parse(graph_text, b.path() + ": metadata 'graph'");
     GraphParser gp{b};
     if (!root.is(json::Type::Object)) gp.fail("is not a JSON object");
 
-    Graph& g = graph_;
     const json::Value* in = root.find("input");
     if (!in || !in->is(json::Type::String) || in->string.empty())
         gp.fail("field 'input' must be a non-empty string");
@@ -285,6 +281,14 @@ BaseModel::BaseModel(const std::string& path) {
             b.fail_tensor(t.name, "not a conv weight or bias of the graph (a base bundle holds "
                                   "only '<conv>.weight' and '<conv>.bias')");
     }
+}
+
+BaseModel::BaseModel(const std::string& path) {
+    bundle_ = std::make_unique<Bundle>(path, "spaedge-base");
+    const Bundle& b = *bundle_;
+    model_ = b.meta("model");
+    parse_graph(b, graph_);
+    Graph& g = graph_;
     for (const auto& t : b.tensors()) {
         for (size_t i = 0; i < t.numel; ++i) {
             if (!std::isfinite(t.f32(i)))

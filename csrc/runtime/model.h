@@ -51,6 +51,11 @@ struct Graph {
 // Channels of a base's (and a task's) input image: 1 to 4 (docs/runtime.md).
 constexpr int kMaxInputChannels = 4;
 
+// Parses and validates a base bundle's metadata 'graph' and its tensor table
+// against it (every conv weight present with the graph's shape, biases'
+// shapes, no other tensor). Reads no tensor data: `b` may be header-only.
+void parse_graph(const Bundle& b, Graph& g);
+
 class BaseModel {
 public:
     explicit BaseModel(const std::string& path);

@@ -46,7 +46,27 @@ from spaedge import _runtime
 # spaedge.errors.BundleError (shared with the toolchain), as the extension raises it.
 BundleError = _runtime.BundleError
 
-__all__ = ["Runtime", "BundleError"]
+__all__ = ["Runtime", "BundleError", "inspect_bundle"]
+
+
+def inspect_bundle(path: str | os.PathLike, verify: bool = True) -> dict:
+    """A bundle's header and metadata, checked by the C++ reader without
+    loading its data (what ``spaedge info`` shows).
+
+    Regular files only (a FIFO or device is refused without blocking); reads
+    the header (at most 100,000,000 bytes) and, with ``verify``, streams the
+    data section through the content hash in constant memory. Checks the
+    container, the hash and the metadata of the bundle's kind (a base's graph
+    and weight table; a task's base_hash, labels, input, info...), not tensor
+    values or a task's fit to a base (load it for that). Raises BundleError
+    naming the file and the field.
+
+    Keys: path, format, version, content_hash, hash_verified, file_bytes,
+    header_bytes, metadata (every key, as stored), tensors ([(name, dtype,
+    shape)] in file order), numbers; a base adds model, input_channels, nodes,
+    convs; a task adds task, method, base_hash, labels, input (channels,
+    height, width, mean, std), info (the parsed JSON object), shared_adapters."""
+    return _runtime.inspect_bundle(os.fspath(path), bool(verify))
 
 
 class Runtime:

@@ -904,6 +904,47 @@ void test_files_change_underneath(const Files& f) {
     }
 }
 
+// inspect_bundle (spaedge info): the same rules, header only.
+void test_inspect(const Files& f) {
+    spaedge::BundleSummary b = spaedge::inspect_bundle(f.base);
+    CHECK(b.format == "spaedge-base" && b.version == "2" && b.hash_verified && b.content_hash == f.base_hash);
+    CHECK(b.model == "tiny" && b.input_channels == 2 && b.nodes == 10 && b.convs == 3 && b.tensors.size() == 4);
+    CHECK(b.metadata.count("graph") == 1 && b.file_bytes > b.header_bytes);
+    const std::string tp = f.task("inspect_task.safetensors", tiny_task());
+    spaedge::BundleSummary t = spaedge::inspect_bundle(tp);
+    CHECK(t.format == "spaedge-task" && t.task == "tiny" && t.method == "splora" && t.base_hash == f.base_hash);
+    CHECK(t.labels == std::vector<std::string>({"c0", "c1", "c2"}) && t.channels == 2 && t.height == 5 &&
+          t.width == 4 && t.std[1] == 0.3f && t.info == "{}");
+    spaedge::BundleSummary quick = spaedge::inspect_bundle(tp, false);
+    CHECK(!quick.hash_verified && quick.task == "tiny");
+    // What loading refuses, inspecting refuses, naming the file and the field.
+    TaskSpec dup = tiny_task();
+    std::vector<uint8_t> bytes = task_bytes(dup, f.base_hash);
+    std::string text(bytes.begin(), bytes.end());
+    const size_t at = text.find("[\\\"c0\\\",\\\"c1\\\",\\\"c2\\\"]");
+    CHECK(at != std::string::npos);
+    if (at != std::string::npos) {
+        bytes[at + 11] = '0';  // "c1" -> "c0": same length, a duplicate label, a stale hash
+        const std::string p = f.dir.file("inspect_dup.safetensors");
+        tb::write_file(p, bytes);
+        // The header is checked before the data is streamed through the hash.
+        EXPECT_ERROR(spaedge::inspect_bundle(p), p + ": metadata 'labels': label 1 'c0' repeats label 0");
+        EXPECT_ERROR(spaedge::inspect_bundle(p, false), p + ": metadata 'labels': label 1 'c0' repeats label 0");
+        Runtime rt(f.base, 1);
+        EXPECT_ERROR(rt.load_task(p), p + ": metadata 'content_hash' mismatch");
+    }
+    std::vector<uint8_t> flipped = task_bytes(tiny_task(), f.base_hash);
+    flipped[flipped.size() - 5] ^= 0x10;
+    const std::string fp = f.dir.file("inspect_flip.safetensors");
+    tb::write_file(fp, flipped);
+    EXPECT_ERROR(spaedge::inspect_bundle(fp), fp + ": metadata 'content_hash' mismatch");
+    CHECK(!spaedge::inspect_bundle(fp, false).hash_verified);
+    TempDir d;
+    const std::string fifo = d.file("fifo");
+    if (mkfifo(fifo.c_str(), 0600) == 0) EXPECT_ERROR(spaedge::inspect_bundle(fifo), fifo + ": is not a regular file");
+    EXPECT_ERROR(spaedge::inspect_bundle("/dev/zero"), "/dev/zero: is not a regular file");
+}
+
 }  // namespace
 
 // Workers: every item exactly once, per-worker ids below the thread count,
@@ -942,6 +983,7 @@ int main() {
     test_task_errors(f);
     test_graph_errors(f);
     test_files_change_underneath(f);
+    test_inspect(f);
     test_fuzz(f);
     return tcheck::summary("test_runtime");
 }

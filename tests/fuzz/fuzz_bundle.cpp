@@ -2,6 +2,8 @@
 //
 // Each input is written to a temporary file (the reader's only entry point is
 // a path) and then:
+//   - inspected as `spaedge info` does (inspect_bundle: header and metadata
+//     checked without the data);
 //   - if it says "spaedge-base" somewhere, a Runtime is built on it (the base
 //     reader and graph validation);
 //   - otherwise it is loaded as a task bundle against a fixed small base
@@ -112,6 +114,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     static const char base_tag[] = "spaedge-base";
     const bool is_base =
         std::search(buf.begin(), buf.end(), base_tag, base_tag + sizeof(base_tag) - 1) != buf.end();
+    try {
+        spaedge::BundleSummary s = spaedge::inspect_bundle(g_path);
+        (void)s;
+    } catch (const spaedge::Error&) {
+    }
     try {
         if (is_base) {
             spaedge::Runtime rt(g_path, 1);

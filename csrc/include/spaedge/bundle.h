@@ -136,4 +136,40 @@ private:
     std::map<std::string, size_t> by_name_;
 };
 
+// ---- inspection (spaedge info) ---------------------------------------------------
+
+struct TensorSummary {
+    std::string name;
+    DType dtype = DType::F32;
+    std::vector<int64_t> shape;
+};
+
+// What a bundle says, checked with the runtime's own rules without loading
+// its data: the container (as Bundle), the content hash when verify_hash (the
+// data section streamed through it in constant memory), and the metadata of
+// its kind: a base's graph and its weights' table entries; a task's
+// base_hash, task, method, labels, input, info and shared_adapters. Not
+// checked here: tensor values, and whether a task fits a base (load it).
+struct BundleSummary {
+    std::string path, format, version, content_hash;
+    bool hash_verified = false;  // the content hash was recomputed and matched
+    size_t file_bytes = 0, header_bytes = 0;
+    std::map<std::string, std::string> metadata;  // every key, as stored
+    std::vector<TensorSummary> tensors;           // in data order
+    uint64_t numbers = 0;                         // elements of all tensors
+    // spaedge-base
+    std::string model;
+    int input_channels = 0;
+    size_t nodes = 0, convs = 0;
+    // spaedge-task
+    std::string task, method, base_hash, info;  // info: JSON object text ("{}" when absent)
+    std::vector<std::string> labels;
+    int channels = 0, height = 0, width = 0;
+    std::vector<float> mean, std;
+    std::map<std::string, std::string> shared_adapters;
+};
+
+// Throws spaedge::Error naming the file and the field, as loading would.
+BundleSummary inspect_bundle(const std::string& path, bool verify_hash = true);
+
 }  // namespace spaedge

@@ -1,41 +1,98 @@
-"""``spaedge info``: what a bundle holds."""
+"""``spaedge info``: what a bundle holds.
+
+The bundle is read and checked by the C++ runtime's own reader
+(``spaedge.runtime.inspect_bundle``): regular files only, a bounded header,
+the data streamed through the content hash in constant memory, the metadata
+checked with the rules loading applies. Everything printed from the file is
+escaped, so a name cannot move the cursor or clear the terminal.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
+import os
+import unicodedata
 
 from spaedge.argtypes import path_text
 from spaedge.cli.common import human_bytes, human_count, print_table
-from spaedge.pack.format import json_field, read_bundle
+from spaedge.errors import BundleError
 
 
 def add_parser(sub) -> None:
-    i = sub.add_parser("info", help="what a bundle holds", description="Print a bundle's metadata and sizes.")
+    from spaedge import runtime  # noqa: F401 - the command needs the compiled runtime
+
+    i = sub.add_parser("info", help="what a bundle holds",
+                       description="Check a bundle with the runtime's reader and print its metadata and sizes.")
     i.add_argument("bundle", type=path_text, help="a base or task bundle (.safetensors)")
+    i.add_argument("--no-verify", action="store_true",
+                   help="do not recompute the content hash (reads the header only; the data is not checked)")
     i.set_defaults(func=main)
 
 
+# Categories escaped in output: controls, format characters (bidi overrides,
+# zero-width joiners), line/paragraph separators, surrogates, private use, unassigned.
+_UNSAFE = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
+
+
+def clean(text) -> str:
+    """``text`` with every character a terminal could act on written as an escape."""
+    out = []
+    for c in str(text):
+        if unicodedata.category(c) in _UNSAFE:
+            o = ord(c)
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, str):
+        return clean(v)
+    return clean(json.dumps(v, ensure_ascii=False))
+
+
+def _floats(vs) -> str:
+    return "[" + ", ".join(f"{v:.6g}" for v in vs) + "]"
+
+
 def main(args) -> int:
-    path = Path(args.bundle)
-    tensors, meta = read_bundle(path)
-    size = path.stat().st_size
-    print(f"{path}: {meta['format']} version {meta['version']}, {human_bytes(size)}, "
-          f"{len(tensors)} tensors, content {meta['content_hash'][:16]}")
-    if meta["format"] == "spaedge-base":
-        graph = json_field(meta, "graph", str(path))
-        convs = [n for n in graph["nodes"] if n["op"] == "conv"]
-        params = sum(int(t.size) for k, t in tensors.items() if k.endswith(".weight"))
-        print_table([("model", meta.get("model", "?")), ("graph", f"{len(graph['nodes'])} nodes, {len(convs)} convs"),
-                      ("input channels", str(graph["input_channels"])), ("weights", human_count(params))])
+    from spaedge.runtime import inspect_bundle
+
+    path = os.fspath(args.bundle)
+    if "\0" in path:
+        raise BundleError(f"{clean(path)}: path contains a NUL byte (the file name would be cut there)")
+    if not os.path.lexists(path):
+        raise BundleError(f"{clean(path)}: no such bundle file")
+    try:
+        s = inspect_bundle(path, verify=not args.no_verify)
+    except BundleError as e:
+        raise BundleError(clean(str(e))) from None
+    checked = "content hash checked" if s["hash_verified"] else "content hash NOT checked (--no-verify)"
+    print(f"{clean(path)}: {s['format']} version {clean(s['version'])}, {human_bytes(s['file_bytes'])}, "
+          f"{len(s['tensors'])} tensors, content {s['content_hash'][:16]} ({checked})")
+    if s["format"] == "spaedge-base":
+        weights = 0
+        for name, _, shape in s["tensors"]:
+            if name.endswith(".weight"):
+                n = 1
+                for d in shape:
+                    n *= d
+                weights += n
+        print_table([("model", clean(s["model"])), ("graph", f"{s['nodes']} nodes, {s['convs']} convs"),
+                     ("input channels", str(s["input_channels"])), ("weights", human_count(weights))])
     else:
-        inp = json_field(meta, "input", str(path))
-        labels = json_field(meta, "labels", str(path))
-        info = json_field(meta, "info", str(path)) if "info" in meta else {}
-        rows = [("task", meta["task"]), ("method", meta.get("method", "?")),
-                ("base", meta["base_hash"][:16]),
-                ("input", f"{inp['channels']}x{inp['height']}x{inp['width']}, mean {inp['mean']}, std {inp['std']}"),
-                ("labels", f"{len(labels)}: {', '.join(labels[:10])}{' ...' if len(labels) > 10 else ''}")]
-        for k, v in info.items():
-            rows.append((k.replace("_", " "), f"{v:.4g}" if isinstance(v, float) else str(v)))
+        inp, labels = s["input"], s["labels"]
+        shown = ", ".join(clean(v) for v in labels[:10])
+        rows = [("task", clean(s["task"])), ("method", clean(s["method"])), ("base", s["base_hash"][:16]),
+                ("input", f"{inp['channels']}x{inp['height']}x{inp['width']}, mean {_floats(inp['mean'])}, "
+                          f"std {_floats(inp['std'])}"),
+                ("labels", f"{len(labels)}: {shown}{' ...' if len(labels) > 10 else ''}")]
+        if s["shared_adapters"]:
+            rows.append(("shared adapters", f"{len(s['shared_adapters'])} convs use another conv's factors"))
+        for k, v in s["info"].items():
+            rows.append((clean(k.replace("_", " ")), _value(v)))
         print_table(rows)
     return 0
