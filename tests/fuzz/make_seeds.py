@@ -3,13 +3,17 @@
 A deliberately tiny base (ResNet, BasicBlock x [1, 1], widths 4-8, CIFAR stem,
 one input channel) and a few task bundles on it: SPLoRA pruned to about half
 the channels, SPLoRA unpruned, and a fine-tuned (dense weight_delta) pruned
-one. Everything is seeded: tensors are the same on every run (the safetensors
-writer may order the metadata keys differently).
+one. Then edits of their metadata and of the base's graph, each written with a
+right content hash (format version 2 hashes the metadata, so an edit is a
+different bundle, not a stale one): what loads (another stride, another input
+size, a nested info, Pear's shared adapters) and what the validation refuses
+(a graph out of order, repeated or empty labels, std 0, oversized inputs).
+Everything is seeded: the files are the same on every run.
 
     python tests/fuzz/make_seeds.py [OUT_DIR]      # default tests/fuzz/seeds
 
-Writes base.safetensors (the fuzzer's fixed base and itself a seed) and
-task_*.safetensors.
+Writes base.safetensors (the fuzzer's fixed base and itself a seed),
+task_*.safetensors, base_*.safetensors and task_meta_*.safetensors.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from pathlib import Path
 
 import torch
 
+import json
+
 from spaedge.adapters import adapt
 from spaedge.models.resnet import BasicBlock, ResNet
 from spaedge.pack.bundle import TaskSpec, write_base, write_task
+from spaedge.pack.format import read_bundle, write_bundle
 from spaedge.pruning.prune import prune_to_density
 
 INPUT = (1, 8, 8)
@@ -50,6 +57,46 @@ def task(method: str, density: float, rank: int, seed: int) -> ResNet:
     return model
 
 
+def edited(src: Path, dst: Path, meta_edit=None, tensor_edit=None) -> None:
+    """`src` with its metadata and/or tensors edited, written with a right hash."""
+    tensors, meta = read_bundle(src)
+    tensors = {k: v.copy() for k, v in tensors.items()}
+    meta = {k: v for k, v in meta.items() if k not in ("content_hash", "version")}
+    if meta_edit:
+        meta_edit(meta)
+    if tensor_edit:
+        tensor_edit(tensors, meta)
+    write_bundle(dst, tensors, meta)
+
+
+def graph_edit(fn):
+    def edit(meta):
+        g = json.loads(meta["graph"])
+        fn(g)
+        meta["graph"] = json.dumps(g)
+    return edit
+
+
+def input_edit(**fields):
+    def edit(meta):
+        meta["input"] = json.dumps({**json.loads(meta["input"]), **fields})
+    return edit
+
+
+def share_one_adapter(tensors, meta):
+    """Pear's form: one conv uses another's low-rank factors (same kept shapes)."""
+    convs = sorted(k[:-len(".lora_a")] for k in tensors if k.endswith(".lora_a"))
+    for target in convs:
+        for source in convs:
+            if source != target and tensors[source + ".lora_a"].shape == tensors[target + ".lora_a"].shape \
+                    and tensors[source + ".lora_b"].shape == tensors[target + ".lora_b"].shape:
+                del tensors[target + ".lora_a"], tensors[target + ".lora_b"]
+                meta["method"] = "pear"
+                meta["shared_adapters"] = json.dumps({target: source})
+                return
+    raise RuntimeError("no two convs with equal kept shapes to share an adapter")
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     h = write_base(tiny_base(), out / "base.safetensors")
@@ -58,6 +105,33 @@ def main(out: Path) -> None:
                                         ("splora_full", "splora", 1.0, 1),
                                         ("finetune_pruned", "finetune", 0.6, 1)]:
         write_task(task(method, density, rank, seed=len(name)), spec, h, out / f"task_{name}.safetensors")
+    base, pruned = out / "base.safetensors", out / "task_splora_pruned.safetensors"
+
+    def set_stride(g):
+        g["nodes"][0]["stride"] = 2
+
+    def out_of_order(g):
+        g["nodes"][0], g["nodes"][1] = g["nodes"][1], g["nodes"][0]
+
+    def set_groups(g):
+        g["nodes"][0]["groups"] = 2
+    # Base graph edits: another stride loads (another base); the others are refused.
+    edited(base, out / "base_stride2.safetensors", graph_edit(set_stride))
+    edited(base, out / "base_graph_order.safetensors", graph_edit(out_of_order))
+    edited(base, out / "base_graph_groups.safetensors", graph_edit(set_groups))
+    edited(base, out / "base_five_channels.safetensors", graph_edit(lambda g: g.update(input_channels=5)))
+    # Task metadata edits that load...
+    edited(pruned, out / "task_meta_input16.safetensors", input_edit(height=16, width=12, mean=[0.1], std=[3.0]))
+    edited(pruned, out / "task_meta_info.safetensors",
+           lambda m: m.update(info=json.dumps({"rank": 2, "nested": {"l\u00e9": [1, 2.5, None, True]}, "s": "\u2603"}),
+                              labels=json.dumps(["caf\u00e9", "\u6f22", "c\\d"])))
+    edited(pruned, out / "task_meta_pear.safetensors", tensor_edit=share_one_adapter)
+    # ... and that are refused.
+    edited(pruned, out / "task_meta_labels_dup.safetensors", lambda m: m.update(labels=json.dumps(["a", "c", "c"])))
+    edited(pruned, out / "task_meta_labels_empty.safetensors", lambda m: m.update(labels=json.dumps(["a", "", "c"])))
+    edited(pruned, out / "task_meta_std_zero.safetensors", input_edit(std=[0.0]))
+    edited(pruned, out / "task_meta_input_huge.safetensors", input_edit(height=8192, width=8192))
+    edited(pruned, out / "task_meta_info_list.safetensors", lambda m: m.update(info="[1, 2]"))
     for p in sorted(out.glob("*.safetensors")):
         print(f"{p}: {p.stat().st_size} bytes")
 
