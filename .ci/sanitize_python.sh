@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The Python tests that drive the extension (tests/runtime/test_runtime.py and
-# tests/runtime/test_runtime_inputs.py: numpy + safetensors, no torch) against an
-# ASan+UBSan build of spaedge._runtime. CPython itself is not instrumented,
+# The Python tests that drive the extension (tests/runtime/test_runtime.py,
+# test_runtime_inputs.py, test_corruption.py and test_format.py: numpy +
+# safetensors, no torch) against an ASan+UBSan build of spaedge._runtime. CPython itself is not instrumented,
 # so libasan is preloaded and leak checking is off (the interpreter's own
 # allocations at exit would drown real reports).
 set -euo pipefail
@@ -30,4 +30,4 @@ cd "$PKG"
 PATH="$PKG/bin:$PATH" PYTHONPATH="$PKG" LD_PRELOAD="$LIBASAN $LIBUBSAN" \
   ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   python3 -m pytest -q -p no:cacheprovider "$OLDPWD/tests/runtime/test_runtime.py" "$OLDPWD/tests/runtime/test_runtime_inputs.py" \
-  "$OLDPWD/tests/runtime/test_corruption.py" -k "not torch"
+  "$OLDPWD/tests/runtime/test_corruption.py" "$OLDPWD/tests/runtime/test_format.py" -k "not torch"
