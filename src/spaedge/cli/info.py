@@ -82,7 +82,8 @@ def main(args) -> int:
                     n *= d
                 weights += n
         print_table([("model", clean(s["model"])), ("graph", f"{s['nodes']} nodes, {s['convs']} convs"),
-                     ("input channels", str(s["input_channels"])), ("weights", human_count(weights))])
+                     ("input channels", str(s["input_channels"])), ("weights", human_count(weights)),
+                     ("weights from", clean(s["metadata"].get("weights", "not recorded")))])
     else:
         inp, labels = s["input"], s["labels"]
         shown = ", ".join(clean(v) for v in labels[:10])
