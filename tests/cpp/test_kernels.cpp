@@ -917,10 +917,10 @@ void test_splopa_expand(const std::vector<const k::KernelTable*>& tables) {
             const std::string what = std::string(b) + " [" + t->isa + "]";
             bool gaps = true;
             for (int o = 0; o < p.out_c; ++o)
-                for (size_t j = static_cast<size_t>(p.in_c); j < ld; ++j)
-                    if (std::memcmp(&got.data()[static_cast<size_t>(o) * ld + j], &start[static_cast<size_t>(o) * ld + j],
-                                    sizeof(float)) != 0)
-                        gaps = false;
+                for (size_t j = static_cast<size_t>(p.in_c); j < ld; ++j) {
+                    const size_t at = static_cast<size_t>(o) * ld + j;
+                    if (std::memcmp(&got.data()[at], &start[at], sizeof(float)) != 0) gaps = false;
+                }
             if (!gaps) {
                 report(false, what + ": wrote between the rows");
                 continue;

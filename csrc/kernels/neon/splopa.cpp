@@ -22,7 +22,8 @@ void expand_wide(const SplopaArgs& s, float* dst, size_t ld) {
             const float* c = s.coef + (static_cast<size_t>(p) * ob + a) * ib;
             for (int y0 = 0; y0 < bi; y0 += 4) {
                 float32x4_t pat = vdupq_n_f32(0.0f);
-                for (int k = 0; k < s.rank; ++k) pat = vfmaq_n_f32(pat, vld1q_f32(v + static_cast<size_t>(k) * bi + y0), u[k]);
+                for (int k = 0; k < s.rank; ++k)
+                    pat = vfmaq_n_f32(pat, vld1q_f32(v + static_cast<size_t>(k) * bi + y0), u[k]);
                 float* d = row + y0;
                 int j = 0;
                 for (; j + 2 <= ib; j += 2) {
