@@ -269,6 +269,7 @@ def task_weight(base_w, t, name):
         w[:, :, c, c] += t[name + ".lora_b"].astype(np.float64) @ t[name + ".lora_a"].astype(np.float64)
     if name + ".weight_delta" in t:
         w += t[name + ".weight_delta"]
+    add_splopa(w, t, name)
     return w
 
 
@@ -312,3 +313,51 @@ def close(got, ref):
     """Tolerance of the runtime tests: max abs diff <= 1e-4 * (1 + max |ref|)."""
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
     return got.shape == ref.shape and float(np.max(np.abs(got - ref))) <= 1e-4 * (1 + float(np.max(np.abs(ref))))
+
+
+# ---- SPLoPA (block-SPA): block coefficients and shared prototype sets ------------------------
+
+SPLOPA_N, SPLOPA_RANK = 3, 2
+
+
+def _splopa_block(c):
+    return next(b for b in (4, 3, 2, 1) if c % b == 0)
+
+
+def splopa_set(t, name):
+    """The set of conv ``name`` in ``splopa_tensors``' bundles: named by its block shape,
+    the largest of 4, 3, 2, 1 dividing its kept outputs and inputs (so convs share sets)."""
+    O, I = len(t[name + ".out_index"]), len(t[name + ".in_index"])
+    return f"b{_splopa_block(O)}x{_splopa_block(I)}"
+
+
+def splopa_tensors(graph, rng, keep_frac=0.7, classes=5):
+    """``task_tensors`` (no adapter) plus SPLoPA: every conv block coefficients
+    [n, O'/bo, I'/bi], one prototype set per block shape (splopa.<set>.u/.v);
+    returns (tensors, the 'splopa_sets' metadata value)."""
+    t = task_tensors(graph, rng, keep_frac=keep_frac, method="none", classes=classes)
+    sets = {}
+    for n in graph["nodes"]:
+        if n["op"] != "conv":
+            continue
+        name = n["name"]
+        O, I = len(t[name + ".out_index"]), len(t[name + ".in_index"])
+        s = splopa_set(t, name)
+        bo, bi = _splopa_block(O), _splopa_block(I)
+        if f"splopa.{s}.u" not in t:
+            t[f"splopa.{s}.u"] = (0.5 * rng.standard_normal((SPLOPA_N, bo, SPLOPA_RANK))).astype(np.float32)
+            t[f"splopa.{s}.v"] = (0.5 * rng.standard_normal((SPLOPA_N, SPLOPA_RANK, bi))).astype(np.float32)
+        t[name + ".splopa_coef"] = (0.2 * rng.standard_normal((SPLOPA_N, O // bo, I // bi))).astype(np.float32)
+        sets[name] = s
+    return t, json.dumps(sets)
+
+
+def add_splopa(w, t, name):
+    """w[:, :, c, c] += sum_p kron(C_p, U_p V_p) when conv ``name`` has SPLoPA coefficients (float64)."""
+    if name + ".splopa_coef" not in t:
+        return
+    s = splopa_set(t, name)
+    u, v = t[f"splopa.{s}.u"].astype(np.float64), t[f"splopa.{s}.v"].astype(np.float64)
+    coef = t[name + ".splopa_coef"].astype(np.float64)
+    c = w.shape[-1] // 2
+    w[:, :, c, c] += sum(np.kron(coef[p], u[p] @ v[p]) for p in range(coef.shape[0]))

@@ -157,6 +157,17 @@ struct ApplyArgs {
     const float* scale = nullptr;    // [out_c] folded BatchNorm scale, or null (= 1)
 };
 
+// SPLoPA (block-SPA) expansion of one conv (see splopa_expand): n prototypes
+// P_p = U_p V_p of bo x bi channels and the conv's block coefficients C_p.
+struct SplopaArgs {
+    int out_c = 0, in_c = 0;        // kept channels: multiples of bo and bi
+    int n = 0, rank = 0;            // prototypes, their rank (>= 1)
+    int bo = 1, bi = 1;             // block: output x input channels
+    const float* u = nullptr;       // U [n][bo][rank]
+    const float* v = nullptr;       // V [n][rank][bi]
+    const float* coef = nullptr;    // C [n][out_c / bo][in_c / bi]
+};
+
 // The type of every ISA's version of each kernel (kernels.inc): fn::conv is
 // the type of avx2::conv, neon::conv, ...
 namespace fn {

@@ -56,6 +56,20 @@ void apply_general(const Graph& g, const ConvTask& ct, const kernels::KernelTabl
         for (size_t o = 0; o < size_t(ct.out_c); ++o)
             for (size_t i = 0; i < Ip; ++i) w[(o * kk + c) * Ip + i] += d[o * Ip + i];
     }
+    if (!ct.splopa_coef.empty()) {  // SPLoPA's Kronecker sum, expanded into the centre tap (also a delta)
+        kernels::SplopaArgs s;
+        s.out_c = ct.out_c;
+        s.in_c = ct.in_c;
+        s.n = ct.splopa_n;
+        s.rank = ct.splopa_rank;
+        s.bo = ct.splopa_bo;
+        s.bi = ct.splopa_bi;
+        s.u = ct.splopa_u.data();
+        s.v = ct.splopa_v.data();
+        s.coef = ct.splopa_coef.data();
+        const size_t c = size_t(ct.kernel / 2) * size_t(ct.kernel) + size_t(ct.kernel / 2);
+        kt.splopa_expand(s, w + c * Ip, kk * Ip);
+    }
     for (size_t j = 0; j < ct.sparse_index.size(); ++j) {
         const size_t f = size_t(ct.sparse_index[j]);  // flat OIHW over [O', I', k, k]
         const size_t o = f / (Ip * kk), i = (f / kk) % Ip, t = f % kk;
@@ -84,7 +98,8 @@ void apply_general(const Graph& g, const ConvTask& ct, const kernels::KernelTabl
 }
 
 bool needs_general(const ConvTask& ct) {
-    return !ct.weight_delta.empty() || !ct.pointwise_delta.empty() || !ct.sparse_index.empty();
+    return !ct.weight_delta.empty() || !ct.pointwise_delta.empty() || !ct.sparse_index.empty() ||
+           !ct.splopa_coef.empty();
 }
 
 // Packed rows (of K = k*k*in_c) per work item of the one-pass path: about

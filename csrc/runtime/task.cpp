@@ -113,6 +113,19 @@ TaskMetadata read_task_metadata(const Bundle& b) {
             m.shared_adapters.emplace_back(kv.first, kv.second.string);
         }
     }
+
+    // SPLoPA: {conv: prototype set} (Loader::read_splopa checks it against the tensors).
+    if (b.find_meta("splopa_sets")) {
+        json::Value ss = meta_json(b, "splopa_sets");
+        if (!ss.is(json::Type::Object))
+            b.fail("metadata 'splopa_sets' must be a JSON object {conv: prototype set}");
+        for (const auto& kv : ss.object) {
+            if (!kv.second.is(json::Type::String) || kv.second.string.empty())
+                b.fail("metadata 'splopa_sets': entry '" + kv.first + "' must map to a prototype set name (a "
+                       "non-empty string)");
+            m.splopa_sets.emplace_back(kv.first, kv.second.string);
+        }
+    }
     return m;
 }
 
@@ -126,6 +139,7 @@ public:
         read_metadata();
         read_tensors();
         read_shared_adapters();
+        read_splopa();
         check_unknown();
     }
 
@@ -493,6 +507,105 @@ private:
             tc.lora_a = sc.lora_a;
             tc.lora_b = sc.lora_b;
         }
+    }
+
+    // ---- SPLoPA (block-SPA) ----------------------------------------------------
+    // <conv>.splopa_coef F32 [n, O'/bo, I'/bi] per conv; each prototype set S
+    // stored once as splopa.S.u F32 [n, bo, r] and splopa.S.v F32 [n, r, bi];
+    // metadata 'splopa_sets' {conv: S}. Every coefficient tensor has an entry,
+    // every entry names a conv with coefficients and a set whose tensors exist
+    // and fit (same n, blocks tiling the kept channels), and every set tensor
+    // is used. Each conv gets a copy of its set's U and V.
+    struct SplopaSet {
+        int n = 0, bo = 0, bi = 0, rank = 0;
+        std::vector<float> u, v;
+    };
+
+    const SplopaSet& splopa_set(std::map<std::string, SplopaSet>& sets, const std::string& name,
+                                const std::string& conv) {
+        auto it = sets.find(name);
+        if (it != sets.end()) return it->second;
+        const std::string why = "prototype set '" + name + "' of conv '" + conv + "' (metadata 'splopa_sets')";
+        const TensorView* u = get("splopa." + name + ".u", DType::F32, true, why);
+        const TensorView* v = get("splopa." + name + ".v", DType::F32, true, why);
+        if (u->shape.size() != 3 || u->shape[0] < 1 || u->shape[1] < 1 || u->shape[2] < 1)
+            b_.fail_tensor(u->name, "shape " + u->shape_str() + ", expected [n, bo, r] (prototypes, block outputs, "
+                                    "rank), each at least 1");
+        const int64_t n = u->shape[0], r = u->shape[2];
+        if (n > (1 << 20)) b_.fail_tensor(u->name, std::to_string(n) + " prototypes is absurd");
+        if (r > (1 << 16)) b_.fail_tensor(u->name, "rank " + std::to_string(r) + " is absurd");
+        if (v->shape.size() != 3 || v->shape[0] != n || v->shape[1] != r || v->shape[2] < 1)
+            b_.fail_tensor(v->name, "shape " + v->shape_str() + ", expected [" + std::to_string(n) + ", " +
+                                    std::to_string(r) + ", bi] (the n and rank of '" + u->name + "', block inputs)");
+        if (u->shape[1] > (1 << 30) || v->shape[2] > (1 << 30))
+            b_.fail_tensor(u->name, "blocks of " + std::to_string(u->shape[1]) + "x" + std::to_string(v->shape[2]) +
+                                    " channels are absurd");
+        SplopaSet s;
+        s.n = int(n);
+        s.rank = int(r);
+        s.bo = int(u->shape[1]);
+        s.bi = int(v->shape[2]);
+        s.u = floats(*u);
+        s.v = floats(*v);
+        return sets.emplace(name, std::move(s)).first->second;
+    }
+
+    void read_splopa() {
+        const Graph& g = base_.graph();
+        std::map<std::string, std::string> set_of;  // conv -> set
+        if (b_.find_meta("splopa_sets")) {
+            json::Value m = meta_json("splopa_sets");
+            if (!m.is(json::Type::Object))
+                b_.fail("metadata 'splopa_sets' must be a JSON object {conv: prototype set}");
+            for (const auto& kv : m.object) {
+                if (!kv.second.is(json::Type::String) || kv.second.string.empty())
+                    b_.fail("metadata 'splopa_sets': entry '" + kv.first +
+                            "' must map to a prototype set name (a non-empty string)");
+                set_of[kv.first] = kv.second.string;
+            }
+        }
+        std::set<std::string> convs;
+        std::map<std::string, SplopaSet> sets;
+        for (ConvTask& ct : t_.convs) {
+            const std::string& L = g.nodes[size_t(ct.node)].name;
+            convs.insert(L);
+            const TensorView* c = get(L + ".splopa_coef", DType::F32, false, "");
+            auto it = set_of.find(L);
+            if (!c) {
+                if (it != set_of.end())
+                    b_.fail("metadata 'splopa_sets': entry '" + L + "': the conv has no tensor '" + L +
+                            ".splopa_coef'");
+                continue;
+            }
+            if (it == set_of.end())
+                b_.fail_tensor(c->name, "has no prototype set: metadata 'splopa_sets' has no entry for '" + L + "'");
+            const SplopaSet& s = splopa_set(sets, it->second, L);
+            const int64_t O = ct.out_c, I = ct.in_c;
+            const std::string blocks = std::to_string(s.bo) + "x" + std::to_string(s.bi);
+            if (c->shape.size() != 3 || c->shape[0] != s.n || s.bo > O || s.bi > I || c->shape[1] > O ||
+                c->shape[2] > I || c->shape[1] * s.bo != O || c->shape[2] * s.bi != I)
+                b_.fail_tensor(c->name, "shape " + c->shape_str() + ", expected [" + std::to_string(s.n) + ", " +
+                                            (O % s.bo ? "?" : std::to_string(O / s.bo)) + ", " +
+                                            (I % s.bi ? "?" : std::to_string(I / s.bi)) + "] (the " +
+                                            std::to_string(s.n) + " prototypes of set '" + it->second + "' in " +
+                                            blocks + " blocks tiling the " + std::to_string(O) + "x" +
+                                            std::to_string(I) + " kept channels)");
+            ct.splopa_n = s.n;
+            ct.splopa_rank = s.rank;
+            ct.splopa_bo = s.bo;
+            ct.splopa_bi = s.bi;
+            ct.splopa_coef = floats(*c);
+            ct.splopa_u = s.u;
+            ct.splopa_v = s.v;
+        }
+        for (const auto& kv : set_of)
+            if (!convs.count(kv.first))
+                b_.fail("metadata 'splopa_sets': entry '" + kv.first + "': no conv of the base is called '" +
+                        kv.first + "'");
+        for (const auto& t : b_.tensors())
+            if (t.name.compare(0, 7, "splopa.") == 0 && !used_.count(t.name))
+                b_.fail_tensor(t.name, "unknown tensor: no conv's entry in metadata 'splopa_sets' uses this "
+                                       "prototype set (set tensors are splopa.<set>.u and splopa.<set>.v)");
     }
 
     void check_unknown() {

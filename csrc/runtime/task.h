@@ -30,6 +30,13 @@ struct ConvTask {
     std::vector<float> scale;         // folded BN scale per out channel, empty = 1
     std::vector<float> bias;          // final (folded) bias per out channel
     kernels::ConvGeometry geom;       // at the task's input size
+    // SPLoPA (block-SPA): the conv's block coefficients C [n, out_c/bo, in_c/bi]
+    // and a copy of its prototype set's U [n, bo, rank] and V [n, rank, bi]
+    // (stored once per set in the bundle; a few dozen floats), expanded into
+    // the centre tap at task application (kernels::splopa_expand). Empty
+    // splopa_coef: none.
+    int splopa_n = 0, splopa_rank = 0, splopa_bo = 1, splopa_bi = 1;
+    std::vector<float> splopa_coef, splopa_u, splopa_v;
 };
 
 struct LinearTask {
@@ -50,14 +57,16 @@ constexpr size_t kMaxArenaBytes = size_t(1) << 30;
 // base_hash (64 lowercase hex), task and method (non-empty), labels (a
 // non-empty JSON list of distinct non-empty strings), input (channels,
 // height, width within the limits; mean finite, std finite and > 0, one per
-// channel), info (a JSON object when present), shared_adapters (a JSON object
-// of strings when present; checked against the graph by Task).
+// channel), info (a JSON object when present), shared_adapters and
+// splopa_sets (JSON objects of strings when present; checked against the
+// graph and the tensors by Task).
 struct TaskMetadata {
     std::string base_hash, name, method, info;
     std::vector<std::string> labels;
     int channels = 0, height = 0, width = 0;
     std::vector<float> mean, std;
     std::vector<std::pair<std::string, std::string>> shared_adapters;
+    std::vector<std::pair<std::string, std::string>> splopa_sets;  // SPLoPA: {conv: prototype set}
 };
 TaskMetadata read_task_metadata(const Bundle& b);
 

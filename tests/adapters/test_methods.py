@@ -126,8 +126,9 @@ def test_method_trains_prunes_packs_and_runs_in_the_runtime(method, tiny_base_bu
     m = get_method(method)
     model = _tiny(method, rank=4)
     data = _data(2, bs=16)
-    if m.prepare is not None:  # SparseAdapter's masks
-        m.prepare(model, SimpleNamespace(mask_criterion="snip", adapter_keep=0.2), data[:1], (1, 28, 28))
+    if m.prepare is not None:  # SparseAdapter's masks, SPLoPA's shared prototypes
+        m.prepare(model, SimpleNamespace(mask_criterion="snip", adapter_keep=0.2, splopa_share="model"), data[:1],
+                  (1, 28, 28))
     _train(model, data, steps=2)
     prune_to_density(model, torch.zeros(1, 1, 28, 28), 0.3, step_fraction=0.2, criterion="taylor",
                      score_kwargs={"data": data[:1]}, block=m.prune_block,
@@ -137,7 +138,7 @@ def test_method_trains_prunes_packs_and_runs_in_the_runtime(method, tiny_base_bu
     tensors = _pack_and_compare(model, tiny_base_bundle, tmp_path, torch.randn(4, 1, 28, 28))
     keys = {k.split(".")[-1] for k in tensors}
     expect = {"splora": "lora_a", "finetune": "weight_delta", "sppara": "pointwise_delta",
-              "splopa": "pointwise_delta", "sparse": "sparse_delta_index", "sparse-large": "sparse_delta_values"}
+              "splopa": "splopa_coef", "sparse": "sparse_delta_index", "sparse-large": "sparse_delta_values"}
     assert expect[method] in keys
     if method.startswith("sparse"):
         nnz = sum(m.nonzeros() for m in model.modules() if isinstance(m, SparseAdapter))

@@ -845,6 +845,91 @@ void test_conv_apply(const std::vector<const k::KernelTable*>& tables) {
     }
 }
 
+// ------------------------------------------------------ splopa_expand -------
+
+// splopa_expand (SPLoPA's Kronecker sum added into rows of dst) of every table
+// against scalar, and scalar against the definition computed in double
+// (sum_p kron(C_p, U_p V_p)). Blocks of 1, 2, 3, 4 (the toolchain's), 5, 8,
+// 12 and 16 inputs, square and not; ragged row lengths (tails of every ISA's
+// vector), 1 to 9 prototypes (groups of four and remainders), ranks 1 to 5;
+// rows with a stride (the runtime passes the centre tap of an OHWI
+// workspace): the floats between rows must keep their values, and nothing
+// outside the buffer is written. Same tolerance as every kernel.
+void test_splopa_expand(const std::vector<const k::KernelTable*>& tables) {
+    struct P {
+        int out_c, in_c, n, rank, bo, bi, gap;  // gap: floats between rows (ld = in_c + gap)
+    };
+    const std::vector<P> cases = {
+        {4, 4, 1, 1, 4, 4, 0},      {16, 16, 4, 2, 4, 4, 0},    {8, 12, 3, 2, 4, 4, 5},
+        {128, 128, 4, 4, 4, 4, 0},  {72, 68, 4, 2, 4, 4, 8 * 68}, {20, 36, 5, 3, 4, 4, 1},
+        {12, 28, 9, 4, 4, 4, 3},    {6, 10, 2, 1, 2, 2, 0},     {5, 7, 3, 1, 1, 1, 2},
+        {16, 24, 4, 5, 8, 8, 0},    {16, 40, 6, 2, 4, 8, 1},    {9, 18, 2, 2, 3, 3, 4},
+        {10, 25, 4, 2, 2, 5, 0},    {24, 36, 3, 3, 12, 12, 2},  {32, 48, 4, 4, 16, 16, 0},
+        {8, 32, 2, 2, 4, 16, 7},    {64, 4, 4, 1, 4, 4, 0},     {4, 64, 7, 2, 4, 4, 0},
+        {3, 6, 1, 1, 3, 2, 1},      {12, 6, 4, 3, 4, 1, 2},
+    };
+    const k::KernelTable& ref = k::scalar::table();
+    uint64_t seed = 900;
+    for (const P& p : cases) {
+        Rng rng(seed++);
+        const size_t ld = static_cast<size_t>(p.in_c + p.gap);
+        const size_t total = static_cast<size_t>(p.out_c) * ld;
+        const int ob = p.out_c / p.bo, ib = p.in_c / p.bi;
+        const std::vector<float> u = random_vec(static_cast<size_t>(p.n) * p.bo * p.rank, rng);
+        const std::vector<float> v = random_vec(static_cast<size_t>(p.n) * p.rank * p.bi, rng);
+        const std::vector<float> coef = random_vec(static_cast<size_t>(p.n) * ob * ib, rng);
+        const std::vector<float> start = random_vec(total, rng);
+        k::SplopaArgs args;
+        args.out_c = p.out_c;
+        args.in_c = p.in_c;
+        args.n = p.n;
+        args.rank = p.rank;
+        args.bo = p.bo;
+        args.bi = p.bi;
+        args.u = u.data();
+        args.v = v.data();
+        args.coef = coef.data();
+        char b[160];
+        std::snprintf(b, sizeof b, "splopa_expand out=%d in=%d n=%d rank=%d block %dx%d ld=%zu", p.out_c, p.in_c,
+                      p.n, p.rank, p.bo, p.bi, ld);
+        // The definition, in double: start + sum_p kron(C_p, U_p V_p) on the rows, the gaps as they were.
+        std::vector<float> def = start;
+        for (int o = 0; o < p.out_c; ++o)
+            for (int i = 0; i < p.in_c; ++i) {
+                double acc = 0.0;
+                for (int q = 0; q < p.n; ++q) {
+                    double pv = 0.0;
+                    for (int r = 0; r < p.rank; ++r)
+                        pv += double(u[(static_cast<size_t>(q) * p.bo + o % p.bo) * p.rank + r]) *
+                              double(v[(static_cast<size_t>(q) * p.rank + r) * p.bi + i % p.bi]);
+                    acc += double(coef[(static_cast<size_t>(q) * ob + o / p.bo) * ib + i / p.bi]) * pv;
+                }
+                def[static_cast<size_t>(o) * ld + i] = float(double(start[static_cast<size_t>(o) * ld + i]) + acc);
+            }
+        std::vector<float> want = start;
+        ref.splopa_expand(args, want.data(), ld);
+        const Compare rc = compare(def.data(), want.data(), total);
+        report(within(rc), std::string(b) + " [scalar against the definition]", &rc);
+        for (const k::KernelTable* t : tables) {
+            Guarded got(total);
+            std::memcpy(got.data(), start.data(), total * sizeof(float));
+            t->splopa_expand(args, got.data(), ld);
+            const std::string what = std::string(b) + " [" + t->isa + "]";
+            bool gaps = true;
+            for (int o = 0; o < p.out_c; ++o)
+                for (size_t j = static_cast<size_t>(p.in_c); j < ld; ++j) {
+                    const size_t at = static_cast<size_t>(o) * ld + j;
+                    if (std::memcmp(&got.data()[at], &start[at], sizeof(float)) != 0) gaps = false;
+                }
+            if (!gaps) {
+                report(false, what + ": wrote between the rows");
+                continue;
+            }
+            check_output(what, got, want.data(), "the rows");
+        }
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -882,6 +967,7 @@ int main() {
     test_linear(tables);
     test_lowrank_merge(tables);
     test_conv_apply(tables);
+    test_splopa_expand(tables);
 
     return tcheck::summary("kernels");
 }

@@ -2,12 +2,14 @@
 
 A deliberately tiny base (ResNet, BasicBlock x [1, 1], widths 4-8, CIFAR stem,
 one input channel) and a few task bundles on it: SPLoRA pruned to about half
-the channels, SPLoRA unpruned, and a fine-tuned (dense weight_delta) pruned
-one. Then edits of their metadata and of the base's graph, each written with a
-right content hash (format version 2 hashes the metadata, so an edit is a
-different bundle, not a stale one): what loads (another stride, another input
-size, a nested info, Pear's shared adapters) and what the validation refuses
-(a graph out of order, repeated or empty labels, std 0, oversized inputs).
+the channels, SPLoRA unpruned, a fine-tuned (dense weight_delta) pruned
+one and a SPLoPA one pruned in blocks (block coefficients, one shared
+prototype set, the stem's dense fallback). Then edits of their metadata and
+of the base's graph, each written with a right content hash (format version
+2 hashes the metadata, so an edit is a different bundle, not a stale one):
+what loads (another stride, another input size, a nested info, Pear's
+shared adapters) and what the validation refuses (a graph out of order,
+repeated or empty labels, std 0, oversized inputs).
 Everything is seeded: the files are the same on every run.
 
     python tests/fuzz/make_seeds.py [OUT_DIR]      # default tests/fuzz/seeds
@@ -25,7 +27,8 @@ import torch
 
 import json
 
-from spaedge.adapters import adapt
+from spaedge.adapters import adapt, get_method
+from spaedge.adapters.splopa import share_prototypes
 from spaedge.models.resnet import BasicBlock, ResNet
 from spaedge.pack.bundle import TaskSpec, write_base, write_task
 from spaedge.pack.format import read_bundle, write_bundle
@@ -52,8 +55,11 @@ def task(method: str, density: float, rank: int, seed: int) -> ResNet:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
+    if method == "splopa":  # prototypes shared by every blocked conv, channels pruned in whole blocks
+        share_prototypes(model, "model")
     if density < 1.0:
-        prune_to_density(model, torch.zeros(1, *INPUT), density, step_fraction=0.25)
+        prune_to_density(model, torch.zeros(1, *INPUT), density, step_fraction=0.25,
+                         block=get_method(method).prune_block)
     return model
 
 
@@ -103,7 +109,8 @@ def main(out: Path) -> None:
     spec = TaskSpec("fuzz", ["a", "b", "c"], INPUT, [0.5], [0.25])
     for name, method, density, rank in [("splora_pruned", "splora", 0.5, 2),
                                         ("splora_full", "splora", 1.0, 1),
-                                        ("finetune_pruned", "finetune", 0.6, 1)]:
+                                        ("finetune_pruned", "finetune", 0.6, 1),
+                                        ("splopa_pruned", "splopa", 0.6, 2)]:
         write_task(task(method, density, rank, seed=len(name)), spec, h, out / f"task_{name}.safetensors")
     base, pruned = out / "base.safetensors", out / "task_splora_pruned.safetensors"
 
@@ -132,6 +139,9 @@ def main(out: Path) -> None:
     edited(pruned, out / "task_meta_std_zero.safetensors", input_edit(std=[0.0]))
     edited(pruned, out / "task_meta_input_huge.safetensors", input_edit(height=8192, width=8192))
     edited(pruned, out / "task_meta_info_list.safetensors", lambda m: m.update(info="[1, 2]"))
+    # SPLoPA: a conv's coefficients without its entry in splopa_sets (refused).
+    edited(out / "task_splopa_pruned.safetensors", out / "task_meta_splopa_unmapped.safetensors",
+           lambda m: m.update(splopa_sets=json.dumps(dict(list(json.loads(m["splopa_sets"]).items())[1:]))))
     for p in sorted(out.glob("*.safetensors")):
         print(f"{p}: {p.stat().st_size} bytes")
 

@@ -668,3 +668,49 @@ def test_spaedge_run_refuses_the_same_files(tmp_path):
         r = subprocess.run([exe, str(BASE), str(p), str(tmp_path / "x.npy")], capture_output=True, text=True)
         assert r.returncode not in (0,) and r.returncode > 0, (label, r.returncode, r.stderr)  # < 0: a signal
         assert str(p) in r.stderr, r.stderr
+
+
+# ---- SPLoPA: block coefficients and a shared prototype set ----------------------------------
+
+SPLOPA = SEEDS / "task_splopa_pruned.safetensors"
+
+
+def _splopa_edit(tensor, how):
+    def edit(t, m):
+        a = t[tensor].copy()
+        if how == "nan":
+            a.flat[0] = np.nan
+        elif how == "inf":
+            a.flat[-1] = np.inf
+        elif how == "i32":
+            a = a.astype(np.int32)
+        elif how == "2d":
+            a = a.reshape(a.shape[0], -1)
+        elif how == "empty":
+            a = a[:0]
+        t[tensor] = a
+    return edit
+
+
+@pytest.mark.parametrize("edit,field", [
+    (_splopa_edit("splopa.model.u", "nan"), r"tensor 'splopa\.model\.u': element 0 is not finite"),
+    (_splopa_edit("layer2.0.conv2.splopa_coef", "inf"), r"tensor 'layer2\.0\.conv2\.splopa_coef': element \d+ is not"),
+    (_splopa_edit("splopa.model.v", "i32"), r"tensor 'splopa\.model\.v': dtype is I32"),
+    (_splopa_edit("layer1.0.conv1.splopa_coef", "i32"), r"tensor 'layer1\.0\.conv1\.splopa_coef': dtype is I32"),
+    (_splopa_edit("layer1.0.conv1.splopa_coef", "2d"), r"tensor 'layer1\.0\.conv1\.splopa_coef': shape"),
+    (_splopa_edit("splopa.model.u", "empty"), r"tensor 'splopa\.model\.u': shape \[0, 4, 2\]"),
+    (lambda t, m: m.pop("splopa_sets"), r"tensor '[^']+\.splopa_coef': has no prototype set"),
+    (lambda t, m: m.update(splopa_sets='{"layer1.0.conv1": 7}'), r"metadata 'splopa_sets': entry 'layer1\.0\.conv1'"),
+    (lambda t, m: m.update(splopa_sets="[}"), r"metadata 'splopa_sets'"),
+    (lambda t, m: t.update({"splopa.model.w": t["splopa.model.u"]}), r"tensor 'splopa\.model\.w': unknown tensor"),
+])
+def test_damaged_splopa_bundles_are_refused(tmp_path, edit, field):
+    """The SPLoPA seed loads; values, dtypes, shapes and the set mapping damaged
+    (and hashed again) are refused naming the tensor or the field."""
+    r = Runtime(BASE, threads=1)
+    assert r.load_task(SPLOPA) == "fuzz" and r.run(GOOD_INPUT).shape == (1, 3)
+    t, m = parts(SPLOPA)
+    edit(t, m)
+    p = tmp_path / "splopa.safetensors"
+    p.write_bytes(rebuild(t, m))
+    refused_by_runtime(r, p, field)

@@ -639,3 +639,31 @@ def test_spaedge_run_help():
     exe = _spaedge_run()
     r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "usage: spaedge-run BASE TASK INPUT" in r.stdout and "--bench" in r.stdout
+
+
+# ---- SPLoPA: prototype sets shared by convs, expanded at task application -------------
+
+
+@pytest.mark.parametrize("mode", ["merged", "lowrank"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_splopa_task_matches_numpy_reference(toy, tmp_path, mode, threads):
+    """Block coefficients per conv, one prototype set per block shape (4x4,
+    4x3, 2x4, ... on the toy's ragged kept counts), shared by several convs;
+    switching to and from a SPLoRA task rebuilds the same weights."""
+    rng = np.random.default_rng(12)
+    t, sets = ref.splopa_tensors(toy["graph"], rng, keep_frac=0.7, classes=4)
+    assert len(set(json.loads(sets).values())) < len(json.loads(sets))  # a set serves several convs
+    meta = ref.task_meta(toy["hash"], "sp", 4, (3, 14, 14), method="splopa")
+    meta["splopa_sets"] = sets
+    ref.write(tmp_path / "sp.safetensors", t, meta)
+    rt = fresh(toy, threads=threads, mode=mode)
+    assert rt.load_task(tmp_path / "sp.safetensors") == "sp"
+    x = inputs((2, 3, 14, 14), seed=13)
+    want = ref.reference_logits(toy["graph"], toy["base"], t, x)
+    got = rt.run(x)
+    assert ref.close(got, want), np.max(np.abs(got - want))
+    rt.load_task(toy["a_path"])
+    xa = inputs((2, 3, 16, 16))
+    assert ref.close(rt.run(xa), ref.reference_logits(toy["graph"], toy["base"], toy["a"], xa))
+    rt.switch("sp")
+    assert np.array_equal(rt.run(x), got)

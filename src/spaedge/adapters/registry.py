@@ -44,6 +44,12 @@ class Method:
     # Extra task-bundle metadata of a trained model, and its inverse at load time.
     bundle_metadata: Optional[Callable[[nn.Module], dict[str, str]]] = None
     load_metadata: Optional[Callable[[nn.Module, dict[str, str], str], None]] = None
+    # Task-bundle tensors of the model as a whole, stored once (SPLoPA's shared
+    # prototypes): bundle_tensors(model) -> {name: tensor}; and their inverse,
+    # load_tensors(model, every tensor of the bundle, metadata, where), called
+    # after every layer's load_bundle_tensors.
+    bundle_tensors: Optional[Callable[[nn.Module], dict[str, Any]]] = None
+    load_tensors: Optional[Callable[[nn.Module, dict[str, Any], dict[str, str], str], None]] = None
 
     def describe(self, rank: int) -> str:
         """The table label at ``rank``."""

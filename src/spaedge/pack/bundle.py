@@ -125,6 +125,11 @@ def task_bundle(model: ResNet, spec: TaskSpec, base_content_hash: str,
     method = method_of(model)
     if method.bundle_metadata is not None:  # e.g. Pear's shared_adapters: shared factors are stored once
         meta.update(method.bundle_metadata(model))
+    if method.bundle_tensors is not None:  # e.g. SPLoPA's prototype sets, stored once for all their convs
+        for k, v in method.bundle_tensors(model).items():
+            if k in tensors:
+                raise ValueError(f"method {method.name}: model-level tensor {k!r} collides with a layer's")
+            tensors[k] = _np(v)
     return tensors, meta
 
 
@@ -189,6 +194,8 @@ def load_task_model(base_path: str | os.PathLike, task_path: str | os.PathLike) 
         except KeyError as e:
             raise BundleError(f"{where}: tensor '{prefix}{e.args[0]}' is missing") from None
     method = get_method(meta["method"])
+    if method.load_tensors is not None:
+        method.load_tensors(model, t, meta, where)
     if method.load_metadata is not None:
         method.load_metadata(model, meta, where)
     model.eval()

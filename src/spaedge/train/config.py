@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 from spaedge.adapters.pear import KNOWLEDGE, SHARE_MAPS
 from spaedge.adapters.registry import get_method, method_names
 from spaedge.adapters.sparse import MASK_CRITERIA
+from spaedge.adapters.splopa import SHARE as SPLOPA_SHARE
 from spaedge.argtypes import nonneg_int, parse_density, path_text, positive_int, unit_fraction
 from spaedge.pruning.criteria import CRITERIA
 from spaedge.pruning.prune import SCHEDULES
@@ -90,6 +91,10 @@ class TrainConfig:
     pear_knowledge: str = _flag("weighted", "for --method pear: a shared adapter starts as the best rank-r fit of "
                                             "every update it replaces, weighted by importance (default), or keeps "
                                             "its own factors (source)", choices=lambda: list(KNOWLEDGE))
+    splopa_share: str = _flag("model", "for --method splopa: the layers that share one set of prototypes: every "
+                                       "layer whose channels the block divides (model, default, as the reference "
+                                       "implementation) or those of one stage (stage)",
+                              choices=lambda: list(SPLOPA_SHARE))
     prune_step: float = _flag(0.05, "fraction of filters removed per pruning step (default {default})",
                               parse=unit_fraction)
     # The schedule and rate defaults were chosen on digits (docs/benchmarks.md,
