@@ -3,7 +3,7 @@
 A deliberately tiny base (ResNet, BasicBlock x [1, 1], widths 4-8, CIFAR stem,
 one input channel) and a few task bundles on it: SPLoRA pruned to about half
 the channels, SPLoRA unpruned, and a fine-tuned (dense weight_delta) pruned
-one. Then edits of their metadata and of the base's graph, each written with a
+one; sparse SPLoRA (sparse factors, values + indices) pruned. Then edits of their metadata and of the base's graph, each written with a
 right content hash (format version 2 hashes the metadata, so an edit is a
 different bundle, not a stale one): what loads (another stride, another input
 size, a nested info, Pear's shared adapters) and what the validation refuses
@@ -26,6 +26,7 @@ import torch
 import json
 
 from spaedge.adapters import adapt
+from spaedge.adapters.sparse import sparsify
 from spaedge.models.resnet import BasicBlock, ResNet
 from spaedge.pack.bundle import TaskSpec, write_base, write_task
 from spaedge.pack.format import read_bundle, write_bundle
@@ -54,6 +55,15 @@ def task(method: str, density: float, rank: int, seed: int) -> ResNet:
                 m.running_var.uniform_(0.5, 1.5)
     if density < 1.0:
         prune_to_density(model, torch.zeros(1, *INPUT), density, step_fraction=0.25)
+    return model
+
+
+def sparse_task(seed: int) -> ResNet:
+    """SparseAdapter on SPLoRA (rank 2, 60% of the factors' entries masked), pruned:
+    lora_rank and lora_{a,b}_values/_index instead of dense factors."""
+    model = task("sparse", 1.0, 2, seed)
+    sparsify(model, "magnitude", 0.4)
+    prune_to_density(model, torch.zeros(1, *INPUT), 0.5, step_fraction=0.25)
     return model
 
 
@@ -105,6 +115,7 @@ def main(out: Path) -> None:
                                         ("splora_full", "splora", 1.0, 1),
                                         ("finetune_pruned", "finetune", 0.6, 1)]:
         write_task(task(method, density, rank, seed=len(name)), spec, h, out / f"task_{name}.safetensors")
+    write_task(sparse_task(seed=13), spec, h, out / "task_sparse_pruned.safetensors")
     base, pruned = out / "base.safetensors", out / "task_splora_pruned.safetensors"
 
     def set_stride(g):
