@@ -343,6 +343,7 @@ private:
                             }
                         }
                     }
+                    read_sparse_lora(L, O, I, la != nullptr, ct);
                     if (const TensorView* tb = get(L + ".bias", DType::F32, false, "")) {
                         expect_shape(*tb, {O}, "(one per kept output channel)");
                         ct.bias = floats(*tb);
@@ -473,6 +474,105 @@ private:
         t_.exec_plan.shape = shapes_;
     }
 
+    // ---- sparse low-rank factors (SparseAdapter on SPLoRA) --------------------
+    // L.lora_rank I32 [1] = r and, per factor, its stored entries:
+    // L.lora_a_values/_index at flat row-major positions of A [r, I'],
+    // L.lora_b_values/_index of B [O', r] (docs/format.md). Densified here, so
+    // applying the task is the dense path's: a rank component with no stored
+    // entry in A's row or in B's column adds nothing and is dropped; if the
+    // rest, dense, would be larger than its product (r' (O' + I') > O' I'), the
+    // product B A is added to the pointwise delta instead. Either way a conv's
+    // factors take at most O' I' floats, whatever rank the file declares.
+    std::set<std::string> sparse_lora_;  // convs with sparse factors
+
+    // The flat positions of `idx` (partner of `values`): 1-D, one per value,
+    // strictly increasing, each < limit (the factor's `shape` in messages).
+    std::vector<int64_t> flat_positions(const TensorView& values, const TensorView& idx, int64_t limit,
+                                        const std::string& shape) {
+        if (values.shape.size() != 1) b_.fail_tensor(values.name, "shape " + values.shape_str() + ", expected [nnz]");
+        expect_shape(idx, {values.shape[0]}, "(one flat index per value of '" + values.name + "')");
+        std::vector<int64_t> v(idx.numel);
+        for (size_t j = 0; j < idx.numel; ++j) {
+            const int64_t x = idx.i32(j);
+            if (x < 0 || x >= limit)
+                b_.fail_tensor(idx.name, "index " + std::to_string(x) + " out of range for the " + shape);
+            if (j > 0 && x <= v[j - 1])
+                b_.fail_tensor(idx.name, "not strictly increasing: element " + std::to_string(j) + " is " +
+                                             std::to_string(x) + " after " + std::to_string(v[j - 1]));
+            v[j] = x;
+        }
+        return v;
+    }
+
+    void read_sparse_lora(const std::string& L, int64_t O, int64_t I, bool dense, ConvTask& ct) {
+        const TensorView* rk = get(L + ".lora_rank", DType::I32, false, "");
+        const TensorView* av = get(L + ".lora_a_values", DType::F32, false, "");
+        const TensorView* ai = get(L + ".lora_a_index", DType::I32, false, "");
+        const TensorView* bv = get(L + ".lora_b_values", DType::F32, false, "");
+        const TensorView* bi = get(L + ".lora_b_index", DType::I32, false, "");
+        if (!rk && !av && !ai && !bv && !bi) return;
+        const char* pair[4][2] = {{".lora_a_values", ".lora_a_index"}, {".lora_a_index", ".lora_a_values"},
+                                  {".lora_b_values", ".lora_b_index"}, {".lora_b_index", ".lora_b_values"}};
+        const TensorView* have[4] = {av, ai, bv, bi};
+        const TensorView* partner[4] = {ai, av, bi, bv};
+        for (int k = 0; k < 4; ++k)
+            if (have[k] && !partner[k])
+                b_.fail("missing tensor '" + L + pair[k][1] + "' (present iff '" + L + pair[k][0] + "' is)");
+        const std::string together = "(sparse factors: lora_rank, lora_a_values/_index and lora_b_values/_index "
+                                     "come together)";
+        if (!av) b_.fail("missing tensor '" + L + ".lora_a_values' " + together);
+        if (!bv) b_.fail("missing tensor '" + L + ".lora_b_values' " + together);
+        if (!rk) b_.fail("missing tensor '" + L + ".lora_rank' " + together);
+        if (dense)
+            b_.fail_tensor(av->name, "conv '" + L + "' also has dense lora_a/lora_b: its factors are dense or "
+                                                     "sparse, not both");
+        expect_shape(*rk, {1}, "(the rank of the sparse factors)");
+        const int64_t r = rk->i32(0);
+        if (r < 1 || r > (1 << 16))
+            b_.fail_tensor(rk->name, "rank " + std::to_string(r) + " must be in [1, 65536]");
+        const std::string dims = "[" + std::to_string(r) + ", " + std::to_string(I) + "] factor A";
+        const std::vector<int64_t> a_at = flat_positions(*av, *ai, r * I, dims);
+        const std::vector<int64_t> b_at =
+            flat_positions(*bv, *bi, O * r, "[" + std::to_string(O) + ", " + std::to_string(r) + "] factor B");
+        const std::vector<float> a = floats(*av), b = floats(*bv);
+        sparse_lora_.insert(L);
+
+        // Rank components stored in both factors, renumbered.
+        std::vector<char> in_a(size_t(r), 0), in_b(size_t(r), 0);
+        for (int64_t x : a_at) in_a[size_t(x / I)] = 1;
+        for (int64_t x : b_at) in_b[size_t(x % r)] = 1;
+        std::vector<int64_t> comp(size_t(r), -1);
+        int64_t re = 0;
+        for (size_t j = 0; j < size_t(r); ++j)
+            if (in_a[j] && in_b[j]) comp[j] = re++;
+        if (re == 0) return;  // no stored entry reaches the product
+        if (re * (O + I) <= O * I) {
+            ct.rank = int(re);
+            ct.lora_a.assign(size_t(re * I), 0.0f);
+            ct.lora_b.assign(size_t(O * re), 0.0f);
+            for (size_t k = 0; k < a_at.size(); ++k) {
+                const int64_t j = comp[size_t(a_at[k] / I)];
+                if (j >= 0) ct.lora_a[size_t(j * I + a_at[k] % I)] = a[k];
+            }
+            for (size_t k = 0; k < b_at.size(); ++k) {
+                const int64_t j = comp[size_t(b_at[k] % r)];
+                if (j >= 0) ct.lora_b[size_t(b_at[k] / r * re + j)] = b[k];
+            }
+            return;
+        }
+        // The product, row by row of B: A's entries of row j are a_at[row[j], row[j + 1]).
+        std::vector<size_t> row(size_t(r) + 1, 0);
+        for (int64_t x : a_at) ++row[size_t(x / I) + 1];
+        for (size_t j = 0; j < size_t(r); ++j) row[j + 1] += row[j];
+        if (ct.pointwise_delta.empty()) ct.pointwise_delta.assign(size_t(O * I), 0.0f);
+        for (size_t k = 0; k < b_at.size(); ++k) {
+            const size_t o = size_t(b_at[k] / r), j = size_t(b_at[k] % r);
+            if (comp[j] < 0) continue;
+            float* dst = ct.pointwise_delta.data() + o * size_t(I);
+            for (size_t e = row[j]; e < row[j + 1]; ++e) dst[size_t(a_at[e] % I)] += b[k] * a[e];
+        }
+    }
+
     // Pear: metadata 'shared_adapters' = {"target conv": "source conv"}; the
     // target has no lora tensors of its own and uses the source's (same kept
     // output/input counts required).
@@ -495,7 +595,11 @@ private:
                 b_.fail(where + ": no conv of the base is called '" + kv.second.string + "'");
             ConvTask& tc = t_.convs[ti->second];
             const ConvTask& sc = t_.convs[si->second];
-            if (tc.rank > 0) b_.fail(where + ": the target has its own lora_a/lora_b; a shared adapter replaces them");
+            if (tc.rank > 0 || sparse_lora_.count(kv.first))
+                b_.fail(where + ": the target has its own lora_a/lora_b; a shared adapter replaces them");
+            if (sparse_lora_.count(kv.second.string))
+                b_.fail(where + ": the source '" + kv.second.string +
+                        "' has sparse factors; only dense lora_a/lora_b are shared");
             if (sc.rank == 0 || m.find(kv.second.string))
                 b_.fail(where + ": the source '" + kv.second.string +
                         "' has no lora_a/lora_b of its own (chains are not allowed)");
@@ -612,9 +716,10 @@ private:
         for (const auto& t : b_.tensors())
             if (!used_.count(t.name))
                 b_.fail_tensor(t.name, "unknown tensor: no graph node of the base uses it "
-                                       "(format version 1 task tensors are <conv>.out_index, "
+                                       "(task tensors are <conv>.out_index, "
                                        ".in_index, .lora_a, .lora_b, .weight_delta, .pointwise_delta, "
-                                       ".sparse_delta_values, .sparse_delta_index, .bias; "
+                                       ".sparse_delta_values, .sparse_delta_index, .lora_rank, "
+                                       ".lora_a_values, .lora_a_index, .lora_b_values, .lora_b_index, .bias; "
                                        "<batchnorm>.weight/.bias/.running_mean/.running_var; "
                                        "<linear>.weight/.bias)");
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["parse_density", "positive_int", "nonneg_int", "unit_fraction", "path_text"]
+__all__ = ["parse_density", "positive_int", "nonneg_int", "unit_fraction", "path_text", "parse_sparsity"]
 
 
 def parse_density(text: str) -> float:
@@ -52,3 +52,14 @@ def path_text(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("an empty path")
     return text
+
+
+def parse_sparsity(text: str) -> float:
+    """A sparsity in [0, 1), or a percentage like ``40%``: the fraction of entries masked."""
+    try:
+        v = float(text[:-1]) / 100.0 if str(text).endswith("%") else float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1) or [0%, 100%), e.g. 0.4 or 40%; got {text}")
+    return v

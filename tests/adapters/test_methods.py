@@ -14,8 +14,10 @@ from _toolchain_helpers import assert_bundle_matches
 from _toolchain_helpers import random_batches as _data
 from _toolchain_helpers import tiny_task_model as _tiny
 from _toolchain_helpers import train_steps as _train
-from spaedge.adapters import SPLoPA, SPPaRA, SparseAdapter, adapted_layers, learned_parameters
-from spaedge.adapters.sparse import large_keep, sparsify
+from types import SimpleNamespace
+
+from spaedge.adapters import SPLoPA, SPPaRA, SparseAdapter, adapted_layers, get_method, learned_parameters
+from spaedge.adapters.sparse import SparseSPLoRA, dense_lora_parameters, large_rank, sparsify
 from spaedge.models import get_base
 from spaedge.pruning.prune import prune_to_density
 
@@ -55,79 +57,128 @@ def test_splopa_update_is_a_sum_of_kronecker_products_and_prunes_whole_blocks():
 
 def test_splopa_model_prunes_in_blocks():
     model = _tiny("splopa", rank=2)
-    prune_to_density(model, torch.zeros(1, 1, 28, 28), 0.4, step_fraction=0.2, **{"block": 4})
+    b = get_method("splopa").prune_block
+    prune_to_density(model, torch.zeros(1, 1, 28, 28), 0.4, step_fraction=0.2, block=b)
     for name, layer in adapted_layers(model).items():
-        if layer.base_out_channels % 4 == 0:
-            blocks = layer.out_index // 4
-            assert all(int((blocks == b).sum()) == 4 for b in blocks.unique()), name
+        if layer.base_out_channels % b == 0:
+            blocks = layer.out_index // b
+            assert all(int((blocks == k).sum()) == b for k in blocks.unique()), name
     model(torch.zeros(1, 1, 28, 28))
 
 
+SPARSE = ["sparse", "sparse-sppara", "sparse-large"]
+
+
+def _masked(model):
+    """(parameter, mask) of every masked tensor of a SparseAdapter model, in module order."""
+    return [pm for m in model.modules() if isinstance(m, (SparseAdapter, SparseSPLoRA)) for pm in m.mask_pairs()]
+
+
+@pytest.mark.parametrize("method", SPARSE)
 @pytest.mark.parametrize("criterion", ["snip", "magnitude", "random", "grasp", "synflow"])
-def test_sparse_masks_keep_a_global_budget_and_are_applied(criterion):
-    model = _tiny("sparse")
+def test_sparse_masks_keep_a_global_budget_and_masked_entries_stay_zero(method, criterion):
+    model = _tiny(method)
     data = _data(1, bs=8)
-    total = sum(m.sparse.numel() for m in model.modules() if isinstance(m, SparseAdapter))
-    nnz = sparsify(model, criterion, 0.1, data, input_shape=(1, 28, 28))
-    assert nnz == round(0.1 * total)
+    get_method(method).prepare(model, SimpleNamespace(mask_criterion=criterion, sparsity=0.6), data,
+                               (1, 28, 28))
+    pairs = _masked(model)
+    total = sum(p.numel() for p, _ in pairs)
+    kept = sum(int(m.sum()) for _, m in pairs)
+    if method == "sparse-large":  # rank 4 widened to ceil(4 / 0.4) = 10, keeping rank 4's parameters
+        assert all(m.lora_a.shape[0] == 10 for m in model.modules() if isinstance(m, SparseSPLoRA))
+        assert kept == dense_lora_parameters(_tiny("splora"), 4)
+    else:
+        assert kept == round(0.4 * total)
+    assert len({tuple(p.shape) for p, _ in pairs}) > 1  # one threshold over layers (and both factors)
+    for p, m in pairs:
+        assert set(m.unique().tolist()) <= {0.0, 1.0}
+        assert torch.count_nonzero(p.detach() * (1 - m)) == 0  # masked entries are zeroed...
     before = learned_parameters(model)
-    _train(model, data, steps=2)
-    for m in model.modules():
-        if isinstance(m, SparseAdapter):
-            # masked entries contribute nothing, whatever the optimizer did to them
-            assert torch.count_nonzero(m.update() * (1 - m.mask)) == 0
-            assert m.sparse.grad is None or torch.count_nonzero(m.sparse.grad * (1 - m.mask)) == 0
-    assert learned_parameters(model) == before
+    masks = [m.clone() for _, m in pairs]
+    _train(model, data, steps=3)
+    for (p, m), m0 in zip(_masked(model), masks):
+        assert torch.equal(m, m0)  # ...the masks are fixed...
+        assert torch.count_nonzero(p.detach() * (1 - m)) == 0  # ...and they stay zero through training
+        assert p.grad is None or torch.count_nonzero(p.grad * (1 - m)) == 0
+    assert learned_parameters(model) == before == sum(p.numel() for p in model.parameters()
+                                                      if p.requires_grad) - (total - kept)
+
+
+def test_sparse_splora_masks_both_factors_with_one_threshold():
+    """Magnitude over the balanced factors keeps entries of A and of B; SPLoRA's own
+    initialisation (B = 0) would give a criterion nothing to rank B by."""
+    model = _tiny("sparse", rank=4)
+    sparsify(model, "magnitude", 0.5)
+    layers = [m for m in model.modules() if isinstance(m, SparseSPLoRA)]
+    kept_a = sum(int(m.lora_a_mask.sum()) for m in layers) / sum(m.lora_a.numel() for m in layers)
+    kept_b = sum(int(m.lora_b_mask.sum()) for m in layers) / sum(m.lora_b.numel() for m in layers)
+    assert 0.3 < kept_a < 0.7 and 0.3 < kept_b < 0.7
+    layer = layers[3]
+    torch.testing.assert_close(layer.delta()[:, :, 1, 1], (layer.lora_b * layer.lora_b_mask)
+                               @ (layer.lora_a * layer.lora_a_mask))
 
 
 def test_snip_and_grasp_scores_are_the_documented_formulas():
     from spaedge.adapters.sparse import _scores
-    model = _tiny("sparse")
-    data = _data(1, bs=4)
-    params = [m.sparse for m in model.modules() if isinstance(m, SparseAdapter)]
-    model.eval()
-    loss = F.cross_entropy(model(data[0][0]), data[0][1])
-    g = torch.autograd.grad(loss, params, create_graph=True)
-    snip = _scores(model, "snip", data)
-    torch.testing.assert_close(snip[3], (g[3] * params[3]).abs().detach())
-    # H g by finite differences along g for one layer
-    z = sum((gi * gi.detach()).sum() for gi in g)
-    hg = torch.autograd.grad(z, params)
-    grasp = _scores(model, "grasp", data)
-    torch.testing.assert_close(grasp[3], (params[3] * hg[3]).detach())
+    for method in ("sparse-sppara", "sparse"):
+        model = _tiny(method)
+        data = _data(1, bs=4)
+        params = [p for p, _ in _masked(model)]
+        model.eval()
+        loss = F.cross_entropy(model(data[0][0]), data[0][1])
+        g = torch.autograd.grad(loss, params, create_graph=True)
+        snip = _scores(model, "snip", data)
+        torch.testing.assert_close(snip[3], (g[3] * params[3]).abs().detach())
+        # H g by double back-propagation
+        z = sum((gi * gi.detach()).sum() for gi in g)
+        hg = torch.autograd.grad(z, params)
+        grasp = _scores(model, "grasp", data)
+        torch.testing.assert_close(grasp[3], (params[3] * hg[3]).detach())
 
 
-def test_large_sparse_has_the_same_nonzeros_as_sparse():
-    small, large = _tiny("sparse"), _tiny("sparse-large")
-    n_small = sparsify(small, "magnitude", 0.2)
-    n_large = sparsify(large, "magnitude", large_keep(large, 0.2))
-    assert abs(n_small - n_large) <= 2
-    assert learned_parameters(small) == learned_parameters(large) + (n_small - n_large)
+@pytest.mark.parametrize("rank, sparsity, wide", [(8, 0.4, 14), (8, 0.6, 20), (8, 0.8, 40), (4, 0.5, 8),
+                                                  (1, 0.0, 1), (3, 0.8, 15), (5, 0.75, 20)])
+def test_large_rank_is_the_narrowest_holding_the_dense_budget(rank, sparsity, wide):
+    assert large_rank(rank, sparsity) == wide
+    assert wide * (1 - sparsity) >= rank - 1e-9 and (wide - 1) * (1 - sparsity) < rank - 1e-9
+
+
+@pytest.mark.parametrize("sparsity", [0.4, 0.6, 0.8])
+def test_large_sparse_has_the_dense_splora_parameter_count(sparsity):
+    dense = _tiny("splora", rank=8)
+    large = _tiny("sparse-large", rank=8)
+    get_method("sparse-large").prepare(large, SimpleNamespace(mask_criterion="snip", sparsity=sparsity),
+                                       _data(1, bs=4), (1, 28, 28))
+    adapters = lambda model: sum(p.numel() for n, p in model.named_parameters() if "lora" in n)  # noqa: E731
+    kept = sum(m.nonzeros() for m in large.modules() if isinstance(m, SparseSPLoRA))
+    assert kept == adapters(dense) == dense_lora_parameters(large, 8)
+    assert learned_parameters(large) == learned_parameters(dense)
+    wide = large_rank(8, sparsity)
+    assert adapters(large) == adapters(dense) * wide // 8  # really wider, and sparse
+    assert kept <= (1 - sparsity) * adapters(large) + 1e-6
 
 
 # ------------------------------------------------------------------ end to end
-METHODS = ["splora", "finetune", "sppara", "splopa", "sparse", "sparse-large"]
+METHODS = ["splora", "finetune", "sppara", "splopa", *SPARSE]
 
 
-def _pack_and_compare(model, base_path, tmp_path, x):
+def _pack_and_compare(model, base_path, tmp_path, x, name="task.safetensors"):
     from spaedge.pack.bundle import TaskSpec, base_hash, write_task
     from spaedge.pack.format import read_bundle
     spec = TaskSpec("t", ["a", "b", "c"], (1, 28, 28), [0.5], [0.25])
-    write_task(model, spec, base_hash(get_base("tiny")), tmp_path / "task.safetensors")
-    assert_bundle_matches(model, base_path, tmp_path / "task.safetensors", x)
-    return read_bundle(tmp_path / "task.safetensors")[0]
+    write_task(model, spec, base_hash(get_base("tiny")), tmp_path / name)
+    assert_bundle_matches(model, base_path, tmp_path / name, x)
+    return read_bundle(tmp_path / name)[0]
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_method_trains_prunes_packs_and_runs_in_the_runtime(method, tiny_base_bundle, tmp_path):
-    from types import SimpleNamespace
-
-    from spaedge.adapters import get_method
+    from spaedge.pack.bundle import load_task_model
     m = get_method(method)
     model = _tiny(method, rank=4)
     data = _data(2, bs=16)
     if m.prepare is not None:  # SparseAdapter's masks, SPLoPA's shared prototypes
-        m.prepare(model, SimpleNamespace(mask_criterion="snip", adapter_keep=0.2, splopa_share="model"), data[:1],
+        m.prepare(model, SimpleNamespace(mask_criterion="snip", sparsity=0.6, splopa_share="model"), data[:1],
                   (1, 28, 28))
     _train(model, data, steps=2)
     prune_to_density(model, torch.zeros(1, 1, 28, 28), 0.3, step_fraction=0.2, criterion="taylor",
@@ -138,12 +189,41 @@ def test_method_trains_prunes_packs_and_runs_in_the_runtime(method, tiny_base_bu
     tensors = _pack_and_compare(model, tiny_base_bundle, tmp_path, torch.randn(4, 1, 28, 28))
     keys = {k.split(".")[-1] for k in tensors}
     expect = {"splora": "lora_a", "finetune": "weight_delta", "sppara": "pointwise_delta",
-              "splopa": "splopa_coef", "sparse": "sparse_delta_index", "sparse-large": "sparse_delta_values"}
+              "splopa": "splopa_coef", "sparse": "lora_a_values", "sparse-sppara": "sparse_delta_index",
+              "sparse-large": "lora_b_index"}
     assert expect[method] in keys
-    if method.startswith("sparse"):
-        nnz = sum(m.nonzeros() for m in model.modules() if isinstance(m, SparseAdapter))
-        stored = sum(v.size for k, v in tensors.items() if k.endswith("sparse_delta_values"))
-        assert stored == nnz  # values + indices, never dense + mask
+    if method in SPARSE:
+        assert not keys & {"lora_a", "lora_b", "pointwise_delta"}  # values + indices, never dense + mask
+        nnz = sum(m.nonzeros() for m in model.modules() if isinstance(m, (SparseAdapter, SparseSPLoRA)))
+        stored = sum(v.size for k, v in tensors.items() if k.endswith("_values"))
+        assert stored == nnz == sum(v.size for k, v in tensors.items()
+                                    if k.endswith(("lora_a_index", "lora_b_index", "sparse_delta_index")))
+        again, _, _ = load_task_model(tiny_base_bundle, tmp_path / "task.safetensors")
+        assert learned_parameters(again) == learned_parameters(model)
+        state, rebuilt = model.state_dict(), again.state_dict()
+        assert state.keys() == rebuilt.keys()  # the same layers, ranks and masks
+        for k, v in state.items():
+            if not k.endswith("num_batches_tracked"):  # not in bundles
+                torch.testing.assert_close(rebuilt[k].to(v.dtype), v, msg=k)
+
+
+@pytest.mark.parametrize("method", SPARSE)
+def test_sparse_bundles_shrink_with_sparsity(method, tiny_base_bundle, tmp_path):
+    """40% < 60% < 80% sparsity: smaller bundles, each running as PyTorch does."""
+    sizes = []
+    for sparsity in (0.4, 0.6, 0.8):
+        model = _tiny(method, rank=8)
+        get_method(method).prepare(model, SimpleNamespace(mask_criterion="magnitude", sparsity=sparsity), [],
+                                   (1, 28, 28))
+        prune_to_density(model, torch.zeros(1, 1, 28, 28), 0.3, step_fraction=0.35)
+        _train(model, _data(1, bs=8), steps=1)
+        name = f"{method}-{sparsity}.safetensors"
+        _pack_and_compare(model, tiny_base_bundle, tmp_path, torch.randn(2, 1, 28, 28), name)
+        sizes.append((tmp_path / name).stat().st_size)
+    if method == "sparse-large":  # the same nonzeros, spread over wider factors: about the same size
+        assert max(sizes) - min(sizes) < 0.1 * min(sizes), sizes
+    else:
+        assert sizes[0] > sizes[1] > sizes[2], sizes
 
 
 def test_runtime_resolves_shared_adapters_and_refuses_bad_maps(tiny_base_bundle, tmp_path):

@@ -64,7 +64,7 @@ def _write(model, path):
 # ------------------------------------------------------------------ the layer
 def test_blocked_layers_and_the_dense_fallback():
     torch.manual_seed(0)
-    blocked = SPLoPA(nn.Conv2d(8, 12, 3, padding=1, bias=False), rank=8)
+    blocked = SPLoPA(nn.Conv2d(8, 12, 3, padding=1, bias=False), rank=8, block=4)
     assert blocked.blocked and blocked.block_shape == (4, 4) and blocked.rank == 4  # rank capped at the block
     assert blocked.positions.shape == (PROTOTYPES, 3, 2)
     # A block must divide both sides; otherwise the layer learns its own dense pointwise update.
@@ -152,6 +152,33 @@ def test_the_bundle_holds_each_set_once_and_block_coefficients(scope):
     coef = sum(tensors[f"{n}.splopa_coef"].size for n in blocked)
     merged = sum(layers[n].out_channels * layers[n].in_channels for n in blocked)
     assert coef * BLOCK * BLOCK == PROTOTYPES * merged  # n / b^2 of the merged update
+
+
+@pytest.mark.parametrize("base,bound", [("small", 1 / 3), ("tiny", 0.4)])
+def test_a_30_percent_bundle_is_a_fraction_of_sppara(base, bound, tmp_path):
+    """The bundle stores n / b^2 of the merged update: at 30% density, rank 8,
+    SPLoPA's task bundle is at most a third of SPPaRA's on `small`. On `tiny`
+    the BN, index and header bytes both methods store are two thirds of
+    SPLoPA's bundle, so the bound there is 0.4 (measured 0.36)."""
+    from spaedge.adapters import adapt, get_method
+    from spaedge.models.resnet import spaedge_small, spaedge_tiny
+    from spaedge.pack.bundle import TaskSpec, base_hash
+    sizes = {}
+    for method in ("sppara", "splopa"):
+        torch.manual_seed(0)
+        model = (spaedge_small if base == "small" else spaedge_tiny)()  # sizes do not depend on the weights
+        h = base_hash(model)
+        model.replace_head(3)
+        model = adapt(model, method, rank=8)
+        if method == "splopa":
+            share_prototypes(model, "model")
+        prune_to_density(model, torch.zeros(1, *X), 0.3, step_fraction=0.2, block=get_method(method).prune_block)
+        from spaedge.pack.bundle import task_bundle
+        from spaedge.pack.format import write_bundle
+        path = tmp_path / f"{method}.safetensors"
+        write_bundle(path, *task_bundle(model, TaskSpec(*SPEC), h))
+        sizes[method] = path.stat().st_size
+    assert sizes["splopa"] <= bound * sizes["sppara"], sizes
 
 
 @pytest.mark.parametrize("scope", ["model", "stage"])

@@ -14,6 +14,7 @@
 
 #include "spaedge/bundle.h"
 #include "spaedge/runtime.h"
+#include "runtime/task.h"
 #include "runtime/testing.h"
 #include "runtime/workers.h"
 #include "test_bundle_writer.h"
@@ -329,6 +330,94 @@ void test_numerics(const Files& f) {
     CHECK(rt.working_set_bytes() > 0);
 }
 
+// ---- sparse low-rank factors (SparseAdapter on SPLoRA) ---------------------------------
+// Conv L's factors A [r, I] and B [O, r] (zeros included) set densely in `dense`
+// and, in `sparse`, stored as their nonzero entries: lora_rank plus
+// lora_{a,b}_values/_index at flat row-major positions.
+void set_factors(TaskSpec& dense, TaskSpec& sparse, const std::string& L, int64_t r, int64_t O, int64_t I,
+                 const std::vector<float>& a, const std::vector<float>& b) {
+    dense.f[L + ".lora_a"] = {{r, I}, a};
+    dense.f[L + ".lora_b"] = {{O, r}, b};
+    sparse.f.erase(L + ".lora_a");
+    sparse.f.erase(L + ".lora_b");
+    sparse.idx[L + ".lora_rank"] = {int32_t(r)};
+    for (const auto& kv : {std::make_pair(std::string(".lora_a"), &a), std::make_pair(std::string(".lora_b"), &b)}) {
+        std::vector<float> values;
+        std::vector<int32_t> index;
+        for (size_t j = 0; j < kv.second->size(); ++j)
+            if ((*kv.second)[j] != 0.0f) {
+                values.push_back((*kv.second)[j]);
+                index.push_back(int32_t(j));
+            }
+        sparse.f[L + kv.first + "_values"] = {{int64_t(values.size())}, values};
+        sparse.idx[L + kv.first + "_index"] = index;
+    }
+}
+
+// c1's factors (rank 1, all entries stored) in the sparse form.
+void sparse_c1(TaskSpec& t) {
+    TaskSpec dense = t;
+    set_factors(dense, t, "c1", 1, 3, 2, dense.f.at("c1.lora_a").second, dense.f.at("c1.lora_b").second);
+}
+
+// A task with sparse factors runs as the same task with them dense: the
+// low-rank path (c1: rank 2 declared, one component without B entries; down:
+// 1x1), the pointwise fallback (c2: its 2 used components of 3 are larger
+// dense than their 3x3 product, on top of its weight_delta), and a conv with
+// no stored entry at all; both modes, two threads.
+void test_sparse_factors(const Files& f) {
+    TaskSpec dense = tiny_task(), sparse = tiny_task();
+    sparse.name = "sparse";
+    set_factors(dense, sparse, "c1", 2, 3, 2, {0.5f, -0.3f, 0.0f, 0.8f}, {0.0f, 0.7f, 0.0f, -0.4f, 0.0f, 0.2f});
+    set_factors(dense, sparse, "c2", 3, 3, 3, {0.2f, 0.0f, -0.1f, 0.0f, 0.0f, 0.0f, 0.3f, 0.1f, 0.0f},
+                {0.3f, 0.5f, 0.0f, 0.0f, 0.2f, -0.2f, 0.1f, 0.0f, 0.4f});
+    set_factors(dense, sparse, "down", 1, 3, 3, {0.4f, 0.0f, -0.6f}, {0.3f, 0.0f, 0.5f});
+    TaskSpec dense0 = dense, empty = sparse;
+    empty.name = "empty";
+    set_factors(dense0, empty, "down", 2, 3, 3, std::vector<float>(6, 0.0f), std::vector<float>(6, 0.0f));
+    CHECK(empty.f.at("down.lora_a_values").second.empty() && empty.idx.at("down.lora_b_index").empty());
+    {  // the paths taken: compacted low-rank factors, or their product at the centre tap
+        spaedge::BaseModel base(f.base);
+        spaedge::Task t(base, f.task("sparse.safetensors", sparse));
+        CHECK(t.convs[0].rank == 1 && t.convs[0].lora_a.size() == 2 && t.convs[0].pointwise_delta.empty());
+        CHECK(t.convs[1].rank == 0 && t.convs[1].lora_a.empty() && t.convs[1].pointwise_delta.size() == 9);
+        CHECK(t.convs[2].rank == 1 && t.convs[2].lora_b.size() == 3);
+        spaedge::Task e(base, f.task("empty.safetensors", empty));
+        CHECK(e.convs[2].rank == 0 && e.convs[2].lora_a.empty() && e.convs[2].pointwise_delta.empty());
+    }
+    const std::vector<float> x = seq(2 * 2 * 5 * 4, 1.0f);
+    for (const char* mode : {"merged", "lowrank"})
+        for (int threads : {1, 2}) {
+            Runtime rt(f.base, threads);
+            rt.set_mode(mode);
+            rt.load_task(f.task("sparse.safetensors", sparse));
+            rt.load_task(f.task("empty.safetensors", empty));
+            for (const auto& tc : {std::make_pair("sparse", &dense), std::make_pair("empty", &dense0)}) {
+                rt.switch_to(tc.first);
+                std::vector<float> y(6, -1.0f);
+                rt.run(x.data(), 2, y.data());
+                CHECK_MSG(close(y.data(), reference(f.m, *tc.second, x.data())) &&
+                              close(y.data() + 3, reference(f.m, *tc.second, x.data() + 40)),
+                          std::string(tc.first) + ", " + mode + ", " + std::to_string(threads) + " threads");
+            }
+        }
+    // Pear shares dense factors only: a sparse target or source is refused, naming the entry.
+    Runtime rt(f.base, 1);
+    for (const auto& entry : {std::make_pair(std::string("{\"c1\":\"down\"}"), std::string("the target has its own")),
+                              std::make_pair(std::string("{\"down\":\"c1\"}"), std::string("has sparse factors"))}) {
+        TaskSpec t = tiny_task();
+        sparse_c1(t);
+        std::vector<tb::Tensor> ts;
+        for (const auto& kv : t.idx) ts.push_back(tb::i32(kv.first, kv.second));
+        for (const auto& kv : t.f) ts.push_back(tb::f32(kv.first, kv.second.first, kv.second.second));
+        tb::Meta m = task_meta(t, f.base_hash);
+        m.push_back({"shared_adapters", entry.first});
+        const std::string p = f.dir.file("sparse_shared.safetensors");
+        tb::write_file(p, tb::bundle(ts, m));
+        EXPECT_ERROR(rt.load_task(p), p, "metadata 'shared_adapters': entry", entry.second);
+    }
+}
+
 void test_switching(const Files& f, int threads = 1, const char* mode = "merged") {
     Runtime rt(f.base, threads);
     rt.set_mode(mode);
@@ -461,6 +550,64 @@ void test_task_errors(const Files& f) {
                       {"tensor 'c1.lora_a': shape [1, 3], expected [r, 2]"}, __LINE__);
     expect_task_error(f, "lora_rank.safetensors", [](TaskSpec& t) { t.f["c1.lora_b"] = {{3, 2}, seq(6, 1)}; },
                       {"tensor 'c1.lora_b': shape [3, 2], expected [3, 1]"}, __LINE__);
+    // Sparse factors: malformed ones are refused naming the tensor.
+    expect_task_error(f, "sp_range.safetensors",
+                      [](TaskSpec& t) { sparse_c1(t); t.idx["c1.lora_a_index"] = V{0, 2}; },
+                      {"tensor 'c1.lora_a_index': index 2 out of range for the [1, 2] factor A"}, __LINE__);
+    expect_task_error(f, "sp_neg.safetensors",
+                      [](TaskSpec& t) { sparse_c1(t); t.idx["c1.lora_b_index"] = V{-1, 0, 1}; },
+                      {"tensor 'c1.lora_b_index': index -1 out of range for the [3, 1] factor B"}, __LINE__);
+    expect_task_error(f, "sp_order.safetensors",
+                      [](TaskSpec& t) { sparse_c1(t); t.idx["c1.lora_b_index"] = V{0, 2, 1}; },
+                      {"tensor 'c1.lora_b_index': not strictly increasing: element 2 is 1 after 2"}, __LINE__);
+    expect_task_error(f, "sp_dup.safetensors", [](TaskSpec& t) { sparse_c1(t); t.idx["c1.lora_a_index"] = V{1, 1}; },
+                      {"tensor 'c1.lora_a_index': not strictly increasing: element 1 is 1 after 1"}, __LINE__);
+    expect_task_error(f, "sp_count.safetensors", [](TaskSpec& t) { sparse_c1(t); t.idx["c1.lora_a_index"] = V{1}; },
+                      {"tensor 'c1.lora_a_index': shape [1], expected [2] (one flat index per value of "
+                       "'c1.lora_a_values')"},
+                      __LINE__);
+    expect_task_error(f, "sp_partner.safetensors", [](TaskSpec& t) { sparse_c1(t); t.idx.erase("c1.lora_b_index"); },
+                      {"missing tensor 'c1.lora_b_index' (present iff 'c1.lora_b_values' is)"}, __LINE__);
+    expect_task_error(f, "sp_partner2.safetensors", [](TaskSpec& t) { sparse_c1(t); t.f.erase("c1.lora_a_values"); },
+                      {"missing tensor 'c1.lora_a_values' (present iff 'c1.lora_a_index' is)"}, __LINE__);
+    expect_task_error(f, "sp_factor.safetensors",
+                      [](TaskSpec& t) {
+                          sparse_c1(t);
+                          t.idx.erase("c1.lora_b_index");
+                          t.f.erase("c1.lora_b_values");
+                      },
+                      {"missing tensor 'c1.lora_b_values' (sparse factors: lora_rank, lora_a_values/_index and "
+                       "lora_b_values/_index come together)"},
+                      __LINE__);
+    expect_task_error(f, "sp_norank.safetensors", [](TaskSpec& t) { sparse_c1(t); t.idx.erase("c1.lora_rank"); },
+                      {"missing tensor 'c1.lora_rank' (sparse factors"}, __LINE__);
+    expect_task_error(f, "sp_rank0.safetensors", [](TaskSpec& t) { sparse_c1(t); t.idx["c1.lora_rank"] = V{0}; },
+                      {"tensor 'c1.lora_rank': rank 0 must be in [1, 65536]"}, __LINE__);
+    expect_task_error(f, "sp_rankbig.safetensors", [](TaskSpec& t) { sparse_c1(t); t.idx["c1.lora_rank"] = V{65537}; },
+                      {"tensor 'c1.lora_rank': rank 65537 must be in [1, 65536]"}, __LINE__);
+    expect_task_error(f, "sp_rankshape.safetensors", [](TaskSpec& t) { sparse_c1(t); t.idx["c1.lora_rank"] = V{1, 1}; },
+                      {"tensor 'c1.lora_rank': shape [2], expected [1]"}, __LINE__);
+    expect_task_error(f, "sp_values2d.safetensors",
+                      [](TaskSpec& t) { sparse_c1(t); t.f["c1.lora_a_values"] = {{1, 2}, seq(2, 1)}; },
+                      {"tensor 'c1.lora_a_values': shape [1, 2], expected [nnz]"}, __LINE__);
+    expect_task_error(f, "sp_nan.safetensors",
+                      [](TaskSpec& t) { sparse_c1(t); t.f["c1.lora_b_values"] = {{3}, {1.0f, std::nanf(""), 1.0f}}; },
+                      {"tensor 'c1.lora_b_values': element 1 is not finite"}, __LINE__);
+    expect_task_error(f, "sp_both.safetensors",
+                      [](TaskSpec& t) {
+                          TaskSpec d = t;
+                          sparse_c1(t);
+                          t.f["c1.lora_a"] = d.f.at("c1.lora_a");
+                          t.f["c1.lora_b"] = d.f.at("c1.lora_b");
+                      },
+                      {"tensor 'c1.lora_a_values': conv 'c1' also has dense lora_a/lora_b"}, __LINE__);
+    expect_task_error(f, "sp_dtype.safetensors",
+                      [](TaskSpec& t) {
+                          sparse_c1(t);
+                          t.idx.erase("c1.lora_a_index");
+                          t.f["c1.lora_a_index"] = {{2}, {0, 1}};
+                      },
+                      {"tensor 'c1.lora_a_index': dtype is F32, expected I32"}, __LINE__);
     expect_task_error(f, "delta.safetensors", [](TaskSpec& t) { t.f["c2.weight_delta"] = {{3, 3, 1, 1}, seq(9, 1)}; },
                       {"tensor 'c2.weight_delta': shape [3, 3, 1, 1], expected [3, 3, 3, 3]"}, __LINE__);
     expect_task_error(f, "dtype.safetensors",
@@ -981,6 +1128,7 @@ int main() {
     test_switching(f, 3, "lowrank");
     test_workers();
     test_task_errors(f);
+    test_sparse_factors(f);
     test_graph_errors(f);
     test_files_change_underneath(f);
     test_inspect(f);

@@ -3,8 +3,9 @@
 A deliberately tiny base (ResNet, BasicBlock x [1, 1], widths 4-8, CIFAR stem,
 one input channel) and a few task bundles on it: SPLoRA pruned to about half
 the channels, SPLoRA unpruned, a fine-tuned (dense weight_delta) pruned
-one and a SPLoPA one pruned in blocks (block coefficients, one shared
-prototype set, the stem's dense fallback). Then edits of their metadata and
+one, a SPLoPA one pruned in blocks (block coefficients, one shared
+prototype set, the stem's dense fallback) and a pruned sparse SPLoRA
+(sparse factors, values + indices). Then edits of their metadata and
 of the base's graph, each written with a right content hash (format version
 2 hashes the metadata, so an edit is a different bundle, not a stale one):
 what loads (another stride, another input size, a nested info, Pear's
@@ -21,6 +22,7 @@ task_*.safetensors, base_*.safetensors and task_meta_*.safetensors.
 from __future__ import annotations
 
 import sys
+from unittest import mock
 from pathlib import Path
 
 import torch
@@ -28,6 +30,8 @@ import torch
 import json
 
 from spaedge.adapters import adapt, get_method
+from spaedge.adapters.sparse import sparsify
+from spaedge.adapters import splopa
 from spaedge.adapters.splopa import share_prototypes
 from spaedge.models.resnet import BasicBlock, ResNet
 from spaedge.pack.bundle import TaskSpec, write_base, write_task
@@ -46,7 +50,13 @@ def task(method: str, density: float, rank: int, seed: int) -> ResNet:
     model = tiny_base()
     torch.manual_seed(seed)
     model.replace_head(3)
-    model = adapt(model, method, rank=rank)
+    block = get_method(method).prune_block
+    if method == "splopa":  # the fuzz base is 4-8 channels wide: 4x4 blocks, so its convs are blocked
+        block = 4
+        with mock.patch.object(splopa, "BLOCK", block):
+            model = adapt(model, method, rank=rank)
+    else:
+        model = adapt(model, method, rank=rank)
     with torch.no_grad():  # non-trivial adapter factors, BN statistics and biases
         for name, p in model.named_parameters():
             if p.requires_grad:
@@ -58,8 +68,16 @@ def task(method: str, density: float, rank: int, seed: int) -> ResNet:
     if method == "splopa":  # prototypes shared by every blocked conv, channels pruned in whole blocks
         share_prototypes(model, "model")
     if density < 1.0:
-        prune_to_density(model, torch.zeros(1, *INPUT), density, step_fraction=0.25,
-                         block=get_method(method).prune_block)
+        prune_to_density(model, torch.zeros(1, *INPUT), density, step_fraction=0.25, block=block)
+    return model
+
+
+def sparse_task(seed: int) -> ResNet:
+    """SparseAdapter on SPLoRA (rank 2, 60% of the factors' entries masked), pruned:
+    lora_rank and lora_{a,b}_values/_index instead of dense factors."""
+    model = task("sparse", 1.0, 2, seed)
+    sparsify(model, "magnitude", 0.4)
+    prune_to_density(model, torch.zeros(1, *INPUT), 0.5, step_fraction=0.25)
     return model
 
 
@@ -112,6 +130,7 @@ def main(out: Path) -> None:
                                         ("finetune_pruned", "finetune", 0.6, 1),
                                         ("splopa_pruned", "splopa", 0.6, 2)]:
         write_task(task(method, density, rank, seed=len(name)), spec, h, out / f"task_{name}.safetensors")
+    write_task(sparse_task(seed=13), spec, h, out / "task_sparse_pruned.safetensors")
     base, pruned = out / "base.safetensors", out / "task_splora_pruned.safetensors"
 
     def set_stride(g):

@@ -413,6 +413,38 @@ def test_repeated_and_empty_indices(rt, tmp_path):
     refused_by_runtime(rt, p, r"tensor 'conv1\.out_index'")
 
 
+SPARSE_TASK = SEEDS / "task_sparse_pruned.safetensors"  # sparse SPLoRA: lora_rank + lora_*_values/_index
+
+
+def _sparse_edit(fn) -> bytes:
+    t, m = parts(SPARSE_TASK)
+    fn(t)
+    return rebuild(t, m)
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda t: t.__setitem__("layer1.0.conv1.lora_a_index", t["layer1.0.conv1.lora_a_index"] + 100),
+     r"tensor 'layer1\.0\.conv1\.lora_a_index': index \d+ out of range for the \[2, 3\] factor A"),
+    (lambda t: t.__setitem__("layer1.0.conv1.lora_b_index", t["layer1.0.conv1.lora_b_index"][::-1].copy()),
+     r"tensor 'layer1\.0\.conv1\.lora_b_index': not strictly increasing"),
+    (lambda t: t.pop("layer2.0.conv2.lora_b_index"),
+     r"missing tensor 'layer2\.0\.conv2\.lora_b_index' \(present iff 'layer2\.0\.conv2\.lora_b_values' is\)"),
+    (lambda t: t.pop("layer2.0.conv2.lora_rank"), r"missing tensor 'layer2\.0\.conv2\.lora_rank'"),
+    (lambda t: t.__setitem__("layer2.0.conv2.lora_rank", np.array([0], np.int32)),
+     r"tensor 'layer2\.0\.conv2\.lora_rank': rank 0 must be in \[1, 65536\]"),
+    (lambda t: t.update({"layer2.0.conv2.lora_a": np.zeros((2, 7), np.float32),
+                         "layer2.0.conv2.lora_b": np.zeros((3, 2), np.float32)}),
+     r"tensor 'layer2\.0\.conv2\.lora_a_values': conv 'layer2\.0\.conv2' also has dense"),
+])
+def test_sparse_factors_are_checked(rt, tmp_path, edit, field):
+    """The toolchain's sparse SPLoRA bundle runs as PyTorch does (tests/adapters);
+    damaged (with a right hash), it is refused naming the tensor."""
+    assert Runtime(BASE, threads=1).load_task(SPARSE_TASK) == "fuzz"
+    p = tmp_path / "sparse.safetensors"
+    p.write_bytes(_sparse_edit(edit))
+    refused_by_runtime(rt, p, field)
+
+
 # ---- duplicate names ---------------------------------------------------------------------
 
 

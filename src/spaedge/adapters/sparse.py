@@ -1,14 +1,35 @@
-"""SparseAdapter (He et al. 2022) in the SPA setting, and its masks.
+"""SparseAdapter (He et al. 2022) in the SPA setting: an adapter a method
+already has, made sparse at initialisation, and its masks.
 
-The adapter is a weight update D made sparse at initialisation by a mask
-buffer the forward multiplies in (masked entries get no gradient and stay out
-of the bundle). The plain setting's D is pointwise (O x I at the centre tap,
-SPPaRA's shape); the Large-Sparse setting's D is the full kernel (O x I x k x
-k, k^2 times wider) sparsified to the same number of nonzeros.
+The paper prunes an adapter's weights once, at initialisation, with a
+pruning-at-initialisation criterion and one global threshold; the masks stay
+fixed and training updates only the kept entries. It works up to 80%
+sparsity and recommends 40%. Its *Large-Sparse* setting makes the adapter
+wider and sparsifies it so that it keeps the dense adapter's parameter count.
 
-``sparsify(model, criterion, keep, data)`` scores every entry of every
-``SparseAdapter`` update and keeps the globally top ``keep`` fraction (one
-threshold over all layers).
+Methods (``spaedge.adapters.registry``), options ``sparsity`` (fraction of the
+adapter's entries masked, default 0.4) and ``mask_criterion``:
+
+- ``sparse``: sparse SPLoRA. Both factors A (r x I) and B (O x r) are masked.
+- ``sparse-sppara``: sparse SPPaRA, the pointwise adapter P (O x I) masked.
+- ``sparse-large``: Large-Sparse SPLoRA. The rank is enlarged from the
+  configured r to ``r' = ceil(r / (1 - sparsity))`` and the masks keep exactly
+  ``r * sum over convs of (O + I)`` entries, the dense rank-r SPLoRA's
+  parameter count (``large_rank``, ``dense_lora_parameters``). The realised
+  sparsity ``1 - r / r'`` is the configured one or, where r / (1 - sparsity)
+  is not a whole number, a little above it (r 8 at 40%: r' 14, 42.9%).
+
+A mask is a 0/1 buffer beside its parameter that the forward multiplies in,
+so a masked entry gets no gradient; masked entries are also zeroed in the
+parameter when the mask is set, so they stay exactly zero through training
+(Adam's update of a zero gradient is zero, decoupled weight decay of a zero
+is zero). Bundles store the kept entries only, as values + flat indices
+(docs/format.md); ``learned_parameters`` counts them.
+
+``sparsify(model, criterion, keep, data)`` scores every entry of every masked
+tensor of the model and keeps the globally top ``keep`` fraction (or exactly
+``nonzeros`` entries): one threshold over all layers and, for SPLoRA, over
+both factors.
 
 Scores (higher = keep):
 - ``snip``: |g * w| (Lee et al. 2019), g = dL/dw on task batches.
@@ -23,11 +44,18 @@ Scores (higher = keep):
   free. BatchNorm runs as the positive scale |gamma|/sqrt(var+eps) (mean and beta
   set to 0) so the "linearised" network is positive throughout.
 
-``large_keep(model, keep)``: for the Large-Sparse setting, the keep fraction that
-gives a full-kernel adapter the nonzeros a pointwise adapter has at ``keep``.
+Every criterion needs nonzero weights (SNIP's |g * w| of a zero is zero), and
+SPLoRA's own initialisation has B = 0, which would also zero A's gradient. A
+sparse SPLoRA therefore starts *balanced*: A and B both ~ N(0, s^2) with
+s^2 = init_std * std(W) / sqrt(r), so B A starts at about init_std times the
+base weights' scale (the same start as the sparse SPPaRA's P) and both factors
+are on one scale, which a single threshold over both needs (with A at SPLoRA's
+Kaiming scale, magnitude would keep A and drop nearly all of B).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -35,21 +63,57 @@ from torch import nn
 
 from spaedge.adapters.base import AdaptedLayer, centre_tap
 from spaedge.adapters.registry import Method, register
+from spaedge.adapters.splora import SPLoRA
 
-__all__ = ["SparseAdapter", "MASK_CRITERIA", "sparsify", "large_keep"]
+__all__ = ["SparseAdapter", "SparseSPLoRA", "MASK_CRITERIA", "sparsify", "large_rank", "dense_lora_parameters"]
 
 MASK_CRITERIA = ("snip", "magnitude", "random", "grasp", "synflow")
 
 
-class SparseAdapter(AdaptedLayer):
-    """A weight update D with a fixed unstructured mask (a buffer) applied in forward."""
+class _Masked:
+    """Mixin of an adapted layer whose trainable tensors are multiplied by fixed
+    0/1 masks: ``masked`` names each (parameter, mask buffer) pair."""
 
-    method = "sparse"
+    masked: tuple[tuple[str, str], ...] = ()
 
-    def __init__(self, base, rank: int = 0, large: bool = False, init_std: float = 1e-2):
+    def mask_pairs(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        return [(getattr(self, p), getattr(self, m)) for p, m in self.masked]
+
+    def nonzeros(self) -> int:
+        """Entries the masks keep (what is learned and stored)."""
+        return sum(int(m.sum()) for _, m in self.mask_pairs())
+
+    def masked_entries(self) -> int:
+        return sum(p.numel() for p, _ in self.mask_pairs()) - self.nonzeros()
+
+    def _sparse_tensors(self, name: str, value: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        flat = torch.nonzero(mask.reshape(-1) != 0, as_tuple=False).reshape(-1)
+        return {f"{name}_values": value.detach().reshape(-1)[flat].float().contiguous(),
+                f"{name}_index": flat.to(torch.int32)}
+
+
+def _scatter(shape, index: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dense tensor, 0/1 mask) of ``shape`` with ``values`` at flat positions ``index``."""
+    dense, mask = torch.zeros(shape), torch.zeros(shape)
+    idx = index.long().reshape(-1)
+    dense.view(-1)[idx] = values.float().reshape(-1)
+    mask.view(-1)[idx] = 1.0
+    return dense, mask
+
+
+class SparseAdapter(_Masked, AdaptedLayer):
+    """Sparse SPPaRA: a pointwise update P (O x I at the centre tap) with a fixed
+    unstructured mask. ``full_kernel``: the update spans the whole kernel
+    (O x I x k x k); only a bundle whose entries are not all at the centre tap
+    loads as one (the former full-kernel method wrote such bundles)."""
+
+    method = "sparse-sppara"
+    masked = (("sparse", "mask"),)
+
+    def __init__(self, base, rank: int = 0, full_kernel: bool = False, init_std: float = 1e-2):
         super().__init__(base)
-        self.large = large
-        shape = tuple(self.weight.shape) if large else (self.base_out_channels, self.base_in_channels)
+        self.full_kernel = full_kernel
+        shape = tuple(self.weight.shape) if full_kernel else (self.base_out_channels, self.base_in_channels)
         # Nonzero random init (as the adapters of the SparseAdapter paper), scaled to the
         # base weights so the task starts close to the base; saliency needs w != 0.
         scale = float(self.weight.detach().std()) * init_std if self.weight.numel() > 1 else init_std
@@ -61,7 +125,7 @@ class SparseAdapter(AdaptedLayer):
 
     def delta(self) -> torch.Tensor:
         u = self.update()
-        return u if self.large or not self.is_conv else centre_tap(self.weight, u)
+        return u if self.full_kernel or not self.is_conv else centre_tap(self.weight, u)
 
     def keep_out(self, keep):
         super().keep_out(keep)
@@ -73,39 +137,99 @@ class SparseAdapter(AdaptedLayer):
         self.sparse = nn.Parameter(self.sparse.data[:, keep].clone())
         self.mask = self.mask[:, keep].clone()
 
-    def nonzeros(self) -> int:
-        return int(self.mask.sum())
-
-    def masked_entries(self) -> int:
-        return self.sparse.numel() - self.nonzeros()
-
     def bundle_tensors(self):
         t = super().bundle_tensors()
         d = self.delta().detach()
         m = self.mask.bool()
-        if not self.large and self.is_conv:
+        if not self.full_kernel and self.is_conv:
             m = centre_tap(self.weight, m.float()).bool()
-        flat = torch.nonzero(m.reshape(-1), as_tuple=False).reshape(-1)
-        if flat.numel():
-            t["sparse_delta_values"] = d.reshape(-1)[flat].float()
-            t["sparse_delta_index"] = flat.to(torch.int32)
+        t.update(self._sparse_tensors("sparse_delta", d, m))
+        if not t["sparse_delta_index"].numel():  # optional in the format: nothing kept, nothing stored
+            del t["sparse_delta_values"], t["sparse_delta_index"]
         return t
 
     def load_bundle_tensors(self, t):
         AdaptedLayer.load_bundle_tensors(self, t)
-        self.large = True
-        dense = torch.zeros(self.weight.shape)
-        mask = torch.zeros(self.weight.shape)
-        if "sparse_delta_index" in t:
-            idx = t["sparse_delta_index"].long()
-            dense.view(-1)[idx] = t["sparse_delta_values"]
-            mask.view(-1)[idx] = 1.0
+        shape = tuple(self.weight.shape)
+        idx = t.get("sparse_delta_index", torch.zeros(0, dtype=torch.int32)).long()
+        values = t.get("sparse_delta_values", torch.zeros(0))
+        kk = shape[2] * shape[3] if self.is_conv else 1
+        centre = (shape[2] // 2) * shape[3] + shape[3] // 2 if self.is_conv else 0
+        # The pointwise form when every entry is at the centre tap (what sparse-sppara writes).
+        self.full_kernel = self.full_kernel or bool((idx % kk != centre).any())
+        if self.full_kernel or not self.is_conv:
+            dense, mask = _scatter(shape, idx, values)
+        else:
+            dense, mask = _scatter(shape[:2], idx // kk, values)
         self.sparse = nn.Parameter(dense)
         self.mask = mask
 
 
+class SparseSPLoRA(_Masked, SPLoRA):
+    """Sparse SPLoRA: ``W + centre_tap((B * M_B) @ (A * M_A))`` with fixed masks
+    M_A, M_B; factors initialised balanced (module docstring)."""
+
+    method = "sparse"
+    masked = (("lora_a", "lora_a_mask"), ("lora_b", "lora_b_mask"))
+
+    def __init__(self, base: nn.Conv2d | nn.Linear, rank: int = 8, init_std: float = 1e-2):
+        AdaptedLayer.__init__(self, base)
+        if rank < 1:
+            raise ValueError(f"adapter rank must be at least 1, got {rank}")
+        self.init_std = init_std
+        self.register_buffer("lora_a_mask", torch.ones(0))
+        self.register_buffer("lora_b_mask", torch.ones(0))
+        self.widen(rank)
+
+    def widen(self, rank: int) -> None:
+        """New factors of rank ``rank`` (balanced random), masks all ones: Large-Sparse
+        widens before its masks are chosen."""
+        if rank < 1:
+            raise ValueError(f"adapter rank must be at least 1, got {rank}")
+        w = self.weight.detach()
+        scale = float(w.std()) * self.init_std if w.numel() > 1 else self.init_std
+        s = math.sqrt(scale / math.sqrt(rank))
+        self.rank = rank
+        self.lora_a = nn.Parameter(torch.randn(rank, self.in_channels) * s)
+        self.lora_b = nn.Parameter(torch.randn(self.out_channels, rank) * s)
+        self.lora_a_mask = torch.ones(rank, self.in_channels)
+        self.lora_b_mask = torch.ones(self.out_channels, rank)
+
+    def delta(self) -> torch.Tensor:
+        return centre_tap(self.weight, (self.lora_b * self.lora_b_mask) @ (self.lora_a * self.lora_a_mask))
+
+    def keep_out(self, keep: torch.Tensor) -> None:
+        super().keep_out(keep)
+        self.lora_b_mask = self.lora_b_mask[keep].clone()
+
+    def keep_in(self, keep: torch.Tensor) -> None:
+        super().keep_in(keep)
+        self.lora_a_mask = self.lora_a_mask[:, keep].clone()
+
+    def bundle_tensors(self) -> dict[str, torch.Tensor]:
+        t = AdaptedLayer.bundle_tensors(self)
+        t["lora_rank"] = torch.tensor([self.lora_a.shape[0]], dtype=torch.int32)
+        t.update(self._sparse_tensors("lora_a", self.lora_a * self.lora_a_mask, self.lora_a_mask))
+        t.update(self._sparse_tensors("lora_b", self.lora_b * self.lora_b_mask, self.lora_b_mask))
+        return t
+
+    def load_bundle_tensors(self, t: dict[str, torch.Tensor]) -> None:
+        AdaptedLayer.load_bundle_tensors(self, t)
+        r = int(t["lora_rank"].reshape(-1)[0])
+        a, ma = _scatter((r, self.in_channels), t["lora_a_index"], t["lora_a_values"])
+        b, mb = _scatter((self.out_channels, r), t["lora_b_index"], t["lora_b_values"])
+        self.rank = r
+        self.lora_a, self.lora_b = nn.Parameter(a), nn.Parameter(b)
+        self.lora_a_mask, self.lora_b_mask = ma, mb
+
+
 def _layers(model):
-    return [m for m in model.modules() if isinstance(m, SparseAdapter)]
+    return [m for m in model.modules() if isinstance(m, _Masked)]
+
+
+def _masked(model) -> list[tuple[nn.Module, str, str]]:
+    """Every (layer, parameter name, mask name) of the model, in module order."""
+    return [(m, p, k) for m in _layers(model) for p, k in m.masked]
 
 
 def _loss(model, data):
@@ -116,8 +240,7 @@ def _loss(model, data):
 
 
 def _scores(model, criterion, data):
-    layers = _layers(model)
-    params = [m.sparse for m in layers]
+    params = [getattr(m, p) for m, p, _ in _masked(model)]
     if criterion == "magnitude":
         return [p.detach().abs() for p in params]
     if criterion == "random":
@@ -136,30 +259,33 @@ def _scores(model, criterion, data):
     raise ValueError(f"unknown mask criterion {criterion!r}; known: {', '.join(MASK_CRITERIA)}")
 
 
-def _apply_threshold(layers, scores, keep: float) -> None:
+def _apply_threshold(entries, scores, k: int) -> None:
+    """Masks keeping exactly the ``k`` top-scored entries over all ``entries``."""
     flat = torch.cat([s.reshape(-1) for s in scores])
-    k = max(1, int(round(keep * flat.numel())))
     if k >= flat.numel():
-        for m in layers:
-            m.mask = torch.ones_like(m.sparse)
+        for m, p, name in entries:
+            setattr(m, name, torch.ones_like(getattr(m, p)))
         return
     thr = torch.topk(flat, k).values[-1]
     budget = k
-    for m, s in zip(layers, scores):
+    masks = []
+    for (m, p, name), s in zip(entries, scores):
         mask = (s > thr).float()
-        m.mask = mask
+        masks.append(mask)
         budget -= int(mask.sum())
     # ties at the threshold: fill the remaining budget in layer order
-    for m, s in zip(layers, scores):
+    for mask, s in zip(masks, scores):
         if budget <= 0:
             break
-        tie = ((s == thr) & (m.mask == 0)).reshape(-1).nonzero().reshape(-1)[:budget]
-        m.mask.view(-1)[tie] = 1.0
+        tie = ((s == thr) & (mask == 0)).reshape(-1).nonzero().reshape(-1)[:budget]
+        mask.view(-1)[tie] = 1.0
         budget -= tie.numel()
+    for (m, p, name), mask in zip(entries, masks):
+        setattr(m, name, mask)
 
 
-def _synflow(model, keep: float, rounds: int) -> None:
-    layers = _layers(model)
+def _synflow(model, k: int, total: int, rounds: int) -> None:
+    entries = _masked(model)
     saved = {n: p.detach().clone() for n, p in model.named_parameters()}
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     bn_saved = [(b.running_mean.clone(), b.running_var.clone()) for b in bns]
@@ -174,12 +300,14 @@ def _synflow(model, keep: float, rounds: int) -> None:
                 b.bias.zero_()
         x = torch.ones(1, *model.input_shape) if hasattr(model, "input_shape") else None
         for r in range(1, rounds + 1):
-            frac = keep ** (r / rounds)
+            count = k if r == rounds else max(k, int(round(total * (k / total) ** (r / rounds))))
+            params = [getattr(m, p) for m, p, _ in entries]
             with torch.enable_grad(), torch.backends.mkldnn.flags(enabled=False):
                 out = model(x)
-                g = torch.autograd.grad(out.sum(), [m.sparse for m in layers])
-            scores = [(gi * m.sparse * m.mask).detach().abs() for gi, m in zip(g, layers)]
-            _apply_threshold(layers, scores, frac)
+                g = torch.autograd.grad(out.sum(), params)
+            scores = [(gi * p * getattr(m, name)).detach().abs()
+                      for gi, p, (m, _, name) in zip(g, params, entries)]
+            _apply_threshold(entries, scores, count)
     finally:
         with torch.no_grad():
             for n, p in model.named_parameters():
@@ -190,17 +318,25 @@ def _synflow(model, keep: float, rounds: int) -> None:
         model.train(was_training)
 
 
-def sparsify(model: nn.Module, criterion: str, keep: float, data=None, *, input_shape=None,
-             rounds: int = 10) -> int:
-    """Mask every SparseAdapter of ``model`` to the global top ``keep`` fraction of
-    entries by ``criterion``; returns the total number of nonzeros kept."""
+def sparsify(model: nn.Module, criterion: str, keep: float | None = None, data=None, *,
+             nonzeros: int | None = None, input_shape=None, rounds: int = 10) -> int:
+    """Mask every masked tensor of ``model`` (SparseSPLoRA's factors, SparseAdapter's
+    update) to the global top ``keep`` fraction of their entries by ``criterion``,
+    or to exactly ``nonzeros`` entries; masked entries are zeroed. Returns the
+    number of entries kept."""
     if criterion not in MASK_CRITERIA:
         raise ValueError(f"unknown mask criterion {criterion!r}; known: {', '.join(MASK_CRITERIA)}")
-    if not 0.0 < keep <= 1.0:
-        raise ValueError(f"adapter keep fraction must be in (0, 1], got {keep}")
-    layers = _layers(model)
-    if not layers:
-        raise ValueError("the model has no SparseAdapter layers (adapt with method 'sparse' or 'sparse-large')")
+    entries = _masked(model)
+    if not entries:
+        raise ValueError("the model has no SparseAdapter layers (adapt with method 'sparse', 'sparse-sppara' or "
+                         "'sparse-large')")
+    total = sum(getattr(m, p).numel() for m, p, _ in entries)
+    if nonzeros is None:
+        if keep is None or not 0.0 < keep <= 1.0:
+            raise ValueError(f"adapter keep fraction must be in (0, 1], got {keep}")
+        nonzeros = max(1, int(round(keep * total)))
+    if not 1 <= nonzeros <= total:
+        raise ValueError(f"nonzeros must be in [1, {total}] (the adapters' entries), got {nonzeros}")
     was_training = model.training
     model.eval()
     try:
@@ -209,34 +345,56 @@ def sparsify(model: nn.Module, criterion: str, keep: float, data=None, *, input_
                 raise ValueError("synflow needs input_shape (C, H, W)")
             model.input_shape = tuple(input_shape)
             try:
-                _synflow(model, keep, rounds)
+                _synflow(model, nonzeros, total, rounds)
             finally:
                 del model.input_shape
         else:
-            _apply_threshold(layers, _scores(model, criterion, data), keep)
+            _apply_threshold(entries, _scores(model, criterion, data), nonzeros)
     finally:
         model.train(was_training)
-    return sum(m.nonzeros() for m in layers)
+    with torch.no_grad():
+        for m, p, name in entries:
+            getattr(m, p).mul_(getattr(m, name))
+    return sum(m.nonzeros() for m in _layers(model))
 
 
-def large_keep(model: nn.Module, keep: float) -> float:
-    """Keep fraction for a Large-Sparse (full-kernel) model with the nonzeros a
-    pointwise sparse adapter keeps at ``keep``."""
-    layers = _layers(model)
-    pointwise = sum(m.sparse.shape[0] * m.sparse.shape[1] for m in layers)
-    return min(1.0, keep * pointwise / sum(m.sparse.numel() for m in layers))
+def large_rank(rank: int, sparsity: float) -> int:
+    """Large-Sparse's rank: ``ceil(rank / (1 - sparsity))``, the narrowest rank whose
+    entries at ``sparsity`` hold at least rank ``rank``'s dense parameters."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    return math.ceil(round(rank / (1.0 - sparsity), 9))  # 8 / (1 - 0.8) is 40.00000000000001
+
+
+def dense_lora_parameters(model: nn.Module, rank: int) -> int:
+    """Parameters of dense rank-``rank`` factors on ``model``'s (sparse) SPLoRA layers,
+    ``rank * sum(O + I)``: what Large-Sparse keeps."""
+    return sum(rank * (m.out_channels + m.in_channels) for m in model.modules() if isinstance(m, SPLoRA))
 
 
 def _prepare(model: nn.Module, opts, data, input_size) -> None:
-    """Sparsify at initialisation. ``opts.adapter_keep`` is the fraction of a
-    *pointwise* adapter's entries kept; the Large-Sparse model keeps the same
-    number of nonzeros over its k^2-times wider full-kernel adapter."""
-    keep = large_keep(model, opts.adapter_keep) if model.adapter_method == "sparse-large" else opts.adapter_keep
-    sparsify(model, opts.mask_criterion, keep, data, input_shape=input_size)
+    """Sparsify at initialisation: ``opts.sparsity`` of the adapters' entries masked."""
+    sparsify(model, opts.mask_criterion, 1.0 - opts.sparsity, data, input_shape=input_size)
 
 
-register(Method("sparse", lambda conv, rank: SparseAdapter(conv), label="SparseAdapter", uses_rank=False,
-                prepare=_prepare, summary="a pointwise update made sparse at initialisation (--mask-criterion)"))
-register(Method("sparse-large", lambda conv, rank: SparseAdapter(conv, large=True),
-                label="SparseAdapter Large-Sparse", uses_rank=False, prepare=_prepare,
-                summary="SparseAdapter over the full kernel, with the plain one's nonzeros"))
+def _prepare_large(model: nn.Module, opts, data, input_size) -> None:
+    """Large-Sparse: widen every layer to ``large_rank`` and keep exactly the dense
+    SPLoRA's parameter count at the configured rank."""
+    rank = model.adapter_rank
+    budget = dense_lora_parameters(model, rank)
+    wide = large_rank(rank, opts.sparsity)
+    for m in model.modules():
+        if isinstance(m, SparseSPLoRA):
+            m.widen(wide)
+    sparsify(model, opts.mask_criterion, data=data, nonzeros=budget, input_shape=input_size)
+
+
+register(Method("sparse", lambda conv, rank: SparseSPLoRA(conv, rank=rank), label="SparseAdapter SPLoRA r{rank}",
+                prepare=_prepare,
+                summary="SPLoRA with both factors made sparse at initialisation (--sparsity, --mask-criterion)"))
+register(Method("sparse-sppara", lambda conv, rank: SparseAdapter(conv), label="SparseAdapter SPPaRA",
+                uses_rank=False, prepare=_prepare, summary="SPPaRA's pointwise adapter made sparse at initialisation"))
+register(Method("sparse-large", lambda conv, rank: SparseSPLoRA(conv, rank=rank),
+                label="SparseAdapter Large-Sparse SPLoRA r{rank}", prepare=_prepare_large,
+                summary="sparse SPLoRA widened to rank ceil(rank / (1 - sparsity)), keeping the parameters of "
+                        "rank --rank"))

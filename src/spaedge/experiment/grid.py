@@ -11,12 +11,14 @@ from spaedge.adapters import get_method
 from spaedge.pack.layout import task_name
 from spaedge.train import TrainConfig
 
-__all__ = ["Cell", "Budget", "FAST_BUDGET", "DEFAULT_TASKS", "DEFAULT_LRS", "default_grid", "fast_grid",
-           "cell_config"]
+__all__ = ["Cell", "Budget", "FAST_BUDGET", "DEFAULT_TASKS", "DEFAULT_LRS", "SPARSITIES", "default_grid",
+           "fast_grid", "cell_config"]
 
 DEFAULT_TASKS = ("digits", "fashion_mnist_new", "fashion_mnist:6,8")
 # The learning rates every method is tried at (chosen per cell on validation).
 DEFAULT_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
+# The SparseAdapter paper's sparsities (it recommends 40% and works up to 80%).
+SPARSITIES = (0.4, 0.6, 0.8)
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class Budget:
     lrs: tuple = DEFAULT_LRS  # every method is trained at each; the best on validation is reported
     seeds: int = 3            # seeds at the chosen rate (seed 0 chooses it)
     score_batches: int = 2
-    adapter_keep: float = 0.1
+    sparsity: float = 0.4     # SparseAdapter cells without their own (a cell's options override it)
     mask_criterion: str = "snip"
 
     def describe(self) -> str:
@@ -99,8 +101,10 @@ def default_grid(tasks=DEFAULT_TASKS, densities=(1.0, 0.3, 0.1)) -> list[Cell]:
                 c(method="splora", rank=2, density=d)
                 c(method="sppara", rank=0, density=d)
                 c(method="splopa", rank=2, density=d)
-                c(method="sparse", rank=0, density=d)
-        c(method="sparse-large", rank=0, density=0.3)
+        # SparseAdapter on each adapter at the paper's sparsities (Large-Sparse keeps SPLoRA r8's parameters)
+        for s in SPARSITIES:
+            for method, rank in (("sparse", 8), ("sparse-sppara", 0), ("sparse-large", 8)):
+                c(method=method, rank=rank, density=0.3, options=(("sparsity", s),))
         c(method="pear", rank=8, density=0.3)
         for crit in ("gradient", "taylor", "lrp"):
             c(method="splora", rank=8, density=0.1, criterion=crit)
@@ -111,7 +115,7 @@ def default_grid(tasks=DEFAULT_TASKS, densities=(1.0, 0.3, 0.1)) -> list[Cell]:
 def fast_grid() -> list[Cell]:
     return [Cell("digits", "finetune", 0, 0.3), Cell("digits", "splora", 4, 0.3),
             Cell("digits", "splora", 4, 0.3, criterion="taylor", schedule="oneshot"),
-            Cell("digits", "sppara", 0, 0.3), Cell("digits", "splopa", 2, 0.3), Cell("digits", "sparse", 0, 0.3),
+            Cell("digits", "sppara", 0, 0.3), Cell("digits", "splopa", 2, 0.3), Cell("digits", "sparse", 4, 0.3),
             Cell("digits", "pear", 4, 0.3)]
 
 
@@ -122,6 +126,7 @@ FAST_BUDGET = Budget(epochs=1, recovery_epochs=0, final_epochs=1, total_epochs=0
 def cell_config(cell: Cell, budget: Budget, base: str = "tiny", base_weights: Optional[str] = None,
                 data_dir: Optional[str] = None) -> TrainConfig:
     """The training config of one cell of the grid under ``budget``."""
+    options = {"sparsity": budget.sparsity, "mask_criterion": budget.mask_criterion, **dict(cell.options)}
     return TrainConfig(task=cell.task, base=base, base_weights=base_weights, data_dir=data_dir, method=cell.method,
                        rank=max(cell.rank, 1), density=cell.density, criterion=cell.criterion,
                        schedule=cell.schedule, seed=cell.seed, epochs=budget.epochs,
@@ -130,8 +135,7 @@ def cell_config(cell: Cell, budget: Budget, base: str = "tiny", base_weights: Op
                        prune_step=budget.prune_step, train_limit=budget.train_limit, test_limit=budget.test_limit,
                        val_limit=budget.val_limit,
                        batch_size=budget.batch_size, lr=cell.lr if cell.lr is not None else budget.lrs[0],
-                       score_batches=budget.score_batches, adapter_keep=budget.adapter_keep,
-                       mask_criterion=budget.mask_criterion, **dict(cell.options))
+                       score_batches=budget.score_batches, **options)
 
 
 def with_rate(cell: Cell, lr: float, seed: int) -> Cell:

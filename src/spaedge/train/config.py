@@ -17,6 +17,7 @@ from spaedge.adapters.pear import KNOWLEDGE, SHARE_MAPS
 from spaedge.adapters.registry import get_method, method_names
 from spaedge.adapters.sparse import MASK_CRITERIA
 from spaedge.adapters.splopa import SHARE as SPLOPA_SHARE
+from spaedge.argtypes import parse_sparsity
 from spaedge.argtypes import nonneg_int, parse_density, path_text, positive_int, unit_fraction
 from spaedge.pruning.criteria import CRITERIA
 from spaedge.pruning.prune import SCHEDULES
@@ -79,10 +80,13 @@ class TrainConfig:
                            metavar="N")
     score_batches: int = _flag(4, "training batches the data-driven criteria, SparseAdapter masks and Pear score "
                                   "on (default {default})", parse=positive_int, metavar="N")
-    mask_criterion: str = _flag("snip", "for --method sparse/sparse-large: how the adapter's mask is chosen at "
-                                        "initialisation (default {default})", choices=lambda: list(MASK_CRITERIA))
-    adapter_keep: float = _flag(0.1, "for --method sparse/sparse-large: kept fraction of a pointwise adapter's "
-                                     "entries (default {default})", parse=unit_fraction)
+    mask_criterion: str = _flag("snip", "for the SparseAdapter methods (sparse, sparse-sppara, sparse-large): how "
+                                        "the adapter's masks are chosen at initialisation, one global threshold "
+                                        "(default {default})", choices=lambda: list(MASK_CRITERIA))
+    sparsity: float = _flag(0.4, "for the SparseAdapter methods: fraction of the adapter's entries masked to zero "
+                                 "at initialisation, e.g. 0.4 or 40%% (default {default}, as the paper recommends; it "
+                                 "works up to 0.8); sparse-large enlarges the rank to ceil(rank / (1 - sparsity)) "
+                                 "and keeps rank --rank's parameter count", parse=parse_sparsity)
     pear_prune: float = _flag(0.5, "for --method pear: fraction of adapters pruned after channel pruning "
                                    "(default {default})", parse=float)
     pear_share: str = _flag("nearest", "for --method pear: a pruned position takes the same-shape kept adapter "
