@@ -58,3 +58,24 @@ def test_bad_shard_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--shard must be I/N" in err and "'3/2'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()  # refused before any run
+
+
+@pytest.mark.parametrize("flag,value,message", [("--densities", "0.5", "selects no cell"),
+                                                ("--densities", "a,b", "must be numbers"),
+                                                ("--methods", "nonesuch", "selects no cell")])
+def test_a_filter_that_selects_nothing_is_refused_before_any_run(flag, value, message, tmp_path, capsys):
+    assert main(["experiment", "--tasks", "digits", flag, value, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and value in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_density_filter_keeps_only_those_cells(tmp_path, capsys, monkeypatch):
+    import spaedge.experiment as experiment
+    seen = {}
+    monkeypatch.setattr(experiment, "run_grid", lambda cells, *a, **k: seen.setdefault("cells", cells))
+    main(["experiment", "--tasks", "digits", "--densities", "0.3", "--methods", "splora,finetune",
+          "--out", str(tmp_path)])
+    cells = seen["cells"]
+    assert cells and {c.density for c in cells} == {0.3} and {c.method for c in cells} == {"splora", "finetune"}
+    assert len(cells) == 3  # fine-pruning, SPLoRA r8, SPLoRA r2

@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
                                  + ",".join(f"{lr:g}" for lr in DEFAULT_LRS) + ")")
     e.add_argument("--total-epochs", type=nonneg_int, help="epochs of every run in all (default 10)")
     e.add_argument("--methods", help="comma-separated methods: only the grid's cells of these")
+    e.add_argument("--densities", help="comma-separated densities (fractions of the weights kept, e.g. 0.3): only "
+                                      "the grid's cells at these (the grid has 1, 0.3 and 0.1)")
     e.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
     e.add_argument("--shard", default="0/1", help="run cells I, I+N, ... of the grid (I/N), for several machines")
     e.add_argument("--train-limit", type=positive_int, help="cap on training images per task (default 400)")
@@ -52,6 +54,14 @@ def main(args) -> int:
         cells = [c for c in cells if c.method in keep]
         if not cells:
             raise CliError(f"--methods {args.methods!r} selects no cell of the grid")
+    if args.densities:
+        try:
+            wanted = [float(v) for v in args.densities.split(",")]
+        except ValueError:
+            raise CliError(f"--densities must be numbers separated by commas, got {args.densities!r}") from None
+        cells = [c for c in cells if any(abs(c.density - d) < 1e-9 for d in wanted)]
+        if not cells:
+            raise CliError(f"--densities {args.densities!r} selects no cell of the grid (it has 1, 0.3 and 0.1)")
     try:
         i, n = (int(v) for v in args.shard.split("/"))
         if not 0 <= i < n:

@@ -46,7 +46,8 @@ def _methods() -> str:
 @dataclass
 class TrainConfig:
     task: str = _flag("digits", "task name (see `spaedge tasks`; default {default})")
-    base: str = _flag(AUTO, "base network: tiny (built-in, 28x28 gray), resnet18/34/50 (ImageNet weights, "
+    base: str = _flag(AUTO, "base network: tiny or small (built-in, 28x28 gray; small is ResNet-18's "
+                            "layout at half width), resnet18/34/50 (ImageNet weights, "
                             "downloaded once), their -cifar variants (3x3 stem, 32x32 input); default auto: "
                             "resnet18 for natural RGB images, tiny for grayscale ones")
     base_weights: Optional[str] = _flag(None, "weights file for the base (.pth state dict or .safetensors, "
