@@ -5,7 +5,7 @@
 // V_p's rows, times U_p's row), the coefficients are spread over their lanes
 // by a permute, and up to four prototypes are summed in registers per
 // 8-lane step. Blocks of a multiple of 8 inputs take one broadcast
-// coefficient per vector; other sizes take a plain loop.
+// coefficient per vector; other sizes take the scalar reference.
 #include <algorithm>
 
 #include "kernels/avx2/simd.h"
@@ -92,25 +92,6 @@ void expand_wide(const SplopaArgs& s, float* dst, size_t ld) {
     }
 }
 
-// Any other block width: the reference's loop.
-void expand_plain(const SplopaArgs& s, float* dst, size_t ld) {
-    const int ob = s.out_c / s.bo, ib = s.in_c / s.bi;
-    for (int o = 0; o < s.out_c; ++o) {
-        const int a = o / s.bo, x = o % s.bo;
-        float* row = dst + static_cast<size_t>(o) * ld;
-        for (int p = 0; p < s.n; ++p) {
-            const float* u = s.u + (static_cast<size_t>(p) * s.bo + x) * s.rank;
-            const float* v = s.v + static_cast<size_t>(p) * s.rank * s.bi;
-            const float* c = s.coef + (static_cast<size_t>(p) * ob + a) * ib;
-            for (int y = 0; y < s.bi; ++y) {
-                float pv = 0.0f;
-                for (int k = 0; k < s.rank; ++k) pv += u[k] * v[static_cast<size_t>(k) * s.bi + y];
-                for (int j = 0; j < ib; ++j) row[static_cast<size_t>(j) * s.bi + y] += c[j] * pv;
-            }
-        }
-    }
-}
-
 }  // namespace
 
 void splopa_expand(const SplopaArgs& s, float* dst, size_t ld) {
@@ -120,7 +101,7 @@ void splopa_expand(const SplopaArgs& s, float* dst, size_t ld) {
     else if (s.bi % 8 == 0)
         expand_wide(s, dst, ld);
     else
-        expand_plain(s, dst, ld);
+        scalar::table().splopa_expand(s, dst, ld);  // any other block width: the reference
 }
 
 }  // namespace spaedge::kernels::avx2

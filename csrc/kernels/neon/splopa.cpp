@@ -1,10 +1,10 @@
 // NEON SPLoPA expansion (kernels.inc, splopa_expand). Blocks of a multiple
-// of 4 inputs (the toolchain's 4 included): per row and prototype, each
+// of 4 inputs (the toolchain's 8 included): per row and prototype, each
 // 4-lane piece of the prototype row P_p[x][:] is built once (U_p's row times
 // V_p) and added to every block, times that block's coefficient (fma by
 // scalar). Blocks of 1 or 2 inputs tile a vector: the prototype row is
 // repeated across the lanes, the coefficients spread over theirs. Other
-// widths take a plain loop.
+// widths take the scalar reference.
 #include "kernels/neon/simd.h"
 
 namespace spaedge::kernels::neon {
@@ -68,24 +68,6 @@ void expand_tiled(const SplopaArgs& s, float* dst, size_t ld) {
     }
 }
 
-void expand_plain(const SplopaArgs& s, float* dst, size_t ld) {
-    const int ob = s.out_c / s.bo, ib = s.in_c / s.bi;
-    for (int o = 0; o < s.out_c; ++o) {
-        const int a = o / s.bo, x = o % s.bo;
-        float* row = dst + static_cast<size_t>(o) * ld;
-        for (int p = 0; p < s.n; ++p) {
-            const float* u = s.u + (static_cast<size_t>(p) * s.bo + x) * s.rank;
-            const float* v = s.v + static_cast<size_t>(p) * s.rank * s.bi;
-            const float* c = s.coef + (static_cast<size_t>(p) * ob + a) * ib;
-            for (int y = 0; y < s.bi; ++y) {
-                float pv = 0.0f;
-                for (int k = 0; k < s.rank; ++k) pv += u[k] * v[static_cast<size_t>(k) * s.bi + y];
-                for (int j = 0; j < ib; ++j) row[static_cast<size_t>(j) * s.bi + y] += c[j] * pv;
-            }
-        }
-    }
-}
-
 }  // namespace
 
 void splopa_expand(const SplopaArgs& s, float* dst, size_t ld) {
@@ -95,7 +77,7 @@ void splopa_expand(const SplopaArgs& s, float* dst, size_t ld) {
     else if (s.bi <= 2)
         expand_tiled(s, dst, ld);
     else
-        expand_plain(s, dst, ld);
+        scalar::table().splopa_expand(s, dst, ld);  // any other block width: the reference
 }
 
 }  // namespace spaedge::kernels::neon
