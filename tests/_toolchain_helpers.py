@@ -101,3 +101,29 @@ checkpoint.save = save
 from spaedge.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+
+
+class StopRun(Exception):
+    """Raised by ``run_stopped_in_final`` after a checkpoint is on disk."""
+
+
+def run_stopped_in_final(cfg, directory, monkeypatch, finals: int = 1) -> None:
+    """Run ``cfg`` into ``directory`` and stop it right after its ``finals``-th
+    checkpoint of the final phase is written (by construction, not by timing),
+    as an interrupt there would; the checkpoint code is restored afterwards."""
+    import pytest
+
+    from spaedge.train import checkpoint, run
+
+    real, phases = checkpoint.save, []
+
+    def save_then_stop(path, **kw):
+        real(path, **kw)
+        phases.append(kw["position"].phase)
+        if phases.count("final") == finals:
+            raise StopRun()
+
+    monkeypatch.setattr(checkpoint, "save", save_then_stop)
+    with pytest.raises(StopRun):
+        run(cfg, directory)
+    monkeypatch.setattr(checkpoint, "save", real)

@@ -16,6 +16,7 @@ from torch import nn
 
 from _toolchain_helpers import assert_bundle_matches
 from _toolchain_helpers import random_batches as _data
+from _toolchain_helpers import run_stopped_in_final
 from _toolchain_helpers import tiny_task_model
 from _toolchain_helpers import tiny_image_folder as _images
 from _toolchain_helpers import train_steps as _train
@@ -325,7 +326,6 @@ def test_pear_trains_prunes_packs_and_runs_in_the_runtime(density, tiny_base_bun
 def test_a_run_interrupted_after_pear_resumes_to_the_same_bundle(tmp_path, monkeypatch):
     """The checkpoint of the final phase holds a shared/removed-adapter model: resuming
     relinks the sharing (one parameter in the optimizer again) and does not apply Pear twice."""
-    from spaedge.train import checkpoint
     from spaedge.tasks import imagefolder
     from spaedge.train import TrainConfig, run
     monkeypatch.setattr(imagefolder, "DEFAULT_SIZE", (3, 28, 28))
@@ -333,20 +333,7 @@ def test_a_run_interrupted_after_pear_resumes_to_the_same_bundle(tmp_path, monke
                       epochs=1, final_epochs=2, batch_size=16, seed=2)
     run(cfg, tmp_path / "ref")
 
-    class Stop(Exception):
-        pass
-
-    real = checkpoint.save
-
-    def stop_in_final(path, **kw):
-        real(path, **kw)
-        if kw["position"].phase == "final":
-            raise Stop()
-
-    monkeypatch.setattr(checkpoint, "save", stop_in_final)
-    with pytest.raises(Stop):
-        run(cfg, tmp_path / "cut")
-    monkeypatch.setattr(checkpoint, "save", real)
+    run_stopped_in_final(cfg, tmp_path / "cut", monkeypatch)
     models = []
     run(cfg, tmp_path / "cut", on_model=models.append)
     assert shared_map(models[0])

@@ -17,11 +17,12 @@ from torch import nn
 
 from _toolchain_helpers import assert_bundle_matches
 from _toolchain_helpers import random_batches as _data
+from _toolchain_helpers import run_stopped_in_final
 from _toolchain_helpers import tiny_image_folder as _images
 from _toolchain_helpers import tiny_task_model
 from _toolchain_helpers import train_steps as _train
 from spaedge.adapters import SPLoPA, adapted_layers, learned_parameters
-from spaedge.adapters.splopa import BLOCK, PROTOTYPES, prototype_sets, relink, share_prototypes
+from spaedge.adapters.splopa import BLOCK, PROTOTYPES, prototype_sets, share_prototypes
 from spaedge.models import get_base
 from spaedge.pruning.prune import prune_to_density
 
@@ -341,25 +342,12 @@ def test_a_run_interrupted_in_the_final_phase_resumes_to_the_same_bundle(tmp_pat
     uninterrupted run ends."""
     from spaedge.pack.format import read_bundle
     from spaedge.tasks import imagefolder
-    from spaedge.train import checkpoint, run
+    from spaedge.train import run
     monkeypatch.setattr(imagefolder, "DEFAULT_SIZE", (1, 28, 28))
     cfg = _cfg(tmp_path, splopa_share="stage", final_epochs=2)
     run(cfg, tmp_path / "ref")
 
-    class Stop(Exception):
-        pass
-
-    real = checkpoint.save
-
-    def stop_in_final(path, **kw):
-        real(path, **kw)
-        if kw["position"].phase == "final":
-            raise Stop()
-
-    monkeypatch.setattr(checkpoint, "save", stop_in_final)
-    with pytest.raises(Stop):
-        run(cfg, tmp_path / "cut")
-    monkeypatch.setattr(checkpoint, "save", real)
+    run_stopped_in_final(cfg, tmp_path / "cut", monkeypatch)
     models = []
     run(cfg, tmp_path / "cut", on_model=models.append)
     assert len({id(m.proto_u) for m in adapted_layers(models[0]).values() if m.blocked}) == 4

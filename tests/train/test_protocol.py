@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from _toolchain_helpers import tiny_image_folder
-from spaedge.train import TrainConfig, checkpoint, run, train_task
+from _toolchain_helpers import run_stopped_in_final, tiny_image_folder
+from spaedge.train import TrainConfig, run, train_task
 
 pytestmark = pytest.mark.slow
 
@@ -48,20 +48,6 @@ def test_an_interrupted_run_with_early_stopping_resumes_to_the_same_bundle(task,
     cfg = TrainConfig(task=task, early_stopping=2, **{**BASE, "final_epochs": 4})
     ref = tmp_path / "ref"
     run(cfg, ref)
-    real, saves = checkpoint.save, []
-
-    class Stop(Exception):
-        pass
-
-    def stop_in_final(path, **kw):
-        real(path, **kw)
-        saves.append(kw["position"].phase)
-        if saves.count("final") == 2:
-            raise Stop
-
-    monkeypatch.setattr(checkpoint, "save", stop_in_final)
-    with pytest.raises(Stop):
-        run(cfg, tmp_path / "run")
-    monkeypatch.setattr(checkpoint, "save", real)
+    run_stopped_in_final(cfg, tmp_path / "run", monkeypatch, finals=2)
     run(cfg, tmp_path / "run")
     assert (tmp_path / "run" / "task.safetensors").read_bytes() == (ref / "task.safetensors").read_bytes()
