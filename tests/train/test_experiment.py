@@ -62,7 +62,9 @@ def test_bad_shard_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag,value,message", [("--densities", "0.5", "selects no cell"),
                                                 ("--densities", "a,b", "must be numbers"),
-                                                ("--methods", "nonesuch", "selects no cell")])
+                                                ("--methods", "nonesuch", "selects no cell"),
+                                                ("--only", "nonesuch", "matches no cell"),
+                                                ("--only", "(", "not a regular expression")])
 def test_a_filter_that_selects_nothing_is_refused_before_any_run(flag, value, message, tmp_path, capsys):
     assert main(["experiment", "--tasks", "digits", flag, value, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -73,9 +75,13 @@ def test_a_filter_that_selects_nothing_is_refused_before_any_run(flag, value, me
 def test_the_density_filter_keeps_only_those_cells(tmp_path, capsys, monkeypatch):
     import spaedge.experiment as experiment
     seen = {}
-    monkeypatch.setattr(experiment, "run_grid", lambda cells, *a, **k: seen.setdefault("cells", cells))
+    monkeypatch.setattr(experiment, "run_grid", lambda cells, *a, **k: seen.update(cells=cells))
     main(["experiment", "--tasks", "digits", "--densities", "0.3", "--methods", "splora,finetune",
           "--out", str(tmp_path)])
     cells = seen["cells"]
     assert cells and {c.density for c in cells} == {0.3} and {c.method for c in cells} == {"splora", "finetune"}
     assert len(cells) == 3  # fine-pruning, SPLoRA r8, SPLoRA r2
+    main(["experiment", "--tasks", "digits", "--only", "__(finetune-r0|splora-r8)__d10__magnitude__iterative",
+          "--out", str(tmp_path)])
+    assert sorted(c.method for c in seen["cells"]) == ["finetune", "splora"]
+    assert {(c.rank, c.density, c.criterion) for c in seen["cells"] if c.method == "splora"} == {(8, 0.1, "magnitude")}

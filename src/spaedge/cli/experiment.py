@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     e.add_argument("--methods", help="comma-separated methods: only the grid's cells of these")
     e.add_argument("--densities", help="comma-separated densities (fractions of the weights kept, e.g. 0.3): only "
                                       "the grid's cells at these (the grid has 1, 0.3 and 0.1)")
+    e.add_argument("--only", metavar="REGEX", help="only the grid's cells whose key matches (a Python regular "
+                                                   "expression searched in keys like "
+                                                   "digits__splora-r8__d30__magnitude__iterative)")
     e.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
     e.add_argument("--shard", default="0/1", help="run cells I, I+N, ... of the grid (I/N), for several machines")
     e.add_argument("--train-limit", type=positive_int, help="cap on training images per task (default 400)")
@@ -40,6 +43,7 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     import dataclasses
+    import re
 
     from spaedge.experiment import (DEFAULT_TASKS, FAST_BUDGET, Budget, default_grid, fast_grid, load_results,
                                     report, run_grid)
@@ -62,6 +66,14 @@ def main(args) -> int:
         cells = [c for c in cells if any(abs(c.density - d) < 1e-9 for d in wanted)]
         if not cells:
             raise CliError(f"--densities {args.densities!r} selects no cell of the grid (it has 1, 0.3 and 0.1)")
+    if args.only:
+        try:
+            pattern = re.compile(args.only)
+        except re.error as e:
+            raise CliError(f"--only {args.only!r} is not a regular expression: {e}") from None
+        cells = [c for c in cells if pattern.search(c.config_key)]
+        if not cells:
+            raise CliError(f"--only {args.only!r} matches no cell of the grid")
     try:
         i, n = (int(v) for v in args.shard.split("/"))
         if not 0 <= i < n:
