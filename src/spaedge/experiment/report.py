@@ -137,9 +137,10 @@ def _plots(summary: list[dict], runs: list[dict], out: Path) -> None:
         return
     markers = {1.0: "o", 0.3: "s", 0.1: "^"}
     families = sorted({s["label"].split(" (")[0] for s in summary})
-    colours = {f: plt.cm.tab10(i % 10) for i, f in enumerate(families)}
+    palette = plt.cm.tab10 if len(families) <= 10 else plt.cm.tab20  # one colour per method while there are enough
+    colours = {f: palette(i % palette.N) for i, f in enumerate(families)}
     bases = sorted({s["base"] for s in summary})
-    fig, axes = plt.subplots(len(bases), 2, figsize=(11, 4.2 * len(bases)), squeeze=False)
+    fig, axes = plt.subplots(len(bases), 2, figsize=(14, 4.2 * len(bases)), squeeze=False)
     for row, base in enumerate(bases):
         pts = [s for s in summary if s["base"] == base]
         for col, (cost, name) in enumerate((("kb", "task bundle KB (log)"), ("macs", "MMACs per image (log)"))):
@@ -157,26 +158,37 @@ def _plots(summary: list[dict], runs: list[dict], out: Path) -> None:
                          fontsize=8)
         handles, labels = axes[row][0].get_legend_handles_labels()
         uniq = dict(zip(labels, handles))
-        axes[row][0].legend(uniq.values(), uniq.keys(), fontsize=6)
+        axes[row][1].legend(uniq.values(), uniq.keys(), fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     fig.savefig(out / "results.png", dpi=110)
     plt.close(fig)
 
-    # Training curves: validation accuracy after every epoch, seed 0 at the chosen rate, 30% density.
-    curves = [r for r in runs if r["seed"] == 0 and r["density"] == 0.3 and r.get("curve")]
-    keys = sorted({(r.get("base", ""), r["task"]) for r in curves})
+    # Training curves: validation accuracy after every epoch, seed 0 at the chosen rate, one panel per
+    # base, task and density; the dotted lines end the adaptation epochs and start the final ones.
+    curves = [r for r in runs if r["seed"] == 0 and r.get("curve")]
+    keys = sorted({(r.get("base", ""), r["task"], r["density"]) for r in curves}, key=lambda k: (k[0], k[1], -k[2]))
     if not keys:
         return
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
-    for ax, (base, task) in zip(axes[0], keys):
-        for r in sorted((c for c in curves if (c.get("base", ""), c["task"]) == (base, task)),
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys) + 2.5, 3.6), squeeze=False)
+    for ax, (base, task, density) in zip(axes[0], keys):
+        for r in sorted((c for c in curves if (c.get("base", ""), c["task"], c["density"]) == (base, task, density)),
                         key=lambda c: c["label"]):
             acc = [h["val_accuracy"] * 100 for h in r["curve"]]
-            ax.plot(range(1, len(acc) + 1), acc, lw=1, label=r["label"].split(" (")[0])
-        ax.set_title(f"{base}, {task}, 30% density", fontsize=8)
+            fam = r["label"].split(" (")[0]
+            ax.plot(range(1, len(acc) + 1), acc, lw=1, color=colours.get(fam), label=r["label"])
+            phases = [h.get("phase") for h in r["curve"]]
+            if "final" in phases and density < 1.0:
+                ax.axvline(phases.index("final") + 0.5, color=colours.get(fam), lw=0.5, ls=":")
+        ax.set_title(f"{base}, {task}, {density:.0%} density", fontsize=8)
         ax.set_xlabel("epoch (adaptation, recoveries, final)")
         ax.set_ylabel("validation accuracy (%)")
-        ax.legend(fontsize=5)
+    handles, labels = [], []
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    axes[0][-1].legend(handles, labels, fontsize=5, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)
