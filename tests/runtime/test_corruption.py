@@ -353,9 +353,9 @@ def test_header_cap_is_the_safetensors_one(rt, tmp_path):
 # ---- dtypes -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype,elem", [("F16", 2), ("BF16", 2), ("F64", 8), ("I64", 8), ("U8", 1), ("BOOL", 1),
+@pytest.mark.parametrize("dtype,elem", [("F16", 2), ("BF16", 2), ("F64", 8), ("I64", 8), ("I8", 1), ("BOOL", 1),
                                         ("I16", 2), ("F8_E4M3", 1)])
-def test_container_dtypes_other_than_f32_i32(rt, tmp_path, dtype, elem):
+def test_container_dtypes_other_than_f32_i32_u8(rt, tmp_path, dtype, elem):
     good = TASK.read_bytes()
 
     def edit(h):
