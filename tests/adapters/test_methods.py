@@ -189,15 +189,17 @@ def test_method_trains_prunes_packs_and_runs_in_the_runtime(method, tiny_base_bu
     tensors = _pack_and_compare(model, tiny_base_bundle, tmp_path, torch.randn(4, 1, 28, 28))
     keys = {k.split(".")[-1] for k in tensors}
     expect = {"splora": "lora_a", "finetune": "weight_delta", "sppara": "pointwise_delta",
-              "splopa": "splopa_coef", "sparse": "lora_a_values", "sparse-sppara": "sparse_delta_index",
-              "sparse-large": "lora_b_index"}
+              "splopa": "splopa_coef", "sparse": "lora_a_values", "sparse-sppara": "sparse_delta_mask",
+              "sparse-large": "lora_b_mask"}
     assert expect[method] in keys
     if method in SPARSE:
-        assert not keys & {"lora_a", "lora_b", "pointwise_delta"}  # values + indices, never dense + mask
+        assert not keys & {"lora_a", "lora_b", "pointwise_delta"}  # values + bitmasks, never dense + mask
+        assert not {k for k in keys if k.endswith("_index")} - {"out_index", "in_index"}
         nnz = sum(m.nonzeros() for m in model.modules() if isinstance(m, (SparseAdapter, SparseSPLoRA)))
         stored = sum(v.size for k, v in tensors.items() if k.endswith("_values"))
-        assert stored == nnz == sum(v.size for k, v in tensors.items()
-                                    if k.endswith(("lora_a_index", "lora_b_index", "sparse_delta_index")))
+        masks = [v for k, v in tensors.items() if k.endswith(("lora_a_mask", "lora_b_mask", "sparse_delta_mask"))]
+        assert all(m.dtype == np.uint8 for m in masks)
+        assert stored == nnz == sum(int(np.unpackbits(m).sum()) for m in masks)
         again, _, _ = load_task_model(tiny_base_bundle, tmp_path / "task.safetensors")
         assert learned_parameters(again) == learned_parameters(model)
         state, rebuilt = model.state_dict(), again.state_dict()
