@@ -126,7 +126,8 @@ kernels::ApplyArgs one_pass_args(const Node& n, const ConvTask& ct, int fused, b
 
 // Whether `ct` is applied from the stored OIHW weights: they read fewer
 // bytes (the kept outputs' rows, not the kept inputs'), can be read as floats
-// in place (4-byte aligned: the bundle's private copy always is) and index in int32.
+// in place (when 4-byte aligned: a base holds F32 only, so its private copy
+// always is) and index in int32.
 bool use_oihw(const Node& n, const ConvTask& ct) {
     if (!n.weight || n.weight->dtype != DType::F32 ||
         reinterpret_cast<uintptr_t>(n.weight->data) % alignof(float) != 0)

@@ -75,7 +75,9 @@ void hash_header(Sha256& h, const std::map<std::string, std::string>& metadata,
     }
 }
 
-const char* dtype_name(DType d) { return d == DType::F32 ? "F32" : "I32"; }
+const char* dtype_name(DType d) { return d == DType::F32 ? "F32" : d == DType::I32 ? "I32" : "U8"; }
+
+size_t dtype_size(DType d) { return d == DType::U8 ? 1 : 4; }
 
 std::string TensorView::shape_str() const {
     std::string s = "[";
@@ -287,9 +289,11 @@ void Bundle::parse_header(const std::string& header) {
             t.dtype = DType::F32;
         else if (dt->string == "I32")
             t.dtype = DType::I32;
+        else if (dt->string == "U8")
+            t.dtype = DType::U8;
         else
             fail_tensor(key, "dtype '" + dt->string +
-                                 "' not allowed (spaedge bundles hold only F32 and I32)");
+                                 "' not allowed (spaedge bundles hold only F32, I32 and U8)");
         if (!sh->is(json::Type::Array)) fail_tensor(key, "'shape' is not an array");
         if (sh->array.size() > 8) fail_tensor(key, "'shape' has more than 8 dimensions");
         uint64_t numel = 1;
@@ -314,9 +318,10 @@ void Bundle::parse_header(const std::string& header) {
             fail_tensor(key, "'data_offsets' [" + std::to_string(b) + ", " + std::to_string(e) +
                                  "] out of range: the data section has " +
                                  std::to_string(data_size) + " bytes");
-        if (numel * 4 != uint64_t(e - b))
+        const uint64_t bytes = numel * dtype_size(t.dtype);  // numel <= 2^62: no overflow
+        if (bytes != uint64_t(e - b))
             fail_tensor(key, "'shape' " + t.shape_str() + " of " + dt->string + " needs " +
-                                 std::to_string(numel * 4) + " bytes but 'data_offsets' [" +
+                                 std::to_string(bytes) + " bytes but 'data_offsets' [" +
                                  std::to_string(b) + ", " + std::to_string(e) + "] hold " +
                                  std::to_string(e - b));
         t.numel = size_t(numel);

@@ -191,7 +191,7 @@ private:
         if (t->dtype != dt)
             b_.fail_tensor(name, std::string("dtype is ") + dtype_name(t->dtype) + ", expected " +
                                      dtype_name(dt));
-        t_.task_params += t->numel;
+        if (dt != DType::U8) t_.task_params += t->numel;  // a U8 mask's bits are no parameters
         return t;
     }
 
@@ -312,35 +312,22 @@ private:
                         expect_shape(*pd, {O, I}, "(kept outputs, kept inputs): added at the centre tap");
                         ct.pointwise_delta = floats(*pd);
                     }
+                    refuse_index_form(L);
                     {
                         const TensorView* sv = get(L + ".sparse_delta_values", DType::F32, false, "");
-                        const TensorView* si = get(L + ".sparse_delta_index", DType::I32, false, "");
-                        if (sv && !si)
-                            b_.fail("missing tensor '" + L + ".sparse_delta_index' (present iff '" + L +
+                        const TensorView* sm = get(L + ".sparse_delta_mask", DType::U8, false, "");
+                        if (sv && !sm)
+                            b_.fail("missing tensor '" + L + ".sparse_delta_mask' (present iff '" + L +
                                     ".sparse_delta_values' is)");
-                        if (si && !sv)
+                        if (sm && !sv)
                             b_.fail("missing tensor '" + L + ".sparse_delta_values' (present iff '" + L +
-                                    ".sparse_delta_index' is)");
+                                    ".sparse_delta_mask' is)");
                         if (sv) {
-                            if (sv->shape.size() != 1)
-                                b_.fail_tensor(sv->name, "shape " + sv->shape_str() + ", expected [nnz]");
-                            expect_shape(*si, {sv->shape[0]}, "(one flat index per value)");
-                            const int64_t limit = O * I * k * k;
+                            ct.sparse_index =
+                                mask_positions(*sv, *sm, uint64_t(O * I * k * k),
+                                               "[" + std::to_string(O) + ", " + std::to_string(I) + ", " +
+                                                   std::to_string(k) + ", " + std::to_string(k) + "] task weight");
                             ct.sparse_values = floats(*sv);
-                            ct.sparse_index.resize(si->numel);
-                            for (size_t j = 0; j < si->numel; ++j) {
-                                const int64_t x = si->i32(j);
-                                if (x < 0 || x >= limit)
-                                    b_.fail_tensor(si->name, "index " + std::to_string(x) +
-                                                                 " out of range for the [" + std::to_string(O) +
-                                                                 ", " + std::to_string(I) + ", " + std::to_string(k) +
-                                                                 ", " + std::to_string(k) + "] task weight");
-                                if (j > 0 && x <= ct.sparse_index[j - 1])
-                                    b_.fail_tensor(si->name, "not strictly increasing: element " +
-                                                                 std::to_string(j) + " is " + std::to_string(x) +
-                                                                 " after " + std::to_string(ct.sparse_index[j - 1]));
-                                ct.sparse_index[j] = x;
-                            }
                         }
                     }
                     read_sparse_lora(L, O, I, la != nullptr, ct);
@@ -476,8 +463,8 @@ private:
 
     // ---- sparse low-rank factors (SparseAdapter on SPLoRA) --------------------
     // L.lora_rank I32 [1] = r and, per factor, its stored entries:
-    // L.lora_a_values/_index at flat row-major positions of A [r, I'],
-    // L.lora_b_values/_index of B [O', r] (docs/format.md). Densified here, so
+    // L.lora_a_values at the set bits of L.lora_a_mask (flat row-major
+    // positions of A [r, I']), L.lora_b_values/_mask of B [O', r] (docs/format.md). Densified here, so
     // applying the task is the dense path's: a rank component with no stored
     // entry in A's row or in B's column adds nothing and is dropped; if the
     // rest, dense, would be larger than its product (r' (O' + I') > O' I'), the
@@ -485,40 +472,65 @@ private:
     // factors take at most O' I' floats, whatever rank the file declares.
     std::set<std::string> sparse_lora_;  // convs with sparse factors
 
-    // The flat positions of `idx` (partner of `values`): 1-D, one per value,
-    // strictly increasing, each < limit (the factor's `shape` in messages).
-    std::vector<int64_t> flat_positions(const TensorView& values, const TensorView& idx, int64_t limit,
+    // Sparse entries are stored as F32 values and a U8 bitmask of their
+    // positions (docs/format.md): bit i (byte i / 8, bit i % 8, least
+    // significant first) set iff flat row-major position i of the `limit`
+    // entries of the tensor is stored. The mask is 1-D, ceil(limit / 8)
+    // bytes, with zero padding bits and one set bit per value; the set
+    // positions, increasing, are returned (`shape` names the tensor in
+    // messages). limit <= 2^16 * 2^16 * 64^2 (the graph's channel and kernel
+    // limits, or rank 2^16), so no size below overflows; nothing is allocated
+    // before the mask's length and bit count match the file's own sizes.
+    std::vector<int64_t> mask_positions(const TensorView& values, const TensorView& mask, uint64_t limit,
                                         const std::string& shape) {
         if (values.shape.size() != 1) b_.fail_tensor(values.name, "shape " + values.shape_str() + ", expected [nnz]");
-        expect_shape(idx, {values.shape[0]}, "(one flat index per value of '" + values.name + "')");
-        std::vector<int64_t> v(idx.numel);
-        for (size_t j = 0; j < idx.numel; ++j) {
-            const int64_t x = idx.i32(j);
-            if (x < 0 || x >= limit)
-                b_.fail_tensor(idx.name, "index " + std::to_string(x) + " out of range for the " + shape);
-            if (j > 0 && x <= v[j - 1])
-                b_.fail_tensor(idx.name, "not strictly increasing: element " + std::to_string(j) + " is " +
-                                             std::to_string(x) + " after " + std::to_string(v[j - 1]));
-            v[j] = x;
-        }
+        const uint64_t bytes = limit / 8 + (limit % 8 != 0);
+        if (mask.shape.size() != 1 || uint64_t(mask.shape[0]) != bytes)
+            b_.fail_tensor(mask.name, "shape " + mask.shape_str() + ", expected [" + std::to_string(bytes) +
+                                          "] (one bit per entry of the " + shape + ", " + std::to_string(limit) +
+                                          " entries, in bytes rounded up)");
+        if (limit % 8 != 0 && (mask.u8(size_t(bytes - 1)) >> (limit % 8)) != 0)
+            b_.fail_tensor(mask.name, "padding bits after position " + std::to_string(limit - 1) +
+                                          " are set (last byte " + std::to_string(mask.u8(size_t(bytes - 1))) +
+                                          "): they must be zero");
+        uint64_t set = 0;
+        for (size_t j = 0; j < mask.numel; ++j) set += uint64_t(__builtin_popcount(mask.u8(j)));
+        if (set != values.numel)
+            b_.fail_tensor(mask.name, "has " + std::to_string(set) + " set bits but '" + values.name + "' has " +
+                                          std::to_string(values.numel) + " values (one value per set bit)");
+        std::vector<int64_t> v;
+        v.reserve(values.numel);
+        for (size_t j = 0; j < mask.numel; ++j)
+            for (unsigned bits = mask.u8(j); bits != 0; bits &= bits - 1)
+                v.push_back(int64_t(j) * 8 + __builtin_ctz(bits));
         return v;
+    }
+
+    // The I32 position tensors that the bitmasks replaced: refused naming the
+    // tensor (before the missing mask would be reported).
+    void refuse_index_form(const std::string& L) {
+        for (const char* k : {".sparse_delta", ".lora_a", ".lora_b"})
+            if (b_.find(L + k + "_index"))
+                b_.fail_tensor(L + k + "_index", "sparse positions are stored as U8 bitmasks ('" + L + k +
+                                                     "_mask'), no longer as I32 indices: repack the bundle with "
+                                                     "this spaedge");
     }
 
     void read_sparse_lora(const std::string& L, int64_t O, int64_t I, bool dense, ConvTask& ct) {
         const TensorView* rk = get(L + ".lora_rank", DType::I32, false, "");
         const TensorView* av = get(L + ".lora_a_values", DType::F32, false, "");
-        const TensorView* ai = get(L + ".lora_a_index", DType::I32, false, "");
+        const TensorView* ai = get(L + ".lora_a_mask", DType::U8, false, "");
         const TensorView* bv = get(L + ".lora_b_values", DType::F32, false, "");
-        const TensorView* bi = get(L + ".lora_b_index", DType::I32, false, "");
+        const TensorView* bi = get(L + ".lora_b_mask", DType::U8, false, "");
         if (!rk && !av && !ai && !bv && !bi) return;
-        const char* pair[4][2] = {{".lora_a_values", ".lora_a_index"}, {".lora_a_index", ".lora_a_values"},
-                                  {".lora_b_values", ".lora_b_index"}, {".lora_b_index", ".lora_b_values"}};
+        const char* pair[4][2] = {{".lora_a_values", ".lora_a_mask"}, {".lora_a_mask", ".lora_a_values"},
+                                  {".lora_b_values", ".lora_b_mask"}, {".lora_b_mask", ".lora_b_values"}};
         const TensorView* have[4] = {av, ai, bv, bi};
         const TensorView* partner[4] = {ai, av, bi, bv};
         for (int k = 0; k < 4; ++k)
             if (have[k] && !partner[k])
                 b_.fail("missing tensor '" + L + pair[k][1] + "' (present iff '" + L + pair[k][0] + "' is)");
-        const std::string together = "(sparse factors: lora_rank, lora_a_values/_index and lora_b_values/_index "
+        const std::string together = "(sparse factors: lora_rank, lora_a_values/_mask and lora_b_values/_mask "
                                      "come together)";
         if (!av) b_.fail("missing tensor '" + L + ".lora_a_values' " + together);
         if (!bv) b_.fail("missing tensor '" + L + ".lora_b_values' " + together);
@@ -531,9 +543,9 @@ private:
         if (r < 1 || r > (1 << 16))
             b_.fail_tensor(rk->name, "rank " + std::to_string(r) + " must be in [1, 65536]");
         const std::string dims = "[" + std::to_string(r) + ", " + std::to_string(I) + "] factor A";
-        const std::vector<int64_t> a_at = flat_positions(*av, *ai, r * I, dims);
+        const std::vector<int64_t> a_at = mask_positions(*av, *ai, uint64_t(r * I), dims);
         const std::vector<int64_t> b_at =
-            flat_positions(*bv, *bi, O * r, "[" + std::to_string(O) + ", " + std::to_string(r) + "] factor B");
+            mask_positions(*bv, *bi, uint64_t(O * r), "[" + std::to_string(O) + ", " + std::to_string(r) + "] factor B");
         const std::vector<float> a = floats(*av), b = floats(*bv);
         sparse_lora_.insert(L);
 
@@ -718,8 +730,8 @@ private:
                 b_.fail_tensor(t.name, "unknown tensor: no graph node of the base uses it "
                                        "(task tensors are <conv>.out_index, "
                                        ".in_index, .lora_a, .lora_b, .weight_delta, .pointwise_delta, "
-                                       ".sparse_delta_values, .sparse_delta_index, .lora_rank, "
-                                       ".lora_a_values, .lora_a_index, .lora_b_values, .lora_b_index, .bias; "
+                                       ".sparse_delta_values, .sparse_delta_mask, .lora_rank, "
+                                       ".lora_a_values, .lora_a_mask, .lora_b_values, .lora_b_mask, .bias; "
                                        "<batchnorm>.weight/.bias/.running_mean/.running_var; "
                                        "<linear>.weight/.bias)");
     }

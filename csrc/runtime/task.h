@@ -26,7 +26,7 @@ struct ConvTask {
     std::vector<float> weight_delta;  // OIHW [out_c, in_c, k, k] or empty
     std::vector<float> pointwise_delta;  // [out_c, in_c] added at the centre tap, or empty
     std::vector<float> sparse_values;    // sparse update: values ...
-    std::vector<int64_t> sparse_index;   // ... at flat OIHW positions (strictly increasing)
+    std::vector<int64_t> sparse_index;   // ... at flat OIHW positions (increasing; the set bits of its mask)
     std::vector<float> scale;         // folded BN scale per out channel, empty = 1
     std::vector<float> bias;          // final (folded) bias per out channel
     kernels::ConvGeometry geom;       // at the task's input size
@@ -80,7 +80,7 @@ public:
     std::vector<float> mean, std;
     size_t bundle_bytes = 0;
     uint64_t macs = 0;            // multiply-accumulates per image (convs + linears)
-    uint64_t task_params = 0;     // floats stored in the task bundle
+    uint64_t task_params = 0;     // F32 and I32 numbers stored in the task bundle (U8 masks not counted)
     std::vector<ConvTask> convs;  // in graph order
     std::vector<LinearTask> linears;
     ExecPlan exec_plan;

@@ -154,6 +154,15 @@ void test_good_bundle(const TempDir& d) {
     CHECK(reinterpret_cast<uintptr_t>(b.tensors().front().data) % 64 == 0);
     CHECK(b.find("nope") == nullptr);
     EXPECT_ERROR(b.tensor("nope"), p + ": missing tensor 'nope'");
+    // U8 (sparse position masks): one byte per element; a tensor after an odd
+    // number of U8 bytes is unaligned and still read right (memcpy accessors).
+    const std::string pu = d.file("u8.safetensors");
+    tb::write_file(pu, tb::bundle({tb::u8("mask", {0x11, 0xff, 0x80}), tb::f32("w", {2}, {1.5f, -2.0f})}, task_meta()));
+    Bundle bu(pu, "spaedge-task");
+    const auto& mask = bu.tensor("mask");
+    CHECK(mask.dtype == spaedge::DType::U8 && mask.numel == 3 && mask.end - mask.begin == 3);
+    CHECK(mask.u8(0) == 0x11 && mask.u8(2) == 0x80 && std::string(spaedge::dtype_name(mask.dtype)) == "U8");
+    CHECK(bu.tensor("w").begin == 3 && bu.tensor("w").f32(1) == -2.0f);
     EXPECT_ERROR(b.meta("graph"), p + ": missing metadata key 'graph'");
     // Either format accepted with "", the other refused.
     Bundle any(p);
@@ -292,6 +301,8 @@ void test_bad_json_and_shape(const TempDir& d) {
         {"{" + M + ",\"w\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,12]}}", {"non-negative integers"}},
         {"{" + M + ",\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,12]}}",
          {"tensor 'w': 'shape' [4] of F32 needs 16 bytes but 'data_offsets' [0, 12] hold 12"}},
+        {"{" + M + ",\"w\":{\"dtype\":\"U8\",\"shape\":[3],\"data_offsets\":[0,12]}}",
+         {"tensor 'w': 'shape' [3] of U8 needs 3 bytes but 'data_offsets' [0, 12] hold 12"}},
         {"{" + M + ",\"w\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,12]}}",
          {"tensor 'w'"}},
         {"{" + M + ",\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,16]}}",

@@ -104,6 +104,7 @@ std::vector<uint8_t> base_bytes(const Model& m, const std::string& graph) {
 struct TaskSpec {
     std::map<std::string, std::vector<int32_t>> idx;
     std::map<std::string, std::pair<std::vector<int64_t>, std::vector<float>>> f;
+    std::map<std::string, std::vector<uint8_t>> u8;  // 1-D U8 tensors (sparse position masks)
     int h = 5, w = 4, classes = 3;
     std::string name = "tiny";
 };
@@ -152,6 +153,7 @@ std::vector<uint8_t> task_bytes(const TaskSpec& t, const std::string& base_hash)
     std::vector<tb::Tensor> ts;
     for (const auto& kv : t.idx) ts.push_back(tb::i32(kv.first, kv.second));
     for (const auto& kv : t.f) ts.push_back(tb::f32(kv.first, kv.second.first, kv.second.second));
+    for (const auto& kv : t.u8) ts.push_back(tb::u8(kv.first, kv.second));
     return tb::bundle(ts, task_meta(t, base_hash));
 }
 
@@ -333,7 +335,21 @@ void test_numerics(const Files& f) {
 // ---- sparse low-rank factors (SparseAdapter on SPLoRA) ---------------------------------
 // Conv L's factors A [r, I] and B [O, r] (zeros included) set densely in `dense`
 // and, in `sparse`, stored as their nonzero entries: lora_rank plus
-// lora_{a,b}_values/_index at flat row-major positions.
+// lora_{a,b}_values at the set bits of lora_{a,b}_mask (flat row-major positions).
+// `name`_values and `name`_mask of the nonzero entries of `dense` (the format's
+// bitmask: bit j % 8 of byte j / 8, least significant first, for flat position j).
+void set_sparse(TaskSpec& t, const std::string& name, const std::vector<float>& dense) {
+    std::vector<float> values;
+    std::vector<uint8_t> mask((dense.size() + 7) / 8, 0);
+    for (size_t j = 0; j < dense.size(); ++j)
+        if (dense[j] != 0.0f) {
+            values.push_back(dense[j]);
+            mask[j / 8] = uint8_t(mask[j / 8] | (1u << (j % 8)));
+        }
+    t.f[name + "_values"] = {{int64_t(values.size())}, values};
+    t.u8[name + "_mask"] = mask;
+}
+
 void set_factors(TaskSpec& dense, TaskSpec& sparse, const std::string& L, int64_t r, int64_t O, int64_t I,
                  const std::vector<float>& a, const std::vector<float>& b) {
     dense.f[L + ".lora_a"] = {{r, I}, a};
@@ -341,17 +357,8 @@ void set_factors(TaskSpec& dense, TaskSpec& sparse, const std::string& L, int64_
     sparse.f.erase(L + ".lora_a");
     sparse.f.erase(L + ".lora_b");
     sparse.idx[L + ".lora_rank"] = {int32_t(r)};
-    for (const auto& kv : {std::make_pair(std::string(".lora_a"), &a), std::make_pair(std::string(".lora_b"), &b)}) {
-        std::vector<float> values;
-        std::vector<int32_t> index;
-        for (size_t j = 0; j < kv.second->size(); ++j)
-            if ((*kv.second)[j] != 0.0f) {
-                values.push_back((*kv.second)[j]);
-                index.push_back(int32_t(j));
-            }
-        sparse.f[L + kv.first + "_values"] = {{int64_t(values.size())}, values};
-        sparse.idx[L + kv.first + "_index"] = index;
-    }
+    for (const auto& kv : {std::make_pair(std::string(".lora_a"), &a), std::make_pair(std::string(".lora_b"), &b)})
+        set_sparse(sparse, L + kv.first, *kv.second);
 }
 
 // c1's factors (rank 1, all entries stored) in the sparse form.
@@ -375,7 +382,7 @@ void test_sparse_factors(const Files& f) {
     TaskSpec dense0 = dense, empty = sparse;
     empty.name = "empty";
     set_factors(dense0, empty, "down", 2, 3, 3, std::vector<float>(6, 0.0f), std::vector<float>(6, 0.0f));
-    CHECK(empty.f.at("down.lora_a_values").second.empty() && empty.idx.at("down.lora_b_index").empty());
+    CHECK(empty.f.at("down.lora_a_values").second.empty() && empty.u8.at("down.lora_b_mask") == std::vector<uint8_t>{0});
     {  // the paths taken: compacted low-rank factors, or their product at the centre tap
         spaedge::BaseModel base(f.base);
         spaedge::Task t(base, f.task("sparse.safetensors", sparse));
@@ -410,12 +417,91 @@ void test_sparse_factors(const Files& f) {
         std::vector<tb::Tensor> ts;
         for (const auto& kv : t.idx) ts.push_back(tb::i32(kv.first, kv.second));
         for (const auto& kv : t.f) ts.push_back(tb::f32(kv.first, kv.second.first, kv.second.second));
+        for (const auto& kv : t.u8) ts.push_back(tb::u8(kv.first, kv.second));
         tb::Meta m = task_meta(t, f.base_hash);
         m.push_back({"shared_adapters", entry.first});
         const std::string p = f.dir.file("sparse_shared.safetensors");
         tb::write_file(p, tb::bundle(ts, m));
         EXPECT_ERROR(rt.load_task(p), p, "metadata 'shared_adapters': entry", entry.second);
     }
+}
+
+void expect_task_error(const Files& f, const std::string& file, const std::function<void(TaskSpec&)>& edit,
+                       std::vector<std::string> needles, int line);
+
+// A sparse update (SparseAdapter on SPPaRA, or full-kernel): sparse_delta_values
+// at the set bits of sparse_delta_mask over c1's [3, 2, 3, 3] task weight (54
+// entries: 7 mask bytes, 2 padding bits) runs as the same entries as a dense
+// weight_delta; an all-zero mask with no values is no update; a damaged mask
+// is refused naming the tensor.
+void test_sparse_delta(const Files& f) {
+    std::vector<float> d(54, 0.0f);
+    for (const auto& e : {std::make_pair(0, 0.3f), std::make_pair(4, -0.5f), std::make_pair(13, 0.2f),
+                          std::make_pair(31, 0.7f), std::make_pair(53, -0.4f)})  // centre and other taps, the last
+        d[size_t(e.first)] = e.second;
+    TaskSpec dense = tiny_task(), sparse = tiny_task(), none = tiny_task();
+    sparse.name = "sparse";
+    none.name = "none";
+    dense.f["c1.weight_delta"] = {{3, 2, 3, 3}, d};
+    set_sparse(sparse, "c1.sparse_delta", d);
+    set_sparse(none, "c1.sparse_delta", std::vector<float>(54, 0.0f));
+    CHECK(sparse.u8.at("c1.sparse_delta_mask") == (std::vector<uint8_t>{0x11, 0x20, 0, 0x80, 0, 0, 0x20}));
+    CHECK(none.f.at("c1.sparse_delta_values").second.empty() && none.u8.at("c1.sparse_delta_mask").size() == 7);
+    const std::vector<float> x = seq(2 * 2 * 5 * 4, 1.0f);
+    TaskSpec plain = tiny_task();
+    for (const char* mode : {"merged", "lowrank"}) {
+        Runtime rt(f.base, 2);
+        rt.set_mode(mode);
+        rt.load_task(f.task("sd_sparse.safetensors", sparse));
+        rt.load_task(f.task("sd_none.safetensors", none));
+        for (const auto& tc : {std::make_pair("sparse", &dense), std::make_pair("none", &plain)}) {
+            rt.switch_to(tc.first);
+            std::vector<float> y(6, -1.0f);
+            rt.run(x.data(), 2, y.data());
+            CHECK_MSG(close(y.data(), reference(f.m, *tc.second, x.data())) &&
+                          close(y.data() + 3, reference(f.m, *tc.second, x.data() + 40)),
+                      std::string(tc.first) + ", " + mode);
+        }
+    }
+    using B = std::vector<uint8_t>;
+    auto with = [&d](const std::function<void(TaskSpec&)>& edit) {
+        return [&d, edit](TaskSpec& t) {
+            set_sparse(t, "c1.sparse_delta", d);
+            edit(t);
+        };
+    };
+    expect_task_error(f, "sd_len.safetensors", with([](TaskSpec& t) { t.u8["c1.sparse_delta_mask"].push_back(0); }),
+                      {"tensor 'c1.sparse_delta_mask': shape [8], expected [7] (one bit per entry of the [3, 2, 3, 3] "
+                       "task weight, 54 entries, in bytes rounded up)"},
+                      __LINE__);
+    expect_task_error(f, "sd_pad.safetensors", with([](TaskSpec& t) { t.u8["c1.sparse_delta_mask"][6] |= 0x40; }),
+                      {"tensor 'c1.sparse_delta_mask': padding bits after position 53 are set (last byte 96): they "
+                       "must be zero"},
+                      __LINE__);
+    expect_task_error(f, "sd_count.safetensors", with([](TaskSpec& t) { t.u8["c1.sparse_delta_mask"][2] = 1; }),
+                      {"tensor 'c1.sparse_delta_mask': has 6 set bits but 'c1.sparse_delta_values' has 5 values"},
+                      __LINE__);
+    expect_task_error(f, "sd_nomask.safetensors", with([](TaskSpec& t) { t.u8.erase("c1.sparse_delta_mask"); }),
+                      {"missing tensor 'c1.sparse_delta_mask' (present iff 'c1.sparse_delta_values' is)"}, __LINE__);
+    expect_task_error(f, "sd_novalues.safetensors", with([](TaskSpec& t) { t.f.erase("c1.sparse_delta_values"); }),
+                      {"missing tensor 'c1.sparse_delta_values' (present iff 'c1.sparse_delta_mask' is)"}, __LINE__);
+    expect_task_error(f, "sd_values2d.safetensors",
+                      with([](TaskSpec& t) { t.f["c1.sparse_delta_values"].first = {5, 1}; }),
+                      {"tensor 'c1.sparse_delta_values': shape [5, 1], expected [nnz]"}, __LINE__);
+    expect_task_error(f, "sd_dtype.safetensors",
+                      with([](TaskSpec& t) {
+                          t.u8.erase("c1.sparse_delta_mask");
+                          t.f["c1.sparse_delta_mask"] = {{7}, std::vector<float>(7, 0.0f)};
+                      }),
+                      {"tensor 'c1.sparse_delta_mask': dtype is F32, expected U8"}, __LINE__);
+    expect_task_error(f, "sd_index.safetensors",
+                      with([](TaskSpec& t) {
+                          t.u8.erase("c1.sparse_delta_mask");
+                          t.idx["c1.sparse_delta_index"] = {0, 4, 13, 31, 53};
+                      }),
+                      {"tensor 'c1.sparse_delta_index': sparse positions are stored as U8 bitmasks "
+                       "('c1.sparse_delta_mask'), no longer as I32 indices: repack the bundle"},
+                      __LINE__);
 }
 
 void test_switching(const Files& f, int threads = 1, const char* mode = "merged") {
@@ -551,34 +637,63 @@ void test_task_errors(const Files& f) {
     expect_task_error(f, "lora_rank.safetensors", [](TaskSpec& t) { t.f["c1.lora_b"] = {{3, 2}, seq(6, 1)}; },
                       {"tensor 'c1.lora_b': shape [3, 2], expected [3, 1]"}, __LINE__);
     // Sparse factors: malformed ones are refused naming the tensor.
-    expect_task_error(f, "sp_range.safetensors",
-                      [](TaskSpec& t) { sparse_c1(t); t.idx["c1.lora_a_index"] = V{0, 2}; },
-                      {"tensor 'c1.lora_a_index': index 2 out of range for the [1, 2] factor A"}, __LINE__);
-    expect_task_error(f, "sp_neg.safetensors",
-                      [](TaskSpec& t) { sparse_c1(t); t.idx["c1.lora_b_index"] = V{-1, 0, 1}; },
-                      {"tensor 'c1.lora_b_index': index -1 out of range for the [3, 1] factor B"}, __LINE__);
-    expect_task_error(f, "sp_order.safetensors",
-                      [](TaskSpec& t) { sparse_c1(t); t.idx["c1.lora_b_index"] = V{0, 2, 1}; },
-                      {"tensor 'c1.lora_b_index': not strictly increasing: element 2 is 1 after 2"}, __LINE__);
-    expect_task_error(f, "sp_dup.safetensors", [](TaskSpec& t) { sparse_c1(t); t.idx["c1.lora_a_index"] = V{1, 1}; },
-                      {"tensor 'c1.lora_a_index': not strictly increasing: element 1 is 1 after 1"}, __LINE__);
-    expect_task_error(f, "sp_count.safetensors", [](TaskSpec& t) { sparse_c1(t); t.idx["c1.lora_a_index"] = V{1}; },
-                      {"tensor 'c1.lora_a_index': shape [1], expected [2] (one flat index per value of "
-                       "'c1.lora_a_values')"},
+    using B = std::vector<uint8_t>;
+    expect_task_error(f, "sp_masklen.safetensors", [](TaskSpec& t) { sparse_c1(t); t.u8["c1.lora_a_mask"] = B{3, 0}; },
+                      {"tensor 'c1.lora_a_mask': shape [2], expected [1] (one bit per entry of the [1, 2] factor A, "
+                       "2 entries, in bytes rounded up)"},
                       __LINE__);
-    expect_task_error(f, "sp_partner.safetensors", [](TaskSpec& t) { sparse_c1(t); t.idx.erase("c1.lora_b_index"); },
-                      {"missing tensor 'c1.lora_b_index' (present iff 'c1.lora_b_values' is)"}, __LINE__);
+    expect_task_error(f, "sp_maskempty.safetensors", [](TaskSpec& t) { sparse_c1(t); t.u8["c1.lora_b_mask"] = B{}; },
+                      {"tensor 'c1.lora_b_mask': shape [0], expected [1]"}, __LINE__);
+    expect_task_error(f, "sp_pad.safetensors", [](TaskSpec& t) { sparse_c1(t); t.u8["c1.lora_a_mask"] = B{0x06}; },
+                      {"tensor 'c1.lora_a_mask': padding bits after position 1 are set (last byte 6): they must be "
+                       "zero"},
+                      __LINE__);
+    expect_task_error(f, "sp_padhigh.safetensors",
+                      [](TaskSpec& t) { sparse_c1(t); t.u8["c1.lora_b_mask"] = B{0x87}; },
+                      {"tensor 'c1.lora_b_mask': padding bits after position 2 are set (last byte 135)"}, __LINE__);
+    expect_task_error(f, "sp_count.safetensors", [](TaskSpec& t) { sparse_c1(t); t.u8["c1.lora_a_mask"] = B{1}; },
+                      {"tensor 'c1.lora_a_mask': has 1 set bits but 'c1.lora_a_values' has 2 values (one value per "
+                       "set bit)"},
+                      __LINE__);
+    expect_task_error(f, "sp_count2.safetensors", [](TaskSpec& t) { sparse_c1(t); t.u8["c1.lora_b_mask"] = B{3}; },
+                      {"tensor 'c1.lora_b_mask': has 2 set bits but 'c1.lora_b_values' has 3 values"}, __LINE__);
+    expect_task_error(f, "sp_partner.safetensors", [](TaskSpec& t) { sparse_c1(t); t.u8.erase("c1.lora_b_mask"); },
+                      {"missing tensor 'c1.lora_b_mask' (present iff 'c1.lora_b_values' is)"}, __LINE__);
     expect_task_error(f, "sp_partner2.safetensors", [](TaskSpec& t) { sparse_c1(t); t.f.erase("c1.lora_a_values"); },
-                      {"missing tensor 'c1.lora_a_values' (present iff 'c1.lora_a_index' is)"}, __LINE__);
+                      {"missing tensor 'c1.lora_a_values' (present iff 'c1.lora_a_mask' is)"}, __LINE__);
     expect_task_error(f, "sp_factor.safetensors",
                       [](TaskSpec& t) {
                           sparse_c1(t);
-                          t.idx.erase("c1.lora_b_index");
+                          t.u8.erase("c1.lora_b_mask");
                           t.f.erase("c1.lora_b_values");
                       },
-                      {"missing tensor 'c1.lora_b_values' (sparse factors: lora_rank, lora_a_values/_index and "
-                       "lora_b_values/_index come together)"},
+                      {"missing tensor 'c1.lora_b_values' (sparse factors: lora_rank, lora_a_values/_mask and "
+                       "lora_b_values/_mask come together)"},
                       __LINE__);
+    // The I32 positions the masks replaced: refused naming the tensor, as is
+    // a mask of another dtype.
+    expect_task_error(f, "sp_index.safetensors",
+                      [](TaskSpec& t) {
+                          sparse_c1(t);
+                          t.u8.erase("c1.lora_b_mask");
+                          t.idx["c1.lora_b_index"] = {0, 1, 2};
+                      },
+                      {"tensor 'c1.lora_b_index': sparse positions are stored as U8 bitmasks ('c1.lora_b_mask'), no "
+                       "longer as I32 indices: repack the bundle"},
+                      __LINE__);
+    expect_task_error(f, "sp_index2.safetensors",
+                      [](TaskSpec& t) {
+                          sparse_c1(t);
+                          t.idx["c1.lora_a_index"] = {0, 1};  // beside a valid mask too
+                      },
+                      {"tensor 'c1.lora_a_index': sparse positions are stored as U8 bitmasks"}, __LINE__);
+    expect_task_error(f, "sp_dtype.safetensors",
+                      [](TaskSpec& t) {
+                          sparse_c1(t);
+                          t.u8.erase("c1.lora_a_mask");
+                          t.idx["c1.lora_a_mask"] = {3};
+                      },
+                      {"tensor 'c1.lora_a_mask': dtype is I32, expected U8"}, __LINE__);
     expect_task_error(f, "sp_norank.safetensors", [](TaskSpec& t) { sparse_c1(t); t.idx.erase("c1.lora_rank"); },
                       {"missing tensor 'c1.lora_rank' (sparse factors"}, __LINE__);
     expect_task_error(f, "sp_rank0.safetensors", [](TaskSpec& t) { sparse_c1(t); t.idx["c1.lora_rank"] = V{0}; },
@@ -601,13 +716,6 @@ void test_task_errors(const Files& f) {
                           t.f["c1.lora_b"] = d.f.at("c1.lora_b");
                       },
                       {"tensor 'c1.lora_a_values': conv 'c1' also has dense lora_a/lora_b"}, __LINE__);
-    expect_task_error(f, "sp_dtype.safetensors",
-                      [](TaskSpec& t) {
-                          sparse_c1(t);
-                          t.idx.erase("c1.lora_a_index");
-                          t.f["c1.lora_a_index"] = {{2}, {0, 1}};
-                      },
-                      {"tensor 'c1.lora_a_index': dtype is F32, expected I32"}, __LINE__);
     expect_task_error(f, "delta.safetensors", [](TaskSpec& t) { t.f["c2.weight_delta"] = {{3, 3, 1, 1}, seq(9, 1)}; },
                       {"tensor 'c2.weight_delta': shape [3, 3, 1, 1], expected [3, 3, 3, 3]"}, __LINE__);
     expect_task_error(f, "dtype.safetensors",
@@ -649,6 +757,7 @@ void test_task_errors(const Files& f) {
         std::vector<tb::Tensor> ts;
         for (const auto& kv : t.idx) ts.push_back(tb::i32(kv.first, kv.second));
         for (const auto& kv : t.f) ts.push_back(tb::f32(kv.first, kv.second.first, kv.second.second));
+        for (const auto& kv : t.u8) ts.push_back(tb::u8(kv.first, kv.second));
         tb::Meta m = task_meta(t, f.base_hash);
         edit(m);
         const std::string p = f.dir.file(file);
@@ -1129,6 +1238,7 @@ int main() {
     test_workers();
     test_task_errors(f);
     test_sparse_factors(f);
+    test_sparse_delta(f);
     test_graph_errors(f);
     test_files_change_underneath(f);
     test_inspect(f);

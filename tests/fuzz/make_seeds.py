@@ -4,8 +4,9 @@ A deliberately tiny base (ResNet, BasicBlock x [1, 1], widths 4-8, CIFAR stem,
 one input channel) and a few task bundles on it: SPLoRA pruned to about half
 the channels, SPLoRA unpruned, a fine-tuned (dense weight_delta) pruned
 one, a SPLoPA one pruned in blocks (block coefficients, one shared
-prototype set, the stem's dense fallback) and a pruned sparse SPLoRA
-(sparse factors, values + indices). Then edits of their metadata and
+prototype set, the stem's dense fallback), a pruned sparse SPLoRA
+(sparse factors, values + U8 position bitmasks) and a pruned sparse SPPaRA
+(a sparse_delta, values + bitmask). Then edits of their metadata and
 of the base's graph, each written with a right content hash (format version
 2 hashes the metadata, so an edit is a different bundle, not a stale one):
 what loads (another stride, another input size, a nested info, Pear's
@@ -72,10 +73,11 @@ def task(method: str, density: float, rank: int, seed: int) -> ResNet:
     return model
 
 
-def sparse_task(seed: int) -> ResNet:
+def sparse_task(seed: int, method: str = "sparse") -> ResNet:
     """SparseAdapter on SPLoRA (rank 2, 60% of the factors' entries masked), pruned:
-    lora_rank and lora_{a,b}_values/_index instead of dense factors."""
-    model = task("sparse", 1.0, 2, seed)
+    lora_rank and lora_{a,b}_values/_mask instead of dense factors; or (method
+    ``sparse-sppara``) on SPPaRA: sparse_delta_values/_mask."""
+    model = task(method, 1.0, 2, seed)
     sparsify(model, "magnitude", 0.4)
     prune_to_density(model, torch.zeros(1, *INPUT), 0.5, step_fraction=0.25)
     return model
@@ -131,6 +133,7 @@ def main(out: Path) -> None:
                                         ("splopa_pruned", "splopa", 0.6, 2)]:
         write_task(task(method, density, rank, seed=len(name)), spec, h, out / f"task_{name}.safetensors")
     write_task(sparse_task(seed=13), spec, h, out / "task_sparse_pruned.safetensors")
+    write_task(sparse_task(seed=14, method="sparse-sppara"), spec, h, out / "task_sparse_sppara_pruned.safetensors")
     base, pruned = out / "base.safetensors", out / "task_splora_pruned.safetensors"
 
     def set_stride(g):

@@ -353,9 +353,9 @@ def test_header_cap_is_the_safetensors_one(rt, tmp_path):
 # ---- dtypes -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype,elem", [("F16", 2), ("BF16", 2), ("F64", 8), ("I64", 8), ("U8", 1), ("BOOL", 1),
+@pytest.mark.parametrize("dtype,elem", [("F16", 2), ("BF16", 2), ("F64", 8), ("I64", 8), ("I8", 1), ("BOOL", 1),
                                         ("I16", 2), ("F8_E4M3", 1)])
-def test_container_dtypes_other_than_f32_i32(rt, tmp_path, dtype, elem):
+def test_container_dtypes_other_than_f32_i32_u8(rt, tmp_path, dtype, elem):
     good = TASK.read_bytes()
 
     def edit(h):
@@ -413,33 +413,127 @@ def test_repeated_and_empty_indices(rt, tmp_path):
     refused_by_runtime(rt, p, r"tensor 'conv1\.out_index'")
 
 
-SPARSE_TASK = SEEDS / "task_sparse_pruned.safetensors"  # sparse SPLoRA: lora_rank + lora_*_values/_index
+SPARSE_TASK = SEEDS / "task_sparse_pruned.safetensors"  # sparse SPLoRA: lora_rank + lora_*_values/_mask
+SPARSE_DELTA_TASK = SEEDS / "task_sparse_sppara_pruned.safetensors"  # sparse SPPaRA: sparse_delta_values/_mask
 
 
-def _sparse_edit(fn) -> bytes:
-    t, m = parts(SPARSE_TASK)
+def _sparse_edit(fn, path=SPARSE_TASK) -> bytes:
+    t, m = parts(path)
     fn(t)
     return rebuild(t, m)
 
 
+def _set(name, fn):
+    """An edit replacing tensor `name` by fn(its array)."""
+    return lambda t: t.__setitem__(name, fn(t[name]))
+
+
+def _as_index(name):
+    """An edit storing the mask `name` as the I32 positions it replaced (…_index)."""
+    def edit(t):
+        mask = t.pop(name)
+        t[name[:-len("_mask")] + "_index"] = np.flatnonzero(np.unpackbits(mask, bitorder="little")).astype(np.int32)
+    return edit
+
+
+def _bump_bit(name, value_name):
+    """An edit setting one more (in-range) bit of mask `name` than `value_name` has values."""
+    def edit(t):
+        bits = np.unpackbits(t[name], bitorder="little")
+        bits[np.flatnonzero(bits == 0)[0]] = 1
+        t[name] = np.packbits(bits, bitorder="little")
+    return edit
+
+
+A, B, D = "layer1.0.conv1.lora_a", "layer2.0.conv2.lora_b", "layer2.0.conv2.sparse_delta"
+# (seed, edit, message): each refused by the C++ runtime and the Python reader
+# (load_task_model) with the same message, naming the tensor.
+MASK_DAMAGE = {
+    "mask_long": (SPARSE_TASK, _set(A + "_mask", lambda m: np.append(m, np.uint8(0))),
+                  r"tensor 'layer1\.0\.conv1\.lora_a_mask': shape \[2\], expected \[1\] \(one bit per entry of the "
+                  r"\[2, 3\] factor A, 6 entries, in bytes rounded up\)"),
+    "mask_empty": (SPARSE_TASK, _set(B + "_mask", lambda m: m[:0]),
+                   r"tensor 'layer2\.0\.conv2\.lora_b_mask': shape \[0\], expected \[\d+\]"),
+    "mask_padding": (SPARSE_TASK, _set(A + "_mask", lambda m: m | np.uint8(0x80)),
+                     r"tensor 'layer1\.0\.conv1\.lora_a_mask': padding bits after position 5 are set \(last byte "
+                     r"\d+\): they must be zero"),
+    "mask_popcount": (SPARSE_TASK, _bump_bit(B + "_mask", B + "_values"),
+                      r"tensor 'layer2\.0\.conv2\.lora_b_mask': has 3 set bits but 'layer2\.0\.conv2\.lora_b_values' "
+                      r"has 2 values \(one value per set bit\)"),
+    "values_short": (SPARSE_TASK, _set(A + "_values", lambda v: v[:-1]),
+                     r"tensor 'layer1\.0\.conv1\.lora_a_mask': has 3 set bits but 'layer1\.0\.conv1\.lora_a_values' "
+                     r"has 2 values"),
+    "mask_dtype": (SPARSE_TASK, _set(A + "_mask", lambda m: m.astype(np.int32)),
+                   r"tensor 'layer1\.0\.conv1\.lora_a_mask': dtype is I32, expected U8"),
+    "mask_missing": (SPARSE_TASK, lambda t: t.pop(B + "_mask"),
+                     r"missing tensor 'layer2\.0\.conv2\.lora_b_mask' \(present iff 'layer2\.0\.conv2\.lora_b_values' "
+                     r"is\)"),
+    "values_missing": (SPARSE_TASK, lambda t: t.pop(A + "_values"),
+                       r"missing tensor 'layer1\.0\.conv1\.lora_a_values' \(present iff "
+                       r"'layer1\.0\.conv1\.lora_a_mask' is\)"),
+    "index_form": (SPARSE_TASK, _as_index(A + "_mask"),
+                   r"tensor 'layer1\.0\.conv1\.lora_a_index': sparse positions are stored as U8 bitmasks "
+                   r"\('layer1\.0\.conv1\.lora_a_mask'\), no longer as I32 indices: repack the bundle"),
+    "rank_zero": (SPARSE_TASK, lambda t: t.__setitem__("layer2.0.conv2.lora_rank", np.array([0], np.int32)),
+                  r"tensor 'layer2\.0\.conv2\.lora_rank': rank 0 must be in \[1, 65536\]"),
+    "delta_mask_long": (SPARSE_DELTA_TASK, _set(D + "_mask", lambda m: np.append(m, np.uint8(0))),
+                        r"tensor 'layer2\.0\.conv2\.sparse_delta_mask': shape \[28\], expected \[27\] \(one bit per "
+                        r"entry of the \[4, 6, 3, 3\] task weight, 216 entries, in bytes rounded up\)"),
+    "delta_popcount": (SPARSE_DELTA_TASK, _bump_bit(D + "_mask", D + "_values"),
+                       r"tensor 'layer2\.0\.conv2\.sparse_delta_mask': has 9 set bits but "
+                       r"'layer2\.0\.conv2\.sparse_delta_values' has 8 values"),
+    "delta_padding": (SPARSE_DELTA_TASK, _set("conv1.sparse_delta_mask", lambda m: m | np.uint8(0x80)),
+                      r"tensor 'conv1\.sparse_delta_mask': padding bits after position 26 are set"),
+    "delta_dtype": (SPARSE_DELTA_TASK, _set(D + "_mask", lambda m: m.astype(np.float32)),
+                    r"tensor 'layer2\.0\.conv2\.sparse_delta_mask': dtype is F32, expected U8"),
+    "delta_mask_missing": (SPARSE_DELTA_TASK, lambda t: t.pop(D + "_mask"),
+                           r"missing tensor 'layer2\.0\.conv2\.sparse_delta_mask' \(present iff "
+                           r"'layer2\.0\.conv2\.sparse_delta_values' is\)"),
+    "delta_values_missing": (SPARSE_DELTA_TASK, lambda t: t.pop(D + "_values"),
+                             r"missing tensor 'layer2\.0\.conv2\.sparse_delta_values' \(present iff "
+                             r"'layer2\.0\.conv2\.sparse_delta_mask' is\)"),
+    "delta_index_form": (SPARSE_DELTA_TASK, _as_index(D + "_mask"),
+                         r"tensor 'layer2\.0\.conv2\.sparse_delta_index': sparse positions are stored as U8 "
+                         r"bitmasks \('layer2\.0\.conv2\.sparse_delta_mask'\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(MASK_DAMAGE))
+def test_sparse_masks_are_checked(rt, tmp_path, case):
+    """The toolchain's sparse bundles run as PyTorch does (tests/adapters); a
+    damaged bitmask or its values (with a right hash) is refused by the runtime,
+    naming the tensor."""
+    seed, edit, field = MASK_DAMAGE[case]
+    assert Runtime(BASE, threads=1).load_task(seed) == "fuzz"
+    p = tmp_path / f"{case}.safetensors"
+    p.write_bytes(_sparse_edit(edit, seed))
+    refused_by_runtime(rt, p, field)
+
+
+@pytest.mark.parametrize("case", list(MASK_DAMAGE))
+def test_sparse_masks_are_checked_by_the_torch_reader(tmp_path, case):
+    """The same damage refused by the Python reader (load_task_model) with the
+    runtime's message; the undamaged seed loads."""
+    from spaedge.pack.bundle import load_task_model
+    seed, edit, field = MASK_DAMAGE[case]
+    load_task_model(BASE, seed)
+    p = tmp_path / f"{case}.safetensors"
+    p.write_bytes(_sparse_edit(edit, seed))
+    read_bundle(p)  # a sound container: the damage is in what the tensors say
+    with pytest.raises(PyBundleError) as e:
+        load_task_model(BASE, p)
+    msg = str(e.value)
+    assert str(p) in msg and re.search(field, msg), msg
+
+
 @pytest.mark.parametrize("edit,field", [
-    (lambda t: t.__setitem__("layer1.0.conv1.lora_a_index", t["layer1.0.conv1.lora_a_index"] + 100),
-     r"tensor 'layer1\.0\.conv1\.lora_a_index': index \d+ out of range for the \[2, 3\] factor A"),
-    (lambda t: t.__setitem__("layer1.0.conv1.lora_b_index", t["layer1.0.conv1.lora_b_index"][::-1].copy()),
-     r"tensor 'layer1\.0\.conv1\.lora_b_index': not strictly increasing"),
-    (lambda t: t.pop("layer2.0.conv2.lora_b_index"),
-     r"missing tensor 'layer2\.0\.conv2\.lora_b_index' \(present iff 'layer2\.0\.conv2\.lora_b_values' is\)"),
     (lambda t: t.pop("layer2.0.conv2.lora_rank"), r"missing tensor 'layer2\.0\.conv2\.lora_rank'"),
-    (lambda t: t.__setitem__("layer2.0.conv2.lora_rank", np.array([0], np.int32)),
-     r"tensor 'layer2\.0\.conv2\.lora_rank': rank 0 must be in \[1, 65536\]"),
     (lambda t: t.update({"layer2.0.conv2.lora_a": np.zeros((2, 7), np.float32),
                          "layer2.0.conv2.lora_b": np.zeros((3, 2), np.float32)}),
      r"tensor 'layer2\.0\.conv2\.lora_a_values': conv 'layer2\.0\.conv2' also has dense"),
 ])
 def test_sparse_factors_are_checked(rt, tmp_path, edit, field):
-    """The toolchain's sparse SPLoRA bundle runs as PyTorch does (tests/adapters);
-    damaged (with a right hash), it is refused naming the tensor."""
-    assert Runtime(BASE, threads=1).load_task(SPARSE_TASK) == "fuzz"
+    """Rules of sparse factors besides their masks, refused by the runtime naming the tensor."""
     p = tmp_path / "sparse.safetensors"
     p.write_bytes(_sparse_edit(edit))
     refused_by_runtime(rt, p, field)

@@ -47,7 +47,7 @@ def test_three_implementations_agree(tmp_path):
     """The writer's hash, the test reference's, the C++ reader's and inspect's."""
     rng = np.random.default_rng(0)
     tensors = {"b.\u00e9": rng.standard_normal(5).astype(np.float32), "a": np.arange(3, dtype=np.int32),
-               "Z": np.zeros((0, 2), np.float32)}
+               "Z": np.zeros((0, 2), np.float32), "m": np.array([0x11, 0xFF, 0x80], np.uint8)}
     meta = {"format": "spaedge-base", "model": "m\u00fc", "graph": "{}", "\u00e9": "\U0001f600", "E": ""}
     payload, h = serialise(tensors, meta)
     assert ref.canonical_hash(payload) == h
@@ -56,6 +56,7 @@ def test_three_implementations_agree(tmp_path):
     t, m = read_bundle(p)
     assert m["content_hash"] == h and m["version"] == "2" and set(t) == set(tensors)
     assert np.array_equal(t["b.\u00e9"], tensors["b.\u00e9"]) and t["Z"].shape == (0, 2)
+    assert t["m"].dtype == np.uint8 and np.array_equal(t["m"], tensors["m"])
     with pytest.raises(BundleError, match="metadata 'graph': field 'input'"):  # the C++ reader got past the hash
         inspect_bundle(p)
     # A toy base: C++ and Python agree on its hash.
@@ -65,6 +66,31 @@ def test_three_implementations_agree(tmp_path):
     assert Runtime(tmp_path / "toy.safetensors", threads=1).base_hash == h2
     assert read_bundle(tmp_path / "toy.safetensors")[1]["content_hash"] == h2
     assert inspect_bundle(tmp_path / "toy.safetensors")["content_hash"] == h2
+
+
+def test_u8_tensors_one_byte_each_and_unaligned_neighbours(tmp_path):
+    """U8 (sparse position masks) takes one byte per element, so a tensor after an
+    odd-length one starts unaligned: both readers read it right."""
+    table = {"m": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+             "w": {"dtype": "F32", "shape": [2], "data_offsets": [3, 11]}}
+    data = bytes([0x11, 0xFF, 0x80]) + np.array([1.5, -2.0], "<f4").tobytes()
+    meta = {"format": "spaedge-base", "version": "2", "model": "m", "graph": "{}"}
+
+    def file(meta):
+        text = json.dumps({"__metadata__": meta, **table}).encode()
+        text += b" " * (-len(text) % 8)
+        return struct.pack("<Q", len(text)) + text + data
+    meta["content_hash"] = ref.canonical_hash(file(meta))
+    p = tmp_path / "u8.safetensors"
+    p.write_bytes(file(meta))
+    t, _ = read_bundle(p)
+    assert t["m"].tolist() == [0x11, 0xFF, 0x80] and t["w"].tolist() == [1.5, -2.0] and t["w"].flags.aligned
+    with pytest.raises(BundleError, match="metadata 'graph': field 'input'"):  # the C++ reader got past the hash
+        inspect_bundle(p)
+    table["m"]["shape"] = [12]  # 4 bytes each would fill the file: not U8
+    p.write_bytes(file(meta))
+    with pytest.raises(BundleError, match=r"tensor 'm': 'shape' \[12\] of U8 does not fill"):
+        read_bundle(p, verify=False)
 
 
 def test_written_bundles_are_byte_identical_and_version_2(tmp_path):

@@ -5,7 +5,7 @@
 // file of at least 8 bytes (FIFOs and devices are refused without blocking);
 // the header length is within the file and at most 100,000,000 bytes (the
 // safetensors limit); the header is strict JSON of the safetensors shape;
-// every dtype is F32 or I32; every shape matches its byte size; data_offsets
+// every dtype is F32, I32 or U8; every shape matches its byte size; data_offsets
 // lie inside the data section, do not overlap and together cover it; the
 // common metadata keys (format, version, content_hash) are present; the
 // format is the expected one; the version is 2; and content_hash equals the
@@ -31,14 +31,17 @@
 
 namespace spaedge {
 
-enum class DType { F32, I32 };
+enum class DType { F32, I32, U8 };
 
 const char* dtype_name(DType d);
+// Bytes per element: 4 (F32, I32) or 1 (U8).
+size_t dtype_size(DType d);
 
 // One tensor of a bundle. `data` points into the Bundle's private copy of the
-// data section (64-byte aligned, so every tensor is 4-byte aligned), or is
-// null when the Bundle was opened without its data (BundleOptions::load_data).
-// Read through the accessors (memcpy based).
+// data section (64-byte aligned; a tensor after a U8 tensor of odd length is
+// not 4-byte aligned, so code that takes a float* checks), or is null when
+// the Bundle was opened without its data (BundleOptions::load_data). Read
+// through the accessors (memcpy based), each for its dtype.
 struct TensorView {
     std::string name;
     DType dtype = DType::F32;
@@ -57,6 +60,8 @@ struct TensorView {
         std::memcpy(&v, data + 4 * i, 4);
         return v;
     }
+    uint8_t u8(size_t i) const { return data[i]; }
+    // F32 and I32 only (4-byte elements).
     void copy_to(void* dst) const { if (numel) std::memcpy(dst, data, 4 * numel); }
     std::string shape_str() const;
 };

@@ -23,8 +23,10 @@ A mask is a 0/1 buffer beside its parameter that the forward multiplies in,
 so a masked entry gets no gradient; masked entries are also zeroed in the
 parameter when the mask is set, so they stay exactly zero through training
 (Adam's update of a zero gradient is zero, decoupled weight decay of a zero
-is zero). Bundles store the kept entries only, as values + flat indices
-(docs/format.md); ``learned_parameters`` counts them.
+is zero). Bundles store the kept entries only, as F32 values + a U8 bitmask
+of their flat positions, one bit per entry (docs/format.md: 4 bytes and a bit
+per kept entry, so a sparser adapter is a smaller bundle than the dense one);
+``learned_parameters`` counts them.
 
 ``sparsify(model, criterion, keep, data)`` scores every entry of every masked
 tensor of the model and keeps the globally top ``keep`` fraction (or exactly
@@ -65,7 +67,8 @@ from spaedge.adapters.base import AdaptedLayer, centre_tap
 from spaedge.adapters.registry import Method, register
 from spaedge.adapters.splora import SPLoRA
 
-__all__ = ["SparseAdapter", "SparseSPLoRA", "MASK_CRITERIA", "sparsify", "large_rank", "dense_lora_parameters"]
+__all__ = ["SparseAdapter", "SparseSPLoRA", "MASK_CRITERIA", "sparsify", "large_rank", "dense_lora_parameters",
+           "pack_mask", "unpack_mask", "SparseTensorError"]
 
 MASK_CRITERIA = ("snip", "magnitude", "random", "grasp", "synflow")
 
@@ -87,9 +90,75 @@ class _Masked:
         return sum(p.numel() for p, _ in self.mask_pairs()) - self.nonzeros()
 
     def _sparse_tensors(self, name: str, value: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        flat = torch.nonzero(mask.reshape(-1) != 0, as_tuple=False).reshape(-1)
-        return {f"{name}_values": value.detach().reshape(-1)[flat].float().contiguous(),
-                f"{name}_index": flat.to(torch.int32)}
+        keep = mask.reshape(-1) != 0
+        return {f"{name}_values": value.detach().reshape(-1)[keep].float().contiguous(),
+                f"{name}_mask": pack_mask(keep)}
+
+
+class SparseTensorError(ValueError):
+    """A layer's sparse tensors break a format rule. ``template`` names the layer's
+    tensors as ``{0}``, ``{1}``... (``names``, layer-local), so the bundle reader can
+    say which conv's tensors they are (``message(prefix)``)."""
+
+    def __init__(self, template: str, *names: str):
+        self.template, self.names = template, names
+        super().__init__(self.message())
+
+    def message(self, prefix: str = "") -> str:
+        return self.template.format(*(f"'{prefix}{n}'" for n in self.names))
+
+
+_DTYPE_NAMES = {torch.float32: "F32", torch.int32: "I32", torch.uint8: "U8"}
+
+
+def pack_mask(keep: torch.Tensor) -> torch.Tensor:
+    """U8 bitmask of a flat bool tensor: bit i (byte i // 8, bit i % 8, least
+    significant first) set iff ``keep[i]``; padding bits zero (docs/format.md)."""
+    keep = keep.reshape(-1).bool()
+    bits = torch.zeros(-(-keep.numel() // 8) * 8, dtype=torch.uint8)
+    bits[:keep.numel()] = keep.to(torch.uint8)
+    weights = torch.tensor([1 << b for b in range(8)], dtype=torch.uint8)
+    return (bits.reshape(-1, 8) * weights).sum(1, dtype=torch.uint8)
+
+
+def unpack_mask(mask: torch.Tensor, numel: int) -> torch.Tensor:
+    """The flat bool tensor of ``numel`` entries that :func:`pack_mask` packed (unchecked)."""
+    bits = (mask.reshape(-1, 1).to(torch.int32) >> torch.arange(8, dtype=torch.int32)) & 1
+    return bits.reshape(-1)[:numel].bool()
+
+
+def _sparse_positions(t: dict[str, torch.Tensor], name: str, numel: int, shape: str,
+                      required: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(flat positions, values) of the sparse tensor ``name`` (``name_values`` at the set
+    bits of ``name_mask``) of ``numel`` entries, checked as the C++ runtime checks
+    them; None when neither is present and not ``required``."""
+    vn, mn = f"{name}_values", f"{name}_mask"
+    if vn not in t and mn not in t and not required:
+        return None
+    if vn not in t:
+        raise SparseTensorError("missing tensor {0} (present iff {1} is)", vn, mn)
+    if mn not in t:
+        raise SparseTensorError("missing tensor {0} (present iff {1} is)", mn, vn)
+    values, mask = t[vn], t[mn]
+    for n, x, want in ((vn, values, torch.float32), (mn, mask, torch.uint8)):
+        if x.dtype != want:
+            raise SparseTensorError(f"tensor {{0}}: dtype is {_DTYPE_NAMES.get(x.dtype, x.dtype)}, expected "
+                                    f"{_DTYPE_NAMES[want]}", n)
+    if values.dim() != 1:
+        raise SparseTensorError(f"tensor {{0}}: shape {list(values.shape)}, expected [nnz]", vn)
+    nbytes = -(-numel // 8)
+    if list(mask.shape) != [nbytes]:
+        raise SparseTensorError(f"tensor {{0}}: shape {list(mask.shape)}, expected [{nbytes}] (one bit per entry of "
+                                f"the {shape}, {numel} entries, in bytes rounded up)", mn)
+    bits = unpack_mask(mask, 8 * nbytes)
+    if bits[numel:].any():
+        raise SparseTensorError(f"tensor {{0}}: padding bits after position {numel - 1} are set (last byte "
+                                f"{int(mask[-1])}): they must be zero", mn)
+    keep = bits[:numel]
+    if int(keep.sum()) != values.numel():
+        raise SparseTensorError(f"tensor {{0}}: has {int(keep.sum())} set bits but {{1}} has {values.numel()} values "
+                                "(one value per set bit)", mn, vn)
+    return keep.nonzero().reshape(-1), values
 
 
 def _scatter(shape, index: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,15 +213,16 @@ class SparseAdapter(_Masked, AdaptedLayer):
         if not self.full_kernel and self.is_conv:
             m = centre_tap(self.weight, m.float()).bool()
         t.update(self._sparse_tensors("sparse_delta", d, m))
-        if not t["sparse_delta_index"].numel():  # optional in the format: nothing kept, nothing stored
-            del t["sparse_delta_values"], t["sparse_delta_index"]
+        if not t["sparse_delta_values"].numel():  # optional in the format: nothing kept, nothing stored
+            del t["sparse_delta_values"], t["sparse_delta_mask"]
         return t
 
     def load_bundle_tensors(self, t):
         AdaptedLayer.load_bundle_tensors(self, t)
         shape = tuple(self.weight.shape)
-        idx = t.get("sparse_delta_index", torch.zeros(0, dtype=torch.int32)).long()
-        values = t.get("sparse_delta_values", torch.zeros(0))
+        dims = ", ".join(str(d) for d in shape)
+        stored = _sparse_positions(t, "sparse_delta", math.prod(shape), f"[{dims}] task weight", False)
+        idx, values = stored if stored is not None else (torch.zeros(0, dtype=torch.long), torch.zeros(0))
         kk = shape[2] * shape[3] if self.is_conv else 1
         centre = (shape[2] // 2) * shape[3] + shape[3] // 2 if self.is_conv else 0
         # The pointwise form when every entry is at the centre tap (what sparse-sppara writes).
@@ -216,8 +286,11 @@ class SparseSPLoRA(_Masked, SPLoRA):
     def load_bundle_tensors(self, t: dict[str, torch.Tensor]) -> None:
         AdaptedLayer.load_bundle_tensors(self, t)
         r = int(t["lora_rank"].reshape(-1)[0])
-        a, ma = _scatter((r, self.in_channels), t["lora_a_index"], t["lora_a_values"])
-        b, mb = _scatter((self.out_channels, r), t["lora_b_index"], t["lora_b_values"])
+        if not 1 <= r <= 1 << 16:
+            raise SparseTensorError(f"tensor {{0}}: rank {r} must be in [1, 65536]", "lora_rank")
+        O, I = self.out_channels, self.in_channels
+        a, ma = _scatter((r, I), *_sparse_positions(t, "lora_a", r * I, f"[{r}, {I}] factor A", True))
+        b, mb = _scatter((O, r), *_sparse_positions(t, "lora_b", O * r, f"[{O}, {r}] factor B", True))
         self.rank = r
         self.lora_a, self.lora_b = nn.Parameter(a), nn.Parameter(b)
         self.lora_a_mask, self.lora_b_mask = ma, mb

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from spaedge.adapters import AdaptedLayer, adapt, get_method, method_of
+from spaedge.adapters.sparse import SparseTensorError
 from spaedge.errors import BundleError
 from spaedge.models import ResNet, from_config
 from spaedge.pack.format import json_field, read_bundle, serialise, write_bundle
@@ -158,6 +159,10 @@ def load_base_model(path: str | os.PathLike, num_classes: int = 1000) -> tuple[R
     return model, meta
 
 
+#: The I32 position tensors of sparse adapters that U8 bitmasks replaced (refused by name).
+_INDEX_FORM = (".sparse_delta_index", ".lora_a_index", ".lora_b_index")
+
+
 def load_task_model(base_path: str | os.PathLike, task_path: str | os.PathLike) -> tuple[ResNet, TaskSpec, dict]:
     """Rebuild the torch model of a task: (model in eval mode, task spec, metadata)."""
     tensors, meta = read_bundle(task_path)
@@ -173,6 +178,11 @@ def load_task_model(base_path: str | os.PathLike, task_path: str | os.PathLike) 
     first = next(n for n in _conv_nodes(graph))
     rank = int(tensors[f"{first['name']}.lora_a"].shape[0]) if f"{first['name']}.lora_a" in tensors else 1
     model = adapt(base, meta["method"], rank=rank)
+    for k in tensors:
+        if k.endswith(_INDEX_FORM):
+            raise BundleError(f"{where}: tensor '{k}': sparse positions are stored as U8 bitmasks "
+                              f"('{k[:-len('_index')]}_mask'), no longer as I32 indices: repack the bundle with "
+                              "this spaedge")
     t = {k: torch.from_numpy(v.copy()) for k, v in tensors.items()}
     for node in graph["nodes"]:
         name, prefix = node["name"], node["name"] + "."
@@ -193,6 +203,8 @@ def load_task_model(base_path: str | os.PathLike, task_path: str | os.PathLike) 
                 head.in_features, head.out_features = int(sub["weight"].shape[1]), int(sub["weight"].shape[0])
         except KeyError as e:
             raise BundleError(f"{where}: tensor '{prefix}{e.args[0]}' is missing") from None
+        except SparseTensorError as e:
+            raise BundleError(f"{where}: {e.message(prefix)}") from None
     method = get_method(meta["method"])
     if method.load_tensors is not None:
         method.load_tensors(model, t, meta, where)

@@ -29,8 +29,8 @@ MAX_HEADER_BYTES = 100_000_000
 #: Input limits of a task (docs/runtime.md; the C++ runtime's too).
 MAX_INPUT_CHANNELS = 4
 MAX_INPUT_SIDE = 4096
-_DTYPES = {np.dtype(np.float32), np.dtype(np.int32)}
-_NP_DTYPES = {"F32": np.dtype("<f4"), "I32": np.dtype("<i4")}
+_DTYPES = {np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.uint8)}
+_NP_DTYPES = {"F32": np.dtype("<f4"), "I32": np.dtype("<i4"), "U8": np.dtype("u1")}
 
 
 def _u64(n: int) -> bytes:
@@ -102,7 +102,7 @@ def serialise(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) ->
     for name, a in tensors.items():
         a = np.ascontiguousarray(a)
         if a.dtype not in _DTYPES:
-            raise TypeError(f"tensor {name}: dtype {a.dtype} is not float32 or int32")
+            raise TypeError(f"tensor {name}: dtype {a.dtype} is not float32, int32 or uint8")
         arrays[name] = a
     for k, v in metadata.items():
         if not isinstance(v, str):
@@ -274,7 +274,7 @@ def _check_table(p: Path, doc: dict, data_size: int) -> dict[str, dict]:
             raise BundleError(f"{where}: header entry must be an object of exactly dtype, shape, data_offsets")
         dtype, shape, offsets = e["dtype"], e["shape"], e["data_offsets"]
         if dtype not in _NP_DTYPES:
-            raise BundleError(f"{where}: dtype {dtype!r} not allowed (spaedge bundles hold only F32 and I32)")
+            raise BundleError(f"{where}: dtype {dtype!r} not allowed (spaedge bundles hold only F32, I32 and U8)")
         if not isinstance(shape, list) or len(shape) > 8 or not all(_is_count(d) for d in shape):
             raise BundleError(f"{where}: 'shape' must be a list of at most 8 non-negative integers")
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(d) for d in offsets):
@@ -283,7 +283,7 @@ def _check_table(p: Path, doc: dict, data_size: int) -> dict[str, dict]:
         if not begin <= end <= data_size:
             raise BundleError(f"{where}: 'data_offsets' [{begin}, {end}] out of range: the data section has "
                               f"{data_size} bytes")
-        if 4 * int(np.prod(shape, dtype=object)) != end - begin:
+        if _NP_DTYPES[dtype].itemsize * int(np.prod(shape, dtype=object)) != end - begin:
             raise BundleError(f"{where}: 'shape' {shape} of {dtype} does not fill 'data_offsets' [{begin}, {end}]")
         table[name] = e
     pos = 0
@@ -326,8 +326,9 @@ def read_bundle(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str,
     for name, e in table.items():
         begin, end = e["data_offsets"]
         dt = _NP_DTYPES[e["dtype"]]
-        a = np.frombuffer(data, dtype=dt, count=(end - begin) // 4, offset=begin).reshape(e["shape"])
-        tensors[name] = a.astype(dt.newbyteorder("="), copy=False)
+        a = np.frombuffer(data, dtype=dt, count=(end - begin) // dt.itemsize, offset=begin).reshape(e["shape"])
+        # A tensor after a U8 tensor of odd length may be unaligned: copy it then (torch needs aligned data).
+        tensors[name] = a.astype(dt.newbyteorder("="), copy=not a.flags.aligned)
     return tensors, meta
 
 
