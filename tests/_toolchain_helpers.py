@@ -89,6 +89,9 @@ def assert_bundle_matches(model, base_path, task_path, x) -> None:
 # construction, however fast or slow the machine.
 STOP_AFTER_FIRST_CHECKPOINT = """
 import os, signal, sys
+# A process started in the background by a non-interactive shell inherits SIGINT
+# ignored, and Python then installs no handler: Ctrl-C's handler, explicitly.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from spaedge.train import checkpoint
 real = checkpoint.save
 def save(*args, **kw):
