@@ -81,9 +81,9 @@ def test_the_density_filter_keeps_only_those_cells(tmp_path, capsys, monkeypatch
     cells = seen["cells"]
     assert cells and {c.density for c in cells} == {0.3} and {c.method for c in cells} == {"splora", "finetune"}
     assert len(cells) == 3  # fine-pruning, SPLoRA r8, SPLoRA r2
-    assert seen["budget"].early_stopping == 2 and seen["budget"].total_epochs == 10  # the defaults
+    assert seen["budget"].early_stopping == 0 and seen["budget"].total_epochs == 30  # the defaults
     main(["experiment", "--tasks", "digits", "--only", "__(finetune-r0|splora-r8)__d10__magnitude__iterative",
-          "--patience", "0", "--total-epochs", "30", "--out", str(tmp_path)])
+          "--patience", "2", "--total-epochs", "10", "--out", str(tmp_path)])
     assert sorted(c.method for c in seen["cells"]) == ["finetune", "splora"]
-    assert seen["budget"].early_stopping == 0 and seen["budget"].total_epochs == 30
+    assert seen["budget"].early_stopping == 2 and seen["budget"].total_epochs == 10
     assert {(c.rank, c.density, c.criterion) for c in seen["cells"] if c.method == "splora"} == {(8, 0.1, "magnitude")}

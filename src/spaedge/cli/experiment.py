@@ -25,10 +25,10 @@ def add_parser(sub) -> None:
     e.add_argument("--seeds", type=positive_int, help="seeds per cell at its chosen rate (default 3)")
     e.add_argument("--lrs", help="comma-separated learning rates every method is tried at (default "
                                  + ",".join(f"{lr:g}" for lr in DEFAULT_LRS) + ")")
-    e.add_argument("--total-epochs", type=nonneg_int, help="epochs of every run in all (default 10)")
+    e.add_argument("--total-epochs", type=nonneg_int, help="epochs of every run in all (default 30)")
     e.add_argument("--patience", type=nonneg_int, help="early stopping in the final phase after N epochs without "
                                                        "a better validation accuracy, keeping the best epoch's "
-                                                       "model (default 2; 0: every epoch runs)")
+                                                       "model (default 0: off, every epoch runs)")
     e.add_argument("--methods", help="comma-separated methods: only the grid's cells of these")
     e.add_argument("--densities", help="comma-separated densities (fractions of the weights kept, e.g. 0.3): only "
                                       "the grid's cells at these (the grid has 1, 0.3 and 0.1)")
