@@ -87,3 +87,26 @@ def test_the_density_filter_keeps_only_those_cells(tmp_path, capsys, monkeypatch
     assert sorted(c.method for c in seen["cells"]) == ["finetune", "splora"]
     assert seen["budget"].early_stopping == 2 and seen["budget"].total_epochs == 10
     assert {(c.rank, c.density, c.criterion) for c in seen["cells"] if c.method == "splora"} == {(8, 0.1, "magnitude")}
+
+
+def test_a_directory_of_runs_refuses_another_budget(tmp_path, capsys, monkeypatch):
+    """Runs made with 10 epochs are not mixed with runs of 30 (a table would compare
+    them silently); more rates or seeds only add runs."""
+    import dataclasses
+
+    import spaedge.experiment as experiment
+    from spaedge.experiment import Budget
+    (tmp_path / "runs").mkdir()
+    made = dataclasses.asdict(Budget(total_epochs=10, early_stopping=2))
+    (tmp_path / "runs" / "digits__splora-r8__d30__magnitude__iterative__lr0.01__s0.json").write_text(
+        json.dumps({"budget": made}))
+    monkeypatch.setattr(experiment, "run_grid", lambda *a, **k: pytest.fail("ran with another budget"))
+    assert main(["experiment", "--tasks", "digits", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "another budget" in err and "total_epochs 10 there, 30 here" in err and "early_stopping" in err
+    ran = []
+    monkeypatch.setattr(experiment, "run_grid", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(experiment, "load_results", lambda out: [])
+    main(["experiment", "--tasks", "digits", "--total-epochs", "10", "--patience", "2", "--lrs", "0.01,0.1",
+          "--seeds", "5", "--out", str(tmp_path)])
+    assert ran  # the same budget with more rates and seeds goes on

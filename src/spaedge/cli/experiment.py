@@ -48,8 +48,8 @@ def main(args) -> int:
     import dataclasses
     import re
 
-    from spaedge.experiment import (DEFAULT_TASKS, FAST_BUDGET, Budget, default_grid, fast_grid, load_results,
-                                    report, run_grid)
+    from spaedge.experiment import (DEFAULT_TASKS, FAST_BUDGET, Budget, check_budget, default_grid, fast_grid,
+                                    load_results, report, run_grid)
 
     if args.fast:
         cells, budget = fast_grid(), FAST_BUDGET
@@ -92,6 +92,7 @@ def main(args) -> int:
         except ValueError:
             raise CliError(f"--lrs must be numbers separated by commas, got {args.lrs!r}") from None
     budget = dataclasses.replace(budget, **changes)
+    check_budget(args.out, budget)  # before any run, and before a table mixes budgets
     if not args.report_only:
         run_grid(cells, budget, args.out, workers=args.workers, shard=(i, n), base=args.base,
                  base_weights=args.base_weights, data_dir=args.data_dir, env=env_from_args(args),

@@ -22,7 +22,7 @@ bytes and MACs and the training curves.
 from spaedge.experiment.grid import (DEFAULT_LRS, DEFAULT_TASKS, FAST_BUDGET, Budget, Cell, cell_config,
                                      default_grid, fast_grid)
 from spaedge.experiment.report import report, reported
-from spaedge.experiment.run import chosen_rates, load_results, run_cell, run_grid
+from spaedge.experiment.run import check_budget, chosen_rates, load_results, run_cell, run_grid
 
 __all__ = ["Cell", "Budget", "FAST_BUDGET", "DEFAULT_TASKS", "DEFAULT_LRS", "default_grid", "fast_grid",
-           "cell_config", "run_cell", "run_grid", "load_results", "chosen_rates", "report", "reported"]
+           "cell_config", "run_cell", "run_grid", "load_results", "chosen_rates", "check_budget", "report", "reported"]

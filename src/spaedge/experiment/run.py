@@ -65,6 +65,24 @@ def load_results(out_dir: str | Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((Path(out_dir) / "runs").glob("*.json"))]
 
 
+# Budget fields a later run may change in the same results directory: more
+# rates or more seeds add runs; anything else would mix incomparable runs.
+EXTENSIBLE = ("lrs", "seeds")
+
+
+def check_budget(out_dir: str | Path, budget: Budget) -> None:
+    """Refuse a budget other than the one the directory's runs were made with
+    (rates and seeds aside), naming the fields that differ."""
+    want = {k: v for k, v in dataclasses.asdict(budget).items() if k not in EXTENSIBLE}
+    for r in load_results(out_dir):
+        have = {k: v for k, v in r.get("budget", {}).items() if k not in EXTENSIBLE}
+        diff = sorted(k for k in want.keys() | have.keys() if have.get(k) != want.get(k))
+        if diff:
+            raise ValueError(f"{Path(out_dir) / 'runs'} holds runs made with another budget ("
+                             + ", ".join(f"{k} {have.get(k)!r} there, {want.get(k)!r} here" for k in diff)
+                             + "): give the same flags, or another --out")
+
+
 def chosen_rates(results: list[dict], budget: Budget) -> dict[str, float]:
     """{config_key: rate} for every cell whose rate search (all rates, selection
     seed) is complete: the highest validation accuracy, ties to the lower rate."""
@@ -85,6 +103,7 @@ def run_grid(cells: list[Cell], budget: Budget, out_dir: str | Path, *, workers:
     """Run the rate search, then the other seeds at the chosen rates; returns all results."""
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
+    check_budget(out, budget)
     search = [dataclasses.replace(c, seed=SELECTION_SEED, lr=lr) for c in cells for lr in budget.lrs]
     _run(search, budget, out, workers, shard, (base, base_weights, data_dir, env), log, "rate search")
     rates = chosen_rates(load_results(out), budget)
