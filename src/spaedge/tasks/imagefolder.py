@@ -59,7 +59,7 @@ def _image_problem(path: str) -> Optional[str]:
                 im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
             im.load()
     except Image.DecompressionBombError:
-        return f"too many pixels (above PIL's decompression-bomb limit)"
+        return "too many pixels (above PIL's decompression-bomb limit)"
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL's ways of saying "not an image"
         return str(e) or type(e).__name__
     return None
