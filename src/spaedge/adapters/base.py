@@ -134,3 +134,13 @@ def centre_tap(w: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
     k = w.shape[-1]
     c = k // 2
     return F.pad(update[:, :, None, None], (c, k - 1 - c, c, k - 1 - c))
+
+
+def layers_of(model: nn.Module, cls: type, need: str) -> list[tuple[str, AdaptedLayer]]:
+    """(name, layer) of every adapted layer of ``model``, all of which must be
+    ``cls`` (``need`` says what requires them, in the error)."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, AdaptedLayer)]
+    bad = [n for n, m in layers if not isinstance(m, cls)]
+    if bad:
+        raise TypeError(f"{need}; {bad[0]} is not one")
+    return layers

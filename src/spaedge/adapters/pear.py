@@ -78,7 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spaedge.adapters.base import AdaptedLayer
+from spaedge.adapters.base import AdaptedLayer, layers_of
 from spaedge.adapters.registry import Method, register
 from spaedge.adapters.splora import SPLoRA
 from spaedge.errors import BundleError
@@ -146,11 +146,7 @@ class PearLoRA(SPLoRA):
 
 
 def _layers(model: nn.Module) -> list[tuple[str, PearLoRA]]:
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, AdaptedLayer)]
-    bad = [n for n, m in layers if not isinstance(m, PearLoRA)]
-    if bad:
-        raise TypeError(f"Pear needs PearLoRA layers (adapt with method 'pear'); {bad[0]} is not one")
-    return layers
+    return layers_of(model, PearLoRA, "Pear needs PearLoRA layers (adapt with method 'pear')")
 
 
 def _shape(m: AdaptedLayer) -> tuple[int, int]:

@@ -49,7 +49,7 @@ import math
 import torch
 from torch import nn
 
-from spaedge.adapters.base import AdaptedLayer, centre_tap
+from spaedge.adapters.base import AdaptedLayer, centre_tap, layers_of
 from spaedge.adapters.registry import Method, register
 from spaedge.errors import BundleError
 from spaedge.pack.format import json_field
@@ -219,11 +219,7 @@ class SPLoPA(AdaptedLayer):
 
 # ---------------------------------------------------------------- sharing
 def _layers(model: nn.Module) -> list[tuple[str, SPLoPA]]:
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, AdaptedLayer)]
-    bad = [n for n, m in layers if not isinstance(m, SPLoPA)]
-    if bad:
-        raise TypeError(f"SPLoPA prototypes need SPLoPA layers (adapt with method 'splopa'); {bad[0]} is not one")
-    return layers
+    return layers_of(model, SPLoPA, "SPLoPA prototypes need SPLoPA layers (adapt with method 'splopa')")
 
 
 def _scope_of(name: str, scope: str) -> str:
