@@ -76,7 +76,9 @@ class Cases:
         d = self.workdir / case
         packed = os.environ.get("SPAEDGE_BENCH_BUNDLES")
         if case == "digits" and packed and variant == 0:
-            return bench_task_from_bundles(Path(packed) / "base.safetensors", Path(packed) / "digits.safetensors", d)
+            return bench_task_from_bundles(
+                Path(packed) / "base.safetensors", Path(packed) / "digits.safetensors", d
+            )
         name = case if variant == 0 else f"{case}-task{variant + 1}"
         extra = {}
         if case == "digits":
@@ -96,7 +98,12 @@ class Cases:
             import torch
 
             with torch.inference_mode():
-                self._refs[case] = self.task(case).torch_model()(torch.from_numpy(self.input(case))).double().numpy()
+                self._refs[case] = (
+                    self.task(case)
+                    .torch_model()(torch.from_numpy(self.input(case)))
+                    .double()
+                    .numpy()
+                )
         return self._refs[case]
 
 
@@ -123,13 +130,25 @@ def latency_body(benchmark, cases: Cases, case: str, threads: int, engine: str) 
     got = np.asarray(run(), dtype=np.float64).reshape(ref.shape)
     scale = float(np.abs(ref).max())
     rel = float(np.abs(got - ref).max()) / scale
-    assert rel <= 1e-3, f"{engine} disagrees with PyTorch on {case}: max difference {rel:.1e} of the logits' scale"
+    assert rel <= 1e-3, (
+        f"{engine} disagrees with PyTorch on {case}: max difference {rel:.1e} of the logits' scale"
+    )
     assert (got.argmax(-1) == ref.argmax(-1)).all()
     benchmark.group = f"{case} {threads}t"
     benchmark.extra_info.update(
-        kind="latency", case=case, engine=engine, threads=threads, input_size="x".join(map(str, task.input_size)),
-        macs=task.macs, params=task.params, bundle_bytes=task.bundle_bytes, whole_model_bytes=task.whole_bytes,
-        density=task.density, max_rel_diff=rel, isa=getattr(run, "isa", None))
+        kind="latency",
+        case=case,
+        engine=engine,
+        threads=threads,
+        input_size="x".join(map(str, task.input_size)),
+        macs=task.macs,
+        params=task.params,
+        bundle_bytes=task.bundle_bytes,
+        whole_model_bytes=task.whole_bytes,
+        density=task.density,
+        max_rel_diff=rel,
+        isa=getattr(run, "isa", None),
+    )
     benchmark.pedantic(run, rounds=_rounds(run), warmup_rounds=3, iterations=1)
 
 
@@ -140,13 +159,22 @@ def switch_body(benchmark, cases: Cases, case: str, threads: int, engine: str) -
 
     a, b = cases.task(case), cases.task(case, 1)
     benchmark.group = f"switch {case} {threads}t"
-    benchmark.extra_info.update(kind="switch", case=case, engine=engine, threads=threads,
-                                input_size="x".join(map(str, a.input_size)), macs=a.macs, density=a.density,
-                                bundle_bytes=a.bundle_bytes)
+    benchmark.extra_info.update(
+        kind="switch",
+        case=case,
+        engine=engine,
+        threads=threads,
+        input_size="x".join(map(str, a.input_size)),
+        macs=a.macs,
+        density=a.density,
+        bundle_bytes=a.bundle_bytes,
+    )
     if engine.startswith("spaedge"):
         from spaedge.runtime import Runtime
 
-        rt = Runtime(a.base_path, threads=threads, mode="lowrank" if "lowrank" in engine else "merged")
+        rt = Runtime(
+            a.base_path, threads=threads, mode="lowrank" if "lowrank" in engine else "merged"
+        )
         names = [rt.load_task(a.task_path), rt.load_task(b.task_path)]
         assert names[0] != names[1]
         state = {"i": 0}
@@ -169,4 +197,6 @@ def switch_body(benchmark, cases: Cases, case: str, threads: int, engine: str) -
         from spaedge.bench import ort_session
 
         path = a.onnx_path()
-        benchmark.pedantic(lambda: ort_session(ort, path, threads), rounds=8, warmup_rounds=1, iterations=1)
+        benchmark.pedantic(
+            lambda: ort_session(ort, path, threads), rounds=8, warmup_rounds=1, iterations=1
+        )

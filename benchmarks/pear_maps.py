@@ -31,12 +31,25 @@ from spaedge.models import BASES
 from spaedge.models.resnet import BasicBlock, ResNet
 
 # module level, so the spawned experiment workers (which re-import this file) know it too
-BASES.setdefault("tiny-deep", lambda: ResNet(BasicBlock, (2, 2, 2, 2), in_channels=1, stem="cifar",
-                                             widths=(16, 32, 64, 128), arch="tiny-deep"))
+BASES.setdefault(
+    "tiny-deep",
+    lambda: ResNet(
+        BasicBlock,
+        (2, 2, 2, 2),
+        in_channels=1,
+        stem="cifar",
+        widths=(16, 32, 64, 128),
+        arch="tiny-deep",
+    ),
+)
 
 # method name -> (registered method, its options as TrainConfig fields)
-METHODS = {"splora": ("splora", ()), "pear": ("pear", ()), "pear-important": ("pear", (("pear_share", "important"),)),
-           "pear-none": ("pear", (("pear_share", "none"),))}
+METHODS = {
+    "splora": ("splora", ()),
+    "pear": ("pear", ()),
+    "pear-important": ("pear", (("pear_share", "important"),)),
+    "pear-none": ("pear", (("pear_share", "none"),)),
+}
 
 
 def _pretrain(path: Path, images: int, epochs: int) -> None:
@@ -59,8 +72,12 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--base", default="tiny", choices=["tiny", "tiny-deep"])
     p.add_argument("--methods", default=",".join(METHODS), help=f"among {', '.join(METHODS)}")
-    p.add_argument("--knowledge", default="weighted", choices=["weighted", "source"],
-                   help="Pear's knowledge checkpoint (TrainConfig.pear_knowledge)")
+    p.add_argument(
+        "--knowledge",
+        default="weighted",
+        choices=["weighted", "source"],
+        help="Pear's knowledge checkpoint (TrainConfig.pear_knowledge)",
+    )
     p.add_argument("--pretrain-images", type=int, default=12000)
     p.add_argument("--pretrain-epochs", type=int, default=2)
     a = p.parse_args(argv)
@@ -77,14 +94,27 @@ def main(argv=None) -> int:
     def cell(t, m, d, s):
         name, opts = METHODS[m]
         return Cell(t, name, 8, d, seed=s, options=opts + (knowledge if name == "pear" else ()))
-    named = [(cell(t, m, d, s), m) for t in tasks for d in dens for m in methods for s in range(a.seeds)]
+
+    named = [
+        (cell(t, m, d, s), m) for t in tasks for d in dens for m in methods for s in range(a.seeds)
+    ]
     cells = [c for c, _ in named]
-    res = run_grid(cells, Budget(), a.out, workers=a.workers, base=a.base,
-                   base_weights=None if weights is None else str(weights),
-                   log=lambda m: print(m, file=sys.stderr, flush=True))
+    res = run_grid(
+        cells,
+        Budget(),
+        a.out,
+        workers=a.workers,
+        base=a.base,
+        base_weights=None if weights is None else str(weights),
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
     keep = {c.key: m for c, m in named}
     res = [{**r, "name": keep[r["key"]]} for r in res if r["key"] in keep]
-    head = ["density", "method"] + tasks + ["avg", "learned params", "bundle bytes", "shared / removed"]
+    head = (
+        ["density", "method"]
+        + tasks
+        + ["avg", "learned params", "bundle bytes", "shared / removed"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for d in dens:
         for m in methods:
@@ -98,11 +128,28 @@ def main(argv=None) -> int:
                 cols.append(f"{statistics.mean(acc):.1f} ± {sd:.1f}" if acc else "–")
                 if acc:
                     means.append(statistics.mean(acc))
-            sh = (f"{statistics.mean(r.get('pear_shared', 0) for r in rs):.1f} / "
-                  f"{statistics.mean(r.get('pear_removed', 0) for r in rs):.1f}") if m != "splora" else "–"
-            lines.append("| " + " | ".join([f"{d:.0%}", m] + cols + [
-                f"{statistics.mean(means):.1f}", f"{statistics.mean(r['learned_parameters'] for r in rs):.0f}",
-                f"{statistics.mean(r['task_bundle_bytes'] for r in rs):.0f}", sh]) + " |")
+            sh = (
+                (
+                    f"{statistics.mean(r.get('pear_shared', 0) for r in rs):.1f} / "
+                    f"{statistics.mean(r.get('pear_removed', 0) for r in rs):.1f}"
+                )
+                if m != "splora"
+                else "–"
+            )
+            lines.append(
+                "| "
+                + " | ".join(
+                    [f"{d:.0%}", m]
+                    + cols
+                    + [
+                        f"{statistics.mean(means):.1f}",
+                        f"{statistics.mean(r['learned_parameters'] for r in rs):.0f}",
+                        f"{statistics.mean(r['task_bundle_bytes'] for r in rs):.0f}",
+                        sh,
+                    ]
+                )
+                + " |"
+            )
     print("\n".join(lines))
     return 0
 

@@ -28,8 +28,15 @@ import bench_cases  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--case", default="resnet18-d30")
-    ap.add_argument("--rounds", type=int, default=30, help="blocks; each block times 5 switches per thread count and 1 session")
-    ap.add_argument("--dir", default=None, help="where the case's bundles are built (reused when present)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=30,
+        help="blocks; each block times 5 switches per thread count and 1 session",
+    )
+    ap.add_argument(
+        "--dir", default=None, help="where the case's bundles are built (reused when present)"
+    )
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--mode", default="merged")
     ap.add_argument("--no-ort", action="store_true")
@@ -50,6 +57,7 @@ def main() -> None:
     ort = None
     if not args.no_ort:
         import onnxruntime as ort
+
         from spaedge.bench import ort_session
 
         onnx = a.onnx_path()
@@ -74,11 +82,15 @@ def main() -> None:
                 times[f"ort session {t}t"].append((time.perf_counter() - t0) * 1e3)
                 cpu[f"ort session {t}t"].append((time.thread_time() - c0) * 1e3)
     load = os.getloadavg()[0]
-    print(f"case {args.case}, mode {args.mode}, isa {rts[args.threads[0]][0].isa}, load average {load:.1f}")
+    print(
+        f"case {args.case}, mode {args.mode}, isa {rts[args.threads[0]][0].isa}, load average {load:.1f}"
+    )
     for k, v in times.items():
         v = np.asarray(v)
         c = f"  caller CPU median {np.median(cpu[k]):7.3f} ms" if k.endswith(" 1t") else ""
-        print(f"{k:<16} median {np.median(v):7.3f} ms  p90 {np.percentile(v, 90):7.3f} ms{c}  (n={len(v)})")
+        print(
+            f"{k:<16} median {np.median(v):7.3f} ms  p90 {np.percentile(v, 90):7.3f} ms{c}  (n={len(v)})"
+        )
     if ort:
         for t in args.threads:
             r = np.median(times[f"ort session {t}t"]) / np.median(times[f"switch {t}t"])

@@ -44,11 +44,13 @@ def _train_rate(m, x, y, steps: int, onednn: bool, channels_last: bool) -> float
     x = x.to(memory_format=fmt)
     m.train()
     with torch.backends.mkldnn.flags(enabled=onednn):
+
         def step():
             loss = F.cross_entropy(m(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
         step()  # warm-up
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -77,17 +79,27 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     x = torch.randn(a.batch, 3, a.size, a.size)
     y = torch.randint(0, 102, (a.batch,))
-    print(f"{a.base} at {a.size}x{a.size}, batch {a.batch}, {a.threads} threads, torch {torch.__version__}")
+    print(
+        f"{a.base} at {a.size}x{a.size}, batch {a.batch}, {a.threads} threads, torch {torch.__version__}"
+    )
     full, pruned = _model(a.base, 1.0), _model(a.base, 0.3)
     rows = [
-        ("train, unpruned, oneDNN + channels-last (fit before pruning)", _train_rate(full, x, y, a.steps, True, True)),
+        (
+            "train, unpruned, oneDNN + channels-last (fit before pruning)",
+            _train_rate(full, x, y, a.steps, True, True),
+        ),
         ("train, unpruned, native conv", _train_rate(full, x, y, a.steps, False, False)),
-        ("train, 30% density, native conv (fit after pruning)", _train_rate(pruned, x, y, a.steps, False, False)),
+        (
+            "train, 30% density, native conv (fit after pruning)",
+            _train_rate(pruned, x, y, a.steps, False, False),
+        ),
         ("evaluate, unpruned, inference mode", _eval_rate(full, x, a.steps)),
         ("evaluate, 30% density, inference mode", _eval_rate(pruned, x, a.steps)),
     ]
     for what, rate in rows:
-        print(f"  {what:<62} {rate:7.1f} images/s  ({FLOWERS_TRAIN / rate:6.0f} s per Flowers-102 epoch)")
+        print(
+            f"  {what:<62} {rate:7.1f} images/s  ({FLOWERS_TRAIN / rate:6.0f} s per Flowers-102 epoch)"
+        )
     return 0
 
 

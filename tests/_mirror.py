@@ -16,6 +16,7 @@ connection (`cut_after`), so interruptions happen by construction, not timing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -80,7 +81,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if cut is not None:
             body = body[:cut]
-        with m.lock:  # counted before the client can have read it: a test may look as soon as it has the file
+        with (
+            m.lock
+        ):  # counted before the client can have read it: a test may look as soon as it has the file
             m.sent[path] += len(body)
         try:
             self.wfile.write(body)
@@ -89,10 +92,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if cut is not None:  # hang up before the promised length
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class MirrorServer:
@@ -112,8 +113,9 @@ class MirrorServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.mirror = self
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     @property
@@ -173,8 +175,12 @@ def mirror_env(server: MirrorServer, tmp_path, checksums: dict) -> dict:
     sums = os.path.join(tmp_path, "checksums.json")
     with open(sums, "w") as f:
         json.dump({url: sha256(data) for url, data in checksums.items()}, f)
-    return {"SPAEDGE_MIRROR": server.url, "SPAEDGE_CHECKSUMS": sums,
-            "SPAEDGE_HOME": os.path.join(tmp_path, "spaedge-home"), "SPAEDGE_TIMEOUT": "5,10"}
+    return {
+        "SPAEDGE_MIRROR": server.url,
+        "SPAEDGE_CHECKSUMS": sums,
+        "SPAEDGE_HOME": os.path.join(tmp_path, "spaedge-home"),
+        "SPAEDGE_TIMEOUT": "5,10",
+    }
 
 
 def use_mirror(monkeypatch, server: MirrorServer, tmp_path, checksums: dict) -> dict:
@@ -238,8 +244,11 @@ def flowers_files(classes=(1, 2, 3), per_split=2):
         "imagelabels.mat": mat({"labels": np.array(labels, np.uint8)[None, :]}),
         "setid.mat": mat({k: np.array(v, np.uint16)[None, :] for k, v in split_ids.items()}),
     }
-    sizes = {"train": len(split_ids["trnid"]), "val": len(split_ids["valid"]),
-             "test": len(split_ids["tstid"])}
+    sizes = {
+        "train": len(split_ids["trnid"]),
+        "val": len(split_ids["valid"]),
+        "test": len(split_ids["tstid"]),
+    }
     return files, sizes, [l - 1 for l in labels]
 
 
@@ -253,7 +262,9 @@ def cifar_archive(per_batch=20, n_test=10) -> bytes:
         pixels = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         return np.concatenate([labels[:, None], pixels], axis=1).tobytes()
 
-    members = [(f"cifar-10-batches-bin/data_batch_{i}.bin", records(per_batch)) for i in range(1, 6)]
+    members = [
+        (f"cifar-10-batches-bin/data_batch_{i}.bin", records(per_batch)) for i in range(1, 6)
+    ]
     members.append(("cifar-10-batches-bin/test_batch.bin", records(n_test)))
     members.append(("cifar-10-batches-bin/batches.meta.txt", b"airplane\nautomobile\n"))
     return tar_gz(members)

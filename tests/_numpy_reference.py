@@ -21,7 +21,7 @@ from safetensors.numpy import save as st_save
 
 def data_section(buf: bytes) -> bytes:
     (n,) = struct.unpack("<Q", buf[:8])
-    return buf[8 + n:]
+    return buf[8 + n :]
 
 
 def canonical_hash(buf: bytes) -> str:
@@ -32,7 +32,7 @@ def canonical_hash(buf: bytes) -> str:
     name and dtype, ndim, dims, begin, end by name bytes), then the data
     section; every number u64 little-endian."""
     (n,) = struct.unpack("<Q", buf[:8])
-    header = json.loads(buf[8:8 + n])
+    header = json.loads(buf[8 : 8 + n])
 
     def u64(v: int) -> bytes:
         return struct.pack("<Q", v)
@@ -42,14 +42,16 @@ def canonical_hash(buf: bytes) -> str:
         return u64(len(b)) + b
 
     meta = {k: v for k, v in header.get("__metadata__", {}).items() if k != "content_hash"}
-    out = u64(len(meta)) + b"".join(s(k) + s(meta[k]) for k in sorted(meta, key=lambda k: k.encode("utf-8")))
+    out = u64(len(meta)) + b"".join(
+        s(k) + s(meta[k]) for k in sorted(meta, key=lambda k: k.encode("utf-8"))
+    )
     names = sorted((k for k in header if k != "__metadata__"), key=lambda k: k.encode("utf-8"))
     out += u64(len(names))
     for k in names:
         e = header[k]
         out += s(k) + s(e["dtype"]) + u64(len(e["shape"])) + b"".join(u64(d) for d in e["shape"])
         out += u64(e["data_offsets"][0]) + u64(e["data_offsets"][1])
-    return hashlib.sha256(out + buf[8 + n:]).hexdigest()
+    return hashlib.sha256(out + buf[8 + n :]).hexdigest()
 
 
 def bundle_bytes(tensors: dict, metadata: dict) -> bytes:
@@ -71,19 +73,28 @@ def rewrite_header(buf: bytes, edit) -> bytes:
     """Bytes with the JSON header replaced by edit(header_dict), data kept, the
     content hash left as it was (stale unless the edit changed nothing hashed)."""
     (n,) = struct.unpack("<Q", buf[:8])
-    header = json.loads(buf[8:8 + n])
+    header = json.loads(buf[8 : 8 + n])
     header = edit(header)
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw + buf[8 + n:]
+    return struct.pack("<Q", len(raw)) + raw + buf[8 + n :]
 
 
 # ---- toy base graphs -------------------------------------------------------------------
 
 
 def conv(name, inp, cin, cout, k, stride=1, pad=None):
-    return {"name": name, "op": "conv", "inputs": [inp], "output": name, "kernel": k, "stride": stride,
-            "padding": k // 2 if pad is None else pad, "in_channels": cin, "out_channels": cout}
+    return {
+        "name": name,
+        "op": "conv",
+        "inputs": [inp],
+        "output": name,
+        "kernel": k,
+        "stride": stride,
+        "padding": k // 2 if pad is None else pad,
+        "in_channels": cin,
+        "out_channels": cout,
+    }
 
 
 def bn(name, inp):
@@ -99,16 +110,28 @@ def toy_graph():
     downsample block (1x1 projection shortcut), a biased conv without BN, gap,
     linear head."""
     n = [
-        conv("conv1", "x", 3, 8, 3), bn("bn1", "conv1"), op("relu", "relu1", "bn1"),
+        conv("conv1", "x", 3, 8, 3),
+        bn("bn1", "conv1"),
+        op("relu", "relu1", "bn1"),
         op("maxpool", "pool", "relu1", kernel=3, stride=2, padding=1),
-        conv("l1.conv1", "pool", 8, 8, 3), bn("l1.bn1", "l1.conv1"), op("relu", "l1.relu1", "l1.bn1"),
-        conv("l1.conv2", "l1.relu1", 8, 8, 3), bn("l1.bn2", "l1.conv2"),
-        op("add", "l1.add", "l1.bn2", "pool"), op("relu", "l1.relu2", "l1.add"),
-        conv("l2.conv1", "l1.relu2", 8, 12, 3, stride=2), bn("l2.bn1", "l2.conv1"), op("relu", "l2.relu1", "l2.bn1"),
-        conv("l2.conv2", "l2.relu1", 12, 12, 3), bn("l2.bn2", "l2.conv2"),
-        conv("l2.down", "l1.relu2", 8, 12, 1, stride=2, pad=0), bn("l2.down_bn", "l2.down"),
-        op("add", "l2.add", "l2.bn2", "l2.down_bn"), op("relu", "l2.relu2", "l2.add"),
-        conv("mix", "l2.relu2", 12, 10, 1, pad=0), op("relu", "mix_relu", "mix"),
+        conv("l1.conv1", "pool", 8, 8, 3),
+        bn("l1.bn1", "l1.conv1"),
+        op("relu", "l1.relu1", "l1.bn1"),
+        conv("l1.conv2", "l1.relu1", 8, 8, 3),
+        bn("l1.bn2", "l1.conv2"),
+        op("add", "l1.add", "l1.bn2", "pool"),
+        op("relu", "l1.relu2", "l1.add"),
+        conv("l2.conv1", "l1.relu2", 8, 12, 3, stride=2),
+        bn("l2.bn1", "l2.conv1"),
+        op("relu", "l2.relu1", "l2.bn1"),
+        conv("l2.conv2", "l2.relu1", 12, 12, 3),
+        bn("l2.bn2", "l2.conv2"),
+        conv("l2.down", "l1.relu2", 8, 12, 1, stride=2, pad=0),
+        bn("l2.down_bn", "l2.down"),
+        op("add", "l2.add", "l2.bn2", "l2.down_bn"),
+        op("relu", "l2.relu2", "l2.add"),
+        conv("mix", "l2.relu2", 12, 10, 1, pad=0),
+        op("relu", "mix_relu", "mix"),
         op("gap", "avgpool", "mix_relu"),
         op("linear", "fc", "avgpool"),
     ]
@@ -121,15 +144,20 @@ def unfused_graph():
     relus (add + relu fused as one step), an add of a value with itself, a
     maxpool feeding an add, relu after the head."""
     n = [
-        conv("c1", "x", 2, 6, 3), bn("b1", "c1"),
+        conv("c1", "x", 2, 6, 3),
+        bn("b1", "c1"),
         op("relu", "r1", "b1"),
         conv("c2", "b1", 6, 6, 1, pad=0),  # b1 read by r1 and c2: no conv+relu fusion for c1
         op("relu", "r2", "c2"),
-        op("add", "a1", "r1", "r2"), op("relu", "ar", "a1"),
+        op("add", "a1", "r1", "r2"),
+        op("relu", "ar", "a1"),
         op("add", "twice", "ar", "ar"),
         op("maxpool", "mp", "twice", kernel=2, stride=2, padding=0),
-        conv("c3", "mp", 6, 6, 3), op("add", "a2", "c3", "mp"),
-        op("gap", "g", "a2"), op("linear", "head", "g"), op("relu", "out", "head"),
+        conv("c3", "mp", 6, 6, 3),
+        op("add", "a2", "c3", "mp"),
+        op("gap", "g", "a2"),
+        op("linear", "head", "g"),
+        op("relu", "out", "head"),
     ]
     return {"input": "x", "input_channels": 2, "nodes": n, "output": "out"}
 
@@ -140,15 +168,21 @@ def base_tensors(graph, rng, conv_bias=("mix", "c2")):
         if node["op"] == "conv":
             k = node["kernel"]
             fan = node["in_channels"] * k * k
-            t[node["name"] + ".weight"] = (rng.standard_normal(
-                (node["out_channels"], node["in_channels"], k, k)) / np.sqrt(fan)).astype(np.float32)
+            t[node["name"] + ".weight"] = (
+                rng.standard_normal((node["out_channels"], node["in_channels"], k, k))
+                / np.sqrt(fan)
+            ).astype(np.float32)
             if node["name"] in conv_bias:
-                t[node["name"] + ".bias"] = (0.1 * rng.standard_normal(node["out_channels"])).astype(np.float32)
+                t[node["name"] + ".bias"] = (
+                    0.1 * rng.standard_normal(node["out_channels"])
+                ).astype(np.float32)
     return t
 
 
 def write_base(path, graph, tensors, model="toy"):
-    return write(path, tensors, {"format": "spaedge-base", "model": model, "graph": json.dumps(graph)})
+    return write(
+        path, tensors, {"format": "spaedge-base", "model": model, "graph": json.dumps(graph)}
+    )
 
 
 def toy_base(directory, rng):
@@ -204,7 +238,15 @@ def task_tensors(graph, rng, keep_frac=0.6, rank=2, method="splora", classes=5, 
             g = find(name)
             if g not in group_keep:
                 O = n["out_channels"]
-                group_keep[g] = _keep(rng, O, max(1, int(round(O * keep_frac)) - (int(rng.integers(0, 2)) if keep_frac < 1 else 0)))
+                group_keep[g] = _keep(
+                    rng,
+                    O,
+                    max(
+                        1,
+                        int(round(O * keep_frac))
+                        - (int(rng.integers(0, 2)) if keep_frac < 1 else 0),
+                    ),
+                )
             out_idx = group_keep[g]
             in_idx = lists[inp]
             t[name + ".out_index"] = out_idx
@@ -214,7 +256,9 @@ def task_tensors(graph, rng, keep_frac=0.6, rank=2, method="splora", classes=5, 
                 t[name + ".lora_a"] = (0.3 * rng.standard_normal((rank, I))).astype(np.float32)
                 t[name + ".lora_b"] = (0.3 * rng.standard_normal((O, rank))).astype(np.float32)
             elif method == "finetune":
-                t[name + ".weight_delta"] = (0.05 * rng.standard_normal((O, I, k, k))).astype(np.float32)
+                t[name + ".weight_delta"] = (0.05 * rng.standard_normal((O, I, k, k))).astype(
+                    np.float32
+                )
             if name in task_bias:
                 t[name + ".bias"] = (0.1 * rng.standard_normal(O)).astype(np.float32)
             lists[n["output"]] = out_idx
@@ -227,7 +271,9 @@ def task_tensors(graph, rng, keep_frac=0.6, rank=2, method="splora", classes=5, 
             lists[n["output"]] = lists[inp]
         elif n["op"] == "linear":
             C = len(lists[inp])
-            t[name + ".weight"] = (rng.standard_normal((classes, C)) / np.sqrt(C)).astype(np.float32)
+            t[name + ".weight"] = (rng.standard_normal((classes, C)) / np.sqrt(C)).astype(
+                np.float32
+            )
             t[name + ".bias"] = (0.1 * rng.standard_normal(classes)).astype(np.float32)
             lists[n["output"]] = np.arange(classes, dtype=np.int32)
         else:
@@ -235,13 +281,27 @@ def task_tensors(graph, rng, keep_frac=0.6, rank=2, method="splora", classes=5, 
     return t
 
 
-def task_meta(base_hash, name="toy", classes=5, size=(3, 16, 16), method="splora", mean=None, std=None):
+def task_meta(
+    base_hash, name="toy", classes=5, size=(3, 16, 16), method="splora", mean=None, std=None
+):
     c, h, w = size
-    return {"format": "spaedge-task", "base_hash": base_hash, "task": name,
-            "labels": json.dumps([f"{name}-class{i}" for i in range(classes)]),
-            "input": json.dumps({"channels": c, "height": h, "width": w,
-                                 "mean": mean or [0.5] * c, "std": std or [0.25] * c}),
-            "method": method, "info": json.dumps({"rank": 2})}
+    return {
+        "format": "spaedge-task",
+        "base_hash": base_hash,
+        "task": name,
+        "labels": json.dumps([f"{name}-class{i}" for i in range(classes)]),
+        "input": json.dumps(
+            {
+                "channels": c,
+                "height": h,
+                "width": w,
+                "mean": mean or [0.5] * c,
+                "std": std or [0.25] * c,
+            }
+        ),
+        "method": method,
+        "info": json.dumps({"rank": 2}),
+    }
 
 
 # ---- reference forward --------------------------------------------------------------------
@@ -251,13 +311,17 @@ def conv2d(x, w, stride, pad):
     """x (N, C, H, W), w (O, C, k, k), float64."""
     k = w.shape[-1]
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))[
+        :, :, ::stride, ::stride
+    ]
     return np.einsum("nchwij,ocij->nohw", win, w, optimize=True)
 
 
 def maxpool(x, k, stride, pad):
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-np.inf)
-    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))[
+        :, :, ::stride, ::stride
+    ]
     return win.max(axis=(-1, -2))
 
 
@@ -266,7 +330,9 @@ def task_weight(base_w, t, name):
     w = base_w.astype(np.float64)[t[name + ".out_index"]][:, t[name + ".in_index"]].copy()
     if name + ".lora_a" in t:
         c = w.shape[-1] // 2
-        w[:, :, c, c] += t[name + ".lora_b"].astype(np.float64) @ t[name + ".lora_a"].astype(np.float64)
+        w[:, :, c, c] += t[name + ".lora_b"].astype(np.float64) @ t[name + ".lora_a"].astype(
+            np.float64
+        )
     if name + ".weight_delta" in t:
         w += t[name + ".weight_delta"]
     add_splopa(w, t, name)
@@ -280,7 +346,9 @@ def reference_logits(graph, base, task, x):
         name, a = n["name"], v[n["inputs"][0]]
         kind = n["op"]
         if kind == "conv":
-            y = conv2d(a, task_weight(base[name + ".weight"], task, name), n["stride"], n["padding"])
+            y = conv2d(
+                a, task_weight(base[name + ".weight"], task, name), n["stride"], n["padding"]
+            )
             if name + ".bias" in task:
                 bias = task[name + ".bias"].astype(np.float64)
             elif name + ".bias" in base:
@@ -312,7 +380,9 @@ def reference_logits(graph, base, task, x):
 def close(got, ref):
     """Tolerance of the runtime tests: max abs diff <= 1e-4 * (1 + max |ref|)."""
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    return got.shape == ref.shape and float(np.max(np.abs(got - ref))) <= 1e-4 * (1 + float(np.max(np.abs(ref))))
+    return got.shape == ref.shape and float(np.max(np.abs(got - ref))) <= 1e-4 * (
+        1 + float(np.max(np.abs(ref)))
+    )
 
 
 # ---- SPLoPA (block-SPA): block coefficients and shared prototype sets ------------------------
@@ -345,9 +415,15 @@ def splopa_tensors(graph, rng, keep_frac=0.7, classes=5):
         s = splopa_set(t, name)
         bo, bi = _splopa_block(O), _splopa_block(I)
         if f"splopa.{s}.u" not in t:
-            t[f"splopa.{s}.u"] = (0.5 * rng.standard_normal((SPLOPA_N, bo, SPLOPA_RANK))).astype(np.float32)
-            t[f"splopa.{s}.v"] = (0.5 * rng.standard_normal((SPLOPA_N, SPLOPA_RANK, bi))).astype(np.float32)
-        t[name + ".splopa_coef"] = (0.2 * rng.standard_normal((SPLOPA_N, O // bo, I // bi))).astype(np.float32)
+            t[f"splopa.{s}.u"] = (0.5 * rng.standard_normal((SPLOPA_N, bo, SPLOPA_RANK))).astype(
+                np.float32
+            )
+            t[f"splopa.{s}.v"] = (0.5 * rng.standard_normal((SPLOPA_N, SPLOPA_RANK, bi))).astype(
+                np.float32
+            )
+        t[name + ".splopa_coef"] = (0.2 * rng.standard_normal((SPLOPA_N, O // bo, I // bi))).astype(
+            np.float32
+        )
         sets[name] = s
     return t, json.dumps(sets)
 

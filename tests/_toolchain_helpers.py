@@ -56,8 +56,10 @@ def random_batches(n: int = 2, bs: int = 16, classes: int = 3, seed: int = 0) ->
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(bs, 1, 28, 28, generator=g), torch.randint(0, classes, (bs,), generator=g))
-            for _ in range(n)]
+    return [
+        (torch.randn(bs, 1, 28, 28, generator=g), torch.randint(0, classes, (bs,), generator=g))
+        for _ in range(n)
+    ]
 
 
 def assert_bundle_matches(model, base_path, task_path, x) -> None:
@@ -73,7 +75,9 @@ def assert_bundle_matches(model, base_path, task_path, x) -> None:
     with torch.no_grad():
         want = model(x).numpy()
         again, _, _ = load_task_model(base_path, task_path)
-        np.testing.assert_allclose(again(x).numpy(), want, rtol=1e-4, atol=1e-4 * (1 + np.abs(want).max()))
+        np.testing.assert_allclose(
+            again(x).numpy(), want, rtol=1e-4, atol=1e-4 * (1 + np.abs(want).max())
+        )
     rt = runtime.Runtime(base_path, threads=1)
     rt.load_task(task_path)
     for mode in ("merged", "lowrank"):

@@ -37,7 +37,8 @@ def pytest_configure(config):
     except ImportError as e:
         raise pytest.UsageError(
             f"spaedge's compiled runtime does not import ({e}). Install the package first "
-            "(pip install -e '.[test]' torch==2.13.0, or bash .ci/run) and run pytest from the checkout.") from None
+            "(pip install -e '.[test]' torch==2.13.0, or bash .ci/run) and run pytest from the checkout."
+        ) from None
     try:
         import torch
     except ImportError:  # the device-side tests (runtime, corruption) run without torch

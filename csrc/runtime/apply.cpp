@@ -8,15 +8,15 @@
 namespace spaedge {
 
 void size_scratch(Applied& a, int threads) {
-    size_t need = 0;
-    for (const Step& s : a.task->exec_plan.steps) {
-        if (s.kind != StepKind::Conv) continue;
-        const int r = a.fused_rank[size_t(s.index)];
-        need = std::max(need, r > 0 ? a.kt->conv_lowrank_scratch_floats(s.geom, r, threads)
-                                    : a.kt->conv_scratch_floats(s.geom, threads));
-    }
-    a.scratch.resize(need);
-    a.scratch_threads = threads;
+  size_t need = 0;
+  for (const Step& s : a.task->exec_plan.steps) {
+    if (s.kind != StepKind::Conv) continue;
+    const int r = a.fused_rank[size_t(s.index)];
+    need = std::max(need, r > 0 ? a.kt->conv_lowrank_scratch_floats(s.geom, r, threads)
+                                : a.kt->conv_scratch_floats(s.geom, threads));
+  }
+  a.scratch.resize(need);
+  a.scratch_threads = threads;
 }
 
 namespace {
@@ -26,80 +26,81 @@ namespace {
 // OHWI workspace, merge, add the deltas, scale, pack.
 void apply_general(const Graph& g, const ConvTask& ct, const kernels::KernelTable& kt, int fused,
                    float* w, float* bs, float* dst) {
-    const Node& n = g.nodes[size_t(ct.node)];
-    const TensorView& W = *n.weight;
-    const size_t kk = size_t(ct.kernel) * size_t(ct.kernel);
-    const size_t I = size_t(n.in_channels);
-    const size_t Ip = size_t(ct.in_c);
-    // Sequential writes; the reads stay within one base row (I*k*k floats).
-    // Read as bytes (memcpy per element), as TensorView's accessors do.
+  const Node& n = g.nodes[size_t(ct.node)];
+  const TensorView& W = *n.weight;
+  const size_t kk = size_t(ct.kernel) * size_t(ct.kernel);
+  const size_t I = size_t(n.in_channels);
+  const size_t Ip = size_t(ct.in_c);
+  // Sequential writes; the reads stay within one base row (I*k*k floats).
+  // Read as bytes (memcpy per element), as TensorView's accessors do.
+  for (size_t o = 0; o < size_t(ct.out_c); ++o) {
+    const unsigned char* row = W.data + size_t(ct.out_index[o]) * I * kk * 4;
+    float* d = w + o * kk * Ip;
+    for (size_t t = 0; t < kk; ++t) {
+      const unsigned char* src = row + 4 * t;
+      float* dt = d + t * Ip;
+      for (size_t i = 0; i < Ip; ++i) std::memcpy(dt + i, src + size_t(ct.in_index[i]) * kk * 4, 4);
+    }
+  }
+  if (ct.rank > 0 && fused == 0)
+    kt.lowrank_merge(ct.out_c, ct.in_c, ct.kernel, ct.rank, ct.lora_a.data(), ct.lora_b.data(), w);
+  if (!ct.weight_delta.empty()) {
+    const float* d = ct.weight_delta.data();  // OIHW
+    for (size_t o = 0; o < size_t(ct.out_c); ++o)
+      for (size_t i = 0; i < Ip; ++i)
+        for (size_t t = 0; t < kk; ++t) w[(o * kk + t) * Ip + i] += d[(o * Ip + i) * kk + t];
+  }
+  if (!ct.pointwise_delta.empty()) {
+    const size_t c = size_t(ct.kernel / 2) * size_t(ct.kernel) + size_t(ct.kernel / 2);
+    const float* d = ct.pointwise_delta.data();  // [O', I']
+    for (size_t o = 0; o < size_t(ct.out_c); ++o)
+      for (size_t i = 0; i < Ip; ++i) w[(o * kk + c) * Ip + i] += d[o * Ip + i];
+  }
+  if (!ct.splopa_coef
+           .empty()) {  // SPLoPA's Kronecker sum, expanded into the centre tap (also a delta)
+    kernels::SplopaArgs s;
+    s.out_c = ct.out_c;
+    s.in_c = ct.in_c;
+    s.n = ct.splopa_n;
+    s.rank = ct.splopa_rank;
+    s.bo = ct.splopa_bo;
+    s.bi = ct.splopa_bi;
+    s.u = ct.splopa_u.data();
+    s.v = ct.splopa_v.data();
+    s.coef = ct.splopa_coef.data();
+    const size_t c = size_t(ct.kernel / 2) * size_t(ct.kernel) + size_t(ct.kernel / 2);
+    kt.splopa_expand(s, w + c * Ip, kk * Ip);
+  }
+  for (size_t j = 0; j < ct.sparse_index.size(); ++j) {
+    const size_t f = size_t(ct.sparse_index[j]);  // flat OIHW over [O', I', k, k]
+    const size_t o = f / (Ip * kk), i = (f / kk) % Ip, t = f % kk;
+    w[(o * kk + t) * Ip + i] += ct.sparse_values[j];
+  }
+  if (!ct.scale.empty()) {
     for (size_t o = 0; o < size_t(ct.out_c); ++o) {
-        const unsigned char* row = W.data + size_t(ct.out_index[o]) * I * kk * 4;
-        float* d = w + o * kk * Ip;
-        for (size_t t = 0; t < kk; ++t) {
-            const unsigned char* src = row + 4 * t;
-            float* dt = d + t * Ip;
-            for (size_t i = 0; i < Ip; ++i) std::memcpy(dt + i, src + size_t(ct.in_index[i]) * kk * 4, 4);
-        }
+      const float s = ct.scale[o];
+      float* r = w + o * kk * Ip;
+      for (size_t j = 0; j < kk * Ip; ++j) r[j] *= s;
     }
-    if (ct.rank > 0 && fused == 0)
-        kt.lowrank_merge(ct.out_c, ct.in_c, ct.kernel, ct.rank, ct.lora_a.data(), ct.lora_b.data(), w);
-    if (!ct.weight_delta.empty()) {
-        const float* d = ct.weight_delta.data();  // OIHW
-        for (size_t o = 0; o < size_t(ct.out_c); ++o)
-            for (size_t i = 0; i < Ip; ++i)
-                for (size_t t = 0; t < kk; ++t) w[(o * kk + t) * Ip + i] += d[(o * Ip + i) * kk + t];
-    }
-    if (!ct.pointwise_delta.empty()) {
-        const size_t c = size_t(ct.kernel / 2) * size_t(ct.kernel) + size_t(ct.kernel / 2);
-        const float* d = ct.pointwise_delta.data();  // [O', I']
-        for (size_t o = 0; o < size_t(ct.out_c); ++o)
-            for (size_t i = 0; i < Ip; ++i) w[(o * kk + c) * Ip + i] += d[o * Ip + i];
-    }
-    if (!ct.splopa_coef.empty()) {  // SPLoPA's Kronecker sum, expanded into the centre tap (also a delta)
-        kernels::SplopaArgs s;
-        s.out_c = ct.out_c;
-        s.in_c = ct.in_c;
-        s.n = ct.splopa_n;
-        s.rank = ct.splopa_rank;
-        s.bo = ct.splopa_bo;
-        s.bi = ct.splopa_bi;
-        s.u = ct.splopa_u.data();
-        s.v = ct.splopa_v.data();
-        s.coef = ct.splopa_coef.data();
-        const size_t c = size_t(ct.kernel / 2) * size_t(ct.kernel) + size_t(ct.kernel / 2);
-        kt.splopa_expand(s, w + c * Ip, kk * Ip);
-    }
-    for (size_t j = 0; j < ct.sparse_index.size(); ++j) {
-        const size_t f = size_t(ct.sparse_index[j]);  // flat OIHW over [O', I', k, k]
-        const size_t o = f / (Ip * kk), i = (f / kk) % Ip, t = f % kk;
-        w[(o * kk + t) * Ip + i] += ct.sparse_values[j];
-    }
+  }
+  if (fused > 0) {
+    // BN scales output channel o of the whole sum: scale B' rows too.
+    const float* b = ct.lora_b.data();
     if (!ct.scale.empty()) {
-        for (size_t o = 0; o < size_t(ct.out_c); ++o) {
-            const float s = ct.scale[o];
-            float* r = w + o * kk * Ip;
-            for (size_t j = 0; j < kk * Ip; ++j) r[j] *= s;
-        }
+      for (size_t o = 0; o < size_t(ct.out_c); ++o)
+        for (size_t r = 0; r < size_t(fused); ++r)
+          bs[o * size_t(fused) + r] = ct.lora_b[o * size_t(fused) + r] * ct.scale[o];
+      b = bs;
     }
-    if (fused > 0) {
-        // BN scales output channel o of the whole sum: scale B' rows too.
-        const float* b = ct.lora_b.data();
-        if (!ct.scale.empty()) {
-            for (size_t o = 0; o < size_t(ct.out_c); ++o)
-                for (size_t r = 0; r < size_t(fused); ++r)
-                    bs[o * size_t(fused) + r] = ct.lora_b[o * size_t(fused) + r] * ct.scale[o];
-            b = bs;
-        }
-        kt.conv_lowrank_pack(ct.geom, fused, w, ct.lora_a.data(), b, dst);
-    } else {
-        kt.conv_pack(ct.geom, w, dst);
-    }
+    kt.conv_lowrank_pack(ct.geom, fused, w, ct.lora_a.data(), b, dst);
+  } else {
+    kt.conv_pack(ct.geom, w, dst);
+  }
 }
 
 bool needs_general(const ConvTask& ct) {
-    return !ct.weight_delta.empty() || !ct.pointwise_delta.empty() || !ct.sparse_index.empty() ||
-           !ct.splopa_coef.empty();
+  return !ct.weight_delta.empty() || !ct.pointwise_delta.empty() || !ct.sparse_index.empty() ||
+         !ct.splopa_coef.empty();
 }
 
 // Packed rows (of K = k*k*in_c) per work item of the one-pass path: about
@@ -109,19 +110,19 @@ constexpr size_t kItemFloats = size_t(48) << 10;
 // Arguments of the one-pass application of `ct`, reading the base's
 // tap-major copy or, `oihw`, its stored OIHW weights.
 kernels::ApplyArgs one_pass_args(const Node& n, const ConvTask& ct, int fused, bool oihw) {
-    kernels::ApplyArgs args;
-    args.g = ct.geom;
-    args.base = oihw ? reinterpret_cast<const float*>(n.weight->data) : n.weight_hwio;
-    args.base_in = n.in_channels;
-    args.base_out = n.out_channels;
-    args.out_index = ct.out_index.data();
-    args.in_index = ct.in_index.data();
-    args.rank = ct.rank;
-    args.a = ct.lora_a.data();
-    args.bt = ct.lora_bt.data();
-    args.fused = fused > 0;
-    args.scale = ct.scale.empty() ? nullptr : ct.scale.data();
-    return args;
+  kernels::ApplyArgs args;
+  args.g = ct.geom;
+  args.base = oihw ? reinterpret_cast<const float*>(n.weight->data) : n.weight_hwio;
+  args.base_in = n.in_channels;
+  args.base_out = n.out_channels;
+  args.out_index = ct.out_index.data();
+  args.in_index = ct.in_index.data();
+  args.rank = ct.rank;
+  args.a = ct.lora_a.data();
+  args.bt = ct.lora_bt.data();
+  args.fused = fused > 0;
+  args.scale = ct.scale.empty() ? nullptr : ct.scale.data();
+  return args;
 }
 
 // Whether `ct` is applied from the stored OIHW weights: they read fewer
@@ -129,90 +130,92 @@ kernels::ApplyArgs one_pass_args(const Node& n, const ConvTask& ct, int fused, b
 // in place (when 4-byte aligned: a base holds F32 only, so its private copy
 // always is) and index in int32.
 bool use_oihw(const Node& n, const ConvTask& ct) {
-    if (!n.weight || n.weight->dtype != DType::F32 ||
-        reinterpret_cast<uintptr_t>(n.weight->data) % alignof(float) != 0)
-        return false;
-    const size_t base_floats =
-        size_t(n.in_channels) * size_t(n.out_channels) * size_t(ct.kernel) * size_t(ct.kernel);
-    if (base_floats >= (size_t(1) << 31)) return false;
-    const kernels::ApplyArgs args = one_pass_args(n, ct, 0, true);
-    return kernels::apply_read_floats(args, true) < kernels::apply_read_floats(args, false);
+  if (!n.weight || n.weight->dtype != DType::F32 ||
+      reinterpret_cast<uintptr_t>(n.weight->data) % alignof(float) != 0)
+    return false;
+  const size_t base_floats =
+      size_t(n.in_channels) * size_t(n.out_channels) * size_t(ct.kernel) * size_t(ct.kernel);
+  if (base_floats >= (size_t(1) << 31)) return false;
+  const kernels::ApplyArgs args = one_pass_args(n, ct, 0, true);
+  return kernels::apply_read_floats(args, true) < kernels::apply_read_floats(args, false);
 }
 
 }  // namespace
 
 void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTable& kt,
                 int threads, ApplyMode mode, Workers& pool, Applied& a) {
-    a.task = nullptr;  // not runnable until complete
-    a.kt = &kt;
-    const Graph& g = base.graph();
-    size_t total = 0, max_ohwi = 0, max_b = 0;
-    a.packed_offset.resize(task.convs.size());
-    a.fused_rank.assign(task.convs.size(), 0);
-    a.items.clear();
-    for (size_t ci = 0; ci < task.convs.size(); ++ci) {
-        const ConvTask& ct = task.convs[ci];
-        const int r = mode == ApplyMode::FusedLowRank ? ct.rank : 0;
-        a.fused_rank[ci] = r;
-        a.packed_offset[ci] = total;
-        total += round_floats(r > 0 ? kt.conv_lowrank_packed_floats(ct.geom, r) : kt.conv_packed_floats(ct.geom));
-        if (needs_general(ct)) {
-            max_ohwi = std::max(max_ohwi, size_t(ct.out_c) * size_t(ct.kernel * ct.kernel) * size_t(ct.in_c));
-            max_b = std::max(max_b, size_t(ct.out_c) * size_t(r));
-            a.items.push_back({int(ci), -1, -1});
-        }
+  a.task = nullptr;  // not runnable until complete
+  a.kt = &kt;
+  const Graph& g = base.graph();
+  size_t total = 0, max_ohwi = 0, max_b = 0;
+  a.packed_offset.resize(task.convs.size());
+  a.fused_rank.assign(task.convs.size(), 0);
+  a.items.clear();
+  for (size_t ci = 0; ci < task.convs.size(); ++ci) {
+    const ConvTask& ct = task.convs[ci];
+    const int r = mode == ApplyMode::FusedLowRank ? ct.rank : 0;
+    a.fused_rank[ci] = r;
+    a.packed_offset[ci] = total;
+    total += round_floats(r > 0 ? kt.conv_lowrank_packed_floats(ct.geom, r)
+                                : kt.conv_packed_floats(ct.geom));
+    if (needs_general(ct)) {
+      max_ohwi =
+          std::max(max_ohwi, size_t(ct.out_c) * size_t(ct.kernel * ct.kernel) * size_t(ct.in_c));
+      max_b = std::max(max_b, size_t(ct.out_c) * size_t(r));
+      a.items.push_back({int(ci), -1, -1});
     }
-    const size_t general = a.items.size();  // first: the big, unsplit ones
-    // One-pass convs are cut into row ranges so both threads stay busy on a
-    // network whose last convs hold most of the weights.
-    for (size_t ci = 0; ci < task.convs.size(); ++ci) {
-        const ConvTask& ct = task.convs[ci];
-        if (needs_general(ct)) continue;
-        const int K = ct.kernel * ct.kernel * ct.in_c;
-        if (use_oihw(g.nodes[size_t(ct.node)], ct)) {
-            // Kept outputs in multiples of 16 (every ISA's panel width divides 16).
-            int outs = int(std::max<size_t>(16, kItemFloats / size_t(K) / 16 * 16));
-            if (threads == 1) outs = ct.out_c;
-            for (int o0 = 0; o0 < ct.out_c; o0 += outs)
-                a.items.push_back({int(ci), o0, std::min(ct.out_c, o0 + outs), true});
-            continue;
-        }
-        const size_t width = round_floats(size_t(ct.out_c));
-        int rows = int(std::max<size_t>(8, (kItemFloats / width + 7) / 8 * 8));
-        if (threads == 1) rows = K;  // nothing to balance
-        for (int k0 = 0; k0 < K; k0 += rows) a.items.push_back({int(ci), k0, std::min(K, k0 + rows)});
+  }
+  const size_t general = a.items.size();  // first: the big, unsplit ones
+  // One-pass convs are cut into row ranges so both threads stay busy on a
+  // network whose last convs hold most of the weights.
+  for (size_t ci = 0; ci < task.convs.size(); ++ci) {
+    const ConvTask& ct = task.convs[ci];
+    if (needs_general(ct)) continue;
+    const int K = ct.kernel * ct.kernel * ct.in_c;
+    if (use_oihw(g.nodes[size_t(ct.node)], ct)) {
+      // Kept outputs in multiples of 16 (every ISA's panel width divides 16).
+      int outs = int(std::max<size_t>(16, kItemFloats / size_t(K) / 16 * 16));
+      if (threads == 1) outs = ct.out_c;
+      for (int o0 = 0; o0 < ct.out_c; o0 += outs)
+        a.items.push_back({int(ci), o0, std::min(ct.out_c, o0 + outs), true});
+      continue;
     }
-    const int nitems = int(a.items.size());
-    const int workers = std::max(1, std::min(threads, nitems));
-    a.packed.resize(total);
-    // Workspace only for the general path (one slice per worker).
-    const int gworkers = workers;
-    const size_t slice = round_floats(max_ohwi);
-    a.ohwi.resize(general ? slice * size_t(gworkers) : 0);
-    const size_t bslice = round_floats(max_b);
-    a.bwork.resize(general ? bslice * size_t(gworkers) : 0);
+    const size_t width = round_floats(size_t(ct.out_c));
+    int rows = int(std::max<size_t>(8, (kItemFloats / width + 7) / 8 * 8));
+    if (threads == 1) rows = K;  // nothing to balance
+    for (int k0 = 0; k0 < K; k0 += rows) a.items.push_back({int(ci), k0, std::min(K, k0 + rows)});
+  }
+  const int nitems = int(a.items.size());
+  const int workers = std::max(1, std::min(threads, nitems));
+  a.packed.resize(total);
+  // Workspace only for the general path (one slice per worker).
+  const int gworkers = workers;
+  const size_t slice = round_floats(max_ohwi);
+  a.ohwi.resize(general ? slice * size_t(gworkers) : 0);
+  const size_t bslice = round_floats(max_b);
+  a.bwork.resize(general ? bslice * size_t(gworkers) : 0);
 
-    // Nothing below throws. Items go to the caller and helper threads as
-    // they come free (Workers), so a helper the OS keeps waiting costs nothing.
-    pool.run(nitems, workers, [&](int it, int worker) {
-        const ApplyItem item = a.items[size_t(it)];
-        const ConvTask& ct = task.convs[size_t(item.conv)];
-        const int fused = a.fused_rank[size_t(item.conv)];
-        float* dst = a.packed.data() + a.packed_offset[size_t(item.conv)];
-        if (item.k0 < 0) {
-            apply_general(g, ct, kt, fused, a.ohwi.data() + slice * size_t(worker),
-                          a.bwork.data() + bslice * size_t(worker), dst);
-            return;
-        }
-        const kernels::ApplyArgs args = one_pass_args(g.nodes[size_t(ct.node)], ct, fused, item.oihw);
-        if (item.oihw)
-            kt.conv_apply_oihw(args, item.k0, item.k1, dst);
-        else
-            kt.conv_apply(args, item.k0, item.k1, dst);
-    });
-    a.arena.resize(task.exec_plan.arena_floats);
-    a.task = &task;
-    size_scratch(a, threads);
+  // Nothing below throws. Items go to the caller and helper threads as
+  // they come free (Workers), so a helper the OS keeps waiting costs nothing.
+  pool.run(nitems, workers, [&](int it, int worker) {
+    const ApplyItem item = a.items[size_t(it)];
+    const ConvTask& ct = task.convs[size_t(item.conv)];
+    const int fused = a.fused_rank[size_t(item.conv)];
+    float* dst = a.packed.data() + a.packed_offset[size_t(item.conv)];
+    if (item.k0 < 0) {
+      apply_general(g, ct, kt, fused, a.ohwi.data() + slice * size_t(worker),
+                    a.bwork.data() + bslice * size_t(worker), dst);
+      return;
+    }
+    const kernels::ApplyArgs args = one_pass_args(g.nodes[size_t(ct.node)], ct, fused, item.oihw);
+    if (item.oihw)
+      kt.conv_apply_oihw(args, item.k0, item.k1, dst);
+    else
+      kt.conv_apply(args, item.k0, item.k1, dst);
+  });
+  a.arena.resize(task.exec_plan.arena_floats);
+  a.task = &task;
+  size_scratch(a, threads);
 }
 
 }  // namespace spaedge

@@ -16,8 +16,8 @@ namespace spaedge {
 
 // How low-rank adapters are applied (docs/runtime.md).
 enum class ApplyMode {
-    Merged,        // W' += centre_tap(B A) at switch time; plain conv at run time (default)
-    FusedLowRank,  // W' and (A, B) packed separately; conv + B (A x_centre) in one kernel pass
+  Merged,        // W' += centre_tap(B A) at switch time; plain conv at run time (default)
+  FusedLowRank,  // W' and (A, B) packed separately; conv + B (A x_centre) in one kernel pass
 };
 
 // One unit of task application: the whole conv `conv` by the general path
@@ -25,23 +25,23 @@ enum class ApplyMode {
 // copy (kernels::conv_apply) or, `oihw`, kept outputs [k0, k1) from its
 // stored OIHW layout (kernels::conv_apply_oihw), whichever reads less.
 struct ApplyItem {
-    int conv = 0, k0 = 0, k1 = 0;
-    bool oihw = false;
+  int conv = 0, k0 = 0, k1 = 0;
+  bool oihw = false;
 };
 
 // The active task's weights packed for one kernel table, plus the arena.
 struct Applied {
-    const Task* task = nullptr;
-    const kernels::KernelTable* kt = nullptr;
-    FloatBuffer packed;                 // all conv weights, packed
-    std::vector<size_t> packed_offset;  // per ConvTask
-    std::vector<int> fused_rank;        // per ConvTask: rank run unmerged (0 = plain conv)
-    FloatBuffer bwork;                  // BN-scaled B' workspace (fused mode)
-    FloatBuffer ohwi;                   // gather/merge workspace (general path only)
-    std::vector<ApplyItem> items;       // work list of the last application
-    FloatBuffer arena;                  // activations
-    FloatBuffer scratch;                // conv scratch
-    int scratch_threads = 0;
+  const Task* task = nullptr;
+  const kernels::KernelTable* kt = nullptr;
+  FloatBuffer packed;                 // all conv weights, packed
+  std::vector<size_t> packed_offset;  // per ConvTask
+  std::vector<int> fused_rank;        // per ConvTask: rank run unmerged (0 = plain conv)
+  FloatBuffer bwork;                  // BN-scaled B' workspace (fused mode)
+  FloatBuffer ohwi;                   // gather/merge workspace (general path only)
+  std::vector<ApplyItem> items;       // work list of the last application
+  FloatBuffer arena;                  // activations
+  FloatBuffer scratch;                // conv scratch
+  int scratch_threads = 0;
 };
 
 // Gathers, merges, folds and packs `task` for `kt`; sizes arena and scratch.

@@ -18,25 +18,25 @@ enum class Type { Null, Bool, Number, String, Array, Object };
 const char* type_name(Type t);
 
 struct Value {
-    Type type = Type::Null;
-    bool boolean = false;
-    double number = 0.0;
-    bool is_integer = false;  // number token had no fraction/exponent and fits int64
-    int64_t integer = 0;      // valid when is_integer
-    std::string string;
-    std::vector<Value> array;
-    std::vector<std::pair<std::string, Value>> object;
+  Type type = Type::Null;
+  bool boolean = false;
+  double number = 0.0;
+  bool is_integer = false;  // number token had no fraction/exponent and fits int64
+  int64_t integer = 0;      // valid when is_integer
+  std::string string;
+  std::vector<Value> array;
+  std::vector<std::pair<std::string, Value>> object;
 
-    bool is(Type t) const { return type == t; }
-    // Member lookup (objects only); null when absent.
-    const Value* find(const std::string& key) const;
+  bool is(Type t) const { return type == t; }
+  // Member lookup (objects only); null when absent.
+  const Value* find(const std::string& key) const;
 };
 
 // Parses `text`; on failure throws spaedge::Error("<context>: invalid JSON at
 // byte N: <reason>").
 Value parse(const char* text, size_t len, const std::string& context, int max_depth = 64);
 inline Value parse(const std::string& text, const std::string& context) {
-    return parse(text.data(), text.size(), context);
+  return parse(text.data(), text.size(), context);
 }
 
 // True when [p, p+len) is well-formed UTF-8 (no overlongs, no surrogates).

@@ -17,35 +17,35 @@ enum class Op { Conv, BatchNorm, Relu, Add, MaxPool, Gap, Linear };
 const char* op_name(Op op);
 
 struct Node {
-    std::string name;
-    std::string output;
-    Op op = Op::Relu;
-    std::vector<int> inputs;  // value ids; value 0 is the graph input
-    int out = -1;             // value id of the output
-    // conv / maxpool
-    int kernel = 0, stride = 1, padding = 0;
-    // conv
-    int in_channels = 0, out_channels = 0;
-    const TensorView* weight = nullptr;  // base weight [O, I, k, k] (the bundle's private copy)
-    const float* weight_hwio = nullptr;  // the same re-laid out at load: [k*k][I][O]
-    const TensorView* bias = nullptr;    // optional base bias [O]
-    // batchnorm
-    double eps = 1e-5;
+  std::string name;
+  std::string output;
+  Op op = Op::Relu;
+  std::vector<int> inputs;  // value ids; value 0 is the graph input
+  int out = -1;             // value id of the output
+  // conv / maxpool
+  int kernel = 0, stride = 1, padding = 0;
+  // conv
+  int in_channels = 0, out_channels = 0;
+  const TensorView* weight = nullptr;  // base weight [O, I, k, k] (the bundle's private copy)
+  const float* weight_hwio = nullptr;  // the same re-laid out at load: [k*k][I][O]
+  const TensorView* bias = nullptr;    // optional base bias [O]
+  // batchnorm
+  double eps = 1e-5;
 };
 
 // Kind of a value: spatial H x W x C activation or a C-vector (after gap).
 enum class Kind { Spatial, Vector };
 
 struct Graph {
-    std::string input_name;
-    int input_channels = 0;
-    std::vector<Node> nodes;
-    std::vector<std::string> value_names;  // value id -> name; 0 is the input
-    std::vector<int> producer;             // value id -> node index (-1 for the input)
-    std::vector<std::vector<int>> consumers;  // value id -> node indices (in order)
-    std::vector<Kind> kind;                // value id -> kind
-    std::vector<int> base_channels;        // value id -> channels in the base (-1: task-defined)
-    int output = -1;                       // value id of the graph output
+  std::string input_name;
+  int input_channels = 0;
+  std::vector<Node> nodes;
+  std::vector<std::string> value_names;     // value id -> name; 0 is the input
+  std::vector<int> producer;                // value id -> node index (-1 for the input)
+  std::vector<std::vector<int>> consumers;  // value id -> node indices (in order)
+  std::vector<Kind> kind;                   // value id -> kind
+  std::vector<int> base_channels;           // value id -> channels in the base (-1: task-defined)
+  int output = -1;                          // value id of the graph output
 };
 
 // Channels of a base's (and a task's) input image: 1 to 4 (docs/runtime.md).
@@ -57,19 +57,19 @@ constexpr int kMaxInputChannels = 4;
 void parse_graph(const Bundle& b, Graph& g);
 
 class BaseModel {
-public:
-    explicit BaseModel(const std::string& path);
-    const Bundle& bundle() const { return *bundle_; }
-    const Graph& graph() const { return graph_; }
-    const std::string& model_name() const { return model_; }
-    const std::string& content_hash() const { return bundle_->content_hash(); }
-    const std::string& path() const { return bundle_->path(); }
+ public:
+  explicit BaseModel(const std::string& path);
+  const Bundle& bundle() const { return *bundle_; }
+  const Graph& graph() const { return graph_; }
+  const std::string& model_name() const { return model_; }
+  const std::string& content_hash() const { return bundle_->content_hash(); }
+  const std::string& path() const { return bundle_->path(); }
 
-private:
-    std::unique_ptr<Bundle> bundle_;
-    Graph graph_;
-    std::string model_;
-    FloatBuffer hwio_;  // all conv weights, tap-major HWIO (Node::weight_hwio)
+ private:
+  std::unique_ptr<Bundle> bundle_;
+  Graph graph_;
+  std::string model_;
+  FloatBuffer hwio_;  // all conv weights, tap-major HWIO (Node::weight_hwio)
 };
 
 }  // namespace spaedge

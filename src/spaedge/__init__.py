@@ -11,7 +11,9 @@ __version__ = "0.1.0"
 # The toolchain turns oneDNN off around every backward (see spaedge.train.fit);
 # torch 2.13 then prints a notice about Intel-GPU TF32 each time, which says
 # nothing about the user's run and buried the progress lines.
-_warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN", category=UserWarning)
+_warnings.filterwarnings(
+    "ignore", message="TF32 acceleration on top of oneDNN", category=UserWarning
+)
 
 
 def __getattr__(name):

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["parse_density", "positive_int", "nonneg_int", "unit_fraction", "path_text", "parse_sparsity"]
+__all__ = [
+    "parse_density",
+    "positive_int",
+    "nonneg_int",
+    "unit_fraction",
+    "path_text",
+    "parse_sparsity",
+]
 
 
 def parse_density(text: str) -> float:
@@ -20,7 +27,9 @@ def parse_density(text: str) -> float:
     except ValueError:
         v = float("nan")
     if not 0.0 < v <= 1.0:
-        raise argparse.ArgumentTypeError(f"density must be in (0, 1] or (0%, 100%], e.g. 0.3 or 30%; got {text}")
+        raise argparse.ArgumentTypeError(
+            f"density must be in (0, 1] or (0%, 100%], e.g. 0.3 or 30%; got {text}"
+        )
     return v
 
 
@@ -48,7 +57,9 @@ def unit_fraction(text: str) -> float:
 def path_text(text: str) -> str:
     """A path as typed: refused when no file could have that name (a NUL byte, empty)."""
     if "\x00" in text:
-        raise argparse.ArgumentTypeError(f"{text!r} contains a NUL byte: no file can have that name")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} contains a NUL byte: no file can have that name"
+        )
     if not text:
         raise argparse.ArgumentTypeError("an empty path")
     return text
@@ -61,5 +72,7 @@ def parse_sparsity(text: str) -> float:
     except ValueError:
         v = float("nan")
     if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1) or [0%, 100%), e.g. 0.4 or 40%; got {text}")
+        raise argparse.ArgumentTypeError(
+            f"sparsity must be in [0, 1) or [0%, 100%), e.g. 0.4 or 40%; got {text}"
+        )
     return v

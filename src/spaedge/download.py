@@ -43,8 +43,9 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Tuple, Union
+from typing import Callable, Optional, Union
 
 from spaedge.progress import ByteProgress
 
@@ -119,13 +120,19 @@ def data_home() -> Path:
 # ------------------------------------------------------------------ digests
 
 
-def parse_digest(digest: str, where: str = "") -> Tuple[str, str]:
+def parse_digest(digest: str, where: str = "") -> tuple[str, str]:
     """``"sha256:<hex>"`` or ``"md5:<hex>"`` -> (algorithm, lower-case hex)."""
     algo, sep, hexd = str(digest).strip().partition(":")
     algo, hexd = algo.lower(), hexd.lower()
-    if not sep or algo not in _DIGEST_LEN or not re.fullmatch(f"[0-9a-f]{{{_DIGEST_LEN[algo]}}}", hexd):
-        raise ValueError(f"{where}bad digest {digest!r}: expected 'sha256:' and 64 hex digits "
-                         "(or 'md5:' and 32 where only an MD5 is published)")
+    if (
+        not sep
+        or algo not in _DIGEST_LEN
+        or not re.fullmatch(f"[0-9a-f]{{{_DIGEST_LEN[algo]}}}", hexd)
+    ):
+        raise ValueError(
+            f"{where}bad digest {digest!r}: expected 'sha256:' and 64 hex digits "
+            "(or 'md5:' and 32 where only an MD5 is published)"
+        )
     return algo, hexd
 
 
@@ -146,12 +153,16 @@ def _checksum_overrides() -> dict:
         with open(name, encoding="utf-8") as f:
             table = json.load(f)
     except OSError as e:
-        raise ChecksumsFileError(f"SPAEDGE_CHECKSUMS={name}: cannot read it ({e.strerror or e})") from e
+        raise ChecksumsFileError(
+            f"SPAEDGE_CHECKSUMS={name}: cannot read it ({e.strerror or e})"
+        ) from e
     except ValueError as e:
         raise ChecksumsFileError(f"SPAEDGE_CHECKSUMS={name}: not valid JSON ({e})") from e
     if not isinstance(table, dict):
-        raise ChecksumsFileError(f"SPAEDGE_CHECKSUMS={name}: expected a JSON object "
-                                 '{"<upstream URL>": "sha256:<hex>"}, found ' + type(table).__name__)
+        raise ChecksumsFileError(
+            f"SPAEDGE_CHECKSUMS={name}: expected a JSON object "
+            '{"<upstream URL>": "sha256:<hex>"}, found ' + type(table).__name__
+        )
     out = {}
     for url, digest in table.items():
         if not isinstance(digest, str):
@@ -164,7 +175,7 @@ def _checksum_overrides() -> dict:
     return out
 
 
-def expected_digest(url: str, digest: Optional[str] = None) -> Optional[str]:
+def expected_digest(url: str, digest: str | None = None) -> str | None:
     """The digest to check ``url``'s file against: ``$SPAEDGE_CHECKSUMS``'s entry
     for ``url`` if there is one, else ``digest``."""
     return _checksum_overrides().get(url, digest)
@@ -180,7 +191,7 @@ def mirrored_url(url: str) -> str:
     return mirror.rstrip("/") + "/" + tail
 
 
-def _verify(path: Path, digest: Optional[str]) -> Tuple[bool, str]:
+def _verify(path: Path, digest: str | None) -> tuple[bool, str]:
     """(matches, "<algo>:<hex>" found). No digest: any existing file matches."""
     if digest is None:
         return True, ""
@@ -192,7 +203,7 @@ def _verify(path: Path, digest: Optional[str]) -> Tuple[bool, str]:
 # ------------------------------------------------------------------ HTTP
 
 
-def _timeouts(timeout) -> Tuple[float, float]:
+def _timeouts(timeout) -> tuple[float, float]:
     if timeout is None:
         env = os.environ.get("SPAEDGE_TIMEOUT", "").strip()
         if env:
@@ -200,7 +211,9 @@ def _timeouts(timeout) -> Tuple[float, float]:
                 parts = [float(x) for x in env.split(",")]
                 return (parts[0], parts[1] if len(parts) > 1 else parts[0])
             except (ValueError, IndexError):
-                raise ValueError(f"SPAEDGE_TIMEOUT={env!r}: expected CONNECT[,READ] in seconds") from None
+                raise ValueError(
+                    f"SPAEDGE_TIMEOUT={env!r}: expected CONNECT[,READ] in seconds"
+                ) from None
         return CONNECT_TIMEOUT, READ_TIMEOUT
     if isinstance(timeout, (int, float)):
         return float(timeout), float(timeout)
@@ -252,9 +265,12 @@ def _reason(e: BaseException, connect: float, read: float) -> str:
 
 
 def _by_hand(url: str, dest: Path, offline: bool = False) -> str:
-    return (f"place the file by hand at {dest}" + (" (datasets can also be given with --data-dir DIR)" if offline
-            else " (or run with --no-download to use local files only; datasets can also be given with "
-                 "--data-dir DIR)"))
+    return f"place the file by hand at {dest}" + (
+        " (datasets can also be given with --data-dir DIR)"
+        if offline
+        else " (or run with --no-download to use local files only; datasets can also be given with "
+        "--data-dir DIR)"
+    )
 
 
 def _describe(upstream: str, actual: str) -> str:
@@ -265,13 +281,19 @@ class _Cut(Exception):
     """The transfer stopped early; what arrived is kept in the partial file."""
 
 
-def _content_range_start(value: Optional[str]) -> Optional[int]:
+def _content_range_start(value: str | None) -> int | None:
     m = re.match(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)", value or "")
     return int(m.group(1)) if m else None
 
 
-def _transfer(opener, url: str, part: Path, connect: float, read: float,
-              report: Callable[[int, Optional[int]], None]) -> int:
+def _transfer(
+    opener,
+    url: str,
+    part: Path,
+    connect: float,
+    read: float,
+    report: Callable[[int, int | None], None],
+) -> int:
     """One request: append to ``part`` (resuming with Range) until the body ends.
     Returns the offset it wrote from (0: a fresh start). Raises _Cut if the body
     ended early, network errors as they come."""
@@ -291,7 +313,11 @@ def _transfer(opener, url: str, part: Path, connect: float, read: float,
         status = getattr(resp, "status", None) or resp.getcode()
         length = resp.headers.get("Content-Length")
         length = int(length) if length and length.isdigit() else None
-        if have and status == 206 and _content_range_start(resp.headers.get("Content-Range")) == have:
+        if (
+            have
+            and status == 206
+            and _content_range_start(resp.headers.get("Content-Range")) == have
+        ):
             mode, done = "ab", have
         else:  # the server ignored the Range (200): start again from byte 0
             mode, done = "wb", 0
@@ -357,9 +383,16 @@ def _default_progress(url: str, dest: Path):
 # ------------------------------------------------------------------ fetch
 
 
-def fetch(url: str, dest: PathLike, *, digest: Optional[str] = None, allow_download: bool = True,
-          progress: Union[Progress, None, bool] = None,
-          timeout: Union[None, float, Tuple[float, float]] = None, retries: int = RETRIES) -> Path:
+def fetch(
+    url: str,
+    dest: PathLike,
+    *,
+    digest: str | None = None,
+    allow_download: bool = True,
+    progress: Progress | None | bool = None,
+    timeout: None | float | tuple[float, float] = None,
+    retries: int = RETRIES,
+) -> Path:
     """Make ``dest`` hold the file at ``url`` and return it as a Path.
 
     digest: ``"sha256:<hex>"``, or ``"md5:<hex>"`` for files whose publishers give
@@ -394,11 +427,16 @@ def fetch(url: str, dest: PathLike, *, digest: Optional[str] = None, allow_downl
             raise DigestMismatch(
                 f"{dest} does not match {url}: expected {digest}, got {got}, and downloading is "
                 f"forbidden (--no-download); replace it with the right file or allow downloads",
-                url, dest)
+                url,
+                dest,
+            )
     if not allow_download:
         raise DownloadError(
             f"{url} is not cached and network access is forbidden (--no-download): "
-            + _by_hand(url, dest, offline=True), url, dest)
+            + _by_hand(url, dest, offline=True),
+            url,
+            dest,
+        )
 
     with file_lock(dest):
         if dest.is_file() and _verify(dest, digest)[0]:  # another process fetched it meanwhile
@@ -433,9 +471,12 @@ def _download(url, dest: Path, digest, progress, timeout, retries) -> Path:
                 grown = (part.stat().st_size if part.exists() else 0) > before
                 attempts += 1
                 if attempts > retries or not grown:
-                    raise DownloadError(f"cannot download {where}: {e} (tries: {attempts}); the "
-                                        f"partial file {part} resumes on the next run, or "
-                                        + _by_hand(url, dest), url, dest) from None
+                    raise DownloadError(
+                        f"cannot download {where}: {e} (tries: {attempts}); the "
+                        f"partial file {part} resumes on the next run, or " + _by_hand(url, dest),
+                        url,
+                        dest,
+                    ) from None
                 continue
             except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
                 kept = part.exists() and part.stat().st_size > before
@@ -455,7 +496,10 @@ def _download(url, dest: Path, digest, progress, timeout, retries) -> Path:
             raise DigestMismatch(
                 f"digest mismatch for {where}: expected {digest}, got {got}; the download was "
                 f"refused and deleted. If the file changed upstream, put its digest in "
-                f"$SPAEDGE_CHECKSUMS, or " + _by_hand(url, dest), url, dest)
+                f"$SPAEDGE_CHECKSUMS, or " + _by_hand(url, dest),
+                url,
+                dest,
+            )
     finally:
         if shown is not None:
             shown.close()
@@ -483,7 +527,12 @@ def _check_member(m: tarfile.TarInfo, root: str) -> None:
     target = os.path.realpath(os.path.join(root, name))
     if not _inside(root, target):
         raise UnsafeArchive(f"member {name!r} would be written outside the destination")
-    if m.ischr() or m.isblk() or m.isfifo() or not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+    if (
+        m.ischr()
+        or m.isblk()
+        or m.isfifo()
+        or not (m.isfile() or m.isdir() or m.issym() or m.islnk())
+    ):
         raise UnsafeArchive(f"member {name!r} is a device, FIFO or other special file")
     if m.issym() or m.islnk():
         link = m.linkname
@@ -526,8 +575,9 @@ def extract_tar(archive: PathLike, dest: PathLike) -> Path:
         except refused as e:
             raise UnsafeArchive(f"{archive}: refused, {e}; nothing was extracted") from None
         except (tarfile.TarError, EOFError, OSError) as e:
-            raise DownloadError(f"{archive}: not a readable tar archive ({e}); delete it and "
-                                "download it again") from None
+            raise DownloadError(
+                f"{archive}: not a readable tar archive ({e}); delete it and download it again"
+            ) from None
         moved = []
         try:
             for entry in sorted(os.listdir(root)):

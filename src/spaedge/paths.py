@@ -8,7 +8,13 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["PathProblem", "check_path_text", "check_output_dir", "check_output_file", "check_input_file"]
+__all__ = [
+    "PathProblem",
+    "check_path_text",
+    "check_output_dir",
+    "check_output_file",
+    "check_input_file",
+]
 
 
 class PathProblem(ValueError):
@@ -49,7 +55,9 @@ def check_output_file(path: str | os.PathLike, what: str = "output file") -> Pat
     if p.exists() or p.is_symlink():
         mode = os.stat(p, follow_symlinks=False).st_mode if p.is_symlink() else p.stat().st_mode
         if not stat.S_ISREG(mode) and not stat.S_ISLNK(mode):
-            raise PathProblem(f"{what} {p} exists and is not a regular file: move it away or pick another path")
+            raise PathProblem(
+                f"{what} {p} exists and is not a regular file: move it away or pick another path"
+            )
         if stat.S_ISLNK(mode) and p.exists() and not p.is_file():
             raise PathProblem(f"{what} {p} links to something that is not a regular file")
     return p

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Optional
 
 __all__ = ["Reporter", "ByteProgress"]
 
@@ -24,15 +23,28 @@ class Reporter:
         self._progress = None
         if enabled:
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.console = Console(stderr=True)
             if self.console.is_terminal:
-                self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                          TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                                          TextColumn("left"), TimeRemainingColumn(), console=self.console,
-                                          transient=True)
+                self._progress = Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"),
+                    TimeElapsedColumn(),
+                    TextColumn("left"),
+                    TimeRemainingColumn(),
+                    console=self.console,
+                    transient=True,
+                )
 
     @property
     def live(self) -> bool:
@@ -63,9 +75,12 @@ class Reporter:
         def advance(n: int = 1, images: int = 0) -> None:
             start[1] += images
             rate = start[1] / max(time.perf_counter() - start[0], 1e-9)
-            self._progress.update(tid, advance=n, rate=f"{rate:.0f} {unit}/s" if unit and start[1] else "")
+            self._progress.update(
+                tid, advance=n, rate=f"{rate:.0f} {unit}/s" if unit and start[1] else ""
+            )
             if self._progress.tasks[[t.id for t in self._progress.tasks].index(tid)].finished:
                 self._progress.remove_task(tid)
+
         return advance
 
 
@@ -76,22 +91,33 @@ class ByteProgress:
     def __init__(self, label: str):
         self.label = label
         self.start = time.monotonic()
-        self.first: Optional[int] = None
+        self.first: int | None = None
         self.last = 0.0
         self.bar = None
         try:
             from rich.console import Console
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                       TimeRemainingColumn, TransferSpeedColumn)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
         except ImportError:
             return
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                            TransferSpeedColumn(), TimeRemainingColumn(),
-                            console=Console(stderr=True))
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
         self.task = self.bar.add_task(label, total=None)
         self.bar.start()
 
-    def __call__(self, done: int, total: Optional[int]) -> None:
+    def __call__(self, done: int, total: int | None) -> None:
         if self.bar is not None:
             self.bar.update(self.task, completed=done, total=total)
             return

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Optional
 
 import numpy as np
 
@@ -76,11 +75,15 @@ class Runtime:
     ``mode``: how low-rank adapters are applied, see :attr:`mode`.
     """
 
-    def __init__(self, base_path: str | os.PathLike, threads: Optional[int] = None, mode: str = "merged"):
+    def __init__(
+        self, base_path: str | os.PathLike, threads: int | None = None, mode: str = "merged"
+    ):
         self._rt = _runtime.Runtime(os.fspath(base_path), _threads_arg(threads))
         if mode != "merged":
             self.mode = mode
-        self._info: dict[str, dict] = {}  # task name -> task_info (bundles are immutable once loaded)
+        self._info: dict[
+            str, dict
+        ] = {}  # task name -> task_info (bundles are immutable once loaded)
         # Makes "look up the active task's shape, then run it" atomic with respect to
         # switches in other threads (the C++ mutex covers each call, not the pair).
         # The C++ side serialises every call anyway, so this costs no parallelism.
@@ -115,11 +118,11 @@ class Runtime:
         return self._rt.tasks()
 
     @property
-    def active_task(self) -> Optional[str]:
+    def active_task(self) -> str | None:
         """Name of the active task, or None."""
         return self._rt.active_task() or None
 
-    def task_info(self, name: Optional[str] = None) -> dict:
+    def task_info(self, name: str | None = None) -> dict:
         """Facts about a loaded task (the active one by default).
 
         Keys: name, path, method, info (JSON text), labels, channels, height,
@@ -139,7 +142,7 @@ class Runtime:
         return self._rt.threads()
 
     @threads.setter
-    def threads(self, n: Optional[int]) -> None:
+    def threads(self, n: int | None) -> None:
         self._rt.set_threads(_threads_arg(n))
 
     @property
@@ -180,8 +183,11 @@ class Runtime:
         expect = f"float32 array of shape ({c}, {h}, {w}) or (N, {c}, {h}, {w}) (NCHW) for task {info['name']!r}"
         a = np.asarray(x) if not isinstance(x, np.ndarray) else x
         if a.dtype.kind != "f":
-            hint = " (raw pixels must be normalised first: use Runtime.normalize(images))" \
-                if a.dtype.kind in "ui" else ""
+            hint = (
+                " (raw pixels must be normalised first: use Runtime.normalize(images))"
+                if a.dtype.kind in "ui"
+                else ""
+            )
             raise ValueError(f"Runtime.run: expected a {expect}, got dtype {a.dtype}{hint}")
         if a.ndim not in (3, 4):
             raise ValueError(f"Runtime.run: expected a {expect}, got {a.ndim}-D shape {a.shape}")
@@ -201,8 +207,10 @@ class Runtime:
         if n == 0:
             return out[0] if single else out
         if check_finite and not np.isfinite(a).all():
-            raise ValueError("Runtime.run: input contains NaN or Inf "
-                             "(pass check_finite=False to run it anyway; the logits are then unspecified)")
+            raise ValueError(
+                "Runtime.run: input contains NaN or Inf "
+                "(pass check_finite=False to run it anyway; the logits are then unspecified)"
+            )
         self._rt.run(a, n, out)
         return out[0] if single else out
 
@@ -219,7 +227,7 @@ class Runtime:
             result.append([(labels[i], float(row[i])) for i in order])
         return result[0] if logits.ndim == 1 else result
 
-    def normalize(self, images, task: Optional[str] = None) -> np.ndarray:
+    def normalize(self, images, task: str | None = None) -> np.ndarray:
         """Images to the normalised float32 NCHW input of a task (the active one by default).
 
         ``images``: uint8 in 0..255 or floats in 0..1, one image or a batch, in
@@ -235,25 +243,36 @@ class Runtime:
         elif a.dtype.kind == "f":
             a = a.astype(np.float32, copy=False)
         else:
-            raise ValueError(f"Runtime.normalize: expected uint8 (0..255) or float (0..1) images, got dtype {a.dtype}")
-        if c == 1 and a.ndim in (2, 3) and a.shape[-2:] == (h, w) and not (a.ndim == 3 and a.shape == (1, h, w)):
+            raise ValueError(
+                f"Runtime.normalize: expected uint8 (0..255) or float (0..1) images, got dtype {a.dtype}"
+            )
+        if (
+            c == 1
+            and a.ndim in (2, 3)
+            and a.shape[-2:] == (h, w)
+            and not (a.ndim == 3 and a.shape == (1, h, w))
+        ):
             a = a[..., None, :, :]  # (H, W) or (N, H, W) grayscale
         if a.ndim not in (3, 4):
-            raise ValueError(f"Runtime.normalize: expected one image or a batch of ({c}, {h}, {w}) or "
-                             f"({h}, {w}, {c}) images, got shape {a.shape}")
+            raise ValueError(
+                f"Runtime.normalize: expected one image or a batch of ({c}, {h}, {w}) or "
+                f"({h}, {w}, {c}) images, got shape {a.shape}"
+            )
         if a.shape[-3:] == (c, h, w):
             pass
         elif a.shape[-3:] == (h, w, c):
             a = np.moveaxis(a, -1, -3)
         else:
-            raise ValueError(f"Runtime.normalize: images must be {c}x{h}x{w} (CHW) or {h}x{w}x{c} (HWC) "
-                             f"for task {info['name']!r}, got shape {a.shape}; resize them first")
+            raise ValueError(
+                f"Runtime.normalize: images must be {c}x{h}x{w} (CHW) or {h}x{w}x{c} (HWC) "
+                f"for task {info['name']!r}, got shape {a.shape}; resize them first"
+            )
         mean = np.asarray(info["mean"], dtype=np.float32).reshape(c, 1, 1)
         std = np.asarray(info["std"], dtype=np.float32).reshape(c, 1, 1)
         return np.ascontiguousarray((a - mean) / std, dtype=np.float32)
 
     # ---- helpers ---------------------------------------------------------------
-    def _resolve(self, name: Optional[str]) -> str:
+    def _resolve(self, name: str | None) -> str:
         if name is None:
             active = self._rt.active_task()
             if not active:
@@ -279,8 +298,10 @@ class Runtime:
         return info
 
     def __repr__(self) -> str:
-        return (f"Runtime(base={self.base_path!r}, model={self.base_model!r}, isa={self.isa!r}, "
-                f"threads={self.threads}, mode={self.mode!r}, tasks={self.tasks}, active={self.active_task!r})")
+        return (
+            f"Runtime(base={self.base_path!r}, model={self.base_model!r}, isa={self.isa!r}, "
+            f"threads={self.threads}, mode={self.mode!r}, tasks={self.tasks}, active={self.active_task!r})"
+        )
 
 
 def _with_input(d: dict) -> dict:
@@ -289,7 +310,7 @@ def _with_input(d: dict) -> dict:
     return d
 
 
-def _threads_arg(n: Optional[int]) -> int:
+def _threads_arg(n: int | None) -> int:
     if n is None:
         return 0
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):

@@ -4,19 +4,26 @@ SparseAdapter against their definitions, and every method's end-to-end path
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from _toolchain_helpers import assert_bundle_matches
 from _toolchain_helpers import random_batches as _data
 from _toolchain_helpers import tiny_task_model as _tiny
 from _toolchain_helpers import train_steps as _train
-from types import SimpleNamespace
+from torch import nn
 
-from spaedge.adapters import SPLoPA, SPPaRA, SparseAdapter, adapted_layers, get_method, learned_parameters
+from spaedge.adapters import (
+    SparseAdapter,
+    SPLoPA,
+    SPPaRA,
+    adapted_layers,
+    get_method,
+    learned_parameters,
+)
 from spaedge.adapters.sparse import SparseSPLoRA, dense_lora_parameters, large_rank, sparsify
 from spaedge.models import get_base
 from spaedge.pruning.prune import prune_to_density
@@ -44,7 +51,9 @@ def test_splopa_update_is_a_sum_of_kronecker_products_and_prunes_whole_blocks():
     layer = SPLoPA(conv, rank=2, block=4, prototypes=3)
     with torch.no_grad():
         layer.positions.normal_()
-    want = sum(torch.kron(layer.positions[p], layer.proto_u[p] @ layer.proto_v[p]) for p in range(3))
+    want = sum(
+        torch.kron(layer.positions[p], layer.proto_u[p] @ layer.proto_v[p]) for p in range(3)
+    )
     torch.testing.assert_close(layer.update(), want)
     keep_out = torch.tensor([0, 1, 2, 3, 8, 9, 10, 11])  # blocks 0 and 2
     pos_before = layer.positions.detach().clone()
@@ -71,7 +80,12 @@ SPARSE = ["sparse", "sparse-sppara", "sparse-large"]
 
 def _masked(model):
     """(parameter, mask) of every masked tensor of a SparseAdapter model, in module order."""
-    return [pm for m in model.modules() if isinstance(m, (SparseAdapter, SparseSPLoRA)) for pm in m.mask_pairs()]
+    return [
+        pm
+        for m in model.modules()
+        if isinstance(m, (SparseAdapter, SparseSPLoRA))
+        for pm in m.mask_pairs()
+    ]
 
 
 @pytest.mark.parametrize("method", SPARSE)
@@ -79,17 +93,22 @@ def _masked(model):
 def test_sparse_masks_keep_a_global_budget_and_masked_entries_stay_zero(method, criterion):
     model = _tiny(method)
     data = _data(1, bs=8)
-    get_method(method).prepare(model, SimpleNamespace(mask_criterion=criterion, sparsity=0.6), data,
-                               (1, 28, 28))
+    get_method(method).prepare(
+        model, SimpleNamespace(mask_criterion=criterion, sparsity=0.6), data, (1, 28, 28)
+    )
     pairs = _masked(model)
     total = sum(p.numel() for p, _ in pairs)
     kept = sum(int(m.sum()) for _, m in pairs)
-    if method == "sparse-large":  # rank 4 widened to ceil(4 / 0.4) = 10, keeping rank 4's parameters
+    if (
+        method == "sparse-large"
+    ):  # rank 4 widened to ceil(4 / 0.4) = 10, keeping rank 4's parameters
         assert all(m.lora_a.shape[0] == 10 for m in model.modules() if isinstance(m, SparseSPLoRA))
         assert kept == dense_lora_parameters(_tiny("splora"), 4)
     else:
         assert kept == round(0.4 * total)
-    assert len({tuple(p.shape) for p, _ in pairs}) > 1  # one threshold over layers (and both factors)
+    assert (
+        len({tuple(p.shape) for p, _ in pairs}) > 1
+    )  # one threshold over layers (and both factors)
     for p, m in pairs:
         assert set(m.unique().tolist()) <= {0.0, 1.0}
         assert torch.count_nonzero(p.detach() * (1 - m)) == 0  # masked entries are zeroed...
@@ -98,10 +117,15 @@ def test_sparse_masks_keep_a_global_budget_and_masked_entries_stay_zero(method, 
     _train(model, data, steps=3)
     for (p, m), m0 in zip(_masked(model), masks):
         assert torch.equal(m, m0)  # ...the masks are fixed...
-        assert torch.count_nonzero(p.detach() * (1 - m)) == 0  # ...and they stay zero through training
+        assert (
+            torch.count_nonzero(p.detach() * (1 - m)) == 0
+        )  # ...and they stay zero through training
         assert p.grad is None or torch.count_nonzero(p.grad * (1 - m)) == 0
-    assert learned_parameters(model) == before == sum(p.numel() for p in model.parameters()
-                                                      if p.requires_grad) - (total - kept)
+    assert (
+        learned_parameters(model)
+        == before
+        == sum(p.numel() for p in model.parameters() if p.requires_grad) - (total - kept)
+    )
 
 
 def test_sparse_splora_masks_both_factors_with_one_threshold():
@@ -114,12 +138,15 @@ def test_sparse_splora_masks_both_factors_with_one_threshold():
     kept_b = sum(int(m.lora_b_mask.sum()) for m in layers) / sum(m.lora_b.numel() for m in layers)
     assert 0.3 < kept_a < 0.7 and 0.3 < kept_b < 0.7
     layer = layers[3]
-    torch.testing.assert_close(layer.delta()[:, :, 1, 1], (layer.lora_b * layer.lora_b_mask)
-                               @ (layer.lora_a * layer.lora_a_mask))
+    torch.testing.assert_close(
+        layer.delta()[:, :, 1, 1],
+        (layer.lora_b * layer.lora_b_mask) @ (layer.lora_a * layer.lora_a_mask),
+    )
 
 
 def test_snip_and_grasp_scores_are_the_documented_formulas():
     from spaedge.adapters.sparse import _scores
+
     for method in ("sparse-sppara", "sparse"):
         model = _tiny(method)
         data = _data(1, bs=4)
@@ -136,8 +163,18 @@ def test_snip_and_grasp_scores_are_the_documented_formulas():
         torch.testing.assert_close(grasp[3], (params[3] * hg[3]).detach())
 
 
-@pytest.mark.parametrize("rank, sparsity, wide", [(8, 0.4, 14), (8, 0.6, 20), (8, 0.8, 40), (4, 0.5, 8),
-                                                  (1, 0.0, 1), (3, 0.8, 15), (5, 0.75, 20)])
+@pytest.mark.parametrize(
+    "rank, sparsity, wide",
+    [
+        (8, 0.4, 14),
+        (8, 0.6, 20),
+        (8, 0.8, 40),
+        (4, 0.5, 8),
+        (1, 0.0, 1),
+        (3, 0.8, 15),
+        (5, 0.75, 20),
+    ],
+)
 def test_large_rank_is_the_narrowest_holding_the_dense_budget(rank, sparsity, wide):
     assert large_rank(rank, sparsity) == wide
     assert wide * (1 - sparsity) >= rank - 1e-9 and (wide - 1) * (1 - sparsity) < rank - 1e-9
@@ -147,8 +184,12 @@ def test_large_rank_is_the_narrowest_holding_the_dense_budget(rank, sparsity, wi
 def test_large_sparse_has_the_dense_splora_parameter_count(sparsity):
     dense = _tiny("splora", rank=8)
     large = _tiny("sparse-large", rank=8)
-    get_method("sparse-large").prepare(large, SimpleNamespace(mask_criterion="snip", sparsity=sparsity),
-                                       _data(1, bs=4), (1, 28, 28))
+    get_method("sparse-large").prepare(
+        large,
+        SimpleNamespace(mask_criterion="snip", sparsity=sparsity),
+        _data(1, bs=4),
+        (1, 28, 28),
+    )
     adapters = lambda model: sum(p.numel() for n, p in model.named_parameters() if "lora" in n)  # noqa: E731
     kept = sum(m.nonzeros() for m in large.modules() if isinstance(m, SparseSPLoRA))
     assert kept == adapters(dense) == dense_lora_parameters(large, 8)
@@ -165,6 +206,7 @@ METHODS = ["splora", "finetune", "sppara", "splopa", *SPARSE]
 def _pack_and_compare(model, base_path, tmp_path, x, name="task.safetensors"):
     from spaedge.pack.bundle import TaskSpec, base_hash, write_task
     from spaedge.pack.format import read_bundle
+
     spec = TaskSpec("t", ["a", "b", "c"], (1, 28, 28), [0.5], [0.25])
     write_task(model, spec, base_hash(get_base("tiny")), tmp_path / name)
     assert_bundle_matches(model, base_path, tmp_path / name, x)
@@ -174,30 +216,58 @@ def _pack_and_compare(model, base_path, tmp_path, x, name="task.safetensors"):
 @pytest.mark.parametrize("method", METHODS)
 def test_method_trains_prunes_packs_and_runs_in_the_runtime(method, tiny_base_bundle, tmp_path):
     from spaedge.pack.bundle import load_task_model
+
     m = get_method(method)
     model = _tiny(method, rank=4)
     data = _data(2, bs=16)
     if m.prepare is not None:  # SparseAdapter's masks, SPLoPA's shared prototypes
-        m.prepare(model, SimpleNamespace(mask_criterion="snip", sparsity=0.6, splopa_share="model"), data[:1],
-                  (1, 28, 28))
+        m.prepare(
+            model,
+            SimpleNamespace(mask_criterion="snip", sparsity=0.6, splopa_share="model"),
+            data[:1],
+            (1, 28, 28),
+        )
     _train(model, data, steps=2)
-    prune_to_density(model, torch.zeros(1, 1, 28, 28), 0.3, step_fraction=0.2, criterion="taylor",
-                     score_kwargs={"data": data[:1]}, block=m.prune_block,
-                     recover=lambda s, d: _train(model, data, steps=1))
+    prune_to_density(
+        model,
+        torch.zeros(1, 1, 28, 28),
+        0.3,
+        step_fraction=0.2,
+        criterion="taylor",
+        score_kwargs={"data": data[:1]},
+        block=m.prune_block,
+        recover=lambda s, d: _train(model, data, steps=1),
+    )
     _train(model, data, steps=2)
     # BN statistics moved by training: the runtime must fold the task's BN
     tensors = _pack_and_compare(model, tiny_base_bundle, tmp_path, torch.randn(4, 1, 28, 28))
     keys = {k.split(".")[-1] for k in tensors}
-    expect = {"splora": "lora_a", "finetune": "weight_delta", "sppara": "pointwise_delta",
-              "splopa": "splopa_coef", "sparse": "lora_a_values", "sparse-sppara": "sparse_delta_mask",
-              "sparse-large": "lora_b_mask"}
+    expect = {
+        "splora": "lora_a",
+        "finetune": "weight_delta",
+        "sppara": "pointwise_delta",
+        "splopa": "splopa_coef",
+        "sparse": "lora_a_values",
+        "sparse-sppara": "sparse_delta_mask",
+        "sparse-large": "lora_b_mask",
+    }
     assert expect[method] in keys
     if method in SPARSE:
-        assert not keys & {"lora_a", "lora_b", "pointwise_delta"}  # values + bitmasks, never dense + mask
+        assert not keys & {
+            "lora_a",
+            "lora_b",
+            "pointwise_delta",
+        }  # values + bitmasks, never dense + mask
         assert not {k for k in keys if k.endswith("_index")} - {"out_index", "in_index"}
-        nnz = sum(m.nonzeros() for m in model.modules() if isinstance(m, (SparseAdapter, SparseSPLoRA)))
+        nnz = sum(
+            m.nonzeros() for m in model.modules() if isinstance(m, (SparseAdapter, SparseSPLoRA))
+        )
         stored = sum(v.size for k, v in tensors.items() if k.endswith("_values"))
-        masks = [v for k, v in tensors.items() if k.endswith(("lora_a_mask", "lora_b_mask", "sparse_delta_mask"))]
+        masks = [
+            v
+            for k, v in tensors.items()
+            if k.endswith(("lora_a_mask", "lora_b_mask", "sparse_delta_mask"))
+        ]
         assert all(m.dtype == np.uint8 for m in masks)
         assert stored == nnz == sum(int(np.unpackbits(m).sum()) for m in masks)
         again, _, _ = load_task_model(tiny_base_bundle, tmp_path / "task.safetensors")
@@ -212,8 +282,9 @@ def test_method_trains_prunes_packs_and_runs_in_the_runtime(method, tiny_base_bu
 def _sparse_model(method, sparsity, rank=8):
     """A SparseAdapter model masked at ``sparsity`` (magnitude), pruned to 30% density, trained a step."""
     model = _tiny(method, rank=rank)
-    get_method(method).prepare(model, SimpleNamespace(mask_criterion="magnitude", sparsity=sparsity), [],
-                               (1, 28, 28))
+    get_method(method).prepare(
+        model, SimpleNamespace(mask_criterion="magnitude", sparsity=sparsity), [], (1, 28, 28)
+    )
     prune_to_density(model, torch.zeros(1, 1, 28, 28), 0.3, step_fraction=0.35)
     _train(model, _data(1, bs=8), steps=1)
     return model
@@ -230,17 +301,30 @@ def test_sparse_bundles_shrink_with_sparsity(method, tiny_base_bundle, tmp_path)
     for sparsity in (0.4, 0.6, 0.8):
         model = _sparse_model(method, sparsity)
         name = f"{method}-{sparsity}.safetensors"
-        tensors = _pack_and_compare(model, tiny_base_bundle, tmp_path, torch.randn(2, 1, 28, 28), name)
+        tensors = _pack_and_compare(
+            model, tiny_base_bundle, tmp_path, torch.randn(2, 1, 28, 28), name
+        )
         sizes.append((tmp_path / name).stat().st_size)
-        pairs = [pm for m in model.modules() if isinstance(m, (SparseAdapter, SparseSPLoRA)) for pm in m.mask_pairs()]
+        pairs = [
+            pm
+            for m in model.modules()
+            if isinstance(m, (SparseAdapter, SparseSPLoRA))
+            for pm in m.mask_pairs()
+        ]
         nnz, dense = sum(int(m.sum()) for _, m in pairs), sum(p.numel() for p, _ in pairs)
         # the adapter's tensors: values and positions (lora_{a,b}_*, sparse_delta_*), not lora_rank
-        stored = sum(v.nbytes for k, v in tensors.items()
-                     if k.rsplit(".", 1)[-1].startswith(("lora_", "sparse_")) and not k.endswith(".lora_rank"))
+        stored = sum(
+            v.nbytes
+            for k, v in tensors.items()
+            if k.rsplit(".", 1)[-1].startswith(("lora_", "sparse_"))
+            and not k.endswith(".lora_rank")
+        )
         values = sum(v.nbytes for k, v in tensors.items() if k.endswith("_values"))
         assert values == 4 * nnz, (sparsity, values, nnz)
         assert stored < 4 * dense, (sparsity, stored, dense)
-    if method == "sparse-large":  # the same nonzeros, spread over wider factors: about the same size
+    if (
+        method == "sparse-large"
+    ):  # the same nonzeros, spread over wider factors: about the same size
         assert max(sizes) - min(sizes) < 0.1 * min(sizes), sizes
     else:
         assert sizes[0] > sizes[1] > sizes[2], sizes
@@ -253,14 +337,23 @@ def _as_dense_splora(tensors: dict, meta: dict) -> tuple[dict, dict]:
     out = {k: v for k, v in tensors.items() if not k.endswith(("lora_rank", "_values", "_mask"))}
     for k in tensors:
         if k.endswith(".lora_rank"):
-            L = k[:-len(".lora_rank")]
-            r, O, I = int(tensors[k][0]), tensors[L + ".out_index"].size, tensors[L + ".in_index"].size
+            L = k[: -len(".lora_rank")]
+            r, O, I = (
+                int(tensors[k][0]),
+                tensors[L + ".out_index"].size,
+                tensors[L + ".in_index"].size,
+            )
             for f, shape in (("lora_a", (r, I)), ("lora_b", (O, r))):
                 full = np.zeros(shape[0] * shape[1], np.float32)
-                keep = np.unpackbits(tensors[f"{L}.{f}_mask"], bitorder="little")[:full.size].astype(bool)
+                keep = np.unpackbits(tensors[f"{L}.{f}_mask"], bitorder="little")[
+                    : full.size
+                ].astype(bool)
                 full[keep] = tensors[f"{L}.{f}_values"]
                 out[f"{L}.{f}"] = full.reshape(shape)
-    return out, {**{k: v for k, v in meta.items() if k not in ("content_hash", "version")}, "method": "splora"}
+    return out, {
+        **{k: v for k, v in meta.items() if k not in ("content_hash", "version")},
+        "method": "splora",
+    }
 
 
 def test_sparse_splora_bundle_at_40_percent_is_smaller_than_dense(tiny_base_bundle, tmp_path):
@@ -268,6 +361,7 @@ def test_sparse_splora_bundle_at_40_percent_is_smaller_than_dense(tiny_base_bund
     smaller than the dense SPLoRA r8 bundle of the same pruned model (same
     channels, rank and function); it was larger while positions were I32."""
     from spaedge.pack.format import read_bundle, write_bundle
+
     model = _sparse_model("sparse", 0.4)
     x = torch.randn(2, 1, 28, 28)
     sparse = tmp_path / "sparse.safetensors"
@@ -275,7 +369,10 @@ def test_sparse_splora_bundle_at_40_percent_is_smaller_than_dense(tiny_base_bund
     dense = tmp_path / "dense.safetensors"
     write_bundle(dense, *_as_dense_splora(*read_bundle(sparse)))
     assert_bundle_matches(model, tiny_base_bundle, dense, x)  # really the same task, dense
-    assert sparse.stat().st_size < dense.stat().st_size, (sparse.stat().st_size, dense.stat().st_size)
+    assert sparse.stat().st_size < dense.stat().st_size, (
+        sparse.stat().st_size,
+        dense.stat().st_size,
+    )
 
 
 def test_runtime_resolves_shared_adapters_and_refuses_bad_maps(tiny_base_bundle, tmp_path):
@@ -286,6 +383,7 @@ def test_runtime_resolves_shared_adapters_and_refuses_bad_maps(tiny_base_bundle,
     from spaedge.errors import BundleError
     from spaedge.pack.bundle import TaskSpec, base_hash, task_bundle
     from spaedge.pack.format import write_bundle
+
     model = _tiny("splora", rank=4)
     src, dst = model.get_submodule("layer1.0.conv1"), model.get_submodule("layer1.0.conv2")
     with torch.no_grad():

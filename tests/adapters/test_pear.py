@@ -12,17 +12,25 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from _toolchain_helpers import assert_bundle_matches
+from _toolchain_helpers import assert_bundle_matches, run_stopped_in_final, tiny_task_model
 from _toolchain_helpers import random_batches as _data
-from _toolchain_helpers import run_stopped_in_final
-from _toolchain_helpers import tiny_task_model
 from _toolchain_helpers import tiny_image_folder as _images
 from _toolchain_helpers import train_steps as _train
+from torch import nn
+
 from spaedge.adapters import adapted_layers, learned_parameters
-from spaedge.adapters.pear import (OWN, REMOVED, PearLoRA, adapter_scores, apply_pear, knowledge_init, link_shared,
-                                   relink, shared_map, sharing_map)
+from spaedge.adapters.pear import (
+    OWN,
+    REMOVED,
+    PearLoRA,
+    adapter_scores,
+    apply_pear,
+    knowledge_init,
+    link_shared,
+    relink,
+    shared_map,
+    sharing_map,
+)
 from spaedge.models import get_base
 
 torch.backends.mkldnn.enabled = False
@@ -60,7 +68,10 @@ def test_taylor_scores_are_the_first_order_term_computed_by_hand():
         for m in (net.l1, net.l2):
             m.lora_b.normal_()
     # two batches of different sizes: the loss is the mean over all 7 samples
-    data = [(torch.randn(4, 5), torch.tensor([0, 1, 2, 0])), (torch.randn(3, 5), torch.tensor([2, 2, 1]))]
+    data = [
+        (torch.randn(4, 5), torch.tensor([0, 1, 2, 0])),
+        (torch.randn(3, 5), torch.tensor([2, 2, 1])),
+    ]
     got = adapter_scores(net, data)
     x = torch.cat([d[0] for d in data])
     y = torch.cat([d[1] for d in data])
@@ -71,13 +82,15 @@ def test_taylor_scores_are_the_first_order_term_computed_by_hand():
         z1 = x @ w1.T + net.l1.bias
         h = z1.clamp(min=0)
         z2 = h @ w2.T
-        d2 = (torch.softmax(z2, 1) - F.one_hot(y, 3).float()) / n   # dL/dz2
-        g2 = d2.T @ h                                                 # dL/dW2_eff
+        d2 = (torch.softmax(z2, 1) - F.one_hot(y, 3).float()) / n  # dL/dz2
+        g2 = d2.T @ h  # dL/dW2_eff
         d1 = (d2 @ w2) * (z1 > 0)
-        g1 = d1.T @ x                                                 # dL/dW1_eff
+        g1 = d1.T @ x  # dL/dW1_eff
         # A, B of one product: g_A.A + g_B.B = 2 <dL/dW_eff, B A>
-        want = {"l1": abs(2 * float((g1 * (net.l1.lora_b @ net.l1.lora_a)).sum())),
-                "l2": abs(2 * float((g2 * (net.l2.lora_b @ net.l2.lora_a)).sum()))}
+        want = {
+            "l1": abs(2 * float((g1 * (net.l1.lora_b @ net.l1.lora_a)).sum())),
+            "l2": abs(2 * float((g2 * (net.l2.lora_b @ net.l2.lora_a)).sum())),
+        }
     assert set(got) == {"l1", "l2"}
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-4), k
@@ -102,7 +115,9 @@ def test_sharing_map_nearest_same_shape():
     # e (depth 4): d at distance 1 (g, also (4,4), is at distance 2)
     assert m == {"b": "a", "c": "f", "e": "d"}
     # equal distance: the higher score wins (d=9 over a=5 for position c's twin test below)
-    m = sharing_map({"a": (2, 2), "x": (2, 2), "d": (2, 2)}, {"a": 5.0, "x": 0.0, "d": 9.0}, ["x"], "nearest")
+    m = sharing_map(
+        {"a": (2, 2), "x": (2, 2), "d": (2, 2)}, {"a": 5.0, "x": 0.0, "d": 9.0}, ["x"], "nearest"
+    )
     assert m == {"x": "d"}
 
 
@@ -123,7 +138,7 @@ def test_knowledge_init_reproduces_the_weighted_product_when_rank_suffices():
     p2 = torch.randn(6, 2, generator=g) @ torch.randn(2, 5, generator=g)
     b, a = knowledge_init([p1, p2], [3.0, 1.0], rank=4)
     assert b.shape == (6, 4) and a.shape == (4, 5)
-    want = 0.75 * p1 + 0.25 * p2            # rank 3 <= 4
+    want = 0.75 * p1 + 0.25 * p2  # rank 3 <= 4
     torch.testing.assert_close(b @ a, want, rtol=1e-5, atol=1e-5)
     # the 4th direction is dead in the product but trainable: B column 0, A row random
     assert torch.count_nonzero(b[:, 3]) == 0 and torch.count_nonzero(a[3]) > 0
@@ -163,7 +178,7 @@ def test_pear_prunes_the_lowest_scores_and_shares_one_tensor():
             continue
         src = layers[s]
         assert (tgt.out_channels, tgt.in_channels) == (src.out_channels, src.in_channels)
-        assert tgt.lora_a is src.lora_a and tgt.lora_b is src.lora_b   # one nn.Parameter
+        assert tgt.lora_a is src.lora_a and tgt.lora_b is src.lora_b  # one nn.Parameter
         assert src.state == OWN and tgt.state == list(layers).index(s)
         saved += tgt.lora_a.numel() + tgt.lora_b.numel()
         # knowledge checkpoint: the shared product is the best rank-4 approximation of the
@@ -193,17 +208,24 @@ def test_pear_prunes_the_lowest_scores_and_shares_one_tensor():
 
 def test_pear_after_channel_pruning_shares_only_equal_kept_shapes_and_refuses_later_pruning():
     from spaedge.pruning.prune import prune_to_density
+
     model, data = _trained()
     prune_to_density(model, torch.zeros(1, 1, 28, 28), 0.5, step_fraction=0.25)
     rep = apply_pear(model, data, prune=0.5, share="important")
     layers = adapted_layers(model)
     for t, s in rep["map"].items():
         if s is not None:
-            assert (layers[t].out_channels, layers[t].in_channels) == (layers[s].out_channels, layers[s].in_channels)
+            assert (layers[t].out_channels, layers[t].in_channels) == (
+                layers[s].out_channels,
+                layers[s].in_channels,
+            )
         else:
-            assert not any((layers[k].out_channels, layers[k].in_channels) ==
-                           (layers[t].out_channels, layers[t].in_channels)
-                           for k in layers if k not in rep["map"])
+            assert not any(
+                (layers[k].out_channels, layers[k].in_channels)
+                == (layers[t].out_channels, layers[t].in_channels)
+                for k in layers
+                if k not in rep["map"]
+            )
     pruned = rep["pruned"][0]
     with pytest.raises(RuntimeError, match="prune channels before Pear"):
         layers[pruned].keep_out(torch.tensor([0]))
@@ -211,6 +233,7 @@ def test_pear_after_channel_pruning_shares_only_equal_kept_shapes_and_refuses_la
 
 def test_relink_restores_sharing_from_a_state_dict():
     from spaedge.train.checkpoint import adopt_state
+
     model, data = _trained()
     apply_pear(model, data, prune=0.5)
     fresh = _tiny()
@@ -229,7 +252,7 @@ def test_relink_restores_sharing_from_a_state_dict():
 def _unshared(model):
     """The same model with every shared adapter given its own copy of the factors."""
     m = copy.deepcopy(model)
-    for n, layer in adapted_layers(m).items():
+    for _n, layer in adapted_layers(m).items():
         if layer.state >= 0:
             layer.lora_a = nn.Parameter(layer.lora_a.detach().clone())
             layer.lora_b = nn.Parameter(layer.lora_b.detach().clone())
@@ -240,6 +263,7 @@ def _unshared(model):
 def test_bundle_stores_a_shared_adapter_once_and_loads_the_sharing_back(tiny_base_bundle, tmp_path):
     from spaedge.pack.bundle import TaskSpec, base_hash, load_task_model, write_task
     from spaedge.pack.format import read_bundle
+
     model, data = _trained()
     rep = apply_pear(model, data, prune=0.5)
     spec = TaskSpec(*SPEC.values())
@@ -253,8 +277,10 @@ def test_bundle_stores_a_shared_adapter_once_and_loads_the_sharing_back(tiny_bas
         assert f"{t}.lora_a" not in tensors and f"{t}.lora_b" not in tensors
     copied, copied_meta = read_bundle(tmp_path / "copied.safetensors")
     assert "shared_adapters" not in copied_meta
-    factor_bytes = sum(4 * (model.get_submodule(t).lora_a.numel() + model.get_submodule(t).lora_b.numel())
-                       for t in smap)
+    factor_bytes = sum(
+        4 * (model.get_submodule(t).lora_a.numel() + model.get_submodule(t).lora_b.numel())
+        for t in smap
+    )
     size = lambda p: (tmp_path / p).stat().st_size  # noqa: E731
     assert size("copied.safetensors") - size("shared.safetensors") >= factor_bytes - 200
     again, _, _ = load_task_model(tiny_base_bundle, tmp_path / "shared.safetensors")
@@ -271,6 +297,7 @@ def test_loading_refuses_a_map_between_different_shapes(tiny_base_bundle, tmp_pa
     from spaedge.errors import BundleError
     from spaedge.pack.bundle import TaskSpec, base_hash, load_task_model, task_bundle
     from spaedge.pack.format import write_bundle
+
     model, data = _trained()
     apply_pear(model, data, prune=0.5)
     tensors, meta = task_bundle(model, TaskSpec(*SPEC.values()), base_hash(get_base("tiny")))
@@ -288,18 +315,35 @@ def test_loading_refuses_a_map_between_different_shapes(tiny_base_bundle, tmp_pa
 # ------------------------------------------------------------------ end to end
 @pytest.mark.slow
 @pytest.mark.parametrize("density", [1.0, 0.6])
-def test_pear_trains_prunes_packs_and_runs_in_the_runtime(density, tiny_base_bundle, tmp_path, monkeypatch):
+def test_pear_trains_prunes_packs_and_runs_in_the_runtime(
+    density, tiny_base_bundle, tmp_path, monkeypatch
+):
     """spaedge train's pipeline with --method pear: adapt, prune channels, Pear,
     final epochs, pack; the bundle rebuilds the model and the C++ runtime agrees."""
     from spaedge.tasks import imagefolder
-    monkeypatch.setattr(imagefolder, "DEFAULT_SIZE", (3, 28, 28))  # the base's own size: seconds, not minutes
+
+    monkeypatch.setattr(
+        imagefolder, "DEFAULT_SIZE", (3, 28, 28)
+    )  # the base's own size: seconds, not minutes
     from spaedge.pack.bundle import load_task_model
     from spaedge.pack.format import read_bundle
     from spaedge.train import TrainConfig, run
+
     task = f"imagefolder:{_images(tmp_path / 'imgs')}"
     models = []
-    cfg = TrainConfig(task=task, method="pear", rank=4, density=density, epochs=1, recovery_epochs=1,
-                      final_epochs=1, prune_step=0.2, batch_size=16, seed=1, pear_prune=0.5)
+    cfg = TrainConfig(
+        task=task,
+        method="pear",
+        rank=4,
+        density=density,
+        epochs=1,
+        recovery_epochs=1,
+        final_epochs=1,
+        prune_step=0.2,
+        batch_size=16,
+        seed=1,
+        pear_prune=0.5,
+    )
     metrics = run(cfg, tmp_path / "run", on_model=models.append)
     model = models[0]
     layers = adapted_layers(model)
@@ -328,9 +372,18 @@ def test_a_run_interrupted_after_pear_resumes_to_the_same_bundle(tmp_path, monke
     relinks the sharing (one parameter in the optimizer again) and does not apply Pear twice."""
     from spaedge.tasks import imagefolder
     from spaedge.train import TrainConfig, run
+
     monkeypatch.setattr(imagefolder, "DEFAULT_SIZE", (3, 28, 28))
-    cfg = TrainConfig(task=f"imagefolder:{_images(tmp_path / 'imgs')}", method="pear", rank=4, density=1.0,
-                      epochs=1, final_epochs=2, batch_size=16, seed=2)
+    cfg = TrainConfig(
+        task=f"imagefolder:{_images(tmp_path / 'imgs')}",
+        method="pear",
+        rank=4,
+        density=1.0,
+        epochs=1,
+        final_epochs=2,
+        batch_size=16,
+        seed=2,
+    )
     run(cfg, tmp_path / "ref")
 
     run_stopped_in_final(cfg, tmp_path / "cut", monkeypatch)
@@ -340,6 +393,7 @@ def test_a_run_interrupted_after_pear_resumes_to_the_same_bundle(tmp_path, monke
     # same tensors and metadata (safetensors writes the metadata keys in a varying order,
     # so the files are compared by content, not byte for byte)
     from spaedge.pack.format import read_bundle
+
     (ta, ma), (tb, mb) = (read_bundle(tmp_path / d / "task.safetensors") for d in ("ref", "cut"))
     assert ma == mb and ma["content_hash"] == mb["content_hash"]
     assert set(ta) == set(tb) and all(np.array_equal(ta[k], tb[k]) for k in ta)

@@ -13,14 +13,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from _toolchain_helpers import assert_bundle_matches, run_stopped_in_final, tiny_task_model
+from _toolchain_helpers import random_batches as _data
+from _toolchain_helpers import tiny_image_folder as _images
+from _toolchain_helpers import train_steps as _train
 from torch import nn
 
-from _toolchain_helpers import assert_bundle_matches
-from _toolchain_helpers import random_batches as _data
-from _toolchain_helpers import run_stopped_in_final
-from _toolchain_helpers import tiny_image_folder as _images
-from _toolchain_helpers import tiny_task_model
-from _toolchain_helpers import train_steps as _train
 from spaedge.adapters import SPLoPA, adapted_layers, learned_parameters
 from spaedge.adapters.splopa import BLOCK, PROTOTYPES, prototype_sets, share_prototypes
 from spaedge.models import get_base
@@ -45,19 +43,27 @@ def _pruned(scope="model", density=0.3, seed=0):
     model = _tiny(seed=seed, scope=scope)
     data = _data(2, bs=16, seed=seed)
     _train(model, data, steps=2)
-    prune_to_density(model, torch.zeros(1, *X), density, step_fraction=0.2, block=BLOCK,
-                     recover=lambda s, d: _train(model, data, steps=1))
+    prune_to_density(
+        model,
+        torch.zeros(1, *X),
+        density,
+        step_fraction=0.2,
+        block=BLOCK,
+        recover=lambda s, d: _train(model, data, steps=1),
+    )
     _train(model, data, steps=2)
     return model
 
 
 def _bundle(model):
     from spaedge.pack.bundle import TaskSpec, base_hash, task_bundle
+
     return task_bundle(model, TaskSpec(*SPEC), base_hash(get_base("tiny")))
 
 
 def _write(model, path):
     from spaedge.pack.format import write_bundle
+
     write_bundle(path, *_bundle(model))
     return path
 
@@ -66,7 +72,9 @@ def _write(model, path):
 def test_blocked_layers_and_the_dense_fallback():
     torch.manual_seed(0)
     blocked = SPLoPA(nn.Conv2d(8, 12, 3, padding=1, bias=False), rank=8, block=4)
-    assert blocked.blocked and blocked.block_shape == (4, 4) and blocked.rank == 4  # rank capped at the block
+    assert (
+        blocked.blocked and blocked.block_shape == (4, 4) and blocked.rank == 4
+    )  # rank capped at the block
     assert blocked.positions.shape == (PROTOTYPES, 3, 2)
     # A block must divide both sides; otherwise the layer learns its own dense pointwise update.
     for o, i in ((16, 1), (6, 8), (8, 6), (10, 6)):
@@ -139,14 +147,20 @@ def test_the_bundle_holds_each_set_once_and_block_coefficients(scope):
     assert sorted(sets) == sorted(blocked)
     names = {"model"} if scope == "model" else {"layer1", "layer2", "layer3", "layer4"}
     assert set(sets.values()) == names
-    assert {k for k in tensors if k.startswith("splopa.")} == {f"splopa.{s}.{f}" for s in names for f in "uv"}
+    assert {k for k in tensors if k.startswith("splopa.")} == {
+        f"splopa.{s}.{f}" for s in names for f in "uv"
+    }
     for s in names:
         assert tensors[f"splopa.{s}.u"].shape == (PROTOTYPES, BLOCK, 2)
         assert tensors[f"splopa.{s}.v"].shape == (PROTOTYPES, 2, BLOCK)
     for n, m in layers.items():
         if m.blocked:  # never the merged [O', I'] update
             assert f"{n}.pointwise_delta" not in tensors
-            assert tensors[f"{n}.splopa_coef"].shape == (PROTOTYPES, m.out_channels // BLOCK, m.in_channels // BLOCK)
+            assert tensors[f"{n}.splopa_coef"].shape == (
+                PROTOTYPES,
+                m.out_channels // BLOCK,
+                m.in_channels // BLOCK,
+            )
         else:
             assert f"{n}.splopa_coef" not in tensors
             assert tensors[f"{n}.pointwise_delta"].shape == (m.out_channels, m.in_channels)
@@ -164,18 +178,24 @@ def test_a_30_percent_bundle_is_a_fraction_of_sppara(base, bound, tmp_path):
     from spaedge.adapters import adapt, get_method
     from spaedge.models.resnet import spaedge_small, spaedge_tiny
     from spaedge.pack.bundle import TaskSpec, base_hash
+
     sizes = {}
     for method in ("sppara", "splopa"):
         torch.manual_seed(0)
-        model = (spaedge_small if base == "small" else spaedge_tiny)()  # sizes do not depend on the weights
+        model = (
+            spaedge_small if base == "small" else spaedge_tiny
+        )()  # sizes do not depend on the weights
         h = base_hash(model)
         model.replace_head(3)
         model = adapt(model, method, rank=8)
         if method == "splopa":
             share_prototypes(model, "model")
-        prune_to_density(model, torch.zeros(1, *X), 0.3, step_fraction=0.2, block=get_method(method).prune_block)
+        prune_to_density(
+            model, torch.zeros(1, *X), 0.3, step_fraction=0.2, block=get_method(method).prune_block
+        )
         from spaedge.pack.bundle import task_bundle
         from spaedge.pack.format import write_bundle
+
         path = tmp_path / f"{method}.safetensors"
         write_bundle(path, *task_bundle(model, TaskSpec(*SPEC), h))
         sizes[method] = path.stat().st_size
@@ -185,13 +205,14 @@ def test_a_30_percent_bundle_is_a_fraction_of_sppara(base, bound, tmp_path):
 @pytest.mark.parametrize("scope", ["model", "stage"])
 def test_load_task_model_rebuilds_the_model_and_its_sharing(scope, tiny_base_bundle, tmp_path):
     from spaedge.pack.bundle import load_task_model
+
     model = _pruned(scope)
     path = _write(model, tmp_path / "t.safetensors")
     again, _, meta = load_task_model(tiny_base_bundle, path)
     assert meta["method"] == "splopa"
     assert prototype_sets(again)[0] == prototype_sets(model)[0]
     groups = {}
-    for n, m in adapted_layers(again).items():
+    for _n, m in adapted_layers(again).items():
         if m.blocked:
             groups.setdefault(m.proto_set, set()).add(id(m.proto_u))
     assert all(len(ids) == 1 for ids in groups.values())  # one Parameter per set again
@@ -210,7 +231,9 @@ def test_the_runtime_expands_the_kronecker_sum_like_pytorch(scope, tiny_base_bun
         for m in adapted_layers(model).values():
             if m.blocked:
                 m.positions.normal_(std=0.2)
-    assert_bundle_matches(model, tiny_base_bundle, _write(model, tmp_path / "t.safetensors"), torch.randn(4, *X))
+    assert_bundle_matches(
+        model, tiny_base_bundle, _write(model, tmp_path / "t.safetensors"), torch.randn(4, *X)
+    )
 
 
 def test_an_unpruned_model_with_own_prototypes_packs_and_runs(tiny_base_bundle, tmp_path):
@@ -222,7 +245,9 @@ def test_an_unpruned_model_with_own_prototypes_packs_and_runs(tiny_base_bundle, 
     tensors, meta = _bundle(model)
     assert json.loads(meta["splopa_sets"])["layer1.0.conv1"] == "layer1.0.conv1"
     assert "splopa.layer1.0.conv1.u" in tensors
-    assert_bundle_matches(model, tiny_base_bundle, _write(model, tmp_path / "t.safetensors"), torch.randn(2, *X))
+    assert_bundle_matches(
+        model, tiny_base_bundle, _write(model, tmp_path / "t.safetensors"), torch.randn(2, *X)
+    )
 
 
 def _edits():
@@ -256,23 +281,28 @@ def _edits():
         m["splopa_sets"] = json.dumps(["model"])
 
     # (edit, what the C++ runtime's message names, what the Python loader's names)
-    return [(drop_entry, "layer2.0.conv1.splopa_coef", "layer2.0.conv1.splopa_coef"),
-            (entry_without_coef, "splopa_sets", "splopa_sets"),
-            (entry_for_no_conv, "splopa_sets", "splopa_sets"),
-            (unused_set, "splopa.spare", "splopa.spare"),
-            (missing_v, "splopa.model.v", "splopa.model.v"),
-            (other_n, "layer3.0.conv2.splopa_coef", "layer3.0.conv2.splopa_coef"),
-            (blocks_do_not_tile, "splopa_coef", "splopa_coef"),
-            (v_of_another_rank, "splopa.model.v", "splopa_coef"),
-            (not_an_object, "splopa_sets", "splopa_sets")]
+    return [
+        (drop_entry, "layer2.0.conv1.splopa_coef", "layer2.0.conv1.splopa_coef"),
+        (entry_without_coef, "splopa_sets", "splopa_sets"),
+        (entry_for_no_conv, "splopa_sets", "splopa_sets"),
+        (unused_set, "splopa.spare", "splopa.spare"),
+        (missing_v, "splopa.model.v", "splopa.model.v"),
+        (other_n, "layer3.0.conv2.splopa_coef", "layer3.0.conv2.splopa_coef"),
+        (blocks_do_not_tile, "splopa_coef", "splopa_coef"),
+        (v_of_another_rank, "splopa.model.v", "splopa_coef"),
+        (not_an_object, "splopa_sets", "splopa_sets"),
+    ]
 
 
 @pytest.mark.parametrize("edit,cpp,py", _edits(), ids=lambda e: getattr(e, "__name__", ""))
-def test_inconsistent_splopa_bundles_are_refused_naming_the_field(edit, cpp, py, tiny_base_bundle, tmp_path):
+def test_inconsistent_splopa_bundles_are_refused_naming_the_field(
+    edit, cpp, py, tiny_base_bundle, tmp_path
+):
     from spaedge import runtime
     from spaedge.errors import BundleError
     from spaedge.pack.bundle import load_task_model
     from spaedge.pack.format import write_bundle
+
     tensors, meta = _bundle(_pruned(density=0.5))
     tensors = dict(tensors)
     edit(tensors, meta)
@@ -289,12 +319,15 @@ def test_inconsistent_splopa_bundles_are_refused_naming_the_field(edit, cpp, py,
 def test_the_sharing_is_restored_after_a_checkpoint_is_adopted(scope):
     from spaedge.adapters import get_method
     from spaedge.train.checkpoint import adopt_state
+
     trained = _pruned(scope)
     state = {k: v.detach().clone() for k, v in trained.state_dict().items()}
     fresh = _tiny(scope=scope)  # build_task_model, then the method's prepare
     adopt_state(fresh, state)
     blocked = [m for m in adapted_layers(fresh).values() if m.blocked]
-    assert len({id(m.proto_u) for m in blocked}) == len(blocked)  # a state dict cannot hold the sharing
+    assert len({id(m.proto_u) for m in blocked}) == len(
+        blocked
+    )  # a state dict cannot hold the sharing
     get_method("splopa").restore(fresh)
     assert len({id(m.proto_u) for m in blocked}) == (1 if scope == "model" else 4)
     assert learned_parameters(fresh) == learned_parameters(trained)
@@ -306,26 +339,46 @@ def test_the_sharing_is_restored_after_a_checkpoint_is_adopted(scope):
 # ------------------------------------------------------------------ end to end
 def _cfg(tmp_path, **kw):
     from spaedge.train import TrainConfig
+
     task = f"imagefolder:{_images(tmp_path / 'imgs')}"
-    return TrainConfig(**{**dict(task=task, method="splopa", rank=2, density=0.5, epochs=1, recovery_epochs=1,
-                                 final_epochs=1, prune_step=0.2, batch_size=16, seed=1), **kw})
+    return TrainConfig(
+        **{
+            **dict(
+                task=task,
+                method="splopa",
+                rank=2,
+                density=0.5,
+                epochs=1,
+                recovery_epochs=1,
+                final_epochs=1,
+                prune_step=0.2,
+                batch_size=16,
+                seed=1,
+            ),
+            **kw,
+        }
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scope", ["model", "stage"])
-def test_splopa_trains_prunes_packs_and_runs_in_the_runtime(scope, tiny_base_bundle, tmp_path, monkeypatch):
+def test_splopa_trains_prunes_packs_and_runs_in_the_runtime(
+    scope, tiny_base_bundle, tmp_path, monkeypatch
+):
     """spaedge train's pipeline with --method splopa --splopa-share SCOPE."""
     from spaedge.pack.bundle import load_task_model
     from spaedge.pack.format import read_bundle
     from spaedge.tasks import imagefolder
     from spaedge.train import run
+
     monkeypatch.setattr(imagefolder, "DEFAULT_SIZE", (1, 28, 28))
     models = []
     metrics = run(_cfg(tmp_path, splopa_share=scope), tmp_path / "run", on_model=models.append)
     model = models[0]
     tensors, meta = read_bundle(tmp_path / "run" / "task.safetensors")
     assert set(json.loads(meta["splopa_sets"]).values()) == (
-        {"model"} if scope == "model" else {"layer1", "layer2", "layer3", "layer4"})
+        {"model"} if scope == "model" else {"layer1", "layer2", "layer3", "layer4"}
+    )
     assert not any(k.endswith(".pointwise_delta") for k in tensors if not k.startswith("conv1."))
     assert metrics["learned_parameters"] == learned_parameters(model)
     again, _, _ = load_task_model(tiny_base_bundle, tmp_path / "run" / "task.safetensors")
@@ -343,6 +396,7 @@ def test_a_run_interrupted_in_the_final_phase_resumes_to_the_same_bundle(tmp_pat
     from spaedge.pack.format import read_bundle
     from spaedge.tasks import imagefolder
     from spaedge.train import run
+
     monkeypatch.setattr(imagefolder, "DEFAULT_SIZE", (1, 28, 28))
     cfg = _cfg(tmp_path, splopa_share="stage", final_epochs=2)
     run(cfg, tmp_path / "ref")

@@ -15,15 +15,33 @@ pytestmark = pytest.mark.slow  # the whole pipeline (train, pack, run)
 
 
 def spaedge(*args, cwd, check=True):
-    proc = subprocess.run([sys.executable, "-m", "spaedge.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spaedge.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"spaedge {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"spaedge {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
 # A short schedule: the same code path as the default, fewer epochs.
-QUICK = ["--epochs", "2", "--recovery-epochs", "0", "--final-epochs", "1", "--density", "0.5", "--prune-step", "0.2"]
+QUICK = [
+    "--epochs",
+    "2",
+    "--recovery-epochs",
+    "0",
+    "--final-epochs",
+    "1",
+    "--density",
+    "0.5",
+    "--prune-step",
+    "0.2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +76,20 @@ def test_pack_again_reuses_the_run_and_keeps_the_base(packed):
 
 def test_pack_refuses_a_directory_holding_another_base(packed, tmp_path):
     work, _ = packed
-    proc = spaedge("pack", "--task", "digits", "--base", "resnet18-cifar", "--base-weights", "random",
-                   "--out", str(work / "bundles"),
-                   *QUICK, cwd=tmp_path, check=False)
+    proc = spaedge(
+        "pack",
+        "--task",
+        "digits",
+        "--base",
+        "resnet18-cifar",
+        "--base-weights",
+        "random",
+        "--out",
+        str(work / "bundles"),
+        *QUICK,
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "holds another base" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -79,18 +108,26 @@ def test_info_run_eval_and_images(packed, tmp_path):
     img = np.zeros((28, 28), np.uint8)
     img[6:22, 12:16] = 255  # something like a one
     Image.fromarray(img).save(tmp_path / "one.png")
-    out = spaedge("run", "--task", "digits", "--top", "2", str(tmp_path / "one.png"), cwd=work).stdout
+    out = spaedge(
+        "run", "--task", "digits", "--top", "2", str(tmp_path / "one.png"), cwd=work
+    ).stdout
     assert out.startswith(str(tmp_path / "one.png")) and out.count("%") == 2
 
 
-@pytest.mark.parametrize("args,message", [
-    (["pack", "--density", "2"], "density must be in"),
-    (["pack", "--rank", "0"], "positive integer"),
-    (["train", "--task", "nope"], "unknown task"),
-    (["train", "--task", "flowers", "--data-dir", "/nonexistent/flowers"], "/nonexistent/flowers"),
-    (["info", "/nonexistent.safetensors"], "no such bundle"),
-    (["run", "--bundles", "/nonexistent"], "pack the task first"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["pack", "--density", "2"], "density must be in"),
+        (["pack", "--rank", "0"], "positive integer"),
+        (["train", "--task", "nope"], "unknown task"),
+        (
+            ["train", "--task", "flowers", "--data-dir", "/nonexistent/flowers"],
+            "/nonexistent/flowers",
+        ),
+        (["info", "/nonexistent.safetensors"], "no such bundle"),
+        (["run", "--bundles", "/nonexistent"], "pack the task first"),
+    ],
+)
 def test_bad_input_is_one_clear_line(args, message, tmp_path):
     proc = spaedge(*args, cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr
@@ -104,7 +141,9 @@ def test_info_refuses_a_corrupt_bundle(packed, tmp_path):
     data[len(data) // 2] ^= 1
     (tmp_path / "bad.safetensors").write_bytes(bytes(data))
     proc = spaedge("info", str(tmp_path / "bad.safetensors"), cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "bad.safetensors" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2 and "bad.safetensors" in proc.stderr and "Traceback" not in proc.stderr
+    )
 
 
 def test_help_explains_every_command(tmp_path):

@@ -14,22 +14,49 @@ import sys
 import zlib
 
 import pytest
-
 from _toolchain_helpers import STOP_AFTER_FIRST_CHECKPOINT, tiny_image_folder
+
 from spaedge.cli import main
 from spaedge.pack.layout import run_dir_path, task_bundle_name
 from spaedge.train import TrainConfig, library, run
 from spaedge.train.rundir import MANIFEST, IncompleteRun, read_run
 
-QUICK = ["--epochs", "1", "--recovery-epochs", "0", "--final-epochs", "1", "--density", "0.6", "--prune-step", "0.5",
-         "--train-limit", "96", "--test-limit", "64"]
-QUICK_CFG = dict(epochs=1, recovery_epochs=0, final_epochs=1, density=0.6, prune_step=0.5, train_limit=96,
-                 test_limit=64)
+QUICK = [
+    "--epochs",
+    "1",
+    "--recovery-epochs",
+    "0",
+    "--final-epochs",
+    "1",
+    "--density",
+    "0.6",
+    "--prune-step",
+    "0.5",
+    "--train-limit",
+    "96",
+    "--test-limit",
+    "64",
+]
+QUICK_CFG = dict(
+    epochs=1,
+    recovery_epochs=0,
+    final_epochs=1,
+    density=0.6,
+    prune_step=0.5,
+    train_limit=96,
+    test_limit=64,
+)
 
 
 def cli(*args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "spaedge.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=900, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "spaedge.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
 
 
 def error_line(proc) -> str:
@@ -56,7 +83,9 @@ def test_a_diverging_run_stops_and_pack_keeps_the_working_bundle(packed):
     assert proc.returncode == 2
     assert "the loss became nan" in error_line(proc) and "lower --lr" in error_line(proc)
     assert bundle.read_bytes() == good  # the working bundle was not touched
-    assert not [p for p in (packed / "bundles").iterdir() if p.name.startswith(".") or ".tmp-" in p.name]
+    assert not [
+        p for p in (packed / "bundles").iterdir() if p.name.startswith(".") or ".tmp-" in p.name
+    ]
 
 
 @pytest.mark.slow
@@ -93,14 +122,18 @@ def finished_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_interrupted_while_its_files_are_replaced_is_never_read_half(finished_run, monkeypatch):
+def test_a_run_interrupted_while_its_files_are_replaced_is_never_read_half(
+    finished_run, monkeypatch
+):
     from spaedge.train import rundir
 
     before = read_run(finished_run)
     real = rundir.atomic_write_bytes
     written = []
 
-    def interrupted_after_one(path, data):  # Ctrl-C after the new bundle, before config/metrics/plan
+    def interrupted_after_one(
+        path, data
+    ):  # Ctrl-C after the new bundle, before config/metrics/plan
         if written:
             raise KeyboardInterrupt
         written.append(path)
@@ -108,7 +141,9 @@ def test_a_run_interrupted_while_its_files_are_replaced_is_never_read_half(finis
 
     monkeypatch.setattr(rundir, "atomic_write_bytes", interrupted_after_one)
     with pytest.raises(KeyboardInterrupt):
-        rundir.write_run(finished_run, {**{k: v for k, v in before.items()}, "task.safetensors": b"new bundle"})
+        rundir.write_run(
+            finished_run, {**{k: v for k, v in before.items()}, "task.safetensors": b"new bundle"}
+        )
     monkeypatch.setattr(rundir, "atomic_write_bytes", real)
     with pytest.raises(IncompleteRun, match="not a finished run"):
         read_run(finished_run)
@@ -124,21 +159,28 @@ def test_library_add_keeps_hostile_plan_fields_inside_the_library(finished_run, 
     plan["task"] = "../../outside"
     files["plan.json"] = json.dumps(plan).encode()
     from spaedge.train.rundir import write_run
+
     write_run(finished_run, files)  # a hand-edited run, with a matching manifest
     lib = tmp_path / "lib"
     dest = library.add_to_library(finished_run, lib)
     assert dest.parent == lib and dest.exists()
-    assert [p for p in tmp_path.rglob("*escaped*")] == [dest] and not (tmp_path.parent / "escaped").exists()
+    assert [p for p in tmp_path.rglob("*escaped*")] == [dest] and not (
+        tmp_path.parent / "escaped"
+    ).exists()
 
 
 # ------------------------------------------------------- paths before work
-@pytest.mark.parametrize("case", ["out is a file", "out under a file", "bundle is a fifo", "runs is a file"])
+@pytest.mark.parametrize(
+    "case", ["out is a file", "out under a file", "bundle is a fifo", "runs is a file"]
+)
 def test_bad_output_paths_are_refused_before_any_work(tmp_path, capsys, case):
     (tmp_path / "file").write_text("x")
-    args = {"out is a file": ["--out", str(tmp_path / "file")],
-            "out under a file": ["--out", str(tmp_path / "file" / "bundles")],
-            "runs is a file": ["--runs", str(tmp_path / "file")],
-            "bundle is a fifo": ["--out", str(tmp_path / "b")]}[case]
+    args = {
+        "out is a file": ["--out", str(tmp_path / "file")],
+        "out under a file": ["--out", str(tmp_path / "file" / "bundles")],
+        "runs is a file": ["--runs", str(tmp_path / "file")],
+        "bundle is a fifo": ["--out", str(tmp_path / "b")],
+    }[case]
     if case == "bundle is a fifo":
         (tmp_path / "b").mkdir()
         os.mkfifo(tmp_path / "b" / "digits.safetensors")
@@ -149,11 +191,18 @@ def test_bad_output_paths_are_refused_before_any_work(tmp_path, capsys, case):
     assert not (tmp_path / "runs" / "digits").exists()  # nothing trained
 
 
-def test_nul_bytes_huge_ranks_and_early_interrupts_are_one_clear_line(tmp_path, capsys, monkeypatch):
+def test_nul_bytes_huge_ranks_and_early_interrupts_are_one_clear_line(
+    tmp_path, capsys, monkeypatch
+):
     with pytest.raises(SystemExit) as e:
         main(["train", "--out", "a\x00b"])
     assert e.value.code == 2 and "NUL byte" in capsys.readouterr().err
-    assert main(["train", "--task", "digits", "--rank", "100000", "--out", str(tmp_path / "r"), *QUICK]) == 2
+    assert (
+        main(
+            ["train", "--task", "digits", "--rank", "100000", "--out", str(tmp_path / "r"), *QUICK]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--rank 100000" in err and "widest layer" in err and "MemoryError" not in err
 
@@ -161,6 +210,7 @@ def test_nul_bytes_huge_ranks_and_early_interrupts_are_one_clear_line(tmp_path, 
 
     def interrupted():  # Ctrl-C while the commands' modules (torch...) load
         raise KeyboardInterrupt
+
     monkeypatch.setattr(spaedge.cli, "build_parser", interrupted)
     assert main(["tasks"]) == 130
     assert "interrupted" in capsys.readouterr().err
@@ -173,15 +223,22 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     folder = tiny_image_folder(tmp_path / "imgs")
     out = tmp_path / "run"
     args = ["train", "--task", f"imagefolder:{folder}", "--out", str(out), *QUICK[:-4]]
-    proc = subprocess.Popen([sys.executable, "-c", STOP_AFTER_FIRST_CHECKPOINT, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOP_AFTER_FIRST_CHECKPOINT, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
     _, status = os.waitpid(proc.pid, os.WUNTRACED)
     assert os.WIFSTOPPED(status)
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and b"terminated" in err and b"Traceback" not in err
-    assert not [p for p in out.iterdir() if ".tmp-" in p.name] and (out / "checkpoint.safetensors").exists()
+    assert (
+        not [p for p in out.iterdir() if ".tmp-" in p.name]
+        and (out / "checkpoint.safetensors").exists()
+    )
     done = cli(*args, cwd=tmp_path)
     assert done.returncode == 0 and "resuming from" in done.stdout + done.stderr
 
@@ -189,8 +246,15 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
 # ---------------------------------------------------------- hostile folders
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares width x height and holds no pixel data."""
+
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
@@ -210,10 +274,19 @@ def test_hostile_image_folders_are_read_safely(tmp_path):
     os.symlink(str(root / "train"), root / "test" / "dark" / "up")  # test/ reaching into train/
     task = get_task(f"imagefolder:{root}")
     n = {s: len(task.split(s)) for s in ("train", "val", "test")}
-    assert n == {"train": 48, "val": 16, "test": 16}  # as without the hostile files: each image once
+    assert n == {
+        "train": 48,
+        "val": 16,
+        "test": 16,
+    }  # as without the hostile files: each image once
     assert task.notes and "skipped 4 files" in task.notes[0]
     for name in ("zip.png", "truncated.png", "corrupt.jpg", "huge.png"):
         assert name in task.notes[0] or "..." in task.notes[0]
-    paths = [p for s in ("train", "val", "test") for p in
-             (task.split(s).source.paths[i] for i in task.split(s).indices)]
-    assert len({os.path.realpath(p) for p in paths}) == len(paths)  # no file twice, in one split or two
+    paths = [
+        p
+        for s in ("train", "val", "test")
+        for p in (task.split(s).source.paths[i] for i in task.split(s).indices)
+    ]
+    assert len({os.path.realpath(p) for p in paths}) == len(
+        paths
+    )  # no file twice, in one split or two

@@ -13,8 +13,8 @@ import sys
 import time
 
 import pytest
-
 from _mirror import MirrorServer, dead_port, flowers_files, mirror_env, resnet18_pth
+
 from spaedge.models.pretrained import PRETRAINED
 from spaedge.pack.format import read_metadata
 from spaedge.tasks.fetch import FLOWERS_BASE as FLOWERS
@@ -23,15 +23,35 @@ pytestmark = pytest.mark.slow
 
 R18 = PRETRAINED["resnet18"].url
 # The smallest schedule through every phase: adapt, one pruning step, final.
-TINY_BUDGET = ["--epochs", "1", "--recovery-epochs", "0", "--final-epochs", "1", "--density", "0.6",
-               "--prune-step", "0.5", "--batch-size", "6"]
+TINY_BUDGET = [
+    "--epochs",
+    "1",
+    "--recovery-epochs",
+    "0",
+    "--final-epochs",
+    "1",
+    "--density",
+    "0.6",
+    "--prune-step",
+    "0.5",
+    "--batch-size",
+    "6",
+]
 
 
 def spaedge(*args, cwd, env, check=True, timeout=1200):
-    proc = subprocess.run([sys.executable, "-m", "spaedge.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spaedge.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"spaedge {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"spaedge {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -57,14 +77,19 @@ def mirror(tmp_path_factory):
         yield server, env, sizes
 
 
-def test_pack_flowers_downloads_trains_an_imagenet_resnet18_and_the_runtime_agrees(mirror, tmp_path):
+def test_pack_flowers_downloads_trains_an_imagenet_resnet18_and_the_runtime_agrees(
+    mirror, tmp_path
+):
     server, env, sizes = mirror
     out = spaedge("pack", "--task", "flowers", *TINY_BUDGET, cwd=tmp_path, env=env).stdout
     # what it chose and fetched
     assert "base resnet18 for flowers" in out
     assert server.count(R18) == 1 and server.count(FLOWERS + "102flowers.tgz") == 1
     base_meta = read_metadata(tmp_path / "bundles" / "base.safetensors")
-    assert base_meta["model"] == "resnet18" and "ImageNet-1k (resnet18-f37072fd.pth)" in base_meta["weights"]
+    assert (
+        base_meta["model"] == "resnet18"
+        and "ImageNet-1k (resnet18-f37072fd.pth)" in base_meta["weights"]
+    )
     task_meta = read_metadata(tmp_path / "bundles" / "flowers.safetensors")
     spec = json.loads(task_meta["input"])
     assert (spec["channels"], spec["height"], spec["width"]) == (3, 224, 224)
@@ -78,7 +103,9 @@ def test_pack_flowers_downloads_trains_an_imagenet_resnet18_and_the_runtime_agre
 
     # a second pack reuses everything: no request
     before = {u: server.count(u) for u in (R18, FLOWERS + "102flowers.tgz", FLOWERS + "setid.mat")}
-    again = spaedge("pack", "--task", "flowers", *TINY_BUDGET, "--no-download", cwd=tmp_path, env=env).stdout
+    again = spaedge(
+        "pack", "--task", "flowers", *TINY_BUDGET, "--no-download", cwd=tmp_path, env=env
+    ).stdout
     assert "using the trained run" in again
     assert {u: server.count(u) for u in before} == before
 
@@ -87,7 +114,16 @@ def test_no_download_with_an_empty_cache_names_what_and_where(mirror, tmp_path):
     server, env, _ = mirror
     env = {**env, "SPAEDGE_HOME": str(tmp_path / "empty-home")}
     n = server.count(R18)
-    proc = spaedge("train", "--task", "flowers", "--no-download", *TINY_BUDGET, cwd=tmp_path, env=env, check=False)
+    proc = spaedge(
+        "train",
+        "--task",
+        "flowers",
+        "--no-download",
+        *TINY_BUDGET,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
     assert proc.returncode == 2
     err = _error_line(proc)
     assert "--no-download" in err
@@ -96,11 +132,25 @@ def test_no_download_with_an_empty_cache_names_what_and_where(mirror, tmp_path):
 
 
 def test_a_resnet_base_with_unreachable_weights_fails_instead_of_going_random(tmp_path):
-    env = {**os.environ, "SPAEDGE_HOME": str(tmp_path / "home"), "SPAEDGE_MIRROR": f"http://127.0.0.1:{dead_port()}",
-           "SPAEDGE_TIMEOUT": "3,3"}
+    env = {
+        **os.environ,
+        "SPAEDGE_HOME": str(tmp_path / "home"),
+        "SPAEDGE_MIRROR": f"http://127.0.0.1:{dead_port()}",
+        "SPAEDGE_TIMEOUT": "3,3",
+    }
     t0 = time.monotonic()
-    proc = spaedge("train", "--task", "digits", "--base", "resnet18", *TINY_BUDGET, cwd=tmp_path, env=env,
-                   check=False, timeout=120)
+    proc = spaedge(
+        "train",
+        "--task",
+        "digits",
+        "--base",
+        "resnet18",
+        *TINY_BUDGET,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+        timeout=120,
+    )
     assert proc.returncode == 2
     err = _error_line(proc)
     assert "resnet18-f37072fd.pth" in err and "connection refused" in err
@@ -109,11 +159,29 @@ def test_a_resnet_base_with_unreachable_weights_fails_instead_of_going_random(tm
 
 
 def test_an_explicit_random_base_trains_and_says_so(tmp_path):
-    proc = spaedge("train", "--task", "digits", "--base", "resnet18-cifar", "--base-weights", "random",
-                   "--train-limit", "64", "--test-limit", "32", *TINY_BUDGET, cwd=tmp_path, env=dict(os.environ))
+    proc = spaedge(
+        "train",
+        "--task",
+        "digits",
+        "--base",
+        "resnet18-cifar",
+        "--base-weights",
+        "random",
+        "--train-limit",
+        "64",
+        "--test-limit",
+        "32",
+        *TINY_BUDGET,
+        cwd=tmp_path,
+        env=dict(os.environ),
+    )
     info = json.loads(read_metadata(tmp_path / "runs" / "digits" / "task.safetensors")["info"])
     assert info["base_weights"].startswith("random")
     assert "gray images, the resnet18-cifar base takes 3 channels" in proc.stdout + proc.stderr
-    shown = spaedge("info", str(tmp_path / "runs" / "digits" / "task.safetensors"), cwd=tmp_path,
-                    env=dict(os.environ)).stdout
+    shown = spaedge(
+        "info",
+        str(tmp_path / "runs" / "digits" / "task.safetensors"),
+        cwd=tmp_path,
+        env=dict(os.environ),
+    ).stdout
     assert "random (not pretrained)" in shown

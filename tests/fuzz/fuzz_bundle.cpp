@@ -43,97 +43,100 @@ bool write_all(const std::string& path, const std::vector<uint8_t>& buf);
 // Rewrites the stored content hash to the computed one (see the top); the
 // file at g_path holds `buf` before and after.
 void fix_content_hash(std::vector<uint8_t>& buf) {
-    if (buf.size() < 8 || buf.back() == 0) return;
-    uint64_t n = 0;
-    for (int i = 7; i >= 0; --i) n = (n << 8) | buf[size_t(i)];
-    if (n > buf.size() - 8) return;
-    std::string stored, computed;
-    try {
-        spaedge::BundleOptions o;
-        o.verify_hash = false;
-        spaedge::Bundle b(g_path, "", o);
-        const std::string* h = b.find_meta("content_hash");
-        if (!h || h->size() != 64) return;
-        stored = *h;
-        computed = b.computed_hash();
-    } catch (const spaedge::Error&) {
-        return;  // refused before the hash: loading refuses it the same way
-    }
-    if (stored == computed) return;
-    static const char key[] = "\"content_hash\":\"";
-    const size_t klen = sizeof(key) - 1;
-    const char* hdr = reinterpret_cast<const char*>(buf.data() + 8);
-    const size_t hlen = size_t(n);
-    for (size_t i = 0; i + klen + 64 < hlen; ++i) {
-        if (std::memcmp(hdr + i, key, klen) != 0 || std::memcmp(hdr + i + klen, stored.data(), 64) != 0) continue;
-        std::memcpy(buf.data() + 8 + i + klen, computed.data(), 64);
-        if (!write_all(g_path, buf)) std::abort();
-        return;
-    }
+  if (buf.size() < 8 || buf.back() == 0) return;
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | buf[size_t(i)];
+  if (n > buf.size() - 8) return;
+  std::string stored, computed;
+  try {
+    spaedge::BundleOptions o;
+    o.verify_hash = false;
+    spaedge::Bundle b(g_path, "", o);
+    const std::string* h = b.find_meta("content_hash");
+    if (!h || h->size() != 64) return;
+    stored = *h;
+    computed = b.computed_hash();
+  } catch (const spaedge::Error&) {
+    return;  // refused before the hash: loading refuses it the same way
+  }
+  if (stored == computed) return;
+  static const char key[] = "\"content_hash\":\"";
+  const size_t klen = sizeof(key) - 1;
+  const char* hdr = reinterpret_cast<const char*>(buf.data() + 8);
+  const size_t hlen = size_t(n);
+  for (size_t i = 0; i + klen + 64 < hlen; ++i) {
+    if (std::memcmp(hdr + i, key, klen) != 0 || std::memcmp(hdr + i + klen, stored.data(), 64) != 0)
+      continue;
+    std::memcpy(buf.data() + 8 + i + klen, computed.data(), 64);
+    if (!write_all(g_path, buf)) std::abort();
+    return;
+  }
 }
 
 bool write_all(const std::string& path, const std::vector<uint8_t>& buf) {
-    FILE* f = std::fopen(path.c_str(), "wb");
-    if (!f) return false;
-    bool ok = buf.empty() || std::fwrite(buf.data(), 1, buf.size(), f) == buf.size();
-    return std::fclose(f) == 0 && ok;
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f) return false;
+  bool ok = buf.empty() || std::fwrite(buf.data(), 1, buf.size(), f) == buf.size();
+  return std::fclose(f) == 0 && ok;
 }
 
 void run_once(spaedge::Runtime& rt) {
-    const std::string name = rt.active_task();
-    if (name.empty()) return;
-    spaedge::TaskInfo ti = rt.task_info(name);
-    const size_t in_n = size_t(ti.channels) * size_t(ti.height) * size_t(ti.width);
-    if (in_n > (size_t(1) << 16)) return;  // keep executions fast; sizes are validated anyway
-    std::vector<float> x(in_n);
-    for (size_t i = 0; i < in_n; ++i) x[i] = float(int(i % 7) - 3) * 0.25f;
-    std::vector<float> y(size_t(ti.classes));
-    rt.run(x.data(), x.size(), 1, y.data(), y.size());
+  const std::string name = rt.active_task();
+  if (name.empty()) return;
+  spaedge::TaskInfo ti = rt.task_info(name);
+  const size_t in_n = size_t(ti.channels) * size_t(ti.height) * size_t(ti.width);
+  if (in_n > (size_t(1) << 16)) return;  // keep executions fast; sizes are validated anyway
+  std::vector<float> x(in_n);
+  for (size_t i = 0; i < in_n; ++i) x[i] = float(int(i % 7) - 3) * 0.25f;
+  std::vector<float> y(size_t(ti.classes));
+  rt.run(x.data(), x.size(), 1, y.data(), y.size());
 }
 
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    const char* base = std::getenv("SPAEDGE_FUZZ_BASE");
-    const std::string base_path = base ? base : "tests/fuzz/seeds/base.safetensors";
-    const char* tmp = std::getenv("TMPDIR");
-    g_path = std::string(tmp ? tmp : "/tmp") + "/spaedge-fuzz-" + std::to_string(getpid()) + ".safetensors";
-    try {
-        g_rt = std::make_unique<spaedge::Runtime>(base_path, 1);
-    } catch (const spaedge::Error& e) {
-        std::fprintf(stderr, "fuzz_bundle: cannot load the fixed base (set SPAEDGE_FUZZ_BASE): %s\n", e.what());
-        std::abort();
-    }
-    return 0;
+  const char* base = std::getenv("SPAEDGE_FUZZ_BASE");
+  const std::string base_path = base ? base : "tests/fuzz/seeds/base.safetensors";
+  const char* tmp = std::getenv("TMPDIR");
+  g_path = std::string(tmp ? tmp : "/tmp") + "/spaedge-fuzz-" + std::to_string(getpid()) +
+           ".safetensors";
+  try {
+    g_rt = std::make_unique<spaedge::Runtime>(base_path, 1);
+  } catch (const spaedge::Error& e) {
+    std::fprintf(stderr, "fuzz_bundle: cannot load the fixed base (set SPAEDGE_FUZZ_BASE): %s\n",
+                 e.what());
+    std::abort();
+  }
+  return 0;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-    std::vector<uint8_t> buf(data, data + size);
-    if (!write_all(g_path, buf)) std::abort();
-    fix_content_hash(buf);
-    static const char base_tag[] = "spaedge-base";
-    const bool is_base =
-        std::search(buf.begin(), buf.end(), base_tag, base_tag + sizeof(base_tag) - 1) != buf.end();
-    try {
-        spaedge::BundleSummary s = spaedge::inspect_bundle(g_path);
-        (void)s;
-    } catch (const spaedge::Error&) {
+  std::vector<uint8_t> buf(data, data + size);
+  if (!write_all(g_path, buf)) std::abort();
+  fix_content_hash(buf);
+  static const char base_tag[] = "spaedge-base";
+  const bool is_base =
+      std::search(buf.begin(), buf.end(), base_tag, base_tag + sizeof(base_tag) - 1) != buf.end();
+  try {
+    spaedge::BundleSummary s = spaedge::inspect_bundle(g_path);
+    (void)s;
+  } catch (const spaedge::Error&) {
+  }
+  try {
+    if (is_base) {
+      spaedge::Runtime rt(g_path, 1);
+      (void)rt.base_hash();
+    } else {
+      g_rt->load_task(g_path);
+      run_once(*g_rt);
+      g_rt->set_mode("lowrank");
+      run_once(*g_rt);
+      g_rt->set_mode("merged");
+      for (const auto& t : g_rt->tasks()) g_rt->unload_task(t);
     }
-    try {
-        if (is_base) {
-            spaedge::Runtime rt(g_path, 1);
-            (void)rt.base_hash();
-        } else {
-            g_rt->load_task(g_path);
-            run_once(*g_rt);
-            g_rt->set_mode("lowrank");
-            run_once(*g_rt);
-            g_rt->set_mode("merged");
-            for (const auto& t : g_rt->tasks()) g_rt->unload_task(t);
-        }
-    } catch (const spaedge::Error&) {
-        // refused with a message: the expected outcome for bad input
-    }
-    unlink(g_path.c_str());
-    return 0;
+  } catch (const spaedge::Error&) {
+    // refused with a message: the expected outcome for bad input
+  }
+  unlink(g_path.c_str());
+  return 0;
 }

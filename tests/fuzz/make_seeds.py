@@ -22,17 +22,15 @@ task_*.safetensors, base_*.safetensors and task_meta_*.safetensors.
 
 from __future__ import annotations
 
+import json
 import sys
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 import torch
 
-import json
-
-from spaedge.adapters import adapt, get_method
+from spaedge.adapters import adapt, get_method, splopa
 from spaedge.adapters.sparse import sparsify
-from spaedge.adapters import splopa
 from spaedge.adapters.splopa import share_prototypes
 from spaedge.models.resnet import BasicBlock, ResNet
 from spaedge.pack.bundle import TaskSpec, write_base, write_task
@@ -44,7 +42,15 @@ INPUT = (1, 8, 8)
 
 def tiny_base() -> ResNet:
     torch.manual_seed(0)
-    return ResNet(BasicBlock, (1, 1), num_classes=3, in_channels=1, widths=(4, 8), stem="cifar", arch="fuzz-tiny")
+    return ResNet(
+        BasicBlock,
+        (1, 1),
+        num_classes=3,
+        in_channels=1,
+        widths=(4, 8),
+        stem="cifar",
+        arch="fuzz-tiny",
+    )
 
 
 def task(method: str, density: float, rank: int, seed: int) -> ResNet:
@@ -52,21 +58,25 @@ def task(method: str, density: float, rank: int, seed: int) -> ResNet:
     torch.manual_seed(seed)
     model.replace_head(3)
     block = get_method(method).prune_block
-    if method == "splopa":  # the fuzz base is 4-8 channels wide: 4x4 blocks, so its convs are blocked
+    if (
+        method == "splopa"
+    ):  # the fuzz base is 4-8 channels wide: 4x4 blocks, so its convs are blocked
         block = 4
         with mock.patch.object(splopa, "BLOCK", block):
             model = adapt(model, method, rank=rank)
     else:
         model = adapt(model, method, rank=rank)
     with torch.no_grad():  # non-trivial adapter factors, BN statistics and biases
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.requires_grad:
                 p.add_(0.1 * torch.randn_like(p))
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    if method == "splopa":  # prototypes shared by every blocked conv, channels pruned in whole blocks
+    if (
+        method == "splopa"
+    ):  # prototypes shared by every blocked conv, channels pruned in whole blocks
         share_prototypes(model, "model")
     if density < 1.0:
         prune_to_density(model, torch.zeros(1, *INPUT), density, step_fraction=0.25, block=block)
@@ -100,22 +110,27 @@ def graph_edit(fn):
         g = json.loads(meta["graph"])
         fn(g)
         meta["graph"] = json.dumps(g)
+
     return edit
 
 
 def input_edit(**fields):
     def edit(meta):
         meta["input"] = json.dumps({**json.loads(meta["input"]), **fields})
+
     return edit
 
 
 def share_one_adapter(tensors, meta):
     """Pear's form: one conv uses another's low-rank factors (same kept shapes)."""
-    convs = sorted(k[:-len(".lora_a")] for k in tensors if k.endswith(".lora_a"))
+    convs = sorted(k[: -len(".lora_a")] for k in tensors if k.endswith(".lora_a"))
     for target in convs:
         for source in convs:
-            if source != target and tensors[source + ".lora_a"].shape == tensors[target + ".lora_a"].shape \
-                    and tensors[source + ".lora_b"].shape == tensors[target + ".lora_b"].shape:
+            if (
+                source != target
+                and tensors[source + ".lora_a"].shape == tensors[target + ".lora_a"].shape
+                and tensors[source + ".lora_b"].shape == tensors[target + ".lora_b"].shape
+            ):
                 del tensors[target + ".lora_a"], tensors[target + ".lora_b"]
                 meta["method"] = "pear"
                 meta["shared_adapters"] = json.dumps({target: source})
@@ -127,13 +142,22 @@ def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     h = write_base(tiny_base(), out / "base.safetensors")
     spec = TaskSpec("fuzz", ["a", "b", "c"], INPUT, [0.5], [0.25])
-    for name, method, density, rank in [("splora_pruned", "splora", 0.5, 2),
-                                        ("splora_full", "splora", 1.0, 1),
-                                        ("finetune_pruned", "finetune", 0.6, 1),
-                                        ("splopa_pruned", "splopa", 0.6, 2)]:
-        write_task(task(method, density, rank, seed=len(name)), spec, h, out / f"task_{name}.safetensors")
+    for name, method, density, rank in [
+        ("splora_pruned", "splora", 0.5, 2),
+        ("splora_full", "splora", 1.0, 1),
+        ("finetune_pruned", "finetune", 0.6, 1),
+        ("splopa_pruned", "splopa", 0.6, 2),
+    ]:
+        write_task(
+            task(method, density, rank, seed=len(name)), spec, h, out / f"task_{name}.safetensors"
+        )
     write_task(sparse_task(seed=13), spec, h, out / "task_sparse_pruned.safetensors")
-    write_task(sparse_task(seed=14, method="sparse-sppara"), spec, h, out / "task_sparse_sppara_pruned.safetensors")
+    write_task(
+        sparse_task(seed=14, method="sparse-sppara"),
+        spec,
+        h,
+        out / "task_sparse_sppara_pruned.safetensors",
+    )
     base, pruned = out / "base.safetensors", out / "task_splora_pruned.safetensors"
 
     def set_stride(g):
@@ -144,26 +168,55 @@ def main(out: Path) -> None:
 
     def set_groups(g):
         g["nodes"][0]["groups"] = 2
+
     # Base graph edits: another stride loads (another base); the others are refused.
     edited(base, out / "base_stride2.safetensors", graph_edit(set_stride))
     edited(base, out / "base_graph_order.safetensors", graph_edit(out_of_order))
     edited(base, out / "base_graph_groups.safetensors", graph_edit(set_groups))
-    edited(base, out / "base_five_channels.safetensors", graph_edit(lambda g: g.update(input_channels=5)))
+    edited(
+        base,
+        out / "base_five_channels.safetensors",
+        graph_edit(lambda g: g.update(input_channels=5)),
+    )
     # Task metadata edits that load...
-    edited(pruned, out / "task_meta_input16.safetensors", input_edit(height=16, width=12, mean=[0.1], std=[3.0]))
-    edited(pruned, out / "task_meta_info.safetensors",
-           lambda m: m.update(info=json.dumps({"rank": 2, "nested": {"l\u00e9": [1, 2.5, None, True]}, "s": "\u2603"}),
-                              labels=json.dumps(["caf\u00e9", "\u6f22", "c\\d"])))
+    edited(
+        pruned,
+        out / "task_meta_input16.safetensors",
+        input_edit(height=16, width=12, mean=[0.1], std=[3.0]),
+    )
+    edited(
+        pruned,
+        out / "task_meta_info.safetensors",
+        lambda m: m.update(
+            info=json.dumps(
+                {"rank": 2, "nested": {"l\u00e9": [1, 2.5, None, True]}, "s": "\u2603"}
+            ),
+            labels=json.dumps(["caf\u00e9", "\u6f22", "c\\d"]),
+        ),
+    )
     edited(pruned, out / "task_meta_pear.safetensors", tensor_edit=share_one_adapter)
     # ... and that are refused.
-    edited(pruned, out / "task_meta_labels_dup.safetensors", lambda m: m.update(labels=json.dumps(["a", "c", "c"])))
-    edited(pruned, out / "task_meta_labels_empty.safetensors", lambda m: m.update(labels=json.dumps(["a", "", "c"])))
+    edited(
+        pruned,
+        out / "task_meta_labels_dup.safetensors",
+        lambda m: m.update(labels=json.dumps(["a", "c", "c"])),
+    )
+    edited(
+        pruned,
+        out / "task_meta_labels_empty.safetensors",
+        lambda m: m.update(labels=json.dumps(["a", "", "c"])),
+    )
     edited(pruned, out / "task_meta_std_zero.safetensors", input_edit(std=[0.0]))
     edited(pruned, out / "task_meta_input_huge.safetensors", input_edit(height=8192, width=8192))
     edited(pruned, out / "task_meta_info_list.safetensors", lambda m: m.update(info="[1, 2]"))
     # SPLoPA: a conv's coefficients without its entry in splopa_sets (refused).
-    edited(out / "task_splopa_pruned.safetensors", out / "task_meta_splopa_unmapped.safetensors",
-           lambda m: m.update(splopa_sets=json.dumps(dict(list(json.loads(m["splopa_sets"]).items())[1:]))))
+    edited(
+        out / "task_splopa_pruned.safetensors",
+        out / "task_meta_splopa_unmapped.safetensors",
+        lambda m: m.update(
+            splopa_sets=json.dumps(dict(list(json.loads(m["splopa_sets"]).items())[1:]))
+        ),
+    )
     for p in sorted(out.glob("*.safetensors")):
         print(f"{p}: {p.stat().st_size} bytes")
 

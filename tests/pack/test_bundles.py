@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from spaedge.adapters import adapt, adapted_layers
-from spaedge.adapters import FineTuned, SPLoRA
+from spaedge.adapters import FineTuned, SPLoRA, adapt, adapted_layers
 from spaedge.bench.synthetic import randomise_task_model
 from spaedge.errors import BundleError
 from spaedge.models import get_base, load_weights
@@ -19,6 +18,7 @@ from spaedge.pack.bundle import TaskSpec, load_task_model, write_base, write_tas
 from spaedge.pack.format import read_bundle, read_metadata
 from spaedge.pack.materialize import materialize, whole_model_bytes
 from spaedge.pruning.prune import density, plan, prune_to_density
+
 
 @pytest.fixture(scope="module")
 def pruned18():
@@ -50,7 +50,9 @@ def test_bundle_round_trip_rebuilds_the_same_model(tmp_path, pruned18):
     meta = read_metadata(tmp_path / "demo.safetensors")
     assert meta["format"] == "spaedge-task" and meta["base_hash"] == bhash
     assert json.loads(meta["labels"]) == spec.labels
-    rebuilt, spec2, _ = load_task_model(tmp_path / "base.safetensors", tmp_path / "demo.safetensors")
+    rebuilt, spec2, _ = load_task_model(
+        tmp_path / "base.safetensors", tmp_path / "demo.safetensors"
+    )
     assert spec2.input_size == (3, 64, 64) and spec2.mean == [0.5] * 3
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -102,7 +104,9 @@ def test_task_bundle_is_a_tenth_of_the_whole_pruned_model_resnet18_30pct(tmp_pat
     write_task(model, spec, bhash, tmp_path / "t.safetensors")
     task_bytes = (tmp_path / "t.safetensors").stat().st_size
     whole = whole_model_bytes(model)
-    print(f"task bundle {task_bytes} B, whole pruned model {whole} B, ratio {whole / task_bytes:.1f}")
+    print(
+        f"task bundle {task_bytes} B, whole pruned model {whole} B, ratio {whole / task_bytes:.1f}"
+    )
     assert task_bytes * 10 <= whole
 
 
@@ -126,7 +130,12 @@ def test_finetune_baseline_round_trips_its_weight_delta(tmp_path):
         for layer in adapted_layers(model).values():
             assert isinstance(layer, FineTuned)
             layer.weight.add_(0.01)
-    write_task(model, TaskSpec("ft", list("abc"), (1, 28, 28), [0.0], [1.0]), bhash, tmp_path / "ft.safetensors")
+    write_task(
+        model,
+        TaskSpec("ft", list("abc"), (1, 28, 28), [0.0], [1.0]),
+        bhash,
+        tmp_path / "ft.safetensors",
+    )
     rebuilt, _, _ = load_task_model(tmp_path / "base.safetensors", tmp_path / "ft.safetensors")
     x = torch.randn(2, 1, 28, 28)
     model.eval()
@@ -141,8 +150,11 @@ def test_torchvision_named_weights_load(tmp_path):
     model = get_base("resnet18", tmp_path / "r18.pth")
     torch.testing.assert_close(model.layer3[1].conv2.weight, src.layer3[1].conv2.weight)
     names = set(model.state_dict())
-    assert {"layer1.0.downsample.0.weight", "layer2.0.downsample.1.running_var", "fc.weight"} <= names \
-        or "layer2.0.downsample.0.weight" in names
+    assert {
+        "layer1.0.downsample.0.weight",
+        "layer2.0.downsample.1.running_var",
+        "fc.weight",
+    } <= names or "layer2.0.downsample.0.weight" in names
     with pytest.raises(ValueError, match="missing"):
         load_weights(resnet50(), tmp_path / "r18.pth")
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from _toolchain_helpers import random_batches as _data
 from _toolchain_helpers import tiny_task_model as _tiny
+from torch import nn
+
 from spaedge.pruning.criteria import CRITERIA, lrp_relevance, task_weight_grads
 from spaedge.pruning.groups import channel_groups
 from spaedge.pruning.prune import density, prune_to_density
@@ -33,7 +33,9 @@ def test_gradient_and_taylor_match_a_hand_computation():
     F.cross_entropy(model(data[0][0]), data[0][1]).backward()
     layer.weight_probe = None
     torch.testing.assert_close(wg[layer_name][0][1], w_leaf.grad)
-    group = next(g for g in channel_groups(model, torch.zeros(1, 1, 28, 28)) if layer_name in g.producers)
+    group = next(
+        g for g in channel_groups(model, torch.zeros(1, 1, 28, 28)) if layer_name in g.producers
+    )
     got = CRITERIA["taylor"](model, group, data=data)
     want = torch.zeros(group.size)
     for name in group.producers:
@@ -62,6 +64,7 @@ def test_lrp_epsilon_rule_on_a_small_mlp_matches_explicit_propagation():
         def __init__(self):
             super().__init__()
             from spaedge.adapters import SPLoRA
+
             self.l1 = SPLoRA(nn.Linear(5, 4, bias=True), rank=2)
             self.relu = nn.ReLU()
             self.fc = nn.Linear(4, 3)
@@ -82,8 +85,8 @@ def test_lrp_epsilon_rule_on_a_small_mlp_matches_explicit_propagation():
         r2 = torch.zeros_like(z2)
         r2[torch.arange(6), y] = z2[torch.arange(6), y]
         s = r2 / (z2 + eps * torch.where(z2 >= 0, 1.0, -1.0))
-        r_a1 = a1 * (s @ net.fc.weight)          # relevance at fc input (= relu output)
-        r_z1 = r_a1 * (z1 > 0)                   # relu passes relevance through
+        r_a1 = a1 * (s @ net.fc.weight)  # relevance at fc input (= relu output)
+        r_z1 = r_a1 * (z1 > 0)  # relu passes relevance through
         want = r_z1.abs().mean(0)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
@@ -94,8 +97,16 @@ def test_prune_to_density_with_every_criterion_and_schedule(criterion, schedule)
     model = _tiny()
     data = _data(1, bs=8)
     steps = []
-    hist = prune_to_density(model, torch.zeros(1, 1, 28, 28), 0.4, criterion=criterion, schedule=schedule,
-                            step_fraction=0.2, score_kwargs={"data": data}, recover=lambda s, d: steps.append(s))
+    hist = prune_to_density(
+        model,
+        torch.zeros(1, 1, 28, 28),
+        0.4,
+        criterion=criterion,
+        schedule=schedule,
+        step_fraction=0.2,
+        score_kwargs={"data": data},
+        recover=lambda s, d: steps.append(s),
+    )
     assert density(model) <= 0.4 + 1e-9
     assert len(steps) == (len(hist) if schedule == "iterative" else 1)
     model(torch.zeros(2, 1, 28, 28))

@@ -31,7 +31,9 @@ from spaedge.train.config import TrainConfig
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def _set_task_weight(layer: SPLoRA, task_w: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -> None:
+def _set_task_weight(
+    layer: SPLoRA, task_w: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor
+) -> None:
     """Give ``layer`` the adapter factors ``lora_a``/``lora_b`` and the base weight
     that makes its task weight ``task_w`` (W_task = W + centre tap of B @ A)."""
     k = task_w.shape[-1]
@@ -101,7 +103,12 @@ FC_W = torch.tensor([[2.0, 0.5, 8.0, 1.0], [6.0, -0.5, 10.0, -2.0]])
 FC_B = torch.tensor([0.0, 5.0])
 X = torch.ones(1, 2, 1, 1)
 Y = torch.tensor([0])
-DESIGNED_ORDER = {"magnitude": (0, 1, 2, 3), "gradient": (1, 2, 3, 0), "taylor": (2, 3, 0, 1), "lrp": (3, 0, 1, 2)}
+DESIGNED_ORDER = {
+    "magnitude": (0, 1, 2, 3),
+    "gradient": (1, 2, 3, 0),
+    "taylor": (2, 3, 0, 1),
+    "lrp": (3, 0, 1, 2),
+}
 
 
 def _crafted() -> OneConv:
@@ -121,7 +128,7 @@ def _crafted_hand_scores() -> dict[str, torch.Tensor]:
     logits = v @ z.clamp(min=0) + b
     p = logits.softmax(0)
     dz = (p - F.one_hot(torch.tensor(y), 2).double()) @ v * (z > 0)  # dL/dz (batch of one image)
-    dw = dz[:, None] * x[None, :]                                    # dL/dW_task
+    dw = dz[:, None] * x[None, :]  # dL/dW_task
     return {
         "magnitude": w.abs().mean(1),
         "gradient": dw.abs().mean(1),
@@ -136,10 +143,16 @@ HAND["l1"] = HAND["magnitude"]
 
 def test_the_crafted_hand_values_are_what_the_design_says():
     # The closed forms above agree with the table, so the orders below are the designed ones.
-    want = {"magnitude": [0.5, 4, 4.5, 6.5], "gradient": [2, 0.5, 1, 1.5], "taylor": [2, 4, 1, 1.5],
-            "lrp": [2, 4, 8, 1]}
+    want = {
+        "magnitude": [0.5, 4, 4.5, 6.5],
+        "gradient": [2, 0.5, 1, 1.5],
+        "taylor": [2, 4, 1, 1.5],
+        "lrp": [2, 4, 8, 1],
+    }
     for name, values in want.items():
-        torch.testing.assert_close(HAND[name], torch.tensor(values, dtype=torch.float64), rtol=1e-6, atol=0)
+        torch.testing.assert_close(
+            HAND[name], torch.tensor(values, dtype=torch.float64), rtol=1e-6, atol=0
+        )
         assert _order(HAND[name]) == DESIGNED_ORDER[name], name
     # Variants a criterion could drift to rank differently here: magnitude of the
     # frozen base weight, Taylor summing |w * g| per entry instead of |sum w * g|.
@@ -178,13 +191,13 @@ def _one_conv_hand(net: OneConv, data) -> dict[str, torch.Tensor]:
     over images of |relevance of the channel summed over positions|."""
     w = _task_weight(net.conv1)
     k = w.shape[-1]
-    wm = w.flatten(1)                                     # (C, Cin*k*k)
+    wm = w.flatten(1)  # (C, Cin*k*k)
     v, b = net.fc.weight.detach().double(), net.fc.bias.detach().double()
     grads, taylors, lrps = [], [], []
     for x, y in data:
         n = x.shape[0]
-        u = F.unfold(x.double(), k, padding=k // 2)        # (N, Cin*k*k, P)
-        z = torch.einsum("ck,nkp->ncp", wm, u)             # conv output
+        u = F.unfold(x.double(), k, padding=k // 2)  # (N, Cin*k*k, P)
+        z = torch.einsum("ck,nkp->ncp", wm, u)  # conv output
         a = z.clamp(min=0)
         pooled = a.mean(2)
         logits = pooled @ v.T + b
@@ -192,14 +205,19 @@ def _one_conv_hand(net: OneConv, data) -> dict[str, torch.Tensor]:
         dz = (dlogits @ v)[:, :, None] / z.shape[2] * (z > 0)
         dw = torch.einsum("ncp,nkp->ck", dz, u)
         grads.append(dw.abs().mean(1))
-        taylors.append((wm * dw).sum(1))                   # signed, per batch
+        taylors.append((wm * dw).sum(1))  # signed, per batch
         ly = logits[torch.arange(n), y]
         # relevance at the conv output: R_z = relu(z) * (1/P) * V[y, c] * R_y / (l_y + eps sign l_y), R_y = l_y
         r = a / z.shape[2] * (v[y] * (ly / _stab(ly, LRP_EPS))[:, None])[:, :, None]
-        lrps.append(r.sum(2))                              # signed, per image
+        lrps.append(r.sum(2))  # signed, per image
     taylors, lrps = torch.stack(taylors), torch.cat(lrps)
-    return {"gradient": torch.stack(grads).mean(0), "taylor": taylors.abs().mean(0), "lrp": lrps.abs().mean(0),
-            "taylor_signed": taylors, "lrp_signed": lrps}
+    return {
+        "gradient": torch.stack(grads).mean(0),
+        "taylor": taylors.abs().mean(0),
+        "lrp": lrps.abs().mean(0),
+        "taylor_signed": taylors,
+        "lrp_signed": lrps,
+    }
 
 
 def test_data_criteria_average_over_batches_and_images_as_documented():
@@ -207,7 +225,10 @@ def test_data_criteria_average_over_batches_and_images_as_documented():
     net = OneConv(2, 4, 3, k=3, rank=2)
     nn.init.normal_(net.conv1.lora_b)
     g = torch.Generator().manual_seed(2)
-    data = [(torch.randn(3, 2, 5, 5, generator=g), torch.tensor(labels)) for labels in ([0, 1, 2], [2, 2, 1])]
+    data = [
+        (torch.randn(3, 2, 5, 5, generator=g), torch.tensor(labels))
+        for labels in ([0, 1, 2], [2, 2, 1])
+    ]
     (group,) = channel_groups(net, torch.zeros(1, 2, 5, 5))
     hand = _one_conv_hand(net, data)
     cache: dict = {}
@@ -272,7 +293,10 @@ def _residual(seed: int = 0) -> Residual:
 
 def _residual_data():
     g = torch.Generator().manual_seed(3)
-    return [(torch.randn(3, 1, 8, 8, generator=g), torch.tensor(labels)) for labels in ([0, 1, 2], [1, 2, 2])]
+    return [
+        (torch.randn(3, 1, 8, 8, generator=g), torch.tensor(labels))
+        for labels in ([0, 1, 2], [1, 2, 2])
+    ]
 
 
 RESIDUAL_EXAMPLE = torch.zeros(1, 1, 8, 8)
@@ -282,15 +306,19 @@ def _conv_fwd(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Stride-1 'same' convolution by im2col."""
     k = w.shape[-1]
     u = F.unfold(a, k, padding=k // 2)
-    return torch.einsum("ck,nkp->ncp", w.flatten(1), u).reshape(a.shape[0], w.shape[0], *a.shape[2:])
+    return torch.einsum("ck,nkp->ncp", w.flatten(1), u).reshape(
+        a.shape[0], w.shape[0], *a.shape[2:]
+    )
 
 
-def _conv_lrp(a: torch.Tensor, w: torch.Tensor, z: torch.Tensor, r: torch.Tensor, eps: float) -> torch.Tensor:
+def _conv_lrp(
+    a: torch.Tensor, w: torch.Tensor, z: torch.Tensor, r: torch.Tensor, eps: float
+) -> torch.Tensor:
     """Epsilon rule through a conv z = w * a: every input entry of every patch gets
     a_i w_ci / (z_c + eps sign z_c) of R_c, summed over the patches it is in."""
     k = w.shape[-1]
-    u = F.unfold(a, k, padding=k // 2)                                    # (N, Cin*k*k, P)
-    s = (r / _stab(z, eps)).flatten(2)                                    # (N, C, P)
+    u = F.unfold(a, k, padding=k // 2)  # (N, Cin*k*k, P)
+    s = (r / _stab(z, eps)).flatten(2)  # (N, C, P)
     per_entry = u * torch.einsum("ck,ncp->nkp", w.flatten(1), s)
     return F.fold(per_entry, a.shape[2:], k, padding=k // 2)
 
@@ -305,7 +333,11 @@ def _bn_fwd(z: torch.Tensor, bn: nn.BatchNorm2d):
 def _maxpool2(a: torch.Tensor):
     """2x2/2 max pool by reshaping; returns (output, one-hot mask of each window's winner)."""
     n, c, h, w = a.shape
-    win = a.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
+    win = (
+        a.reshape(n, c, h // 2, 2, w // 2, 2)
+        .permute(0, 1, 2, 4, 3, 5)
+        .reshape(n, c, h // 2, w // 2, 4)
+    )
     winner = F.one_hot(win.argmax(-1), 4).double()
     return win.max(-1).values, winner
 
@@ -346,16 +378,18 @@ def _residual_lrp_by_hand(net: Residual, data, eps: float) -> dict[str, torch.Te
         # relevance, top down
         r_logits = torch.zeros_like(logits)
         r_logits[torch.arange(n), y] = logits[torch.arange(n), y]
-        r_pooled = pooled * ((r_logits / _stab(logits, eps)) @ v)                   # fc, epsilon
-        r_a = a / (a.shape[2] * a.shape[3]) * _div0(r_pooled, pooled)[:, :, None, None]  # average pool, LRP-0
-        r_total = r_a                                                                # ReLU
-        r_y2, r_h = y2 * _div0(r_total, total), h * _div0(r_total, total)            # add, LRP-0
-        r_z2 = z2 * s2 * r_y2 / _stab(y2, eps)                                       # bn2, epsilon
-        r_a1 = _conv_lrp(a1, w2, z2, r_z2, eps)                                      # conv2, epsilon
-        r_z1 = z1 * s1 * r_a1 / _stab(y1, eps)                                       # ReLU, bn1
-        r_h = r_h + _conv_lrp(h, w1, z1, r_z1, eps)                                  # conv1 + identity
-        r_a0 = _maxpool2_lrp(a0, winner, r_h)                                        # max pool
-        r_z0 = z0 * s0 * r_a0 / _stab(y0, eps)                                       # ReLU, bn0
+        r_pooled = pooled * ((r_logits / _stab(logits, eps)) @ v)  # fc, epsilon
+        r_a = (
+            a / (a.shape[2] * a.shape[3]) * _div0(r_pooled, pooled)[:, :, None, None]
+        )  # average pool, LRP-0
+        r_total = r_a  # ReLU
+        r_y2, r_h = y2 * _div0(r_total, total), h * _div0(r_total, total)  # add, LRP-0
+        r_z2 = z2 * s2 * r_y2 / _stab(y2, eps)  # bn2, epsilon
+        r_a1 = _conv_lrp(a1, w2, z2, r_z2, eps)  # conv2, epsilon
+        r_z1 = z1 * s1 * r_a1 / _stab(y1, eps)  # ReLU, bn1
+        r_h = r_h + _conv_lrp(h, w1, z1, r_z1, eps)  # conv1 + identity
+        r_a0 = _maxpool2_lrp(a0, winner, r_h)  # max pool
+        r_z0 = z0 * s0 * r_a0 / _stab(y0, eps)  # ReLU, bn0
         for name, r in (("conv0", r_z0), ("conv1", r_z1), ("conv2", r_z2)):
             totals[name].append(r.sum((2, 3)))
     return {name: torch.cat(t).abs().mean(0) for name, t in totals.items()}
@@ -386,23 +420,35 @@ def test_lrp_criterion_averages_the_residual_groups_producers():
     assert mid.norms == ["bn1"] and mid.consumers == ["conv2"]
     want = _residual_lrp_by_hand(net, data, LRP_EPS)
     cache: dict = {}
-    torch.testing.assert_close(CRITERIA["lrp"](net, res, data=data, cache=cache).double(),
-                               (want["conv0"] + want["conv2"]) / 2, rtol=1e-4, atol=1e-9)
-    torch.testing.assert_close(CRITERIA["lrp"](net, mid, data=data, cache=cache).double(), want["conv1"],
-                               rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(
+        CRITERIA["lrp"](net, res, data=data, cache=cache).double(),
+        (want["conv0"] + want["conv2"]) / 2,
+        rtol=1e-4,
+        atol=1e-9,
+    )
+    torch.testing.assert_close(
+        CRITERIA["lrp"](net, mid, data=data, cache=cache).double(),
+        want["conv1"],
+        rtol=1e-4,
+        atol=1e-9,
+    )
 
 
 # ------------------------------------------------------ the name on the command line
 def _criterion_from_command_line(name: str) -> str:
     """``spaedge train --criterion NAME`` as the CLI parses it into the TrainConfig."""
-    return config_from_args(TrainConfig, build_parser().parse_args(["train", "--criterion", name])).criterion
+    return config_from_args(
+        TrainConfig, build_parser().parse_args(["train", "--criterion", name])
+    ).criterion
 
 
 def test_every_criterion_the_cli_offers_is_checked_here():
-    choices = next(f for f in dataclasses.fields(TrainConfig) if f.name == "criterion").metadata["choices"]()
+    choices = next(f for f in dataclasses.fields(TrainConfig) if f.name == "criterion").metadata[
+        "choices"
+    ]()
     assert choices == list(CRITERIA)
     assert set(choices) == set(HAND)  # a new criterion needs its hand-computed ranking in this file
-    assert DATA_CRITERIA == {"gradient", "taylor", "lrp"}
+    assert {"gradient", "taylor", "lrp"} == DATA_CRITERIA
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--criterion", "no-such-criterion"])
 
@@ -414,8 +460,13 @@ def test_the_cli_name_prunes_the_channels_its_criterion_ranks_lowest(name, n):
     criterion = _criterion_from_command_line(name)
     assert criterion == name
     net = _crafted()
-    removed = prune_step(net, torch.zeros(1, 2, 1, 1), n, criterion=criterion,
-                         score_kwargs={"data": [(X, Y)]} if criterion in DATA_CRITERIA else None)
+    removed = prune_step(
+        net,
+        torch.zeros(1, 2, 1, 1),
+        n,
+        criterion=criterion,
+        score_kwargs={"data": [(X, Y)]} if criterion in DATA_CRITERIA else None,
+    )
     assert removed == n
     kept = sorted(_order(HAND[name])[n:])
     assert net.conv1.out_index.tolist() == kept
@@ -427,7 +478,9 @@ def test_the_cli_name_prunes_the_channels_its_criterion_ranks_lowest(name, n):
 def _hand_step(scores: list[torch.Tensor], n: int) -> list[set[int]]:
     """Positions a step of ``n`` removes by hand: each group's scores divided by the
     group's mean, one ranking over all groups, the n lowest (each group keeping one)."""
-    ranked = sorted((float(s[p] / s.mean()), gi, p) for gi, s in enumerate(scores) for p in range(len(s)))
+    ranked = sorted(
+        (float(s[p] / s.mean()), gi, p) for gi, s in enumerate(scores) for p in range(len(s))
+    )
     drop: list[set[int]] = [set() for _ in scores]
     for _, gi, p in ranked:
         if sum(map(len, drop)) == n:
@@ -479,7 +532,9 @@ def _residual_logits_by_hand(net: Residual, keep_res, keep_mid, x) -> torch.Tens
     return pooled @ net.fc.weight.detach().double()[:, keep_res].T + net.fc.bias.detach().double()
 
 
-def _check_pruned(net: Residual, original: Residual, keep_res: list[int], keep_mid: list[int]) -> None:
+def _check_pruned(
+    net: Residual, original: Residual, keep_res: list[int], keep_mid: list[int]
+) -> None:
     for name in ("conv0", "conv2"):
         assert getattr(net, name).out_index.tolist() == keep_res, name
     assert net.conv1.out_index.tolist() == keep_mid
@@ -490,13 +545,19 @@ def _check_pruned(net: Residual, original: Residual, keep_res: list[int], keep_m
         bn, bn0 = getattr(net, name), getattr(original, name)
         assert bn.num_features == len(keep), name
         for t in ("weight", "bias", "running_mean", "running_var"):
-            torch.testing.assert_close(getattr(bn, t).detach(), getattr(bn0, t).detach()[keep], rtol=0, atol=0)
+            torch.testing.assert_close(
+                getattr(bn, t).detach(), getattr(bn0, t).detach()[keep], rtol=0, atol=0
+            )
     assert net.fc.in_features == len(keep_res)
     x = _residual_data()[0][0]
     net.eval()
     with torch.no_grad():
-        torch.testing.assert_close(net(x).double(), _residual_logits_by_hand(original, keep_res, keep_mid, x),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            net(x).double(),
+            _residual_logits_by_hand(original, keep_res, keep_mid, x),
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
 
 def test_a_step_removes_the_lowest_normalised_channels_over_all_groups():
@@ -507,7 +568,10 @@ def test_a_step_removes_the_lowest_normalised_channels_over_all_groups():
     # The design tells apart the ranking of the docs from near misses: raw scores
     # ranked globally, or the residual group scored by one of its producers.
     assert _hand_step([res, mid], 4) == [{0, 1}, {1, 2}]
-    raw = sorted([(float(v), 0, p) for p, v in enumerate(res)] + [(float(v), 1, p) for p, v in enumerate(mid)])
+    raw = sorted(
+        [(float(v), 0, p) for p, v in enumerate(res)]
+        + [(float(v), 1, p) for p, v in enumerate(mid)]
+    )
     assert {(gi, p) for _, gi, p in raw[:4]} != {(0, 0), (0, 1), (1, 1), (1, 2)}
     assert _hand_step([torch.tensor(S0), mid], 4) != [{0, 1}, {1, 2}]
     assert _hand_step([torch.tensor(S2), mid], 4) != [{0, 1}, {1, 2}]

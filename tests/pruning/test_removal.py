@@ -3,7 +3,6 @@ come back during training."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +11,7 @@ from spaedge.adapters import adapt
 from spaedge.models.resnet import resnet18, resnet50, spaedge_tiny
 from spaedge.pruning.groups import channel_groups
 from spaedge.pruning.prune import density, plan, prune_to_density
+
 
 def _check_channel_consistency(model):
     """Every conv's in_index equals the kept channels of its input tensor; adds agree."""

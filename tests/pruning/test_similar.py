@@ -10,10 +10,9 @@ import math
 
 import numpy as np
 import pytest
-
 import torch
-
 from _toolchain_helpers import assert_bundle_matches, tiny_task_model  # noqa: E402
+
 from spaedge.adapters.base import AdaptedLayer  # noqa: E402
 from spaedge.models import get_base  # noqa: E402
 from spaedge.pruning import similar  # noqa: E402
@@ -29,8 +28,15 @@ def _tiny(seed=0):
 
 
 def _plan(kept: dict[str, list[int]], channels: dict[str, int], emb, task="t") -> similar.Plan:
-    return similar.Plan(task=task, base="tiny", base_hash="h", density=0.5, kept=kept, base_channels=channels,
-                        embedding=list(emb))
+    return similar.Plan(
+        task=task,
+        base="tiny",
+        base_hash="h",
+        density=0.5,
+        kept=kept,
+        base_channels=channels,
+        embedding=list(emb),
+    )
 
 
 # ------------------------------------------------------------------ vote math
@@ -40,9 +46,13 @@ def test_vote_weights_are_normalised_and_follow_similarity():
     assert w[0] > w[1] == w[2]
     # softmax at the documented temperature: a cosine 0.1 higher weighs e^2 more
     assert math.isclose(float(w[0] / w[1]), math.exp(0.1 / similar.TEMPERATURE), rel_tol=1e-9)
-    torch.testing.assert_close(similar.vote_weights([0.3, 0.3]), torch.tensor([0.5, 0.5], dtype=torch.float64))
-    torch.testing.assert_close(similar.vote_weights([0.9, 0.1], temperature=math.inf),
-                               torch.tensor([0.5, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(
+        similar.vote_weights([0.3, 0.3]), torch.tensor([0.5, 0.5], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        similar.vote_weights([0.9, 0.1], temperature=math.inf),
+        torch.tensor([0.5, 0.5], dtype=torch.float64),
+    )
     with pytest.raises(ValueError):
         similar.vote_weights([])
 
@@ -75,8 +85,10 @@ def test_prune_by_votes_hits_the_budget_ranks_by_vote_and_respects_groups(target
     model = _tiny()
     votes = _hand_votes(model)
     groups = channel_groups(model, EXAMPLE)
-    score = {gi: similar.group_votes(model, g, votes) + similar.TIE_BREAK * similar._magnitude(model, g)
-             for gi, g in enumerate(groups)}
+    score = {
+        gi: similar.group_votes(model, g, votes) + similar.TIE_BREAK * similar._magnitude(model, g)
+        for gi, g in enumerate(groups)
+    }
     layers = [m for m in model.modules() if isinstance(m, AdaptedLayer)]
     base_total = sum(_weights(m, base=True) for m in layers)
     max_cost = max(_channel_cost(model, g) for g in groups) / base_total
@@ -124,6 +136,7 @@ def _images(root, pattern: str, n=(24, 8, 8), seed=0):
     """A tiny two-class image folder. squares: bright vs dark noise;
     stripes: horizontal vs vertical bars."""
     from PIL import Image
+
     rng = np.random.default_rng(seed)
     for split, count in zip(("train", "val", "test"), n):
         for c in ("a", "b"):
@@ -144,25 +157,35 @@ def folders(tmp_path_factory):
     """Task names of three tiny image folders at 1x28x28 (imagefolder's own default is 3x224x224: slow)."""
     from spaedge.tasks.imagefolder import make_imagefolder
     from spaedge.tasks.registry import register_task
+
     root = tmp_path_factory.mktemp("tasks")
-    dirs = {"squares": _images(root / "squares", "squares"), "stripes": _images(root / "stripes", "stripes"),
-            "squares2": _images(root / "squares2", "squares", seed=1)}
+    dirs = {
+        "squares": _images(root / "squares", "squares"),
+        "stripes": _images(root / "stripes", "stripes"),
+        "squares2": _images(root / "squares2", "squares", seed=1),
+    }
     names = {}
     for k, d in dirs.items():
         names[k] = f"simtest_{k}"
-        register_task(names[k], lambda data_dir, size, d=d, n=names[k]: make_imagefolder(d, size or (1, 28, 28), n))
+        register_task(
+            names[k],
+            lambda data_dir, size, d=d, n=names[k]: make_imagefolder(d, size or (1, 28, 28), n),
+        )
     return names
 
 
 def test_similarity_ranks_an_identical_task_first(folders):
     from spaedge.tasks import get_task
+
     base = get_base("tiny")
     emb = {k: similar.task_embedding(base, get_task(p).split("train")) for k, p in folders.items()}
     assert similar.cosine(emb["squares"], emb["squares"]) == pytest.approx(1.0)
     chans = {"x": 1}
-    lib = [_plan({"x": [0]}, chans, emb["stripes"], task="stripes"),
-           _plan({"x": [0]}, chans, emb["squares"], task="squares"),
-           _plan({"x": [0]}, chans, emb["squares2"], task="squares2")]
+    lib = [
+        _plan({"x": [0]}, chans, emb["stripes"], task="stripes"),
+        _plan({"x": [0]}, chans, emb["squares"], task="squares"),
+        _plan({"x": [0]}, chans, emb["squares2"], task="squares2"),
+    ]
     near = similar.nearest(lib, emb["squares"], k=3)
     assert [p.task for p, _ in near] == ["squares", "squares2", "stripes"]
     assert near[0][1] == pytest.approx(1.0)
@@ -171,12 +194,22 @@ def test_similarity_ranks_an_identical_task_first(folders):
 
 
 # ------------------------------------------------------------------ end to end
-CFG = dict(epochs=1, recovery_epochs=0, final_epochs=1, density=0.5, prune_step=0.3, seed=0, batch_size=16,
-           rank=2)
+CFG = dict(
+    epochs=1,
+    recovery_epochs=0,
+    final_epochs=1,
+    density=0.5,
+    prune_step=0.3,
+    seed=0,
+    batch_size=16,
+    rank=2,
+)
 
 
 @pytest.mark.slow
-def test_library_then_a_new_task_pruned_once_runs_in_the_runtime(folders, tmp_path, tiny_base_bundle):
+def test_library_then_a_new_task_pruned_once_runs_in_the_runtime(
+    folders, tmp_path, tiny_base_bundle
+):
     from spaedge.train import TrainConfig, library, run
 
     runs = {}
@@ -190,8 +223,14 @@ def test_library_then_a_new_task_pruned_once_runs_in_the_runtime(folders, tmp_pa
     assert len(library.load_library(lib)) == 2
     stored = library.read_plan(files[1] if "stripes" in files[1].name else files[0])
     direct = library.plan_from_run(runs["stripes"])
-    assert direct.kept == stored.kept and direct.density == stored.density and direct.embedding == stored.embedding
-    assert len(library.load_library(tmp_path / "runs")) == 2  # a directory of finished runs is a library too
+    assert (
+        direct.kept == stored.kept
+        and direct.density == stored.density
+        and direct.embedding == stored.embedding
+    )
+    assert (
+        len(library.load_library(tmp_path / "runs")) == 2
+    )  # a directory of finished runs is a library too
     # a run directory whose files no longer match its manifest is refused, never half-read
     (runs["stripes"] / library.PLAN_FILE).write_text("{}")
     with pytest.raises(ValueError, match="not the file the run wrote"):
@@ -201,19 +240,29 @@ def test_library_then_a_new_task_pruned_once_runs_in_the_runtime(folders, tmp_pa
 
     new = tmp_path / "new"
     models = []
-    cfg = TrainConfig(task=folders["squares2"], schedule="similar", library=str(lib),
-                      neighbours=2, **{**CFG, "density": 0.3})
+    cfg = TrainConfig(
+        task=folders["squares2"],
+        schedule="similar",
+        library=str(lib),
+        neighbours=2,
+        **{**CFG, "density": 0.3},
+    )
     metrics = run(cfg, new, on_model=models.append)
     near = metrics["similar_tasks"]
     assert near[0]["task"] == folders["squares"]  # the same kind of images ranks first
-    assert near[0]["weight"] > near[1]["weight"] and sum(n["weight"] for n in near) == pytest.approx(1.0)
+    assert near[0]["weight"] > near[1]["weight"] and sum(
+        n["weight"] for n in near
+    ) == pytest.approx(1.0)
     assert metrics["density"] <= 0.3 + 1e-12
     model = models[0]
 
-    assert_bundle_matches(model, tiny_base_bundle, new / "task.safetensors", torch.randn(5, 1, 28, 28))
+    assert_bundle_matches(
+        model, tiny_base_bundle, new / "task.safetensors", torch.randn(5, 1, 28, 28)
+    )
 
 
 def test_similar_schedule_needs_a_library(folders, tmp_path):
     from spaedge.train import TrainConfig, run
+
     with pytest.raises(ValueError, match="--library"):
         run(TrainConfig(task=folders["squares"], schedule="similar", **CFG), tmp_path)

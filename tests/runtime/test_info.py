@@ -19,10 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _numpy_reference as ref  # noqa: E402
 import pytest
 from safetensors.numpy import load as st_load
-
-import _numpy_reference as ref  # noqa: E402
 
 from spaedge.runtime import BundleError
 
@@ -33,12 +32,19 @@ TASK = SEEDS / "task_splora_pruned.safetensors"
 
 def info(*args, cwd, limit_gb: float | None = None, timeout: float = 120):
     """`spaedge info ARGS` in a subprocess; `limit_gb` caps its address space."""
+
     def cap():
         n = int(limit_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (n, n))
-    return subprocess.run([sys.executable, "-m", "spaedge.cli", "info", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=cap if limit_gb else None)
+
+    return subprocess.run(
+        [sys.executable, "-m", "spaedge.cli", "info", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=cap if limit_gb else None,
+    )
 
 
 def one_line_error(r, *needles):
@@ -54,7 +60,7 @@ def one_line_error(r, *needles):
 def parts(path: Path) -> tuple[dict, dict]:
     buf = path.read_bytes()
     (n,) = struct.unpack("<Q", buf[:8])
-    return dict(st_load(buf)), dict(json.loads(buf[8:8 + n])["__metadata__"])
+    return dict(st_load(buf)), dict(json.loads(buf[8 : 8 + n])["__metadata__"])
 
 
 def task_with(tmp_path: Path, name: str, **meta) -> Path:
@@ -85,9 +91,14 @@ def test_good_bundles(tmp_path):
 
 def test_inspect_bundle_api():
     from spaedge.runtime import inspect_bundle
+
     s = inspect_bundle(TASK)
     assert s["format"] == "spaedge-task" and s["hash_verified"] and s["labels"] == ["a", "b", "c"]
-    assert s["input"]["height"] == 8 and s["info"] == {} and s["base_hash"] == inspect_bundle(BASE)["content_hash"]
+    assert (
+        s["input"]["height"] == 8
+        and s["info"] == {}
+        and s["base_hash"] == inspect_bundle(BASE)["content_hash"]
+    )
     assert ("fc.weight", "F32", (3, 4)) in [(n, d, tuple(sh)) for n, d, sh in s["tensors"]]
     b = inspect_bundle(BASE, verify=False)
     assert b["model"] == "fuzz-tiny" and b["convs"] == 6 and not b["hash_verified"]
@@ -107,15 +118,21 @@ def test_deep_nesting(tmp_path):
     one_line_error(info(p, cwd=tmp_path), str(p), "metadata 'info'", "nesting deeper than")
 
 
-@pytest.mark.parametrize("meta,field", [
-    ({"task": None}, "missing metadata key 'task'"),                        # KeyError before
-    ({"input": "[1]"}, "metadata 'input' must be a JSON object"),            # TypeError before
-    ({"labels": "{}"}, "metadata 'labels' must be a non-empty JSON list"),   # TypeError before
-    ({"info": "[1]"}, "metadata 'info' must be a JSON object"),              # AttributeError before
-    ({"input": json.dumps({"channels": 1, "height": 8, "width": 8, "mean": [0.5]})}, "missing field 'std'"),
-    ({"labels": json.dumps(["a", "b", "b"])}, "label 2 'b' repeats label 1"),
-    ({"base_hash": "nope"}, "metadata 'base_hash' is not 64 lowercase hex digits"),
-])
+@pytest.mark.parametrize(
+    "meta,field",
+    [
+        ({"task": None}, "missing metadata key 'task'"),  # KeyError before
+        ({"input": "[1]"}, "metadata 'input' must be a JSON object"),  # TypeError before
+        ({"labels": "{}"}, "metadata 'labels' must be a non-empty JSON list"),  # TypeError before
+        ({"info": "[1]"}, "metadata 'info' must be a JSON object"),  # AttributeError before
+        (
+            {"input": json.dumps({"channels": 1, "height": 8, "width": 8, "mean": [0.5]})},
+            "missing field 'std'",
+        ),
+        ({"labels": json.dumps(["a", "b", "b"])}, "label 2 'b' repeats label 1"),
+        ({"base_hash": "nope"}, "metadata 'base_hash' is not 64 lowercase hex digits"),
+    ],
+)
 def test_missing_or_mistyped_metadata(tmp_path, meta, field):
     p = task_with(tmp_path, "bad.safetensors", **meta)
     one_line_error(info(p, cwd=tmp_path), str(p), field)
@@ -153,7 +170,10 @@ def _huge(tmp_path: Path, gib: float, **meta) -> Path:
     m.update(meta)
     m["content_hash"] = "0" * 64
     size = int(gib * 2**30) // 4 * 4
-    header = {"__metadata__": m, "fc.weight": {"dtype": "F32", "shape": [size // 4], "data_offsets": [0, size]}}
+    header = {
+        "__metadata__": m,
+        "fc.weight": {"dtype": "F32", "shape": [size // 4], "data_offsets": [0, size]},
+    }
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
     p = tmp_path / f"huge{gib}.safetensors"
@@ -180,8 +200,14 @@ def test_huge_files_are_not_read_whole(tmp_path):
 def test_control_characters_are_escaped(tmp_path):
     """Names carrying terminal escapes, newlines and bidi overrides are printed escaped."""
     evil = "\x1b[2J\x1b]0;owned\x07\r\nfake line\u202e"
-    p = task_with(tmp_path, "evil.safetensors", task="t" + evil, method="m" + evil,
-                  labels=json.dumps(["a" + evil, "b\x9b31m", "c"]), info=json.dumps({"k" + evil: "v" + evil}))
+    p = task_with(
+        tmp_path,
+        "evil.safetensors",
+        task="t" + evil,
+        method="m" + evil,
+        labels=json.dumps(["a" + evil, "b\x9b31m", "c"]),
+        info=json.dumps({"k" + evil: "v" + evil}),
+    )
     r = info(p, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     out = r.stdout
@@ -197,6 +223,7 @@ def test_control_characters_are_escaped(tmp_path):
 
 def test_inspect_refuses_like_loading(tmp_path):
     from spaedge.runtime import inspect_bundle
+
     p = task_with(tmp_path, "dup.safetensors", labels=json.dumps(["a", "a", "c"]))
     with pytest.raises(BundleError, match="label 1 'a' repeats label 0"):
         inspect_bundle(p)

@@ -15,12 +15,12 @@ import sys
 import threading
 from pathlib import Path
 
+import _numpy_reference as ref  # noqa: E402
 import numpy as np
 import pytest
 
-import _numpy_reference as ref  # noqa: E402
-
 import spaedge.runtime as runtime
+
 Runtime, BundleError = runtime.Runtime, runtime.BundleError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,12 +34,32 @@ def toy(tmp_path_factory):
     graph, base, h = ref.toy_base(d, rng)
     ta = ref.task_tensors(graph, rng, keep_frac=0.6, rank=2, method="splora", classes=5)
     ref.write(d / "a.safetensors", ta, ref.task_meta(h, "alpha", 5, (3, 16, 16)))
-    tb = ref.task_tensors(graph, rng, keep_frac=0.5, method="finetune", classes=7,
-                          task_bias=("conv1", "l2.conv1", "mix"))
-    ref.write(d / "b.safetensors", tb, ref.task_meta(h, "beta", 7, (3, 20, 12), method="finetune",
-                                                     mean=[0.1, 0.2, 0.3], std=[0.5, 0.6, 0.7]))
-    return {"dir": d, "graph": graph, "base": base, "hash": h, "a": ta, "b": tb,
-            "base_path": d / "base.safetensors", "a_path": d / "a.safetensors", "b_path": d / "b.safetensors"}
+    tb = ref.task_tensors(
+        graph,
+        rng,
+        keep_frac=0.5,
+        method="finetune",
+        classes=7,
+        task_bias=("conv1", "l2.conv1", "mix"),
+    )
+    ref.write(
+        d / "b.safetensors",
+        tb,
+        ref.task_meta(
+            h, "beta", 7, (3, 20, 12), method="finetune", mean=[0.1, 0.2, 0.3], std=[0.5, 0.6, 0.7]
+        ),
+    )
+    return {
+        "dir": d,
+        "graph": graph,
+        "base": base,
+        "hash": h,
+        "a": ta,
+        "b": tb,
+        "base_path": d / "base.safetensors",
+        "a_path": d / "a.safetensors",
+        "b_path": d / "b.safetensors",
+    }
 
 
 def fresh(toy, threads=1, mode="merged"):
@@ -71,10 +91,12 @@ def test_base_with_unaligned_data_section(toy, tmp_path):
     switch reads it as floats in place all the same: same logits, bit for bit."""
     raw = Path(toy["base_path"]).read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
-    header = raw[8:8 + n].rstrip(b" ")
+    header = raw[8 : 8 + n].rstrip(b" ")
     header += b" " * ((2 - (8 + len(header))) % 4)  # data section at 2 mod 4
     assert (8 + len(header)) % 4 == 2
-    (tmp_path / "base.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + n:])
+    (tmp_path / "base.safetensors").write_bytes(
+        struct.pack("<Q", len(header)) + header + raw[8 + n :]
+    )
     x = inputs((2, 3, 16, 16))
     for mode in ("merged", "lowrank"):
         want = fresh(toy, mode=mode)
@@ -180,9 +202,23 @@ def test_every_forced_isa_matches_the_reference(toy, tmp_path, isa, mode):
     x = inputs((2, 3, 16, 16), seed=7)
     np.save(tmp_path / "x.npy", x)
     env = dict(os.environ, SPAEDGE_ISA=isa)
-    r = subprocess.run([sys.executable, "-c", _ISA_CHILD, str(toy["base_path"]), str(toy["a_path"]),
-                        str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), mode],
-                       capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _ISA_CHILD,
+            str(toy["base_path"]),
+            str(toy["a_path"]),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "y.npy"),
+            mode,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
     # cwd: `python -c` puts it first on sys.path; from a checkout that would be
     # the source tree (no compiled module), not the installed package.
     assert r.returncode == 0, r.stderr
@@ -225,9 +261,15 @@ def test_task_info_and_facts(toy):
     info = rt.task_info()
     assert info["name"] == "beta" and info["classes"] == 7 and len(info["labels"]) == 7
     assert info["input_shape"] == (3, 20, 12)
-    assert info["input"]["channels"] == 3 and info["input"]["height"] == 20 and info["input"]["width"] == 12
+    assert (
+        info["input"]["channels"] == 3
+        and info["input"]["height"] == 20
+        and info["input"]["width"] == 12
+    )
     assert info["input"]["std"] == pytest.approx([0.5, 0.6, 0.7])
-    assert info["mean"] == pytest.approx([0.1, 0.2, 0.3]) and info["std"] == pytest.approx([0.5, 0.6, 0.7])
+    assert info["mean"] == pytest.approx([0.1, 0.2, 0.3]) and info["std"] == pytest.approx(
+        [0.5, 0.6, 0.7]
+    )
     assert info["method"] == "finetune" and json.loads(info["info"]) == {"rank": 2}
     assert info["bundle_bytes"] == os.path.getsize(toy["b_path"])
     assert info["macs"] > 0 and info["params"] > 0
@@ -278,7 +320,9 @@ def test_concurrent_callers_are_serialised(toy):
         try:
             for _ in range(30):
                 rt.switch("alpha")
-                rt.run(xa)  # another thread may switch in between: then a clear error or alpha's result
+                rt.run(
+                    xa
+                )  # another thread may switch in between: then a clear error or alpha's result
         except (ValueError, BundleError) as e:  # shape mismatch after a concurrent switch
             if "16, 16" not in str(e) and "needs" not in str(e):
                 errors.append(e)
@@ -309,9 +353,13 @@ def rt_alpha(toy):
     return rt
 
 
-@pytest.mark.parametrize("shape", [(16, 16, 3), (1, 16, 16, 3), (3, 16, 15), (2, 3, 16, 17), (4, 16, 16)])
+@pytest.mark.parametrize(
+    "shape", [(16, 16, 3), (1, 16, 16, 3), (3, 16, 15), (2, 3, 16, 17), (4, 16, 16)]
+)
 def test_wrong_shape_is_a_value_error(rt_alpha, shape):
-    with pytest.raises(ValueError, match=r"expected a float32 array of shape \(3, 16, 16\) or \(N, 3, 16, 16\)"):
+    with pytest.raises(
+        ValueError, match=r"expected a float32 array of shape \(3, 16, 16\) or \(N, 3, 16, 16\)"
+    ):
         rt_alpha.run(np.zeros(shape, np.float32))
 
 
@@ -341,12 +389,16 @@ def test_float64_and_float16_are_converted(rt_alpha):
     x = inputs((2, 3, 16, 16))
     want = rt_alpha.run(x)
     assert np.array_equal(rt_alpha.run(x.astype(np.float64)), want)
-    assert ref.close(rt_alpha.run(x.astype(np.float16)), rt_alpha.run(x.astype(np.float16).astype(np.float32)))
+    assert ref.close(
+        rt_alpha.run(x.astype(np.float16)), rt_alpha.run(x.astype(np.float16).astype(np.float32))
+    )
 
 
 def test_non_contiguous_input(rt_alpha):
     x = inputs((4, 3, 16, 16))
-    strided = np.asarray(np.transpose(np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2)))
+    strided = np.asarray(
+        np.transpose(np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
+    )
     assert not strided.flags.c_contiguous
     assert np.array_equal(rt_alpha.run(strided), rt_alpha.run(x))
     assert np.array_equal(rt_alpha.run(x[::2]), rt_alpha.run(np.ascontiguousarray(x[::2])))
@@ -415,30 +467,36 @@ def _task_bytes(toy, edit=None, meta_edit=None, hash_=None):
     return ref.bundle_bytes(t, meta)
 
 
-@pytest.mark.parametrize("case,pattern", [
-    ("bitflip", "content_hash' mismatch"),
-    ("truncated_data", r"out of range|truncated|exceeds"),
-    ("truncated_header", "exceeds"),
-    ("seven_bytes", "shorter than the 8-byte"),
-    ("empty", "empty file"),
-    ("absurd_header", "exceeds|absurd"),
-    ("garbage_json", "invalid JSON"),
-    ("index_out_of_range", r"tensor 'l1.conv1.out_index': index 99 out of range for 8 output channels"),
-    ("non_increasing", r"tensor 'conv1.out_index': not strictly increasing"),
-    ("missing_tensor", r"missing tensor 'l2.bn1.running_var'"),
-    ("unknown_tensor", r"tensor 'l1.conv1.extra': unknown tensor"),
-    ("in_index_mismatch", r"tensor 'l1.conv1.in_index'"),
-    ("lora_shape", r"tensor 'mix.lora_b': shape"),
-    ("nan_weight", r"tensor 'fc.weight': element 3 is not finite"),
-    ("labels_mismatch", r"metadata 'labels' has 4 labels"),
-    ("missing_meta", r"missing metadata key 'input'"),
-    ("bad_input_meta", r"metadata 'input': field 'height'"),
-    ("version", r"metadata 'version' is '3', this runtime reads format version 2 only"),
-    ("version1", r"metadata 'version' is '1': format version 1 is no longer read .*repack"),
-    ("base_as_task", r"is a spaedge-base bundle, expected a spaedge-task bundle"),
-    ("wrong_base", r"was made for base 0{64}, but the loaded base is"),
-    ("f64_dtype", r"dtype 'F64' not allowed"),
-])
+@pytest.mark.parametrize(
+    "case,pattern",
+    [
+        ("bitflip", "content_hash' mismatch"),
+        ("truncated_data", r"out of range|truncated|exceeds"),
+        ("truncated_header", "exceeds"),
+        ("seven_bytes", "shorter than the 8-byte"),
+        ("empty", "empty file"),
+        ("absurd_header", "exceeds|absurd"),
+        ("garbage_json", "invalid JSON"),
+        (
+            "index_out_of_range",
+            r"tensor 'l1.conv1.out_index': index 99 out of range for 8 output channels",
+        ),
+        ("non_increasing", r"tensor 'conv1.out_index': not strictly increasing"),
+        ("missing_tensor", r"missing tensor 'l2.bn1.running_var'"),
+        ("unknown_tensor", r"tensor 'l1.conv1.extra': unknown tensor"),
+        ("in_index_mismatch", r"tensor 'l1.conv1.in_index'"),
+        ("lora_shape", r"tensor 'mix.lora_b': shape"),
+        ("nan_weight", r"tensor 'fc.weight': element 3 is not finite"),
+        ("labels_mismatch", r"metadata 'labels' has 4 labels"),
+        ("missing_meta", r"missing metadata key 'input'"),
+        ("bad_input_meta", r"metadata 'input': field 'height'"),
+        ("version", r"metadata 'version' is '3', this runtime reads format version 2 only"),
+        ("version1", r"metadata 'version' is '1': format version 1 is no longer read .*repack"),
+        ("base_as_task", r"is a spaedge-base bundle, expected a spaedge-task bundle"),
+        ("wrong_base", r"was made for base 0{64}, but the loaded base is"),
+        ("f64_dtype", r"dtype 'F64' not allowed"),
+    ],
+)
 def test_corrupt_task_bundles_raise_bundle_error(toy, tmp_path, case, pattern):
     good = _task_bytes(toy)
     if case == "bitflip":
@@ -457,37 +515,59 @@ def test_corrupt_task_bundles_raise_bundle_error(toy, tmp_path, case, pattern):
         buf = struct.pack("<Q", 1 << 60) + good[8:]
     elif case == "garbage_json":
         (n,) = struct.unpack("<Q", good[:8])
-        buf = good[:8] + b"{" + b"x" * (n - 1) + good[8 + n:]
+        buf = good[:8] + b"{" + b"x" * (n - 1) + good[8 + n :]
     elif case == "index_out_of_range":
-        buf = _task_bytes(toy, lambda t: t.__setitem__("l1.conv1.out_index",
-                                                       np.r_[t["l1.conv1.out_index"][:-1], 99].astype(np.int32)))
+        buf = _task_bytes(
+            toy,
+            lambda t: t.__setitem__(
+                "l1.conv1.out_index", np.r_[t["l1.conv1.out_index"][:-1], 99].astype(np.int32)
+            ),
+        )
     elif case == "non_increasing":
-        buf = _task_bytes(toy, lambda t: t.__setitem__("conv1.out_index", t["conv1.out_index"][::-1].copy()))
+        buf = _task_bytes(
+            toy, lambda t: t.__setitem__("conv1.out_index", t["conv1.out_index"][::-1].copy())
+        )
     elif case == "missing_tensor":
         buf = _task_bytes(toy, lambda t: t.pop("l2.bn1.running_var"))
     elif case == "unknown_tensor":
         buf = _task_bytes(toy, lambda t: t.__setitem__("l1.conv1.extra", np.zeros(3, np.float32)))
     elif case == "in_index_mismatch":
+
         def edit(t):
             idx = t["l1.conv1.in_index"]
-            t["l1.conv1.in_index"] = np.setdiff1d(np.arange(8), idx)[:len(idx)].astype(np.int32) \
-                if len(idx) <= 4 else idx[1:].copy()
+            t["l1.conv1.in_index"] = (
+                np.setdiff1d(np.arange(8), idx)[: len(idx)].astype(np.int32)
+                if len(idx) <= 4
+                else idx[1:].copy()
+            )
+
         buf = _task_bytes(toy, edit)
     elif case == "lora_shape":
         buf = _task_bytes(toy, lambda t: t.__setitem__("mix.lora_b", np.zeros((2, 2), np.float32)))
     elif case == "nan_weight":
+
         def edit(t):
             w = t["fc.weight"].copy()
             w.flat[3] = np.nan
             t["fc.weight"] = w
+
         buf = _task_bytes(toy, edit)
     elif case == "labels_mismatch":
-        buf = _task_bytes(toy, meta_edit=lambda m: m.__setitem__("labels", json.dumps(list("abcd"))))
+        buf = _task_bytes(
+            toy, meta_edit=lambda m: m.__setitem__("labels", json.dumps(list("abcd")))
+        )
     elif case == "missing_meta":
         buf = _task_bytes(toy, meta_edit=lambda m: m.pop("input"))
     elif case == "bad_input_meta":
-        buf = _task_bytes(toy, meta_edit=lambda m: m.__setitem__(
-            "input", json.dumps({"channels": 3, "height": -1, "width": 16, "mean": [0] * 3, "std": [1] * 3})))
+        buf = _task_bytes(
+            toy,
+            meta_edit=lambda m: m.__setitem__(
+                "input",
+                json.dumps(
+                    {"channels": 3, "height": -1, "width": 16, "mean": [0] * 3, "std": [1] * 3}
+                ),
+            ),
+        )
     elif case == "version":
         buf = _task_bytes(toy, meta_edit=lambda m: m.__setitem__("version", "3"))
     elif case == "version1":
@@ -513,25 +593,40 @@ def test_input_size_limits(tmp_path):
     (docs/runtime.md): sides up to 4096, 1 to 4 channels, and at most 1 GiB of
     activations for the network at that size. A tiny base (one 1x1 conv to 16
     channels) and tasks of a kilobyte that would otherwise reserve gigabytes."""
-    graph = {"input": "x", "input_channels": 3, "output": "logits",
-             "nodes": [ref.conv("c", "x", 3, 16, 1, pad=0), ref.op("relu", "r", "c"), ref.op("gap", "g", "r"),
-                       ref.op("linear", "fc", "g")]}
+    graph = {
+        "input": "x",
+        "input_channels": 3,
+        "output": "logits",
+        "nodes": [
+            ref.conv("c", "x", 3, 16, 1, pad=0),
+            ref.op("relu", "r", "c"),
+            ref.op("gap", "g", "r"),
+            ref.op("linear", "fc", "g"),
+        ],
+    }
     graph["nodes"][-1]["output"] = "logits"
     rng = np.random.default_rng(0)
     base = ref.base_tensors(graph, rng, conv_bias=())
     h = ref.write_base(tmp_path / "base.safetensors", graph, base)
     t = ref.task_tensors(graph, rng, keep_frac=1.0, method="none", classes=2)
     rt = Runtime(tmp_path / "base.safetensors", threads=1)
-    for size, pattern in [((3, 8192, 8192), r"metadata 'input': field 'height' must be an integer in \[1, 4096\]"),
-                          ((3, 4096, 4096), r"metadata 'input': a 3x4096x4096 input needs \d+ MiB of activations "
-                                            r"in this network \(limit 1024 MiB\)")]:
+    for size, pattern in [
+        ((3, 8192, 8192), r"metadata 'input': field 'height' must be an integer in \[1, 4096\]"),
+        (
+            (3, 4096, 4096),
+            r"metadata 'input': a 3x4096x4096 input needs \d+ MiB of activations "
+            r"in this network \(limit 1024 MiB\)",
+        ),
+    ]:
         p = tmp_path / f"t{size[1]}.safetensors"
         ref.write(p, t, ref.task_meta(h, "big", 2, size, method="none"))
         assert p.stat().st_size < 2000
         with pytest.raises(BundleError, match=pattern):
             rt.load_task(p)
         assert rt.tasks == []
-    ref.write(tmp_path / "ok.safetensors", t, ref.task_meta(h, "ok", 2, (3, 1024, 1024), method="none"))
+    ref.write(
+        tmp_path / "ok.safetensors", t, ref.task_meta(h, "ok", 2, (3, 1024, 1024), method="none")
+    )
     rt.load_task(tmp_path / "ok.safetensors")
     assert rt.run(np.zeros((1, 3, 1024, 1024), np.float32)).shape == (1, 2)
 
@@ -553,10 +648,18 @@ def test_corrupt_base(toy, tmp_path):
         Runtime(toy["a_path"])
     g = ref.toy_graph()
     g["nodes"][4]["inputs"] = ["later"]
-    with pytest.raises(BundleError, match=r"input 'later' is not the graph input or the output of an earlier node"):
-        Runtime(_bad(tmp_path, "b2.safetensors",
-                     ref.bundle_bytes(toy["base"], {"format": "spaedge-base", "model": "toy",
-                                                    "graph": json.dumps(g)})))
+    with pytest.raises(
+        BundleError, match=r"input 'later' is not the graph input or the output of an earlier node"
+    ):
+        Runtime(
+            _bad(
+                tmp_path,
+                "b2.safetensors",
+                ref.bundle_bytes(
+                    toy["base"], {"format": "spaedge-base", "model": "toy", "graph": json.dumps(g)}
+                ),
+            )
+        )
 
 
 # ---- spaedge-run ------------------------------------------------------------------------------
@@ -579,13 +682,28 @@ def test_spaedge_run_matches_runtime_top1(toy, tmp_path):
     x = inputs((3, 3, 16, 16), seed=21)
     np.save(tmp_path / "batch.npy", x)
     np.save(tmp_path / "one.npy", x[1])
-    r = subprocess.run([exe, str(toy["base_path"]), str(toy["a_path"]), str(tmp_path / "batch.npy"),
-                        str(tmp_path / "one.npy"), "--top", "2", "--threads", "1"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            exe,
+            str(toy["base_path"]),
+            str(toy["a_path"]),
+            str(tmp_path / "batch.npy"),
+            str(tmp_path / "one.npy"),
+            "--top",
+            "2",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     firsts = [line.split()[1] for line in r.stdout.splitlines() if line.strip().startswith("1.")]
     labels = rt.task_info()["labels"]
-    want = [labels[i] for i in np.argmax(rt.run(x), axis=1)] + [labels[int(np.argmax(rt.run(x[1])))]]
+    want = [labels[i] for i in np.argmax(rt.run(x), axis=1)] + [
+        labels[int(np.argmax(rt.run(x[1])))]
+    ]
     assert firsts == want
     assert sum(1 for line in r.stdout.splitlines() if line.strip().startswith("2.")) == 4
 
@@ -595,29 +713,51 @@ def test_spaedge_run_pgm_ppm_and_bench(toy, tmp_path):
     rng = np.random.default_rng(8)
     img = rng.integers(0, 256, (20, 12, 3), dtype=np.uint8)
     (tmp_path / "img.ppm").write_bytes(b"P6\n# comment\n12 20\n255\n" + img.tobytes())
-    r = subprocess.run([exe, str(toy["base_path"]), str(toy["b_path"]), str(tmp_path / "img.ppm"), "--bench", "5",
-                        "--top=1", "--mode", "lowrank"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            exe,
+            str(toy["base_path"]),
+            str(toy["b_path"]),
+            str(tmp_path / "img.ppm"),
+            "--bench",
+            "5",
+            "--top=1",
+            "--mode",
+            "lowrank",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     rt = fresh(toy)
     rt.load_task(toy["b_path"])
     label = rt.predict(rt.normalize(img))[0][0]
     assert f"1. {label}" in r.stdout
-    assert "median" in r.stdout and "p90" in r.stdout and "switch" in r.stdout and "mode lowrank" in r.stdout
+    assert (
+        "median" in r.stdout
+        and "p90" in r.stdout
+        and "switch" in r.stdout
+        and "mode lowrank" in r.stdout
+    )
 
 
-@pytest.mark.parametrize("args,pattern", [
-    (["{base}", "{a}"], "expected BASE TASK INPUT"),
-    (["{base}", "{a}", "{x}", "--threads", "-1"], "--threads"),
-    (["{base}", "{a}", "{x}", "--frobnicate"], "unknown option"),
-    (["{base}", "{a}", "{x}", "--mode", "fast"], "--mode must be merged or lowrank"),
-    (["{base}", "{base}", "{x}"], "expected a spaedge-task bundle"),
-    (["{base}", "{a}", "{dir}"], "is a directory"),
-    (["{base}", "{a}", "{missing}"], "cannot open"),
-    (["{base}", "{a}", "{wrong}"], r"needs NCHW \(3, 16, 16\)"),
-    (["{base}", "{a}", "{f64}"], "float32"),
-    (["{base}", "{a}", "{txt}"], "not a .npy file"),
-    (["{base}", "{a}", "{pgm}"], "PGM"),
-])
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (["{base}", "{a}"], "expected BASE TASK INPUT"),
+        (["{base}", "{a}", "{x}", "--threads", "-1"], "--threads"),
+        (["{base}", "{a}", "{x}", "--frobnicate"], "unknown option"),
+        (["{base}", "{a}", "{x}", "--mode", "fast"], "--mode must be merged or lowrank"),
+        (["{base}", "{base}", "{x}"], "expected a spaedge-task bundle"),
+        (["{base}", "{a}", "{dir}"], "is a directory"),
+        (["{base}", "{a}", "{missing}"], "cannot open"),
+        (["{base}", "{a}", "{wrong}"], r"needs NCHW \(3, 16, 16\)"),
+        (["{base}", "{a}", "{f64}"], "float32"),
+        (["{base}", "{a}", "{txt}"], "not a .npy file"),
+        (["{base}", "{a}", "{pgm}"], "PGM"),
+    ],
+)
 def test_spaedge_run_errors_are_one_line(toy, tmp_path, args, pattern):
     exe = _spaedge_run()
     np.save(tmp_path / "x.npy", inputs((3, 16, 16)))
@@ -625,10 +765,20 @@ def test_spaedge_run_errors_are_one_line(toy, tmp_path, args, pattern):
     np.save(tmp_path / "f64.npy", inputs((3, 16, 16)).astype(np.float64))
     (tmp_path / "t.txt").write_text("hello")
     (tmp_path / "g.pgm").write_bytes(b"P5 16 16 255\n" + bytes(256))
-    sub = {"base": toy["base_path"], "a": toy["a_path"], "x": tmp_path / "x.npy", "dir": tmp_path,
-           "wrong": tmp_path / "wrong.npy", "f64": tmp_path / "f64.npy", "txt": tmp_path / "t.txt",
-           "pgm": tmp_path / "g.pgm", "missing": tmp_path / "missing.npy"}
-    r = subprocess.run([exe] + [a.format(**sub) for a in args], capture_output=True, text=True, timeout=60)
+    sub = {
+        "base": toy["base_path"],
+        "a": toy["a_path"],
+        "x": tmp_path / "x.npy",
+        "dir": tmp_path,
+        "wrong": tmp_path / "wrong.npy",
+        "f64": tmp_path / "f64.npy",
+        "txt": tmp_path / "t.txt",
+        "pgm": tmp_path / "g.pgm",
+        "missing": tmp_path / "missing.npy",
+    }
+    r = subprocess.run(
+        [exe] + [a.format(**sub) for a in args], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("spaedge-run: error:"), r.stderr
@@ -638,7 +788,11 @@ def test_spaedge_run_errors_are_one_line(toy, tmp_path, args, pattern):
 def test_spaedge_run_help():
     exe = _spaedge_run()
     r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and "usage: spaedge-run BASE TASK INPUT" in r.stdout and "--bench" in r.stdout
+    assert (
+        r.returncode == 0
+        and "usage: spaedge-run BASE TASK INPUT" in r.stdout
+        and "--bench" in r.stdout
+    )
 
 
 # ---- SPLoPA: prototype sets shared by convs, expanded at task application -------------

@@ -13,12 +13,12 @@ from __future__ import annotations
 import sys
 import threading
 
+import _numpy_reference as ref  # noqa: E402
 import numpy as np
 import pytest
 
-import _numpy_reference as ref  # noqa: E402
-
 import spaedge.runtime as runtime
+
 Runtime, BundleError = runtime.Runtime, runtime.BundleError
 
 
@@ -62,7 +62,7 @@ def test_read_only_and_unaligned_input(tasks):
     ro.setflags(write=False)
     assert np.array_equal(rt.run(ro), rt.run(x))
     raw = np.zeros(x.nbytes + 4, np.uint8)
-    unaligned = raw[2:2 + x.nbytes].view(np.float32).reshape(x.shape)  # not 4-byte aligned
+    unaligned = raw[2 : 2 + x.nbytes].view(np.float32).reshape(x.shape)  # not 4-byte aligned
     unaligned[...] = x
     assert not unaligned.flags.aligned or unaligned.ctypes.data % 4
     assert np.array_equal(rt.run(unaligned), rt.run(x))
@@ -119,7 +119,7 @@ def test_raw_extension_checks_buffer_sizes(tasks):
         raw.run(x.astype(np.float64), 2, np.empty((2, 5), np.float32))  # noconvert: no silent copy
     # A misaligned float view (found by the UBSan run of these tests): refused, not read.
     buf = np.zeros(x.nbytes + 4, np.uint8)
-    misaligned = buf[2:2 + x.nbytes].view(np.float32).reshape(x.shape)
+    misaligned = buf[2 : 2 + x.nbytes].view(np.float32).reshape(x.shape)
     misaligned[...] = x
     with pytest.raises(ValueError, match="aligned"):
         raw.run(misaligned, 2, np.empty((2, 5), np.float32))
@@ -169,7 +169,11 @@ def test_switch_during_runs_never_mixes_tasks(tasks):
             try:
                 got = rt.run(x)
             except (ValueError, RuntimeError) as e:
-                if "logits buffer" not in str(e) and "input has" not in str(e) and "no active task" not in str(e):
+                if (
+                    "logits buffer" not in str(e)
+                    and "input has" not in str(e)
+                    and "no active task" not in str(e)
+                ):
                     bad.append(repr(e))
                 continue
             if not any(got.shape == v.shape and np.array_equal(got, v) for v in exact.values()):
@@ -185,7 +189,9 @@ def test_switch_during_runs_never_mixes_tasks(tasks):
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
-        ts = [threading.Thread(target=runner) for _ in range(2)] + [threading.Thread(target=switcher)]
+        ts = [threading.Thread(target=runner) for _ in range(2)] + [
+            threading.Thread(target=switcher)
+        ]
         for t in ts:
             t.start()
         for t in ts:
@@ -216,13 +222,16 @@ def test_load_unload_during_runs(tasks, tmp_path):
                 if not any(s in msg for s in ("logits buffer", "input has", "no active task")):
                     bad.append(repr(e))
                 continue
-            if got.shape == (1, 5) and not np.array_equal(got, five) and not ref.close(
-                    got, want(tasks, "other5", x)):
+            if (
+                got.shape == (1, 5)
+                and not np.array_equal(got, five)
+                and not ref.close(got, want(tasks, "other5", x))
+            ):
                 bad.append("wrong logits")
 
     def loader():
         try:
-            for i in range(20):
+            for _i in range(20):
                 with pytest.raises(BundleError, match="content_hash"):
                     rt.load_task(corrupt)
                 rt.load_task(tasks["t"]["three"][0])

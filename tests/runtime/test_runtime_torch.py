@@ -10,13 +10,13 @@ import copy
 
 import numpy as np
 import pytest
-
 import torch
-import spaedge.runtime as runtime
-import spaedge.models as models
+
 import spaedge.adapters as adapters
+import spaedge.models as models
 import spaedge.pack.bundle as pack
 import spaedge.pruning.prune as pruning
+import spaedge.runtime as runtime
 from spaedge.bench.synthetic import randomise_task_model  # noqa: E402
 
 
@@ -26,10 +26,22 @@ def _randomise(model, seed: int) -> None:
 
 
 CONFIGS = {
-    "basic-imagenet": {"arch": "t-basic", "block": "BasicBlock", "layers": [1, 1, 1, 1],
-                       "widths": [16, 24, 32, 40], "in_channels": 3, "stem": "imagenet"},
-    "bottleneck-cifar": {"arch": "t-bottleneck", "block": "Bottleneck", "layers": [1, 1, 1, 1],
-                         "widths": [8, 12, 16, 20], "in_channels": 3, "stem": "cifar"},
+    "basic-imagenet": {
+        "arch": "t-basic",
+        "block": "BasicBlock",
+        "layers": [1, 1, 1, 1],
+        "widths": [16, 24, 32, 40],
+        "in_channels": 3,
+        "stem": "imagenet",
+    },
+    "bottleneck-cifar": {
+        "arch": "t-bottleneck",
+        "block": "Bottleneck",
+        "layers": [1, 1, 1, 1],
+        "widths": [8, 12, 16, 20],
+        "in_channels": 3,
+        "stem": "cifar",
+    },
 }
 
 

@@ -19,8 +19,18 @@ PACKAGE = Path(spaedge.__file__).parent
 # Lowest first. A module belongs to the layer of the longest prefix naming it.
 LAYERS = [
     # the foundation: no torch (the device side is built from these)
-    ["spaedge", "spaedge.errors", "spaedge.argtypes", "spaedge.progress", "spaedge.download", "spaedge.runtime",
-     "spaedge._runtime", "spaedge.pack", "spaedge.pack.format", "spaedge.pack.layout"],
+    [
+        "spaedge",
+        "spaedge.errors",
+        "spaedge.argtypes",
+        "spaedge.progress",
+        "spaedge.download",
+        "spaedge.runtime",
+        "spaedge._runtime",
+        "spaedge.pack",
+        "spaedge.pack.format",
+        "spaedge.pack.layout",
+    ],
     ["spaedge.tasks", "spaedge.models"],
     ["spaedge.adapters"],
     ["spaedge.pruning", "spaedge.pack.bundle", "spaedge.pack.materialize", "spaedge.pack.export"],
@@ -73,7 +83,9 @@ def imports(module: str, path: Path, known: set[str]) -> list[tuple[str, int]]:
 def graph():
     mods = modules()
     # compiled modules (spaedge._runtime) are modules too, importing nothing of ours
-    compiled = {f"spaedge.{p.name.split('.')[0]}" for p in PACKAGE.glob("*.so")} | {"spaedge._runtime"}
+    compiled = {f"spaedge.{p.name.split('.')[0]}" for p in PACKAGE.glob("*.so")} | {
+        "spaedge._runtime"
+    }
     known = set(mods) | compiled
     return {m: imports(m, p, known) for m, p in mods.items()}
 
@@ -85,12 +97,18 @@ def test_every_module_has_a_layer(graph):
             layer_of(m)
         except KeyError:
             unplaced.append(m)
-    assert not unplaced, f"modules without a layer (add them to LAYERS and docs/architecture.md): {unplaced}"
+    assert not unplaced, (
+        f"modules without a layer (add them to LAYERS and docs/architecture.md): {unplaced}"
+    )
 
 
 def test_no_module_imports_a_higher_layer(graph):
-    bad = [f"{m}:{line} imports {target} (layer {layer_of(target)} > {layer_of(m)})"
-           for m, edges in graph.items() for target, line in edges if layer_of(target) > layer_of(m)]
+    bad = [
+        f"{m}:{line} imports {target} (layer {layer_of(target)} > {layer_of(m)})"
+        for m, edges in graph.items()
+        for target, line in edges
+        if layer_of(target) > layer_of(m)
+    ]
     assert not bad, "imports against the layering:\n" + "\n".join(bad)
 
 

@@ -12,12 +12,27 @@ import time
 
 import numpy as np
 import pytest
+from _mirror import (
+    MirrorServer,
+    cifar_archive,
+    dead_port,
+    flowers_files,
+    mirror_path,
+    resnet18_pth,
+    sha256,
+    tar_gz,
+    use_mirror,
+)
 
-from _mirror import (MirrorServer, cifar_archive, dead_port, flowers_files, mirror_path, resnet18_pth,
-                     sha256, tar_gz, use_mirror)
 from spaedge import download as dl
-from spaedge.download import (DigestMismatch, DownloadError, UnsafeArchive, extract_tar, fetch,
-                              mirrored_url)
+from spaedge.download import (
+    DigestMismatch,
+    DownloadError,
+    UnsafeArchive,
+    extract_tar,
+    fetch,
+    mirrored_url,
+)
 
 URL = "https://files.example.org/some/dir/blob.bin"
 BLOB = np.random.default_rng(1).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
@@ -58,7 +73,10 @@ def test_places_and_mirror_layout(monkeypatch, tmp_path):
     monkeypatch.delenv("SPAEDGE_MIRROR", raising=False)
     assert mirrored_url(url) == url
     monkeypatch.setenv("SPAEDGE_MIRROR", "http://127.0.0.1:9/m/")
-    assert mirrored_url(url) == "http://127.0.0.1:9/m/download.pytorch.org/models/resnet18-f37072fd.pth"
+    assert (
+        mirrored_url(url)
+        == "http://127.0.0.1:9/m/download.pytorch.org/models/resnet18-f37072fd.pth"
+    )
 
 
 def test_first_download_then_cache(blob_server, tmp_path):
@@ -158,7 +176,9 @@ def test_md5_digest_accepted(blob_server, monkeypatch, tmp_path):
     dest = fetch(URL, tmp_path / "b", digest="md5:" + hashlib.md5(BLOB).hexdigest(), progress=False)
     assert dest.read_bytes() == BLOB
     with pytest.raises(DigestMismatch, match="expected md5:"):
-        fetch(URL, tmp_path / "x", digest="md5:" + hashlib.md5(b"other").hexdigest(), progress=False)
+        fetch(
+            URL, tmp_path / "x", digest="md5:" + hashlib.md5(b"other").hexdigest(), progress=False
+        )
     with pytest.raises(ValueError, match="bad digest"):
         fetch(URL, tmp_path / "c", digest="sha1:" + "0" * 40)
 
@@ -170,8 +190,12 @@ def test_checksums_file_overrides_and_errors(server, monkeypatch, tmp_path):
     assert fetch(URL, tmp_path / "b", digest=sha256(b"old"), progress=False).read_bytes() == BLOB
     bad = tmp_path / "bad.json"
     monkeypatch.setenv("SPAEDGE_CHECKSUMS", str(bad))
-    for text, what in [("{not json", "not valid JSON"), ('["x"]', "JSON object"),
-                       (json.dumps({URL: "sha256:abc"}), URL), (json.dumps({URL: 5}), URL)]:
+    for text, what in [
+        ("{not json", "not valid JSON"),
+        ('["x"]', "JSON object"),
+        (json.dumps({URL: "sha256:abc"}), URL),
+        (json.dumps({URL: 5}), URL),
+    ]:
         bad.write_text(text)
         with pytest.raises(dl.ChecksumsFileError) as e:
             fetch(URL, tmp_path / "c", progress=False)
@@ -266,15 +290,18 @@ def filter_mode(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("bad,what", [
-    (("../evil.txt", b"x"), "outside"),
-    (("sub/../../evil.txt", b"x"), "outside"),
-    (("ABS/evil-abs.txt", b"x"), "absolute"),  # ABS: this test's tmp_path
-    (_link("link", "../evil.txt"), "outside"),
-    (_link("link", "/etc/passwd"), "absolute"),
-    (_link("hard", "../evil.txt", tarfile.LNKTYPE), "outside"),
-    (_device("dev"), "device"),
-])
+@pytest.mark.parametrize(
+    "bad,what",
+    [
+        (("../evil.txt", b"x"), "outside"),
+        (("sub/../../evil.txt", b"x"), "outside"),
+        (("ABS/evil-abs.txt", b"x"), "absolute"),  # ABS: this test's tmp_path
+        (_link("link", "../evil.txt"), "outside"),
+        (_link("link", "/etc/passwd"), "absolute"),
+        (_link("hard", "../evil.txt", tarfile.LNKTYPE), "outside"),
+        (_device("dev"), "device"),
+    ],
+)
 def test_extract_tar_refuses_unsafe_members(tmp_path, filter_mode, bad, what):
     if isinstance(bad[0], str):
         bad = (bad[0].replace("ABS", str(tmp_path)), bad[1])
@@ -292,14 +319,24 @@ def test_extract_tar_refuses_unsafe_members(tmp_path, filter_mode, bad, what):
 
 def test_extract_tar_unpacks_and_replaces(tmp_path, filter_mode):
     archive = tmp_path / "a.tgz"
-    archive.write_bytes(tar_gz([("top/a.txt", b"A"), ("top/sub/b.txt", b"B"), _link("top/l", "a.txt"),
-                                ("single.txt", b"S")]))
+    archive.write_bytes(
+        tar_gz(
+            [
+                ("top/a.txt", b"A"),
+                ("top/sub/b.txt", b"B"),
+                _link("top/l", "a.txt"),
+                ("single.txt", b"S"),
+            ]
+        )
+    )
     dest = tmp_path / "dest"
     (dest / "top").mkdir(parents=True)
     (dest / "top" / "stale.txt").write_text("old")
     (dest / "keep.txt").write_text("mine")
     assert extract_tar(archive, dest) == dest
-    assert (dest / "top" / "a.txt").read_bytes() == b"A" and (dest / "top" / "sub" / "b.txt").read_bytes() == b"B"
+    assert (dest / "top" / "a.txt").read_bytes() == b"A" and (
+        dest / "top" / "sub" / "b.txt"
+    ).read_bytes() == b"B"
     assert os.readlink(dest / "top" / "l") == "a.txt" and (dest / "single.txt").read_bytes() == b"S"
     assert not (dest / "top" / "stale.txt").exists() and (dest / "keep.txt").read_text() == "mine"
     assert sorted(os.listdir(tmp_path)) == ["a.tgz", "dest"]
@@ -326,7 +363,9 @@ def test_recorded_digests_match_the_file_names():
     for w in PRETRAINED.values():
         algo, hexd = dl.parse_digest(w.digest)
         assert algo == "sha256" and hexd[:8] == w.filename.rsplit("-", 1)[1][:8]
-    assert PRETRAINED["resnet18"].digest.endswith("f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec")
+    assert PRETRAINED["resnet18"].digest.endswith(
+        "f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec"
+    )
 
 
 def test_unreachable_weights_raise_instead_of_random(monkeypatch, tmp_path):
@@ -364,7 +403,9 @@ def test_pretrained_resnet18_converted_once_and_loads(server, monkeypatch, tmp_p
     weights = os.path.join(env["SPAEDGE_HOME"], "weights")
     assert str(path) == os.path.join(weights, "resnet18-f37072fd.safetensors")
     assert sorted(p for p in os.listdir(weights) if not p.startswith(".")) == [
-        "resnet18-f37072fd.pth", "resnet18-f37072fd.safetensors"]
+        "resnet18-f37072fd.pth",
+        "resnet18-f37072fd.safetensors",
+    ]
     model = resnet18()
     load_weights(model, path)
     own = model.state_dict()
@@ -388,6 +429,7 @@ def test_pretrained_conversion_runs_no_pickle_code(server, monkeypatch, tmp_path
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
 
     import torch
+
     buf = io.BytesIO()
     torch.save({"conv1.weight": Boom()}, buf)
     server.add(R18, buf.getvalue())
@@ -420,11 +462,21 @@ def test_flowers_downloaded_then_read(flowers_server):
     server, sizes, labels, env = flowers_server
     d = fetch_data("flowers", progress=False)
     assert d == os.path.join(env["SPAEDGE_HOME"], "data", "flowers102")
-    assert sorted(p for p in os.listdir(d) if not p.startswith(".")) == ["imagelabels.mat", "jpg", "setid.mat"]
+    assert sorted(p for p in os.listdir(d) if not p.startswith(".")) == [
+        "imagelabels.mat",
+        "jpg",
+        "setid.mat",
+    ]
     task = get_task("flowers", data_dir=d, input_size=(3, 16, 16))
-    assert {s: len(task.split(s)) for s in ("train", "val", "test")} == sizes == {"train": 6, "val": 6, "test": 6}
+    assert (
+        {s: len(task.split(s)) for s in ("train", "val", "test")}
+        == sizes
+        == {"train": 6, "val": 6, "test": 6}
+    )
     X, y = task.arrays("test")
-    assert X.shape == (6, 3, 16, 16) and sorted(y.tolist()) == sorted(labels[i] for i in range(len(labels)) if i % 6 >= 4)
+    assert X.shape == (6, 3, 16, 16) and sorted(y.tolist()) == sorted(
+        labels[i] for i in range(len(labels)) if i % 6 >= 4
+    )
     # a second call (and a class subset) finds it: no request
     assert fetch_data("flowers:0-1", allow_download=False) == d
     assert sum(server.counts.values()) == 3
@@ -436,7 +488,9 @@ def test_flowers_into_given_empty_dir_and_passthrough(flowers_server, tmp_path):
     server, sizes, _, _ = flowers_server
     given = tmp_path / "mine"
     assert fetch_data("flowers:0,2", str(given), progress=False) == str(given)
-    assert len(get_task("flowers:0,2", data_dir=str(given), input_size=(3, 8, 8)).split("train")) == 4
+    assert (
+        len(get_task("flowers:0,2", data_dir=str(given), input_size=(3, 8, 8)).split("train")) == 4
+    )
     assert fetch_data("flowers", str(given)) == str(given)  # already there: unchanged
     assert fetch_data("digits", "anything") == "anything" and fetch_data("fashion_mnist") is None
     assert sum(server.counts.values()) == 3
@@ -460,9 +514,13 @@ def test_cifar10_downloaded_then_read(server, monkeypatch, tmp_path):
     env = use_mirror(monkeypatch, server, tmp_path, {CIFAR: data})
     d = fetch_data("cifar10:0,1", progress=False)
     assert d == os.path.join(env["SPAEDGE_HOME"], "data", "cifar10")
-    assert [p for p in os.listdir(d) if not p.startswith(".")] == ["cifar-10-batches-bin"]  # archive removed
+    assert [p for p in os.listdir(d) if not p.startswith(".")] == [
+        "cifar-10-batches-bin"
+    ]  # archive removed
     task = get_task("cifar10", data_dir=d)
-    assert len(task.split("train")) + len(task.split("val")) == 100 and len(task.split("test")) == 10
+    assert (
+        len(task.split("train")) + len(task.split("val")) == 100 and len(task.split("test")) == 10
+    )
     assert fetch_data("cifar10") == d and server.count(CIFAR) == 1
 
 

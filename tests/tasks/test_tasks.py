@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from spaedge.tasks import (DatasetNotFound, Task, UnknownTask, get_task, list_tasks, read_idx,
-                           stratified_split, write_idx)
+from spaedge.tasks import (
+    DatasetNotFound,
+    Task,
+    UnknownTask,
+    get_task,
+    list_tasks,
+    read_idx,
+    stratified_split,
+    write_idx,
+)
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -107,8 +115,13 @@ def test_dataloader_and_pickle():
 def test_input_spec_matches_format_doc():
     t = get_task("digits")
     spec = t.input_spec()
-    assert spec == {"channels": 1, "height": 28, "width": 28,
-                    "mean": list(t.mean), "std": list(t.std)}
+    assert spec == {
+        "channels": 1,
+        "height": 28,
+        "width": 28,
+        "mean": list(t.mean),
+        "std": list(t.std),
+    }
 
 
 def test_stratified_split_partitions():
@@ -204,11 +217,17 @@ def test_fashion_class_subsets_renumber(tmp_path):
 
 @pytest.fixture
 def real_fashion():
-    files = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    files = [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ]
     if not all(os.path.isfile(os.path.join(FASHION_DIR, f)) for f in files):
-        pytest.fail(f"Fashion-MNIST is not installed in {FASHION_DIR}: apt-get install dataset-fashion-mnist "
-                    "(.ci/run does)")
+        pytest.fail(
+            f"Fashion-MNIST is not installed in {FASHION_DIR}: apt-get install dataset-fashion-mnist "
+            "(.ci/run does)"
+        )
     return FASHION_DIR
 
 
@@ -246,15 +265,21 @@ def _write_flowers(root, n=12, classes=(1, 2, 3)):
         Image.fromarray(img).save(os.path.join(root, "jpg", f"image_{i + 1:05d}.jpg"), quality=95)
     savemat(os.path.join(root, "imagelabels.mat"), {"labels": labels[None, :]})
     ids = np.arange(1, n + 1)
-    savemat(os.path.join(root, "setid.mat"),
-            {"trnid": ids[None, :6], "valid": ids[None, 6:9], "tstid": ids[None, 9:]})
+    savemat(
+        os.path.join(root, "setid.mat"),
+        {"trnid": ids[None, :6], "valid": ids[None, 6:9], "tstid": ids[None, 9:]},
+    )
     return labels.astype(int) - 1
 
 
 def test_flowers_fixture(tmp_path):
     labels = _write_flowers(tmp_path)
     t = get_task("flowers", data_dir=str(tmp_path), input_size=(3, 16, 16))
-    assert t.num_classes == 102 and t.labels[0] == "pink primrose" and t.labels[-1] == "blackberry lily"
+    assert (
+        t.num_classes == 102
+        and t.labels[0] == "pink primrose"
+        and t.labels[-1] == "blackberry lily"
+    )
     assert t.mean == (0.485, 0.456, 0.406) and t.std == (0.229, 0.224, 0.225)
     _check_split_basics(t, {"train": 6, "val": 3, "test": 3})
     X, y = t.arrays("train")
@@ -298,10 +323,10 @@ def test_flowers_gray_and_missing_image(tmp_path):
 
 def _cifar_records(labels):
     recs = []
-    for i, c in enumerate(labels):
+    for _i, c in enumerate(labels):
         img = np.zeros((3, 32, 32), np.uint8)
-        img[0] = 25 * c           # red plane first in the binary layout
-        img[2, 0, :] = 255        # top row of blue
+        img[0] = 25 * c  # red plane first in the binary layout
+        img[2, 0, :] = 255  # top row of blue
         recs.append(np.concatenate([[c], img.reshape(-1)]).astype(np.uint8))
     return np.stack(recs).tobytes()
 
@@ -453,8 +478,14 @@ def test_unknown_task_lists_known():
 
 
 def test_list_tasks_and_bad_split():
-    assert {"digits", "fashion_mnist", "fashion_mnist_base", "fashion_mnist_new",
-            "flowers", "cifar10"} <= set(list_tasks())
+    assert {
+        "digits",
+        "fashion_mnist",
+        "fashion_mnist_base",
+        "fashion_mnist_new",
+        "flowers",
+        "cifar10",
+    } <= set(list_tasks())
     t = get_task("digits")
     assert isinstance(t, Task)
     with pytest.raises(ValueError, match="train, val, test"):

@@ -14,19 +14,51 @@ import sys
 
 import numpy as np
 import pytest
-
 import torch
 
 pytestmark = pytest.mark.slow  # the whole pipeline (train, pack, run)
 
-ARGS = ["--task", "digits:0,1,2", "--train-limit", "64", "--batch-size", "16", "--epochs", "1",
-        "--recovery-epochs", "1", "--final-epochs", "1", "--density", "0.5", "--prune-step", "0.4",
-        "--criterion", "taylor", "--rank", "2", "--seed", "1"]
+ARGS = [
+    "--task",
+    "digits:0,1,2",
+    "--train-limit",
+    "64",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "1",
+    "--recovery-epochs",
+    "1",
+    "--final-epochs",
+    "1",
+    "--density",
+    "0.5",
+    "--prune-step",
+    "0.4",
+    "--criterion",
+    "taylor",
+    "--rank",
+    "2",
+    "--seed",
+    "1",
+]
 
 
 def _torchrun(out, **env):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "spaedge.cli", "train", "--out", str(out), *ARGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "spaedge.cli",
+        "train",
+        "--out",
+        str(out),
+        *ARGS,
+    ]
     e = {**os.environ, "OMP_NUM_THREADS": "1", "SPAEDGE_DDP_STATE_HASH": "1", **env}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=e, cwd=out.parent)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -9,8 +9,8 @@ import math
 
 import pytest
 import torch
-
 from _toolchain_helpers import tiny_image_folder, tiny_task_model
+
 from spaedge.tasks import batches, get_task
 from spaedge.train import fit
 from spaedge.train.device import TrainEnv, resolve_device, resolve_precision, use_onednn
@@ -37,11 +37,22 @@ def test_mixed_precision_trains_on_the_cpu_path(tmp_path, precision):
     task = get_task(f"imagefolder:{tiny_image_folder(tmp_path / 'imgs')}")
     model = tiny_task_model("splora", rank=2, classes=2)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    loss = fit(model, task.split("train"), 1, lr=1e-2, batch_size=16, generator=torch.Generator().manual_seed(0),
-               env=TrainEnv(device="cpu", precision=precision))
+    loss = fit(
+        model,
+        task.split("train"),
+        1,
+        lr=1e-2,
+        batch_size=16,
+        generator=torch.Generator().manual_seed(0),
+        env=TrainEnv(device="cpu", precision=precision),
+    )
     assert math.isfinite(loss)
-    changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
-    assert changed and all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
+    changed = [
+        n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])
+    ]
+    assert changed and all(
+        p.dtype == torch.float32 for p in model.parameters()
+    )  # weights stay fp32
 
 
 def test_loader_processes_give_the_same_batches(tmp_path):
@@ -58,7 +69,9 @@ def test_loader_processes_give_the_same_batches(tmp_path):
     assert len(a) == len(b) == 5
     for (xa, ya), (xb, yb) in zip(a, b):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    assert torch.equal(rng_a, rng_b) and torch.equal(g_a, g_b)  # a checkpoint after the epoch is the same too
+    assert torch.equal(rng_a, rng_b) and torch.equal(
+        g_a, g_b
+    )  # a checkpoint after the epoch is the same too
 
 
 def test_onednn_only_while_the_model_is_unpruned():

@@ -4,7 +4,14 @@ paper's sparsities, their configs, and a fast grid that stays small."""
 from __future__ import annotations
 
 from spaedge.adapters import get_method
-from spaedge.experiment.grid import FAST_BUDGET, SPARSITIES, Budget, cell_config, default_grid, fast_grid
+from spaedge.experiment.grid import (
+    FAST_BUDGET,
+    SPARSITIES,
+    Budget,
+    cell_config,
+    default_grid,
+    fast_grid,
+)
 
 
 def test_default_grid_compares_every_sparse_variant_at_40_60_80_percent():
@@ -12,13 +19,25 @@ def test_default_grid_compares_every_sparse_variant_at_40_60_80_percent():
     sparse = [c for c in cells if c.method.startswith("sparse")]
     assert SPARSITIES == (0.4, 0.6, 0.8)
     assert {(c.method, c.rank, dict(c.options)["sparsity"]) for c in sparse} == {
-        (m, r, s) for m, r in (("sparse", 8), ("sparse-sppara", 0), ("sparse-large", 8)) for s in SPARSITIES}
+        (m, r, s)
+        for m, r in (("sparse", 8), ("sparse-sppara", 0), ("sparse-large", 8))
+        for s in SPARSITIES
+    }
     assert {c.density for c in sparse} == {0.3}
-    assert len({c.key for c in cells}) == len(cells) == len({(c.density, c.label) for c in cells})  # table rows
+    assert (
+        len({c.key for c in cells}) == len(cells) == len({(c.density, c.label) for c in cells})
+    )  # table rows
     for c in sparse:
         cfg = cell_config(c, Budget())
-        assert cfg.method == c.method and cfg.sparsity == dict(c.options)["sparsity"] and cfg.rank == max(c.rank, 1)
-        assert get_method(c.method).describe(c.rank) in c.label and f"sparsity {cfg.sparsity}" in c.label
+        assert (
+            cfg.method == c.method
+            and cfg.sparsity == dict(c.options)["sparsity"]
+            and cfg.rank == max(c.rank, 1)
+        )
+        assert (
+            get_method(c.method).describe(c.rank) in c.label
+            and f"sparsity {cfg.sparsity}" in c.label
+        )
 
 
 def test_fast_grid_stays_small_with_one_sparse_cell_at_the_default_sparsity():

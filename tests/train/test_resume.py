@@ -15,17 +15,21 @@ import subprocess
 import sys
 
 import pytest
-
-
 from _toolchain_helpers import STOP_AFTER_FIRST_CHECKPOINT  # noqa: E402
 from _toolchain_helpers import tiny_image_folder as _images  # noqa: E402
-from spaedge.train import checkpoint  # noqa: E402
-from spaedge.train import TrainConfig, run  # noqa: E402
+
+from spaedge.train import (  # noqa: E402
+    TrainConfig,
+    checkpoint,  # noqa: E402
+    run,
+)
 from spaedge.train.setup import resolve  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the whole pipeline (train, pack, run)
 
-CFG = dict(epochs=2, recovery_epochs=1, final_epochs=2, density=0.6, prune_step=0.2, seed=3, batch_size=16)
+CFG = dict(
+    epochs=2, recovery_epochs=1, final_epochs=2, density=0.6, prune_step=0.2, seed=3, batch_size=16
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,7 +61,9 @@ def test_an_image_folder_takes_the_base_input_size():
 
     task, _, _ = build_task_model(TrainConfig(**CFG))
     assert task.input_size == (1, 28, 28)  # the built-in base's, not 224x224
-    task, _, _ = build_task_model(TrainConfig(**{**CFG, "base": "resnet18", "base_weights": "random"}))
+    task, _, _ = build_task_model(
+        TrainConfig(**{**CFG, "base": "resnet18", "base_weights": "random"})
+    )
     assert task.input_size == (3, 224, 224)
 
 
@@ -79,12 +85,16 @@ def test_resume_gives_the_same_bundle(reference, tmp_path, monkeypatch, stop_aft
     monkeypatch.setattr(checkpoint, "save", counting_save)
     with pytest.raises(Stop):
         run(TrainConfig(**CFG), tmp_path)
-    assert (tmp_path / checkpoint.CHECKPOINT).exists() and not (tmp_path / "task.safetensors").exists()
+    assert (tmp_path / checkpoint.CHECKPOINT).exists() and not (
+        tmp_path / "task.safetensors"
+    ).exists()
     ck = checkpoint.load(tmp_path / checkpoint.CHECKPOINT, _resolved(CFG))
     assert ck is not None and ck.position.phase == saves[-1]
     monkeypatch.setattr(checkpoint, "save", real)
     run(TrainConfig(**CFG), tmp_path)
-    assert (tmp_path / "task.safetensors").read_bytes() == (reference / "task.safetensors").read_bytes()
+    assert (tmp_path / "task.safetensors").read_bytes() == (
+        reference / "task.safetensors"
+    ).read_bytes()
     assert metrics_wo_time(tmp_path) == metrics_wo_time(reference)
     assert not list(tmp_path.glob("*.tmp-*"))
 
@@ -100,7 +110,9 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         run(TrainConfig(**CFG), tmp_path)
     monkeypatch.setattr(checkpoint, "save", real)
-    with pytest.raises(checkpoint.CheckpointError, match=r"other settings \(seed 3 there, 4 now\).*--restart"):
+    with pytest.raises(
+        checkpoint.CheckpointError, match=r"other settings \(seed 3 there, 4 now\).*--restart"
+    ):
         checkpoint.load(tmp_path / checkpoint.CHECKPOINT, _resolved({**CFG, "seed": 4}))
     assert checkpoint.load(tmp_path / checkpoint.CHECKPOINT, _resolved(CFG)) is not None
     # a run with another config in the same directory is refused, the checkpoint kept; --restart discards it
@@ -108,30 +120,59 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path, monkeypatch):
         run(TrainConfig(**{**CFG, "seed": 4}), tmp_path)
     assert checkpoint.load(tmp_path / checkpoint.CHECKPOINT, _resolved(CFG)) is not None
     run(TrainConfig(**{**CFG, "seed": 4}), tmp_path, resume=False)
-    assert (tmp_path / "task.safetensors").exists() and not (tmp_path / checkpoint.CHECKPOINT).exists()
+    assert (tmp_path / "task.safetensors").exists() and not (
+        tmp_path / checkpoint.CHECKPOINT
+    ).exists()
 
 
 def test_a_corrupt_checkpoint_is_refused_naming_restart(tmp_path):
     (tmp_path / checkpoint.CHECKPOINT).write_bytes(b"not a checkpoint at all")
-    with pytest.raises(checkpoint.CheckpointError, match="not a readable spaedge checkpoint.*--restart"):
+    with pytest.raises(
+        checkpoint.CheckpointError, match="not a readable spaedge checkpoint.*--restart"
+    ):
         run(TrainConfig(**CFG), tmp_path)
 
 
 def test_ctrl_c_leaves_a_resumable_run_directory(tmp_path):
     cfg = {**CFG, "final_epochs": 3}
-    args = ["--task", cfg["task"], "--epochs", "2", "--recovery-epochs", "1", "--final-epochs", "3",
-            "--density", "0.6", "--prune-step", "0.2", "--seed", "3", "--batch-size", "16"]
+    args = [
+        "--task",
+        cfg["task"],
+        "--epochs",
+        "2",
+        "--recovery-epochs",
+        "1",
+        "--final-epochs",
+        "3",
+        "--density",
+        "0.6",
+        "--prune-step",
+        "0.2",
+        "--seed",
+        "3",
+        "--batch-size",
+        "16",
+    ]
 
     def train(out):
         return ["train", "--out", str(out), *args]
 
     reference = tmp_path / "reference"
-    r = subprocess.run([sys.executable, "-m", "spaedge.cli", *train(reference)], capture_output=True, text=True,
-                       cwd=tmp_path, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "spaedge.cli", *train(reference)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", STOP_AFTER_FIRST_CHECKPOINT, *train(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOP_AFTER_FIRST_CHECKPOINT, *train(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
     _, status = os.waitpid(proc.pid, os.WUNTRACED)  # returns once the child has stopped itself
     assert os.WIFSTOPPED(status), f"the child ended before its first checkpoint (status {status})"
     ck = out / checkpoint.CHECKPOINT
@@ -145,8 +186,13 @@ def test_ctrl_c_leaves_a_resumable_run_directory(tmp_path):
     assert not (out / "task.safetensors").exists()
     assert not [p for p in out.iterdir() if ".tmp-" in p.name], list(out.iterdir())
     assert checkpoint.load(ck, _resolved(cfg)) is not None  # whole, readable
-    r = subprocess.run([sys.executable, "-m", "spaedge.cli", *train(out)], capture_output=True, text=True,
-                       cwd=tmp_path, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "spaedge.cli", *train(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     assert "resuming from" in r.stdout + r.stderr
     assert (out / "task.safetensors").read_bytes() == (reference / "task.safetensors").read_bytes()

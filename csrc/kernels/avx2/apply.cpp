@@ -40,41 +40,41 @@ using Shape = panels::Shape<kNR>;
 
 // One panel's lanes: masks (all set for a full panel) and BN scale.
 struct Lanes {
-    bool full;
-    __m256i m0, m1;
-    __m256 f0, f1, s0, s1;
-    Lanes(const ApplyArgs& a, const Shape& s, int p) {
-        const int o0 = p * kNR, nv = std::min(kNR, s.oc - o0);
-        full = nv == kNR;
-        m0 = tail_mask(std::min(nv, 8));
-        m1 = tail_mask(std::max(nv - 8, 0));
-        f0 = _mm256_castsi256_ps(m0);
-        f1 = _mm256_castsi256_ps(m1);
-        const __m256 ones = _mm256_set1_ps(1.0f);
-        if (full) {
-            s0 = a.scale ? _mm256_loadu_ps(a.scale + o0) : ones;
-            s1 = a.scale ? _mm256_loadu_ps(a.scale + o0 + 8) : ones;
-        } else {
-            s0 = a.scale ? _mm256_maskload_ps(a.scale + o0, m0) : ones;
-            s1 = a.scale ? _mm256_maskload_ps(a.scale + o0 + 8, m1) : ones;
-        }
+  bool full;
+  __m256i m0, m1;
+  __m256 f0, f1, s0, s1;
+  Lanes(const ApplyArgs& a, const Shape& s, int p) {
+    const int o0 = p * kNR, nv = std::min(kNR, s.oc - o0);
+    full = nv == kNR;
+    m0 = tail_mask(std::min(nv, 8));
+    m1 = tail_mask(std::max(nv - 8, 0));
+    f0 = _mm256_castsi256_ps(m0);
+    f1 = _mm256_castsi256_ps(m1);
+    const __m256 ones = _mm256_set1_ps(1.0f);
+    if (full) {
+      s0 = a.scale ? _mm256_loadu_ps(a.scale + o0) : ones;
+      s1 = a.scale ? _mm256_loadu_ps(a.scale + o0 + 8) : ones;
+    } else {
+      s0 = a.scale ? _mm256_maskload_ps(a.scale + o0, m0) : ones;
+      s1 = a.scale ? _mm256_maskload_ps(a.scale + o0 + 8, m1) : ones;
     }
+  }
 };
 
 // v += B'A' for input column `col` on the panel's lanes (padding lanes add 0).
-inline void add_merge(const ApplyArgs& a, const Shape& s, int o0, int col, const Lanes& l, __m256& v0,
-                      __m256& v1) {
-    __m256 d0 = _mm256_setzero_ps(), d1 = d0;
-    for (int q = 0; q < s.rank; ++q) {
-        const __m256 av = _mm256_broadcast_ss(a.a + static_cast<size_t>(q) * s.ic + col);
-        const float* bq = a.bt + static_cast<size_t>(q) * s.oc + o0;
-        const __m256 b0 = l.full ? _mm256_loadu_ps(bq) : _mm256_maskload_ps(bq, l.m0);
-        const __m256 b1 = l.full ? _mm256_loadu_ps(bq + 8) : _mm256_maskload_ps(bq + 8, l.m1);
-        d0 = _mm256_fmadd_ps(b0, av, d0);
-        d1 = _mm256_fmadd_ps(b1, av, d1);
-    }
-    v0 = _mm256_add_ps(v0, d0);
-    v1 = _mm256_add_ps(v1, d1);
+inline void add_merge(const ApplyArgs& a, const Shape& s, int o0, int col, const Lanes& l,
+                      __m256& v0, __m256& v1) {
+  __m256 d0 = _mm256_setzero_ps(), d1 = d0;
+  for (int q = 0; q < s.rank; ++q) {
+    const __m256 av = _mm256_broadcast_ss(a.a + static_cast<size_t>(q) * s.ic + col);
+    const float* bq = a.bt + static_cast<size_t>(q) * s.oc + o0;
+    const __m256 b0 = l.full ? _mm256_loadu_ps(bq) : _mm256_maskload_ps(bq, l.m0);
+    const __m256 b1 = l.full ? _mm256_loadu_ps(bq + 8) : _mm256_maskload_ps(bq + 8, l.m1);
+    d0 = _mm256_fmadd_ps(b0, av, d0);
+    d1 = _mm256_fmadd_ps(b1, av, d1);
+  }
+  v0 = _mm256_add_ps(v0, d0);
+  v1 = _mm256_add_ps(v1, d1);
 }
 
 // Streaming (non-temporal) stores when the destination is 32-byte aligned:
@@ -82,129 +82,131 @@ inline void add_merge(const ApplyArgs& a, const Shape& s, int o0, int col, const
 // so they need not be read for ownership first (a third of the traffic).
 template <bool kStream>
 inline void put(float* p, __m256 v) {
-    if (kStream)
-        _mm256_stream_ps(p, v);
-    else
-        _mm256_storeu_ps(p, v);
+  if (kStream)
+    _mm256_stream_ps(p, v);
+  else
+    _mm256_storeu_ps(p, v);
 }
 
 template <bool kStream>
 void apply_rows(const ApplyArgs& a, const Shape& s, int k0, int k1, float* packed) {
-    for (int kb = k0; kb < k1; kb += kRows) {
-        const panels::RowBlock<kNR, kRows> rb(a, s, kb, k1);
-        const int n = rb.n;
-        // The next block's rows, pulled into L1 a panel's window at a time
-        // (short rows train the hardware prefetchers too late; see
-        // docs/benchmarks.md, "Measurements behind ...").
-        const float* nxt[kRows];
-        const int nn = std::max(0, std::min(kRows, k1 - kb - kRows));
-        for (int r = 0; r < nn; ++r) nxt[r] = panels::tap_row(a, s, kb + kRows + r);
-        for (int p = 0; p < s.panels; ++p) {
-            const int o0 = p * kNR;
-            const Lanes l(a, s, p);
-            float* dst = packed + (static_cast<size_t>(p) * s.ktot + kb) * kNR;
-            const int32_t* oi = a.out_index + o0;
-            if (l.full) {
-                const __m256i i0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(oi));
-                const __m256i i1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(oi + 8));
-                const bool contiguous = oi[kNR - 1] - oi[0] == kNR - 1;  // indices strictly increase
-                for (int r = 0; r < nn; ++r) {
-                    _mm_prefetch(reinterpret_cast<const char*>(nxt[r] + oi[0]), _MM_HINT_T0);
-                    _mm_prefetch(reinterpret_cast<const char*>(nxt[r] + oi[kNR - 1]), _MM_HINT_T0);
-                }
-                for (int r = 0; r < n; ++r) {
-                    __m256 v0, v1;
-                    if (contiguous) {
-                        v0 = _mm256_loadu_ps(rb.src[r] + oi[0]);
-                        v1 = _mm256_loadu_ps(rb.src[r] + oi[0] + 8);
-                    } else {
-                        v0 = _mm256_i32gather_ps(rb.src[r], i0, 4);
-                        v1 = _mm256_i32gather_ps(rb.src[r], i1, 4);
-                    }
-                    if (rb.cen[r]) add_merge(a, s, o0, rb.col[r], l, v0, v1);
-                    put<kStream>(dst + r * kNR, _mm256_mul_ps(v0, l.s0));
-                    put<kStream>(dst + r * kNR + 8, _mm256_mul_ps(v1, l.s1));
-                }
-            } else {
-                // Ragged last panel: lanes >= nv are masked off and come out +0.
-                const __m256i i0 = _mm256_maskload_epi32(oi, l.m0);
-                const __m256i i1 = _mm256_maskload_epi32(oi + 8, l.m1);
-                const __m256 z = _mm256_setzero_ps();
-                for (int r = 0; r < n; ++r) {
-                    __m256 v0 = _mm256_mask_i32gather_ps(z, rb.src[r], i0, l.f0, 4);
-                    __m256 v1 = _mm256_mask_i32gather_ps(z, rb.src[r], i1, l.f1, 4);
-                    if (rb.cen[r]) add_merge(a, s, o0, rb.col[r], l, v0, v1);
-                    put<kStream>(dst + r * kNR, _mm256_mul_ps(v0, l.s0));
-                    put<kStream>(dst + r * kNR + 8, _mm256_mul_ps(v1, l.s1));
-                }
-            }
+  for (int kb = k0; kb < k1; kb += kRows) {
+    const panels::RowBlock<kNR, kRows> rb(a, s, kb, k1);
+    const int n = rb.n;
+    // The next block's rows, pulled into L1 a panel's window at a time
+    // (short rows train the hardware prefetchers too late; see
+    // docs/benchmarks.md, "Measurements behind ...").
+    const float* nxt[kRows];
+    const int nn = std::max(0, std::min(kRows, k1 - kb - kRows));
+    for (int r = 0; r < nn; ++r) nxt[r] = panels::tap_row(a, s, kb + kRows + r);
+    for (int p = 0; p < s.panels; ++p) {
+      const int o0 = p * kNR;
+      const Lanes l(a, s, p);
+      float* dst = packed + (static_cast<size_t>(p) * s.ktot + kb) * kNR;
+      const int32_t* oi = a.out_index + o0;
+      if (l.full) {
+        const __m256i i0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(oi));
+        const __m256i i1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(oi + 8));
+        const bool contiguous = oi[kNR - 1] - oi[0] == kNR - 1;  // indices strictly increase
+        for (int r = 0; r < nn; ++r) {
+          _mm_prefetch(reinterpret_cast<const char*>(nxt[r] + oi[0]), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(nxt[r] + oi[kNR - 1]), _MM_HINT_T0);
         }
+        for (int r = 0; r < n; ++r) {
+          __m256 v0, v1;
+          if (contiguous) {
+            v0 = _mm256_loadu_ps(rb.src[r] + oi[0]);
+            v1 = _mm256_loadu_ps(rb.src[r] + oi[0] + 8);
+          } else {
+            v0 = _mm256_i32gather_ps(rb.src[r], i0, 4);
+            v1 = _mm256_i32gather_ps(rb.src[r], i1, 4);
+          }
+          if (rb.cen[r]) add_merge(a, s, o0, rb.col[r], l, v0, v1);
+          put<kStream>(dst + r * kNR, _mm256_mul_ps(v0, l.s0));
+          put<kStream>(dst + r * kNR + 8, _mm256_mul_ps(v1, l.s1));
+        }
+      } else {
+        // Ragged last panel: lanes >= nv are masked off and come out +0.
+        const __m256i i0 = _mm256_maskload_epi32(oi, l.m0);
+        const __m256i i1 = _mm256_maskload_epi32(oi + 8, l.m1);
+        const __m256 z = _mm256_setzero_ps();
+        for (int r = 0; r < n; ++r) {
+          __m256 v0 = _mm256_mask_i32gather_ps(z, rb.src[r], i0, l.f0, 4);
+          __m256 v1 = _mm256_mask_i32gather_ps(z, rb.src[r], i1, l.f1, 4);
+          if (rb.cen[r]) add_merge(a, s, o0, rb.col[r], l, v0, v1);
+          put<kStream>(dst + r * kNR, _mm256_mul_ps(v0, l.s0));
+          put<kStream>(dst + r * kNR + 8, _mm256_mul_ps(v1, l.s1));
+        }
+      }
     }
+  }
 }
 
 template <bool kStream>
 void apply_oihw(const ApplyArgs& a, const Shape& s, int p0, int p1, float* packed) {
-    const size_t orow = static_cast<size_t>(a.base_in) * s.taps;  // floats per base output row
-    const __m256 z = _mm256_setzero_ps();
-    for (int p = p0; p < p1; ++p) {
-        const int o0 = p * kNR, nv = std::min(kNR, s.oc - o0);
-        const Lanes l(a, s, p);
-        alignas(32) int32_t off[kNR];  // each lane's base row; padding lanes are masked off
-        for (int j = 0; j < kNR; ++j)
-            off[j] = j < nv ? static_cast<int32_t>(static_cast<size_t>(a.out_index[o0 + j]) * orow) : 0;
-        const __m256i i0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(off));
-        const __m256i i1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(off + 8));
-        float* dst = packed + static_cast<size_t>(p) * s.ktot * kNR;
-        for (int i = 0; i < s.ic; ++i) {
-            const float* src = a.base + static_cast<size_t>(a.in_index[i]) * s.taps;
-            if (i + kAhead < s.ic) {
-                const float* ahead = a.base + static_cast<size_t>(a.in_index[i + kAhead]) * s.taps;
-                for (int j = 0; j < nv; ++j) _mm_prefetch(reinterpret_cast<const char*>(ahead + off[j]), _MM_HINT_T0);
-            }
-            for (int t = 0; t < s.taps; ++t) {
-                __m256 v0, v1;
-                if (l.full) {
-                    v0 = _mm256_i32gather_ps(src + t, i0, 4);
-                    v1 = _mm256_i32gather_ps(src + t, i1, 4);
-                } else {
-                    v0 = _mm256_mask_i32gather_ps(z, src + t, i0, l.f0, 4);
-                    v1 = _mm256_mask_i32gather_ps(z, src + t, i1, l.f1, 4);
-                }
-                if (s.merge && t == s.centre) add_merge(a, s, o0, i, l, v0, v1);
-                float* d = dst + (static_cast<size_t>(t) * s.ic + i) * kNR;
-                put<kStream>(d, _mm256_mul_ps(v0, l.s0));
-                put<kStream>(d + 8, _mm256_mul_ps(v1, l.s1));
-            }
+  const size_t orow = static_cast<size_t>(a.base_in) * s.taps;  // floats per base output row
+  const __m256 z = _mm256_setzero_ps();
+  for (int p = p0; p < p1; ++p) {
+    const int o0 = p * kNR, nv = std::min(kNR, s.oc - o0);
+    const Lanes l(a, s, p);
+    alignas(32) int32_t off[kNR];  // each lane's base row; padding lanes are masked off
+    for (int j = 0; j < kNR; ++j)
+      off[j] = j < nv ? static_cast<int32_t>(static_cast<size_t>(a.out_index[o0 + j]) * orow) : 0;
+    const __m256i i0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(off));
+    const __m256i i1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(off + 8));
+    float* dst = packed + static_cast<size_t>(p) * s.ktot * kNR;
+    for (int i = 0; i < s.ic; ++i) {
+      const float* src = a.base + static_cast<size_t>(a.in_index[i]) * s.taps;
+      if (i + kAhead < s.ic) {
+        const float* ahead = a.base + static_cast<size_t>(a.in_index[i + kAhead]) * s.taps;
+        for (int j = 0; j < nv; ++j)
+          _mm_prefetch(reinterpret_cast<const char*>(ahead + off[j]), _MM_HINT_T0);
+      }
+      for (int t = 0; t < s.taps; ++t) {
+        __m256 v0, v1;
+        if (l.full) {
+          v0 = _mm256_i32gather_ps(src + t, i0, 4);
+          v1 = _mm256_i32gather_ps(src + t, i1, 4);
+        } else {
+          v0 = _mm256_mask_i32gather_ps(z, src + t, i0, l.f0, 4);
+          v1 = _mm256_mask_i32gather_ps(z, src + t, i1, l.f1, 4);
         }
+        if (s.merge && t == s.centre) add_merge(a, s, o0, i, l, v0, v1);
+        float* d = dst + (static_cast<size_t>(t) * s.ic + i) * kNR;
+        put<kStream>(d, _mm256_mul_ps(v0, l.s0));
+        put<kStream>(d + 8, _mm256_mul_ps(v1, l.s1));
+      }
     }
+  }
 }
 
-
-bool aligned32(const float* p) { return (reinterpret_cast<uintptr_t>(p) & 31) == 0; }
+bool aligned32(const float* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 31) == 0;
+}
 
 }  // namespace
 
 void conv_apply(const ApplyArgs& a, int k0, int k1, float* packed) {
-    const Shape s(a);
-    if (aligned32(packed)) {
-        apply_rows<true>(a, s, k0, k1, packed);
-        _mm_sfence();  // streaming stores are weakly ordered: publish them
-    } else {
-        apply_rows<false>(a, s, k0, k1, packed);
-    }
-    panels::finish_rows(a, s, k1, packed);
+  const Shape s(a);
+  if (aligned32(packed)) {
+    apply_rows<true>(a, s, k0, k1, packed);
+    _mm_sfence();  // streaming stores are weakly ordered: publish them
+  } else {
+    apply_rows<false>(a, s, k0, k1, packed);
+  }
+  panels::finish_rows(a, s, k1, packed);
 }
 
 void conv_apply_oihw(const ApplyArgs& a, int o0, int o1, float* packed) {
-    const Shape s(a);
-    const panels::PanelRange<kNR> r(o0, o1);
-    if (aligned32(packed)) {
-        apply_oihw<true>(a, s, r.p0, r.p1, packed);
-        _mm_sfence();
-    } else {
-        apply_oihw<false>(a, s, r.p0, r.p1, packed);
-    }
-    panels::finish_outputs(a, s, r, o1, packed);
+  const Shape s(a);
+  const panels::PanelRange<kNR> r(o0, o1);
+  if (aligned32(packed)) {
+    apply_oihw<true>(a, s, r.p0, r.p1, packed);
+    _mm_sfence();
+  } else {
+    apply_oihw<false>(a, s, r.p0, r.p1, packed);
+  }
+  panels::finish_outputs(a, s, r, o1, packed);
 }
 
 }  // namespace spaedge::kernels::avx2

@@ -17,13 +17,13 @@ fn::conv_lowrank_scratch_floats conv_lowrank_scratch_floats;
 fn::conv_lowrank conv_lowrank;
 
 bool supported() {
-    if (!avx2::supported()) return false;
-    unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
-    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
-    if (!(ebx & (1u << 16))) return false;  // AVX512F
-    // The OS must also save/restore opmask (bit 5), ZMM0-15 upper halves (6)
-    // and ZMM16-31 (7).
-    return (x86::read_xcr0() & 0xE6) == 0xE6;
+  if (!avx2::supported()) return false;
+  unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  if (!(ebx & (1u << 16))) return false;  // AVX512F
+  // The OS must also save/restore opmask (bit 5), ZMM0-15 upper halves (6)
+  // and ZMM16-31 (7).
+  return (x86::read_xcr0() & 0xE6) == 0xE6;
 }
 
 }  // namespace spaedge::kernels::avx512

@@ -47,25 +47,25 @@ namespace {
 // taps, base in, base out, kept in, kept out; stride/pad/spatial size do not
 // matter to the application (it writes weights only).
 struct Layer {
-    int taps, base_in, base_out, kept_in, kept_out;
+  int taps, base_in, base_out, kept_in, kept_out;
 };
 
 // ResNet-18's convs in graph order (stem, layer1..layer4 with each stage's
 // downsample after its first conv2) with the kept channel counts (in, out)
 // of the suite's resnet18-d30 and -d10 tasks.
 struct LayerCases {
-    int taps, base_in, base_out;
-    int d30[2], d10[2];
+  int taps, base_in, base_out;
+  int d30[2], d10[2];
 };
 const LayerCases kLayers[] = {
-    {49, 3, 64, {3, 47}, {3, 40}}, {9, 64, 64, {47, 37}, {40, 28}},
-    {9, 64, 64, {37, 47}, {28, 40}}, {9, 64, 64, {47, 32}, {40, 25}},
-    {9, 64, 64, {32, 47}, {25, 40}}, {9, 64, 128, {47, 79}, {40, 63}},
-    {9, 128, 128, {79, 31}, {63, 20}}, {1, 64, 128, {47, 31}, {40, 20}},
-    {9, 128, 128, {31, 65}, {20, 39}}, {9, 128, 128, {65, 31}, {39, 20}},
-    {9, 128, 256, {31, 143}, {20, 86}}, {9, 256, 256, {143, 62}, {86, 20}},
-    {1, 128, 256, {31, 62}, {20, 20}}, {9, 256, 256, {62, 177}, {20, 100}},
-    {9, 256, 256, {177, 62}, {100, 20}}, {9, 256, 512, {62, 379}, {20, 231}},
+    {49, 3, 64, {3, 47}, {3, 40}},        {9, 64, 64, {47, 37}, {40, 28}},
+    {9, 64, 64, {37, 47}, {28, 40}},      {9, 64, 64, {47, 32}, {40, 25}},
+    {9, 64, 64, {32, 47}, {25, 40}},      {9, 64, 128, {47, 79}, {40, 63}},
+    {9, 128, 128, {79, 31}, {63, 20}},    {1, 64, 128, {47, 31}, {40, 20}},
+    {9, 128, 128, {31, 65}, {20, 39}},    {9, 128, 128, {65, 31}, {39, 20}},
+    {9, 128, 256, {31, 143}, {20, 86}},   {9, 256, 256, {143, 62}, {86, 20}},
+    {1, 128, 256, {31, 62}, {20, 20}},    {9, 256, 256, {62, 177}, {20, 100}},
+    {9, 256, 256, {177, 62}, {100, 20}},  {9, 256, 512, {62, 379}, {20, 231}},
     {9, 512, 512, {379, 218}, {231, 95}}, {1, 256, 512, {62, 218}, {20, 95}},
     {9, 512, 512, {218, 484}, {95, 416}}, {9, 512, 512, {484, 218}, {416, 95}},
 };
@@ -74,270 +74,284 @@ constexpr int kRank = 8;
 
 // A sorted random subset of n of [0, total), as a pruned task keeps.
 std::vector<int32_t> kept(int n, int total, std::mt19937& rng) {
-    std::vector<int32_t> all(size_t(total), 0);
-    for (int i = 0; i < total; ++i) all[size_t(i)] = i;
-    std::shuffle(all.begin(), all.end(), rng);
-    all.resize(size_t(n));
-    std::sort(all.begin(), all.end());
-    return all;
+  std::vector<int32_t> all(size_t(total), 0);
+  for (int i = 0; i < total; ++i) all[size_t(i)] = i;
+  std::shuffle(all.begin(), all.end(), rng);
+  all.resize(size_t(n));
+  std::sort(all.begin(), all.end());
+  return all;
 }
 
 struct Conv {
-    Layer l;
-    int kernel;
-    spaedge::FloatBuffer base;  // tap-major HWIO, as the runtime lays the base out at load
-    spaedge::FloatBuffer oihw;  // the same in the bundle's OIHW order
-    bool from_oihw = false;     // the layout the runtime would read
-    std::vector<int32_t> in_index, out_index;
-    std::vector<float> a, bt, scale;
-    size_t packed_offset = 0, packed_floats = 0;
+  Layer l;
+  int kernel;
+  spaedge::FloatBuffer base;  // tap-major HWIO, as the runtime lays the base out at load
+  spaedge::FloatBuffer oihw;  // the same in the bundle's OIHW order
+  bool from_oihw = false;     // the layout the runtime would read
+  std::vector<int32_t> in_index, out_index;
+  std::vector<float> a, bt, scale;
+  size_t packed_offset = 0, packed_floats = 0;
 };
 
 // Sums whole rows (so the loads cannot be dropped) and writes `n` floats with
 // the kind of stores the switch uses.
 float read_rows(const float* const* rows, int nrows, int len) {
 #if defined(__x86_64__) || defined(_M_X64)
-    __m128 s0 = _mm_setzero_ps(), s1 = s0;
-    for (int r = 0; r < nrows; ++r) {
-        const float* p = rows[r];
-        int i = 0;
-        for (; i + 8 <= len; i += 8) {
-            s0 = _mm_add_ps(s0, _mm_loadu_ps(p + i));
-            s1 = _mm_add_ps(s1, _mm_loadu_ps(p + i + 4));
-        }
-        for (; i < len; ++i) s0 = _mm_add_ss(s0, _mm_set_ss(p[i]));
+  __m128 s0 = _mm_setzero_ps(), s1 = s0;
+  for (int r = 0; r < nrows; ++r) {
+    const float* p = rows[r];
+    int i = 0;
+    for (; i + 8 <= len; i += 8) {
+      s0 = _mm_add_ps(s0, _mm_loadu_ps(p + i));
+      s1 = _mm_add_ps(s1, _mm_loadu_ps(p + i + 4));
     }
-    float out[4];
-    _mm_storeu_ps(out, _mm_add_ps(s0, s1));
-    return out[0] + out[1] + out[2] + out[3];
+    for (; i < len; ++i) s0 = _mm_add_ss(s0, _mm_set_ss(p[i]));
+  }
+  float out[4];
+  _mm_storeu_ps(out, _mm_add_ps(s0, s1));
+  return out[0] + out[1] + out[2] + out[3];
 #elif defined(__aarch64__)
-    float32x4_t s0 = vdupq_n_f32(0.0f), s1 = s0;
-    float tail = 0.0f;
-    for (int r = 0; r < nrows; ++r) {
-        const float* p = rows[r];
-        int i = 0;
-        for (; i + 8 <= len; i += 8) {
-            s0 = vaddq_f32(s0, vld1q_f32(p + i));
-            s1 = vaddq_f32(s1, vld1q_f32(p + i + 4));
-        }
-        for (; i < len; ++i) tail += p[i];
+  float32x4_t s0 = vdupq_n_f32(0.0f), s1 = s0;
+  float tail = 0.0f;
+  for (int r = 0; r < nrows; ++r) {
+    const float* p = rows[r];
+    int i = 0;
+    for (; i + 8 <= len; i += 8) {
+      s0 = vaddq_f32(s0, vld1q_f32(p + i));
+      s1 = vaddq_f32(s1, vld1q_f32(p + i + 4));
     }
-    return vaddvq_f32(vaddq_f32(s0, s1)) + tail;
+    for (; i < len; ++i) tail += p[i];
+  }
+  return vaddvq_f32(vaddq_f32(s0, s1)) + tail;
 #else
-    float s = 0.0f;
-    for (int r = 0; r < nrows; ++r)
-        for (int i = 0; i < len; ++i) s += rows[r][i];
-    return s;
+  float s = 0.0f;
+  for (int r = 0; r < nrows; ++r)
+    for (int i = 0; i < len; ++i) s += rows[r][i];
+  return s;
 #endif
 }
 
 void write_floats(float* d, size_t n, float v) {
 #if defined(__x86_64__) || defined(_M_X64)
-    const __m128 x = _mm_set1_ps(v);
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) _mm_stream_ps(d + i, x);  // d is 64-byte aligned, n a multiple of 16
-    for (; i < n; ++i) d[i] = v;
-    _mm_sfence();
+  const __m128 x = _mm_set1_ps(v);
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) _mm_stream_ps(d + i, x);  // d is 64-byte aligned, n a multiple of 16
+  for (; i < n; ++i) d[i] = v;
+  _mm_sfence();
 #elif defined(__aarch64__)
-    const float32x4_t x = vdupq_n_f32(v);
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) vst1q_f32(d + i, x);
-    for (; i < n; ++i) d[i] = v;
+  const float32x4_t x = vdupq_n_f32(v);
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) vst1q_f32(d + i, x);
+  for (; i < n; ++i) d[i] = v;
 #else
-    for (size_t i = 0; i < n; ++i) d[i] = v;
+  for (size_t i = 0; i < n; ++i) d[i] = v;
 #endif
 }
 
 double now_ms() {
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  return std::chrono::duration<double, std::milli>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
 double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    std::string which = "d30";
-    int reps = 40;
-    std::string isa;
-    for (int i = 1; i < argc; ++i) {
-        if (!std::strcmp(argv[i], "--case") && i + 1 < argc) {
-            which = argv[++i];
-        } else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
-            reps = std::max(3, std::atoi(argv[++i]));
-        } else if (!std::strcmp(argv[i], "--isa") && i + 1 < argc) {
-            isa = argv[++i];
-        } else {
-            std::fprintf(stderr, "usage: %s [--case d30|d10] [--reps N] [--isa NAME (kernels/isas.inc)]\n", argv[0]);
-            return 2;
-        }
+  std::string which = "d30";
+  int reps = 40;
+  std::string isa;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--case") && i + 1 < argc) {
+      which = argv[++i];
+    } else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
+      reps = std::max(3, std::atoi(argv[++i]));
+    } else if (!std::strcmp(argv[i], "--isa") && i + 1 < argc) {
+      isa = argv[++i];
+    } else {
+      std::fprintf(stderr,
+                   "usage: %s [--case d30|d10] [--reps N] [--isa NAME (kernels/isas.inc)]\n",
+                   argv[0]);
+      return 2;
     }
-    if (which != "d30" && which != "d10") {
-        std::fprintf(stderr, "bench_switch: --case must be d30 or d10, got '%s'\n", which.c_str());
-        return 2;
+  }
+  if (which != "d30" && which != "d10") {
+    std::fprintf(stderr, "bench_switch: --case must be d30 or d10, got '%s'\n", which.c_str());
+    return 2;
+  }
+  const k::KernelTable* t = &k::active();
+  if (!isa.empty()) {
+    const k::Isa* i = k::find_isa(isa.c_str());  // an ISA of isas.inc
+    t = i && i->supported ? i->table : nullptr;
+    if (!t) {
+      std::fprintf(stderr,
+                   "bench_switch: ISA '%s' is not built into this binary or not supported here\n",
+                   isa.c_str());
+      return 2;
     }
-    const k::KernelTable* t = &k::active();
-    if (!isa.empty()) {
-        const k::Isa* i = k::find_isa(isa.c_str());  // an ISA of isas.inc
-        t = i && i->supported ? i->table : nullptr;
-        if (!t) {
-            std::fprintf(stderr, "bench_switch: ISA '%s' is not built into this binary or not supported here\n",
-                         isa.c_str());
-            return 2;
-        }
-    }
+  }
 
-    std::mt19937 rng(0);
-    std::vector<Conv> convs(std::size(kLayers));
-    size_t packed_total = 0, read_floats = 0, base_floats = 0;
+  std::mt19937 rng(0);
+  std::vector<Conv> convs(std::size(kLayers));
+  size_t packed_total = 0, read_floats = 0, base_floats = 0;
+  for (size_t c = 0; c < convs.size(); ++c) {
+    Conv& v = convs[c];
+    const LayerCases& lc = kLayers[c];
+    const int* kept_io = which == "d30" ? lc.d30 : lc.d10;
+    v.l = {lc.taps, lc.base_in, lc.base_out, kept_io[0], kept_io[1]};
+    v.kernel = v.l.taps == 49 ? 7 : v.l.taps == 9 ? 3 : 1;
+    const size_t n = size_t(v.l.taps) * v.l.base_in * v.l.base_out;
+    v.base.resize(n);
+    v.oihw.resize(n);
+    for (size_t i = 0; i < n; ++i) v.base.data()[i] = float(int(i % 199) - 99) * 1e-3f;
+    for (int t = 0; t < v.l.taps; ++t)
+      for (int i = 0; i < v.l.base_in; ++i)
+        for (int o = 0; o < v.l.base_out; ++o)
+          v.oihw.data()[(size_t(o) * v.l.base_in + i) * v.l.taps + t] =
+              v.base.data()[(size_t(t) * v.l.base_in + i) * v.l.base_out + o];
+    base_floats += n;
+    v.in_index = kept(v.l.kept_in, v.l.base_in, rng);
+    v.out_index = kept(v.l.kept_out, v.l.base_out, rng);
+    v.a.assign(size_t(kRank) * v.l.kept_in, 0.01f);
+    v.bt.assign(size_t(kRank) * v.l.kept_out, 0.02f);
+    v.scale.assign(size_t(v.l.kept_out), 1.5f);
+    k::ConvGeometry g;
+    g.in_h = g.in_w = 7;
+    g.in_c = v.l.kept_in;
+    g.out_c = v.l.kept_out;
+    g.kernel = v.kernel;
+    g.pad = v.kernel / 2;
+    v.packed_offset = packed_total;
+    v.packed_floats = t->conv_packed_floats(g);
+    packed_total += spaedge::round_floats(v.packed_floats);
+  }
+  spaedge::FloatBuffer packed;
+  packed.resize(packed_total);
+  std::memset(packed.data(), 0, packed_total * sizeof(float));
+
+  auto args_of = [](const Conv& v, bool oihw) {
+    k::ApplyArgs a;
+    a.g.in_h = a.g.in_w = 7;
+    a.g.in_c = v.l.kept_in;
+    a.g.out_c = v.l.kept_out;
+    a.g.kernel = v.kernel;
+    a.g.pad = v.kernel / 2;
+    a.base = oihw ? v.oihw.data() : v.base.data();
+    a.base_in = v.l.base_in;
+    a.base_out = v.l.base_out;
+    a.out_index = v.out_index.data();
+    a.in_index = v.in_index.data();
+    a.rank = kRank;
+    a.a = v.a.data();
+    a.bt = v.bt.data();
+    a.scale = v.scale.data();
+    return a;
+  };
+  for (Conv& v : convs) {
+    const k::ApplyArgs a = args_of(v, true);
+    v.from_oihw = k::apply_read_floats(a, true) < k::apply_read_floats(a, false);
+    read_floats += k::apply_read_floats(a, v.from_oihw);
+  }
+
+  // Row pointers (and length) of the floor pass: every base row apply reads.
+  std::vector<std::vector<const float*>> rows(convs.size());
+  std::vector<int> row_len(convs.size());
+  for (size_t c = 0; c < convs.size(); ++c) {
+    const Conv& v = convs[c];
+    if (v.from_oihw) {
+      row_len[c] = v.l.base_in * v.l.taps;
+      for (int32_t o : v.out_index)
+        rows[c].push_back(v.oihw.data() + size_t(o) * size_t(row_len[c]));
+    } else {
+      row_len[c] = v.l.base_out;
+      for (int tap = 0; tap < v.l.taps; ++tap)
+        for (int32_t i : v.in_index)
+          rows[c].push_back(v.base.data() + (size_t(tap) * v.l.base_in + size_t(i)) * v.l.base_out);
+    }
+  }
+
+  auto apply = [&] {
+    for (const Conv& v : convs) {
+      float* dst = packed.data() + v.packed_offset;
+      if (v.from_oihw)
+        t->conv_apply_oihw(args_of(v, true), 0, v.l.kept_out, dst);
+      else
+        t->conv_apply(args_of(v, false), 0, v.l.taps * v.l.kept_in, dst);
+    }
+  };
+  auto apply_tap = [&] {
+    for (const Conv& v : convs)
+      t->conv_apply(args_of(v, false), 0, v.l.taps * v.l.kept_in, packed.data() + v.packed_offset);
+  };
+  volatile float sink = 0.0f;
+  auto read = [&] {
+    float s = 0.0f;
+    for (size_t c = 0; c < convs.size(); ++c)
+      s += read_rows(rows[c].data(), int(rows[c].size()), row_len[c]);
+    sink = sink + s;
+  };
+  auto write = [&] {
+    for (const Conv& v : convs)
+      write_floats(packed.data() + v.packed_offset, spaedge::round_floats(v.packed_floats), 0.5f);
+  };
+  // Interleaved per conv, as the switch reads and writes.
+  auto floor = [&] {
+    float s = 0.0f;
     for (size_t c = 0; c < convs.size(); ++c) {
-        Conv& v = convs[c];
-        const LayerCases& lc = kLayers[c];
-        const int* kept_io = which == "d30" ? lc.d30 : lc.d10;
-        v.l = {lc.taps, lc.base_in, lc.base_out, kept_io[0], kept_io[1]};
-        v.kernel = v.l.taps == 49 ? 7 : v.l.taps == 9 ? 3 : 1;
-        const size_t n = size_t(v.l.taps) * v.l.base_in * v.l.base_out;
-        v.base.resize(n);
-        v.oihw.resize(n);
-        for (size_t i = 0; i < n; ++i) v.base.data()[i] = float(int(i % 199) - 99) * 1e-3f;
-        for (int t = 0; t < v.l.taps; ++t)
-            for (int i = 0; i < v.l.base_in; ++i)
-                for (int o = 0; o < v.l.base_out; ++o)
-                    v.oihw.data()[(size_t(o) * v.l.base_in + i) * v.l.taps + t] =
-                        v.base.data()[(size_t(t) * v.l.base_in + i) * v.l.base_out + o];
-        base_floats += n;
-        v.in_index = kept(v.l.kept_in, v.l.base_in, rng);
-        v.out_index = kept(v.l.kept_out, v.l.base_out, rng);
-        v.a.assign(size_t(kRank) * v.l.kept_in, 0.01f);
-        v.bt.assign(size_t(kRank) * v.l.kept_out, 0.02f);
-        v.scale.assign(size_t(v.l.kept_out), 1.5f);
-        k::ConvGeometry g;
-        g.in_h = g.in_w = 7;
-        g.in_c = v.l.kept_in;
-        g.out_c = v.l.kept_out;
-        g.kernel = v.kernel;
-        g.pad = v.kernel / 2;
-        v.packed_offset = packed_total;
-        v.packed_floats = t->conv_packed_floats(g);
-        packed_total += spaedge::round_floats(v.packed_floats);
+      s += read_rows(rows[c].data(), int(rows[c].size()), row_len[c]);
+      write_floats(packed.data() + convs[c].packed_offset,
+                   spaedge::round_floats(convs[c].packed_floats), s);
     }
-    spaedge::FloatBuffer packed;
-    packed.resize(packed_total);
-    std::memset(packed.data(), 0, packed_total * sizeof(float));
+    sink = sink + s;
+  };
 
-    auto args_of = [](const Conv& v, bool oihw) {
-        k::ApplyArgs a;
-        a.g.in_h = a.g.in_w = 7;
-        a.g.in_c = v.l.kept_in;
-        a.g.out_c = v.l.kept_out;
-        a.g.kernel = v.kernel;
-        a.g.pad = v.kernel / 2;
-        a.base = oihw ? v.oihw.data() : v.base.data();
-        a.base_in = v.l.base_in;
-        a.base_out = v.l.base_out;
-        a.out_index = v.out_index.data();
-        a.in_index = v.in_index.data();
-        a.rank = kRank;
-        a.a = v.a.data();
-        a.bt = v.bt.data();
-        a.scale = v.scale.data();
-        return a;
-    };
-    for (Conv& v : convs) {
-        const k::ApplyArgs a = args_of(v, true);
-        v.from_oihw = k::apply_read_floats(a, true) < k::apply_read_floats(a, false);
-        read_floats += k::apply_read_floats(a, v.from_oihw);
+  struct Measure {
+    const char* name;
+    std::function<void()> fn;
+    std::vector<double> ms;
+  };
+  std::vector<Measure> ms = {{"apply", apply, {}},
+                             {"apply-tap", apply_tap, {}},
+                             {"floor", floor, {}},
+                             {"read", read, {}},
+                             {"write", write, {}}};
+  for (Measure& m : ms) m.fn();  // page in, warm up
+  // Taking turns, so each measure sees the same machine.
+  for (int r = 0; r < reps; ++r)
+    for (Measure& m : ms) {
+      const double t0 = now_ms();
+      m.fn();
+      m.ms.push_back(now_ms() - t0);
     }
 
-    // Row pointers (and length) of the floor pass: every base row apply reads.
-    std::vector<std::vector<const float*>> rows(convs.size());
-    std::vector<int> row_len(convs.size());
-    for (size_t c = 0; c < convs.size(); ++c) {
-        const Conv& v = convs[c];
-        if (v.from_oihw) {
-            row_len[c] = v.l.base_in * v.l.taps;
-            for (int32_t o : v.out_index) rows[c].push_back(v.oihw.data() + size_t(o) * size_t(row_len[c]));
-        } else {
-            row_len[c] = v.l.base_out;
-            for (int tap = 0; tap < v.l.taps; ++tap)
-                for (int32_t i : v.in_index)
-                    rows[c].push_back(v.base.data() + (size_t(tap) * v.l.base_in + size_t(i)) * v.l.base_out);
-        }
+  const double mb_read = read_floats * 4e-6, mb_write = packed_total * 4e-6;
+  int n_oihw = 0;
+  for (const Conv& v : convs) n_oihw += v.from_oihw ? 1 : 0;
+  std::printf(
+      "bench_switch: ResNet-18 %s, isa %s, 1 thread, %d reps; base %.1f MB; apply reads %d of %zu "
+      "convs from OIHW, %.1f MB of base rows, and writes %.1f MB of panels\n",
+      which.c_str(), t->isa, reps, base_floats * 4e-6, n_oihw, convs.size(), mb_read, mb_write);
+  const double floor_ms = median(ms[2].ms);
+  for (const Measure& m : ms) {
+    const double med = median(m.ms);
+    const std::string name = m.name;
+    const double mb = name == "read" ? mb_read : name == "write" ? mb_write : mb_read + mb_write;
+    if (name == "apply-tap") {
+      std::printf("  %-9s median %7.3f ms  (every conv tap-major)\n", m.name, med);
+      continue;
     }
-
-    auto apply = [&] {
-        for (const Conv& v : convs) {
-            float* dst = packed.data() + v.packed_offset;
-            if (v.from_oihw)
-                t->conv_apply_oihw(args_of(v, true), 0, v.l.kept_out, dst);
-            else
-                t->conv_apply(args_of(v, false), 0, v.l.taps * v.l.kept_in, dst);
-        }
-    };
-    auto apply_tap = [&] {
-        for (const Conv& v : convs)
-            t->conv_apply(args_of(v, false), 0, v.l.taps * v.l.kept_in, packed.data() + v.packed_offset);
-    };
-    volatile float sink = 0.0f;
-    auto read = [&] {
-        float s = 0.0f;
-        for (size_t c = 0; c < convs.size(); ++c)
-            s += read_rows(rows[c].data(), int(rows[c].size()), row_len[c]);
-        sink = sink + s;
-    };
-    auto write = [&] {
-        for (const Conv& v : convs) write_floats(packed.data() + v.packed_offset, spaedge::round_floats(v.packed_floats), 0.5f);
-    };
-    // Interleaved per conv, as the switch reads and writes.
-    auto floor = [&] {
-        float s = 0.0f;
-        for (size_t c = 0; c < convs.size(); ++c) {
-            s += read_rows(rows[c].data(), int(rows[c].size()), row_len[c]);
-            write_floats(packed.data() + convs[c].packed_offset, spaedge::round_floats(convs[c].packed_floats), s);
-        }
-        sink = sink + s;
-    };
-
-    struct Measure {
-        const char* name;
-        std::function<void()> fn;
-        std::vector<double> ms;
-    };
-    std::vector<Measure> ms = {{"apply", apply, {}},
-                               {"apply-tap", apply_tap, {}},
-                               {"floor", floor, {}},
-                               {"read", read, {}},
-                               {"write", write, {}}};
-    for (Measure& m : ms) m.fn();  // page in, warm up
-    // Taking turns, so each measure sees the same machine.
-    for (int r = 0; r < reps; ++r)
-        for (Measure& m : ms) {
-            const double t0 = now_ms();
-            m.fn();
-            m.ms.push_back(now_ms() - t0);
-        }
-
-    const double mb_read = read_floats * 4e-6, mb_write = packed_total * 4e-6;
-    int n_oihw = 0;
-    for (const Conv& v : convs) n_oihw += v.from_oihw ? 1 : 0;
-    std::printf("bench_switch: ResNet-18 %s, isa %s, 1 thread, %d reps; base %.1f MB; apply reads %d of %zu "
-                "convs from OIHW, %.1f MB of base rows, and writes %.1f MB of panels\n",
-                which.c_str(), t->isa, reps, base_floats * 4e-6, n_oihw, convs.size(), mb_read, mb_write);
-    const double floor_ms = median(ms[2].ms);
-    for (const Measure& m : ms) {
-        const double med = median(m.ms);
-        const std::string name = m.name;
-        const double mb = name == "read" ? mb_read : name == "write" ? mb_write : mb_read + mb_write;
-        if (name == "apply-tap") {
-            std::printf("  %-9s median %7.3f ms  (every conv tap-major)\n", m.name, med);
-            continue;
-        }
-        std::printf("  %-9s median %7.3f ms  p10 %7.3f ms  %6.1f GB/s  %.2fx floor\n", m.name, med,
-                    [&] { std::vector<double> v = m.ms; std::sort(v.begin(), v.end()); return v[v.size() / 10]; }(),
-                    mb / med, med / floor_ms);
-    }
-    return 0;
+    std::printf(
+        "  %-9s median %7.3f ms  p10 %7.3f ms  %6.1f GB/s  %.2fx floor\n", m.name, med,
+        [&] {
+          std::vector<double> v = m.ms;
+          std::sort(v.begin(), v.end());
+          return v[v.size() / 10];
+        }(),
+        mb / med, med / floor_ms);
+  }
+  return 0;
 }

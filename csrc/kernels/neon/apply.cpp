@@ -27,12 +27,12 @@ constexpr int kNR = 8;    // must match conv.cpp
 constexpr int kRows = 8;  // tap-major: packed rows per block
 
 inline float32x4_t gather4(const float* s, const int32_t* idx) {
-    float32x4_t v = vdupq_n_f32(0.0f);
-    v = vld1q_lane_f32(s + idx[0], v, 0);
-    v = vld1q_lane_f32(s + idx[1], v, 1);
-    v = vld1q_lane_f32(s + idx[2], v, 2);
-    v = vld1q_lane_f32(s + idx[3], v, 3);
-    return v;
+  float32x4_t v = vdupq_n_f32(0.0f);
+  v = vld1q_lane_f32(s + idx[0], v, 0);
+  v = vld1q_lane_f32(s + idx[1], v, 1);
+  v = vld1q_lane_f32(s + idx[2], v, 2);
+  v = vld1q_lane_f32(s + idx[3], v, 3);
+  return v;
 }
 
 using Shape = panels::Shape<kNR>;
@@ -40,111 +40,113 @@ using Shape = panels::Shape<kNR>;
 // A full panel's BN scale (ones without one, or for a ragged panel, which
 // is done lane by lane), loaded once per panel.
 struct PanelScale {
-    float32x4_t s0, s1;
-    PanelScale(const ApplyArgs& a, int o0, bool full) {
-        const bool load = full && a.scale;
-        s0 = load ? vld1q_f32(a.scale + o0) : vdupq_n_f32(1.0f);
-        s1 = load ? vld1q_f32(a.scale + o0 + 4) : vdupq_n_f32(1.0f);
-    }
+  float32x4_t s0, s1;
+  PanelScale(const ApplyArgs& a, int o0, bool full) {
+    const bool load = full && a.scale;
+    s0 = load ? vld1q_f32(a.scale + o0) : vdupq_n_f32(1.0f);
+    s1 = load ? vld1q_f32(a.scale + o0 + 4) : vdupq_n_f32(1.0f);
+  }
 };
 
 // A full panel's row: v (8 base values of outputs o0..o0+7) + B'A' at input
 // column `col` when `centre`, times the BN scale, stored at dst.
-inline void full_row(const ApplyArgs& a, const Shape& s, int o0, int col, bool centre, const PanelScale& sc,
-                     float32x4_t v0, float32x4_t v1, float* dst) {
-    if (centre) {
-        float32x4_t d0 = vdupq_n_f32(0.0f), d1 = d0;
-        for (int q = 0; q < s.rank; ++q) {
-            const float av = a.a[static_cast<size_t>(q) * s.ic + col];
-            const float* bq = a.bt + static_cast<size_t>(q) * s.oc + o0;
-            d0 = vfmaq_n_f32(d0, vld1q_f32(bq), av);
-            d1 = vfmaq_n_f32(d1, vld1q_f32(bq + 4), av);
-        }
-        v0 = vaddq_f32(v0, d0);
-        v1 = vaddq_f32(v1, d1);
+inline void full_row(const ApplyArgs& a, const Shape& s, int o0, int col, bool centre,
+                     const PanelScale& sc, float32x4_t v0, float32x4_t v1, float* dst) {
+  if (centre) {
+    float32x4_t d0 = vdupq_n_f32(0.0f), d1 = d0;
+    for (int q = 0; q < s.rank; ++q) {
+      const float av = a.a[static_cast<size_t>(q) * s.ic + col];
+      const float* bq = a.bt + static_cast<size_t>(q) * s.oc + o0;
+      d0 = vfmaq_n_f32(d0, vld1q_f32(bq), av);
+      d1 = vfmaq_n_f32(d1, vld1q_f32(bq + 4), av);
     }
-    vst1q_f32(dst, vmulq_f32(v0, sc.s0));
-    vst1q_f32(dst + 4, vmulq_f32(v1, sc.s1));
+    v0 = vaddq_f32(v0, d0);
+    v1 = vaddq_f32(v1, d1);
+  }
+  vst1q_f32(dst, vmulq_f32(v0, sc.s0));
+  vst1q_f32(dst + 4, vmulq_f32(v1, sc.s1));
 }
 
 // One lane (output o) of the ragged last panel.
-inline float ragged_value(const ApplyArgs& a, const Shape& s, int o, int col, bool centre, float v) {
-    if (centre) {
-        float d = 0.0f;
-        for (int q = 0; q < s.rank; ++q)
-            d = std::fma(a.bt[static_cast<size_t>(q) * s.oc + o], a.a[static_cast<size_t>(q) * s.ic + col], d);
-        v += d;
-    }
-    return a.scale ? v * a.scale[o] : v;
+inline float ragged_value(const ApplyArgs& a, const Shape& s, int o, int col, bool centre,
+                          float v) {
+  if (centre) {
+    float d = 0.0f;
+    for (int q = 0; q < s.rank; ++q)
+      d = std::fma(a.bt[static_cast<size_t>(q) * s.oc + o],
+                   a.a[static_cast<size_t>(q) * s.ic + col], d);
+    v += d;
+  }
+  return a.scale ? v * a.scale[o] : v;
 }
-
 
 }  // namespace
 
 void conv_apply(const ApplyArgs& a, int k0, int k1, float* packed) {
-    const Shape s(a);
-    for (int kb = k0; kb < k1; kb += kRows) {
-        const panels::RowBlock<kNR, kRows> rb(a, s, kb, k1);
-        const int n = rb.n;
-        for (int p = 0; p < s.full; ++p) {
-            const int o0 = p * kNR;
-            float* dst = packed + (static_cast<size_t>(p) * s.ktot + kb) * kNR;
-            const int32_t* oi = a.out_index + o0;
-            const bool contiguous = oi[kNR - 1] - oi[0] == kNR - 1;
-            const PanelScale sc(a, o0, true);
-            for (int r = 0; r < n; ++r) {
-                float32x4_t v0, v1;
-                if (contiguous) {
-                    v0 = vld1q_f32(rb.src[r] + oi[0]);
-                    v1 = vld1q_f32(rb.src[r] + oi[0] + 4);
-                } else {
-                    v0 = gather4(rb.src[r], oi);
-                    v1 = gather4(rb.src[r], oi + 4);
-                }
-                full_row(a, s, o0, rb.col[r], rb.cen[r], sc, v0, v1, dst + r * kNR);
-            }
+  const Shape s(a);
+  for (int kb = k0; kb < k1; kb += kRows) {
+    const panels::RowBlock<kNR, kRows> rb(a, s, kb, k1);
+    const int n = rb.n;
+    for (int p = 0; p < s.full; ++p) {
+      const int o0 = p * kNR;
+      float* dst = packed + (static_cast<size_t>(p) * s.ktot + kb) * kNR;
+      const int32_t* oi = a.out_index + o0;
+      const bool contiguous = oi[kNR - 1] - oi[0] == kNR - 1;
+      const PanelScale sc(a, o0, true);
+      for (int r = 0; r < n; ++r) {
+        float32x4_t v0, v1;
+        if (contiguous) {
+          v0 = vld1q_f32(rb.src[r] + oi[0]);
+          v1 = vld1q_f32(rb.src[r] + oi[0] + 4);
+        } else {
+          v0 = gather4(rb.src[r], oi);
+          v1 = gather4(rb.src[r], oi + 4);
         }
-        if (s.full < s.panels) {
-            // Ragged last panel: lanes >= nv are zero.
-            const int o0 = s.full * kNR, nv = s.oc - o0;
-            float* dst = packed + (static_cast<size_t>(s.full) * s.ktot + kb) * kNR;
-            for (int r = 0; r < n; ++r) {
-                for (int j = 0; j < kNR; ++j) dst[r * kNR + j] = 0.0f;
-                for (int j = 0; j < nv; ++j)
-                    dst[r * kNR + j] =
-                        ragged_value(a, s, o0 + j, rb.col[r], rb.cen[r], rb.src[r][a.out_index[o0 + j]]);
-            }
-        }
+        full_row(a, s, o0, rb.col[r], rb.cen[r], sc, v0, v1, dst + r * kNR);
+      }
     }
-    panels::finish_rows(a, s, k1, packed);
+    if (s.full < s.panels) {
+      // Ragged last panel: lanes >= nv are zero.
+      const int o0 = s.full * kNR, nv = s.oc - o0;
+      float* dst = packed + (static_cast<size_t>(s.full) * s.ktot + kb) * kNR;
+      for (int r = 0; r < n; ++r) {
+        for (int j = 0; j < kNR; ++j) dst[r * kNR + j] = 0.0f;
+        for (int j = 0; j < nv; ++j)
+          dst[r * kNR + j] =
+              ragged_value(a, s, o0 + j, rb.col[r], rb.cen[r], rb.src[r][a.out_index[o0 + j]]);
+      }
+    }
+  }
+  panels::finish_rows(a, s, k1, packed);
 }
 
 void conv_apply_oihw(const ApplyArgs& a, int o0, int o1, float* packed) {
-    const Shape s(a);
-    const panels::PanelRange<kNR> range(o0, o1);
-    const size_t orow = static_cast<size_t>(a.base_in) * s.taps;  // floats per base output row
-    for (int p = range.p0; p < range.p1; ++p) {
-        const int ob = p * kNR, nv = std::min(kNR, s.oc - ob);
-        int32_t off[kNR];  // each lane's base row
-        for (int j = 0; j < kNR; ++j)
-            off[j] = j < nv ? static_cast<int32_t>(static_cast<size_t>(a.out_index[ob + j]) * orow) : 0;
-        float* dst = packed + static_cast<size_t>(p) * s.ktot * kNR;
-        const PanelScale sc(a, ob, nv == kNR);
-        for (int i = 0; i < s.ic; ++i) {
-            const float* src = a.base + static_cast<size_t>(a.in_index[i]) * s.taps;
-            for (int t = 0; t < s.taps; ++t) {
-                float* d = dst + (static_cast<size_t>(t) * s.ic + i) * kNR;
-                const bool centre = s.merge && t == s.centre;
-                if (nv == kNR) {
-                    full_row(a, s, ob, i, centre, sc, gather4(src + t, off), gather4(src + t, off + 4), d);
-                } else {
-                    for (int j = 0; j < kNR; ++j) d[j] = 0.0f;
-                    for (int j = 0; j < nv; ++j) d[j] = ragged_value(a, s, ob + j, i, centre, src[t + off[j]]);
-                }
-            }
+  const Shape s(a);
+  const panels::PanelRange<kNR> range(o0, o1);
+  const size_t orow = static_cast<size_t>(a.base_in) * s.taps;  // floats per base output row
+  for (int p = range.p0; p < range.p1; ++p) {
+    const int ob = p * kNR, nv = std::min(kNR, s.oc - ob);
+    int32_t off[kNR];  // each lane's base row
+    for (int j = 0; j < kNR; ++j)
+      off[j] = j < nv ? static_cast<int32_t>(static_cast<size_t>(a.out_index[ob + j]) * orow) : 0;
+    float* dst = packed + static_cast<size_t>(p) * s.ktot * kNR;
+    const PanelScale sc(a, ob, nv == kNR);
+    for (int i = 0; i < s.ic; ++i) {
+      const float* src = a.base + static_cast<size_t>(a.in_index[i]) * s.taps;
+      for (int t = 0; t < s.taps; ++t) {
+        float* d = dst + (static_cast<size_t>(t) * s.ic + i) * kNR;
+        const bool centre = s.merge && t == s.centre;
+        if (nv == kNR) {
+          full_row(a, s, ob, i, centre, sc, gather4(src + t, off), gather4(src + t, off + 4), d);
+        } else {
+          for (int j = 0; j < kNR; ++j) d[j] = 0.0f;
+          for (int j = 0; j < nv; ++j)
+            d[j] = ragged_value(a, s, ob + j, i, centre, src[t + off[j]]);
         }
+      }
     }
-    panels::finish_outputs(a, s, range, o1, packed);
+  }
+  panels::finish_outputs(a, s, range, o1, packed);
 }
 
 }  // namespace spaedge::kernels::neon

@@ -4,7 +4,9 @@
 
 namespace spaedge::kernels::neon {
 
-bool supported() { return true; }
+bool supported() {
+  return true;
+}
 
 }  // namespace spaedge::kernels::neon
 

@@ -3,7 +3,9 @@
 
 namespace spaedge::kernels::scalar {
 
-bool supported() { return true; }
+bool supported() {
+  return true;
+}
 
 }  // namespace spaedge::kernels::scalar
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 # Each method module registers itself; the import order is the CLI's order of choices.
-from spaedge.adapters import splora, finetune, sppara, splopa, sparse, pear  # noqa: F401  (registration)
+from spaedge.adapters import finetune, pear, sparse, splopa, splora, sppara  # noqa: F401  (registration)
 from spaedge.adapters.base import AdaptedLayer
 from spaedge.adapters.finetune import FineTuned
 from spaedge.adapters.pear import PearLoRA
@@ -22,9 +22,23 @@ from spaedge.adapters.splopa import SPLoPA
 from spaedge.adapters.splora import SPLoRA
 from spaedge.adapters.sppara import SPPaRA
 
-__all__ = ["AdaptedLayer", "SPLoRA", "FineTuned", "SPPaRA", "SPLoPA", "SparseAdapter", "PearLoRA", "Method",
-           "get_method", "method_names", "method_of", "adapt", "adapted_layers", "learned_parameters",
-           "prune_block"]
+__all__ = [
+    "AdaptedLayer",
+    "SPLoRA",
+    "FineTuned",
+    "SPPaRA",
+    "SPLoPA",
+    "SparseAdapter",
+    "PearLoRA",
+    "Method",
+    "get_method",
+    "method_names",
+    "method_of",
+    "adapt",
+    "adapted_layers",
+    "learned_parameters",
+    "prune_block",
+]
 
 
 def prune_block(model: nn.Module) -> int:
@@ -36,11 +50,15 @@ def adapt(model: nn.Module, method: str = "splora", rank: int = 8, head: str = "
     """Wrap every ``nn.Conv2d`` of ``model`` (in place) with adapter ``method``."""
     m = get_method(method)
     make = m.layer
-    widest = max((max(c.in_channels, c.out_channels) for c in model.modules() if isinstance(c, nn.Conv2d)),
-                 default=0)
+    widest = max(
+        (max(c.in_channels, c.out_channels) for c in model.modules() if isinstance(c, nn.Conv2d)),
+        default=0,
+    )
     if m.uses_rank and not 1 <= rank <= max(widest, 1):
-        raise ValueError(f"--rank {rank}: the adapter rank must be between 1 and the widest layer's channel count "
-                         f"({widest} in this base); a rank above a layer's width adds nothing")
+        raise ValueError(
+            f"--rank {rank}: the adapter rank must be between 1 and the widest layer's channel count "
+            f"({widest} in this base); a rank above a layer's width adds nothing"
+        )
     for p in model.parameters():
         p.requires_grad_(False)
     for name, module in list(model.named_modules()):

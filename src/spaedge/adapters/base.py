@@ -33,9 +33,14 @@ class AdaptedLayer(nn.Module):
         if isinstance(base, nn.Conv2d):
             if base.groups != 1 or base.dilation != (1, 1):
                 raise ValueError("only dense, undilated convolutions can be adapted")
-            if base.kernel_size[0] != base.kernel_size[1] or base.stride[0] != base.stride[1] \
-                    or base.padding[0] != base.padding[1]:
-                raise ValueError("only square kernels with equal strides and paddings are supported")
+            if (
+                base.kernel_size[0] != base.kernel_size[1]
+                or base.stride[0] != base.stride[1]
+                or base.padding[0] != base.padding[1]
+            ):
+                raise ValueError(
+                    "only square kernels with equal strides and paddings are supported"
+                )
             self.is_conv = True
             self.kernel_size = base.kernel_size
             self.stride = base.stride
@@ -88,14 +93,18 @@ class AdaptedLayer(nn.Module):
     # ---------------------------------------------------------------- pruning
     def keep_out(self, keep: torch.Tensor) -> None:
         """Keep only output channels ``keep`` (positions in the current layer)."""
-        self.weight = nn.Parameter(self.weight.data[keep].clone(), requires_grad=self.weight.requires_grad)
+        self.weight = nn.Parameter(
+            self.weight.data[keep].clone(), requires_grad=self.weight.requires_grad
+        )
         if self.bias is not None:
             self.bias = nn.Parameter(self.bias.data[keep].clone())
         self.out_index = self.out_index[keep].clone()
 
     def keep_in(self, keep: torch.Tensor) -> None:
         """Keep only input channels ``keep`` (positions in the current layer)."""
-        self.weight = nn.Parameter(self.weight.data[:, keep].clone(), requires_grad=self.weight.requires_grad)
+        self.weight = nn.Parameter(
+            self.weight.data[:, keep].clone(), requires_grad=self.weight.requires_grad
+        )
         self.in_index = self.in_index[keep].clone()
 
     # ---------------------------------------------------------------- packing
@@ -123,8 +132,10 @@ class AdaptedLayer(nn.Module):
 
     def extra_repr(self) -> str:
         k = f", kernel={self.kernel_size[0]}" if self.is_conv else ""
-        return (f"{self.method}: in={self.in_channels}/{self.base_in_channels}, "
-                f"out={self.out_channels}/{self.base_out_channels}{k}")
+        return (
+            f"{self.method}: in={self.in_channels}/{self.base_in_channels}, "
+            f"out={self.out_channels}/{self.base_out_channels}{k}"
+        )
 
 
 def centre_tap(w: torch.Tensor, update: torch.Tensor) -> torch.Tensor:

@@ -48,5 +48,12 @@ class FineTuned(AdaptedLayer):
         self.weight = nn.Parameter(self.weight.data + t["weight_delta"], requires_grad=True)
 
 
-register(Method("finetune", lambda conv, rank: FineTuned(conv), label="Fine-pruning", uses_rank=False,
-                summary="train every kept weight (the fine-pruning baseline)"))
+register(
+    Method(
+        "finetune",
+        lambda conv, rank: FineTuned(conv),
+        label="Fine-pruning",
+        uses_rank=False,
+        summary="train every kept weight (the fine-pruning baseline)",
+    )
+)

@@ -84,8 +84,19 @@ from spaedge.adapters.splora import SPLoRA
 from spaedge.errors import BundleError
 from spaedge.pack.format import json_field
 
-__all__ = ["PearLoRA", "SHARE_MAPS", "KNOWLEDGE", "adapter_scores", "sharing_map", "knowledge_init",
-           "apply_pear", "relink", "link_shared", "shared_map", "bundle_metadata"]
+__all__ = [
+    "PearLoRA",
+    "SHARE_MAPS",
+    "KNOWLEDGE",
+    "adapter_scores",
+    "sharing_map",
+    "knowledge_init",
+    "apply_pear",
+    "relink",
+    "link_shared",
+    "shared_map",
+    "bundle_metadata",
+]
 
 SHARE_MAPS = ("nearest", "important", "none")
 KNOWLEDGE = ("weighted", "source")
@@ -110,7 +121,9 @@ class PearLoRA(SPLoRA):
 
     def _check_prunable(self):
         if self.state != OWN:
-            raise RuntimeError("Pear has removed or shared this layer's adapter: prune channels before Pear")
+            raise RuntimeError(
+                "Pear has removed or shared this layer's adapter: prune channels before Pear"
+            )
 
     def keep_out(self, keep):
         self._check_prunable()
@@ -141,7 +154,9 @@ class PearLoRA(SPLoRA):
             self.remove_adapter()
 
     def extra_repr(self) -> str:
-        s = {OWN: "own adapter", REMOVED: "adapter removed"}.get(self.state, f"shares adapter #{self.state}")
+        s = {OWN: "own adapter", REMOVED: "adapter removed"}.get(
+            self.state, f"shares adapter #{self.state}"
+        )
         return f"{super().extra_repr()}, {s}"
 
 
@@ -176,14 +191,18 @@ def adapter_scores(model: nn.Module, data) -> dict[str, float]:
         model.train(was_training)
     scores = {}
     for k, (n, _) in enumerate(layers):
-        s = sum(float((p.detach() * g).sum()) for p, g in zip(params[2 * k:2 * k + 2], grads[2 * k:2 * k + 2]))
+        s = sum(
+            float((p.detach() * g).sum())
+            for p, g in zip(params[2 * k : 2 * k + 2], grads[2 * k : 2 * k + 2])
+        )
         scores[n] = abs(s)
     return scores
 
 
 # ---------------------------------------------------------------- 2-3. prune and map
-def sharing_map(shapes: dict[str, tuple[int, int]], scores: dict[str, float], pruned, rule: str = "nearest"
-                ) -> dict[str, str | None]:
+def sharing_map(
+    shapes: dict[str, tuple[int, int]], scores: dict[str, float], pruned, rule: str = "nearest"
+) -> dict[str, str | None]:
     """Source (or None: adapter removed) for each pruned position.
 
     ``shapes`` is in depth order (the graph's conv order); candidates are kept
@@ -201,18 +220,17 @@ def sharing_map(shapes: dict[str, tuple[int, int]], scores: dict[str, float], pr
         if not cands:
             out[p] = None
             continue
-        dist = lambda s: abs(depth[s] - depth[p])  # noqa: E731
         if rule == "nearest":
-            key = lambda s: (dist(s), -scores[s], depth[s])  # noqa: E731
+            out[p] = min(cands, key=lambda s, p=p: (abs(depth[s] - depth[p]), -scores[s], depth[s]))
         else:
-            key = lambda s: (-scores[s], dist(s), depth[s])  # noqa: E731
-        out[p] = min(cands, key=key)
+            out[p] = min(cands, key=lambda s, p=p: (-scores[s], abs(depth[s] - depth[p]), depth[s]))
     return out
 
 
 # ---------------------------------------------------------------- knowledge checkpoint
-def knowledge_init(products, weights, rank: int, generator: torch.Generator | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def knowledge_init(
+    products, weights, rank: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B [O, rank], A [rank, I]) whose product is the best rank-``rank``
     approximation of the ``weights``-weighted mean of ``products`` (uniform if
     the weights sum to 0). Directions past the mean's rank: random A row, zero B column."""
@@ -242,9 +260,16 @@ def _share(target: PearLoRA, source: PearLoRA, index: int) -> None:
     target.pear_source.fill_(index)
 
 
-def apply_pear(model: nn.Module, data, *, prune: float = 0.5, share: str = "nearest",
-               knowledge: str = "weighted", scores: dict[str, float] | None = None,
-               generator: torch.Generator | None = None) -> dict:
+def apply_pear(
+    model: nn.Module,
+    data,
+    *,
+    prune: float = 0.5,
+    share: str = "nearest",
+    knowledge: str = "weighted",
+    scores: dict[str, float] | None = None,
+    generator: torch.Generator | None = None,
+) -> dict:
     """Score, prune and share the adapters of a (channel-pruned) PearLoRA model in place.
 
     Returns {"scores", "pruned", "map" {target: source or None}, "shared", "removed"}.
@@ -252,7 +277,9 @@ def apply_pear(model: nn.Module, data, *, prune: float = 0.5, share: str = "near
     if not 0.0 <= prune < 1.0:
         raise ValueError(f"Pear's prune fraction must be in [0, 1), got {prune}")
     if knowledge not in KNOWLEDGE:
-        raise ValueError(f"unknown Pear knowledge checkpoint {knowledge!r}; known: {', '.join(KNOWLEDGE)}")
+        raise ValueError(
+            f"unknown Pear knowledge checkpoint {knowledge!r}; known: {', '.join(KNOWLEDGE)}"
+        )
     if share not in SHARE_MAPS:
         raise ValueError(f"unknown Pear sharing map {share!r}; known: {', '.join(SHARE_MAPS)}")
     layers = _layers(model)
@@ -274,8 +301,12 @@ def apply_pear(model: nn.Module, data, *, prune: float = 0.5, share: str = "near
         for s, ts in targets.items():
             src = by[s]
             group = [s] + ts
-            b, a = knowledge_init([by[n].lora_b @ by[n].lora_a for n in group], [scores[n] for n in group],
-                                  src.rank, generator=generator)
+            b, a = knowledge_init(
+                [by[n].lora_b @ by[n].lora_a for n in group],
+                [scores[n] for n in group],
+                src.rank,
+                generator=generator,
+            )
             src.lora_b = nn.Parameter(b)
             src.lora_a = nn.Parameter(a)
     for t, s in mapping.items():
@@ -283,9 +314,13 @@ def apply_pear(model: nn.Module, data, *, prune: float = 0.5, share: str = "near
             by[t].remove_adapter()
         else:
             _share(by[t], by[s], depth[s])
-    return {"scores": scores, "pruned": pruned, "map": mapping,
-            "shared": sum(s is not None for s in mapping.values()),
-            "removed": sum(s is None for s in mapping.values())}
+    return {
+        "scores": scores,
+        "pruned": pruned,
+        "map": mapping,
+        "shared": sum(s is not None for s in mapping.values()),
+        "removed": sum(s is None for s in mapping.values()),
+    }
 
 
 # ---------------------------------------------------------------- restore / pack
@@ -293,10 +328,10 @@ def relink(model: nn.Module) -> None:
     """Rebuild the sharing (and removed adapters) recorded in the ``pear_source``
     buffers, e.g. after a checkpoint's state dict was loaded into a fresh model."""
     layers = _layers(model)
-    for n, m in layers:
+    for _n, m in layers:
         if m.state == REMOVED:
             m.remove_adapter()
-    for n, m in layers:
+    for _n, m in layers:
         if m.state >= 0:
             _share(m, layers[m.state][1], m.state)
 
@@ -310,13 +345,19 @@ def link_shared(model: nn.Module, mapping: dict[str, str]) -> None:
         raise ValueError("shared_adapters must be a JSON object {target conv: source conv}")
     for t, s in mapping.items():
         if t not in index or s not in index:
-            raise ValueError(f"shared_adapters entry {t!r}: {s!r} names a layer that is not an adapted conv")
+            raise ValueError(
+                f"shared_adapters entry {t!r}: {s!r} names a layer that is not an adapted conv"
+            )
         if s in mapping or layers[index[s]][1].state != OWN:
-            raise ValueError(f"shared_adapters entry {t!r}: {s!r}: the source has no factors of its own")
+            raise ValueError(
+                f"shared_adapters entry {t!r}: {s!r}: the source has no factors of its own"
+            )
         tgt, src = layers[index[t]][1], layers[index[s]][1]
         if _shape(tgt) != _shape(src):
-            raise ValueError(f"shared_adapters entry {t!r}: {s!r}: kept shapes {_shape(tgt)} and {_shape(src)} "
-                             "differ")
+            raise ValueError(
+                f"shared_adapters entry {t!r}: {s!r}: kept shapes {_shape(tgt)} and {_shape(src)} "
+                "differ"
+            )
     for t, s in mapping.items():
         _share(layers[index[t]][1], layers[index[s]][1], index[s])
 
@@ -334,7 +375,9 @@ def bundle_metadata(model: nn.Module) -> dict[str, str]:
 
 
 def _after_pruning(model: nn.Module, opts, data) -> dict:
-    return apply_pear(model, data, prune=opts.pear_prune, share=opts.pear_share, knowledge=opts.pear_knowledge)
+    return apply_pear(
+        model, data, prune=opts.pear_prune, share=opts.pear_share, knowledge=opts.pear_knowledge
+    )
 
 
 def _load_metadata(model: nn.Module, meta: dict[str, str], where: str) -> None:
@@ -347,7 +390,15 @@ def _load_metadata(model: nn.Module, meta: dict[str, str], where: str) -> None:
         raise BundleError(f"{where}: field 'shared_adapters': {e}") from None
 
 
-register(Method("pear", lambda conv, rank: PearLoRA(conv, rank=rank), label="Pear r{rank}",
-                after_pruning=_after_pruning, restore=relink, bundle_metadata=bundle_metadata,
-                load_metadata=_load_metadata,
-                summary="SPLoRA, then the least important adapters are pruned and shared (--pear-*)"))
+register(
+    Method(
+        "pear",
+        lambda conv, rank: PearLoRA(conv, rank=rank),
+        label="Pear r{rank}",
+        after_pruning=_after_pruning,
+        restore=relink,
+        bundle_metadata=bundle_metadata,
+        load_metadata=_load_metadata,
+        summary="SPLoRA, then the least important adapters are pruned and shared (--pear-*)",
+    )
+)

@@ -17,7 +17,7 @@ method's option attributes (``spaedge.train.TrainConfig`` has them all, e.g.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from torch import nn
 
@@ -36,20 +36,20 @@ class Method:
     # Channels a pruning step removes together (block-SPA prunes whole blocks).
     prune_block: int = 1
     # After adapt, before any training: prepare(model, opts, data, input_size).
-    prepare: Optional[Callable[[nn.Module, Any, list, tuple], None]] = None
+    prepare: Callable[[nn.Module, Any, list, tuple], None] | None = None
     # Once channel pruning is over: after_pruning(model, opts, data) -> report dict or None.
-    after_pruning: Optional[Callable[[nn.Module, Any, list], Optional[dict]]] = None
+    after_pruning: Callable[[nn.Module, Any, list], dict | None] | None = None
     # After a checkpoint's state dict was adopted: rebuild what a state dict cannot hold.
-    restore: Optional[Callable[[nn.Module], None]] = None
+    restore: Callable[[nn.Module], None] | None = None
     # Extra task-bundle metadata of a trained model, and its inverse at load time.
-    bundle_metadata: Optional[Callable[[nn.Module], dict[str, str]]] = None
-    load_metadata: Optional[Callable[[nn.Module, dict[str, str], str], None]] = None
+    bundle_metadata: Callable[[nn.Module], dict[str, str]] | None = None
+    load_metadata: Callable[[nn.Module, dict[str, str], str], None] | None = None
     # Task-bundle tensors of the model as a whole, stored once (SPLoPA's shared
     # prototypes): bundle_tensors(model) -> {name: tensor}; and their inverse,
     # load_tensors(model, every tensor of the bundle, metadata, where), called
     # after every layer's load_bundle_tensors.
-    bundle_tensors: Optional[Callable[[nn.Module], dict[str, Any]]] = None
-    load_tensors: Optional[Callable[[nn.Module, dict[str, Any], dict[str, str], str], None]] = None
+    bundle_tensors: Callable[[nn.Module], dict[str, Any]] | None = None
+    load_tensors: Callable[[nn.Module, dict[str, Any], dict[str, str], str], None] | None = None
 
     def describe(self, rank: int) -> str:
         """The table label at ``rank``."""

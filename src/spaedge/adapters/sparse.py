@@ -67,8 +67,17 @@ from spaedge.adapters.base import AdaptedLayer, centre_tap
 from spaedge.adapters.registry import Method, register
 from spaedge.adapters.splora import SPLoRA
 
-__all__ = ["SparseAdapter", "SparseSPLoRA", "MASK_CRITERIA", "sparsify", "large_rank", "dense_lora_parameters",
-           "pack_mask", "unpack_mask", "SparseTensorError"]
+__all__ = [
+    "SparseAdapter",
+    "SparseSPLoRA",
+    "MASK_CRITERIA",
+    "sparsify",
+    "large_rank",
+    "dense_lora_parameters",
+    "pack_mask",
+    "unpack_mask",
+    "SparseTensorError",
+]
 
 MASK_CRITERIA = ("snip", "magnitude", "random", "grasp", "synflow")
 
@@ -89,10 +98,14 @@ class _Masked:
     def masked_entries(self) -> int:
         return sum(p.numel() for p, _ in self.mask_pairs()) - self.nonzeros()
 
-    def _sparse_tensors(self, name: str, value: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _sparse_tensors(
+        self, name: str, value: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         keep = mask.reshape(-1) != 0
-        return {f"{name}_values": value.detach().reshape(-1)[keep].float().contiguous(),
-                f"{name}_mask": pack_mask(keep)}
+        return {
+            f"{name}_values": value.detach().reshape(-1)[keep].float().contiguous(),
+            f"{name}_mask": pack_mask(keep),
+        }
 
 
 class SparseTensorError(ValueError):
@@ -116,7 +129,7 @@ def pack_mask(keep: torch.Tensor) -> torch.Tensor:
     significant first) set iff ``keep[i]``; padding bits zero (docs/format.md)."""
     keep = keep.reshape(-1).bool()
     bits = torch.zeros(-(-keep.numel() // 8) * 8, dtype=torch.uint8)
-    bits[:keep.numel()] = keep.to(torch.uint8)
+    bits[: keep.numel()] = keep.to(torch.uint8)
     weights = torch.tensor([1 << b for b in range(8)], dtype=torch.uint8)
     return (bits.reshape(-1, 8) * weights).sum(1, dtype=torch.uint8)
 
@@ -127,8 +140,9 @@ def unpack_mask(mask: torch.Tensor, numel: int) -> torch.Tensor:
     return bits.reshape(-1)[:numel].bool()
 
 
-def _sparse_positions(t: dict[str, torch.Tensor], name: str, numel: int, shape: str,
-                      required: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _sparse_positions(
+    t: dict[str, torch.Tensor], name: str, numel: int, shape: str, required: bool
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(flat positions, values) of the sparse tensor ``name`` (``name_values`` at the set
     bits of ``name_mask``) of ``numel`` entries, checked as the C++ runtime checks
     them; None when neither is present and not ``required``."""
@@ -142,22 +156,35 @@ def _sparse_positions(t: dict[str, torch.Tensor], name: str, numel: int, shape: 
     values, mask = t[vn], t[mn]
     for n, x, want in ((vn, values, torch.float32), (mn, mask, torch.uint8)):
         if x.dtype != want:
-            raise SparseTensorError(f"tensor {{0}}: dtype is {_DTYPE_NAMES.get(x.dtype, x.dtype)}, expected "
-                                    f"{_DTYPE_NAMES[want]}", n)
+            raise SparseTensorError(
+                f"tensor {{0}}: dtype is {_DTYPE_NAMES.get(x.dtype, x.dtype)}, expected "
+                f"{_DTYPE_NAMES[want]}",
+                n,
+            )
     if values.dim() != 1:
         raise SparseTensorError(f"tensor {{0}}: shape {list(values.shape)}, expected [nnz]", vn)
     nbytes = -(-numel // 8)
     if list(mask.shape) != [nbytes]:
-        raise SparseTensorError(f"tensor {{0}}: shape {list(mask.shape)}, expected [{nbytes}] (one bit per entry of "
-                                f"the {shape}, {numel} entries, in bytes rounded up)", mn)
+        raise SparseTensorError(
+            f"tensor {{0}}: shape {list(mask.shape)}, expected [{nbytes}] (one bit per entry of "
+            f"the {shape}, {numel} entries, in bytes rounded up)",
+            mn,
+        )
     bits = unpack_mask(mask, 8 * nbytes)
     if bits[numel:].any():
-        raise SparseTensorError(f"tensor {{0}}: padding bits after position {numel - 1} are set (last byte "
-                                f"{int(mask[-1])}): they must be zero", mn)
+        raise SparseTensorError(
+            f"tensor {{0}}: padding bits after position {numel - 1} are set (last byte "
+            f"{int(mask[-1])}): they must be zero",
+            mn,
+        )
     keep = bits[:numel]
     if int(keep.sum()) != values.numel():
-        raise SparseTensorError(f"tensor {{0}}: has {int(keep.sum())} set bits but {{1}} has {values.numel()} values "
-                                "(one value per set bit)", mn, vn)
+        raise SparseTensorError(
+            f"tensor {{0}}: has {int(keep.sum())} set bits but {{1}} has {values.numel()} values "
+            "(one value per set bit)",
+            mn,
+            vn,
+        )
     return keep.nonzero().reshape(-1), values
 
 
@@ -182,10 +209,16 @@ class SparseAdapter(_Masked, AdaptedLayer):
     def __init__(self, base, rank: int = 0, full_kernel: bool = False, init_std: float = 1e-2):
         super().__init__(base)
         self.full_kernel = full_kernel
-        shape = tuple(self.weight.shape) if full_kernel else (self.base_out_channels, self.base_in_channels)
+        shape = (
+            tuple(self.weight.shape)
+            if full_kernel
+            else (self.base_out_channels, self.base_in_channels)
+        )
         # Nonzero random init (as the adapters of the SparseAdapter paper), scaled to the
         # base weights so the task starts close to the base; saliency needs w != 0.
-        scale = float(self.weight.detach().std()) * init_std if self.weight.numel() > 1 else init_std
+        scale = (
+            float(self.weight.detach().std()) * init_std if self.weight.numel() > 1 else init_std
+        )
         self.sparse = nn.Parameter(torch.randn(shape) * scale)
         self.register_buffer("mask", torch.ones(shape))
 
@@ -213,7 +246,9 @@ class SparseAdapter(_Masked, AdaptedLayer):
         if not self.full_kernel and self.is_conv:
             m = centre_tap(self.weight, m.float()).bool()
         t.update(self._sparse_tensors("sparse_delta", d, m))
-        if not t["sparse_delta_values"].numel():  # optional in the format: nothing kept, nothing stored
+        if not t[
+            "sparse_delta_values"
+        ].numel():  # optional in the format: nothing kept, nothing stored
             del t["sparse_delta_values"], t["sparse_delta_mask"]
         return t
 
@@ -221,8 +256,12 @@ class SparseAdapter(_Masked, AdaptedLayer):
         AdaptedLayer.load_bundle_tensors(self, t)
         shape = tuple(self.weight.shape)
         dims = ", ".join(str(d) for d in shape)
-        stored = _sparse_positions(t, "sparse_delta", math.prod(shape), f"[{dims}] task weight", False)
-        idx, values = stored if stored is not None else (torch.zeros(0, dtype=torch.long), torch.zeros(0))
+        stored = _sparse_positions(
+            t, "sparse_delta", math.prod(shape), f"[{dims}] task weight", False
+        )
+        idx, values = (
+            stored if stored is not None else (torch.zeros(0, dtype=torch.long), torch.zeros(0))
+        )
         kk = shape[2] * shape[3] if self.is_conv else 1
         centre = (shape[2] // 2) * shape[3] + shape[3] // 2 if self.is_conv else 0
         # The pointwise form when every entry is at the centre tap (what sparse-sppara writes).
@@ -266,7 +305,9 @@ class SparseSPLoRA(_Masked, SPLoRA):
         self.lora_b_mask = torch.ones(self.out_channels, rank)
 
     def delta(self) -> torch.Tensor:
-        return centre_tap(self.weight, (self.lora_b * self.lora_b_mask) @ (self.lora_a * self.lora_a_mask))
+        return centre_tap(
+            self.weight, (self.lora_b * self.lora_b_mask) @ (self.lora_a * self.lora_a_mask)
+        )
 
     def keep_out(self, keep: torch.Tensor) -> None:
         super().keep_out(keep)
@@ -289,8 +330,12 @@ class SparseSPLoRA(_Masked, SPLoRA):
         if not 1 <= r <= 1 << 16:
             raise SparseTensorError(f"tensor {{0}}: rank {r} must be in [1, 65536]", "lora_rank")
         O, I = self.out_channels, self.in_channels
-        a, ma = _scatter((r, I), *_sparse_positions(t, "lora_a", r * I, f"[{r}, {I}] factor A", True))
-        b, mb = _scatter((O, r), *_sparse_positions(t, "lora_b", O * r, f"[{O}, {r}] factor B", True))
+        a, ma = _scatter(
+            (r, I), *_sparse_positions(t, "lora_a", r * I, f"[{r}, {I}] factor A", True)
+        )
+        b, mb = _scatter(
+            (O, r), *_sparse_positions(t, "lora_b", O * r, f"[{O}, {r}] factor B", True)
+        )
         self.rank = r
         self.lora_a, self.lora_b = nn.Parameter(a), nn.Parameter(b)
         self.lora_a_mask, self.lora_b_mask = ma, mb
@@ -342,7 +387,7 @@ def _apply_threshold(entries, scores, k: int) -> None:
     thr = torch.topk(flat, k).values[-1]
     budget = k
     masks = []
-    for (m, p, name), s in zip(entries, scores):
+    for s in scores:
         mask = (s > thr).float()
         masks.append(mask)
         budget -= int(mask.sum())
@@ -353,7 +398,7 @@ def _apply_threshold(entries, scores, k: int) -> None:
         tie = ((s == thr) & (mask == 0)).reshape(-1).nonzero().reshape(-1)[:budget]
         mask.view(-1)[tie] = 1.0
         budget -= tie.numel()
-    for (m, p, name), mask in zip(entries, masks):
+    for (m, _, name), mask in zip(entries, masks):
         setattr(m, name, mask)
 
 
@@ -378,8 +423,10 @@ def _synflow(model, k: int, total: int, rounds: int) -> None:
             with torch.enable_grad(), torch.backends.mkldnn.flags(enabled=False):
                 out = model(x)
                 g = torch.autograd.grad(out.sum(), params)
-            scores = [(gi * p * getattr(m, name)).detach().abs()
-                      for gi, p, (m, _, name) in zip(g, params, entries)]
+            scores = [
+                (gi * p * getattr(m, name)).detach().abs()
+                for gi, p, (m, _, name) in zip(g, params, entries)
+            ]
             _apply_threshold(entries, scores, count)
     finally:
         with torch.no_grad():
@@ -391,8 +438,16 @@ def _synflow(model, k: int, total: int, rounds: int) -> None:
         model.train(was_training)
 
 
-def sparsify(model: nn.Module, criterion: str, keep: float | None = None, data=None, *,
-             nonzeros: int | None = None, input_shape=None, rounds: int = 10) -> int:
+def sparsify(
+    model: nn.Module,
+    criterion: str,
+    keep: float | None = None,
+    data=None,
+    *,
+    nonzeros: int | None = None,
+    input_shape=None,
+    rounds: int = 10,
+) -> int:
     """Mask every masked tensor of ``model`` (SparseSPLoRA's factors, SparseAdapter's
     update) to the global top ``keep`` fraction of their entries by ``criterion``,
     or to exactly ``nonzeros`` entries; masked entries are zeroed. Returns the
@@ -401,15 +456,19 @@ def sparsify(model: nn.Module, criterion: str, keep: float | None = None, data=N
         raise ValueError(f"unknown mask criterion {criterion!r}; known: {', '.join(MASK_CRITERIA)}")
     entries = _masked(model)
     if not entries:
-        raise ValueError("the model has no SparseAdapter layers (adapt with method 'sparse', 'sparse-sppara' or "
-                         "'sparse-large')")
+        raise ValueError(
+            "the model has no SparseAdapter layers (adapt with method 'sparse', 'sparse-sppara' or "
+            "'sparse-large')"
+        )
     total = sum(getattr(m, p).numel() for m, p, _ in entries)
     if nonzeros is None:
         if keep is None or not 0.0 < keep <= 1.0:
             raise ValueError(f"adapter keep fraction must be in (0, 1], got {keep}")
         nonzeros = max(1, int(round(keep * total)))
     if not 1 <= nonzeros <= total:
-        raise ValueError(f"nonzeros must be in [1, {total}] (the adapters' entries), got {nonzeros}")
+        raise ValueError(
+            f"nonzeros must be in [1, {total}] (the adapters' entries), got {nonzeros}"
+        )
     was_training = model.training
     model.eval()
     try:
@@ -442,7 +501,9 @@ def large_rank(rank: int, sparsity: float) -> int:
 def dense_lora_parameters(model: nn.Module, rank: int) -> int:
     """Parameters of dense rank-``rank`` factors on ``model``'s (sparse) SPLoRA layers,
     ``rank * sum(O + I)``: what Large-Sparse keeps."""
-    return sum(rank * (m.out_channels + m.in_channels) for m in model.modules() if isinstance(m, SPLoRA))
+    return sum(
+        rank * (m.out_channels + m.in_channels) for m in model.modules() if isinstance(m, SPLoRA)
+    )
 
 
 def _prepare(model: nn.Module, opts, data, input_size) -> None:
@@ -462,12 +523,32 @@ def _prepare_large(model: nn.Module, opts, data, input_size) -> None:
     sparsify(model, opts.mask_criterion, data=data, nonzeros=budget, input_shape=input_size)
 
 
-register(Method("sparse", lambda conv, rank: SparseSPLoRA(conv, rank=rank), label="SparseAdapter SPLoRA r{rank}",
-                prepare=_prepare,
-                summary="SPLoRA with both factors made sparse at initialisation (--sparsity, --mask-criterion)"))
-register(Method("sparse-sppara", lambda conv, rank: SparseAdapter(conv), label="SparseAdapter SPPaRA",
-                uses_rank=False, prepare=_prepare, summary="SPPaRA's pointwise adapter made sparse at initialisation"))
-register(Method("sparse-large", lambda conv, rank: SparseSPLoRA(conv, rank=rank),
-                label="SparseAdapter Large-Sparse SPLoRA r{rank}", prepare=_prepare_large,
-                summary="sparse SPLoRA widened to rank ceil(rank / (1 - sparsity)), keeping the parameters of "
-                        "rank --rank"))
+register(
+    Method(
+        "sparse",
+        lambda conv, rank: SparseSPLoRA(conv, rank=rank),
+        label="SparseAdapter SPLoRA r{rank}",
+        prepare=_prepare,
+        summary="SPLoRA with both factors made sparse at initialisation (--sparsity, --mask-criterion)",
+    )
+)
+register(
+    Method(
+        "sparse-sppara",
+        lambda conv, rank: SparseAdapter(conv),
+        label="SparseAdapter SPPaRA",
+        uses_rank=False,
+        prepare=_prepare,
+        summary="SPPaRA's pointwise adapter made sparse at initialisation",
+    )
+)
+register(
+    Method(
+        "sparse-large",
+        lambda conv, rank: SparseSPLoRA(conv, rank=rank),
+        label="SparseAdapter Large-Sparse SPLoRA r{rank}",
+        prepare=_prepare_large,
+        summary="sparse SPLoRA widened to rank ceil(rank / (1 - sparsity)), keeping the parameters of "
+        "rank --rank",
+    )
+)

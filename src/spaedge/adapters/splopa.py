@@ -54,19 +54,29 @@ from spaedge.adapters.registry import Method, register
 from spaedge.errors import BundleError
 from spaedge.pack.format import json_field
 
-__all__ = ["SPLoPA", "BLOCK", "PROTOTYPES", "SHARE", "share_prototypes", "relink", "prototype_sets",
-           "bundle_metadata", "bundle_tensors", "load_tensors"]
+__all__ = [
+    "SPLoPA",
+    "BLOCK",
+    "PROTOTYPES",
+    "SHARE",
+    "share_prototypes",
+    "relink",
+    "prototype_sets",
+    "bundle_metadata",
+    "bundle_tensors",
+    "load_tensors",
+]
 
 # 8x8 blocks, 4 prototypes: the coefficients are n / b^2 = 1/16 of the merged
 # update, the reference's ratio (64 prototypes of 32x32) at a block the 16-channel
 # stages of the built-in bases divide. With 4x4 blocks (1/4) the tiny base's
 # 30% bundle was half of SPPaRA's; with 8x8 it is a third (the rest is the
 # per-channel BN, index and header bytes both store), on `small` a sixth.
-BLOCK = 8       # channels per block (and per pruned unit)
+BLOCK = 8  # channels per block (and per pruned unit)
 PROTOTYPES = 4  # prototypes per set, each of rank min(rank, BLOCK)
 SHARE = ("model", "stage")  # scopes of a prototype set (``splopa_share``)
-META = "splopa_sets"        # task-bundle metadata: {conv: set}
-PREFIX = "splopa."          # task-bundle tensors of the sets: splopa.<set>.u / .v
+META = "splopa_sets"  # task-bundle metadata: {conv: set}
+PREFIX = "splopa."  # task-bundle tensors of the sets: splopa.<set>.u / .v
 
 
 class SPLoPA(AdaptedLayer):
@@ -134,11 +144,15 @@ class SPLoPA(AdaptedLayer):
         blocks = torch.div(index, size, rounding_mode="floor")
         uniq, counts = torch.unique_consecutive(blocks, return_counts=True)
         if size > 1 and (counts != size).any():
-            raise ValueError(f"SPLoPA layer keeps a partial {side} block of size {size}: prune whole blocks "
-                             f"(prune_step(..., block={size}))")
+            raise ValueError(
+                f"SPLoPA layer keeps a partial {side} block of size {size}: prune whole blocks "
+                f"(prune_step(..., block={size}))"
+            )
         return uniq
 
-    def _block_positions(self, index: torch.Tensor, size: int, side: str, current: torch.Tensor) -> torch.Tensor:
+    def _block_positions(
+        self, index: torch.Tensor, size: int, side: str, current: torch.Tensor
+    ) -> torch.Tensor:
         """Positions (in the current C) of the blocks ``index`` still touches."""
         kept = self._blocks(index, size, side)
         cur = self._blocks(current, size, side)
@@ -185,7 +199,9 @@ class SPLoPA(AdaptedLayer):
         if "splopa_coef" in t:
             coef = t["splopa_coef"]
             if coef.dim() != 3:
-                raise ValueError(f"splopa_coef has shape {tuple(coef.shape)}, expected [n, O'/bo, I'/bi]")
+                raise ValueError(
+                    f"splopa_coef has shape {tuple(coef.shape)}, expected [n, O'/bo, I'/bi]"
+                )
             self.pointwise = None
             self.positions = nn.Parameter(coef.clone())
         else:
@@ -197,15 +213,25 @@ class SPLoPA(AdaptedLayer):
         if not self.blocked:
             raise ValueError("a fallback (dense pointwise) SPLoPA layer has no prototypes")
         n, a, c = self.positions.shape
-        if u.dim() != 3 or v.dim() != 3 or u.shape[0] != n or v.shape[0] != n or u.shape[2] != v.shape[1] \
-                or u.shape[2] < 1:
-            raise ValueError(f"prototype set {name!r} ({tuple(u.shape)} x {tuple(v.shape)}) does not fit "
-                             f"coefficients of shape {tuple(self.positions.shape)} (need [n, bo, r] x [n, r, bi])")
+        if (
+            u.dim() != 3
+            or v.dim() != 3
+            or u.shape[0] != n
+            or v.shape[0] != n
+            or u.shape[2] != v.shape[1]
+            or u.shape[2] < 1
+        ):
+            raise ValueError(
+                f"prototype set {name!r} ({tuple(u.shape)} x {tuple(v.shape)}) does not fit "
+                f"coefficients of shape {tuple(self.positions.shape)} (need [n, bo, r] x [n, r, bi])"
+            )
         bo, bi = int(u.shape[1]), int(v.shape[2])
         if a * bo != self.out_channels or c * bi != self.in_channels:
-            raise ValueError(f"prototype set {name!r}: blocks of {bo}x{bi} times coefficients "
-                             f"{tuple(self.positions.shape)} cover {a * bo}x{c * bi} channels, the layer keeps "
-                             f"{self.out_channels}x{self.in_channels}")
+            raise ValueError(
+                f"prototype set {name!r}: blocks of {bo}x{bi} times coefficients "
+                f"{tuple(self.positions.shape)} cover {a * bo}x{c * bi} channels, the layer keeps "
+                f"{self.out_channels}x{self.in_channels}"
+            )
         self.proto_u, self.proto_v, self.proto_set = u, v, name
 
     def extra_repr(self) -> str:
@@ -213,13 +239,17 @@ class SPLoPA(AdaptedLayer):
             return f"{super().extra_repr()}, dense pointwise (no {self.block}-channel blocks)"
         bo, bi = self.block_shape
         s = self.proto_set if self.proto_set is not None else "own"
-        return f"{super().extra_repr()}, blocks {bo}x{bi}, {self.positions.shape[0]} prototypes of rank " \
-               f"{self.rank} (set {s})"
+        return (
+            f"{super().extra_repr()}, blocks {bo}x{bi}, {self.positions.shape[0]} prototypes of rank "
+            f"{self.rank} (set {s})"
+        )
 
 
 # ---------------------------------------------------------------- sharing
 def _layers(model: nn.Module) -> list[tuple[str, SPLoPA]]:
-    return layers_of(model, SPLoPA, "SPLoPA prototypes need SPLoPA layers (adapt with method 'splopa')")
+    return layers_of(
+        model, SPLoPA, "SPLoPA prototypes need SPLoPA layers (adapt with method 'splopa')"
+    )
 
 
 def _scope_of(name: str, scope: str) -> str:
@@ -243,7 +273,7 @@ def share_prototypes(model: nn.Module, scope: str = "model") -> dict[str, list[s
         owner = members[0][1]
         u = nn.Parameter(owner.proto_u.detach().clone())
         v = nn.Parameter(owner.proto_v.detach().clone())
-        for n, m in members:
+        for _, m in members:
             m.attach(u, v, s)
     return {s: [n for n, _ in members] for s, members in sets.items()}
 
@@ -252,13 +282,15 @@ def relink(model: nn.Module) -> None:
     """Rebuild the sharing recorded in the layers' ``proto_set`` after a state
     dict was adopted (each layer then holds its own copy of the same values)."""
     owners: dict[str, SPLoPA] = {}
-    for n, m in _layers(model):
+    for _n, m in _layers(model):
         if m.blocked and m.proto_set is not None:
             owner = owners.setdefault(m.proto_set, m)
             m.attach(owner.proto_u, owner.proto_v, m.proto_set)
 
 
-def prototype_sets(model: nn.Module) -> tuple[dict[str, str], dict[str, tuple[nn.Parameter, nn.Parameter]]]:
+def prototype_sets(
+    model: nn.Module,
+) -> tuple[dict[str, str], dict[str, tuple[nn.Parameter, nn.Parameter]]]:
     """({conv: set}, {set: (U, V)}) of the blocked layers, as a bundle stores
     them: a set is the Parameter pair its layers hold, named by their
     ``proto_set`` (a layer with its own prototypes: by its conv name)."""
@@ -272,7 +304,9 @@ def prototype_sets(model: nn.Module) -> tuple[dict[str, str], dict[str, tuple[nn
         if key not in by_param:
             name = m.proto_set if m.proto_set is not None else n
             if name in sets or not name or "\0" in name:
-                raise ValueError(f"SPLoPA layer {n}: prototype set name {name!r} is taken by other prototypes")
+                raise ValueError(
+                    f"SPLoPA layer {n}: prototype set name {name!r} is taken by other prototypes"
+                )
             by_param[key] = name
             sets[name] = (m.proto_u, m.proto_v)
         elif sets[by_param[key]][1] is not m.proto_v:
@@ -296,7 +330,9 @@ def bundle_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], meta: dict[str, str], where: str) -> None:
+def load_tensors(
+    model: nn.Module, tensors: dict[str, torch.Tensor], meta: dict[str, str], where: str
+) -> None:
     """Attach the bundle's prototype sets to the layers (after every layer's
     ``load_bundle_tensors``): each set one Parameter pair, shared by its convs."""
     layers = dict(_layers(model))
@@ -305,24 +341,32 @@ def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], meta: dict[
     if not isinstance(conv_set, dict) or not all(isinstance(v, str) for v in conv_set.values()):
         raise BundleError(f"{where}: field '{META}' must be a JSON object {{conv: prototype set}}")
     for n in sorted(blocked - set(conv_set)):
-        raise BundleError(f"{where}: tensor '{n}.splopa_coef' has no prototype set in field '{META}'")
+        raise BundleError(
+            f"{where}: tensor '{n}.splopa_coef' has no prototype set in field '{META}'"
+        )
     sets: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
     for n, s in conv_set.items():
         if n not in blocked:
-            raise BundleError(f"{where}: field '{META}': entry {n!r} names no conv with splopa_coef")
+            raise BundleError(
+                f"{where}: field '{META}': entry {n!r} names no conv with splopa_coef"
+            )
         if s not in sets:
             try:
                 u, v = tensors[f"{PREFIX}{s}.u"], tensors[f"{PREFIX}{s}.v"]
             except KeyError as e:
-                raise BundleError(f"{where}: tensor '{e.args[0]}' is missing (prototype set {s!r} of {n!r})") \
-                    from None
+                raise BundleError(
+                    f"{where}: tensor '{e.args[0]}' is missing (prototype set {s!r} of {n!r})"
+                ) from None
             sets[s] = (nn.Parameter(u.clone()), nn.Parameter(v.clone()))
         try:
             layers[n].attach(*sets[s], s)
         except ValueError as e:
             raise BundleError(f"{where}: tensor '{n}.splopa_coef': {e}") from None
-    unused = sorted(k for k in tensors if k.startswith(PREFIX)
-                    and k[len(PREFIX):].rpartition(".")[0] not in sets)
+    unused = sorted(
+        k
+        for k in tensors
+        if k.startswith(PREFIX) and k[len(PREFIX) :].rpartition(".")[0] not in sets
+    )
     if unused:
         raise BundleError(f"{where}: tensor '{unused[0]}': no conv uses its prototype set")
 
@@ -331,7 +375,17 @@ def _prepare(model: nn.Module, opts, data, input_size) -> None:
     share_prototypes(model, opts.splopa_share)
 
 
-register(Method("splopa", lambda conv, rank: SPLoPA(conv, rank=rank, block=BLOCK), label="SPLoPA r{rank}",
-                prune_block=BLOCK, prepare=_prepare, restore=relink, bundle_metadata=bundle_metadata,
-                bundle_tensors=bundle_tensors, load_tensors=load_tensors,
-                summary="block-SPA: Kronecker products of prototypes shared across layers (--splopa-share)"))
+register(
+    Method(
+        "splopa",
+        lambda conv, rank: SPLoPA(conv, rank=rank, block=BLOCK),
+        label="SPLoPA r{rank}",
+        prune_block=BLOCK,
+        prepare=_prepare,
+        restore=relink,
+        bundle_metadata=bundle_metadata,
+        bundle_tensors=bundle_tensors,
+        load_tensors=load_tensors,
+        summary="block-SPA: Kronecker products of prototypes shared across layers (--splopa-share)",
+    )
+)

@@ -61,5 +61,11 @@ class SPLoRA(AdaptedLayer):
         self.lora_b = nn.Parameter(t["lora_b"].clone())
 
 
-register(Method("splora", lambda conv, rank: SPLoRA(conv, rank=rank), label="SPLoRA r{rank}",
-                summary="frozen base + low-rank adapters (the default)"))
+register(
+    Method(
+        "splora",
+        lambda conv, rank: SPLoRA(conv, rank=rank),
+        label="SPLoRA r{rank}",
+        summary="frozen base + low-rank adapters (the default)",
+    )
+)

@@ -46,5 +46,12 @@ class SPPaRA(AdaptedLayer):
         self.pointwise = nn.Parameter(t["pointwise_delta"].clone())
 
 
-register(Method("sppara", lambda conv, rank: SPPaRA(conv), label="SPPaRA", uses_rank=False,
-                summary="frozen base + a full-rank pointwise adapter"))
+register(
+    Method(
+        "sppara",
+        lambda conv, rank: SPPaRA(conv),
+        label="SPPaRA",
+        uses_rank=False,
+        summary="frozen base + a full-rank pointwise adapter",
+    )
+)

@@ -11,11 +11,34 @@ to onnxruntime are what carry over between machines.
 """
 
 from spaedge.bench.compare import run_bench
-from spaedge.bench.engines import (ENGINES, REFERENCE, BenchTask, EngineUnavailable, bench_task_from_bundles,
-                                   check_agreement, make_runner, ort_session)
+from spaedge.bench.engines import (
+    ENGINES,
+    REFERENCE,
+    BenchTask,
+    EngineUnavailable,
+    bench_task_from_bundles,
+    check_agreement,
+    make_runner,
+    ort_session,
+)
 from spaedge.bench.report import format_table, report_text
 from spaedge.bench.timing import machine_info, measure, session_times, summarise, switch_times
 
-__all__ = ["ENGINES", "REFERENCE", "BenchTask", "EngineUnavailable", "bench_task_from_bundles", "check_agreement", "make_runner",
-           "ort_session", "run_bench", "format_table", "report_text", "machine_info", "measure", "summarise",
-           "switch_times", "session_times"]
+__all__ = [
+    "ENGINES",
+    "REFERENCE",
+    "BenchTask",
+    "EngineUnavailable",
+    "bench_task_from_bundles",
+    "check_agreement",
+    "make_runner",
+    "ort_session",
+    "run_bench",
+    "format_table",
+    "report_text",
+    "machine_info",
+    "measure",
+    "summarise",
+    "switch_times",
+    "session_times",
+]

@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 import spaedge
-from spaedge.bench.engines import ENGINES, REFERENCE, BenchTask, EngineUnavailable, Runner, check_agreement, make_runner
+from spaedge.bench.engines import (
+    ENGINES,
+    REFERENCE,
+    BenchTask,
+    EngineUnavailable,
+    Runner,
+    check_agreement,
+    make_runner,
+)
 from spaedge.bench.timing import machine_info, measure, session_times, summarise, switch_times
 from spaedge.runtime import Runtime
 
 __all__ = ["run_bench"]
 
 
-def run_bench(task: BenchTask, *, threads: Sequence[int] = (1,), runs: int = 50,
-              engines: Sequence[str] = ENGINES, mode: str = "merged", switches: int = 20,
-              other_tasks: Sequence[str] = (), seed: int = 0) -> dict:
+def run_bench(
+    task: BenchTask,
+    *,
+    threads: Sequence[int] = (1,),
+    runs: int = 50,
+    engines: Sequence[str] = ENGINES,
+    mode: str = "merged",
+    switches: int = 20,
+    other_tasks: Sequence[str] = (),
+    seed: int = 0,
+) -> dict:
     """Everything ``spaedge bench`` reports, as a JSON-able dict."""
     x = np.random.default_rng(seed).standard_normal((1, *task.input_size)).astype(np.float32)
     reference = None
@@ -27,15 +43,22 @@ def run_bench(task: BenchTask, *, threads: Sequence[int] = (1,), runs: int = 50,
         errors: dict[str, str] = {}
         for e in engines:
             try:
-                runners[e] = make_runner(e, task, n, x, **({"mode": mode} if e == "spaedge" else {}))
+                runners[e] = make_runner(
+                    e, task, n, x, **({"mode": mode} if e == "spaedge" else {})
+                )
             except EngineUnavailable as err:
                 errors[e] = str(err)
         if not runners:
-            raise ValueError("no engine can run here: " + "; ".join(f"{e}: {m}" for e, m in errors.items()))
+            raise ValueError(
+                "no engine can run here: " + "; ".join(f"{e}: {m}" for e, m in errors.items())
+            )
         outputs = {e: r() for e, r in runners.items()}
         if reference is None:
             if "torch" in outputs:
-                reference, reference_engine = np.asarray(outputs["torch"], dtype=np.float64), "torch"
+                reference, reference_engine = (
+                    np.asarray(outputs["torch"], dtype=np.float64),
+                    "torch",
+                )
             else:
                 try:
                     reference = np.asarray(make_runner("torch", task, n, x)(), dtype=np.float64)
@@ -50,28 +73,57 @@ def run_bench(task: BenchTask, *, threads: Sequence[int] = (1,), runs: int = 50,
                 latency.append({"engine": e, "threads": n, "error": errors[e]})
                 continue
             s = summarise(times[e])
-            s.update(engine=e, threads=n, gflops=2 * task.macs / (s["median_ms"] * 1e-3) / 1e9,
-                     max_rel_diff=agree[e])
+            s.update(
+                engine=e,
+                threads=n,
+                gflops=2 * task.macs / (s["median_ms"] * 1e-3) / 1e9,
+                max_rel_diff=agree[e],
+            )
             latency.append(s)
-        ref = next((r for r in latency if r["engine"] == REFERENCE and r["threads"] == n and "error" not in r), None)
+        ref = next(
+            (
+                r
+                for r in latency
+                if r["engine"] == REFERENCE and r["threads"] == n and "error" not in r
+            ),
+            None,
+        )
         for r in latency:
             if r["threads"] == n and "error" not in r:
                 r["ratio"] = r["median_ms"] / ref["median_ms"] if ref else None
     switch = {}
     if "spaedge" in engines:
         paths = [task.task_path, *other_tasks]
-        st = summarise(np.asarray(switch_times(task.base_path, paths, threads[-1], switches, mode)) * 1e-3)
-        switch = {"spaedge_switch": st, "threads": threads[-1],
-                  "between": [Path(p).stem for p in paths] if len(paths) > 1 else [Path(task.task_path).stem]}
+        st = summarise(
+            np.asarray(switch_times(task.base_path, paths, threads[-1], switches, mode)) * 1e-3
+        )
+        switch = {
+            "spaedge_switch": st,
+            "threads": threads[-1],
+            "between": [Path(p).stem for p in paths]
+            if len(paths) > 1
+            else [Path(task.task_path).stem],
+        }
         try:
-            ses = summarise(np.asarray(session_times(task.onnx_path(), threads[-1], max(3, switches // 4))) * 1e-3)
+            ses = summarise(
+                np.asarray(session_times(task.onnx_path(), threads[-1], max(3, switches // 4)))
+                * 1e-3
+            )
             switch["onnxruntime_session"] = ses
             switch["speedup"] = ses["median_ms"] / st["median_ms"]
         except (ImportError, EngineUnavailable):
             pass
-    return {"task": task.facts(), "machine": machine_info(), "spaedge_version": spaedge.__version__,
-            "mode": mode, "isa": _isa(task), "latency": latency, "switch": switch, "runs": runs,
-            "outputs_checked_against": reference_engine}
+    return {
+        "task": task.facts(),
+        "machine": machine_info(),
+        "spaedge_version": spaedge.__version__,
+        "mode": mode,
+        "isa": _isa(task),
+        "latency": latency,
+        "switch": switch,
+        "runs": runs,
+        "outputs_checked_against": reference_engine,
+    }
 
 
 def _isa(task: BenchTask) -> str:

@@ -12,18 +12,27 @@ times the peers on exports made by the toolchain elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from spaedge.runtime import Runtime
 
-__all__ = ["ENGINES", "REFERENCE", "EngineUnavailable", "BenchTask", "bench_task_from_bundles", "Runner",
-           "make_runner", "check_agreement", "ort_session"]
+__all__ = [
+    "ENGINES",
+    "REFERENCE",
+    "EngineUnavailable",
+    "BenchTask",
+    "bench_task_from_bundles",
+    "Runner",
+    "make_runner",
+    "check_agreement",
+    "ort_session",
+]
 
 ENGINES = ("spaedge", "onnxruntime", "litert", "torch")
 REFERENCE = "onnxruntime"
@@ -47,7 +56,7 @@ class BenchTask:
     whole_bytes: int  # the same pruned model stored whole (safetensors)
     workdir: str  # where exports are written
     base_model: str = ""
-    density: Optional[float] = None
+    density: float | None = None
     _exports: dict = field(default_factory=dict, repr=False)
 
     def torch_model(self):
@@ -79,7 +88,8 @@ class BenchTask:
                     raise EngineUnavailable(
                         f"no {p.name} to reuse and exporting it needs the toolchain (torch): run "
                         f"`spaedge bench --exports DIR` where spaedge[train,export] is installed and copy DIR "
-                        f"here ({e})") from None
+                        f"here ({e})"
+                    ) from None
                 export = export_onnx if kind == "onnx" else export_tflite
                 try:
                     export(self.torch_model(), p, self.input_size)
@@ -94,22 +104,30 @@ class BenchTask:
         return d
 
 
-def bench_task_from_bundles(base_path: str | os.PathLike, task_path: str | os.PathLike,
-                            workdir: str | os.PathLike) -> BenchTask:
+def bench_task_from_bundles(
+    base_path: str | os.PathLike, task_path: str | os.PathLike, workdir: str | os.PathLike
+) -> BenchTask:
     """A BenchTask for packed bundles (MACs and sizes from the runtime; the
     torch-side facts when torch is installed)."""
     rt = Runtime(str(base_path), threads=1)
     name = rt.load_task(str(task_path))
     info = rt.task_info(name)
     density = None
-    try:
+    with contextlib.suppress(ValueError, AttributeError):
         density = json.loads(info.get("info") or "{}").get("density")
-    except (ValueError, AttributeError):
-        pass
-    t = BenchTask(name=name, base_path=str(base_path), task_path=str(task_path),
-                  input_size=tuple(info["input_shape"]), macs=int(info["macs"]), params=0,
-                  bundle_bytes=int(info["bundle_bytes"]), whole_bytes=0, workdir=str(workdir),
-                  base_model=rt.base_model, density=density)
+    t = BenchTask(
+        name=name,
+        base_path=str(base_path),
+        task_path=str(task_path),
+        input_size=tuple(info["input_shape"]),
+        macs=int(info["macs"]),
+        params=0,
+        bundle_bytes=int(info["bundle_bytes"]),
+        whole_bytes=0,
+        workdir=str(workdir),
+        base_model=rt.base_model,
+        density=density,
+    )
     try:
         from spaedge.models.stats import count_parameters
         from spaedge.pack.bundle import load_task_model
@@ -151,7 +169,9 @@ class OrtRunner(Runner):
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise EngineUnavailable(f"onnxruntime is not installed (pip install 'spaedge[export]'): {e}") from None
+            raise EngineUnavailable(
+                f"onnxruntime is not installed (pip install 'spaedge[export]'): {e}"
+            ) from None
         self.session = ort_session(ort, task.onnx_path(), threads)
         self.feed = {"input": np.ascontiguousarray(x, dtype=np.float32)}
 
@@ -180,14 +200,17 @@ class LiteRTRunner(Runner):
             try:
                 from tflite_runtime.interpreter import Interpreter  # what some devices have
             except ImportError as e:
-                raise EngineUnavailable("the LiteRT interpreter is not installed "
-                                        f"(pip install ai-edge-litert): {e}") from None
+                raise EngineUnavailable(
+                    f"the LiteRT interpreter is not installed (pip install ai-edge-litert): {e}"
+                ) from None
         # XNNPACK is the interpreter's default CPU delegate for float models.
         self.it = Interpreter(model_path=task.tflite_path(), num_threads=threads)
         self.it.allocate_tensors()
         self.inp = self.it.get_input_details()[0]["index"]
         self.out = self.it.get_output_details()[0]["index"]
-        self.x = np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)), dtype=np.float32)  # the export is NHWC
+        self.x = np.ascontiguousarray(
+            np.transpose(x, (0, 2, 3, 1)), dtype=np.float32
+        )  # the export is NHWC
 
     def __call__(self) -> np.ndarray:
         self.it.set_tensor(self.inp, self.x)
@@ -211,7 +234,12 @@ class TorchRunner(Runner):
             return self.model(self.x).numpy()
 
 
-_RUNNERS = {"spaedge": SpaedgeRunner, "onnxruntime": OrtRunner, "litert": LiteRTRunner, "torch": TorchRunner}
+_RUNNERS = {
+    "spaedge": SpaedgeRunner,
+    "onnxruntime": OrtRunner,
+    "litert": LiteRTRunner,
+    "torch": TorchRunner,
+}
 
 
 def make_runner(engine: str, task: BenchTask, threads: int, x: np.ndarray, **kw) -> Runner:
@@ -229,5 +257,8 @@ def make_runner(engine: str, task: BenchTask, threads: int, x: np.ndarray, **kw)
 def check_agreement(outputs: dict[str, np.ndarray], reference: np.ndarray) -> dict[str, float]:
     """Max |difference| to the reference logits relative to their scale, per engine."""
     scale = float(np.abs(reference).max()) or 1.0
-    return {e: float(np.abs(np.asarray(o, dtype=np.float64).reshape(reference.shape) - reference).max()) / scale
-            for e, o in outputs.items()}
+    return {
+        e: float(np.abs(np.asarray(o, dtype=np.float64).reshape(reference.shape) - reference).max())
+        / scale
+        for e, o in outputs.items()
+    }

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from spaedge.bench.engines import ENGINES, REFERENCE
 
 __all__ = ["format_table", "png_chart", "report_text"]
 
 
-def _fmt(v: Optional[float], spec: str) -> str:
+def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
@@ -23,8 +22,16 @@ def format_table(rows: list[dict]) -> str:
             lines.append((r["engine"], str(r["threads"]), "unavailable", "", "", ""))
             continue
         ratio = r.get("ratio")
-        lines.append((r["engine"], str(r["threads"]), _fmt(r["median_ms"], ".3f"), _fmt(r["p90_ms"], ".3f"),
-                      _fmt(r.get("gflops"), ".1f"), "-" if ratio is None else f"{ratio:.2f}x"))
+        lines.append(
+            (
+                r["engine"],
+                str(r["threads"]),
+                _fmt(r["median_ms"], ".3f"),
+                _fmt(r["p90_ms"], ".3f"),
+                _fmt(r.get("gflops"), ".1f"),
+                "-" if ratio is None else f"{ratio:.2f}x",
+            )
+        )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     out = []
     for j, row in enumerate(lines):
@@ -32,7 +39,9 @@ def format_table(rows: list[dict]) -> str:
         out.append("  ".join(cells).rstrip())
         if j == 0:
             out.append("  ".join("-" * w for w in widths))
-    notes = [f"  {r['engine']} ({r['threads']} threads): {r['error']}" for r in rows if r.get("error")]
+    notes = [
+        f"  {r['engine']} ({r['threads']} threads): {r['error']}" for r in rows if r.get("error")
+    ]
     return "\n".join(out + notes)
 
 
@@ -45,7 +54,9 @@ def png_chart(path: str, title: str, rows: list[dict]) -> None:
     ok = [r for r in rows if not r.get("error")]
     threads = sorted({r["threads"] for r in ok})
     engines = [e for e in ENGINES if any(r["engine"] == e for r in ok)]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(threads) * max(len(engines), 1) / 2, 3.6), dpi=120)
+    fig, ax = plt.subplots(
+        figsize=(1.6 + 1.5 * len(threads) * max(len(engines), 1) / 2, 3.6), dpi=120
+    )
     width = 0.8 / max(len(engines), 1)
     for i, e in enumerate(engines):
         xs, med, err = [], [], []
@@ -58,10 +69,19 @@ def png_chart(path: str, title: str, rows: list[dict]) -> None:
             err.append(max(r["p90_ms"] - r["median_ms"], 0.0))
         bars = ax.bar(xs, med, width * 0.9, yerr=[[0] * len(err), err], capsize=3, label=e)
         for b, m in zip(bars, med):
-            ax.annotate(f"{m:.2f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
-                        va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+            ax.annotate(
+                f"{m:.2f}",
+                (b.get_x() + b.get_width() / 2, b.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
     top = max((r["median_ms"] for r in ok), default=1.0)
-    ax.set_ylim(0, top * 1.4)  # a p90 whisker of a noisy run may leave the chart; the medians stay readable
+    ax.set_ylim(
+        0, top * 1.4
+    )  # a p90 whisker of a noisy run may leave the chart; the medians stay readable
     ax.set_xticks(range(len(threads)))
     ax.set_xticklabels([f"{t} thread{'s' if t > 1 else ''}" for t in threads])
     ax.set_ylabel("median latency, ms (bar: p90)")
@@ -78,26 +98,37 @@ def png_chart(path: str, title: str, rows: list[dict]) -> None:
 def report_text(result: dict) -> str:
     t, m = result["task"], result["machine"]
     macs = t["macs"]
-    lines = [f"{t['name']}: {t['base_model']} task, input {t['input_size']}, batch 1, "
-             f"{macs / 1e6:.1f} MMACs" + (f", {t['params'] / 1e6:.2f}M parameters" if t["params"] else "")
-             + (f", density {t['density']:.0%}" if t.get("density") else ""),
-             f"machine: {m['cpu']} ({m['cores']} cores"
-             + (f", load average {m['loadavg'][0]:.1f}" if m.get("loadavg") else "")
-             + f"), spaedge {result['isa']} kernels, mode {result['mode']}",
-             "", format_table(result["latency"]), ""]
+    lines = [
+        f"{t['name']}: {t['base_model']} task, input {t['input_size']}, batch 1, "
+        f"{macs / 1e6:.1f} MMACs"
+        + (f", {t['params'] / 1e6:.2f}M parameters" if t["params"] else "")
+        + (f", density {t['density']:.0%}" if t.get("density") else ""),
+        f"machine: {m['cpu']} ({m['cores']} cores"
+        + (f", load average {m['loadavg'][0]:.1f}" if m.get("loadavg") else "")
+        + f"), spaedge {result['isa']} kernels, mode {result['mode']}",
+        "",
+        format_table(result["latency"]),
+        "",
+    ]
     sw = result.get("switch") or {}
     if sw:
         s = sw["spaedge_switch"]
-        line = (f"task switch ({' <-> '.join(sw['between'])}, {sw['threads']} threads): "
-                f"spaedge {s['median_ms']:.3f} ms median (p90 {s['p90_ms']:.3f}, {s['runs']} switches)")
+        line = (
+            f"task switch ({' <-> '.join(sw['between'])}, {sw['threads']} threads): "
+            f"spaedge {s['median_ms']:.3f} ms median (p90 {s['p90_ms']:.3f}, {s['runs']} switches)"
+        )
         if "onnxruntime_session" in sw:
             o = sw["onnxruntime_session"]
-            line += (f"; creating an onnxruntime session {o['median_ms']:.1f} ms median "
-                     f"-> switch is {sw['speedup']:.0f}x faster")
+            line += (
+                f"; creating an onnxruntime session {o['median_ms']:.1f} ms median "
+                f"-> switch is {sw['speedup']:.0f}x faster"
+            )
         lines.append(line)
     if t["whole_bytes"]:
-        lines.append(f"bundle: {t['bundle_bytes']:,} bytes; the same pruned model stored whole: "
-                     f"{t['whole_bytes']:,} bytes ({t['whole_bytes'] / t['bundle_bytes']:.1f}x larger)")
+        lines.append(
+            f"bundle: {t['bundle_bytes']:,} bytes; the same pruned model stored whole: "
+            f"{t['whole_bytes']:,} bytes ({t['whole_bytes'] / t['bundle_bytes']:.1f}x larger)"
+        )
     else:
         lines.append(f"bundle: {t['bundle_bytes']:,} bytes")
     return "\n".join(lines)

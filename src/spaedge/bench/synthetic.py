@@ -5,8 +5,8 @@ that need a task model whose every part is nonzero."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -24,8 +24,9 @@ from spaedge.pruning.prune import prune_to_density
 __all__ = ["randomise_task_model", "make_synthetic_task"]
 
 
-def randomise_task_model(model: nn.Module, generator: torch.Generator, scale: float = 0.05,
-                         bn_scale: float = 0.1) -> None:
+def randomise_task_model(
+    model: nn.Module, generator: torch.Generator, scale: float = 0.05, bn_scale: float = 0.1
+) -> None:
     """Random task parts, in place: SPLoRA factors and the head ~ N(0, scale^2)
     (so a product B A is nonzero), BatchNorm scales 1 + N(0, bn_scale^2) with
     random shifts and statistics. The frozen base weights are left as they are."""
@@ -43,12 +44,23 @@ def randomise_task_model(model: nn.Module, generator: torch.Generator, scale: fl
                 m.running_var.copy_(0.5 + torch.rand(c, generator=g))
 
 
-def make_synthetic_task(workdir: str | os.PathLike, name: str, *, base: str = "resnet18",
-                        density: float = 1.0, rank: int = 8, classes: int = 10,
-                        input_size: Sequence[int] = (3, 224, 224), seed: int = 0,
-                        labels: Sequence[str] | None = None, mean: Sequence[float] | None = None,
-                        std: Sequence[float] | None = None, prune_step: float = 0.1,
-                        base_seed: int = 0, base_file: str | None = None) -> BenchTask:
+def make_synthetic_task(
+    workdir: str | os.PathLike,
+    name: str,
+    *,
+    base: str = "resnet18",
+    density: float = 1.0,
+    rank: int = 8,
+    classes: int = 10,
+    input_size: Sequence[int] = (3, 224, 224),
+    seed: int = 0,
+    labels: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    prune_step: float = 0.1,
+    base_seed: int = 0,
+    base_file: str | None = None,
+) -> BenchTask:
     """Bundles of a task with random SPLoRA adapters, BatchNorm and head on ``base``,
     pruned (magnitude criterion, no training) to ``density``; fine for speed.
 
@@ -72,13 +84,27 @@ def make_synthetic_task(workdir: str | os.PathLike, name: str, *, base: str = "r
         small = (size[0], min(size[1], 64), min(size[2], 64))
         prune_to_density(model, torch.zeros(1, *small), density, step_fraction=prune_step)
     model.eval()
-    spec = TaskSpec(name, labels or [f"class{i}" for i in range(classes)], size,
-                    mean or [0.0] * size[0], std or [1.0] * size[0])
+    spec = TaskSpec(
+        name,
+        labels or [f"class{i}" for i in range(classes)],
+        size,
+        mean or [0.0] * size[0],
+        std or [1.0] * size[0],
+    )
     task_path = workdir / f"{name}.safetensors"
     info = {"rank": rank, "density": density_of(model), "synthetic": True}
     write_task(model, spec, bhash, task_path, info=info)
     plain = materialize(model)
-    return BenchTask(name=name, base_path=str(base_path), task_path=str(task_path), input_size=size,
-                     macs=count_macs(plain, size), params=count_parameters(plain),
-                     bundle_bytes=task_path.stat().st_size, whole_bytes=whole_model_bytes(model),
-                     workdir=str(workdir), base_model=model.arch, density=density_of(model))
+    return BenchTask(
+        name=name,
+        base_path=str(base_path),
+        task_path=str(task_path),
+        input_size=size,
+        macs=count_macs(plain, size),
+        params=count_parameters(plain),
+        bundle_bytes=task_path.stat().st_size,
+        whole_bytes=whole_model_bytes(model),
+        workdir=str(workdir),
+        base_model=model.arch,
+        density=density_of(model),
+    )

@@ -8,11 +8,13 @@ engine alike; ratios between engines are what carry over between machines.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -22,8 +24,9 @@ from spaedge.runtime import Runtime
 __all__ = ["measure", "summarise", "switch_times", "session_times", "machine_info"]
 
 
-def measure(runners: dict[str, Callable[[], object]], runs: int, block: int = 5,
-            warmup: int = 2) -> dict[str, list[float]]:
+def measure(
+    runners: dict[str, Callable[[], object]], runs: int, block: int = 5, warmup: int = 2
+) -> dict[str, list[float]]:
     """Seconds per call of each runner, ``runs`` timed calls each.
 
     Runners take turns in blocks of ``block`` calls; each block starts with one
@@ -50,12 +53,17 @@ def measure(runners: dict[str, Callable[[], object]], runs: int, block: int = 5,
 def summarise(seconds: Sequence[float]) -> dict:
     """Median, p90, min and count of a list of durations, in milliseconds."""
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
-            "min_ms": float(ms.min()), "runs": int(ms.size)}
+    return {
+        "median_ms": float(np.median(ms)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "min_ms": float(ms.min()),
+        "runs": int(ms.size),
+    }
 
 
-def switch_times(base_path: str, task_paths: Sequence[str], threads: int, n: int,
-                 mode: str = "merged") -> list[float]:
+def switch_times(
+    base_path: str, task_paths: Sequence[str], threads: int, n: int, mode: str = "merged"
+) -> list[float]:
     """Milliseconds of ``Runtime.switch`` cycling through the loaded tasks (n switches).
 
     With one task, each switch re-applies it (a switch always rebuilds the
@@ -94,15 +102,20 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "machine": platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "system": platform.system()}
-    try:
-        info["loadavg"] = [round(v, 2) for v in os.getloadavg()]  # others' work skews a shared machine's times
-    except OSError:
-        pass
-    for mod, key in (("onnxruntime", "onnxruntime"), ("torch", "torch"), ("ai_edge_litert", "ai_edge_litert")):
-        try:
+    info = {
+        "cpu": cpu,
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "system": platform.system(),
+    }
+    with contextlib.suppress(OSError):  # others' work skews a shared machine's times
+        info["loadavg"] = [round(v, 2) for v in os.getloadavg()]
+    for mod, key in (
+        ("onnxruntime", "onnxruntime"),
+        ("torch", "torch"),
+        ("ai_edge_litert", "ai_edge_litert"),
+    ):
+        with contextlib.suppress(Exception):  # a version is nice to have only
             info[key] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - a version is nice to have only
-            pass
     return info

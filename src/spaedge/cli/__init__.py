@@ -34,15 +34,21 @@ def _unavailable(sub, name: str, reason: str) -> None:
     p.add_argument("rest", nargs=argparse.REMAINDER)
 
     def fail(args) -> int:
-        raise CliError(f"needs parts that are not installed here ({reason}); install the toolchain: "
-                       "pip install 'spaedge[train]' torch==2.13.0")
+        raise CliError(
+            f"needs parts that are not installed here ({reason}); install the toolchain: "
+            "pip install 'spaedge[train]' torch==2.13.0"
+        )
+
     p.set_defaults(func=fail)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="spaedge", description=__doc__.split("\n\n")[1].rstrip(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Run `spaedge COMMAND --help` for a command's options.")
+    p = argparse.ArgumentParser(
+        prog="spaedge",
+        description=__doc__.split("\n\n")[1].rstrip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `spaedge COMMAND --help` for a command's options.",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -71,15 +77,22 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         return args.func(args) or 0
-    except (CliError, ValueError, OSError) as e:  # BundleError, DownloadError, PathProblem, Diverged... are these
+    except (
+        CliError,
+        ValueError,
+        OSError,
+    ) as e:  # BundleError, DownloadError, PathProblem, Diverged... are these
         if os.environ.get("SPAEDGE_DEBUG"):
             raise
         print(f"{command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as e:
         how = "terminated" if isinstance(e, Terminated) else "interrupted"
-        print(f"{command}: {how}; no half-written file was left (a training run resumes from its last "
-              "checkpoint when run again)", file=sys.stderr)
+        print(
+            f"{command}: {how}; no half-written file was left (a training run resumes from its last "
+            "checkpoint when run again)",
+            file=sys.stderr,
+        )
         return 143 if isinstance(e, Terminated) else 130
 
 

@@ -14,29 +14,59 @@ from spaedge.argtypes import path_text, positive_int
 from spaedge.pack.format import atomic_write_bytes, read_metadata
 from spaedge.pack.layout import base_bundle_path, task_bundle_path
 
+
 def add_parser(subparsers) -> None:
     from spaedge.bench import ENGINES
 
     b = subparsers.add_parser(
-        "bench", help="latency of a packed task: spaedge vs onnxruntime, LiteRT, PyTorch",
+        "bench",
+        help="latency of a packed task: spaedge vs onnxruntime, LiteRT, PyTorch",
         description="Time a packed task at batch 1 in the C++ runtime and, on the same pruned model, in "
-                    "onnxruntime, the LiteRT interpreter and PyTorch eager (those that are installed); "
-                    "print median/p90 latency, GFLOP/s and the ratio to onnxruntime, and the task-switch "
-                    "time against creating an onnxruntime session.")
-    b.add_argument("--bundles", type=path_text, default="bundles", help="bundle directory (default ./bundles)")
+        "onnxruntime, the LiteRT interpreter and PyTorch eager (those that are installed); "
+        "print median/p90 latency, GFLOP/s and the ratio to onnxruntime, and the task-switch "
+        "time against creating an onnxruntime session.",
+    )
+    b.add_argument(
+        "--bundles", type=path_text, default="bundles", help="bundle directory (default ./bundles)"
+    )
     b.add_argument("--task", default="digits", help="task name (default digits)")
-    b.add_argument("--threads", type=positive_int, nargs="+", default=[1],
-                   help="thread counts to measure, e.g. --threads 1 2 (default 1)")
-    b.add_argument("--runs", type=positive_int, default=50, help="timed runs per engine and thread count (default 50)")
-    b.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES),
-                   help="engines to time (default: all that are installed)")
-    b.add_argument("--mode", choices=["merged", "lowrank"], default="merged", help="spaedge runtime mode")
-    b.add_argument("--switches", type=positive_int, default=20, help="task switches to time (default 20)")
+    b.add_argument(
+        "--threads",
+        type=positive_int,
+        nargs="+",
+        default=[1],
+        help="thread counts to measure, e.g. --threads 1 2 (default 1)",
+    )
+    b.add_argument(
+        "--runs",
+        type=positive_int,
+        default=50,
+        help="timed runs per engine and thread count (default 50)",
+    )
+    b.add_argument(
+        "--engines",
+        nargs="+",
+        choices=ENGINES,
+        default=list(ENGINES),
+        help="engines to time (default: all that are installed)",
+    )
+    b.add_argument(
+        "--mode", choices=["merged", "lowrank"], default="merged", help="spaedge runtime mode"
+    )
+    b.add_argument(
+        "--switches", type=positive_int, default=20, help="task switches to time (default 20)"
+    )
     b.add_argument("--json", type=path_text, metavar="FILE", help="write the results as JSON")
-    b.add_argument("--png", type=path_text, metavar="FILE", help="write a bar chart of the latencies (PNG)")
-    b.add_argument("--exports", type=path_text, metavar="DIR",
-                   help="keep the ONNX/TFLite exports here, and reuse those newer than the task bundle "
-                        "(default: a temporary directory); lets a device without torch time the peers")
+    b.add_argument(
+        "--png", type=path_text, metavar="FILE", help="write a bar chart of the latencies (PNG)"
+    )
+    b.add_argument(
+        "--exports",
+        type=path_text,
+        metavar="DIR",
+        help="keep the ONNX/TFLite exports here, and reuse those newer than the task bundle "
+        "(default: a temporary directory); lets a device without torch time the peers",
+    )
     b.set_defaults(func=main)
 
 
@@ -48,22 +78,33 @@ def main(args) -> int:
     base_path, task_path = base_bundle_path(bundles), task_bundle_path(bundles, args.task)
     for p in (base_path, task_path):
         if not p.exists():
-            raise FileNotFoundError(f"{p} does not exist: pack the task first "
-                                    f"(spaedge pack --task {args.task} --out {bundles})")
+            raise FileNotFoundError(
+                f"{p} does not exist: pack the task first "
+                f"(spaedge pack --task {args.task} --out {bundles})"
+            )
     with tempfile.TemporaryDirectory(prefix="spaedge-bench-") as tmp:
         workdir = Path(args.exports) if args.exports else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        result = run_bench(bench_task_from_bundles(base_path, task_path, workdir), threads=args.threads,
-                           runs=args.runs, engines=args.engines, mode=args.mode, switches=args.switches,
-                           other_tasks=_other_tasks(bundles, base_path, task_path))
+        result = run_bench(
+            bench_task_from_bundles(base_path, task_path, workdir),
+            threads=args.threads,
+            runs=args.runs,
+            engines=args.engines,
+            mode=args.mode,
+            switches=args.switches,
+            other_tasks=_other_tasks(bundles, base_path, task_path),
+        )
     print(report_text(result))
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
         print(f"wrote {args.json}")
     if args.png:
         t = result["task"]
-        png_chart(args.png, f"{t['name']} ({t['base_model']}, {t['input_size']}, batch 1) on {result['machine']['cpu']}",
-             result["latency"])
+        png_chart(
+            args.png,
+            f"{t['name']} ({t['base_model']}, {t['input_size']}, batch 1) on {result['machine']['cpu']}",
+            result["latency"],
+        )
         print(f"wrote {args.png}")
     return 0
 

@@ -21,11 +21,17 @@ from spaedge.errors import BundleError
 def add_parser(sub) -> None:
     from spaedge import runtime  # noqa: F401 - the command needs the compiled runtime
 
-    i = sub.add_parser("info", help="what a bundle holds",
-                       description="Check a bundle with the runtime's reader and print its metadata and sizes.")
+    i = sub.add_parser(
+        "info",
+        help="what a bundle holds",
+        description="Check a bundle with the runtime's reader and print its metadata and sizes.",
+    )
     i.add_argument("bundle", type=path_text, help="a base or task bundle (.safetensors)")
-    i.add_argument("--no-verify", action="store_true",
-                   help="do not recompute the content hash (reads the header only; the data is not checked)")
+    i.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not recompute the content hash (reads the header only; the data is not checked)",
+    )
     i.set_defaults(func=main)
 
 
@@ -40,7 +46,9 @@ def clean(text) -> str:
     for c in str(text):
         if unicodedata.category(c) in _UNSAFE:
             o = ord(c)
-            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+            out.append(
+                f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+            )
         else:
             out.append(c)
     return "".join(out)
@@ -63,16 +71,22 @@ def main(args) -> int:
 
     path = os.fspath(args.bundle)
     if "\0" in path:
-        raise BundleError(f"{clean(path)}: path contains a NUL byte (the file name would be cut there)")
+        raise BundleError(
+            f"{clean(path)}: path contains a NUL byte (the file name would be cut there)"
+        )
     if not os.path.lexists(path):
         raise BundleError(f"{clean(path)}: no such bundle file")
     try:
         s = inspect_bundle(path, verify=not args.no_verify)
     except BundleError as e:
         raise BundleError(clean(str(e))) from None
-    checked = "content hash checked" if s["hash_verified"] else "content hash NOT checked (--no-verify)"
-    print(f"{clean(path)}: {s['format']} version {clean(s['version'])}, {human_bytes(s['file_bytes'])}, "
-          f"{len(s['tensors'])} tensors, content {s['content_hash'][:16]} ({checked})")
+    checked = (
+        "content hash checked" if s["hash_verified"] else "content hash NOT checked (--no-verify)"
+    )
+    print(
+        f"{clean(path)}: {s['format']} version {clean(s['version'])}, {human_bytes(s['file_bytes'])}, "
+        f"{len(s['tensors'])} tensors, content {s['content_hash'][:16]} ({checked})"
+    )
     if s["format"] == "spaedge-base":
         weights = 0
         for name, _, shape in s["tensors"]:
@@ -81,18 +95,33 @@ def main(args) -> int:
                 for d in shape:
                     n *= d
                 weights += n
-        print_table([("model", clean(s["model"])), ("graph", f"{s['nodes']} nodes, {s['convs']} convs"),
-                     ("input channels", str(s["input_channels"])), ("weights", human_count(weights)),
-                     ("weights from", clean(s["metadata"].get("weights", "not recorded")))])
+        print_table(
+            [
+                ("model", clean(s["model"])),
+                ("graph", f"{s['nodes']} nodes, {s['convs']} convs"),
+                ("input channels", str(s["input_channels"])),
+                ("weights", human_count(weights)),
+                ("weights from", clean(s["metadata"].get("weights", "not recorded"))),
+            ]
+        )
     else:
         inp, labels = s["input"], s["labels"]
         shown = ", ".join(clean(v) for v in labels[:10])
-        rows = [("task", clean(s["task"])), ("method", clean(s["method"])), ("base", s["base_hash"][:16]),
-                ("input", f"{inp['channels']}x{inp['height']}x{inp['width']}, mean {_floats(inp['mean'])}, "
-                          f"std {_floats(inp['std'])}"),
-                ("labels", f"{len(labels)}: {shown}{' ...' if len(labels) > 10 else ''}")]
+        rows = [
+            ("task", clean(s["task"])),
+            ("method", clean(s["method"])),
+            ("base", s["base_hash"][:16]),
+            (
+                "input",
+                f"{inp['channels']}x{inp['height']}x{inp['width']}, mean {_floats(inp['mean'])}, "
+                f"std {_floats(inp['std'])}",
+            ),
+            ("labels", f"{len(labels)}: {shown}{' ...' if len(labels) > 10 else ''}"),
+        ]
         if s["shared_adapters"]:
-            rows.append(("shared adapters", f"{len(s['shared_adapters'])} convs use another conv's factors"))
+            rows.append(
+                ("shared adapters", f"{len(s['shared_adapters'])} convs use another conv's factors")
+            )
         for k, v in s["info"].items():
             rows.append((clean(k.replace("_", " ")), _value(v)))
         print_table(rows)

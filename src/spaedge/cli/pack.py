@@ -8,8 +8,16 @@ import sys
 from pathlib import Path
 
 from spaedge.argtypes import path_text
-from spaedge.cli.common import (CliError, add_config_flags, add_env_flags, config_from_args, env_from_args,
-                                human_bytes, human_count, print_table)
+from spaedge.cli.common import (
+    CliError,
+    add_config_flags,
+    add_env_flags,
+    config_from_args,
+    env_from_args,
+    human_bytes,
+    human_count,
+    print_table,
+)
 from spaedge.cli.train import TITLE
 from spaedge.pack.format import read_metadata
 from spaedge.pack.layout import base_bundle_path, run_dir_path, task_bundle_path
@@ -19,15 +27,32 @@ from spaedge.paths import check_output_dir, check_output_file
 def add_parser(sub) -> None:
     from spaedge.train import TrainConfig
 
-    k = sub.add_parser("pack", help="write base + task bundles (training first if needed)",
-                       description="Write DIR/base.safetensors (once) and DIR/TASK.safetensors, training the task "
-                                   "with the given settings first if RUNS has no trained run of it for this base; "
-                                   "then print sizes, MACs and test accuracy in PyTorch and in the C++ runtime.")
-    k.add_argument("--out", type=path_text, default="bundles", help="bundle directory (default ./bundles)")
-    k.add_argument("--runs", type=path_text, default="runs", help="directory of run directories (default ./runs)")
-    k.add_argument("--retrain", action="store_true", help="train again even if a finished run exists (replacing it)")
-    k.add_argument("--restart", action="store_true",
-                   help="discard an unfinished run's checkpoint instead of resuming it")
+    k = sub.add_parser(
+        "pack",
+        help="write base + task bundles (training first if needed)",
+        description="Write DIR/base.safetensors (once) and DIR/TASK.safetensors, training the task "
+        "with the given settings first if RUNS has no trained run of it for this base; "
+        "then print sizes, MACs and test accuracy in PyTorch and in the C++ runtime.",
+    )
+    k.add_argument(
+        "--out", type=path_text, default="bundles", help="bundle directory (default ./bundles)"
+    )
+    k.add_argument(
+        "--runs",
+        type=path_text,
+        default="runs",
+        help="directory of run directories (default ./runs)",
+    )
+    k.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train again even if a finished run exists (replacing it)",
+    )
+    k.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard an unfinished run's checkpoint instead of resuming it",
+    )
     add_config_flags(k, TrainConfig, title=TITLE)
     add_env_flags(k)
     k.set_defaults(func=main)
@@ -43,16 +68,22 @@ def find_run(run_dir: Path, cfg, base_hash: str) -> bool:
 
     if not is_run(run_dir):
         return False
-    files = read_run(run_dir, ("config.json", "task.safetensors"))  # checked against the run's manifest
+    files = read_run(
+        run_dir, ("config.json", "task.safetensors")
+    )  # checked against the run's manifest
     had = TrainConfig.from_json(json.loads(files["config.json"])).to_json()
     want = cfg.to_json()
     diff = [k for k in want if had.get(k) != want[k]]
     if diff:
         what = ", ".join(f"{k} {had.get(k)!r} there, {want[k]!r} now" for k in diff[:3])
-        raise CliError(f"{run_dir} holds a run with other settings ({what}{', ...' if len(diff) > 3 else ''}): "
-                       "pass --retrain to replace it, or --runs another directory to keep both")
+        raise CliError(
+            f"{run_dir} holds a run with other settings ({what}{', ...' if len(diff) > 3 else ''}): "
+            "pass --retrain to replace it, or --runs another directory to keep both"
+        )
     if read_metadata(run_dir / "task.safetensors").get("base_hash") != base_hash:
-        raise CliError(f"{run_dir} was trained against another base than --base {cfg.base}: pass --retrain")
+        raise CliError(
+            f"{run_dir} was trained against another base than --base {cfg.base}: pass --retrain"
+        )
     return True
 
 
@@ -73,14 +104,18 @@ def main(args) -> int:
     out = check_output_dir(args.out, "--out")
     base_path = check_output_file(base_bundle_path(out), "the base bundle")
     task_path = check_output_file(task_bundle_path(out, cfg.task), "the task bundle")
-    run_dir = check_output_dir(run_dir_path(check_output_dir(args.runs, "--runs"), cfg.task), "the run directory")
+    run_dir = check_output_dir(
+        run_dir_path(check_output_dir(args.runs, "--runs"), cfg.task), "the run directory"
+    )
     have = read_metadata(base_path).get("content_hash", "") if base_path.exists() else None
     cfg = resolve(cfg, allow_download=env.download, log=print)
     base_bytes, bhash = serialise(*base_bundle(load_base(cfg)))
     if have is not None and have != bhash:
-        raise CliError(f"{base_path} holds another base ({have[:12]}...) than --base {cfg.base} "
-                       f"({bhash[:12]}...): task bundles of one directory share one base; "
-                       "pack into another --out directory")
+        raise CliError(
+            f"{base_path} holds another base ({have[:12]}...) than --base {cfg.base} "
+            f"({bhash[:12]}...): task bundles of one directory share one base; "
+            "pack into another --out directory"
+        )
     if not args.retrain and find_run(run_dir, cfg, bhash):
         print(f"using the trained run {run_dir} (pass --retrain to train again)")
     else:
@@ -106,15 +141,24 @@ def main(args) -> int:
         test = task.split("test")
         ref_logits, labels = predict(model, test, env=env)
         rows = [
-            ("task bundle", f"{human_bytes(task_bytes)}  (the same pruned model stored whole: "
-                            f"{human_bytes(metrics['whole_model_bytes'])}, "
-                            f"{metrics['whole_model_bytes'] / task_bytes:.1f}x larger)"),
+            (
+                "task bundle",
+                f"{human_bytes(task_bytes)}  (the same pruned model stored whole: "
+                f"{human_bytes(metrics['whole_model_bytes'])}, "
+                f"{metrics['whole_model_bytes'] / task_bytes:.1f}x larger)",
+            ),
             ("base bundle", human_bytes(base_path.stat().st_size)),
             ("density", f"{metrics['density']:.1%} of the base's weights"),
-            ("MACs kept", f"{human_count(metrics['macs'])} of {human_count(metrics['macs_unpruned'])} "
-                          f"({metrics['macs'] / metrics['macs_unpruned']:.1%})"),
+            (
+                "MACs kept",
+                f"{human_count(metrics['macs'])} of {human_count(metrics['macs_unpruned'])} "
+                f"({metrics['macs'] / metrics['macs_unpruned']:.1%})",
+            ),
             ("learned parameters", human_count(metrics["learned_parameters"])),
-            ("test accuracy, PyTorch", f"{(ref_logits.argmax(1) == labels).mean():.2%} ({len(labels)} images)"),
+            (
+                "test accuracy, PyTorch",
+                f"{(ref_logits.argmax(1) == labels).mean():.2%} ({len(labels)} images)",
+            ),
         ]
         from spaedge.runtime import Runtime
 
@@ -126,14 +170,23 @@ def main(args) -> int:
         scale = float(np.abs(ref_logits).max()) or 1.0
         rel = float(np.abs(logits - ref_logits).max()) / scale
         rows += [
-            ("test accuracy, runtime", f"{(logits.argmax(1) == labels).mean():.2%} ({rt.isa} kernels)"),
-            ("runtime vs PyTorch", f"{agree:.2%} same predictions, max logit difference {rel:.1e} of scale"),
+            (
+                "test accuracy, runtime",
+                f"{(logits.argmax(1) == labels).mean():.2%} ({rt.isa} kernels)",
+            ),
+            (
+                "runtime vs PyTorch",
+                f"{agree:.2%} same predictions, max logit difference {rel:.1e} of scale",
+            ),
         ]
         if agree < 0.999 or rel > 1e-3:
             print(f"packed {cfg.task} (not installed):")
             print_table(rows)
-            print(f"error: the runtime and PyTorch disagree more than they should; {task_path} was left as it "
-                  "was. Please report this.", file=sys.stderr)
+            print(
+                f"error: the runtime and PyTorch disagree more than they should; {task_path} was left as it "
+                "was. Please report this.",
+                file=sys.stderr,
+            )
             return 1
         os.replace(new_path, task_path)
     finally:

@@ -16,16 +16,29 @@ from spaedge.pack.layout import base_bundle_path, task_bundle_path
 
 
 def add_parser(sub) -> None:
-    r = sub.add_parser("run", help="run a packed task in the C++ runtime",
-                       description="Classify images, or score the task's test set (--eval), with the C++ runtime.")
-    r.add_argument("--bundles", type=path_text, default="bundles", help="bundle directory (default ./bundles)")
+    r = sub.add_parser(
+        "run",
+        help="run a packed task in the C++ runtime",
+        description="Classify images, or score the task's test set (--eval), with the C++ runtime.",
+    )
+    r.add_argument(
+        "--bundles", type=path_text, default="bundles", help="bundle directory (default ./bundles)"
+    )
     r.add_argument("--task", default="digits", help="task name (default digits)")
-    r.add_argument("--eval", action="store_true", help="score the task's split instead of classifying images")
-    r.add_argument("--split", default="test", choices=["train", "val", "test"], help="split for --eval")
+    r.add_argument(
+        "--eval", action="store_true", help="score the task's split instead of classifying images"
+    )
+    r.add_argument(
+        "--split", default="test", choices=["train", "val", "test"], help="split for --eval"
+    )
     r.add_argument("--data-dir", type=path_text, help="where the task's data is (for --eval)")
     r.add_argument("--threads", type=positive_int, help="runtime threads (default: all cores)")
-    r.add_argument("--top", type=positive_int, default=3, help="labels to print per image (default 3)")
-    r.add_argument("images", nargs="*", type=path_text, metavar="IMAGE", help="image files (jpg, png, ...)")
+    r.add_argument(
+        "--top", type=positive_int, default=3, help="labels to print per image (default 3)"
+    )
+    r.add_argument(
+        "images", nargs="*", type=path_text, metavar="IMAGE", help="image files (jpg, png, ...)"
+    )
     r.set_defaults(func=main)
 
 
@@ -34,7 +47,9 @@ def main(args) -> int:
     base_path, task_path = base_bundle_path(bundles), task_bundle_path(bundles, args.task)
     for p in (base_path, task_path):
         if not p.exists():
-            raise CliError(f"{p} does not exist: pack the task first (spaedge pack --task {args.task} --out {bundles})")
+            raise CliError(
+                f"{p} does not exist: pack the task first (spaedge pack --task {args.task} --out {bundles})"
+            )
     from spaedge.runtime import Runtime
     from spaedge.tasks import get_task
 
@@ -46,7 +61,9 @@ def main(args) -> int:
         X, y = task.arrays(args.split)
         logits = rt.run(np.ascontiguousarray(X.numpy()))
         acc = float((logits.argmax(1) == y.numpy()).mean())
-        print(f"{name}: {args.split} accuracy {acc:.2%} on {len(y)} images ({rt.isa} kernels, {rt.threads} threads)")
+        print(
+            f"{name}: {args.split} accuracy {acc:.2%} on {len(y)} images ({rt.isa} kernels, {rt.threads} threads)"
+        )
         return 0
     if not args.images:
         raise CliError("give IMAGE files to classify, or --eval to score the task's test set")

@@ -19,10 +19,33 @@ bytes and MACs and the training curves.
     report.py  the table, the noise, the plots
 """
 
-from spaedge.experiment.grid import (DEFAULT_LRS, DEFAULT_TASKS, FAST_BUDGET, Budget, Cell, cell_config,
-                                     default_grid, fast_grid)
+from spaedge.experiment.grid import (
+    DEFAULT_LRS,
+    DEFAULT_TASKS,
+    FAST_BUDGET,
+    Budget,
+    Cell,
+    cell_config,
+    default_grid,
+    fast_grid,
+)
 from spaedge.experiment.report import report, reported
 from spaedge.experiment.run import check_budget, chosen_rates, load_results, run_cell, run_grid
 
-__all__ = ["Cell", "Budget", "FAST_BUDGET", "DEFAULT_TASKS", "DEFAULT_LRS", "default_grid", "fast_grid",
-           "cell_config", "run_cell", "run_grid", "load_results", "chosen_rates", "check_budget", "report", "reported"]
+__all__ = [
+    "Cell",
+    "Budget",
+    "FAST_BUDGET",
+    "DEFAULT_TASKS",
+    "DEFAULT_LRS",
+    "default_grid",
+    "fast_grid",
+    "cell_config",
+    "run_cell",
+    "run_grid",
+    "load_results",
+    "chosen_rates",
+    "check_budget",
+    "report",
+    "reported",
+]

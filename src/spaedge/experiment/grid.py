@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
 
 from spaedge.adapters import get_method
 from spaedge.pack.layout import task_name
 from spaedge.train import TrainConfig
 
-__all__ = ["Cell", "Budget", "FAST_BUDGET", "DEFAULT_TASKS", "DEFAULT_LRS", "SPARSITIES", "default_grid",
-           "fast_grid", "cell_config"]
+__all__ = [
+    "Cell",
+    "Budget",
+    "FAST_BUDGET",
+    "DEFAULT_TASKS",
+    "DEFAULT_LRS",
+    "SPARSITIES",
+    "default_grid",
+    "fast_grid",
+    "cell_config",
+]
 
 DEFAULT_TASKS = ("digits", "fashion_mnist_new", "fashion_mnist:6,8")
 # The learning rates every method is tried at (chosen per cell on validation).
@@ -32,18 +40,24 @@ class Cell:
     seed: int = 0
     # Method options as TrainConfig fields and values, e.g. (("pear_share", "none"),)
     options: tuple = ()
-    lr: Optional[float] = None  # None: the budget's only rate
+    lr: float | None = None  # None: the budget's only rate
 
     @property
     def config_key(self) -> str:
         """The cell without its seed and learning rate: what a rate is chosen for."""
         opts = "".join(f"-{v}" for _, v in self.options)
-        return (f"{task_name(self.task)}__{self.method}{opts}-r{self.rank}__d{int(round(self.density * 100))}"
-                f"__{self.criterion}__{self.schedule}")
+        return (
+            f"{task_name(self.task)}__{self.method}{opts}-r{self.rank}__d{int(round(self.density * 100))}"
+            f"__{self.criterion}__{self.schedule}"
+        )
 
     @property
     def key(self) -> str:
-        return self.config_key + (f"__lr{self.lr:g}" if self.lr is not None else "") + f"__s{self.seed}"
+        return (
+            self.config_key
+            + (f"__lr{self.lr:g}" if self.lr is not None else "")
+            + f"__s{self.seed}"
+        )
 
     @property
     def label(self) -> str:
@@ -77,28 +91,36 @@ class Budget:
     test_limit: int = 1000
     batch_size: int = 32
     lrs: tuple = DEFAULT_LRS  # every method is trained at each; the best on validation is reported
-    seeds: int = 3            # seeds at the chosen rate (seed 0 chooses it)
+    seeds: int = 3  # seeds at the chosen rate (seed 0 chooses it)
     score_batches: int = 2
-    sparsity: float = 0.4     # SparseAdapter cells without their own (a cell's options override it)
+    sparsity: float = 0.4  # SparseAdapter cells without their own (a cell's options override it)
     mask_criterion: str = "snip"
 
     def describe(self) -> str:
-        epochs = (f"{self.total_epochs} epochs in all ({self.epochs} adaptation, {self.recovery_epochs} per "
-                  "pruning step, the rest final)" if self.total_epochs else
-                  f"{self.epochs} + {self.recovery_epochs}/step + {self.final_epochs} epochs")
-        return (f"{self.train_limit} training images, {epochs}, pruning steps of {self.prune_step:.0%} of the "
-                f"filters, batch {self.batch_size}, learning rate chosen on validation among "
-                f"{', '.join(f'{lr:g}' for lr in self.lrs)}"
-                + (f", early stopping (patience {self.early_stopping})" if self.early_stopping else "")
-                + f"; {self.seeds} seed{'s' if self.seeds > 1 else ''}; validation on the first "
-                  f"{self.val_limit} validation images, test on the first {self.test_limit} test images")
+        epochs = (
+            f"{self.total_epochs} epochs in all ({self.epochs} adaptation, {self.recovery_epochs} per "
+            "pruning step, the rest final)"
+            if self.total_epochs
+            else f"{self.epochs} + {self.recovery_epochs}/step + {self.final_epochs} epochs"
+        )
+        return (
+            f"{self.train_limit} training images, {epochs}, pruning steps of {self.prune_step:.0%} of the "
+            f"filters, batch {self.batch_size}, learning rate chosen on validation among "
+            f"{', '.join(f'{lr:g}' for lr in self.lrs)}"
+            + (f", early stopping (patience {self.early_stopping})" if self.early_stopping else "")
+            + f"; {self.seeds} seed{'s' if self.seeds > 1 else ''}; validation on the first "
+            f"{self.val_limit} validation images, test on the first {self.test_limit} test images"
+        )
 
 
 def default_grid(tasks=DEFAULT_TASKS, densities=(1.0, 0.3, 0.1)) -> list[Cell]:
     """The cells of `spaedge experiment` (seed 0, no rate: the runner expands both)."""
     cells = []
     for task in tasks:
-        c = lambda **kw: cells.append(Cell(task=task, **kw))  # noqa: E731
+
+        def c(task=task, **kw):
+            cells.append(Cell(task=task, **kw))
+
         for d in densities:
             c(method="finetune", rank=0, density=d)
             c(method="splora", rank=8, density=d)
@@ -119,29 +141,71 @@ def default_grid(tasks=DEFAULT_TASKS, densities=(1.0, 0.3, 0.1)) -> list[Cell]:
 
 
 def fast_grid() -> list[Cell]:
-    return [Cell("digits", "finetune", 0, 0.3), Cell("digits", "splora", 4, 0.3),
-            Cell("digits", "splora", 4, 0.3, criterion="taylor", schedule="oneshot"),
-            Cell("digits", "sppara", 0, 0.3), Cell("digits", "splopa", 2, 0.3), Cell("digits", "sparse", 4, 0.3),
-            Cell("digits", "pear", 4, 0.3)]
+    return [
+        Cell("digits", "finetune", 0, 0.3),
+        Cell("digits", "splora", 4, 0.3),
+        Cell("digits", "splora", 4, 0.3, criterion="taylor", schedule="oneshot"),
+        Cell("digits", "sppara", 0, 0.3),
+        Cell("digits", "splopa", 2, 0.3),
+        Cell("digits", "sparse", 4, 0.3),
+        Cell("digits", "pear", 4, 0.3),
+    ]
 
 
-FAST_BUDGET = Budget(epochs=1, recovery_epochs=0, final_epochs=1, total_epochs=0, early_stopping=0, prune_step=0.35,
-                     train_limit=128, val_limit=128, test_limit=128, score_batches=1, lrs=(3e-3, 1e-2), seeds=1)
+FAST_BUDGET = Budget(
+    epochs=1,
+    recovery_epochs=0,
+    final_epochs=1,
+    total_epochs=0,
+    early_stopping=0,
+    prune_step=0.35,
+    train_limit=128,
+    val_limit=128,
+    test_limit=128,
+    score_batches=1,
+    lrs=(3e-3, 1e-2),
+    seeds=1,
+)
 
 
-def cell_config(cell: Cell, budget: Budget, base: str = "tiny", base_weights: Optional[str] = None,
-                data_dir: Optional[str] = None) -> TrainConfig:
+def cell_config(
+    cell: Cell,
+    budget: Budget,
+    base: str = "tiny",
+    base_weights: str | None = None,
+    data_dir: str | None = None,
+) -> TrainConfig:
     """The training config of one cell of the grid under ``budget``."""
-    options = {"sparsity": budget.sparsity, "mask_criterion": budget.mask_criterion, **dict(cell.options)}
-    return TrainConfig(task=cell.task, base=base, base_weights=base_weights, data_dir=data_dir, method=cell.method,
-                       rank=max(cell.rank, 1), density=cell.density, criterion=cell.criterion,
-                       schedule=cell.schedule, seed=cell.seed, epochs=budget.epochs,
-                       recovery_epochs=budget.recovery_epochs, final_epochs=budget.final_epochs,
-                       total_epochs=budget.total_epochs, early_stopping=budget.early_stopping,
-                       prune_step=budget.prune_step, train_limit=budget.train_limit, test_limit=budget.test_limit,
-                       val_limit=budget.val_limit,
-                       batch_size=budget.batch_size, lr=cell.lr if cell.lr is not None else budget.lrs[0],
-                       score_batches=budget.score_batches, **options)
+    options = {
+        "sparsity": budget.sparsity,
+        "mask_criterion": budget.mask_criterion,
+        **dict(cell.options),
+    }
+    return TrainConfig(
+        task=cell.task,
+        base=base,
+        base_weights=base_weights,
+        data_dir=data_dir,
+        method=cell.method,
+        rank=max(cell.rank, 1),
+        density=cell.density,
+        criterion=cell.criterion,
+        schedule=cell.schedule,
+        seed=cell.seed,
+        epochs=budget.epochs,
+        recovery_epochs=budget.recovery_epochs,
+        final_epochs=budget.final_epochs,
+        total_epochs=budget.total_epochs,
+        early_stopping=budget.early_stopping,
+        prune_step=budget.prune_step,
+        train_limit=budget.train_limit,
+        test_limit=budget.test_limit,
+        val_limit=budget.val_limit,
+        batch_size=budget.batch_size,
+        lr=cell.lr if cell.lr is not None else budget.lrs[0],
+        score_batches=budget.score_batches,
+        **options,
+    )
 
 
 def with_rate(cell: Cell, lr: float, seed: int) -> Cell:

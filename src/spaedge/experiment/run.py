@@ -14,7 +14,7 @@ import multiprocessing as mp
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
@@ -22,33 +22,67 @@ from spaedge.experiment.grid import Budget, Cell, cell_config
 from spaedge.pack.bundle import TaskSpec, task_bundle
 from spaedge.pack.format import atomic_write_bytes, serialise
 from spaedge.train import train_task
-from spaedge.train.loops import Diverged
 from spaedge.train.device import TrainEnv
+from spaedge.train.loops import Diverged
 
 __all__ = ["run_cell", "run_grid", "load_results", "chosen_rates"]
 
 SELECTION_SEED = 0
 
 
-def run_cell(cell: Cell, budget: Budget, base: str = "tiny", base_weights: Optional[str] = None,
-             data_dir: Optional[str] = None, env: Optional[TrainEnv] = None) -> dict:
+def run_cell(
+    cell: Cell,
+    budget: Budget,
+    base: str = "tiny",
+    base_weights: str | None = None,
+    data_dir: str | None = None,
+    env: TrainEnv | None = None,
+) -> dict:
     """Train one cell through the pipeline; its row of the table (the bundle is
     serialised in memory for its size, not written)."""
     torch.set_num_threads(1)  # one run per core
     try:
-        trained = train_task(cell_config(cell, budget, base, base_weights, data_dir), env=env, curve=True)
-    except Diverged as e:  # a rate too high for this method: a result (never chosen), not a failure of the grid
-        return {**dataclasses.asdict(cell), "key": cell.key, "config_key": cell.config_key, "label": cell.label,
-                "base": base, "lr": cell.lr, "val_accuracy": 0.0, "test_accuracy": 0.0, "diverged": str(e),
-                "seconds": 0.0, "budget": dataclasses.asdict(budget)}
+        trained = train_task(
+            cell_config(cell, budget, base, base_weights, data_dir), env=env, curve=True
+        )
+    except (
+        Diverged
+    ) as e:  # a rate too high for this method: a result (never chosen), not a failure of the grid
+        return {
+            **dataclasses.asdict(cell),
+            "key": cell.key,
+            "config_key": cell.config_key,
+            "label": cell.label,
+            "base": base,
+            "lr": cell.lr,
+            "val_accuracy": 0.0,
+            "test_accuracy": 0.0,
+            "diverged": str(e),
+            "seconds": 0.0,
+            "budget": dataclasses.asdict(budget),
+        }
     m = trained.metrics
-    bundle, _ = serialise(*task_bundle(trained.model, TaskSpec.from_task(trained.task), trained.base_hash))
-    result = {**dataclasses.asdict(cell), "key": cell.key, "config_key": cell.config_key, "label": cell.label,
-              "base": trained.config.base, "lr": trained.config.lr, "val_accuracy": m["val_accuracy"],
-              "test_accuracy": m["test_accuracy"], "density_reached": m["density"],
-              "learned_parameters": m["learned_parameters"], "task_bundle_bytes": len(bundle),
-              "macs": m["macs"], "macs_unpruned": m["macs_unpruned"], "seconds": m["seconds"],
-              "curve": m["curve"], "budget": dataclasses.asdict(budget)}
+    bundle, _ = serialise(
+        *task_bundle(trained.model, TaskSpec.from_task(trained.task), trained.base_hash)
+    )
+    result = {
+        **dataclasses.asdict(cell),
+        "key": cell.key,
+        "config_key": cell.config_key,
+        "label": cell.label,
+        "base": trained.config.base,
+        "lr": trained.config.lr,
+        "val_accuracy": m["val_accuracy"],
+        "test_accuracy": m["test_accuracy"],
+        "density_reached": m["density"],
+        "learned_parameters": m["learned_parameters"],
+        "task_bundle_bytes": len(bundle),
+        "macs": m["macs"],
+        "macs_unpruned": m["macs_unpruned"],
+        "seconds": m["seconds"],
+        "curve": m["curve"],
+        "budget": dataclasses.asdict(budget),
+    }
     if trained.pear:
         result.update(pear_shared=trained.pear["shared"], pear_removed=trained.pear["removed"])
     return result
@@ -57,7 +91,9 @@ def run_cell(cell: Cell, budget: Budget, base: str = "tiny", base_weights: Optio
 def _worker(args):
     cell, budget, out_dir, base, base_weights, data_dir, env = args
     res = run_cell(cell, budget, base, base_weights, data_dir, env)
-    atomic_write_bytes(Path(out_dir) / "runs" / f"{cell.key}.json", json.dumps(res, indent=1).encode())
+    atomic_write_bytes(
+        Path(out_dir) / "runs" / f"{cell.key}.json", json.dumps(res, indent=1).encode()
+    )
     return res
 
 
@@ -78,9 +114,11 @@ def check_budget(out_dir: str | Path, budget: Budget) -> None:
         have = {k: v for k, v in r.get("budget", {}).items() if k not in EXTENSIBLE}
         diff = sorted(k for k in want.keys() | have.keys() if have.get(k) != want.get(k))
         if diff:
-            raise ValueError(f"{Path(out_dir) / 'runs'} holds runs made with another budget ("
-                             + ", ".join(f"{k} {have.get(k)!r} there, {want.get(k)!r} here" for k in diff)
-                             + "): give the same flags, or another --out")
+            raise ValueError(
+                f"{Path(out_dir) / 'runs'} holds runs made with another budget ("
+                + ", ".join(f"{k} {have.get(k)!r} there, {want.get(k)!r} here" for k in diff)
+                + "): give the same flags, or another --out"
+            )
 
 
 def chosen_rates(results: list[dict], budget: Budget) -> dict[str, float]:
@@ -97,38 +135,66 @@ def chosen_rates(results: list[dict], budget: Budget) -> dict[str, float]:
     return out
 
 
-def run_grid(cells: list[Cell], budget: Budget, out_dir: str | Path, *, workers: int = 1, shard=(0, 1),
-             base="tiny", base_weights=None, data_dir=None, log: Callable[[str], None] = print,
-             env: Optional[TrainEnv] = None) -> list[dict]:
+def run_grid(
+    cells: list[Cell],
+    budget: Budget,
+    out_dir: str | Path,
+    *,
+    workers: int = 1,
+    shard=(0, 1),
+    base="tiny",
+    base_weights=None,
+    data_dir=None,
+    log: Callable[[str], None] = print,
+    env: TrainEnv | None = None,
+) -> list[dict]:
     """Run the rate search, then the other seeds at the chosen rates; returns all results."""
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     check_budget(out, budget)
-    search = [dataclasses.replace(c, seed=SELECTION_SEED, lr=lr) for c in cells for lr in budget.lrs]
-    _run(search, budget, out, workers, shard, (base, base_weights, data_dir, env), log, "rate search")
+    search = [
+        dataclasses.replace(c, seed=SELECTION_SEED, lr=lr) for c in cells for lr in budget.lrs
+    ]
+    _run(
+        search, budget, out, workers, shard, (base, base_weights, data_dir, env), log, "rate search"
+    )
     rates = chosen_rates(load_results(out), budget)
-    seeds = [dataclasses.replace(c, seed=s, lr=rates[c.config_key]) for c in cells if c.config_key in rates
-             for s in range(1, budget.seeds)]
+    seeds = [
+        dataclasses.replace(c, seed=s, lr=rates[c.config_key])
+        for c in cells
+        if c.config_key in rates
+        for s in range(1, budget.seeds)
+    ]
     waiting = sum(c.config_key not in rates for c in cells)
     if waiting:
-        log(f"{waiting} cells still wait for their rate search (other shards): run again to finish them")
-    _run(seeds, budget, out, workers, shard, (base, base_weights, data_dir, env), log, "other seeds")
+        log(
+            f"{waiting} cells still wait for their rate search (other shards): run again to finish them"
+        )
+    _run(
+        seeds, budget, out, workers, shard, (base, base_weights, data_dir, env), log, "other seeds"
+    )
     return load_results(out)
 
 
-def _run(jobs: list[Cell], budget: Budget, out: Path, workers: int, shard, where, log, what: str) -> None:
+def _run(
+    jobs: list[Cell], budget: Budget, out: Path, workers: int, shard, where, log, what: str
+) -> None:
     i, n = shard
     mine = [c for k, c in enumerate(jobs) if k % n == i]
     todo = [c for c in mine if not (out / "runs" / f"{c.key}.json").exists()]
-    log(f"{what}: {len(mine)} runs in this shard, {len(mine) - len(todo)} already done, {len(todo)} to go")
+    log(
+        f"{what}: {len(mine)} runs in this shard, {len(mine) - len(todo)} already done, {len(todo)} to go"
+    )
     args = [(c, budget, str(out), *where) for c in todo]
     t0, done = time.time(), 0
 
     def note(r):
         nonlocal done
         done += 1
-        log(f"[{what} {done}/{len(todo)}] {r['key']}: val {r['val_accuracy']:.2%}, test {r['test_accuracy']:.2%} "
-            f"({r['seconds']}s, {time.time() - t0:.0f}s elapsed)")
+        log(
+            f"[{what} {done}/{len(todo)}] {r['key']}: val {r['val_accuracy']:.2%}, test {r['test_accuracy']:.2%} "
+            f"({r['seconds']}s, {time.time() - t0:.0f}s elapsed)"
+        )
 
     if workers <= 1:
         for a in args:

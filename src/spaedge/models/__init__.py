@@ -28,13 +28,33 @@ import torch
 from safetensors.torch import load_file
 
 from spaedge.models.pretrained import PRETRAINED, pretrained_weights
-from spaedge.models.resnet import ResNet, from_config, resnet18, resnet34, resnet50, spaedge_small, spaedge_tiny
+from spaedge.models.resnet import (
+    ResNet,
+    from_config,
+    resnet18,
+    resnet34,
+    resnet50,
+    spaedge_small,
+    spaedge_tiny,
+)
 
-__all__ = ["ResNet", "get_base", "load_weights", "BASES", "BUILTIN", "BUILTIN_WEIGHTS", "RANDOM", "from_config"]
+__all__ = [
+    "ResNet",
+    "get_base",
+    "load_weights",
+    "BASES",
+    "BUILTIN",
+    "BUILTIN_WEIGHTS",
+    "RANDOM",
+    "from_config",
+]
 
 _WEIGHTS_DIR = Path(__file__).with_name("weights")
 # The built-in bases' weights, shipped in the package (spaedge pretrain --base NAME remakes them).
-BUILTIN = {"tiny": _WEIGHTS_DIR / "spaedge_tiny.safetensors", "small": _WEIGHTS_DIR / "spaedge_small.safetensors"}
+BUILTIN = {
+    "tiny": _WEIGHTS_DIR / "spaedge_tiny.safetensors",
+    "small": _WEIGHTS_DIR / "spaedge_small.safetensors",
+}
 BUILTIN_WEIGHTS = BUILTIN["tiny"]
 RANDOM = "random"  # weights=RANDOM: a randomly initialised base, on purpose
 
@@ -50,8 +70,13 @@ BASES = {
 }
 
 
-def get_base(name: str = "tiny", weights: str | os.PathLike | None = None, *, allow_download: bool = True,
-             progress=None) -> ResNet:
+def get_base(
+    name: str = "tiny",
+    weights: str | os.PathLike | None = None,
+    *,
+    allow_download: bool = True,
+    progress=None,
+) -> ResNet:
     """Build base ``name`` with its weights: ``None`` for its own (built-in for
     ``tiny``, ImageNet for the ResNets, downloaded on first use unless
     ``allow_download`` is False), a weights file, or ``"random"``."""
@@ -65,7 +90,8 @@ def get_base(name: str = "tiny", weights: str | os.PathLike | None = None, *, al
         if not path.exists():
             raise FileNotFoundError(
                 f"the built-in {name} base's weights are missing ({path}); recreate them with "
-                f"`spaedge pretrain --base {name}` or reinstall spaedge")
+                f"`spaedge pretrain --base {name}` or reinstall spaedge"
+            )
         load_weights(model, path)
         model.weights_source = f"built-in ({path.name})"
     elif weights is None:
@@ -73,8 +99,9 @@ def get_base(name: str = "tiny", weights: str | os.PathLike | None = None, *, al
         stem = name.endswith("-cifar")
         load_weights(model, path, skip_stem=stem)
         entry = PRETRAINED[name.removesuffix("-cifar")]
-        model.weights_source = (f"ImageNet-1k ({entry.filename})"
-                                + (", stem conv random (3x3 small-input stem)" if stem else ""))
+        model.weights_source = f"ImageNet-1k ({entry.filename})" + (
+            ", stem conv random (3x3 small-input stem)" if stem else ""
+        )
     else:
         load_weights(model, weights)
         model.weights_source = f"file {Path(weights).name}"
@@ -92,8 +119,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with what to do
-        raise ValueError(f"{path}: cannot read weights ({e}); give a torchvision state dict saved "
-                         "with torch.save(model.state_dict()) or a .safetensors file") from e
+        raise ValueError(
+            f"{path}: cannot read weights ({e}); give a torchvision state dict saved "
+            "with torch.save(model.state_dict()) or a .safetensors file"
+        ) from e
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
@@ -101,7 +130,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_weights(model: ResNet, path: str | os.PathLike, *, head: bool = True, skip_stem: bool = False) -> None:
+def load_weights(
+    model: ResNet, path: str | os.PathLike, *, head: bool = True, skip_stem: bool = False
+) -> None:
     """Load a torchvision-named state dict into ``model``.
 
     The classification head (``fc.*``) is optional and ignored when its shape
@@ -114,14 +145,25 @@ def load_weights(model: ResNet, path: str | os.PathLike, *, head: bool = True, s
         sd.pop("conv1.weight", None)
     own = model.state_dict()
     optional = ("fc.", "conv1.") if skip_stem else ("fc.",)
-    missing = [k for k in own if k not in sd and not k.startswith(optional) and not k.endswith("num_batches_tracked")]
+    missing = [
+        k
+        for k in own
+        if k not in sd and not k.startswith(optional) and not k.endswith("num_batches_tracked")
+    ]
     if missing:
-        raise ValueError(f"{path}: not weights for this base ({type(model).__name__} {model.arch}); "
-                         f"missing {len(missing)} tensors, e.g. {missing[:3]}")
+        raise ValueError(
+            f"{path}: not weights for this base ({type(model).__name__} {model.arch}); "
+            f"missing {len(missing)} tensors, e.g. {missing[:3]}"
+        )
     for k, v in sd.items():
         if k in own and own[k].shape != v.shape and not k.startswith("fc."):
-            raise ValueError(f"{path}: tensor {k} has shape {tuple(v.shape)}, the base expects "
-                             f"{tuple(own[k].shape)}: wrong architecture or input channels?")
-    keep = {k: v for k, v in sd.items() if k in own and (head or not k.startswith("fc."))
-            and own[k].shape == v.shape}
+            raise ValueError(
+                f"{path}: tensor {k} has shape {tuple(v.shape)}, the base expects "
+                f"{tuple(own[k].shape)}: wrong architecture or input channels?"
+            )
+    keep = {
+        k: v
+        for k, v in sd.items()
+        if k in own and (head or not k.startswith("fc.")) and own[k].shape == v.shape
+    }
     model.load_state_dict(keep, strict=False)

@@ -22,13 +22,18 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from safetensors.torch import save_file
 
-from spaedge.download import (DownloadError, file_lock, expected_digest, fetch, parse_digest,
-                              spaedge_home)
+from spaedge.download import (
+    DownloadError,
+    expected_digest,
+    fetch,
+    file_lock,
+    parse_digest,
+    spaedge_home,
+)
 
 __all__ = ["PRETRAINED", "PretrainedWeights", "pretrained_weights", "weights_dir"]
 
@@ -58,14 +63,21 @@ class PretrainedWeights:
 PRETRAINED = {
     "resnet18": PretrainedWeights(
         "https://download.pytorch.org/models/resnet18-f37072fd.pth",
-        "sha256:f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec", 46_830_571),
+        "sha256:f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec",
+        46_830_571,
+    ),
     "resnet34": PretrainedWeights(
         "https://download.pytorch.org/models/resnet34-b627a593.pth",
-        "sha256:b627a593bcbe140c234610266fe4f8ae95ea42fc881d091c9b6052e6b1d0590f", 87_319_819),
+        "sha256:b627a593bcbe140c234610266fe4f8ae95ea42fc881d091c9b6052e6b1d0590f",
+        87_319_819,
+    ),
     "resnet50": PretrainedWeights(
         "https://download.pytorch.org/models/resnet50-0676ba61.pth",
-        "sha256:0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a", 102_530_333),
+        "sha256:0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a",
+        102_530_333,
+    ),
 }
+
 
 def weights_dir() -> Path:
     """``spaedge_home()/weights``: where pretrained weights are cached."""
@@ -80,7 +92,7 @@ def _entry(name: str) -> PretrainedWeights:
     return PRETRAINED[base]
 
 
-def _safetensors_metadata(path: Path) -> Optional[dict]:
+def _safetensors_metadata(path: Path) -> dict | None:
     """The ``__metadata__`` of a safetensors file (header only), None if unreadable."""
     try:
         with open(path, "rb") as f:
@@ -99,13 +111,20 @@ def _convert(pth: Path, out: Path, source: dict) -> None:
     try:
         sd = torch.load(str(pth), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised saying which file
-        raise DownloadError(f"{pth}: cannot read it as a state dict ({e}); delete it and run "
-                            "again to download it anew", source.get("source_url", ""), pth) from None
+        raise DownloadError(
+            f"{pth}: cannot read it as a state dict ({e}); delete it and run "
+            "again to download it anew",
+            source.get("source_url", ""),
+            pth,
+        ) from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise DownloadError(f"{pth}: not a state dict of tensors; delete it and run again",
-                            source.get("source_url", ""), pth)
+        raise DownloadError(
+            f"{pth}: not a state dict of tensors; delete it and run again",
+            source.get("source_url", ""),
+            pth,
+        )
     sd = {k: v.contiguous() for k, v in sd.items()}
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:

@@ -9,12 +9,21 @@ to layers.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50", "spaedge_tiny", "spaedge_small"]
+__all__ = [
+    "ResNet",
+    "BasicBlock",
+    "Bottleneck",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "spaedge_tiny",
+    "spaedge_small",
+]
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:
@@ -104,8 +113,10 @@ class ResNet(nn.Module):
                 s = stride if j == 0 else 1
                 down = None
                 if s != 1 or cin != width * block.expansion:
-                    down = nn.Sequential(_conv(cin, width * block.expansion, 1, s),
-                                         nn.BatchNorm2d(width * block.expansion))
+                    down = nn.Sequential(
+                        _conv(cin, width * block.expansion, 1, s),
+                        nn.BatchNorm2d(width * block.expansion),
+                    )
                 blocks.append(block(cin, width, s, down))
                 cin = width * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
@@ -140,14 +151,32 @@ class ResNet(nn.Module):
 
         def conv(name: str, src: str) -> str:
             m = self.get_submodule(name)
-            nodes.append({"name": name, "op": "conv", "inputs": [src], "output": name,
-                          "kernel": _kernel_of(m), "stride": _stride_of(m), "padding": _padding_of(m),
-                          "in_channels": _in_of(m), "out_channels": _out_of(m)})
+            nodes.append(
+                {
+                    "name": name,
+                    "op": "conv",
+                    "inputs": [src],
+                    "output": name,
+                    "kernel": _kernel_of(m),
+                    "stride": _stride_of(m),
+                    "padding": _padding_of(m),
+                    "in_channels": _in_of(m),
+                    "out_channels": _out_of(m),
+                }
+            )
             return name
 
         def bn(name: str, src: str) -> str:
             m = self.get_submodule(name)
-            nodes.append({"name": name, "op": "batchnorm", "inputs": [src], "output": name, "eps": float(m.eps)})
+            nodes.append(
+                {
+                    "name": name,
+                    "op": "batchnorm",
+                    "inputs": [src],
+                    "output": name,
+                    "eps": float(m.eps),
+                }
+            )
             return name
 
         def op(name: str, kind: str, *srcs: str, **fields) -> str:
@@ -171,7 +200,12 @@ class ResNet(nn.Module):
                 t = op(f"{p}.relu_out", "relu", op(f"{p}.add", "add", h, identity))
         t = op("avgpool", "gap", t)
         nodes.append({"name": "fc", "op": "linear", "inputs": [t], "output": "logits"})
-        return {"input": "x", "input_channels": self.in_channels, "nodes": nodes, "output": "logits"}
+        return {
+            "input": "x",
+            "input_channels": self.in_channels,
+            "nodes": nodes,
+            "output": "logits",
+        }
 
     def native_input_size(self) -> tuple[int, int, int]:
         """The input size the stem was made for: 224x224 for the ImageNet stem;
@@ -185,8 +219,14 @@ class ResNet(nn.Module):
 
     def config(self) -> dict:
         """Enough to rebuild the architecture (stored in bundles and runs)."""
-        return {"arch": self.arch, "block": self.block_type.__name__, "layers": list(self.layer_sizes),
-                "widths": list(self.widths), "in_channels": self.in_channels, "stem": self.stem}
+        return {
+            "arch": self.arch,
+            "block": self.block_type.__name__,
+            "layers": list(self.layer_sizes),
+            "widths": list(self.widths),
+            "in_channels": self.in_channels,
+            "stem": self.stem,
+        }
 
 
 # A conv may be a plain nn.Conv2d or an adapter wrapping one; both expose these.
@@ -244,5 +284,12 @@ def spaedge_small(**kw) -> ResNet:
 
 def from_config(cfg: dict, num_classes: int = 1000) -> ResNet:
     block = {"BasicBlock": BasicBlock, "Bottleneck": Bottleneck}[cfg["block"]]
-    return ResNet(block, cfg["layers"], num_classes=num_classes, in_channels=cfg["in_channels"],
-                  widths=cfg["widths"], stem=cfg["stem"], arch=cfg["arch"])
+    return ResNet(
+        block,
+        cfg["layers"],
+        num_classes=num_classes,
+        in_channels=cfg["in_channels"],
+        widths=cfg["widths"],
+        stem=cfg["stem"],
+        arch=cfg["arch"],
+    )

@@ -18,7 +18,9 @@ def _kind(m: nn.Module) -> str | None:
         return "conv"
     if isinstance(m, nn.Linear):
         return "linear"
-    if hasattr(m, "is_conv") and hasattr(m, "kernel_size"):  # an adapted layer (spaedge.adapters.base)
+    if hasattr(m, "is_conv") and hasattr(
+        m, "kernel_size"
+    ):  # an adapted layer (spaedge.adapters.base)
         return "conv" if m.is_conv else "linear"
     return None
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -24,8 +24,16 @@ from spaedge.errors import BundleError
 from spaedge.models import ResNet, from_config
 from spaedge.pack.format import json_field, read_bundle, serialise, write_bundle
 
-__all__ = ["base_bundle", "write_base", "base_hash", "task_bundle", "write_task", "load_base_model",
-           "load_task_model", "TaskSpec"]
+__all__ = [
+    "base_bundle",
+    "write_base",
+    "base_hash",
+    "task_bundle",
+    "write_task",
+    "load_base_model",
+    "load_task_model",
+    "TaskSpec",
+]
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -40,7 +48,9 @@ def _base_weight(model: ResNet, name: str) -> torch.Tensor:
     m = model.get_submodule(name)
     if isinstance(m, AdaptedLayer):
         if m.out_channels != m.base_out_channels or m.in_channels != m.base_in_channels:
-            raise ValueError(f"layer {name} is pruned: a base bundle is written from the unpruned base")
+            raise ValueError(
+                f"layer {name} is pruned: a base bundle is written from the unpruned base"
+            )
         if getattr(m, "base_weight", None) is not None:
             return m.base_weight
     return m.weight
@@ -51,12 +61,18 @@ def base_bundle(model: ResNet) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     graph = model.graph()
     tensors = {}
     for node in _conv_nodes(graph):
-        tensors[f"{node['name']}.weight"] = _np(_base_weight(model, node["name"])).astype(np.float32)
+        tensors[f"{node['name']}.weight"] = _np(_base_weight(model, node["name"])).astype(
+            np.float32
+        )
         bias = model.get_submodule(node["name"]).bias
         if bias is not None:
             tensors[f"{node['name']}.bias"] = _np(bias).astype(np.float32)
-    meta = {"format": "spaedge-base", "model": model.arch, "graph": json.dumps(graph),
-            "config": json.dumps(model.config())}
+    meta = {
+        "format": "spaedge-base",
+        "model": model.arch,
+        "graph": json.dumps(graph),
+        "config": json.dumps(model.config()),
+    }
     if getattr(model, "weights_source", None):  # where the weights came from (random bases say so)
         meta["weights"] = model.weights_source
     return tensors, meta
@@ -75,33 +91,47 @@ def write_base(model: ResNet, path: str | os.PathLike) -> str:
 class TaskSpec:
     """What a task bundle says about its task besides the weights."""
 
-    def __init__(self, name: str, labels: Sequence[str], input_size: Sequence[int],
-                 mean: Sequence[float], std: Sequence[float]):
+    def __init__(
+        self,
+        name: str,
+        labels: Sequence[str],
+        input_size: Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ):
         self.name, self.labels = name, list(labels)
         self.input_size = tuple(int(v) for v in input_size)
         self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]
 
     @classmethod
-    def from_task(cls, task) -> "TaskSpec":
+    def from_task(cls, task) -> TaskSpec:
         return cls(task.name, task.labels, task.input_size, task.mean, task.std)
 
     def metadata(self) -> dict[str, str]:
         c, h, w = self.input_size
-        return {"task": self.name, "labels": json.dumps(self.labels),
-                "input": json.dumps({"channels": c, "height": h, "width": w, "mean": self.mean, "std": self.std})}
+        return {
+            "task": self.name,
+            "labels": json.dumps(self.labels),
+            "input": json.dumps(
+                {"channels": c, "height": h, "width": w, "mean": self.mean, "std": self.std}
+            ),
+        }
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, str], where: str) -> "TaskSpec":
+    def from_metadata(cls, meta: dict[str, str], where: str) -> TaskSpec:
         inp = json_field(meta, "input", where)
         try:
             size = (inp["channels"], inp["height"], inp["width"])
-            return cls(meta["task"], json_field(meta, "labels", where), size, inp["mean"], inp["std"])
+            return cls(
+                meta["task"], json_field(meta, "labels", where), size, inp["mean"], inp["std"]
+            )
         except (KeyError, TypeError) as e:
             raise BundleError(f"{where}: field 'input' or 'task' is malformed ({e})") from None
 
 
-def task_bundle(model: ResNet, spec: TaskSpec, base_content_hash: str,
-                info: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def task_bundle(
+    model: ResNet, spec: TaskSpec, base_content_hash: str, info: dict | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Tensors and metadata of the task bundle of an adapted (pruned) model."""
     graph = model.graph()
     tensors: dict[str, np.ndarray] = {}
@@ -121,25 +151,43 @@ def task_bundle(model: ResNet, spec: TaskSpec, base_content_hash: str,
             head = model.get_submodule(name)
             tensors[f"{name}.weight"] = _np(head.weight).astype(np.float32)
             tensors[f"{name}.bias"] = _np(head.bias).astype(np.float32)
-    meta = {"format": "spaedge-task", "base_hash": base_content_hash, "method": model.adapter_method,
-            **spec.metadata(), "info": json.dumps(info or {})}
+    meta = {
+        "format": "spaedge-task",
+        "base_hash": base_content_hash,
+        "method": model.adapter_method,
+        **spec.metadata(),
+        "info": json.dumps(info or {}),
+    }
     method = method_of(model)
-    if method.bundle_metadata is not None:  # e.g. Pear's shared_adapters: shared factors are stored once
+    if (
+        method.bundle_metadata is not None
+    ):  # e.g. Pear's shared_adapters: shared factors are stored once
         meta.update(method.bundle_metadata(model))
-    if method.bundle_tensors is not None:  # e.g. SPLoPA's prototype sets, stored once for all their convs
+    if (
+        method.bundle_tensors is not None
+    ):  # e.g. SPLoPA's prototype sets, stored once for all their convs
         for k, v in method.bundle_tensors(model).items():
             if k in tensors:
-                raise ValueError(f"method {method.name}: model-level tensor {k!r} collides with a layer's")
+                raise ValueError(
+                    f"method {method.name}: model-level tensor {k!r} collides with a layer's"
+                )
             tensors[k] = _np(v)
     return tensors, meta
 
 
-def write_task(model: ResNet, spec: TaskSpec, base_content_hash: str, path: str | os.PathLike,
-               info: dict | None = None) -> str:
+def write_task(
+    model: ResNet,
+    spec: TaskSpec,
+    base_content_hash: str,
+    path: str | os.PathLike,
+    info: dict | None = None,
+) -> str:
     return write_bundle(path, *task_bundle(model, spec, base_content_hash, info))
 
 
-def load_base_model(path: str | os.PathLike, num_classes: int = 1000) -> tuple[ResNet, dict[str, str]]:
+def load_base_model(
+    path: str | os.PathLike, num_classes: int = 1000
+) -> tuple[ResNet, dict[str, str]]:
     """The base network stored in a base bundle (conv weights; BatchNorms at identity)."""
     tensors, meta = read_bundle(path)
     where = str(path)
@@ -153,8 +201,10 @@ def load_base_model(path: str | os.PathLike, num_classes: int = 1000) -> tuple[R
                 raise BundleError(f"{where}: tensor '{key}' is missing")
             conv = model.get_submodule(node["name"])
             if tuple(tensors[key].shape) != tuple(conv.weight.shape):
-                raise BundleError(f"{where}: tensor '{key}' has shape {tensors[key].shape}, "
-                                  f"the graph says {tuple(conv.weight.shape)}")
+                raise BundleError(
+                    f"{where}: tensor '{key}' has shape {tensors[key].shape}, "
+                    f"the graph says {tuple(conv.weight.shape)}"
+                )
             conv.weight.copy_(torch.from_numpy(tensors[key]))
     return model, meta
 
@@ -163,7 +213,9 @@ def load_base_model(path: str | os.PathLike, num_classes: int = 1000) -> tuple[R
 _INDEX_FORM = (".sparse_delta_index", ".lora_a_index", ".lora_b_index")
 
 
-def load_task_model(base_path: str | os.PathLike, task_path: str | os.PathLike) -> tuple[ResNet, TaskSpec, dict]:
+def load_task_model(
+    base_path: str | os.PathLike, task_path: str | os.PathLike
+) -> tuple[ResNet, TaskSpec, dict]:
     """Rebuild the torch model of a task: (model in eval mode, task spec, metadata)."""
     tensors, meta = read_bundle(task_path)
     where = str(task_path)
@@ -172,21 +224,29 @@ def load_task_model(base_path: str | os.PathLike, task_path: str | os.PathLike) 
     spec = TaskSpec.from_metadata(meta, where)
     base, base_meta = load_base_model(base_path, num_classes=len(spec.labels))
     if meta.get("base_hash") != base_meta["content_hash"]:
-        raise BundleError(f"{where}: field 'base_hash' names base {meta.get('base_hash')}, but {base_path} is "
-                          f"{base_meta['content_hash']}: pack the task against this base or use the right base")
+        raise BundleError(
+            f"{where}: field 'base_hash' names base {meta.get('base_hash')}, but {base_path} is "
+            f"{base_meta['content_hash']}: pack the task against this base or use the right base"
+        )
     graph = base.graph()
     first = next(n for n in _conv_nodes(graph))
-    rank = int(tensors[f"{first['name']}.lora_a"].shape[0]) if f"{first['name']}.lora_a" in tensors else 1
+    rank = (
+        int(tensors[f"{first['name']}.lora_a"].shape[0])
+        if f"{first['name']}.lora_a" in tensors
+        else 1
+    )
     model = adapt(base, meta["method"], rank=rank)
     for k in tensors:
         if k.endswith(_INDEX_FORM):
-            raise BundleError(f"{where}: tensor '{k}': sparse positions are stored as U8 bitmasks "
-                              f"('{k[:-len('_index')]}_mask'), no longer as I32 indices: repack the bundle with "
-                              "this spaedge")
+            raise BundleError(
+                f"{where}: tensor '{k}': sparse positions are stored as U8 bitmasks "
+                f"('{k[: -len('_index')]}_mask'), no longer as I32 indices: repack the bundle with "
+                "this spaedge"
+            )
     t = {k: torch.from_numpy(v.copy()) for k, v in tensors.items()}
     for node in graph["nodes"]:
         name, prefix = node["name"], node["name"] + "."
-        sub = {k[len(prefix):]: v for k, v in t.items() if k.startswith(prefix)}
+        sub = {k[len(prefix) :]: v for k, v in t.items() if k.startswith(prefix)}
         try:
             if node["op"] == "conv":
                 model.get_submodule(name).load_bundle_tensors(sub)
@@ -200,7 +260,10 @@ def load_task_model(base_path: str | os.PathLike, task_path: str | os.PathLike) 
                 head = model.get_submodule(name)
                 head.weight = nn.Parameter(sub["weight"])
                 head.bias = nn.Parameter(sub["bias"])
-                head.in_features, head.out_features = int(sub["weight"].shape[1]), int(sub["weight"].shape[0])
+                head.in_features, head.out_features = (
+                    int(sub["weight"].shape[1]),
+                    int(sub["weight"].shape[0]),
+                )
         except KeyError as e:
             raise BundleError(f"{where}: tensor '{prefix}{e.args[0]}' is missing") from None
         except SparseTensorError as e:

@@ -34,8 +34,9 @@ import io
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -53,34 +54,46 @@ TFLITE_CONVERTERS = ("builtin", "litert-torch")
 ModelOrBundles = Union[nn.Module, Sequence[Union[str, os.PathLike]]]
 
 
-def task_torch_model(model_or_bundles: ModelOrBundles,
-                     input_size: Sequence[int] | None = None) -> tuple[nn.Module, tuple[int, int, int]]:
+def task_torch_model(
+    model_or_bundles: ModelOrBundles, input_size: Sequence[int] | None = None
+) -> tuple[nn.Module, tuple[int, int, int]]:
     """(plain materialised eval-mode model, (C, H, W)) for a model or a (base, task) bundle pair."""
     if isinstance(model_or_bundles, nn.Module):
         model = model_or_bundles
         if input_size is None:
-            raise ValueError("input_size (C, H, W) is needed to export a model (it is only known for bundles)")
+            raise ValueError(
+                "input_size (C, H, W) is needed to export a model (it is only known for bundles)"
+            )
     else:
         try:
             base_path, task_path = model_or_bundles
         except (TypeError, ValueError):
-            raise TypeError("expected a torch model or a (base_path, task_path) pair of bundles, "
-                            f"got {type(model_or_bundles).__name__}") from None
+            raise TypeError(
+                "expected a torch model or a (base_path, task_path) pair of bundles, "
+                f"got {type(model_or_bundles).__name__}"
+            ) from None
         model, spec, _ = load_task_model(base_path, task_path)
         if input_size is None:
             input_size = spec.input_size
     size = tuple(int(v) for v in input_size)
     if len(size) != 3 or min(size) < 1:
-        raise ValueError(f"input_size must be (C, H, W) with positive sizes, got {tuple(input_size)}")
+        raise ValueError(
+            f"input_size must be (C, H, W) with positive sizes, got {tuple(input_size)}"
+        )
     if any(isinstance(m, AdaptedLayer) for m in model.modules()):
         model = materialize(model)
     return model.eval(), size
 
 
 # ---------------------------------------------------------------------- ONNX
-def export_onnx(model_or_bundles: ModelOrBundles, path: str | os.PathLike,
-                input_size: Sequence[int] | None = None, *, dynamic_batch: bool = False,
-                opset: int = 17) -> Path:
+def export_onnx(
+    model_or_bundles: ModelOrBundles,
+    path: str | os.PathLike,
+    input_size: Sequence[int] | None = None,
+    *,
+    dynamic_batch: bool = False,
+    opset: int = 17,
+) -> Path:
     """Write the task's pruned model as ONNX; returns the path."""
     model, size = task_torch_model(model_or_bundles, input_size)
     example = torch.zeros(1, *size)
@@ -91,23 +104,38 @@ def export_onnx(model_or_bundles: ModelOrBundles, path: str | os.PathLike,
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         with torch.no_grad():
-            torch.onnx.export(model, (example,), buf, input_names=["input"], output_names=["logits"],
-                              opset_version=opset, dynamic_axes=axes, do_constant_folding=True,
-                              dynamo=False)
+            torch.onnx.export(
+                model,
+                (example,),
+                buf,
+                input_names=["input"],
+                output_names=["logits"],
+                opset_version=opset,
+                dynamic_axes=axes,
+                do_constant_folding=True,
+                dynamo=False,
+            )
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
 
 # -------------------------------------------------------------------- TFLite
-def export_tflite(model_or_bundles: ModelOrBundles, path: str | os.PathLike,
-                  input_size: Sequence[int] | None = None, *, converter: str = "builtin") -> Path:
+def export_tflite(
+    model_or_bundles: ModelOrBundles,
+    path: str | os.PathLike,
+    input_size: Sequence[int] | None = None,
+    *,
+    converter: str = "builtin",
+) -> Path:
     """Write the task's pruned model as a TFLite flatbuffer; returns the path.
 
     ``converter="builtin"``: NHWC input ``[1, H, W, C]``; ``"litert-torch"``:
     NCHW input ``[1, C, H, W]`` (see the module doc)."""
     if converter not in TFLITE_CONVERTERS:
-        raise ValueError(f"unknown TFLite converter {converter!r}; known: {', '.join(TFLITE_CONVERTERS)}")
+        raise ValueError(
+            f"unknown TFLite converter {converter!r}; known: {', '.join(TFLITE_CONVERTERS)}"
+        )
     model, size = task_torch_model(model_or_bundles, input_size)
     if converter == "builtin":
         payload = _tflite_builtin(model, size)
@@ -122,9 +150,11 @@ def _tflite_litert_torch(model: nn.Module, size: tuple[int, int, int]) -> bytes:
     try:
         import litert_torch
     except ImportError as e:
-        raise ImportError("TFLite export with converter='litert-torch' needs litert-torch: "
-                          "install spaedge[tflite] (pip install 'spaedge[tflite]' torch==2.13.0), "
-                          f"or use converter='builtin' ({e})") from e
+        raise ImportError(
+            "TFLite export with converter='litert-torch' needs litert-torch: "
+            "install spaedge[tflite] (pip install 'spaedge[tflite]' torch==2.13.0), "
+            f"or use converter='builtin' ({e})"
+        ) from e
     edge = litert_torch.convert(model.eval(), (torch.zeros(1, *size),))
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "model.tflite"
@@ -136,8 +166,10 @@ def _schema():
     try:
         from ai_edge_litert import schema_py_generated as s
     except ImportError as e:
-        raise ImportError("TFLite export needs the LiteRT package for its schema: "
-                          f"pip install 'spaedge[export]' (ai-edge-litert) ({e})") from e
+        raise ImportError(
+            "TFLite export needs the LiteRT package for its schema: "
+            f"pip install 'spaedge[export]' (ai-edge-litert) ({e})"
+        ) from e
     import flatbuffers
 
     return s, flatbuffers
@@ -154,8 +186,13 @@ class _TFLiteWriter:
         self.opcodes: dict[int, int] = {}  # builtin code -> index in operatorCodes
         self.shapes: list[list[int]] = []
 
-    def tensor(self, name: str, shape: Sequence[int], data: np.ndarray | None = None,
-               dtype: str = "float32") -> int:
+    def tensor(
+        self,
+        name: str,
+        shape: Sequence[int],
+        data: np.ndarray | None = None,
+        dtype: str = "float32",
+    ) -> int:
         s = self.s
         t = s.TensorT()
         t.name = name
@@ -167,15 +204,23 @@ class _TFLiteWriter:
             if list(arr.shape) != t.shape:
                 raise AssertionError(f"{name}: data shape {arr.shape} != {t.shape}")
             b = s.BufferT()
-            b.data = np.frombuffer(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes(), dtype=np.uint8)
+            b.data = np.frombuffer(
+                arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes(), dtype=np.uint8
+            )
             self.buffers.append(b)
             t.buffer = len(self.buffers) - 1
         self.tensors.append(t)
         self.shapes.append(t.shape)
         return len(self.tensors) - 1
 
-    def op(self, code: int, inputs: Sequence[int], outputs: Sequence[int], options_type: int = 0,
-           options=None) -> None:
+    def op(
+        self,
+        code: int,
+        inputs: Sequence[int],
+        outputs: Sequence[int],
+        options_type: int = 0,
+        options=None,
+    ) -> None:
         s = self.s
         if code not in self.opcodes:
             self.opcodes[code] = len(self.opcodes)
@@ -237,8 +282,10 @@ def _same_padding_matches(size: int, kernel: int, stride: int, pad: int) -> bool
 def _tflite_builtin(model: nn.Module, size: tuple[int, int, int]) -> bytes:
     """Write the materialised ResNet ``model`` as TFLite, NHWC, batch 1."""
     if not hasattr(model, "graph"):
-        raise TypeError(f"the builtin TFLite writer exports spaedge ResNet task models, not {type(model).__name__}; "
-                        "use converter='litert-torch' for other models")
+        raise TypeError(
+            f"the builtin TFLite writer exports spaedge ResNet task models, not {type(model).__name__}; "
+            "use converter='litert-torch' for other models"
+        )
     s, _ = _schema()
     B = s.BuiltinOperator
     graph = model.graph()
@@ -258,40 +305,74 @@ def _tflite_builtin(model: nn.Module, size: tuple[int, int, int]) -> bytes:
         if kind == "conv":
             conv = model.get_submodule(name)
             w = conv.weight.detach().double().numpy()
-            b = conv.bias.detach().double().numpy() if conv.bias is not None else np.zeros(w.shape[0])
-            v = {"kind": "conv", "name": name, "src": src[0], "w": w, "b": b, "kernel": n["kernel"],
-                 "stride": n["stride"], "padding": n["padding"], "relu": False}
+            b = (
+                conv.bias.detach().double().numpy()
+                if conv.bias is not None
+                else np.zeros(w.shape[0])
+            )
+            v = {
+                "kind": "conv",
+                "name": name,
+                "src": src[0],
+                "w": w,
+                "b": b,
+                "kernel": n["kernel"],
+                "stride": n["stride"],
+                "padding": n["padding"],
+                "relu": False,
+            }
         elif kind == "batchnorm":
             v = src[0]
             if v is None or v["kind"] != "conv" or consumers.get(n["inputs"][0], 0) != 1:
                 raise ValueError(f"{name}: a batchnorm must follow a conv that nothing else reads")
             bn = model.get_submodule(name)
-            scale = bn.weight.detach().double().numpy() / np.sqrt(bn.running_var.double().numpy() + n["eps"])
+            scale = bn.weight.detach().double().numpy() / np.sqrt(
+                bn.running_var.double().numpy() + n["eps"]
+            )
             v["w"] = v["w"] * scale[:, None, None, None]
-            v["b"] = (v["b"] - bn.running_mean.double().numpy()) * scale + bn.bias.detach().double().numpy()
+            v["b"] = (
+                v["b"] - bn.running_mean.double().numpy()
+            ) * scale + bn.bias.detach().double().numpy()
             producer[out] = v
             continue
         elif kind == "relu":
             p = src[0]
-            if p is not None and p["kind"] in ("conv", "add") and not p["relu"] \
-                    and consumers.get(n["inputs"][0], 0) == 1:
+            if (
+                p is not None
+                and p["kind"] in ("conv", "add")
+                and not p["relu"]
+                and consumers.get(n["inputs"][0], 0) == 1
+            ):
                 p["relu"] = True
                 producer[out] = p
                 continue
             v = {"kind": "relu", "name": name, "src": src[0]}
         elif kind == "maxpool":
-            v = {"kind": "maxpool", "name": name, "src": src[0], "kernel": n["kernel"], "stride": n["stride"],
-                 "padding": n["padding"]}
+            v = {
+                "kind": "maxpool",
+                "name": name,
+                "src": src[0],
+                "kernel": n["kernel"],
+                "stride": n["stride"],
+                "padding": n["padding"],
+            }
         elif kind == "add":
             v = {"kind": "add", "name": name, "srcs": src, "relu": False}
         elif kind == "gap":
             v = {"kind": "gap", "name": name, "src": src[0]}
         elif kind == "linear":
             fc = model.get_submodule(name)
-            v = {"kind": "linear", "name": name, "src": src[0], "w": fc.weight.detach().double().numpy(),
-                 "b": fc.bias.detach().double().numpy()}
+            v = {
+                "kind": "linear",
+                "name": name,
+                "src": src[0],
+                "w": fc.weight.detach().double().numpy(),
+                "b": fc.bias.detach().double().numpy(),
+            }
         else:
-            raise ValueError(f"node {name}: op {kind!r} is not supported by the builtin TFLite writer")
+            raise ValueError(
+                f"node {name}: op {kind!r} is not supported by the builtin TFLite writer"
+            )
         vops.append(v)
         producer[out] = v
 
@@ -301,18 +382,28 @@ def _tflite_builtin(model: nn.Module, size: tuple[int, int, int]) -> bytes:
     x = w.tensor("input", [1, h, wd, c])
     inp = x
 
-    def nonneg(v) -> bool:  # the value is a ReLU output (so zero padding is like -inf padding for max)
+    def nonneg(
+        v,
+    ) -> bool:  # the value is a ReLU output (so zero padding is like -inf padding for max)
         return v is not None and (v["kind"] == "relu" or v.get("relu", False))
 
     def pad(t: int, p: int, name: str, fill: float = 0.0) -> int:
         n_, hh, ww, cc = w.shapes[t]
-        paddings = w.tensor(f"{name}/paddings", [4, 2], np.array([[0, 0], [p, p], [p, p], [0, 0]]), "int32")
+        paddings = w.tensor(
+            f"{name}/paddings", [4, 2], np.array([[0, 0], [p, p], [p, p], [0, 0]]), "int32"
+        )
         out = w.tensor(f"{name}/pad", [n_, hh + 2 * p, ww + 2 * p, cc])
         if fill == 0.0:
             w.op(B.PAD, [t, paddings], [out], s.BuiltinOptions.PadOptions, s.PadOptionsT())
         else:
             value = w.tensor(f"{name}/pad_value", [], np.array(fill), "float32")
-            w.op(B.PADV2, [t, paddings, value], [out], s.BuiltinOptions.PadV2Options, s.PadV2OptionsT())
+            w.op(
+                B.PADV2,
+                [t, paddings, value],
+                [out],
+                s.BuiltinOptions.PadV2Options,
+                s.PadV2OptionsT(),
+            )
         return out
 
     def act(v) -> int:
@@ -328,10 +419,16 @@ def _tflite_builtin(model: nn.Module, size: tuple[int, int, int]) -> bytes:
             t = t_in[0]
             if p == 0:
                 padding = s.Padding.VALID
-            elif _same_padding_matches(shape[1], k, st, p) and _same_padding_matches(shape[2], k, st, p):
+            elif _same_padding_matches(shape[1], k, st, p) and _same_padding_matches(
+                shape[2], k, st, p
+            ):
                 padding = s.Padding.SAME
             else:
-                fill = 0.0 if v["kind"] == "conv" or nonneg(v["src"]) else float(np.finfo(np.float32).min)
+                fill = (
+                    0.0
+                    if v["kind"] == "conv" or nonneg(v["src"])
+                    else float(np.finfo(np.float32).min)
+                )
                 t = pad(t, p, name, fill)
                 padding = s.Padding.VALID
             oh = (shape[1] + 2 * p - k) // st + 1
@@ -374,9 +471,17 @@ def _tflite_builtin(model: nn.Module, size: tuple[int, int, int]) -> bytes:
             o = s.FullyConnectedOptionsT()
             o.fusedActivationFunction = s.ActivationFunctionType.NONE
             o.keepNumDims = False
-            w.op(B.FULLY_CONNECTED, [t_in[0], wt, bt], [out], s.BuiltinOptions.FullyConnectedOptions, o)
+            w.op(
+                B.FULLY_CONNECTED,
+                [t_in[0], wt, bt],
+                [out],
+                s.BuiltinOptions.FullyConnectedOptions,
+                o,
+            )
         v["t"] = out
     last = vops[-1]
     if last["kind"] != "linear":
         raise ValueError("the graph must end with the linear head")
-    return w.finish([inp], [last["t"]], f"spaedge task ({getattr(model, 'arch', 'resnet')}), NHWC input")
+    return w.finish(
+        [inp], [last["t"]], f"spaedge task ({getattr(model, 'arch', 'resnet')}), NHWC input"
+    )

@@ -12,16 +12,26 @@ import math
 import os
 import stat
 import struct
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 from safetensors.numpy import save as _st_save
 
 from spaedge.errors import BundleError
 
-__all__ = ["FORMAT_VERSION", "MAX_HEADER_BYTES", "BundleError", "write_bundle", "read_bundle", "read_metadata",
-           "content_hash", "data_hash", "atomic_write_bytes", "check_task_metadata"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MAX_HEADER_BYTES",
+    "BundleError",
+    "write_bundle",
+    "read_bundle",
+    "read_metadata",
+    "content_hash",
+    "data_hash",
+    "atomic_write_bytes",
+    "check_task_metadata",
+]
 
 FORMAT_VERSION = "2"
 #: Header length limit: safetensors' own (the C++ reader's kMaxHeaderBytes too).
@@ -48,7 +58,9 @@ def content_hash(metadata: Mapping[str, str], table: Mapping[str, Mapping], data
     little-endian unsigned integer. ``table`` maps tensor names to their
     safetensors header entries (dtype, shape, data_offsets)."""
     h = hashlib.sha256()
-    meta = sorted((k.encode("utf-8"), v.encode("utf-8")) for k, v in metadata.items() if k != "content_hash")
+    meta = sorted(
+        (k.encode("utf-8"), v.encode("utf-8")) for k, v in metadata.items() if k != "content_hash"
+    )
     h.update(_u64(len(meta)))
     for k, v in meta:
         h.update(_u64(len(k)) + k + _u64(len(v)) + v)
@@ -58,8 +70,16 @@ def content_hash(metadata: Mapping[str, str], table: Mapping[str, Mapping], data
         dtype = e["dtype"].encode("utf-8")
         shape = e["shape"]
         begin, end = e["data_offsets"]
-        h.update(_u64(len(name)) + name + _u64(len(dtype)) + dtype + _u64(len(shape))
-                 + b"".join(_u64(d) for d in shape) + _u64(begin) + _u64(end))
+        h.update(
+            _u64(len(name))
+            + name
+            + _u64(len(dtype))
+            + dtype
+            + _u64(len(shape))
+            + b"".join(_u64(d) for d in shape)
+            + _u64(begin)
+            + _u64(end)
+        )
     h.update(data)
     return h.hexdigest()
 
@@ -69,8 +89,10 @@ def _split(buf: bytes, where: str) -> tuple[int, bytes]:
         raise BundleError(f"{where}: file is {len(buf)} bytes, too short for a safetensors header")
     (n,) = struct.unpack("<Q", buf[:8])
     if n > MAX_HEADER_BYTES or 8 + n > len(buf):
-        raise BundleError(f"{where}: header length {n} does not fit a {len(buf)}-byte file (truncated or corrupt)")
-    return n, buf[8 + n:]
+        raise BundleError(
+            f"{where}: header length {n} does not fit a {len(buf)}-byte file (truncated or corrupt)"
+        )
+    return n, buf[8 + n :]
 
 
 def data_hash(buf: bytes, where: str = "bundle") -> str:
@@ -111,7 +133,7 @@ def serialise(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) ->
     # the metadata, so the hash goes into a header rebuilt around the same data.
     raw = _st_save(arrays, metadata=dict(metadata))
     (n,) = struct.unpack("<Q", raw[:8])
-    header, data = json.loads(raw[8:8 + n]), raw[8 + n:]
+    header, data = json.loads(raw[8 : 8 + n]), raw[8 + n :]
     meta = {k: v for k, v in metadata.items() if k != "content_hash"}
     meta["version"] = FORMAT_VERSION
     table = {k: v for k, v in header.items() if k != "__metadata__"}
@@ -133,8 +155,9 @@ def _canonical(header: dict, data: bytes) -> bytes:
     return struct.pack("<Q", len(text)) + text + data
 
 
-def write_bundle(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
-                 metadata: Mapping[str, str]) -> str:
+def write_bundle(
+    path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]
+) -> str:
     """Write a bundle atomically; returns its content hash."""
     payload, content_hash = serialise(tensors, metadata)
     atomic_write_bytes(path, payload)
@@ -150,7 +173,9 @@ def _open(p: Path):
     """The bundle file opened for reading, checked to be a regular file
     without blocking (a FIFO is refused, not waited on); (file, size)."""
     if "\0" in os.fspath(p):
-        raise BundleError(f"{_show(p)}: path contains a NUL byte (the file name would be cut there)")
+        raise BundleError(
+            f"{_show(p)}: path contains a NUL byte (the file name would be cut there)"
+        )
     try:
         fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -174,9 +199,11 @@ def _read_exact(f, p: Path, n: int, size: int) -> bytes:
     while len(out) < n:
         chunk = f.read(min(n - len(out), 1 << 24))
         if not chunk:
-            raise BundleError(f"{_show(p)}: file changed while being read: it was {size} bytes when opened and is "
-                              f"{os.fstat(f.fileno()).st_size} now (truncated during the load? replace bundles by "
-                              "writing a new file and renaming it)")
+            raise BundleError(
+                f"{_show(p)}: file changed while being read: it was {size} bytes when opened and is "
+                f"{os.fstat(f.fileno()).st_size} now (truncated during the load? replace bundles by "
+                "writing a new file and renaming it)"
+            )
         out += chunk
     return bytes(out)
 
@@ -186,9 +213,13 @@ def _read_header(f, p: Path, size: int) -> bytes:
         raise BundleError(f"{_show(p)}: file is {size} bytes, too short for a safetensors header")
     (n,) = struct.unpack("<Q", _read_exact(f, p, 8, size))
     if n > MAX_HEADER_BYTES:
-        raise BundleError(f"{_show(p)}: header length {n} is absurd (limit {MAX_HEADER_BYTES} bytes, as safetensors)")
+        raise BundleError(
+            f"{_show(p)}: header length {n} is absurd (limit {MAX_HEADER_BYTES} bytes, as safetensors)"
+        )
     if 8 + n > size:
-        raise BundleError(f"{_show(p)}: header length {n} does not fit a {size}-byte file (truncated or corrupt)")
+        raise BundleError(
+            f"{_show(p)}: header length {n} does not fit a {size}-byte file (truncated or corrupt)"
+        )
     return _read_exact(f, p, n, size)
 
 
@@ -221,8 +252,9 @@ def _parse_header(p: Path, header: bytes) -> dict:
     try:
         doc = json.loads(header.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except _DuplicateKey as e:
-        raise BundleError(f"{_show(p)}: header has the key {str(e)!r} twice (duplicate tensor or metadata name)") \
-            from None
+        raise BundleError(
+            f"{_show(p)}: header has the key {str(e)!r} twice (duplicate tensor or metadata name)"
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{_show(p)}: header is not valid JSON ({e})") from None
     except RecursionError:
@@ -238,22 +270,32 @@ def _check_metadata(p: Path, doc: dict) -> dict[str, str]:
         raise BundleError(f"{_show(p)}: field '__metadata__' is missing: not a spaedge bundle")
     for k, v in meta.items():
         if not isinstance(v, str):
-            raise BundleError(f"{_show(p)}: field {k!r} is a {type(v).__name__}; metadata values must be strings")
+            raise BundleError(
+                f"{_show(p)}: field {k!r} is a {type(v).__name__}; metadata values must be strings"
+            )
         try:
             k.encode("utf-8"), v.encode("utf-8")
         except UnicodeEncodeError:
-            raise BundleError(f"{_show(p)}: field {k!r} is not valid UTF-8 (a lone surrogate escape)") from None
+            raise BundleError(
+                f"{_show(p)}: field {k!r} is not valid UTF-8 (a lone surrogate escape)"
+            ) from None
     fmt = meta.get("format")
     if fmt not in ("spaedge-base", "spaedge-task"):
-        raise BundleError(f"{_show(p)}: field 'format' is {fmt!r}, expected 'spaedge-base' or 'spaedge-task'")
+        raise BundleError(
+            f"{_show(p)}: field 'format' is {fmt!r}, expected 'spaedge-base' or 'spaedge-task'"
+        )
     version = meta.get("version")
     if version == "1":
-        raise BundleError(f"{_show(p)}: field 'version' is '1': format version 1 is no longer read (its content hash "
-                          "does not cover the metadata); delete the file and repack it with this spaedge "
-                          "(`spaedge pack --retrain`, or re-run the packing that wrote it)")
+        raise BundleError(
+            f"{_show(p)}: field 'version' is '1': format version 1 is no longer read (its content hash "
+            "does not cover the metadata); delete the file and repack it with this spaedge "
+            "(`spaedge pack --retrain`, or re-run the packing that wrote it)"
+        )
     if version != FORMAT_VERSION:
-        raise BundleError(f"{_show(p)}: field 'version' is {version!r}; this spaedge reads version "
-                          f"{FORMAT_VERSION}: repack the bundle with this version")
+        raise BundleError(
+            f"{_show(p)}: field 'version' is {version!r}; this spaedge reads version "
+            f"{FORMAT_VERSION}: repack the bundle with this version"
+        )
     return meta
 
 
@@ -271,34 +313,54 @@ def _check_table(p: Path, doc: dict, data_size: int) -> dict[str, dict]:
         if not name:
             raise BundleError(f"{_show(p)}: header has a tensor with an empty name")
         if not isinstance(e, dict) or set(e) != {"dtype", "shape", "data_offsets"}:
-            raise BundleError(f"{where}: header entry must be an object of exactly dtype, shape, data_offsets")
+            raise BundleError(
+                f"{where}: header entry must be an object of exactly dtype, shape, data_offsets"
+            )
         dtype, shape, offsets = e["dtype"], e["shape"], e["data_offsets"]
         if dtype not in _NP_DTYPES:
-            raise BundleError(f"{where}: dtype {dtype!r} not allowed (spaedge bundles hold only F32, I32 and U8)")
+            raise BundleError(
+                f"{where}: dtype {dtype!r} not allowed (spaedge bundles hold only F32, I32 and U8)"
+            )
         if not isinstance(shape, list) or len(shape) > 8 or not all(_is_count(d) for d in shape):
             raise BundleError(f"{where}: 'shape' must be a list of at most 8 non-negative integers")
-        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(d) for d in offsets):
-            raise BundleError(f"{where}: 'data_offsets' must be [begin, end], non-negative integers")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_count(d) for d in offsets)
+        ):
+            raise BundleError(
+                f"{where}: 'data_offsets' must be [begin, end], non-negative integers"
+            )
         begin, end = offsets
         if not begin <= end <= data_size:
-            raise BundleError(f"{where}: 'data_offsets' [{begin}, {end}] out of range: the data section has "
-                              f"{data_size} bytes")
+            raise BundleError(
+                f"{where}: 'data_offsets' [{begin}, {end}] out of range: the data section has "
+                f"{data_size} bytes"
+            )
         if _NP_DTYPES[dtype].itemsize * int(np.prod(shape, dtype=object)) != end - begin:
-            raise BundleError(f"{where}: 'shape' {shape} of {dtype} does not fill 'data_offsets' [{begin}, {end}]")
+            raise BundleError(
+                f"{where}: 'shape' {shape} of {dtype} does not fill 'data_offsets' [{begin}, {end}]"
+            )
         table[name] = e
     pos = 0
     for name, e in sorted(table.items(), key=lambda kv: tuple(kv[1]["data_offsets"])):
         begin, end = e["data_offsets"]
         if begin != pos:
-            raise BundleError(f"{_show(p)}: tensor {name!r}: 'data_offsets' [{begin}, {end}] "
-                              f"{'overlap another tensor' if begin < pos else 'leave bytes that belong to no tensor'}")
+            raise BundleError(
+                f"{_show(p)}: tensor {name!r}: 'data_offsets' [{begin}, {end}] "
+                f"{'overlap another tensor' if begin < pos else 'leave bytes that belong to no tensor'}"
+            )
         pos = end
     if pos != data_size:
-        raise BundleError(f"{_show(p)}: data section bytes [{pos}, {data_size}) belong to no tensor")
+        raise BundleError(
+            f"{_show(p)}: data section bytes [{pos}, {data_size}) belong to no tensor"
+        )
     return table
 
 
-def read_bundle(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def read_bundle(
+    path: str | os.PathLike, verify: bool = True
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Tensors (numpy) and metadata of a bundle; ``verify`` checks the content hash.
 
     Refuses, with a :class:`BundleError` naming the file and the field, what
@@ -317,16 +379,20 @@ def read_bundle(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str,
     if verify:
         actual = content_hash(meta, table, data)
         if actual != meta.get("content_hash"):
-            raise BundleError(f"{_show(p)}: field 'content_hash' does not match the metadata, tensor table and data "
-                              f"(stored {meta.get('content_hash')!r}, computed {actual}): the file is corrupt or "
-                              "was edited after packing")
+            raise BundleError(
+                f"{_show(p)}: field 'content_hash' does not match the metadata, tensor table and data "
+                f"(stored {meta.get('content_hash')!r}, computed {actual}): the file is corrupt or "
+                "was edited after packing"
+            )
     if meta["format"] == "spaedge-task":
         check_task_metadata(meta, _show(p))
     tensors = {}
     for name, e in table.items():
         begin, end = e["data_offsets"]
         dt = _NP_DTYPES[e["dtype"]]
-        a = np.frombuffer(data, dtype=dt, count=(end - begin) // dt.itemsize, offset=begin).reshape(e["shape"])
+        a = np.frombuffer(data, dtype=dt, count=(end - begin) // dt.itemsize, offset=begin).reshape(
+            e["shape"]
+        )
         # A tensor after a U8 tensor of odd length may be unaligned: copy it then (torch needs aligned data).
         tensors[name] = a.astype(dt.newbyteorder("="), copy=not a.flags.aligned)
     return tensors, meta
@@ -350,8 +416,10 @@ def check_task_metadata(meta: Mapping[str, str], where: str) -> None:
         if not label:
             raise BundleError(f"{where}: field 'labels': label {i} is empty")
         if label in seen:
-            raise BundleError(f"{where}: field 'labels': label {i} {_show(label)!r} repeats label {seen[label]} "
-                              "(class names must be distinct)")
+            raise BundleError(
+                f"{where}: field 'labels': label {i} {_show(label)!r} repeats label {seen[label]} "
+                "(class names must be distinct)"
+            )
         seen[label] = i
     inp = json_field(meta, "input", where)
     if not isinstance(inp, dict):
@@ -360,19 +428,27 @@ def check_task_metadata(meta: Mapping[str, str], where: str) -> None:
     for k, hi in limits.items():
         v = inp.get(k)
         if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
-            raise BundleError(f"{where}: field 'input': {k!r} must be an integer in [1, {hi}], got {v!r}")
+            raise BundleError(
+                f"{where}: field 'input': {k!r} must be an integer in [1, {hi}], got {v!r}"
+            )
     for k in ("mean", "std"):
         v = inp.get(k)
         if not isinstance(v, list) or len(v) != inp["channels"] or not all(_number(x) for x in v):
-            raise BundleError(f"{where}: field 'input': {k!r} must be a list of {inp['channels']} numbers "
-                              "(one per input channel)")
+            raise BundleError(
+                f"{where}: field 'input': {k!r} must be a list of {inp['channels']} numbers "
+                "(one per input channel)"
+            )
         for c, x in enumerate(v):
             with np.errstate(over="ignore", under="ignore"):
-                x = float(np.float32(x))  # the runtime's precision: 1e39 is infinite there, 1e-50 zero
+                x = float(
+                    np.float32(x)
+                )  # the runtime's precision: 1e39 is infinite there, 1e-50 zero
             if not math.isfinite(x):
                 raise BundleError(f"{where}: field 'input': {k}[{c}] is not finite")
             if k == "std" and not x > 0:
-                raise BundleError(f"{where}: field 'input': std[{c}] must be a positive finite number")
+                raise BundleError(
+                    f"{where}: field 'input': std[{c}] must be a positive finite number"
+                )
 
 
 def json_field(meta: Mapping[str, str], key: str, where: str):

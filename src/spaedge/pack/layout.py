@@ -9,7 +9,15 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["BASE_BUNDLE", "safe_name", "task_name", "task_bundle_name", "base_bundle_path", "task_bundle_path", "run_dir_path"]
+__all__ = [
+    "BASE_BUNDLE",
+    "safe_name",
+    "task_name",
+    "task_bundle_name",
+    "base_bundle_path",
+    "task_bundle_path",
+    "run_dir_path",
+]
 
 BASE_BUNDLE = "base.safetensors"
 

@@ -26,8 +26,14 @@ def materialize(model: nn.Module) -> nn.Module:
         with torch.no_grad():
             w = m.task_weight().detach().clone()
             if m.is_conv:
-                layer = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
-                                  padding=m.padding, bias=m.bias is not None)
+                layer = nn.Conv2d(
+                    m.in_channels,
+                    m.out_channels,
+                    m.kernel_size,
+                    stride=m.stride,
+                    padding=m.padding,
+                    bias=m.bias is not None,
+                )
             else:
                 layer = nn.Linear(m.in_channels, m.out_channels, bias=m.bias is not None)
             layer.weight.copy_(w)
@@ -42,6 +48,9 @@ def materialize(model: nn.Module) -> nn.Module:
 
 def whole_model_bytes(model: nn.Module) -> int:
     """Bytes of the materialised pruned model's weights as one safetensors file."""
-    state = {k: v.contiguous() for k, v in materialize(model).state_dict().items()
-             if not k.endswith("num_batches_tracked")}
+    state = {
+        k: v.contiguous()
+        for k, v in materialize(model).state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     return len(save(state))

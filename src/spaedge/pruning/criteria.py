@@ -33,7 +33,8 @@ groups through ``cache`` (a dict ``prune_step`` creates fresh for every step).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Iterable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +43,17 @@ from torch import nn
 from spaedge.adapters.base import AdaptedLayer
 from spaedge.pruning.groups import ChannelGroup
 
-__all__ = ["CRITERIA", "DATA_CRITERIA", "magnitude", "gradient", "taylor", "lrp", "normalise",
-           "task_weight_grads", "lrp_relevance"]
+__all__ = [
+    "CRITERIA",
+    "DATA_CRITERIA",
+    "magnitude",
+    "gradient",
+    "taylor",
+    "lrp",
+    "normalise",
+    "task_weight_grads",
+    "lrp_relevance",
+]
 
 LRP_EPS = 1e-6
 
@@ -68,11 +78,15 @@ def magnitude(model: nn.Module, group: ChannelGroup, **_) -> torch.Tensor:
 
 def _need_data(data, name: str):
     if not data:
-        raise ValueError(f"pruning criterion {name!r} needs task data: pass score_kwargs={{'data': batches}}")
+        raise ValueError(
+            f"pruning criterion {name!r} needs task data: pass score_kwargs={{'data': batches}}"
+        )
     return data
 
 
-def task_weight_grads(model: nn.Module, data: Iterable) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+def task_weight_grads(
+    model: nn.Module, data: Iterable
+) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Per adapted layer, [(W_task, dL/dW_task) per batch] with the model in eval mode."""
     layers = {n: m for n, m in model.named_modules() if isinstance(m, AdaptedLayer)}
     out: dict[str, list] = {n: [] for n in layers}
@@ -103,19 +117,29 @@ def _grad_cache(model, data, cache):
     return cache["grads"]
 
 
-def gradient(model: nn.Module, group: ChannelGroup, data=None, cache: dict | None = None, **_) -> torch.Tensor:
+def gradient(
+    model: nn.Module, group: ChannelGroup, data=None, cache: dict | None = None, **_
+) -> torch.Tensor:
     """Mean |dL/dW_task| of each output filter, averaged over batches."""
     wg = _grad_cache(model, _need_data(data, "gradient"), cache)
-    per = {n: torch.stack([g.abs().reshape(g.shape[0], -1).mean(1) for _, g in v]).mean(0)
-           for n, v in wg.items() if n in group.producers}
+    per = {
+        n: torch.stack([g.abs().reshape(g.shape[0], -1).mean(1) for _, g in v]).mean(0)
+        for n, v in wg.items()
+        if n in group.producers
+    }
     return _producer_mean(group, per)
 
 
-def taylor(model: nn.Module, group: ChannelGroup, data=None, cache: dict | None = None, **_) -> torch.Tensor:
+def taylor(
+    model: nn.Module, group: ChannelGroup, data=None, cache: dict | None = None, **_
+) -> torch.Tensor:
     """First-order Taylor: per batch |sum_filter w * dL/dw|, averaged over batches."""
     wg = _grad_cache(model, _need_data(data, "taylor"), cache)
-    per = {n: torch.stack([(w * g).reshape(g.shape[0], -1).sum(1).abs() for w, g in v]).mean(0)
-           for n, v in wg.items() if n in group.producers}
+    per = {
+        n: torch.stack([(w * g).reshape(g.shape[0], -1).sum(1).abs() for w, g in v]).mean(0)
+        for n, v in wg.items()
+        if n in group.producers
+    }
     return _producer_mean(group, per)
 
 
@@ -123,14 +147,19 @@ def _eps_hook(eps: float):
     def hook(module, inputs, z):
         f = (z / (z + eps * torch.where(z >= 0, 1.0, -1.0))).detach()
         return z * f + (z * (1 - f)).detach()  # same value, backward scaled by f
+
     return hook
 
 
-def lrp_relevance(model: nn.Module, data: Iterable, eps: float = LRP_EPS) -> dict[str, torch.Tensor]:
+def lrp_relevance(
+    model: nn.Module, data: Iterable, eps: float = LRP_EPS
+) -> dict[str, torch.Tensor]:
     """Per adapted layer, the mean over images of |relevance| of each output channel
     (epsilon-LRP from the true-class logit, see the module docstring)."""
     layers = {n: m for n, m in model.named_modules() if isinstance(m, AdaptedLayer)}
-    hooked = [m for m in model.modules() if isinstance(m, (AdaptedLayer, nn.BatchNorm2d, nn.Linear))]
+    hooked = [
+        m for m in model.modules() if isinstance(m, (AdaptedLayer, nn.BatchNorm2d, nn.Linear))
+    ]
     handles = [m.register_forward_hook(_eps_hook(eps)) for m in hooked]
     acts: dict[str, torch.Tensor] = {}
 
@@ -138,7 +167,9 @@ def lrp_relevance(model: nn.Module, data: Iterable, eps: float = LRP_EPS) -> dic
         def hook(module, inputs, z):
             z.retain_grad()
             acts[name] = z
+
         return hook
+
     handles += [m.register_forward_hook(keep(n)) for n, m in layers.items()]
     rel = {n: torch.zeros(m.out_channels, dtype=torch.float64) for n, m in layers.items()}
     count = 0
@@ -163,7 +194,9 @@ def lrp_relevance(model: nn.Module, data: Iterable, eps: float = LRP_EPS) -> dic
     return {n: (v / max(count, 1)).float() for n, v in rel.items()}
 
 
-def lrp(model: nn.Module, group: ChannelGroup, data=None, cache: dict | None = None, **_) -> torch.Tensor:
+def lrp(
+    model: nn.Module, group: ChannelGroup, data=None, cache: dict | None = None, **_
+) -> torch.Tensor:
     data = _need_data(data, "lrp")
     if cache is None:
         per = lrp_relevance(model, data)
@@ -179,7 +212,9 @@ def normalise(scores: torch.Tensor) -> torch.Tensor:
     group averages 1 and the global ranking removes a layer's relatively weak
     channels rather than all channels of the layer with the smallest weights."""
     if not torch.isfinite(scores).all():
-        raise ValueError("a pruning criterion gave non-finite channel scores: the model diverged (lower --lr)")
+        raise ValueError(
+            "a pruning criterion gave non-finite channel scores: the model diverged (lower --lr)"
+        )
     mean = scores.mean()
     return scores / mean if mean > 0 else torch.ones_like(scores)
 

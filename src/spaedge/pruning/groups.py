@@ -69,7 +69,9 @@ def _complement(n: int, idxs) -> torch.Tensor:
     return torch.tensor([i for i in range(n) if i not in drop], dtype=torch.long)
 
 
-def channel_groups(model: nn.Module, example_input: torch.Tensor, head: str = "fc") -> list[ChannelGroup]:
+def channel_groups(
+    model: nn.Module, example_input: torch.Tensor, head: str = "fc"
+) -> list[ChannelGroup]:
     """All prunable channel groups of ``model`` (head outputs excluded)."""
     names = {m: n for n, m in model.named_modules()}
     head_module = model.get_submodule(head)
@@ -77,12 +79,16 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor, head: str = "f
     model.eval()
     with torch.enable_grad():
         dg = tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_input,
+            model,
+            example_inputs=example_input,
             customized_pruners={cls: _PRUNER for cls in _layer_classes(model)},
-            verbose=False)
+            verbose=False,
+        )
     model.train(was_training)
     groups: list[ChannelGroup] = []
-    for group in dg.get_all_groups(ignored_layers=[head_module], root_module_types=(AdaptedLayer, nn.Conv2d)):
+    for group in dg.get_all_groups(
+        ignored_layers=[head_module], root_module_types=(AdaptedLayer, nn.Conv2d)
+    ):
         size = None
         g = ChannelGroup(size=0)
         for item in group:
@@ -94,8 +100,10 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor, head: str = "f
             if size is None:
                 size = len(idxs)
             elif len(idxs) != size:
-                raise RuntimeError(f"channel group through {name} maps {len(idxs)} channels onto "
-                                   f"{size}: concatenations/splits are not supported yet")
+                raise RuntimeError(
+                    f"channel group through {name} maps {len(idxs)} channels onto "
+                    f"{size}: concatenations/splits are not supported yet"
+                )
             if isinstance(module, nn.BatchNorm2d):
                 g.norms.append(name)
             elif dg.is_out_channel_pruning_fn(dep.handler) and isinstance(module, AdaptedLayer):

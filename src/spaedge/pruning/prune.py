@@ -71,8 +71,11 @@ def density(model: nn.Module) -> float:
 
 def plan(model: nn.Module) -> dict[str, dict[str, list[int]]]:
     """Per adapted layer, the kept channels relative to the original base."""
-    return {n: {"out_index": m.out_index.tolist(), "in_index": m.in_index.tolist()}
-            for n, m in model.named_modules() if isinstance(m, AdaptedLayer)}
+    return {
+        n: {"out_index": m.out_index.tolist(), "in_index": m.in_index.tolist()}
+        for n, m in model.named_modules()
+        if isinstance(m, AdaptedLayer)
+    }
 
 
 def _channel_cost(model: nn.Module, group: ChannelGroup) -> int:
@@ -101,8 +104,14 @@ def _units(model: nn.Module, group: ChannelGroup, block: int) -> list[list[int]]
     return list(units.values())
 
 
-def ranked_units(model: nn.Module, groups: list, scores: list[torch.Tensor], *, block: int = 1,
-                 min_channels: int = 1) -> list[tuple[float, int, list[int]]]:
+def ranked_units(
+    model: nn.Module,
+    groups: list,
+    scores: list[torch.Tensor],
+    *,
+    block: int = 1,
+    min_channels: int = 1,
+) -> list[tuple[float, int, list[int]]]:
     """Every removable unit (a channel, or a block of them) of every group as
     (score, group index, channel positions), lowest score first: a unit's score
     is the mean of its channels' ``scores[group index]``, and each group keeps
@@ -127,13 +136,23 @@ def remove_positions(model: nn.Module, groups: list, drop: dict[int, list[int]])
     for gi, positions in drop.items():
         g = groups[gi]
         gone = set(positions)
-        remove_channels(model, g, torch.tensor([i for i in range(g.size) if i not in gone], dtype=torch.long))
+        remove_channels(
+            model, g, torch.tensor([i for i in range(g.size) if i not in gone], dtype=torch.long)
+        )
 
 
-def prune_step(model: nn.Module, example_input: torch.Tensor, n_channels: int, *,
-               target_density: float = 0.0, criterion: str = "magnitude", min_channels: int = 1,
-               score_kwargs: dict | None = None, block: int = 1,
-               agree: Callable[[torch.Tensor], torch.Tensor] | None = None) -> int:
+def prune_step(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    n_channels: int,
+    *,
+    target_density: float = 0.0,
+    criterion: str = "magnitude",
+    min_channels: int = 1,
+    score_kwargs: dict | None = None,
+    block: int = 1,
+    agree: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> int:
     """Remove up to ``n_channels`` lowest-ranked channels, stopping early once
     the backbone is estimated to be at ``target_density``. Returns how many went.
 
@@ -169,12 +188,20 @@ def prune_step(model: nn.Module, example_input: torch.Tensor, n_channels: int, *
     return removed
 
 
-def prune_to_density(model: nn.Module, example_input: torch.Tensor, target: float, *,
-                     step_fraction: float = 0.05, criterion: str = "magnitude",
-                     recover: Callable[[int, float], None] | None = None,
-                     on_step: Callable[[int, float], None] | None = None,
-                     score_kwargs: dict | None = None, schedule: str = "iterative",
-                     block: int = 1, agree: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[float]:
+def prune_to_density(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    target: float,
+    *,
+    step_fraction: float = 0.05,
+    criterion: str = "magnitude",
+    recover: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    score_kwargs: dict | None = None,
+    schedule: str = "iterative",
+    block: int = 1,
+    agree: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> list[float]:
     """Prune to ``target`` density (fraction of base weights kept).
 
     ``schedule="iterative"`` (the SPA paper): steps of ``step_fraction`` of the
@@ -189,7 +216,9 @@ def prune_to_density(model: nn.Module, example_input: torch.Tensor, target: floa
     if criterion not in CRITERIA:
         raise ValueError(f"unknown pruning criterion {criterion!r}; known: {', '.join(CRITERIA)}")
     if criterion in DATA_CRITERIA and not (score_kwargs or {}).get("data"):
-        raise ValueError(f"pruning criterion {criterion!r} needs task data: pass score_kwargs={{'data': batches}}")
+        raise ValueError(
+            f"pruning criterion {criterion!r} needs task data: pass score_kwargs={{'data': batches}}"
+        )
     if not 0.0 < target <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {target}")
     if not 0.0 < step_fraction <= 1.0:
@@ -202,8 +231,16 @@ def prune_to_density(model: nn.Module, example_input: torch.Tensor, target: floa
     history: list[float] = []
     step = 0
     while density(model) > target + 1e-9:
-        removed = prune_step(model, example_input, per_step, target_density=target, criterion=criterion,
-                             score_kwargs=score_kwargs, block=block, agree=agree)
+        removed = prune_step(
+            model,
+            example_input,
+            per_step,
+            target_density=target,
+            criterion=criterion,
+            score_kwargs=score_kwargs,
+            block=block,
+            agree=agree,
+        )
         if removed == 0:
             break  # every group is at its minimum width
         step += 1

@@ -42,8 +42,8 @@ steps' per-filter Taylor scores of the new task with the library tasks'.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -52,8 +52,17 @@ from spaedge.adapters.base import AdaptedLayer
 from spaedge.pruning.groups import ChannelGroup, channel_groups
 from spaedge.pruning.prune import _weights, density, ranked_units, remove_positions
 
-__all__ = ["Plan", "plan_of_model", "task_embedding", "cosine", "nearest", "vote_weights", "channel_votes",
-           "group_votes", "prune_by_votes"]
+__all__ = [
+    "Plan",
+    "plan_of_model",
+    "task_embedding",
+    "cosine",
+    "nearest",
+    "vote_weights",
+    "channel_votes",
+    "group_votes",
+    "prune_by_votes",
+]
 
 EMBED_IMAGES = 256
 TEMPERATURE = 0.05
@@ -68,11 +77,11 @@ class Plan:
     base: str
     base_hash: str
     density: float
-    kept: dict[str, list[int]]              # adapted layer -> kept base output channels
-    base_channels: dict[str, int]           # adapted layer -> base output channels
+    kept: dict[str, list[int]]  # adapted layer -> kept base output channels
+    base_channels: dict[str, int]  # adapted layer -> base output channels
     embedding: list[float]
-    test_accuracy: Optional[float] = None
-    source: str = ""                        # where the plan was read from
+    test_accuracy: float | None = None
+    source: str = ""  # where the plan was read from
     extra: dict = field(default_factory=dict)
 
     def mask(self, layer: str) -> torch.Tensor:
@@ -83,7 +92,9 @@ class Plan:
 
 # --------------------------------------------------------------- similarity
 @torch.no_grad()
-def task_embedding(base: nn.Module, dataset, n_images: int = EMBED_IMAGES, batch_size: int = 128) -> torch.Tensor:
+def task_embedding(
+    base: nn.Module, dataset, n_images: int = EMBED_IMAGES, batch_size: int = 128
+) -> torch.Tensor:
     """Mean of the L2-normalised penultimate features of the frozen ``base``
     over the first ``n_images`` images of ``dataset`` (in order, unaugmented)."""
     was_training = base.training
@@ -105,13 +116,21 @@ def task_embedding(base: nn.Module, dataset, n_images: int = EMBED_IMAGES, batch
 def cosine(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor) -> float:
     a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
     if a.shape != b.shape:
-        raise ValueError(f"task embeddings of different sizes ({a.numel()} vs {b.numel()}): other base?")
+        raise ValueError(
+            f"task embeddings of different sizes ({a.numel()} vs {b.numel()}): other base?"
+        )
     den = float(a.norm() * b.norm())
     return float(a @ b) / den if den > 0 else 0.0
 
 
-def nearest(library: Iterable[Plan], embedding, k: int = 3, base_hash: Optional[str] = None,
-            layers: Optional[dict[str, int]] = None, exclude_task: Optional[str] = None) -> list[tuple[Plan, float]]:
+def nearest(
+    library: Iterable[Plan],
+    embedding,
+    k: int = 3,
+    base_hash: str | None = None,
+    layers: dict[str, int] | None = None,
+    exclude_task: str | None = None,
+) -> list[tuple[Plan, float]]:
     """The ``k`` plans most similar to ``embedding`` (cosine), best first. Plans of
     another base, other adapted layers or (``exclude_task``) the same task name
     are left out."""
@@ -125,7 +144,7 @@ def nearest(library: Iterable[Plan], embedding, k: int = 3, base_hash: Optional[
             continue
         scored.append((p, cosine(embedding, p.embedding)))
     scored.sort(key=lambda ps: (-ps[1], ps[0].task, ps[0].source))
-    return scored[:max(k, 0)]
+    return scored[: max(k, 0)]
 
 
 def vote_weights(similarities: Sequence[float], temperature: float = TEMPERATURE) -> torch.Tensor:
@@ -150,7 +169,9 @@ def channel_votes(neighbours: Sequence[tuple[Plan, float]]) -> dict[str, torch.T
     return votes
 
 
-def group_votes(model: nn.Module, group: ChannelGroup, votes: dict[str, torch.Tensor]) -> torch.Tensor:
+def group_votes(
+    model: nn.Module, group: ChannelGroup, votes: dict[str, torch.Tensor]
+) -> torch.Tensor:
     """A group's channel scores: the mean of its producers' votes at the channels they still have."""
     s = torch.zeros(group.size, dtype=torch.float64)
     for name in group.producers:
@@ -168,9 +189,16 @@ def _magnitude(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     return s / max(float(s.max()), 1e-30)
 
 
-def prune_by_votes(model: nn.Module, example_input: torch.Tensor, votes: dict[str, torch.Tensor],
-                   target: float, *, min_channels: int = 1, block: int = 1,
-                   tie_break: float = TIE_BREAK) -> float:
+def prune_by_votes(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    votes: dict[str, torch.Tensor],
+    target: float,
+    *,
+    min_channels: int = 1,
+    block: int = 1,
+    tie_break: float = TIE_BREAK,
+) -> float:
     """Remove the lowest-voted channels (globally ranked, per dependency group)
     until the backbone holds at most ``target`` of the base's weights; the
     weight count is exact (each layer's kept outputs x kept inputs). Returns
@@ -212,11 +240,25 @@ def prune_by_votes(model: nn.Module, example_input: torch.Tensor, votes: dict[st
     return density(model)
 
 
-def plan_of_model(model: nn.Module, *, task: str, base: str, base_hash: str, embedding,
-                  test_accuracy: Optional[float] = None, extra: Optional[dict] = None) -> Plan:
+def plan_of_model(
+    model: nn.Module,
+    *,
+    task: str,
+    base: str,
+    base_hash: str,
+    embedding,
+    test_accuracy: float | None = None,
+    extra: dict | None = None,
+) -> Plan:
     layers = {n: m for n, m in model.named_modules() if isinstance(m, AdaptedLayer)}
-    return Plan(task=task, base=base, base_hash=base_hash, density=density(model),
-                kept={n: sorted(int(i) for i in m.out_index) for n, m in layers.items()},
-                base_channels={n: int(m.base_out_channels) for n, m in layers.items()},
-                embedding=[float(v) for v in torch.as_tensor(embedding)], test_accuracy=test_accuracy,
-                extra=extra or {})
+    return Plan(
+        task=task,
+        base=base,
+        base_hash=base_hash,
+        density=density(model),
+        kept={n: sorted(int(i) for i in m.out_index) for n, m in layers.items()},
+        base_channels={n: int(m.base_out_channels) for n, m in layers.items()},
+        embedding=[float(v) for v in torch.as_tensor(embedding)],
+        test_accuracy=test_accuracy,
+        extra=extra or {},
+    )

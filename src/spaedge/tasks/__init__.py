@@ -18,12 +18,28 @@ as `data_dir`; see `fetch.py`.
 """
 
 from .batching import batches, first_items, score_batches
-from .core import (CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, SPLITS, DatasetNotFound, Task,
-                   TaskDataset, load_image, parse_input_size, stratified_split)
+from .core import (
+    CROP_FRACTION,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SPLITS,
+    DatasetNotFound,
+    Task,
+    TaskDataset,
+    load_image,
+    parse_input_size,
+    stratified_split,
+)
 from .fetch import fetch_data
 from .idx import read_idx, write_idx
-from .registry import (DEFAULT_TASK, UnknownTask, get_task, list_tasks, register_task,
-                       task_descriptions)
+from .registry import (
+    DEFAULT_TASK,
+    UnknownTask,
+    get_task,
+    list_tasks,
+    register_task,
+    task_descriptions,
+)
 
 __all__ = [
     "batches",

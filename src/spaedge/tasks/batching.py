@@ -4,7 +4,8 @@ fixed batches data-driven criteria score on."""
 from __future__ import annotations
 
 import copy
-from typing import Callable, Iterator, Optional
+from collections.abc import Iterator
+from typing import Callable, Optional
 
 import torch
 
@@ -17,7 +18,7 @@ Select = Callable[[list[int]], Optional[list[int]]]
 def _order(n: int, batch_size: int, shuffle: bool, generator, select) -> Iterator[list[int]]:
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size].tolist()
+        idx = order[start : start + batch_size].tolist()
         if select is not None:
             idx = select(idx)
             if idx is None:
@@ -48,9 +49,15 @@ class _Decode(torch.utils.data.Dataset):
         return self.dataset.batch(idx, flips=flips)
 
 
-def batches(dataset, batch_size: int, shuffle: bool = False, generator: Optional[torch.Generator] = None,
-            select: Optional[Select] = None, workers: int = 0,
-            pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    dataset,
+    batch_size: int,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    select: Select | None = None,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(images, labels) batches of a task split, in order or shuffled.
 
     ``select`` takes each batch's positions and returns the part to load, or
@@ -63,9 +70,14 @@ def batches(dataset, batch_size: int, shuffle: bool = False, generator: Optional
     if workers > 0 and fetch is not None:
         # Its own generator: the loader seeds its processes from it, not from torch's
         # global RNG, whose draws (the flips) must be those of an in-process pass.
-        loader = torch.utils.data.DataLoader(_Decode(dataset), sampler=_Plan(dataset, order), batch_size=None,
-                                             num_workers=workers, pin_memory=pin_memory,
-                                             generator=torch.Generator().manual_seed(0))
+        loader = torch.utils.data.DataLoader(
+            _Decode(dataset),
+            sampler=_Plan(dataset, order),
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            generator=torch.Generator().manual_seed(0),
+        )
         yield from loader
         return
     for idx in order:

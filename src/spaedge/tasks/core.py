@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable, Sequence
+from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ CROP_FRACTION = 0.875
 # ITU-R 601-2 luma, the weights PIL uses for RGB -> L.
 _LUMA = (0.299, 0.587, 0.114)
 
-Size = Tuple[int, int, int]
+Size = tuple[int, int, int]
 InputSize = Union[None, int, Sequence[int]]
 
 
@@ -101,15 +102,17 @@ def parse_input_size(input_size: InputSize, default: Size) -> Size:
 def _stable_key(seed: str, key: str) -> int:
     # Hash-based order instead of an RNG: the same on every numpy/python
     # version, and adding one file to a folder moves only its neighbours.
-    return int.from_bytes(hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest(), "little")
+    return int.from_bytes(
+        hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest(), "little"
+    )
 
 
 def stratified_split(
     targets: Sequence[int],
     fractions: Sequence[float],
     seed: str,
-    keys: Optional[Sequence[str]] = None,
-) -> List[np.ndarray]:
+    keys: Sequence[str] | None = None,
+) -> list[np.ndarray]:
     """Deterministic stratified split of `range(len(targets))`.
 
     Within each class the members are ordered by a hash of (seed, key) (key
@@ -125,7 +128,7 @@ def stratified_split(
         keys = [str(i) for i in range(len(targets))]
     elif len(keys) != len(targets):
         raise ValueError("keys and targets differ in length")
-    parts: List[List[np.ndarray]] = [[] for _ in fractions]
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
     for c in np.unique(targets):
         members = np.flatnonzero(targets == c)
         order = sorted(members.tolist(), key=lambda i: (_stable_key(seed, keys[i]), keys[i]))
@@ -178,7 +181,7 @@ class ArraySource:
         self.targets = np.asarray(targets, dtype=np.int64)
         self.size = tuple(size)
         self.scale = float(scale)
-        self._cache: Optional[torch.Tensor] = None
+        self._cache: torch.Tensor | None = None
         if len(images) * int(np.prod(self.size)) * 4 <= self.CACHE_BYTES:
             self._cache = self._convert(np.arange(len(images)))
 
@@ -193,7 +196,9 @@ class ArraySource:
         h0, w0 = x.shape[-2:]
         if (h0, w0) != (h, w) and len(x):
             shrink = h < h0 or w < w0
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
+            x = F.interpolate(
+                x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink
+            )
         return x
 
     def load(self, indices: np.ndarray) -> torch.Tensor:
@@ -249,9 +254,16 @@ class ImageFileSource:
     def _load(self, path: str) -> torch.Tensor:
         try:
             return load_image(path, self.size)
-        except (OSError, ValueError, SyntaxError, EOFError) as e:  # changed or removed since it was checked
-            raise DatasetError(f"{path}: cannot read the image any more ({e}); the data changed during the run: "
-                               "fix or remove the file and run again (the run resumes from its checkpoint)") from None
+        except (
+            OSError,
+            ValueError,
+            SyntaxError,
+            EOFError,
+        ) as e:  # changed or removed since it was checked
+            raise DatasetError(
+                f"{path}: cannot read the image any more ({e}); the data changed during the run: "
+                "fix or remove the file and run again (the run resumes from its checkpoint)"
+            ) from None
 
 
 # --------------------------------------------------------------------------
@@ -268,9 +280,16 @@ class TaskDataset(Dataset):
     using torch's global RNG (DataLoader workers seed it per worker).
     """
 
-    def __init__(self, source, indices: np.ndarray, label_map: np.ndarray,
-                 mean: Sequence[float], std: Sequence[float], flip: bool = False,
-                 name: str = ""):
+    def __init__(
+        self,
+        source,
+        indices: np.ndarray,
+        label_map: np.ndarray,
+        mean: Sequence[float],
+        std: Sequence[float],
+        flip: bool = False,
+        name: str = "",
+    ):
         self.source = source
         self.indices = np.asarray(indices, dtype=np.int64)
         self.targets = torch.from_numpy(label_map[source.targets[self.indices]].astype(np.int64))
@@ -292,11 +311,13 @@ class TaskDataset(Dataset):
             raise IndexError(f"index out of range for a split of {n} items")
         return np.where(pos < 0, pos + n, pos)
 
-    def flips(self, n: int) -> Optional[torch.Tensor]:
+    def flips(self, n: int) -> torch.Tensor | None:
         """Which of ``n`` items to mirror (torch's global RNG), or None without flipping."""
         return torch.rand(n) < 0.5 if self.flip and n else None
 
-    def batch(self, index: Iterable[int], flips: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, index: Iterable[int], flips: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Items ``index`` as one batch; ``flips`` (from ``flips()``, drawn by the
         caller when a loader process decodes) says which to mirror."""
         pos = self._positions(list(index))
@@ -307,13 +328,13 @@ class TaskDataset(Dataset):
         x = (x - self.mean) / self.std
         return x.to(torch.float32).contiguous(), self.targets[torch.from_numpy(pos)]
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.batch([int(index)])
         return x[0], y[0]
 
 
 # A loader returns {split: (source, indices into the source)}.
-SplitTable = Dict[str, Tuple[object, np.ndarray]]
+SplitTable = dict[str, tuple[object, np.ndarray]]
 
 
 class _LazySplits:
@@ -321,7 +342,7 @@ class _LazySplits:
 
     def __init__(self, loader: Callable[[], SplitTable]):
         self._loader = loader
-        self._table: Optional[SplitTable] = None
+        self._table: SplitTable | None = None
 
     def get(self) -> SplitTable:
         if self._table is None:
@@ -341,12 +362,22 @@ class Task:
     `arrays()` of every split is cheap).
     """
 
-    def __init__(self, name: str, labels: Sequence[str], input_size: Size,
-                 mean: Sequence[float], std: Sequence[float],
-                 loader: Union[Callable[[], SplitTable], _LazySplits], *,
-                 description: str = "", flip_ok: bool = True, in_memory: bool = True,
-                 crop_fraction: float = CROP_FRACTION,
-                 classes: Optional[Sequence[int]] = None, source_classes: Optional[int] = None):
+    def __init__(
+        self,
+        name: str,
+        labels: Sequence[str],
+        input_size: Size,
+        mean: Sequence[float],
+        std: Sequence[float],
+        loader: Callable[[], SplitTable] | _LazySplits,
+        *,
+        description: str = "",
+        flip_ok: bool = True,
+        in_memory: bool = True,
+        crop_fraction: float = CROP_FRACTION,
+        classes: Sequence[int] | None = None,
+        source_classes: int | None = None,
+    ):
         self.name = name
         self.labels = [str(l) for l in labels]
         self.input_size: Size = tuple(int(d) for d in input_size)  # type: ignore[assignment]
@@ -359,7 +390,7 @@ class Task:
             raise ValueError(f"{name}: std must be positive, got {self.std}")
         self.description = description
         # Things a person should know about the data (files skipped, say); shown by the pipeline.
-        self.notes: List[str] = []
+        self.notes: list[str] = []
         self.flip_ok = flip_ok
         self.in_memory = in_memory
         self.crop_fraction = float(crop_fraction)
@@ -378,15 +409,23 @@ class Task:
         return len(self.labels)
 
     def __repr__(self) -> str:
-        return (f"Task({self.name!r}, classes={self.num_classes}, input_size={self.input_size}, "
-                f"mean={self.mean}, std={self.std})")
+        return (
+            f"Task({self.name!r}, classes={self.num_classes}, input_size={self.input_size}, "
+            f"mean={self.mean}, std={self.std})"
+        )
 
     def input_spec(self) -> dict:
         """The task bundle's `input` field (docs/format.md)."""
         c, h, w = self.input_size
-        return {"channels": c, "height": h, "width": w, "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "channels": c,
+            "height": h,
+            "width": w,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
-    def with_classes(self, classes: Sequence[int], name: Optional[str] = None) -> "Task":
+    def with_classes(self, classes: Sequence[int], name: str | None = None) -> Task:
         """The same data restricted to `classes` (ids in this task's label
         numbering), renumbered 0..k-1 in the order given."""
         classes = [int(c) for c in classes]
@@ -399,11 +438,20 @@ class Task:
             raise ValueError(f"{self.name}: classes {bad} out of range 0..{self.num_classes - 1}")
         if name is None:
             name = f"{self.name}:{','.join(map(str, classes))}"
-        sub = Task(name, [self.labels[c] for c in classes], self.input_size, self.mean, self.std,
-                    self._splits, description=self.description, flip_ok=self.flip_ok,
-                    in_memory=self.in_memory, crop_fraction=self.crop_fraction,
-                    classes=self._classes[classes],
-                    source_classes=self._source_classes)
+        sub = Task(
+            name,
+            [self.labels[c] for c in classes],
+            self.input_size,
+            self.mean,
+            self.std,
+            self._splits,
+            description=self.description,
+            flip_ok=self.flip_ok,
+            in_memory=self.in_memory,
+            crop_fraction=self.crop_fraction,
+            classes=self._classes[classes],
+            source_classes=self._source_classes,
+        )
         sub.notes = list(self.notes)
         return sub
 
@@ -430,10 +478,17 @@ class Task:
             raise ValueError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
         source, indices = self._splits.get()[name]
         keep = self._label_map[source.targets[indices]] >= 0
-        return TaskDataset(source, indices[keep], self._label_map, self.mean, self.std,
-                           flip=augment and self.flip_ok, name=f"{self.name}/{name}")
+        return TaskDataset(
+            source,
+            indices[keep],
+            self._label_map,
+            self.mean,
+            self.std,
+            flip=augment and self.flip_ok,
+            name=f"{self.name}/{name}",
+        )
 
-    def arrays(self, split: str, max_bytes: int = 2 << 30) -> Tuple[torch.Tensor, torch.Tensor]:
+    def arrays(self, split: str, max_bytes: int = 2 << 30) -> tuple[torch.Tensor, torch.Tensor]:
         """All of `split` in memory: X float32 N x C x H x W (normalised), y int64.
 
         Lazy (file-backed) tasks are decoded image by image; a split larger
@@ -447,16 +502,18 @@ class Task:
             raise ValueError(
                 f"{self.name}/{split}: {n} images of {c}x{h}x{w} need {need / 2**30:.1f} GiB "
                 f"as one array (limit {max_bytes / 2**30:.1f} GiB). Iterate "
-                f"task.split({split!r}) with a torch DataLoader, or pass a larger max_bytes.")
+                f"task.split({split!r}) with a torch DataLoader, or pass a larger max_bytes."
+            )
         X = torch.empty((n, c, h, w), dtype=torch.float32)
         chunk = 4096 if self.in_memory else 64
         for start in range(0, n, chunk):
-            X[start:start + chunk] = ds.batch(range(start, min(n, start + chunk)))[0]
+            X[start : start + chunk] = ds.batch(range(start, min(n, start + chunk)))[0]
         return X, ds.targets.clone()
 
 
-def search_dirs(data_dir: Optional[Union[str, os.PathLike]], names: Sequence[str],
-                defaults: Sequence[str] = ()) -> List[str]:
+def search_dirs(
+    data_dir: str | os.PathLike | None, names: Sequence[str], defaults: Sequence[str] = ()
+) -> list[str]:
     """Directories to look for a dataset in, in order.
 
     An explicit `data_dir` is searched alone (it and `data_dir/<name>`), so
@@ -465,7 +522,7 @@ def search_dirs(data_dir: Optional[Union[str, os.PathLike]], names: Sequence[str
     `$SPAEDGE_HOME/data`: where named datasets are downloaded), then the
     system `defaults`.
     """
-    out: List[str] = []
+    out: list[str] = []
     if data_dir is not None:
         d = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
         out.append(d)

@@ -32,7 +32,7 @@ def _channel_stats(source, indices, chunk=64):
     total = sq = None
     count = 0
     for start in range(0, len(indices), chunk):
-        x = source.load(indices[start:start + chunk]).double()
+        x = source.load(indices[start : start + chunk]).double()
         s, q = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
         total, sq = (s, q) if total is None else (total + s, sq + q)
         count += x.shape[0] * x.shape[2] * x.shape[3]
@@ -52,6 +52,15 @@ def make_digits(data_dir=None, input_size=None) -> Task:
     gray = source if size[0] == 1 else ArraySource(images, targets, (1,) + size[1:], scale=16.0)
     mean, std = _channel_stats(gray, train)
     mean, std = mean * size[0], std * size[0]
-    return Task("digits", [str(i) for i in range(10)], size, mean, std, lambda: table,
-                description="scikit-learn 8x8 digits, upsampled (embedded default)",
-                flip_ok=False, in_memory=True, crop_fraction=1.0)
+    return Task(
+        "digits",
+        [str(i) for i in range(10)],
+        size,
+        mean,
+        std,
+        lambda: table,
+        description="scikit-learn 8x8 digits, upsampled (embedded default)",
+        flip_ok=False,
+        in_memory=True,
+        crop_fraction=1.0,
+    )

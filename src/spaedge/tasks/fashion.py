@@ -22,15 +22,31 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Dict, Tuple
 
 import numpy as np
 
-from .core import ArraySource, DatasetNotFound, Task, parse_input_size, search_dirs, stratified_split
+from .core import (
+    ArraySource,
+    DatasetNotFound,
+    Task,
+    parse_input_size,
+    search_dirs,
+    stratified_split,
+)
 from .idx import read_idx
 
-LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 MEAN, STD = 0.2860, 0.3530
 DEFAULT_SIZE = (1, 28, 28)
 VAL_FRACTION = 0.1
@@ -44,7 +60,7 @@ FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 
-_cache: Dict[Tuple, Dict[str, np.ndarray]] = {}
+_cache: dict[tuple, dict[str, np.ndarray]] = {}
 _cache_lock = threading.Lock()
 
 
@@ -56,7 +72,7 @@ def _find_file(directory: str, stem: str):
     return None
 
 
-def find_fashion_mnist(data_dir=None) -> Dict[str, str]:
+def find_fashion_mnist(data_dir=None) -> dict[str, str]:
     """Paths of the four IDX files, or DatasetNotFound saying where we looked."""
     dirs = search_dirs(data_dir, DIR_NAMES, defaults=(SYSTEM_DIR,))
     for d in dirs:
@@ -64,7 +80,9 @@ def find_fashion_mnist(data_dir=None) -> Dict[str, str]:
         if all(found.values()):
             return found  # type: ignore[return-value]
     raise DatasetNotFound(
-        "Fashion-MNIST not found in " + ", ".join(dirs) + ": expected "
+        "Fashion-MNIST not found in "
+        + ", ".join(dirs)
+        + ": expected "
         + ", ".join(s + "[.gz]" for s in FILES.values())
         + ". Install the package dataset-fashion-mnist (apt) or download the files from "
         "https://github.com/zalandoresearch/fashion-mnist and pass --data-dir DIR "
@@ -73,9 +91,13 @@ def find_fashion_mnist(data_dir=None) -> Dict[str, str]:
     )
 
 
-def _read(paths: Dict[str, str]) -> Dict[str, np.ndarray]:
-    key = tuple(sorted((k, os.path.realpath(p), os.stat(p).st_mtime_ns, os.stat(p).st_size)
-                       for k, p in paths.items()))
+def _read(paths: dict[str, str]) -> dict[str, np.ndarray]:
+    key = tuple(
+        sorted(
+            (k, os.path.realpath(p), os.stat(p).st_mtime_ns, os.stat(p).st_size)
+            for k, p in paths.items()
+        )
+    )
     with _cache_lock:
         if key in _cache:
             return _cache[key]
@@ -83,10 +105,14 @@ def _read(paths: Dict[str, str]) -> Dict[str, np.ndarray]:
     for part in ("train", "test"):
         x, y = out[f"{part}_images"], out[f"{part}_labels"]
         if x.ndim != 3 or x.dtype != np.uint8:
-            raise ValueError(f"{paths[part + '_images']}: expected uint8 N x H x W images, "
-                             f"got {x.dtype} {x.shape}")
+            raise ValueError(
+                f"{paths[part + '_images']}: expected uint8 N x H x W images, "
+                f"got {x.dtype} {x.shape}"
+            )
         if y.ndim != 1 or len(y) != len(x):
-            raise ValueError(f"{paths[part + '_labels']}: expected {len(x)} labels, got shape {y.shape}")
+            raise ValueError(
+                f"{paths[part + '_labels']}: expected {len(x)} labels, got shape {y.shape}"
+            )
         if len(y) and (y.min() < 0 or y.max() > 9):
             raise ValueError(f"{paths[part + '_labels']}: labels outside 0..9")
         out[f"{part}_labels"] = y.astype(np.int64)
@@ -106,10 +132,22 @@ def make_fashion_mnist(data_dir=None, input_size=None) -> Task:
         train_src = ArraySource(raw["train_images"][:, None], raw["train_labels"], size)
         test_src = ArraySource(raw["test_images"][:, None], raw["test_labels"], size)
         train, val = stratified_split(raw["train_labels"], (1 - VAL_FRACTION, VAL_FRACTION), SEED)
-        return {"train": (train_src, train), "val": (train_src, val),
-                "test": (test_src, np.arange(len(test_src)))}
+        return {
+            "train": (train_src, train),
+            "val": (train_src, val),
+            "test": (test_src, np.arange(len(test_src))),
+        }
 
     c = size[0]
-    return Task("fashion_mnist", LABELS, size, (MEAN,) * c, (STD,) * c, load,
-                description="Fashion-MNIST, 10 clothing classes (official train/test)",
-                flip_ok=False, in_memory=True, crop_fraction=1.0)
+    return Task(
+        "fashion_mnist",
+        LABELS,
+        size,
+        (MEAN,) * c,
+        (STD,) * c,
+        load,
+        description="Fashion-MNIST, 10 clothing classes (official train/test)",
+        flip_ok=False,
+        in_memory=True,
+        crop_fraction=1.0,
+    )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable
 
 from spaedge.download import data_home, extract_tar, fetch
 
@@ -53,13 +53,14 @@ CIFAR10_DIGEST = "sha256:c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29
 @dataclass(frozen=True)
 class _Dataset:
     dir_name: str  # under data_home()
-    own_names: Tuple[str, ...]  # entries a (partial) copy of it holds
-    find: Callable[[Optional[str]], str]  # the loader's own search; raises DatasetNotFound
+    own_names: tuple[str, ...]  # entries a (partial) copy of it holds
+    find: Callable[[str | None], str]  # the loader's own search; raises DatasetNotFound
     download: Callable[[Path, bool, object], None]
 
 
 def _flowers_find(d):
     from .flowers import find_flowers
+
     return find_flowers(d)
 
 
@@ -67,43 +68,69 @@ def _flowers_download(target: Path, allow: bool, progress) -> None:
     for name, digest in FLOWERS_FILES.items():
         if name == "102flowers.tgz":
             continue
-        fetch(FLOWERS_BASE + name, target / name, digest=digest, allow_download=allow, progress=progress)
+        fetch(
+            FLOWERS_BASE + name,
+            target / name,
+            digest=digest,
+            allow_download=allow,
+            progress=progress,
+        )
     if not (target / "jpg").is_dir():
-        tgz = fetch(FLOWERS_BASE + "102flowers.tgz", target / "102flowers.tgz",
-                    digest=FLOWERS_FILES["102flowers.tgz"], allow_download=allow, progress=progress)
+        tgz = fetch(
+            FLOWERS_BASE + "102flowers.tgz",
+            target / "102flowers.tgz",
+            digest=FLOWERS_FILES["102flowers.tgz"],
+            allow_download=allow,
+            progress=progress,
+        )
         extract_tar(tgz, target)  # -> target/jpg/image_00001.jpg ...
         tgz.unlink()
 
 
 def _cifar_find(d):
     from .cifar import find_cifar10
+
     return find_cifar10(d)
 
 
 def _cifar_download(target: Path, allow: bool, progress) -> None:
-    tgz = fetch(CIFAR10_URL, target / "cifar-10-binary.tar.gz", digest=CIFAR10_DIGEST,
-                allow_download=allow, progress=progress)
+    tgz = fetch(
+        CIFAR10_URL,
+        target / "cifar-10-binary.tar.gz",
+        digest=CIFAR10_DIGEST,
+        allow_download=allow,
+        progress=progress,
+    )
     extract_tar(tgz, target)  # -> target/cifar-10-batches-bin/data_batch_1.bin ...
     tgz.unlink()
 
 
-DOWNLOADABLE: Dict[str, _Dataset] = {
-    "flowers": _Dataset("flowers102", ("jpg", *FLOWERS_FILES, "102flowers.tgz.part"),
-                        _flowers_find, _flowers_download),
-    "cifar10": _Dataset("cifar10", ("cifar-10-batches-bin", "cifar-10-binary.tar.gz",
-                                    "cifar-10-binary.tar.gz.part"), _cifar_find, _cifar_download),
+DOWNLOADABLE: dict[str, _Dataset] = {
+    "flowers": _Dataset(
+        "flowers102",
+        ("jpg", *FLOWERS_FILES, "102flowers.tgz.part"),
+        _flowers_find,
+        _flowers_download,
+    ),
+    "cifar10": _Dataset(
+        "cifar10",
+        ("cifar-10-batches-bin", "cifar-10-binary.tar.gz", "cifar-10-binary.tar.gz.part"),
+        _cifar_find,
+        _cifar_download,
+    ),
 }
 
 
-def _found(ds: _Dataset, d) -> Optional[str]:
+def _found(ds: _Dataset, d) -> str | None:
     try:
         return ds.find(d)
     except DatasetNotFound:
         return None
 
 
-def fetch_data(task_name: str, data_dir=None, *, allow_download: bool = True,
-               progress=None) -> Optional[str]:
+def fetch_data(
+    task_name: str, data_dir=None, *, allow_download: bool = True, progress=None
+) -> str | None:
     """A directory holding ``task_name``'s data, downloaded there if need be.
 
     For ``flowers`` and ``cifar10`` (and class subsets such as ``flowers:0-9``):
@@ -134,10 +161,14 @@ def fetch_data(task_name: str, data_dir=None, *, allow_download: bool = True,
         target = data_home() / ds.dir_name
         if _found(ds, str(target)):
             return str(target)
-        found = _found(ds, None)  # the loader's own search (data home under another name, system copies)
+        found = _found(
+            ds, None
+        )  # the loader's own search (data home under another name, system copies)
         if found:
             return found
     target.mkdir(parents=True, exist_ok=True)
     ds.download(target, allow_download, progress)
-    ds.find(str(target))  # raises DatasetNotFound if what arrived is not the layout the loader reads
+    ds.find(
+        str(target)
+    )  # raises DatasetNotFound if what arrived is not the layout the loader reads
     return str(target)

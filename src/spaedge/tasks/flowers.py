@@ -19,15 +19,26 @@ import os
 
 import numpy as np
 
-from .core import (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, IMAGENET_MEAN, IMAGENET_STD,
-                   DatasetNotFound, ImageFileSource, Task, parse_input_size, search_dirs)
+from .core import (
+    IMAGENET_GRAY_MEAN,
+    IMAGENET_GRAY_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DatasetNotFound,
+    ImageFileSource,
+    Task,
+    parse_input_size,
+    search_dirs,
+)
 
 DEFAULT_SIZE = (3, 224, 224)
 DIR_NAMES = ("flowers102", "flowers-102", "oxford-flowers-102")
 URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 
 # Class names in label order (label 1 first), as commonly published for the set.
-LABELS = [s.strip() for s in """
+LABELS = [
+    s.strip()
+    for s in """
 pink primrose|hard-leaved pocket orchid|canterbury bells|sweet pea|english marigold|
 tiger lily|moon orchid|bird of paradise|monkshood|globe thistle|snapdragon|colt's foot|
 king protea|spear thistle|yellow iris|globe-flower|purple coneflower|peruvian lily|
@@ -44,14 +55,17 @@ thorn apple|morning glory|passion flower|lotus|toad lily|anthurium|frangipani|
 clematis|hibiscus|columbine|desert-rose|tree mallow|magnolia|cyclamen|watercress|
 canna lily|hippeastrum|bee balm|ball moss|foxglove|bougainvillea|camellia|mallow|
 mexican petunia|bromelia|blanket flower|trumpet creeper|blackberry lily
-""".replace("\n", "").split("|")]
+""".replace("\n", "").split("|")
+]
 assert len(LABELS) == 102
 
 
 def _is_flowers_dir(d: str) -> bool:
-    return (os.path.isdir(os.path.join(d, "jpg"))
-            and os.path.isfile(os.path.join(d, "imagelabels.mat"))
-            and os.path.isfile(os.path.join(d, "setid.mat")))
+    return (
+        os.path.isdir(os.path.join(d, "jpg"))
+        and os.path.isfile(os.path.join(d, "imagelabels.mat"))
+        and os.path.isfile(os.path.join(d, "setid.mat"))
+    )
 
 
 def find_flowers(data_dir=None) -> str:
@@ -75,7 +89,9 @@ def _mat_vector(path: str, key: str) -> np.ndarray:
 
     m = loadmat(path)
     if key not in m:
-        raise ValueError(f"{path}: no key {key!r} (has {sorted(k for k in m if not k.startswith('__'))})")
+        raise ValueError(
+            f"{path}: no key {key!r} (has {sorted(k for k in m if not k.startswith('__'))})"
+        )
     v = np.asarray(m[key]).reshape(-1)
     if v.size and not np.all(np.equal(np.mod(v, 1), 0)):
         raise ValueError(f"{path}: {key!r} must hold integers")
@@ -105,10 +121,22 @@ def make_flowers(data_dir=None, input_size=None) -> Task:
         if missing:
             raise DatasetNotFound(
                 f"Flowers-102 in {root} is incomplete: {len(missing)} images missing, e.g. "
-                f"{missing[0]}. Unpack 102flowers.tgz from {URL} there.", [root])
+                f"{missing[0]}. Unpack 102flowers.tgz from {URL} there.",
+                [root],
+            )
         return table
 
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if size[0] == 3 else (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD)
-    return Task("flowers", LABELS, size, mean, std, load,
-                description="Oxford Flowers-102, official split (needs --data-dir)",
-                flip_ok=True, in_memory=False)
+    mean, std = (
+        (IMAGENET_MEAN, IMAGENET_STD) if size[0] == 3 else (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD)
+    )
+    return Task(
+        "flowers",
+        LABELS,
+        size,
+        mean,
+        std,
+        load,
+        description="Oxford Flowers-102, official split (needs --data-dir)",
+        flip_ok=True,
+        in_memory=False,
+    )

@@ -68,11 +68,14 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None 
     Used by tests to build fixtures and handy for exporting small subsets.
     """
     array = np.asarray(array)
-    for code, dt in _DTYPES.items():
-        if dt.kind == array.dtype.kind and dt.itemsize == array.dtype.itemsize:
-            break
-    else:
+    matches = [
+        (code, dt)
+        for code, dt in _DTYPES.items()
+        if dt.kind == array.dtype.kind and dt.itemsize == array.dtype.itemsize
+    ]
+    if not matches:
         raise ValueError(f"IDX cannot store dtype {array.dtype}")
+    code, dt = matches[0]
     if array.ndim == 0 or array.ndim > 255:
         raise ValueError("IDX needs 1..255 dimensions")
     payload = (

@@ -23,12 +23,20 @@ from __future__ import annotations
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .core import (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, IMAGENET_MEAN, IMAGENET_STD,
-                   DatasetNotFound, ImageFileSource, Task, parse_input_size, stratified_split)
+from .core import (
+    IMAGENET_GRAY_MEAN,
+    IMAGENET_GRAY_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DatasetNotFound,
+    ImageFileSource,
+    Task,
+    parse_input_size,
+    stratified_split,
+)
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 DEFAULT_SIZE = (3, 224, 224)  # an RGB folder's own size (photos)
@@ -44,7 +52,7 @@ SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test"
 MAX_PIXELS = 100_000_000
 
 
-def _image_problem(path: str) -> Optional[str]:
+def _image_problem(path: str) -> str | None:
     """Why ``path`` cannot be used as an image (None if it decodes), read the way
     training will read it; JPEGs decode at reduced scale, which still reads
     every byte, so a truncated file is found."""
@@ -72,17 +80,17 @@ class _Scan:
 
     def __init__(self):
         self.seen: set[str] = set()
-        self.skipped: List[Tuple[str, str]] = []
+        self.skipped: list[tuple[str, str]] = []
 
 
-def _scan_classes(root: str, scan: _Scan) -> Dict[str, List[str]]:
+def _scan_classes(root: str, scan: _Scan) -> dict[str, list[str]]:
     """{class name: sorted relative paths (to root) of its images}, classes with images only.
 
     Directory links are followed once each (a link to a parent or to itself
     is not a loop); every image is decoded once here, and those that fail or
     are too large are skipped (``scan.skipped``) rather than stopping training."""
-    out: Dict[str, List[str]] = {}
-    candidates: List[Tuple[str, str]] = []
+    out: dict[str, list[str]] = {}
+    candidates: list[tuple[str, str]] = []
     for name in sorted(os.listdir(root)):
         cdir = os.path.join(root, name)
         if name.startswith(".") or not os.path.isdir(cdir):
@@ -104,7 +112,9 @@ def _scan_classes(root: str, scan: _Scan) -> Dict[str, List[str]]:
                     continue
                 scan.seen.add(real_file)
                 candidates.append((name, path))
-    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:  # PIL decodes without the GIL
+    with ThreadPoolExecutor(
+        max(1, min(8, os.cpu_count() or 1))
+    ) as pool:  # PIL decodes without the GIL
         problems = list(pool.map(lambda c: _image_problem(c[1]), candidates))
     for (name, path), problem in zip(candidates, problems):
         if problem is not None:
@@ -127,11 +137,14 @@ def _not_found(root: str, why: str) -> DatasetNotFound:
         f"image folder {root}: {why}. Expected one subdirectory per class holding "
         f"{'/'.join(e[1:] for e in EXTENSIONS)} images (PATH/<class>/<image>), or "
         "train/ and test/ (and optionally val/) subfolders laid out that way. "
-        "Use imagefolder:PATH with an existing directory.", [root])
+        "Use imagefolder:PATH with an existing directory.",
+        [root],
+    )
 
 
-def scan_imagefolder(root: str, scan: Optional[_Scan] = None
-                     ) -> Tuple[List[str], Dict[str, Tuple[List[str], np.ndarray, List[str]]]]:
+def scan_imagefolder(
+    root: str, scan: _Scan | None = None
+) -> tuple[list[str], dict[str, tuple[list[str], np.ndarray, list[str]]]]:
     """Returns (class names, {split: (absolute paths, class ids, hash keys)} or a single 'all')."""
     scan = scan or _Scan()
     if not os.path.isdir(root):
@@ -150,8 +163,10 @@ def scan_imagefolder(root: str, scan: Optional[_Scan] = None
         for split, scan in scans.items():
             extra = sorted(set(scan) - set(index))
             if extra:
-                raise ValueError(f"image folder {root}: classes {extra} in {split}/ have no "
-                                 f"training images in {os.path.basename(train_dir)}/")
+                raise ValueError(
+                    f"image folder {root}: classes {extra} in {split}/ have no "
+                    f"training images in {os.path.basename(train_dir)}/"
+                )
             base = {"train": train_dir, "test": test_dir, "val": val_dir}[split]
             paths, ids, keys = [], [], []
             for c in sorted(scan):
@@ -174,7 +189,7 @@ def scan_imagefolder(root: str, scan: Optional[_Scan] = None
     return classes, {"all": (paths, np.asarray(ids, dtype=np.int64), keys)}
 
 
-def _grayscale(paths: List[str], n: int = 8) -> bool:
+def _grayscale(paths: list[str], n: int = 8) -> bool:
     """Whether the folder's images are grayscale (the first few, read for their
     mode only): a gray folder's own size is 1 x 28 x 28, an RGB one's 3 x 224 x 224."""
     from PIL import Image
@@ -211,7 +226,7 @@ def make_imagefolder(path, input_size=None, name=None) -> Task:
             train, val, test = stratified_split(ids, FRACTIONS, SEED, keys)
             return {"train": (src, train), "val": (src, val), "test": (src, test)}
         table = {}
-        for split, (paths, ids, keys) in parts.items():
+        for split, (paths, ids, _) in parts.items():
             table[split] = (ImageFileSource(paths, ids, size), np.arange(len(paths)))
         if "val" not in table:
             paths, ids, keys = parts["train"]
@@ -220,12 +235,24 @@ def make_imagefolder(path, input_size=None, name=None) -> Task:
             table["train"], table["val"] = (src, train), (src, val)
         return table
 
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if size[0] == 3 else (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD)
-    task = Task(name or f"imagefolder:{path}", classes, size, mean, std, load,
-                description=f"class-per-subdirectory images in {root}",
-                flip_ok=True, in_memory=False)
+    mean, std = (
+        (IMAGENET_MEAN, IMAGENET_STD) if size[0] == 3 else (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD)
+    )
+    task = Task(
+        name or f"imagefolder:{path}",
+        classes,
+        size,
+        mean,
+        std,
+        load,
+        description=f"class-per-subdirectory images in {root}",
+        flip_ok=True,
+        in_memory=False,
+    )
     if scan.skipped:
         shown = "; ".join(f"{p} ({why})" for p, why in scan.skipped[:3])
-        task.notes.append(f"{root}: skipped {len(scan.skipped)} file{'s' if len(scan.skipped) > 1 else ''} that "
-                          f"are not usable images: {shown}{'; ...' if len(scan.skipped) > 3 else ''}")
+        task.notes.append(
+            f"{root}: skipped {len(scan.skipped)} file{'s' if len(scan.skipped) > 1 else ''} that "
+            f"are not usable images: {shown}{'; ...' if len(scan.skipped) > 3 else ''}"
+        )
     return task

@@ -1,21 +1,21 @@
 """Task names -> Task objects.
 
-    digits                    scikit-learn digits (embedded default)
-    fashion_mnist             Fashion-MNIST, 10 classes
-    fashion_mnist_base        classes 0..5 (pretraining the built-in base only)
-    fashion_mnist_new         classes 6..9, labels 0..3 (never seen by the base)
-    flowers                   Oxford Flowers-102 (needs --data-dir)
-    cifar10                   CIFAR-10 binary version (needs --data-dir)
-    imagefolder:PATH          one subdirectory per class
-    NAME:CLASSES              class subset of a named task, e.g. fashion_mnist:6,7,8,9
-                              (ids, ranges like 6-9 or label names; renumbered
-                              0..k-1 in the order given)
+digits                    scikit-learn digits (embedded default)
+fashion_mnist             Fashion-MNIST, 10 classes
+fashion_mnist_base        classes 0..5 (pretraining the built-in base only)
+fashion_mnist_new         classes 6..9, labels 0..3 (never seen by the base)
+flowers                   Oxford Flowers-102 (needs --data-dir)
+cifar10                   CIFAR-10 binary version (needs --data-dir)
+imagefolder:PATH          one subdirectory per class
+NAME:CLASSES              class subset of a named task, e.g. fashion_mnist:6,7,8,9
+                          (ids, ranges like 6-9 or label names; renumbered
+                          0..k-1 in the order given)
 """
 
 from __future__ import annotations
 
 import re
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Optional
 
 from .cifar import make_cifar10
 from .core import InputSize, Task
@@ -37,12 +37,24 @@ def _fashion_new(data_dir, input_size):
     return make_fashion_mnist(data_dir, input_size).with_classes(range(6, 10), "fashion_mnist_new")
 
 
-_REGISTRY: Dict[str, Tuple[Factory, str]] = {
-    "digits": (make_digits, "scikit-learn 8x8 digits upsampled to the base input (embedded default)"),
+_REGISTRY: dict[str, tuple[Factory, str]] = {
+    "digits": (
+        make_digits,
+        "scikit-learn 8x8 digits upsampled to the base input (embedded default)",
+    ),
     "fashion_mnist": (make_fashion_mnist, "Fashion-MNIST, 10 classes"),
-    "fashion_mnist_base": (_fashion_base, "Fashion-MNIST classes 0-5 (pretraining the built-in base only)"),
-    "fashion_mnist_new": (_fashion_new, "Fashion-MNIST classes 6-9 relabelled 0-3 (unseen by the base)"),
-    "flowers": (make_flowers, "Oxford Flowers-102, official split (--data-dir or $SPAEDGE_DATA/flowers102)"),
+    "fashion_mnist_base": (
+        _fashion_base,
+        "Fashion-MNIST classes 0-5 (pretraining the built-in base only)",
+    ),
+    "fashion_mnist_new": (
+        _fashion_new,
+        "Fashion-MNIST classes 6-9 relabelled 0-3 (unseen by the base)",
+    ),
+    "flowers": (
+        make_flowers,
+        "Oxford Flowers-102, official split (--data-dir or $SPAEDGE_DATA/flowers102)",
+    ),
     "cifar10": (make_cifar10, "CIFAR-10 binary version (--data-dir or $SPAEDGE_DATA/cifar10)"),
 }
 
@@ -61,12 +73,12 @@ def register_task(name: str, factory: Factory, description: str = "") -> None:
     _REGISTRY[name] = (factory, description)
 
 
-def list_tasks() -> List[str]:
+def list_tasks() -> list[str]:
     """Names accepted by `get_task` as they are (plus imagefolder:PATH and NAME:CLASSES)."""
     return sorted(_REGISTRY)
 
 
-def task_descriptions() -> Dict[str, str]:
+def task_descriptions() -> dict[str, str]:
     """{name or pattern: one-line description}, for help texts."""
     out = {n: d for n, (_, d) in sorted(_REGISTRY.items())}
     out.update(_PATTERNS)
@@ -74,8 +86,10 @@ def task_descriptions() -> Dict[str, str]:
 
 
 def _unknown(name: str) -> str:
-    return (f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}, "
-            "imagefolder:PATH, and NAME:CLASSES class subsets (e.g. fashion_mnist:6,7,8,9)")
+    return (
+        f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}, "
+        "imagefolder:PATH, and NAME:CLASSES class subsets (e.g. fashion_mnist:6,7,8,9)"
+    )
 
 
 class UnknownTask(KeyError, ValueError):
@@ -85,8 +99,8 @@ class UnknownTask(KeyError, ValueError):
         return self.args[0]
 
 
-def _parse_classes(spec: str, task: Task) -> List[int]:
-    out: List[int] = []
+def _parse_classes(spec: str, task: Task) -> list[int]:
+    out: list[int] = []
     lower = {l.lower(): i for i, l in enumerate(task.labels)}
     for tok in (t.strip() for t in spec.split(",")):
         if not tok:
@@ -102,13 +116,15 @@ def _parse_classes(spec: str, task: Task) -> List[int]:
         elif tok.lower() in lower:
             out.append(lower[tok.lower()])
         else:
-            raise ValueError(f"{task.name}: {tok!r} is neither a class id (0..{task.num_classes - 1}) "
-                             f"nor a label ({', '.join(task.labels[:12])}"
-                             f"{', ...' if task.num_classes > 12 else ''})")
+            raise ValueError(
+                f"{task.name}: {tok!r} is neither a class id (0..{task.num_classes - 1}) "
+                f"nor a label ({', '.join(task.labels[:12])}"
+                f"{', ...' if task.num_classes > 12 else ''})"
+            )
     return out
 
 
-def get_task(name: str, data_dir: Optional[str] = None, input_size: InputSize = None) -> Task:
+def get_task(name: str, data_dir: str | None = None, input_size: InputSize = None) -> Task:
     """Build a task by name.
 
     data_dir: where the dataset lives (default: $SPAEDGE_DATA/<dataset>, and for

@@ -25,7 +25,6 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -39,7 +38,16 @@ from spaedge.pruning.groups import channel_groups
 from spaedge.pruning.prune import density, prune_to_density
 from spaedge.train import distributed
 
-__all__ = ["CHECKPOINT", "Position", "Checkpoint", "CheckpointError", "save", "load", "adopt_state", "PHASES"]
+__all__ = [
+    "CHECKPOINT",
+    "Position",
+    "Checkpoint",
+    "CheckpointError",
+    "save",
+    "load",
+    "adopt_state",
+    "PHASES",
+]
 
 CHECKPOINT = "checkpoint.safetensors"
 PHASES = {"adapt": 0, "recover": 1, "final": 2}
@@ -48,11 +56,11 @@ FORMAT = "spaedge-checkpoint"
 
 @dataclass
 class Position:
-    phase: str = "adapt"      # adapt | recover | final
-    step: int = 0             # pruning step the recovery belongs to (0 outside recovery)
-    epochs_done: int = 0      # epochs of this phase completed
-    prune_steps: int = 0      # pruning steps done so far
-    per_step: int = 0         # channels removed per pruning step (fixed at the first step)
+    phase: str = "adapt"  # adapt | recover | final
+    step: int = 0  # pruning step the recovery belongs to (0 outside recovery)
+    epochs_done: int = 0  # epochs of this phase completed
+    prune_steps: int = 0  # pruning steps done so far
+    per_step: int = 0  # channels removed per pruning step (fixed at the first step)
 
     def key(self) -> tuple[int, int]:
         return PHASES[self.phase], self.step
@@ -63,8 +71,8 @@ class Checkpoint:
     position: Position
     config: dict
     model: dict[str, torch.Tensor]
-    optimizer: Optional[dict] = None
-    scheduler: Optional[dict] = None
+    optimizer: dict | None = None
+    scheduler: dict | None = None
     rng: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     extra_tensors: dict = field(default_factory=dict)
@@ -88,18 +96,25 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
 def _unflatten_optimizer(rest: dict, tensors: dict[str, torch.Tensor]) -> dict:
     state = {}
     for pid, entry in rest["state"].items():
-        state[int(pid)] = {k: tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v
-                           for k, v in entry.items()}
+        state[int(pid)] = {
+            k: tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v
+            for k, v in entry.items()
+        }
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
 def rng_state(generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict]:
     np_state = np.random.get_state()
     py_state = random.getstate()
-    tensors = {"rng.torch": torch.get_rng_state(), "rng.generator": generator.get_state(),
-               "rng.numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
-    rest = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-            "python": [py_state[0], list(py_state[1]), py_state[2]]}
+    tensors = {
+        "rng.torch": torch.get_rng_state(),
+        "rng.generator": generator.get_state(),
+        "rng.numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+    }
+    rest = {
+        "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
     return tensors, rest
 
 
@@ -107,17 +122,36 @@ def restore_rng(tensors: dict[str, torch.Tensor], rest: dict, generator: torch.G
     torch.set_rng_state(tensors["rng.torch"])
     generator.set_state(tensors["rng.generator"])
     n = rest["numpy"]
-    np.random.set_state((n[0], tensors["rng.numpy_keys"].numpy().astype(np.uint32), n[1], n[2], n[3]))
+    np.random.set_state(
+        (n[0], tensors["rng.numpy_keys"].numpy().astype(np.uint32), n[1], n[2], n[3])
+    )
     p = rest["python"]
     random.setstate((p[0], tuple(p[1]), p[2]))
 
 
-def save(path: Path, *, position: Position, config: dict, model: nn.Module, generator: torch.Generator,
-         optimizer=None, scheduler=None, extra: Optional[dict] = None,
-         extra_tensors: Optional[dict[str, torch.Tensor]] = None) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "position": json.dumps(position.__dict__), "config": json.dumps(config, sort_keys=True),
-            "requires_grad": json.dumps(sorted(n for n, p in model.named_parameters() if p.requires_grad))}
+def save(
+    path: Path,
+    *,
+    position: Position,
+    config: dict,
+    model: nn.Module,
+    generator: torch.Generator,
+    optimizer=None,
+    scheduler=None,
+    extra: dict | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+) -> None:
+    tensors = {
+        f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()
+    }
+    meta = {
+        "format": FORMAT,
+        "position": json.dumps(position.__dict__),
+        "config": json.dumps(config, sort_keys=True),
+        "requires_grad": json.dumps(
+            sorted(n for n, p in model.named_parameters() if p.requires_grad)
+        ),
+    }
     if optimizer is not None:
         t, rest = _flatten_optimizer(optimizer.state_dict())
         tensors.update(t)
@@ -138,7 +172,7 @@ class CheckpointError(ValueError):
     config): it is never dropped silently; the message names --restart."""
 
 
-def load(path: Path, config: dict) -> Optional[Checkpoint]:
+def load(path: Path, config: dict) -> Checkpoint | None:
     """The checkpoint at ``path`` (None if there is none). One made with another
     ``config``, or unreadable, raises CheckpointError: discarding a resumable
     run is the user's decision (``--restart``)."""
@@ -154,26 +188,39 @@ def load(path: Path, config: dict) -> Optional[Checkpoint]:
         if not isinstance(stored, dict):
             raise ValueError("no config")
     except (SafetensorError, OSError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path} is not a readable spaedge checkpoint ({e}): {restart}") from None
+        raise CheckpointError(
+            f"{path} is not a readable spaedge checkpoint ({e}): {restart}"
+        ) from None
     want = json.loads(json.dumps(config, sort_keys=True))
     if stored != want:
         diff = [k for k in sorted(set(stored) | set(want)) if stored.get(k) != want.get(k)]
         what = ", ".join(f"{k} {stored.get(k)!r} there, {want.get(k)!r} now" for k in diff[:3])
-        raise CheckpointError(f"{path.parent} holds an unfinished run with other settings ({what}"
-                              f"{', ...' if len(diff) > 3 else ''}): {restart}")
+        raise CheckpointError(
+            f"{path.parent} holds an unfinished run with other settings ({what}"
+            f"{', ...' if len(diff) > 3 else ''}): {restart}"
+        )
     try:
         tensors = st_load(path.read_bytes())
-        ck = Checkpoint(position=Position(**json.loads(meta["position"])), config=config,
-                        model={k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
-                        rng={"tensors": {k: v for k, v in tensors.items() if k.startswith("rng.")},
-                             "rest": json.loads(meta["rng"])})
+        ck = Checkpoint(
+            position=Position(**json.loads(meta["position"])),
+            config=config,
+            model={k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")},
+            rng={
+                "tensors": {k: v for k, v in tensors.items() if k.startswith("rng.")},
+                "rest": json.loads(meta["rng"]),
+            },
+        )
         if "optimizer" in meta:
             ck.optimizer = _unflatten_optimizer(json.loads(meta["optimizer"]), tensors)
             ck.scheduler = json.loads(meta["scheduler"])
         ck.extra = json.loads(meta.get("extra", "{}"))
-        ck.extra_tensors = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+        ck.extra_tensors = {
+            k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")
+        }
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} is not a readable spaedge checkpoint ({e}): {restart}") from None
+        raise CheckpointError(
+            f"{path} is not a readable spaedge checkpoint ({e}): {restart}"
+        ) from None
     return ck
 
 
@@ -185,8 +232,10 @@ def adopt_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     missing = set(own) - set(state)
     unexpected = set(state) - set(own)
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not fit the model: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
+        raise ValueError(
+            f"checkpoint does not fit the model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
     with torch.no_grad():
         for name, value in state.items():
             mod_name, _, attr = name.rpartition(".")
@@ -209,13 +258,19 @@ class Session:
     """The checkpointing side of one ``train.run``: saves after every epoch and,
     when resuming, tells each ``fit`` where to start and restores its state."""
 
-    def __init__(self, run_dir: Path, config: dict, model: nn.Module, generator: torch.Generator,
-                 resume: bool = True):
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict,
+        model: nn.Module,
+        generator: torch.Generator,
+        resume: bool = True,
+    ):
         self.path = Path(run_dir) / CHECKPOINT
         self.config, self.model, self.generator = config, model, generator
         self.ck = load(self.path, config) if resume else None
         self.pos = Position()
-        self.resumed_from: Optional[Position] = None
+        self.resumed_from: Position | None = None
         # Saved with every checkpoint: what else must survive an interruption (set by the pipeline).
         self.extra: dict = {}
         self.extra_tensors: dict[str, torch.Tensor] = {}
@@ -247,25 +302,52 @@ class Session:
 
     def end_epoch(self, epochs_done: int, optimizer, scheduler) -> None:
         self.pos.epochs_done = epochs_done
-        if not distributed.is_main():  # under torchrun rank 0 checkpoints (every rank holds the same model)
+        if (
+            not distributed.is_main()
+        ):  # under torchrun rank 0 checkpoints (every rank holds the same model)
             return
-        save(self.path, position=self.pos, config=self.config, model=self.model, generator=self.generator,
-             optimizer=optimizer, scheduler=scheduler, extra=self.extra, extra_tensors=self.extra_tensors)
+        save(
+            self.path,
+            position=self.pos,
+            config=self.config,
+            model=self.model,
+            generator=self.generator,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            extra=self.extra,
+            extra_tensors=self.extra_tensors,
+        )
 
     def finish(self) -> None:
         """The run directory is complete: the checkpoint is not needed any more."""
         self.path.unlink(missing_ok=True)
 
 
-def prune_resumable(session: Optional[Session], model: nn.Module, example: torch.Tensor, target: float, *,
-                    step_fraction: float, criterion: str, recover, **prune_kwargs) -> None:
+def prune_resumable(
+    session: Session | None,
+    model: nn.Module,
+    example: torch.Tensor,
+    target: float,
+    *,
+    step_fraction: float,
+    criterion: str,
+    recover,
+    **prune_kwargs,
+) -> None:
     """``prune_to_density`` that continues from the checkpoint's pruning step with
     the same channels-per-step as the uninterrupted run (the per-step count is
     fixed by the unpruned model, so it is stored, not recomputed). Without a
     session it is ``prune_to_density``."""
     if session is None:
-        prune_to_density(model, example, target, step_fraction=step_fraction, criterion=criterion, recover=recover,
-                         **prune_kwargs)
+        prune_to_density(
+            model,
+            example,
+            target,
+            step_fraction=step_fraction,
+            criterion=criterion,
+            recover=recover,
+            **prune_kwargs,
+        )
         return
     done = session.pos.prune_steps
     if done == 0:
@@ -275,11 +357,20 @@ def prune_resumable(session: Optional[Session], model: nn.Module, example: torch
     else:
         recover(done, density(model))  # finish (or skip) the recovery the checkpoint was in
         total = sum(g.size for g in channel_groups(model, example))
-        fraction = min(1.0, (session.pos.per_step - 0.5) / total)  # ceil(fraction * total) == per_step
+        fraction = min(
+            1.0, (session.pos.per_step - 0.5) / total
+        )  # ceil(fraction * total) == per_step
 
     def rec(step: int, d: float) -> None:
         session.pos.prune_steps = done + step
         recover(done + step, d)
 
-    prune_to_density(model, example, target, step_fraction=fraction, criterion=criterion, recover=rec,
-                     **prune_kwargs)  # schedule, block, score_kwargs (spaedge.train.pipeline)
+    prune_to_density(
+        model,
+        example,
+        target,
+        step_fraction=fraction,
+        criterion=criterion,
+        recover=rec,
+        **prune_kwargs,
+    )  # schedule, block, score_kwargs (spaedge.train.pipeline)

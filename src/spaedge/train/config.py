@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from spaedge.adapters.pear import KNOWLEDGE, SHARE_MAPS
 from spaedge.adapters.registry import get_method, method_names
 from spaedge.adapters.sparse import MASK_CRITERIA
 from spaedge.adapters.splopa import SHARE as SPLOPA_SHARE
-from spaedge.argtypes import parse_sparsity
-from spaedge.argtypes import nonneg_int, parse_density, path_text, positive_int, unit_fraction
+from spaedge.argtypes import (
+    nonneg_int,
+    parse_density,
+    parse_sparsity,
+    path_text,
+    positive_int,
+    unit_fraction,
+)
 from spaedge.pruning.criteria import CRITERIA
 from spaedge.pruning.prune import SCHEDULES
 
@@ -30,13 +36,27 @@ SIMILAR = "similar"
 AUTO = "auto"
 
 
-def _flag(default: Any, help: str, *, parse: Optional[Callable[[str], Any]] = None,
-          choices: Optional[Callable[[], list]] = None, describe: Optional[Callable[[], str]] = None,
-          metavar: Optional[str] = None):
+def _flag(
+    default: Any,
+    help: str,
+    *,
+    parse: Callable[[str], Any] | None = None,
+    choices: Callable[[], list] | None = None,
+    describe: Callable[[], str] | None = None,
+    metavar: str | None = None,
+):
     """A config field with what its command-line flag needs: ``help`` may hold
     ``{default}`` and ``{described}`` (what ``describe()`` says of the choices)."""
-    return field(default=default, metadata={"help": help, "parse": parse, "choices": choices, "describe": describe,
-                                            "metavar": metavar})
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "parse": parse,
+            "choices": choices,
+            "describe": describe,
+            "metavar": metavar,
+        },
+    )
 
 
 def _methods() -> str:
@@ -46,83 +66,172 @@ def _methods() -> str:
 @dataclass
 class TrainConfig:
     task: str = _flag("digits", "task name (see `spaedge tasks`; default {default})")
-    base: str = _flag(AUTO, "base network: tiny or small (built-in, 28x28 gray; small is ResNet-18's "
-                            "layout at half width), resnet18/34/50 (ImageNet weights, "
-                            "downloaded once), their -cifar variants (3x3 stem, 32x32 input); default auto: "
-                            "resnet18 for natural RGB images, tiny for grayscale ones")
-    base_weights: Optional[str] = _flag(None, "weights file for the base (.pth state dict or .safetensors, "
-                                              "torchvision names), or 'random' for an untrained base (speed "
-                                              "tests); default: the base's own pretrained weights",
-                                        parse=path_text, metavar="FILE")
-    data_dir: Optional[str] = _flag(None, "where the task's data is (default: the cache, $SPAEDGE_DATA or "
-                                          "~/.cache/spaedge/data, where flowers and cifar10 download on first use)",
-                                    parse=path_text, metavar="DIR")
-    method: str = _flag("splora", "adapter method (default {default}). {described}", choices=method_names,
-                        describe=_methods)
+    base: str = _flag(
+        AUTO,
+        "base network: tiny or small (built-in, 28x28 gray; small is ResNet-18's "
+        "layout at half width), resnet18/34/50 (ImageNet weights, "
+        "downloaded once), their -cifar variants (3x3 stem, 32x32 input); default auto: "
+        "resnet18 for natural RGB images, tiny for grayscale ones",
+    )
+    base_weights: str | None = _flag(
+        None,
+        "weights file for the base (.pth state dict or .safetensors, "
+        "torchvision names), or 'random' for an untrained base (speed "
+        "tests); default: the base's own pretrained weights",
+        parse=path_text,
+        metavar="FILE",
+    )
+    data_dir: str | None = _flag(
+        None,
+        "where the task's data is (default: the cache, $SPAEDGE_DATA or "
+        "~/.cache/spaedge/data, where flowers and cifar10 download on first use)",
+        parse=path_text,
+        metavar="DIR",
+    )
+    method: str = _flag(
+        "splora",
+        "adapter method (default {default}). {described}",
+        choices=method_names,
+        describe=_methods,
+    )
     rank: int = _flag(8, "adapter rank (default {default})", parse=positive_int)
-    density: float = _flag(0.3, "fraction of the base's weights to keep, e.g. 0.3 or 30%% (default {default})",
-                           parse=parse_density)
-    criterion: str = _flag("magnitude", "channel importance (default {default})", choices=lambda: list(CRITERIA))
-    schedule: str = _flag("iterative", "iterative: --prune-step of the filters per step with recovery epochs "
-                                       "(default); oneshot: prune once to the density; similar: prune once before "
-                                       "training by the similarity-weighted vote of the nearest tasks in --library "
-                                       "(see `spaedge library -h`)",
-                          choices=lambda: [*SCHEDULES, SIMILAR])
-    library: Optional[str] = _flag(None, "for --schedule similar: a library directory (`spaedge library add`), run "
-                                         "directories or a directory of runs; several separated by commas",
-                                   parse=path_text, metavar="DIR")
-    neighbours: int = _flag(3, "for --schedule similar: nearest library tasks that vote (default {default})",
-                            parse=positive_int)
-    train_limit: int = _flag(0, "train (and score channels) on the first N training images only (default 0: all)",
-                             parse=nonneg_int, metavar="N")
-    test_limit: int = _flag(0, "evaluate on the first N test images only (default 0: all)", parse=nonneg_int,
-                            metavar="N")
-    val_limit: int = _flag(0, "validate on the first N validation images only (default 0: all)", parse=nonneg_int,
-                           metavar="N")
-    score_batches: int = _flag(4, "training batches the data-driven criteria, SparseAdapter masks and Pear score "
-                                  "on (default {default})", parse=positive_int, metavar="N")
-    mask_criterion: str = _flag("snip", "for the SparseAdapter methods (sparse, sparse-sppara, sparse-large): how "
-                                        "the adapter's masks are chosen at initialisation, one global threshold "
-                                        "(default {default})", choices=lambda: list(MASK_CRITERIA))
-    sparsity: float = _flag(0.4, "for the SparseAdapter methods: fraction of the adapter's entries masked to zero "
-                                 "at initialisation, e.g. 0.4 or 40%% (default {default}, as the paper recommends; it "
-                                 "works up to 0.8); sparse-large enlarges the rank to ceil(rank / (1 - sparsity)) "
-                                 "and keeps rank --rank's parameter count", parse=parse_sparsity)
-    pear_prune: float = _flag(0.5, "for --method pear: fraction of adapters pruned after channel pruning "
-                                   "(default {default})", parse=float)
-    pear_share: str = _flag("nearest", "for --method pear: a pruned position takes the same-shape kept adapter "
-                                       "nearest in depth (default), the most important one, or none (adapter "
-                                       "removed)", choices=lambda: list(SHARE_MAPS))
-    pear_knowledge: str = _flag("weighted", "for --method pear: a shared adapter starts as the best rank-r fit of "
-                                            "every update it replaces, weighted by importance (default), or keeps "
-                                            "its own factors (source)", choices=lambda: list(KNOWLEDGE))
-    splopa_share: str = _flag("model", "for --method splopa: the layers that share one set of prototypes: every "
-                                       "layer whose channels the block divides (model, default, as the reference "
-                                       "implementation) or those of one stage (stage)",
-                              choices=lambda: list(SPLOPA_SHARE))
-    prune_step: float = _flag(0.05, "fraction of filters removed per pruning step (default {default})",
-                              parse=unit_fraction)
+    density: float = _flag(
+        0.3,
+        "fraction of the base's weights to keep, e.g. 0.3 or 30%% (default {default})",
+        parse=parse_density,
+    )
+    criterion: str = _flag(
+        "magnitude", "channel importance (default {default})", choices=lambda: list(CRITERIA)
+    )
+    schedule: str = _flag(
+        "iterative",
+        "iterative: --prune-step of the filters per step with recovery epochs "
+        "(default); oneshot: prune once to the density; similar: prune once before "
+        "training by the similarity-weighted vote of the nearest tasks in --library "
+        "(see `spaedge library -h`)",
+        choices=lambda: [*SCHEDULES, SIMILAR],
+    )
+    library: str | None = _flag(
+        None,
+        "for --schedule similar: a library directory (`spaedge library add`), run "
+        "directories or a directory of runs; several separated by commas",
+        parse=path_text,
+        metavar="DIR",
+    )
+    neighbours: int = _flag(
+        3,
+        "for --schedule similar: nearest library tasks that vote (default {default})",
+        parse=positive_int,
+    )
+    train_limit: int = _flag(
+        0,
+        "train (and score channels) on the first N training images only (default 0: all)",
+        parse=nonneg_int,
+        metavar="N",
+    )
+    test_limit: int = _flag(
+        0,
+        "evaluate on the first N test images only (default 0: all)",
+        parse=nonneg_int,
+        metavar="N",
+    )
+    val_limit: int = _flag(
+        0,
+        "validate on the first N validation images only (default 0: all)",
+        parse=nonneg_int,
+        metavar="N",
+    )
+    score_batches: int = _flag(
+        4,
+        "training batches the data-driven criteria, SparseAdapter masks and Pear score "
+        "on (default {default})",
+        parse=positive_int,
+        metavar="N",
+    )
+    mask_criterion: str = _flag(
+        "snip",
+        "for the SparseAdapter methods (sparse, sparse-sppara, sparse-large): how "
+        "the adapter's masks are chosen at initialisation, one global threshold "
+        "(default {default})",
+        choices=lambda: list(MASK_CRITERIA),
+    )
+    sparsity: float = _flag(
+        0.4,
+        "for the SparseAdapter methods: fraction of the adapter's entries masked to zero "
+        "at initialisation, e.g. 0.4 or 40%% (default {default}, as the paper recommends; it "
+        "works up to 0.8); sparse-large enlarges the rank to ceil(rank / (1 - sparsity)) "
+        "and keeps rank --rank's parameter count",
+        parse=parse_sparsity,
+    )
+    pear_prune: float = _flag(
+        0.5,
+        "for --method pear: fraction of adapters pruned after channel pruning (default {default})",
+        parse=float,
+    )
+    pear_share: str = _flag(
+        "nearest",
+        "for --method pear: a pruned position takes the same-shape kept adapter "
+        "nearest in depth (default), the most important one, or none (adapter "
+        "removed)",
+        choices=lambda: list(SHARE_MAPS),
+    )
+    pear_knowledge: str = _flag(
+        "weighted",
+        "for --method pear: a shared adapter starts as the best rank-r fit of "
+        "every update it replaces, weighted by importance (default), or keeps "
+        "its own factors (source)",
+        choices=lambda: list(KNOWLEDGE),
+    )
+    splopa_share: str = _flag(
+        "model",
+        "for --method splopa: the layers that share one set of prototypes: every "
+        "layer whose channels the block divides (model, default, as the reference "
+        "implementation) or those of one stage (stage)",
+        choices=lambda: list(SPLOPA_SHARE),
+    )
+    prune_step: float = _flag(
+        0.05,
+        "fraction of filters removed per pruning step (default {default})",
+        parse=unit_fraction,
+    )
     # The schedule and rate defaults were chosen on digits (docs/benchmarks.md,
     # "Measurements behind the toolchain's defaults").
-    epochs: int = _flag(12, "adaptation epochs before pruning (default {default})", parse=nonneg_int)
-    total_epochs: int = _flag(0, "when > 0, the whole budget in epochs: the final phase gets what adaptation and "
-                                 "recovery left, so every schedule trains as long (default 0: --final-epochs)",
-                              parse=nonneg_int, metavar="N")
-    early_stopping: int = _flag(0, "when > 0, the final phase stops after N epochs without a better validation "
-                                   "accuracy and keeps the best epoch's model (default 0: off)",
-                                parse=nonneg_int, metavar="N")
-    recovery_epochs: int = _flag(1, "epochs after each pruning step (default {default})", parse=nonneg_int)
-    final_epochs: int = _flag(8, "epochs after the last pruning step (default {default})", parse=nonneg_int)
+    epochs: int = _flag(
+        12, "adaptation epochs before pruning (default {default})", parse=nonneg_int
+    )
+    total_epochs: int = _flag(
+        0,
+        "when > 0, the whole budget in epochs: the final phase gets what adaptation and "
+        "recovery left, so every schedule trains as long (default 0: --final-epochs)",
+        parse=nonneg_int,
+        metavar="N",
+    )
+    early_stopping: int = _flag(
+        0,
+        "when > 0, the final phase stops after N epochs without a better validation "
+        "accuracy and keeps the best epoch's model (default 0: off)",
+        parse=nonneg_int,
+        metavar="N",
+    )
+    recovery_epochs: int = _flag(
+        1, "epochs after each pruning step (default {default})", parse=nonneg_int
+    )
+    final_epochs: int = _flag(
+        8, "epochs after the last pruning step (default {default})", parse=nonneg_int
+    )
     batch_size: int = _flag(32, "training batch size (default {default})", parse=positive_int)
     lr: float = _flag(1e-2, "learning rate (default {default})", parse=float)
     weight_decay: float = _flag(0.0, "AdamW weight decay (default {default})", parse=float)
-    seed: int = _flag(0, "random seed: the same seed, config and data give the same bundle (default {default})",
-                      parse=int)
+    seed: int = _flag(
+        0,
+        "random seed: the same seed, config and data give the same bundle (default {default})",
+        parse=int,
+    )
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "TrainConfig":
+    def from_json(cls, d: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})

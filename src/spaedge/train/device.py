@@ -20,8 +20,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["TrainEnv", "DEVICES", "PRECISIONS", "resolve_device", "resolve_precision", "autocast", "GradScaler",
-           "use_onednn", "to_device"]
+__all__ = [
+    "TrainEnv",
+    "DEVICES",
+    "PRECISIONS",
+    "resolve_device",
+    "resolve_precision",
+    "autocast",
+    "GradScaler",
+    "use_onednn",
+    "to_device",
+]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -33,13 +42,23 @@ def _env_field(default, help: str, **kw):
 
 @dataclass
 class TrainEnv:
-    device: str = _env_field("auto", "where to train: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    precision: str = _env_field("auto", "arithmetic: auto (bf16 on CUDA GPUs that have it, else fp16 on CUDA; "
-                                        "fp32 on MPS and CPU), fp32, bf16 or fp16 (mixed precision: weights "
-                                        "and the optimizer stay fp32)")
-    loader_workers: int = _env_field(0, "processes decoding images while the model trains (0: in the training "
-                                        "process); the data and its order do not depend on it")
-    download: bool = _env_field(True, "may download named weights and datasets (--no-download: local files only)")
+    device: str = _env_field(
+        "auto", "where to train: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps"
+    )
+    precision: str = _env_field(
+        "auto",
+        "arithmetic: auto (bf16 on CUDA GPUs that have it, else fp16 on CUDA; "
+        "fp32 on MPS and CPU), fp32, bf16 or fp16 (mixed precision: weights "
+        "and the optimizer stay fp32)",
+    )
+    loader_workers: int = _env_field(
+        0,
+        "processes decoding images while the model trains (0: in the training "
+        "process); the data and its order do not depend on it",
+    )
+    download: bool = _env_field(
+        True, "may download named weights and datasets (--no-download: local files only)"
+    )
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -54,14 +73,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device; use one of {', '.join(DEVICES)} (or cuda:N)") from None
+        raise ValueError(
+            f"--device {name!r} is not a device; use one of {', '.join(DEVICES)} (or cuda:N)"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is visible to torch {torch.__version__} here "
-                         f"(torch.cuda.is_available() is False); use --device cpu or auto")
+        raise ValueError(
+            f"--device {name}: no CUDA GPU is visible to torch {torch.__version__} here "
+            f"(torch.cuda.is_available() is False); use --device cpu or auto"
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"--device {name}: Apple's MPS is not available here; use --device cpu or auto")
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError(
+            f"--device {name}: Apple's MPS is not available here; use --device cpu or auto"
+        )
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"--device {name}: spaedge trains on cpu, cuda or mps")
     return dev
@@ -110,8 +137,9 @@ def use_onednn(model: nn.Module, device: torch.device) -> bool:
     if device.type != "cpu":
         return False
     for m in model.modules():
-        if hasattr(m, "base_out_channels") and (m.out_channels != m.base_out_channels
-                                                or m.in_channels != m.base_in_channels):
+        if hasattr(m, "base_out_channels") and (
+            m.out_channels != m.base_out_channels or m.in_channels != m.base_in_channels
+        ):
             return False
     return True
 
@@ -120,5 +148,7 @@ def to_device(batch, device: torch.device, memory_format=torch.contiguous_format
     """(images, labels) on ``device`` (images in ``memory_format``)."""
     x, y = batch
     non_blocking = device.type == "cuda"
-    return (x.to(device, non_blocking=non_blocking, memory_format=memory_format),
-            y.to(device, non_blocking=non_blocking))
+    return (
+        x.to(device, non_blocking=non_blocking, memory_format=memory_format),
+        y.to(device, non_blocking=non_blocking),
+    )

@@ -34,8 +34,21 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["init_from_env", "active", "rank", "world_size", "is_main", "wrap", "share", "agree",
-           "average_buffers", "all_sum", "barrier", "state_hash", "finish"]
+__all__ = [
+    "init_from_env",
+    "active",
+    "rank",
+    "world_size",
+    "is_main",
+    "wrap",
+    "share",
+    "agree",
+    "average_buffers",
+    "all_sum",
+    "barrier",
+    "state_hash",
+    "finish",
+]
 
 
 def init_from_env() -> bool:
@@ -81,7 +94,7 @@ def share(index: list[int]) -> list[int] | None:
         return index
     if len(index) < world_size():
         return None
-    return index[rank()::world_size()]
+    return index[rank() :: world_size()]
 
 
 def agree(t: torch.Tensor) -> torch.Tensor:

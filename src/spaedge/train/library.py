@@ -11,9 +11,9 @@ works as a library too.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -26,8 +26,19 @@ from spaedge.train.config import TrainConfig
 from spaedge.train.rundir import MANIFEST, is_run, read_run
 from spaedge.train.setup import embed_task
 
-__all__ = ["PLAN_FILE", "FORMAT", "plan_to_json", "plan_from_json", "plan_bytes", "write_plan", "read_plan",
-           "run_plan", "plan_from_run", "load_library", "add_to_library"]
+__all__ = [
+    "PLAN_FILE",
+    "FORMAT",
+    "plan_to_json",
+    "plan_from_json",
+    "plan_bytes",
+    "write_plan",
+    "read_plan",
+    "run_plan",
+    "plan_from_run",
+    "load_library",
+    "add_to_library",
+]
 
 PLAN_FILE = "plan.json"
 FORMAT = "spaedge-plan"
@@ -41,12 +52,21 @@ def plan_to_json(plan: Plan) -> dict:
 
 def plan_from_json(d: dict, source: str = "") -> Plan:
     if d.get("format") != FORMAT:
-        raise ValueError(f"{source or 'plan'}: not a spaedge pruning plan (format {d.get('format')!r})")
-    return Plan(task=d["task"], base=d.get("base", ""), base_hash=d["base_hash"], density=float(d["density"]),
-                kept={k: [int(i) for i in v] for k, v in d["kept"].items()},
-                base_channels={k: int(v) for k, v in d["base_channels"].items()},
-                embedding=[float(v) for v in d["embedding"]], test_accuracy=d.get("test_accuracy"),
-                source=source, extra=d.get("extra", {}))
+        raise ValueError(
+            f"{source or 'plan'}: not a spaedge pruning plan (format {d.get('format')!r})"
+        )
+    return Plan(
+        task=d["task"],
+        base=d.get("base", ""),
+        base_hash=d["base_hash"],
+        density=float(d["density"]),
+        kept={k: [int(i) for i in v] for k, v in d["kept"].items()},
+        base_channels={k: int(v) for k, v in d["base_channels"].items()},
+        embedding=[float(v) for v in d["embedding"]],
+        test_accuracy=d.get("test_accuracy"),
+        source=source,
+        extra=d.get("extra", {}),
+    )
 
 
 def plan_bytes(plan: Plan) -> bytes:
@@ -61,15 +81,31 @@ def read_plan(path: Path) -> Plan:
     return plan_from_json(json.loads(Path(path).read_text()), source=str(path))
 
 
-def run_plan(model: nn.Module, cfg: TrainConfig, task: Task, base_hash: str, metrics: dict,
-             embedding: Optional[torch.Tensor] = None) -> Plan:
+def run_plan(
+    model: nn.Module,
+    cfg: TrainConfig,
+    task: Task,
+    base_hash: str,
+    metrics: dict,
+    embedding: torch.Tensor | None = None,
+) -> Plan:
     """The plan of a finished run (``plan.json``, written by ``spaedge.train.pipeline.run``)."""
     if embedding is None:
         embedding = embed_task(cfg, task)
-    return plan_of_model(model, task=task.name, base=cfg.base, base_hash=base_hash, embedding=embedding,
-                         test_accuracy=metrics.get("test_accuracy"),
-                         extra={"method": cfg.method, "schedule": cfg.schedule, "criterion": cfg.criterion,
-                                "seed": cfg.seed})
+    return plan_of_model(
+        model,
+        task=task.name,
+        base=cfg.base,
+        base_hash=base_hash,
+        embedding=embedding,
+        test_accuracy=metrics.get("test_accuracy"),
+        extra={
+            "method": cfg.method,
+            "schedule": cfg.schedule,
+            "criterion": cfg.criterion,
+            "seed": cfg.seed,
+        },
+    )
 
 
 def plan_from_run(run_dir: Path) -> Plan:
@@ -120,10 +156,14 @@ def add_to_library(run_dir: Path, library: Path) -> Path:
     library.mkdir(parents=True, exist_ok=True)
     # Every part of the name comes from the plan file: made safe, so no value can
     # name a path outside the library.
-    name = (f"{task_name(plan.task)}__{safe_name(str(plan.base_hash)[:8])}__d{round(float(plan.density) * 100)}"
-            f"__s{safe_name(str(plan.extra.get('seed', 0)))}.json")
+    name = (
+        f"{task_name(plan.task)}__{safe_name(str(plan.base_hash)[:8])}__d{round(float(plan.density) * 100)}"
+        f"__s{safe_name(str(plan.extra.get('seed', 0)))}.json"
+    )
     dest = library / name
     if dest.resolve().parent != library.resolve():
-        raise ValueError(f"{run_dir}: its plan does not make a file name inside {library} ({name!r})")
+        raise ValueError(
+            f"{run_dir}: its plan does not make a file name inside {library} ({name!r})"
+        )
     write_plan(plan, dest)
     return dest

@@ -13,10 +13,10 @@ float32).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 from safetensors.torch import save
@@ -36,9 +36,21 @@ PRETRAIN_TASK = "fashion_mnist:0,1,2,3,4,5"
 STORED_DTYPE = {"small": torch.float16}
 
 
-def pretrain(out: str | Path, *, base: str = "tiny", task: str = PRETRAIN_TASK, data_dir: Optional[str] = None,
-             epochs: int = 6, lr: float = 2e-3, batch_size: int = 128, seed: int = 0, train_limit: int = 0,
-             reporter: Optional[Reporter] = None, resume: bool = True, env: Optional[TrainEnv] = None) -> dict:
+def pretrain(
+    out: str | Path,
+    *,
+    base: str = "tiny",
+    task: str = PRETRAIN_TASK,
+    data_dir: str | None = None,
+    epochs: int = 6,
+    lr: float = 2e-3,
+    batch_size: int = 128,
+    seed: int = 0,
+    train_limit: int = 0,
+    reporter: Reporter | None = None,
+    resume: bool = True,
+    env: TrainEnv | None = None,
+) -> dict:
     """Train every weight of a fresh ``base`` on ``task`` (its first ``train_limit``
     training images, 0: all); write ``out`` (safetensors)."""
     reporter = reporter or Reporter(enabled=False)
@@ -48,30 +60,58 @@ def pretrain(out: str | Path, *, base: str = "tiny", task: str = PRETRAIN_TASK, 
     t = get_task(task, data_dir=data_dir)
     model = BASES[base]()
     model.replace_head(t.num_classes)
-    config = {"pretrain": base, "task": t.name, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
-              "train_limit": train_limit}
+    config = {
+        "pretrain": base,
+        "task": t.name,
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "train_limit": train_limit,
+    }
     work = out.with_name(out.name + ".pretrain")
     session = Session(work, config, model, gen, resume=resume)
     if session.resumed_from is not None:
-        reporter.log(f"resuming from {session.path}: {session.resumed_from.epochs_done} of {epochs} epochs done")
+        reporter.log(
+            f"resuming from {session.path}: {session.resumed_from.epochs_done} of {epochs} epochs done"
+        )
     session.restore_rng()
     t0 = time.time()
-    fit(model, first_items(t.split("train"), train_limit), epochs, lr=lr, batch_size=batch_size, weight_decay=5e-4,
-        generator=gen, reporter=reporter, description=f"pretrain {base}", session=session, phase=("final", 0),
-        env=env)
-    result = {"task": t.name, "epochs": epochs, "seed": seed,
-              "val_accuracy": evaluate(model, t.split("val"), env=env),
-              "test_accuracy": evaluate(model, t.split("test"), env=env), "seconds": round(time.time() - t0, 1)}
+    fit(
+        model,
+        first_items(t.split("train"), train_limit),
+        epochs,
+        lr=lr,
+        batch_size=batch_size,
+        weight_decay=5e-4,
+        generator=gen,
+        reporter=reporter,
+        description=f"pretrain {base}",
+        session=session,
+        phase=("final", 0),
+        env=env,
+    )
+    result = {
+        "task": t.name,
+        "epochs": epochs,
+        "seed": seed,
+        "val_accuracy": evaluate(model, t.split("val"), env=env),
+        "test_accuracy": evaluate(model, t.split("test"), env=env),
+        "seconds": round(time.time() - t0, 1),
+    }
     dtype = STORED_DTYPE.get(base, torch.float32)
-    state = {k: v.to(dtype if v.is_floating_point() else v.dtype).contiguous()
-             for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state = {
+        k: v.to(dtype if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in model.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     meta = {"spaedge_pretrain": json.dumps(result), "config": json.dumps(config)}
     atomic_write_bytes(out, save(state, metadata=meta))
     session.finish()
-    try:
+    with contextlib.suppress(OSError):
         work.rmdir()
-    except OSError:
-        pass
-    reporter.log(f"pretrained {base} on {t.name}: test accuracy {result['test_accuracy']:.2%} "
-                 f"({result['seconds']} s) -> {out}")
+    reporter.log(
+        f"pretrained {base} on {t.name}: test accuracy {result['test_accuracy']:.2%} "
+        f"({result['seconds']} s) -> {out}"
+    )
     return result

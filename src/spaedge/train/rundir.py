@@ -57,8 +57,10 @@ def read_run(run_dir: Path, names=RUN_FILES) -> dict[str, bytes]:
         if manifest.get("format") != FORMAT or not isinstance(listed, dict):
             raise ValueError
     except FileNotFoundError:
-        raise IncompleteRun(f"{run_dir} is not a finished run (no {MANIFEST}: interrupted, or not a run "
-                            f"directory): {redo}") from None
+        raise IncompleteRun(
+            f"{run_dir} is not a finished run (no {MANIFEST}: interrupted, or not a run "
+            f"directory): {redo}"
+        ) from None
     except (OSError, ValueError, KeyError, TypeError):
         raise IncompleteRun(f"{run_dir}/{MANIFEST} is unreadable: {redo}") from None
     out = {}
@@ -70,7 +72,9 @@ def read_run(run_dir: Path, names=RUN_FILES) -> dict[str, bytes]:
         except OSError as e:
             raise IncompleteRun(f"{run_dir}/{name} cannot be read ({e.strerror}): {redo}") from None
         if _digest(data) != listed[name]:
-            raise IncompleteRun(f"{run_dir}/{name} is not the file the run wrote (changed or replaced since): "
-                                f"{redo}")
+            raise IncompleteRun(
+                f"{run_dir}/{name} is not the file the run wrote (changed or replaced since): "
+                f"{redo}"
+            )
         out[name] = data
     return out

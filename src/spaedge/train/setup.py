@@ -5,7 +5,7 @@ the task's embedding."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch import nn
@@ -18,7 +18,14 @@ from spaedge.pruning.similar import task_embedding
 from spaedge.tasks import Task, fetch_data, get_task
 from spaedge.train.config import AUTO, TrainConfig
 
-__all__ = ["resolve", "default_base", "load_base", "task_for_base", "build_task_model", "embed_task"]
+__all__ = [
+    "resolve",
+    "default_base",
+    "load_base",
+    "task_for_base",
+    "build_task_model",
+    "embed_task",
+]
 
 
 def default_base(task: Task) -> str:
@@ -29,8 +36,13 @@ def default_base(task: Task) -> str:
     return "resnet18" if task.input_size[0] == 3 else "tiny"
 
 
-def resolve(cfg: TrainConfig, *, allow_download: bool = True, log: Optional[Callable[[str], None]] = None,
-            progress=None) -> TrainConfig:
+def resolve(
+    cfg: TrainConfig,
+    *,
+    allow_download: bool = True,
+    log: Callable[[str], None] | None = None,
+    progress=None,
+) -> TrainConfig:
     """The config with its named resources made local, before any work: the
     task's data (downloaded into the cache on first use), the base chosen for
     the task when ``base`` is ``auto``, and its pretrained weights (downloaded
@@ -44,7 +56,9 @@ def resolve(cfg: TrainConfig, *, allow_download: bool = True, log: Optional[Call
         kind = "natural RGB images" if base != "tiny" else "grayscale images"
         log(f"base {base} for {cfg.task} ({kind}; --base picks another)")
     if cfg.base_weights is None and base.removesuffix("-cifar") in PRETRAINED:
-        pretrained_weights(base, allow_download=allow_download, progress=progress)  # cached for get_base
+        pretrained_weights(
+            base, allow_download=allow_download, progress=progress
+        )  # cached for get_base
     return dataclasses.replace(cfg, data_dir=data_dir, base=base)
 
 
@@ -55,7 +69,7 @@ def load_base(cfg: TrainConfig) -> ResNet:
     return get_base(cfg.base, cfg.base_weights, allow_download=False)
 
 
-def task_for_base(cfg: TrainConfig, base: ResNet, log: Optional[Callable[[str], None]] = None) -> Task:
+def task_for_base(cfg: TrainConfig, base: ResNet, log: Callable[[str], None] | None = None) -> Task:
     """The config's task at the input size the base was made for (its native
     size: 224x224 for an ImageNet stem, 32x32 for a -cifar stem, 28x28 for
     ``tiny``), with its channels; a grayscale task on an RGB base (or the
@@ -66,14 +80,21 @@ def task_for_base(cfg: TrainConfig, base: ResNet, log: Optional[Callable[[str], 
         if log is not None:
             log(note)
     if own != base.in_channels and log is not None:
-        how = "each gray image repeated to 3 channels" if own == 1 else "colour converted to luma (1 channel)"
-        log(f"{cfg.task} has {'gray' if own == 1 else 'RGB'} images, the {cfg.base} base takes "
-            f"{base.in_channels} channel{'s' if base.in_channels > 1 else ''}: {how}")
+        how = (
+            "each gray image repeated to 3 channels"
+            if own == 1
+            else "colour converted to luma (1 channel)"
+        )
+        log(
+            f"{cfg.task} has {'gray' if own == 1 else 'RGB'} images, the {cfg.base} base takes "
+            f"{base.in_channels} channel{'s' if base.in_channels > 1 else ''}: {how}"
+        )
     return task
 
 
-def build_task_model(cfg: TrainConfig, log: Optional[Callable[[str], None]] = None
-                     ) -> tuple[Task, nn.Module, str]:
+def build_task_model(
+    cfg: TrainConfig, log: Callable[[str], None] | None = None
+) -> tuple[Task, nn.Module, str]:
     """(task, adapted model with a fresh head, base content hash) for a config
     (resolved here if its base is still ``auto``)."""
     if cfg.base == AUTO:
