@@ -57,7 +57,7 @@ def test_data_criteria_refuse_to_run_without_data():
 
 
 def test_lrp_epsilon_rule_on_a_small_mlp_matches_explicit_propagation():
-    # Explicit layer-by-layer epsilon-LRP vs the autograd implementation.
+    # Explicit layer-by-layer epsilon-LRP (the rule at linear layers) vs the implementation.
     torch.manual_seed(0)
 
     class Net(nn.Module):
@@ -83,7 +83,7 @@ def test_lrp_epsilon_rule_on_a_small_mlp_matches_explicit_propagation():
         a1 = z1.clamp(min=0)
         z2 = net.fc(a1)
         r2 = torch.zeros_like(z2)
-        r2[torch.arange(6), y] = z2[torch.arange(6), y]
+        r2[torch.arange(6), y] = 1.0  # relevance 1 at the true-class logit
         s = r2 / (z2 + eps * torch.where(z2 >= 0, 1.0, -1.0))
         r_a1 = a1 * (s @ net.fc.weight)  # relevance at fc input (= relu output)
         r_z1 = r_a1 * (z1 > 0)  # relu passes relevance through

@@ -90,7 +90,7 @@ class OneConv(nn.Module):
 #   magnitude  mean |W_task[c]|             = (.5, 4, 4.5, 6.5)  order 0 1 2 3
 #   gradient   mean_i |dL/dz_c x_i|         = (2, .5, 1, 1.5)    order 1 2 3 0
 #   taylor     |sum_i W_ci dL/dz_c x_i|     = (2, 4, 1, 1.5)     order 2 3 0 1
-#   lrp        |z_c V0_c| * l0/(l0 + eps)   = (2, 4, 8, 1)       order 3 0 1 2
+#   lrp        |z_c V0_c| / (l0 + eps)      = (2, 4, 8, 1) / 15  order 3 0 1 2
 # Every rank position holds a different channel under each criterion (a Latin
 # square), so any two criteria disagree on every position, and the n lowest
 # channels differ for every n in 1..3. The SPLoRA factors are not zero and the
@@ -133,7 +133,7 @@ def _crafted_hand_scores() -> dict[str, torch.Tensor]:
         "magnitude": w.abs().mean(1),
         "gradient": dw.abs().mean(1),
         "taylor": (w * dw).sum(1).abs(),
-        "lrp": (z.clamp(min=0) * v[y] * logits[y] / _stab(logits[y], LRP_EPS)).abs(),
+        "lrp": (z.clamp(min=0) * v[y] / _stab(logits[y], LRP_EPS)).abs(),
     }
 
 
@@ -147,7 +147,7 @@ def test_the_crafted_hand_values_are_what_the_design_says():
         "magnitude": [0.5, 4, 4.5, 6.5],
         "gradient": [2, 0.5, 1, 1.5],
         "taylor": [2, 4, 1, 1.5],
-        "lrp": [2, 4, 8, 1],
+        "lrp": [2 / 15, 4 / 15, 8 / 15, 1 / 15],
     }
     for name, values in want.items():
         torch.testing.assert_close(
@@ -188,7 +188,7 @@ def _one_conv_hand(net: OneConv, data) -> dict[str, torch.Tensor]:
     backward pass (im2col), per the module docstring: per batch, L = mean
     cross-entropy; gradient = mean over batches of mean |dL/dW_task| per filter;
     taylor = mean over batches of |sum_filter W_task * dL/dW_task|; lrp = mean
-    over images of |relevance of the channel summed over positions|."""
+    over images of the sum over positions of |relevance| (1 at the true logit)."""
     w = _task_weight(net.conv1)
     k = w.shape[-1]
     wm = w.flatten(1)  # (C, Cin*k*k)
@@ -207,9 +207,9 @@ def _one_conv_hand(net: OneConv, data) -> dict[str, torch.Tensor]:
         grads.append(dw.abs().mean(1))
         taylors.append((wm * dw).sum(1))  # signed, per batch
         ly = logits[torch.arange(n), y]
-        # relevance at the conv output: R_z = relu(z) * (1/P) * V[y, c] * R_y / (l_y + eps sign l_y), R_y = l_y
-        r = a / z.shape[2] * (v[y] * (ly / _stab(ly, LRP_EPS))[:, None])[:, :, None]
-        lrps.append(r.sum(2))  # signed, per image
+        # relevance at the conv output: R_z = relu(z) * (1/P) * V[y, c] * R_y / (l_y + eps sign l_y), R_y = 1
+        r = a / z.shape[2] * (v[y] * (1 / _stab(ly, LRP_EPS))[:, None])[:, :, None]
+        lrps.append(r.sum(2))  # signed, per image (one sign per channel and image: a >= 0)
     taylors, lrps = torch.stack(taylors), torch.cat(lrps)
     return {
         "gradient": torch.stack(grads).mean(0),
@@ -349,15 +349,36 @@ def _maxpool2_lrp(a: torch.Tensor, winner: torch.Tensor, r: torch.Tensor) -> tor
     return per.reshape(n, c, h // 2, w // 2, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h, w)
 
 
-def _residual_lrp_by_hand(net: Residual, data, eps: float) -> dict[str, torch.Tensor]:
-    """Epsilon-LRP of the residual net, layer by layer, from the true-class logit down
-    to every conv output: the epsilon rule at every conv, BatchNorm (inference: running
-    statistics) and linear output; LRP-0 at the add (in proportion to each input) and
-    the average pool; all to the winner at the max pool; unchanged through ReLUs.
-    A conv's score: mean over images of |relevance of its output channel summed over positions|."""
+def _conv_zplus(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, r: torch.Tensor):
+    """z+ rule through a conv with its BatchNorm folded in (W' = scale * W, bias
+    ignored): every input entry of every patch gets a_i W'+_ci / z+_c of R_c, with
+    z+_c = sum_i a_i W'+_ci, summed over the patches it is in."""
+    k = w.shape[-1]
+    wp = (w * scale.reshape(-1, 1, 1, 1)).clamp(min=0).flatten(1)
+    u = F.unfold(a, k, padding=k // 2)  # (N, Cin*k*k, P)
+    zp = torch.einsum("ck,nkp->ncp", wp, u)
+    per_entry = u * torch.einsum("ck,ncp->nkp", wp, _div0(r.flatten(2), zp))
+    return F.fold(per_entry, a.shape[2:], k, padding=k // 2)
+
+
+def _residual_lrp_by_hand(net: Residual, data, eps: float, rule: str = "zplus"):
+    """LRP of the residual net, layer by layer, from relevance 1 at the true-class
+    logit down to every conv output: the epsilon rule at the linear layer; LRP-0 at
+    the add (in proportion to each input) and the average pool; all to the winner
+    at the max pool; unchanged through ReLUs; at every conv the z+ rule with its
+    BatchNorm folded in (``rule="zplus"``, the SPA authors' LRP), or, for contrast,
+    gradient x input (``rule="lrp0"``: LRP-0 through the BatchNorm and the conv).
+    A conv's score: mean over images of the sum over positions of |relevance| at
+    its BatchNorm's output."""
     w0, w1, w2 = (_task_weight(getattr(net, n)) for n in ("conv0", "conv1", "conv2"))
     v, b = net.fc.weight.detach().double(), net.fc.bias.detach().double()
     totals = {"conv0": [], "conv1": [], "conv2": []}
+
+    def through(a, w, z, y, scale, r_y):  # relevance at a BatchNorm's output -> its conv's input
+        if rule == "zplus":
+            return _conv_zplus(a, w, scale, r_y)
+        return _conv_lrp(a, w, z, z * scale * _div0(r_y, y), 0.0)
+
     for x, y in data:
         x = x.double()
         n = x.shape[0]
@@ -377,31 +398,40 @@ def _residual_lrp_by_hand(net: Residual, data, eps: float) -> dict[str, torch.Te
         logits = pooled @ v.T + b
         # relevance, top down
         r_logits = torch.zeros_like(logits)
-        r_logits[torch.arange(n), y] = logits[torch.arange(n), y]
+        r_logits[torch.arange(n), y] = 1.0
         r_pooled = pooled * ((r_logits / _stab(logits, eps)) @ v)  # fc, epsilon
         r_a = (
             a / (a.shape[2] * a.shape[3]) * _div0(r_pooled, pooled)[:, :, None, None]
         )  # average pool, LRP-0
         r_total = r_a  # ReLU
         r_y2, r_h = y2 * _div0(r_total, total), h * _div0(r_total, total)  # add, LRP-0
-        r_z2 = z2 * s2 * r_y2 / _stab(y2, eps)  # bn2, epsilon
-        r_a1 = _conv_lrp(a1, w2, z2, r_z2, eps)  # conv2, epsilon
-        r_z1 = z1 * s1 * r_a1 / _stab(y1, eps)  # ReLU, bn1
-        r_h = r_h + _conv_lrp(h, w1, z1, r_z1, eps)  # conv1 + identity
-        r_a0 = _maxpool2_lrp(a0, winner, r_h)  # max pool
-        r_z0 = z0 * s0 * r_a0 / _stab(y0, eps)  # ReLU, bn0
-        for name, r in (("conv0", r_z0), ("conv1", r_z1), ("conv2", r_z2)):
-            totals[name].append(r.sum((2, 3)))
-    return {name: torch.cat(t).abs().mean(0) for name, t in totals.items()}
+        r_y1 = through(a1, w2, z2, y2, s2, r_y2)  # conv2 + bn2; ReLU
+        r_h = r_h + through(h, w1, z1, y1, s1, r_y1)  # conv1 + bn1, + identity
+        r_y0 = _maxpool2_lrp(a0, winner, r_h)  # max pool; ReLU
+        for name, r in (("conv0", r_y0), ("conv1", r_y1), ("conv2", r_y2)):
+            totals[name].append(r.abs().sum((2, 3)))
+    return {name: torch.cat(t).mean(0) for name, t in totals.items()}
 
 
 def test_lrp_through_conv_batchnorm_residual_add_and_max_pool_matches_explicit_propagation():
     net = _residual()
+    with torch.no_grad():  # a negative BatchNorm scale: folding it flips which weights are W'+
+        for bn in (net.bn0, net.bn1, net.bn2):
+            bn.weight[1] *= -1
     data = _residual_data()
-    eps = 0.25  # large enough that the epsilon rule visibly differs from LRP-0
+    eps = 0.25  # large enough that the epsilon rule at the fc visibly matters
     want = _residual_lrp_by_hand(net, data, eps)
-    lrp0 = _residual_lrp_by_hand(net, data, 0.0)
-    assert all(not torch.allclose(want[n], lrp0[n], rtol=1e-2) for n in want)
+    # what the test tells apart: gradient x input, the fc's LRP-0, BatchNorm left unfolded
+    grad_x_input = _residual_lrp_by_hand(net, data, eps, rule="lrp0")
+    lrp0_fc = _residual_lrp_by_hand(net, data, 0.0)
+    unfolded = copy.deepcopy(net)
+    with torch.no_grad():
+        for bn in (unfolded.bn0, unfolded.bn1, unfolded.bn2):
+            bn.weight.abs_()
+    unfolded_want = _residual_lrp_by_hand(unfolded, data, eps)
+    for other in (grad_x_input, lrp0_fc):
+        assert all(not torch.allclose(want[n], other[n], rtol=1e-2) for n in ("conv0", "conv1"))
+    assert not torch.allclose(want["conv0"], unfolded_want["conv0"], rtol=1e-2)
     net.train()  # the criterion must use the running statistics all the same, and give the mode back
     got = lrp_relevance(net, data, eps=eps)
     assert net.training

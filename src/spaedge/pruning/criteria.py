@@ -17,18 +17,23 @@ groups through ``cache`` (a dict ``prune_step`` creates fresh for every step).
 - ``taylor`` (first order, Molchanov et al. 2019, group form): per batch
   |sum over the filter of w * dL/dw| -- the first-order estimate of the loss
   change when the filter is zeroed -- averaged over batches.
-- ``lrp`` (layer-wise relevance propagation, epsilon rule): relevance of the
-  true-class logit propagated back to every conv output channel; a filter's
-  score is the mean over images of |total relevance of its output channel|.
-  Implemented with the autograd "gradient x input" identity: for a network of
-  linear maps (conv, linear, folded BN, average pool), ReLUs, residual adds and
-  max pools, LRP-0 relevance at an activation ``a`` equals ``a * d(logit)/da``
-  (relevance passes through active ReLUs, splits over an add in proportion to
-  each input's contribution, goes to the winner of a max pool). The epsilon
-  rule divides by ``z + eps*sign(z)`` instead of ``z`` at every conv, BN and
-  linear output; that is exactly a rescaling of the backward signal at ``z`` by
-  ``z / (z + eps*sign(z))``, which forward hooks insert while leaving the
-  forward values unchanged. BN runs in inference mode (running statistics).
+- ``lrp`` (layer-wise relevance propagation as the SPA authors prune with it:
+  the rules of Yeom et al., "Pruning by explaining", and their ResNet code):
+  every image starts with relevance 1 at its true-class logit; the
+  epsilon rule (``LRP_EPS``) at linear layers; the z+ rule (alpha=1, beta=0,
+  bias ignored) at every convolution, with the BatchNorm that follows it folded
+  in (W' = W * gamma / sqrt(var + eps), running statistics); all of a max
+  pool's relevance to each window's winner; relevance unchanged through ReLUs;
+  at an add and the average pool in proportion to each input's contribution
+  (the authors' epsilon there is 1e-6, which is LRP-0 to float precision). A
+  filter's score is the mean over images of the sum over positions of
+  |relevance| at its (BatchNorm-folded) output channel.
+  Implemented with autograd carrying c = R / a (so R = a * c at every
+  activation a): a linear map's ordinary backward pass is then LRP-0, the
+  epsilon rule rescales it at a linear output by z / (z + eps * sign(z)), and
+  the z+ rule replaces a conv's backward by W'+ transposed, applied to
+  c * y / z+ (y the BatchNorm output, z+ = conv(x, W'+)). The forward values
+  are never changed.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ __all__ = [
     "lrp_relevance",
 ]
 
+# The SPA authors' epsilon (Yeom et al.'s code: linear, pooling and add layers).
 LRP_EPS = 1e-6
 
 
@@ -151,42 +157,121 @@ def _eps_hook(eps: float):
     return hook
 
 
-def lrp_relevance(
-    model: nn.Module, data: Iterable, eps: float = LRP_EPS
-) -> dict[str, torch.Tensor]:
-    """Per adapted layer, the mean over images of |relevance| of each output channel
-    (epsilon-LRP from the true-class logit, see the module docstring)."""
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, AdaptedLayer)}
-    hooked = [
-        m for m in model.modules() if isinstance(m, (AdaptedLayer, nn.BatchNorm2d, nn.Linear))
-    ]
-    handles = [m.register_forward_hook(_eps_hook(eps)) for m in hooked]
-    acts: dict[str, torch.Tensor] = {}
+# z+ denominators are sums of non-negative terms; where one is 0 so is every
+# numerator, and this only keeps 0/0 out.
+ZPLUS_STAB = 1e-12
 
-    def keep(name):
-        def hook(module, inputs, z):
-            z.retain_grad()
-            acts[name] = z
+
+def _zplus(x: torch.Tensor, layer: AdaptedLayer, scale: torch.Tensor | None, y: torch.Tensor):
+    """``y``'s values, with the z+ rule of the conv ``layer`` (its BatchNorm folded in
+    as the per-channel ``scale``) as the backward pass from ``y`` to ``x``."""
+    w = layer.task_weight().detach()
+    if scale is not None:
+        w = w * scale.view(-1, *([1] * (w.dim() - 1)))
+    zp = F.conv2d(x, w.clamp(min=0), None, layer.stride, layer.padding)
+    ratio = (y / (zp + ZPLUS_STAB)).detach()
+    return y.detach() + zp * ratio - (zp * ratio).detach()
+
+
+def _bn_scale(bn: nn.BatchNorm2d) -> torch.Tensor:
+    if bn.running_var is None:
+        raise ValueError(f"LRP folds BatchNorm with its running statistics; {bn} keeps none")
+    scale = 1 / torch.sqrt(bn.running_var + bn.eps)
+    return scale * bn.weight.detach() if bn.weight is not None else scale
+
+
+def _conv_norm_pairs(model: nn.Module, x: torch.Tensor) -> dict[str, nn.BatchNorm2d]:
+    """Which BatchNorm reads each adapted conv's output directly (one forward pass)."""
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, AdaptedLayer) and m.is_conv}
+    outputs: dict[int, str] = {}
+    pairs: dict[str, nn.BatchNorm2d] = {}
+
+    def conv_hook(name):
+        def hook(module, inputs, out):
+            outputs[id(out)] = name
 
         return hook
 
-    handles += [m.register_forward_hook(keep(n)) for n, m in layers.items()]
+    def bn_hook(module, inputs, out):
+        name = outputs.get(id(inputs[0]))
+        if name is not None:
+            pairs[name] = module
+
+    handles = [m.register_forward_hook(conv_hook(n)) for n, m in convs.items()]
+    handles += [
+        m.register_forward_hook(bn_hook) for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+    ]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return pairs
+
+
+def lrp_relevance(
+    model: nn.Module, data: Iterable, eps: float = LRP_EPS
+) -> dict[str, torch.Tensor]:
+    """Per adapted layer, the mean over images of the sum over positions of |relevance|
+    of each output channel (the SPA authors' LRP, see the module docstring; ``eps`` is
+    the epsilon rule's at linear layers)."""
+    data = list(data)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, AdaptedLayer)}
     rel = {n: torch.zeros(m.out_channels, dtype=torch.float64) for n, m in layers.items()}
-    count = 0
     was_training = model.training
     model.eval()
+    acts: dict[str, torch.Tensor] = {}
+    inputs: dict[str, torch.Tensor] = {}
+    handles = []
+    count = 0
     try:
+        pairs = _conv_norm_pairs(model, data[0][0]) if data else {}
+        folded = {id(bn): name for name, bn in pairs.items()}
+
+        def keep(name, out):
+            out.retain_grad()
+            acts[name] = out
+            return out
+
+        def layer_hook(name):
+            def hook(module, args, out):
+                if not module.is_conv:
+                    return keep(name, _eps_hook(eps)(module, args, out))
+                if name in pairs:  # its z+ rule goes in at its BatchNorm's output
+                    inputs[name] = args[0]
+                    return out
+                return keep(name, _zplus(args[0], module, None, out))
+
+            return hook
+
+        def bn_hook(module, args, out):
+            name = folded.get(id(module))
+            if name is None or name not in inputs:
+                return out
+            conv = layers[name]
+            return keep(name, _zplus(inputs.pop(name), conv, _bn_scale(module), out))
+
+        handles += [m.register_forward_hook(layer_hook(n)) for n, m in layers.items()]
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                handles.append(m.register_forward_hook(bn_hook))
+            elif isinstance(m, nn.Linear):
+                handles.append(m.register_forward_hook(_eps_hook(eps)))
         for x, y in data:
             with torch.enable_grad(), torch.backends.mkldnn.flags(enabled=False):
                 x = x.clone().requires_grad_(True)  # so every activation is in the graph
-                logits = model(x)
-                logits.gather(1, y.view(-1, 1)).sum().backward()
-            for n, z in acts.items():
-                r = (z.detach() * z.grad).sum(dim=(2, 3)) if z.dim() == 4 else z.detach() * z.grad
-                rel[n] += r.abs().sum(0).double()
+                true = model(x).gather(1, y.view(-1, 1))
+                # relevance 1 at the true-class logit, carried as c = R / logit
+                seed = 1 / torch.where(true == 0, torch.ones_like(true), true)
+                (true * seed.detach()).sum().backward()
+            for n, a in acts.items():
+                r = (a.detach() * a.grad).abs()
+                rel[n] += (r.sum(dim=(2, 3)) if r.dim() == 4 else r).sum(0).double()
             count += len(y)
             model.zero_grad(set_to_none=True)
             acts.clear()
+            inputs.clear()
     finally:
         for h in handles:
             h.remove()
