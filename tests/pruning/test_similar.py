@@ -266,3 +266,39 @@ def test_similar_schedule_needs_a_library(folders, tmp_path):
 
     with pytest.raises(ValueError, match="--library"):
         run(TrainConfig(task=folders["squares"], schedule="similar", **CFG), tmp_path)
+
+
+def test_a_plan_of_the_task_itself_never_votes(folders, tmp_path):
+    # A library that holds the task being pruned (same name): its own plan would
+    # be its nearest neighbour at similarity 1 and decide the vote alone.
+    from spaedge.train import TrainConfig, library
+    from spaedge.train.pipeline import _prune_from_library
+    from spaedge.train.setup import build_task_model, embed_task
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    cfg = TrainConfig(
+        task=folders["squares"],
+        base="tiny",
+        schedule="similar",
+        library=str(lib),
+        neighbours=2,
+        **CFG,
+    )
+    task, model, bhash = build_task_model(cfg)
+    layers = {
+        n: int(m.base_out_channels) for n, m in model.named_modules() if hasattr(m, "keep_out")
+    }
+    emb = embed_task(cfg, task).tolist()
+    every = {n: list(range(c)) for n, c in layers.items()}
+    own = _plan(every, layers, emb, task=folders["squares"])
+    own.base_hash = bhash
+    library.write_plan(own, lib / "own.json")
+    example = torch.zeros(1, *task.input_size)
+    with pytest.raises(ValueError, match="plans of .* itself do not vote"):
+        _prune_from_library(model, cfg, task, bhash, example, lambda m: None)
+    other = _plan(every, layers, [-v for v in emb], task=folders["stripes"])
+    other.base_hash = bhash
+    library.write_plan(other, lib / "other.json")
+    got = _prune_from_library(model, cfg, task, bhash, example, lambda m: None)
+    assert [n["task"] for n in got["neighbours"]] == [folders["stripes"]]

@@ -258,11 +258,21 @@ def _prune_from_library(
     layers = {
         n: int(m.base_out_channels) for n, m in model.named_modules() if isinstance(m, AdaptedLayer)
     }
-    near = nearest(library, embedding, cfg.neighbours, base_hash=base_hash, layers=layers)
+    # A plan of this very task (same name) would vote for itself: a new task's
+    # neighbours are other tasks.
+    near = nearest(
+        library,
+        embedding,
+        cfg.neighbours,
+        base_hash=base_hash,
+        layers=layers,
+        exclude_task=cfg.task,
+    )
     if not near:
         raise ValueError(
-            f"library {cfg.library} has no plan made with this base ({base_hash[:12]}) "
-            f"among its {len(library)} plans: train some tasks first and add their runs"
+            f"library {cfg.library} has no plan of another task made with this base "
+            f"({base_hash[:12]}) among its {len(library)} plans (plans of {cfg.task} itself "
+            "do not vote): train some other tasks first and add their runs"
         )
     w = vote_weights([s for _, s in near])
     log(
