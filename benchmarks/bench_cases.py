@@ -139,6 +139,9 @@ def latency_body(benchmark, cases: Cases, case: str, threads: int, engine: str) 
         kind="latency",
         case=case,
         engine=engine,
+        # What the engine computes in: the runner says (an int8 runner sets
+        # .precision); every engine here runs the float32 model.
+        precision=getattr(run, "precision", "fp32"),
         threads=threads,
         input_size="x".join(map(str, task.input_size)),
         macs=task.macs,
@@ -163,6 +166,7 @@ def switch_body(benchmark, cases: Cases, case: str, threads: int, engine: str) -
         kind="switch",
         case=case,
         engine=engine,
+        precision="fp32",
         threads=threads,
         input_size="x".join(map(str, a.input_size)),
         macs=a.macs,
@@ -175,6 +179,7 @@ def switch_body(benchmark, cases: Cases, case: str, threads: int, engine: str) -
         rt = Runtime(
             a.base_path, threads=threads, mode="lowrank" if "lowrank" in engine else "merged"
         )
+        benchmark.extra_info["isa"] = rt.isa
         names = [rt.load_task(a.task_path), rt.load_task(b.task_path)]
         assert names[0] != names[1]
         state = {"i": 0}

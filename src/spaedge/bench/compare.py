@@ -1,4 +1,5 @@
-"""One task timed in every installed engine at batch 1 (what ``spaedge bench`` does)."""
+"""One task timed in every installed engine at batch 1 (what ``spaedge bench`` does),
+and the ratios the benchmark suite reports for each of its rows."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from spaedge.bench.engines import (
 from spaedge.bench.timing import machine_info, measure, session_times, summarise, switch_times
 from spaedge.runtime import Runtime
 
-__all__ = ["run_bench"]
+__all__ = ["run_bench", "is_peer", "add_peer_ratios"]
 
 
 def run_bench(
@@ -131,3 +132,35 @@ def _isa(task: BenchTask) -> str:
         return Runtime(task.base_path, threads=1).isa
     except Exception:  # noqa: BLE001
         return "?"
+
+
+def is_peer(engine: str) -> bool:
+    """A peer is an engine a user would pick instead of spaedge's runtime
+    (onnxruntime, LiteRT, PyTorch and their variants): any engine whose name does
+    not start with "spaedge"."""
+    return not engine.startswith("spaedge")
+
+
+def add_peer_ratios(rows: list[dict], group: Sequence[str] = ("kind", "case", "threads")) -> None:
+    """Sets, on every row with a ``median_ms``, the ratios to the peers timed in
+    the same run for the same ``group`` values (kind, case and thread count):
+
+    - ``fastest_peer`` / ``fastest_peer_ms``: the peer row with the lowest
+      median (of any precision: the best a user could pick instead);
+    - ``vs_fastest_peer``: this row's median / that median (below 1: faster);
+    - ``vs_onnxruntime``: this row's median / the ``onnxruntime`` row's median.
+
+    A group without a peer (or without onnxruntime) gets None for those keys."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("median_ms") is not None:
+            groups.setdefault(tuple(r.get(k) for k in group), []).append(r)
+    for members in groups.values():
+        peers = [r for r in members if is_peer(r["engine"])]
+        best = min(peers, key=lambda r: r["median_ms"], default=None)
+        ort = next((r for r in members if r["engine"] == REFERENCE), None)
+        for r in members:
+            r["fastest_peer"] = best["engine"] if best else None
+            r["fastest_peer_ms"] = best["median_ms"] if best else None
+            r["vs_fastest_peer"] = r["median_ms"] / best["median_ms"] if best else None
+            r["vs_onnxruntime"] = r["median_ms"] / ort["median_ms"] if ort else None

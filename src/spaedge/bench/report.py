@@ -1,12 +1,15 @@
-"""What a benchmark run reports: a text table, a bar chart, the whole result as text."""
+"""What a benchmark run reports: a text table, a bar chart, the whole result as
+text (``spaedge bench``), and the benchmark suite's summary (``pytest
+--benchmark-only``: one row per case, threads, engine and precision)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from spaedge.bench.engines import ENGINES, REFERENCE
 
-__all__ = ["format_table", "png_chart", "report_text"]
+__all__ = ["format_table", "png_chart", "report_text", "machine_line", "format_suite_summary"]
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -131,4 +134,149 @@ def report_text(result: dict) -> str:
         )
     else:
         lines.append(f"bundle: {t['bundle_bytes']:,} bytes")
+    return "\n".join(lines)
+
+
+def machine_line(m: dict) -> str:
+    """The machine a run was measured on, in one line: CPU model, cores, the
+    ISA the spaedge runtime used (``m["isa"]``) and the peers' versions."""
+    isa = m.get("isa") or "-"
+    return (
+        f"machine: {m['cpu']} ({m.get('machine', '?')}, {m['cores']} cores); spaedge runtime "
+        f"ISA {isa}; onnxruntime {m.get('onnxruntime', '-')}, torch {m.get('torch', '-')}, "
+        f"ai-edge-litert {m.get('ai_edge_litert', '-')}"
+    )
+
+
+def _columns(header: Sequence[str], rows: list[Sequence[str]], left: Sequence[int]) -> list[str]:
+    """Aligned text columns: those numbered in ``left`` left-aligned, the rest
+    right; an empty row is kept as a blank line."""
+    widths = [max(len(str(r[i])) for r in [header, *rows] if r) for i in range(len(header))]
+
+    def line(r):
+        return "  ".join(
+            str(c).ljust(w) if i in left else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths))
+        ).rstrip()
+
+    return [line(header), "  ".join("-" * w for w in widths)] + [line(r) if r else "" for r in rows]
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def format_suite_summary(s: dict) -> str:
+    """The benchmark suite's tables from its rows (``{"latency": [...], "switch":
+    [...]}``, each row with kind, case, threads, engine, precision, median_ms,
+    p90_ms and the ratios of ``compare.add_peer_ratios``)."""
+    lines: list[str] = []
+    lat = s.get("latency") or []
+    if lat:
+        lines += [
+            "latency, batch 1, median and p90 of the timed calls. vs fastest peer: median / the "
+            "median of the fastest peer",
+            "(onnxruntime, LiteRT, PyTorch) at the same case and threads, below 1x = faster; "
+            "vs ORT: median / onnxruntime's",
+            "",
+        ]
+        rows: list[Sequence[str]] = []
+        last = None
+        for r in lat:
+            key = (r["case"], r["threads"])
+            if last is not None and key != last:
+                rows.append(())
+            last = key
+            peer = (
+                "-"
+                if r["vs_fastest_peer"] is None
+                else f"{_x(r['vs_fastest_peer'])} {r['fastest_peer']}"
+            )
+            rows.append(
+                (
+                    r["case"],
+                    str(r["threads"]),
+                    r["engine"],
+                    r.get("precision") or "-",
+                    f"{r['median_ms']:.3f}",
+                    f"{r['p90_ms']:.3f}",
+                    _fmt(r.get("gflops"), ".1f"),
+                    _x(r.get("vs_onnxruntime")),
+                    peer,
+                )
+            )
+        head = (
+            "case",
+            "threads",
+            "engine",
+            "precision",
+            "median ms",
+            "p90 ms",
+            "GFLOP/s",
+            "vs ORT",
+            "vs fastest peer",
+        )
+        lines += _columns(head, rows, left=(0, 2, 3, 8))
+    sw = s.get("switch") or []
+    if sw:
+        lines += [
+            "",
+            "task switch: Runtime.switch between two loaded tasks vs creating an onnxruntime "
+            "session (ORT / this: how many times faster than the session)",
+            "",
+        ]
+        rows = []
+        for r in sw:
+            x = "-"
+            if r["fastest_peer"] and r["engine"] != r["fastest_peer"]:
+                x = f"{r['fastest_peer_ms'] / r['median_ms']:.0f}x"
+            rows.append(
+                (
+                    r["case"],
+                    str(r["threads"]),
+                    r["engine"],
+                    r.get("precision") or "-",
+                    f"{r['median_ms']:.3f}",
+                    f"{r['p90_ms']:.3f}",
+                    x,
+                )
+            )
+        head = ("case", "threads", "what", "precision", "median ms", "p90 ms", "ORT / this")
+        lines += _columns(head, rows, left=(0, 2, 3))
+    sizes: dict[str, dict] = {}
+    for r in lat:
+        sizes.setdefault(r["case"], r)
+    if sizes:
+        lines += [
+            "",
+            "what each case is: MACs and parameters of the pruned model, task bundle vs the same "
+            "pruned model stored whole",
+            "",
+        ]
+        rows = []
+        for case, r in sizes.items():
+            whole = r.get("whole_model_bytes") or 0
+            rows.append(
+                (
+                    case,
+                    str(r["input_size"]),
+                    "-" if r.get("density") is None else f"{r['density']:.1%}",
+                    f"{r['macs'] / 1e6:.1f}",
+                    f"{r['params']:,}",
+                    f"{r['bundle_bytes']:,}",
+                    f"{whole:,}" if whole else "-",
+                    f"{whole / r['bundle_bytes']:.1f}x" if whole else "-",
+                )
+            )
+        head = (
+            "case",
+            "input",
+            "density",
+            "MMACs",
+            "params",
+            "bundle B",
+            "whole B",
+            "whole/bundle",
+        )
+        lines += _columns(head, rows, left=(0,))
     return "\n".join(lines)
