@@ -41,6 +41,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/kernels.h"
 
@@ -160,23 +161,33 @@ void run(const ConvGeometry& g, const void* packed, const uint8_t* in, uint8_t* 
   const int oh = g.out_h(), ow = g.out_w();
   const int M = oh * ow;
   if (M <= 0 || g.out_c <= 0) return;
-  const int hp = g.in_h + 2 * g.pad, wp = g.in_w + 2 * g.pad;
+  // A strided 1x1 conv without padding copies only the pixels it reads and
+  // runs as a stride-1 conv over them.
+  const int step = g.kernel == 1 && g.pad == 0 && g.stride > 1 ? g.stride : 1;
+  const int hb = step > 1 ? oh : g.in_h + 2 * g.pad;  // rows of the copy
+  const int wb = step > 1 ? ow : g.in_w + 2 * g.pad;  // columns of the copy
+  const int cols = step > 1 ? ow : g.in_w;            // input pixels per copied row
+  const int stride = step > 1 ? 1 : g.stride;         // over the copy
   E* buf = static_cast<E*>(scratch);
   const E zpe = I::load(static_cast<uint8_t>(ep.in_zp));
-  const size_t prow = static_cast<size_t>(wp) * l.in_c4;  // elements per padded row
-  parallel_for_bands(par, hp, static_cast<double>(prow) * 8.0, 262144.0, [&](int y0, int y1, int) {
+  const size_t prow = static_cast<size_t>(wb) * l.in_c4;  // elements per copied row
+  parallel_for_bands(par, hb, static_cast<double>(prow) * 8.0, 262144.0, [&](int y0, int y1, int) {
     for (int y = y0; y < y1; ++y) {
       E* d = buf + y * prow;
-      const int iy = y - g.pad;
+      const int iy = y * step - g.pad;
       if (iy < 0 || iy >= g.in_h) {
         std::fill(d, d + prow, zpe);
         continue;
       }
       std::fill(d, d + static_cast<size_t>(g.pad) * l.in_c4, zpe);
       const uint8_t* s = in + static_cast<size_t>(iy) * g.in_w * g.in_c;
+      const size_t sstep = static_cast<size_t>(step) * g.in_c;
       E* dx = d + static_cast<size_t>(g.pad) * l.in_c4;
-      for (int x = 0; x < g.in_w; ++x, s += g.in_c, dx += l.in_c4) {
-        for (int ci = 0; ci < g.in_c; ++ci) dx[ci] = I::load(s[ci]);
+      for (int x = 0; x < cols; ++x, s += sstep, dx += l.in_c4) {
+        if constexpr (std::is_same<E, uint8_t>::value)
+          std::memcpy(dx, s, static_cast<size_t>(g.in_c));
+        else
+          for (int ci = 0; ci < g.in_c; ++ci) dx[ci] = I::load(s[ci]);
         for (int ci = g.in_c; ci < l.in_c4; ++ci) dx[ci] = zpe;
       }
       std::fill(dx, d + prow, zpe);
@@ -222,8 +233,8 @@ void run(const ConvGeometry& g, const void* packed, const uint8_t* in, uint8_t* 
         for (int r = 0; r < rows; ++r) {
           const int oy = (m + r) / ow, ox = (m + r) % ow;
           t.a[r] =
-              buf + (static_cast<size_t>(oy) * g.stride * wp + static_cast<size_t>(ox) * g.stride) *
-                        l.in_c4;
+              buf +
+              (static_cast<size_t>(oy) * stride * wb + static_cast<size_t>(ox) * stride) * l.in_c4;
         }
         const size_t off = static_cast<size_t>(m) * g.out_c + c0;
         t.c = out + off;
