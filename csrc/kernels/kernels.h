@@ -170,7 +170,8 @@ struct ApplyArgs {
 //   q_out = rne(t) + out_zp                                      (in [0, 255])
 // so mul[o] = in_scale * w_scale[o] / out_scale, add[o] = bias[o] / out_scale,
 // res_mul = res_scale / out_scale. fma is fused (one rounding), rne rounds to
-// nearest, ties to even. All values finite.
+// nearest, ties to even; max(t, lo) is t > lo ? t : lo, so a NaN (a bad
+// scale) gives the lower bound on every ISA.
 struct QEpilogue {
   int in_zp = 0;                      // input zero point [0, 255]
   const float* mul = nullptr;         // [out_c]

@@ -112,7 +112,8 @@ inline uint8_t requant(int32_t acc_minus_corr, float mul, float add, const uint8
   if (res) t = std::fma(static_cast<float>(static_cast<int>(*res) - ep.res_zp), ep.res_mul, t);
   const float lo = ep.relu ? 0.0f : static_cast<float>(-ep.out_zp);
   const float hi = static_cast<float>(255 - ep.out_zp);
-  t = std::min(std::max(t, lo), hi);
+  t = t > lo ? t : lo;  // NaN -> lo, as maxps(t, lo) and fmaxnm
+  t = t < hi ? t : hi;
   return static_cast<uint8_t>(static_cast<int>(std::nearbyint(t)) + ep.out_zp);
 }
 
@@ -252,7 +253,9 @@ inline void quantize(size_t n, const float* x, float scale, int zp, uint8_t* q) 
   const float inv = 1.0f / scale;
   const float lo = static_cast<float>(-zp), hi = static_cast<float>(255 - zp);
   for (size_t i = 0; i < n; ++i) {
-    const float t = std::min(std::max(x[i] * inv, lo), hi);
+    float t = x[i] * inv;
+    t = t > lo ? t : lo;  // NaN -> lo (q = 0)
+    t = t < hi ? t : hi;
     q[i] = static_cast<uint8_t>(static_cast<int>(std::nearbyint(t)) + zp);
   }
 }

@@ -137,7 +137,9 @@ uint8_t requant_def(int32_t acc, int32_t wsum, float mul, float add, const uint8
                     const k::QEpilogue& ep) {
   float t = std::fma(static_cast<float>(acc - ep.in_zp * wsum), mul, add);
   if (res) t = std::fma(static_cast<float>(int(*res) - ep.res_zp), ep.res_mul, t);
-  t = std::min(std::max(t, ep.relu ? 0.0f : float(-ep.out_zp)), float(255 - ep.out_zp));
+  const float lo = ep.relu ? 0.0f : float(-ep.out_zp), hi = float(255 - ep.out_zp);
+  t = t > lo ? t : lo;  // NaN: the lower bound
+  t = t < hi ? t : hi;
   return static_cast<uint8_t>(int(std::nearbyint(t)) + ep.out_zp);
 }
 
@@ -177,7 +179,8 @@ struct ConvCase {
   int in_zp = -1;   // -1: random
   int out_zp = -1;  // -1: random
   int mulmode = 0;  // 0 random scale, 1 exact ties (0.5), 2 huge (saturates),
-                    // 3 near ties that only a fused multiply-add resolves right
+                    // 3 near ties that only a fused multiply-add resolves right,
+                    // 4 random with NaN and infinite scales and biases
   std::string name() const {
     char b[200];
     std::snprintf(b, sizeof b, "%dx%dx%d->%d k%d s%d p%d%s%s w%d x%d", g.in_h, g.in_w, g.in_c,
@@ -242,6 +245,13 @@ void run_conv_case(const ConvCase& cc, uint64_t seed, Saturation& sat) {
       mul[size_t(o)] = float(rng.uniform(0.2f, 2.0f) * 128.0 / (128.0 * 128.0 * std::sqrt(K)));
       add[size_t(o)] = rng.uniform(-100.0f, 100.0f);
     }
+  }
+  if (cc.mulmode == 4 && g.out_c >= 5) {
+    mul[0] = std::nanf("");
+    mul[1] = INFINITY;
+    mul[2] = -INFINITY;
+    add[3] = std::nanf("");
+    add[4] = -INFINITY;
   }
   ep.mul = mul.data();
   ep.add = (seed % 5 == 4 && cc.mulmode != 3) ? nullptr : add.data();
@@ -375,6 +385,9 @@ void test_qconv() {
   // The largest K class: 7x7x512 at the extremes, int32 stays exact.
   add(7, 7, 512, 17, 7, 1, 0, false, false, 2, 1, 0, 0, 2);
   add(7, 7, 512, 17, 7, 1, 0, false, false, 1, 2, 255, 0, 2);
+  // Bad scales: NaN gives the lower bound everywhere, infinities clamp.
+  add(5, 6, 7, 21, 3, 1, 1, true, false, 0, 0, -1, -1, 4);
+  add(5, 6, 7, 37, 1, 1, 0, false, true, 0, 0, -1, -1, 4);
   // Near ties: only the fused multiply-add gets them right.
   for (int i = 0; i < 4; ++i) add(16, 16, 1, 37 + 16 * i, 1, 1, 0, false, false, 4, 4, -1, -1, 3);
   // Random shapes.
@@ -415,10 +428,15 @@ void test_quantize() {
     for (size_t i = 0; i < x.size(); ++i)
       x[i] = i % 3 == 0 ? (float(rng.range(-300, 300)) + 0.5f) * scale  // exact ties
                         : rng.uniform(-200.0f, 200.0f);
+    x[7] = std::nanf("");
+    x[8] = INFINITY;
+    x[9] = -INFINITY;
     std::vector<uint8_t> want(x.size());
     const float inv = 1.0f / scale;
     for (size_t i = 0; i < x.size(); ++i) {
-      const float t = std::min(std::max(x[i] * inv, float(-zp)), float(255 - zp));
+      float t = x[i] * inv;
+      t = t > float(-zp) ? t : float(-zp);  // NaN: 0
+      t = t < float(255 - zp) ? t : float(255 - zp);
       want[i] = uint8_t(int(std::nearbyint(t)) + zp);
     }
     std::vector<float> back_want(x.size());

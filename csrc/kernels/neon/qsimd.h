@@ -59,7 +59,7 @@ inline void requant16(const int32x4_t acc[4], const qgemm::QTile<int8_t>& t, int
       const int32x4_t ri = vsubq_s32(vreinterpretq_s32_u32(w), rzp);
       f = vfmaq_f32(f, vcvtq_f32_s32(ri), rmul);
     }
-    f = vminq_f32(vmaxq_f32(f, lo), hi);
+    f = vminnmq_f32(vmaxnmq_f32(f, lo), hi);  // NaN -> lo, as scalar and maxps
     const int32x4_t q = vaddq_s32(vcvtnq_s32_f32(f), ozp);
     q16[j] = vmovn_u32(vreinterpretq_u32_s32(q));
   }
