@@ -161,6 +161,28 @@ struct ApplyArgs {
   const float* scale = nullptr;        // [out_c] folded BatchNorm scale, or null (= 1)
 };
 
+// Requantization of an int8 conv (kernels.inc, qconv). With acc the exact
+// int32 sum over K of w[o][k] * q_in[k] (the padding is in_zp), for every
+// output element (o = its channel, r its residual element):
+//   t = fma(float(acc - in_zp * wsum[o]), mul[o], add[o])       (wsum: packed)
+//   t = fma(float(r - res_zp), res_mul, t)                       if residual
+//   t = min(max(t, relu ? 0 : -out_zp), 255 - out_zp)
+//   q_out = rne(t) + out_zp                                      (in [0, 255])
+// so mul[o] = in_scale * w_scale[o] / out_scale, add[o] = bias[o] / out_scale,
+// res_mul = res_scale / out_scale. fma is fused (one rounding), rne rounds to
+// nearest, ties to even; max(t, lo) is t > lo ? t : lo, so a NaN (a bad
+// scale) gives the lower bound on every ISA.
+struct QEpilogue {
+  int in_zp = 0;                      // input zero point [0, 255]
+  const float* mul = nullptr;         // [out_c]
+  const float* add = nullptr;         // [out_c] or null (= 0)
+  int out_zp = 0;                     // output zero point [0, 255]
+  const uint8_t* residual = nullptr;  // NHWC u8 like the output, or null
+  int res_zp = 0;                     // residual zero point [0, 255]
+  float res_mul = 0.0f;               // residual scale / output scale
+  bool relu = false;
+};
+
 // SPLoPA (block-SPA) expansion of one conv (see splopa_expand): n prototypes
 // P_p = U_p V_p of bo x bi channels and the conv's block coefficients C_p.
 struct SplopaArgs {

@@ -1,0 +1,121 @@
+// AVX2 int8 convolution (qgemm.h), exact without VNNI: activations are
+// widened to int16 in the scratch copy, weights sign-extended to int16 as
+// they are loaded (vpmovsxbw), and vpmaddwd sums pairs of int16 products
+// into int32 (exact: no vpmaddubsw, whose int16 sums saturate). A tile is
+// 4 rows x 8 channels (half a panel); each accumulator holds two partial
+// sums per channel (K rows 4g..4g+1 and 4g+2..4g+3), added at the end
+// (vphaddd). Requantization is QEpilogue's formula in 8 float lanes.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/qgemm.h"
+
+namespace spaedge::kernels::avx2 {
+
+namespace {
+
+using qgemm::QTile;
+
+// QEpilogue's formula on 8 channels of one row (nr valid).
+inline void requant8(__m256i acc, const QTile<int16_t>& t, int r) {
+  const QEpilogue& ep = *t.ep;
+  const int n = t.nr;
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lanes);
+  const __m256i wsum = _mm256_maskload_epi32(t.wsum, mask);
+  const __m256i corr = _mm256_mullo_epi32(wsum, _mm256_set1_epi32(t.zp));
+  const __m256 mul = _mm256_maskload_ps(t.mul, mask);
+  const __m256 add = t.add ? _mm256_maskload_ps(t.add, mask) : _mm256_setzero_ps();
+  __m256 f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc, corr)), mul, add);
+  if (t.res) {
+    alignas(8) uint8_t rb[8] = {};
+    std::memcpy(rb, t.res + r * t.ldc, static_cast<size_t>(n));
+    const __m256i ri = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rb)));
+    const __m256 rf = _mm256_cvtepi32_ps(_mm256_sub_epi32(ri, _mm256_set1_epi32(ep.res_zp)));
+    f = _mm256_fmadd_ps(rf, _mm256_set1_ps(ep.res_mul), f);
+  }
+  const float lo = ep.relu ? 0.0f : static_cast<float>(-ep.out_zp);
+  f = _mm256_min_ps(_mm256_max_ps(f, _mm256_set1_ps(lo)),
+                    _mm256_set1_ps(static_cast<float>(255 - ep.out_zp)));
+  const __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(f), _mm256_set1_epi32(ep.out_zp));
+  const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+  const __m128i b8 = _mm_packus_epi16(w16, w16);
+  uint8_t* c = t.c + r * t.ldc;
+  if (n == 8) {
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(c), b8);
+  } else {
+    alignas(8) uint8_t ob[8];
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(ob), b8);
+    std::memcpy(c, ob, static_cast<size_t>(n));
+  }
+}
+
+struct QIsa {
+  using Elem = int16_t;
+  static Elem load(uint8_t q) { return q; }
+  static int zp_corr(int in_zp) { return in_zp; }
+  static constexpr int MR = 4, NT = 8;
+
+  template <int R>
+  static void micro(const QTile<Elem>& t) {
+    __m256i lo[R], hi[R];
+    for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
+    const int8_t* b = t.b + t.sub * qgemm::kGroup;
+    for (int s = 0; s < t.nseg; ++s) {
+      const int16_t* p[R];
+      for (int r = 0; r < R; ++r) p[r] = t.a[r] + s * t.jump;
+      for (int gi = 0; gi < t.groups; ++gi, b += qgemm::kNR * qgemm::kGroup) {
+        const __m256i w0 =
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
+        const __m256i w1 =
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16)));
+        for (int r = 0; r < R; ++r) {
+          int64_t v;
+          std::memcpy(&v, p[r] + gi * qgemm::kGroup, sizeof v);
+          const __m256i x = _mm256_set1_epi64x(v);
+          lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(x, w0));
+          hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(x, w1));
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      // [c0 c1 c4 c5 | c2 c3 c6 c7] -> channel order
+      const __m256i h = _mm256_hadd_epi32(lo[r], hi[r]);
+      requant8(_mm256_permute4x64_epi64(h, _MM_SHUFFLE(3, 1, 2, 0)), t, r);
+    }
+  }
+
+  static void tile(int rows, const QTile<Elem>& t) {
+    switch (rows) {
+      case 4:
+        micro<4>(t);
+        break;
+      case 3:
+        micro<3>(t);
+        break;
+      case 2:
+        micro<2>(t);
+        break;
+      default:
+        micro<1>(t);
+        break;
+    }
+  }
+};
+
+}  // namespace
+
+#include "kernels/qops.inc"
+
+void qconv(const ConvGeometry& g, const void* packed, const uint8_t* in, uint8_t* out,
+           const QEpilogue& ep, void* scratch, const Parallel* par) {
+  qgemm::run<QIsa>(g, packed, in, out, ep, scratch, par);
+}
+
+const char* qconv_variant() {
+  return "avx2";
+}
+
+}  // namespace spaedge::kernels::avx2
