@@ -401,13 +401,13 @@ void test_sparse_factors(const Files& f) {
   {  // the paths taken: compacted low-rank factors, or their product at the centre tap
     spaedge::BaseModel base(f.base);
     spaedge::Task t(base, f.task("sparse.safetensors", sparse));
-    CHECK(t.convs[0].rank == 1 && t.convs[0].lora_a.size() == 2 &&
-          t.convs[0].pointwise_delta.empty());
-    CHECK(t.convs[1].rank == 0 && t.convs[1].lora_a.empty() &&
-          t.convs[1].pointwise_delta.size() == 9);
-    CHECK(t.convs[2].rank == 1 && t.convs[2].lora_b.size() == 3);
+    CHECK(t.convs[0].rank() == 1 && t.convs[0].lowrank->a.size() == 2 && !t.convs[0].pointwise);
+    CHECK(t.convs[1].rank() == 0 && !t.convs[1].lowrank && t.convs[1].pointwise->delta.size() == 9);
+    CHECK(t.convs[2].rank() == 1 && t.convs[2].lowrank->b.size() == 3);
+    CHECK(t.convs[0].sparse->factors && t.convs[1].sparse->factors);
     spaedge::Task e(base, f.task("empty.safetensors", empty));
-    CHECK(e.convs[2].rank == 0 && e.convs[2].lora_a.empty() && e.convs[2].pointwise_delta.empty());
+    CHECK(e.convs[2].rank() == 0 && !e.convs[2].lowrank && !e.convs[2].pointwise &&
+          e.convs[2].sparse->factors);
   }
   const std::vector<float> x = seq(2 * 2 * 5 * 4, 1.0f);
   for (const char* mode : {"merged", "lowrank"})
