@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -59,6 +60,10 @@ struct TaskMetadata {
   std::array<std::vector<std::pair<std::string, std::string>>, families::kFamilies> entries;
 };
 TaskMetadata read_task_metadata(const Bundle& b);
+// The same checks on metadata alone (a bundle about to be written, or read
+// by the Python toolchain); failures name `where`.
+TaskMetadata read_task_metadata(const std::map<std::string, std::string>& metadata,
+                                const std::string& where);
 
 class Task {
  public:

@@ -10,11 +10,29 @@ namespace spaedge {
 
 namespace {
 
-json::Value meta_json(const Bundle& b, const std::string& key) {
+// The metadata of a bundle, or of one about to be written: what the checks
+// read, and where a failure is reported.
+struct Meta {
+  const std::map<std::string, std::string>& map;
+  const std::string& where;
+  const std::string& path() const { return where; }
+  const std::string* find_meta(const std::string& key) const {
+    auto it = map.find(key);
+    return it == map.end() ? nullptr : &it->second;
+  }
+  const std::string& meta(const std::string& key) const {
+    const std::string* v = find_meta(key);
+    if (!v) fail("missing metadata key '" + key + "'");
+    return *v;
+  }
+  [[noreturn]] void fail(const std::string& msg) const { throw Error(where + ": " + msg); }
+};
+
+json::Value meta_json(const Meta& b, const std::string& key) {
   return json::parse(b.meta(key), b.path() + ": metadata '" + key + "'");
 }
 
-int meta_int(const Bundle& b, const json::Value& obj, const std::string& key, const char* field,
+int meta_int(const Meta& b, const json::Value& obj, const std::string& key, const char* field,
              int lo, int hi) {
   const json::Value* v = obj.find(field);
   if (!v) b.fail("metadata '" + key + "': missing field '" + field + "'");
@@ -25,7 +43,7 @@ int meta_int(const Bundle& b, const json::Value& obj, const std::string& key, co
   return int(v->number);
 }
 
-std::vector<float> meta_floats(const Bundle& b, const json::Value& obj, const std::string& key,
+std::vector<float> meta_floats(const Meta& b, const json::Value& obj, const std::string& key,
                                const char* field, size_t n) {
   const json::Value* v = obj.find(field);
   if (!v) b.fail("metadata '" + key + "': missing field '" + field + "'");
@@ -43,7 +61,13 @@ std::vector<float> meta_floats(const Bundle& b, const json::Value& obj, const st
 
 }  // namespace
 
-TaskMetadata read_task_metadata(const Bundle& b) {
+TaskMetadata read_task_metadata(const Bundle& bundle) {
+  return read_task_metadata(bundle.metadata(), bundle.path());
+}
+
+TaskMetadata read_task_metadata(const std::map<std::string, std::string>& map,
+                                const std::string& where) {
+  const Meta b{map, where};
   TaskMetadata m;
   m.base_hash = b.meta("base_hash");
   bool hex = m.base_hash.size() == 64;
