@@ -1,12 +1,15 @@
 // pybind11 bindings: the private extension module spaedge._runtime.
 // The public Python face is spaedge/runtime.py; keep this layer thin.
 #include <cstdint>
+#include <sstream>
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include "runtime/json.h"
+#include "runtime/limits.h"
+#include "runtime/task.h"
 #include "spaedge/bundle.h"
 #include "spaedge/runtime.h"
 
@@ -99,6 +102,13 @@ py::dict summary_dict(const spaedge::BundleSummary& s) {
   return d;
 }
 
+py::list words(const char* s) {
+  py::list l;
+  std::istringstream in(s);
+  for (std::string w; in >> w;) l.append(w);
+  return l;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_runtime, m) {
@@ -133,6 +143,41 @@ PYBIND11_MODULE(_runtime, m) {
       py::arg("path"), py::arg("verify") = true,
       "A bundle's header and metadata checked by the runtime's reader without loading its data "
       "(spaedge.cli.info); verify streams the data through the content hash.");
+
+  // The runtime's limits and lists, for the toolchain to read instead of restating.
+  m.attr("FORMAT_VERSION") = spaedge::kFormatVersion;
+  py::dict limits;
+  limits["max_header_bytes"] = spaedge::kMaxHeaderBytes;
+  limits["max_input_channels"] = spaedge::kMaxInputChannels;
+  limits["max_input_side"] = spaedge::kMaxInputSide;
+  limits["max_channels"] = spaedge::kMaxChannels;
+  limits["max_kernel"] = spaedge::kMaxKernel;
+  limits["max_rank"] = spaedge::kMaxRank;
+  limits["max_prototypes"] = spaedge::kMaxPrototypes;
+  limits["max_classes"] = spaedge::kMaxClasses;
+  limits["max_arena_bytes"] = spaedge::kMaxArenaBytes;
+  m.attr("LIMITS") = limits;
+  py::list fams;
+  for (const spaedge::families::Info& f : spaedge::families::list()) {
+    py::dict d;
+    d["name"] = f.name;
+    d["conv_tensors"] = words(f.conv_tensors);
+    d["model_tensors"] = words(f.model_tensors);
+    d["metadata"] = f.metadata;
+    fams.append(d);
+  }
+  m.attr("FAMILIES") = fams;
+  m.def(
+      "check_task_metadata",
+      [](const std::map<std::string, std::string>& meta, const std::string& where) {
+        const spaedge::TaskMetadata t = spaedge::read_task_metadata(meta, where);
+        py::dict d;
+        d["rank"] = t.rank;
+        return d;
+      },
+      py::arg("metadata"), py::arg("where"),
+      "A task bundle's metadata checked as the runtime checks it when loading (without a base): "
+      "raises BundleError naming `where` and the field; returns {'rank': metadata 'rank' or 0}.");
 
   // Every method takes the Runtime's mutex, which a run() may hold for a while:
   // never wait for it while holding the GIL. Results are converted to Python

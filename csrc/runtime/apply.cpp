@@ -42,40 +42,8 @@ void apply_general(const Graph& g, const ConvTask& ct, const kernels::KernelTabl
       for (size_t i = 0; i < Ip; ++i) std::memcpy(dt + i, src + size_t(ct.in_index[i]) * kk * 4, 4);
     }
   }
-  if (ct.rank > 0 && fused == 0)
-    kt.lowrank_merge(ct.out_c, ct.in_c, ct.kernel, ct.rank, ct.lora_a.data(), ct.lora_b.data(), w);
-  if (!ct.weight_delta.empty()) {
-    const float* d = ct.weight_delta.data();  // OIHW
-    for (size_t o = 0; o < size_t(ct.out_c); ++o)
-      for (size_t i = 0; i < Ip; ++i)
-        for (size_t t = 0; t < kk; ++t) w[(o * kk + t) * Ip + i] += d[(o * Ip + i) * kk + t];
-  }
-  if (!ct.pointwise_delta.empty()) {
-    const size_t c = size_t(ct.kernel / 2) * size_t(ct.kernel) + size_t(ct.kernel / 2);
-    const float* d = ct.pointwise_delta.data();  // [O', I']
-    for (size_t o = 0; o < size_t(ct.out_c); ++o)
-      for (size_t i = 0; i < Ip; ++i) w[(o * kk + c) * Ip + i] += d[o * Ip + i];
-  }
-  if (!ct.splopa_coef
-           .empty()) {  // SPLoPA's Kronecker sum, expanded into the centre tap (also a delta)
-    kernels::SplopaArgs s;
-    s.out_c = ct.out_c;
-    s.in_c = ct.in_c;
-    s.n = ct.splopa_n;
-    s.rank = ct.splopa_rank;
-    s.bo = ct.splopa_bo;
-    s.bi = ct.splopa_bi;
-    s.u = ct.splopa_u.data();
-    s.v = ct.splopa_v.data();
-    s.coef = ct.splopa_coef.data();
-    const size_t c = size_t(ct.kernel / 2) * size_t(ct.kernel) + size_t(ct.kernel / 2);
-    kt.splopa_expand(s, w + c * Ip, kk * Ip);
-  }
-  for (size_t j = 0; j < ct.sparse_index.size(); ++j) {
-    const size_t f = size_t(ct.sparse_index[j]);  // flat OIHW over [O', I', k, k]
-    const size_t o = f / (Ip * kk), i = (f / kk) % Ip, t = f % kk;
-    w[(o * kk + t) * Ip + i] += ct.sparse_values[j];
-  }
+  // Each family's update, in list order (families.inc).
+  families::apply(ct, {kt, fused}, w);
   if (!ct.scale.empty()) {
     for (size_t o = 0; o < size_t(ct.out_c); ++o) {
       const float s = ct.scale[o];
@@ -85,22 +53,18 @@ void apply_general(const Graph& g, const ConvTask& ct, const kernels::KernelTabl
   }
   if (fused > 0) {
     // BN scales output channel o of the whole sum: scale B' rows too.
-    const float* b = ct.lora_b.data();
+    const families::lowrank::State& lr = *ct.lowrank;
+    const float* b = lr.b.data();
     if (!ct.scale.empty()) {
       for (size_t o = 0; o < size_t(ct.out_c); ++o)
         for (size_t r = 0; r < size_t(fused); ++r)
-          bs[o * size_t(fused) + r] = ct.lora_b[o * size_t(fused) + r] * ct.scale[o];
+          bs[o * size_t(fused) + r] = lr.b[o * size_t(fused) + r] * ct.scale[o];
       b = bs;
     }
-    kt.conv_lowrank_pack(ct.geom, fused, w, ct.lora_a.data(), b, dst);
+    kt.conv_lowrank_pack(ct.geom, fused, w, lr.a.data(), b, dst);
   } else {
     kt.conv_pack(ct.geom, w, dst);
   }
-}
-
-bool needs_general(const ConvTask& ct) {
-  return !ct.weight_delta.empty() || !ct.pointwise_delta.empty() || !ct.sparse_index.empty() ||
-         !ct.splopa_coef.empty();
 }
 
 // Packed rows (of K = k*k*in_c) per work item of the one-pass path: about
@@ -117,9 +81,9 @@ kernels::ApplyArgs one_pass_args(const Node& n, const ConvTask& ct, int fused, b
   args.base_out = n.out_channels;
   args.out_index = ct.out_index.data();
   args.in_index = ct.in_index.data();
-  args.rank = ct.rank;
-  args.a = ct.lora_a.data();
-  args.bt = ct.lora_bt.data();
+  args.rank = ct.rank();
+  args.a = ct.lowrank ? ct.lowrank->a.data() : nullptr;
+  args.bt = ct.lowrank ? ct.lowrank->bt.data() : nullptr;
   args.fused = fused > 0;
   args.scale = ct.scale.empty() ? nullptr : ct.scale.data();
   return args;
@@ -153,12 +117,12 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
   a.items.clear();
   for (size_t ci = 0; ci < task.convs.size(); ++ci) {
     const ConvTask& ct = task.convs[ci];
-    const int r = mode == ApplyMode::FusedLowRank ? ct.rank : 0;
+    const int r = mode == ApplyMode::FusedLowRank ? ct.rank() : 0;
     a.fused_rank[ci] = r;
     a.packed_offset[ci] = total;
     total += round_floats(r > 0 ? kt.conv_lowrank_packed_floats(ct.geom, r)
                                 : kt.conv_packed_floats(ct.geom));
-    if (needs_general(ct)) {
+    if (families::needs_general(ct)) {
       max_ohwi =
           std::max(max_ohwi, size_t(ct.out_c) * size_t(ct.kernel * ct.kernel) * size_t(ct.in_c));
       max_b = std::max(max_b, size_t(ct.out_c) * size_t(r));
@@ -170,7 +134,7 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
   // network whose last convs hold most of the weights.
   for (size_t ci = 0; ci < task.convs.size(); ++ci) {
     const ConvTask& ct = task.convs[ci];
-    if (needs_general(ct)) continue;
+    if (families::needs_general(ct)) continue;
     const int K = ct.kernel * ct.kernel * ct.in_c;
     if (use_oihw(g.nodes[size_t(ct.node)], ct)) {
       // Kept outputs in multiples of 16 (every ISA's panel width divides 16).
@@ -189,11 +153,10 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
   const int workers = std::max(1, std::min(threads, nitems));
   a.packed.resize(total);
   // Workspace only for the general path (one slice per worker).
-  const int gworkers = workers;
   const size_t slice = round_floats(max_ohwi);
-  a.ohwi.resize(general ? slice * size_t(gworkers) : 0);
+  a.ohwi.resize(general ? slice * size_t(workers) : 0);
   const size_t bslice = round_floats(max_b);
-  a.bwork.resize(general ? bslice * size_t(gworkers) : 0);
+  a.bwork.resize(general ? bslice * size_t(workers) : 0);
 
   // Nothing below throws. Items go to the caller and helper threads as
   // they come free (Workers), so a helper the OS keeps waiting costs nothing.

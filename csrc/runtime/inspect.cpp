@@ -45,7 +45,8 @@ BundleSummary inspect_bundle(const std::string& path, bool verify_hash) {
     s.width = m.width;
     s.mean = m.mean;
     s.std = m.std;
-    for (const auto& kv : m.shared_adapters) s.shared_adapters[kv.first] = kv.second;
+    for (const auto& kv : m.entries[size_t(families::Family::shared)])
+      s.shared_adapters[kv.first] = kv.second;
   }
   if (verify_hash) {
     o.verify_hash = true;

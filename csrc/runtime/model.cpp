@@ -32,9 +32,6 @@ const char* op_name(Op op) {
 
 namespace {
 
-constexpr int kMaxChannels = 1 << 16;
-constexpr int kMaxKernel = 64;
-
 struct GraphParser {
   const Bundle& b;
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "runtime/buffer.h"
+#include "runtime/limits.h"
 #include "spaedge/bundle.h"
 
 namespace spaedge {
@@ -47,9 +48,6 @@ struct Graph {
   std::vector<int> base_channels;           // value id -> channels in the base (-1: task-defined)
   int output = -1;                          // value id of the graph output
 };
-
-// Channels of a base's (and a task's) input image: 1 to 4 (docs/runtime.md).
-constexpr int kMaxInputChannels = 4;
 
 // Parses and validates a base bundle's metadata 'graph' and its tensor table
 // against it (every conv weight present with the graph's shape, biases'

@@ -3,41 +3,37 @@
 // and the task's execution plan. Internal header.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "kernels/kernels.h"
 #include "runtime/exec_plan.h"
+#include "runtime/families/states.h"
+#include "runtime/limits.h"
 #include "runtime/model.h"
 
 namespace spaedge {
 
 // Per-conv task data, validated and copied out of the bundle at load time so a
-// switch never touches the task file again.
+// switch never touches the task file again: the kept channels, the folded
+// BatchNorm, and the state of each tensor family (families/families.inc)
+// the conv uses, empty for the others.
 struct ConvTask {
   int node = -1;                        // graph node index of the conv
   int out_c = 0, in_c = 0, kernel = 1;  // kept output/input channels
   std::vector<int32_t> out_index, in_index;
-  int rank = 0;
-  std::vector<float> lora_a;           // [rank, in_c]
-  std::vector<float> lora_b;           // [out_c, rank]
-  std::vector<float> lora_bt;          // lora_b transposed, [rank, out_c] (for kernels::conv_apply)
-  std::vector<float> weight_delta;     // OIHW [out_c, in_c, k, k] or empty
-  std::vector<float> pointwise_delta;  // [out_c, in_c] added at the centre tap, or empty
-  std::vector<float> sparse_values;    // sparse update: values ...
-  std::vector<int64_t>
-      sparse_index;            // ... at flat OIHW positions (increasing; the set bits of its mask)
   std::vector<float> scale;    // folded BN scale per out channel, empty = 1
   std::vector<float> bias;     // final (folded) bias per out channel
   kernels::ConvGeometry geom;  // at the task's input size
-  // SPLoPA (block-SPA): the conv's block coefficients C [n, out_c/bo, in_c/bi]
-  // and a copy of its prototype set's U [n, bo, rank] and V [n, rank, bi]
-  // (stored once per set in the bundle; a few dozen floats), expanded into
-  // the centre tap at task application (kernels::splopa_expand). Empty
-  // splopa_coef: none.
-  int splopa_n = 0, splopa_rank = 0, splopa_bo = 1, splopa_bi = 1;
-  std::vector<float> splopa_coef, splopa_u, splopa_v;
+#define SPAEDGE_FAMILY(id, ...) std::optional<families::id::State> id;
+#include "runtime/families/families.inc"
+#undef SPAEDGE_FAMILY
+  // The conv's rank: its low-rank factors' (0 = none). Derived here only.
+  int rank() const { return lowrank ? lowrank->rank : 0; }
 };
 
 struct LinearTask {
@@ -46,13 +42,6 @@ struct LinearTask {
   std::vector<float> weight;  // [out_f, in_f]
   std::vector<float> bias;    // [out_f]
 };
-
-// Input limits of a task (docs/runtime.md), checked from the metadata before
-// anything is allocated: 1 to kMaxInputChannels channels, sides up to
-// kMaxInputSide; and the activation arena the input size implies, checked
-// once the execution plan is laid out, before the switch allocates it.
-constexpr int kMaxInputSide = 4096;
-constexpr size_t kMaxArenaBytes = size_t(1) << 30;
 
 // A task bundle's metadata, validated on its own (no base needed):
 // base_hash (64 lowercase hex), task and method (non-empty), labels (a
@@ -66,10 +55,15 @@ struct TaskMetadata {
   std::vector<std::string> labels;
   int channels = 0, height = 0, width = 0;
   std::vector<float> mean, std;
-  std::vector<std::pair<std::string, std::string>> shared_adapters;
-  std::vector<std::pair<std::string, std::string>> splopa_sets;  // SPLoPA: {conv: prototype set}
+  int rank = 0;  // metadata 'rank', 0 when absent
+  // Per family (families::Family), the {from: to} entries of its metadata key.
+  std::array<std::vector<std::pair<std::string, std::string>>, families::kFamilies> entries;
 };
 TaskMetadata read_task_metadata(const Bundle& b);
+// The same checks on metadata alone (a bundle about to be written, or read
+// by the Python toolchain); failures name `where`.
+TaskMetadata read_task_metadata(const std::map<std::string, std::string>& metadata,
+                                const std::string& where);
 
 class Task {
  public:

@@ -45,7 +45,35 @@ from spaedge import _runtime
 # spaedge.errors.BundleError (shared with the toolchain), as the extension raises it.
 BundleError = _runtime.BundleError
 
-__all__ = ["Runtime", "BundleError", "inspect_bundle"]
+__all__ = [
+    "Runtime",
+    "BundleError",
+    "inspect_bundle",
+    "check_task_metadata",
+    "FORMAT_VERSION",
+    "LIMITS",
+    "FAMILIES",
+]
+
+#: The bundle format version the runtime reads (docs/format.md).
+FORMAT_VERSION: str = _runtime.FORMAT_VERSION
+#: The runtime's limits, from the compiled module (csrc/runtime/limits.h):
+#: max_header_bytes, max_input_channels, max_input_side, max_channels,
+#: max_kernel, max_rank, max_prototypes, max_classes, max_arena_bytes. The
+#: toolchain reads them here instead of restating them.
+LIMITS: dict[str, int] = dict(_runtime.LIMITS)
+#: The task bundle's tensor families as the runtime lists them
+#: (csrc/runtime/families/families.inc): name, conv_tensors (suffixes of
+#: ``<conv>.<suffix>``), model_tensors (patterns), metadata (key or "").
+FAMILIES: list[dict] = [dict(f) for f in _runtime.FAMILIES]
+
+
+def check_task_metadata(metadata: dict[str, str], where: str) -> dict:
+    """A task bundle's metadata checked by the runtime's own validator, as it
+    checks it when loading (labels, input, method, base_hash, info, rank, the
+    families' metadata keys), without a base. Raises BundleError naming
+    ``where`` and the field; returns ``{"rank": metadata 'rank' or 0}``."""
+    return _runtime.check_task_metadata(dict(metadata), where)
 
 
 def inspect_bundle(path: str | os.PathLike, verify: bool = True) -> dict:

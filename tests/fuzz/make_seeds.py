@@ -8,7 +8,7 @@ prototype set, the stem's dense fallback), a pruned sparse SPLoRA
 (sparse factors, values + U8 position bitmasks) and a pruned sparse SPPaRA
 (a sparse_delta, values + bitmask). Then edits of their metadata and
 of the base's graph, each written with a right content hash (format version
-2 hashes the metadata, so an edit is a different bundle, not a stale one):
+3 hashes the metadata, so an edit is a different bundle, not a stale one):
 what loads (another stride, another input size, a nested info, Pear's
 shared adapters) and what the validation refuses (a graph out of order,
 repeated or empty labels, std 0, oversized inputs).
@@ -17,16 +17,19 @@ Everything is seeded: the files are the same on every run.
     python tests/fuzz/make_seeds.py [OUT_DIR]      # default tests/fuzz/seeds
 
 Writes base.safetensors (the fuzzer's fixed base and itself a seed),
-task_*.safetensors, base_*.safetensors and task_meta_*.safetensors.
+task_*.safetensors, base_*.safetensors and task_meta_*.safetensors; and,
+next to OUT_DIR, regressions/ (inputs that once found a bug, README.md).
 """
 
 from __future__ import annotations
 
 import json
+import struct
 import sys
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import torch
 
 from spaedge.adapters import adapt, get_method, splopa
@@ -34,7 +37,7 @@ from spaedge.adapters.sparse import sparsify
 from spaedge.adapters.splopa import share_prototypes
 from spaedge.models.resnet import BasicBlock, ResNet
 from spaedge.pack.bundle import TaskSpec, write_base, write_task
-from spaedge.pack.format import read_bundle, write_bundle
+from spaedge.pack.format import content_hash, read_bundle, write_bundle
 from spaedge.pruning.prune import prune_to_density
 
 INPUT = (1, 8, 8)
@@ -138,6 +141,37 @@ def share_one_adapter(tensors, meta):
     raise RuntimeError("no two convs with equal kept shapes to share an adapter")
 
 
+def unaligned(src: Path, dst: Path) -> None:
+    """`src` with its tensors laid out U8 first, so each F32/I32 tensor after
+    an odd-length mask starts at an odd offset (the writer never does this;
+    readers must copy or read unaligned: docs/format.md)."""
+    tensors, meta = read_bundle(src)
+    meta = {k: v for k, v in meta.items() if k != "content_hash"}
+    order = sorted(tensors, key=lambda k: (tensors[k].dtype != np.uint8, k))
+    table, data, pos = {}, b"", 0
+    for k in order:
+        a = np.ascontiguousarray(tensors[k])
+        raw = a.astype(a.dtype.newbyteorder("<")).tobytes()
+        dtype = {"float32": "F32", "int32": "I32", "uint8": "U8"}[a.dtype.name]
+        table[k] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [pos, pos + len(raw)]}
+        data, pos = data + raw, pos + len(raw)
+    meta["content_hash"] = content_hash(meta, table, data)
+    header = json.dumps({"__metadata__": meta, **table}, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    dst.write_bytes(struct.pack("<Q", len(header)) + header + data)
+
+
+def regressions(seeds: Path, out: Path) -> None:
+    """Inputs that once found a bug (tests/fuzz/regressions/README.md)."""
+    out.mkdir(parents=True, exist_ok=True)
+    edited(
+        seeds / "task_splora_pruned.safetensors",
+        out / "task_arena_over_limit.safetensors",
+        input_edit(height=4096, width=4096),
+    )
+    unaligned(seeds / "task_sparse_pruned.safetensors", out / "task_unaligned_tensors.safetensors")
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     h = write_base(tiny_base(), out / "base.safetensors")
@@ -217,7 +251,10 @@ def main(out: Path) -> None:
             splopa_sets=json.dumps(dict(list(json.loads(m["splopa_sets"]).items())[1:]))
         ),
     )
-    for p in sorted(out.glob("*.safetensors")):
+    regressions(out, out.parent / "regressions")
+    for p in sorted(
+        [*out.glob("*.safetensors"), *(out.parent / "regressions").glob("*.safetensors")]
+    ):
         print(f"{p}: {p.stat().st_size} bytes")
 
 

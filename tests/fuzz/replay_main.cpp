@@ -19,6 +19,10 @@ int main(int argc, char** argv) {
   std::vector<fs::path> files;
   for (int i = 1; i < argc; ++i) {
     fs::path p(argv[i]);
+    if (!fs::exists(p)) {
+      std::fprintf(stderr, "fuzz_replay: %s does not exist\n", argv[i]);
+      return 2;
+    }
     if (fs::is_directory(p)) {
       for (const auto& e : fs::directory_iterator(p))
         if (e.is_regular_file()) files.push_back(e.path());

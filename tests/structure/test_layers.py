@@ -30,6 +30,7 @@ LAYERS = [
         "spaedge.pack",
         "spaedge.pack.format",
         "spaedge.pack.layout",
+        "spaedge.pack.families",
     ],
     ["spaedge.tasks", "spaedge.models"],
     ["spaedge.adapters"],

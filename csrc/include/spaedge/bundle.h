@@ -8,7 +8,7 @@
 // every dtype is F32, I32 or U8; every shape matches its byte size; data_offsets
 // lie inside the data section, do not overlap and together cover it; the
 // common metadata keys (format, version, content_hash) are present; the
-// format is the expected one; the version is 2; and content_hash equals the
+// format is the expected one; the version is 3; and content_hash equals the
 // canonical hash of the metadata, the tensor table and the data section.
 // Any failure throws spaedge::Error naming the file and the field.
 //
@@ -81,7 +81,7 @@ struct BundleOptions {
 };
 
 // Format version this runtime reads and the toolchain writes (docs/format.md).
-constexpr const char* kFormatVersion = "2";
+constexpr const char* kFormatVersion = "3";
 // Header length limit, the same as safetensors' (bytes).
 constexpr uint64_t kMaxHeaderBytes = 100000000;
 

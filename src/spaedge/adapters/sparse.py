@@ -66,6 +66,7 @@ from torch import nn
 from spaedge.adapters.base import AdaptedLayer, centre_tap
 from spaedge.adapters.registry import Method, register
 from spaedge.adapters.splora import SPLoRA
+from spaedge.runtime import LIMITS
 
 __all__ = [
     "SparseAdapter",
@@ -327,8 +328,10 @@ class SparseSPLoRA(_Masked, SPLoRA):
     def load_bundle_tensors(self, t: dict[str, torch.Tensor]) -> None:
         AdaptedLayer.load_bundle_tensors(self, t)
         r = int(t["lora_rank"].reshape(-1)[0])
-        if not 1 <= r <= 1 << 16:
-            raise SparseTensorError(f"tensor {{0}}: rank {r} must be in [1, 65536]", "lora_rank")
+        if not 1 <= r <= LIMITS["max_rank"]:
+            raise SparseTensorError(
+                f"tensor {{0}}: rank {r} must be in [1, {LIMITS['max_rank']}]", "lora_rank"
+            )
         O, I = self.out_channels, self.in_channels
         a, ma = _scatter(
             (r, I), *_sparse_positions(t, "lora_a", r * I, f"[{r}, {I}] factor A", True)

@@ -22,7 +22,14 @@ from spaedge.adapters import AdaptedLayer, adapt, get_method, method_of
 from spaedge.adapters.sparse import SparseTensorError
 from spaedge.errors import BundleError
 from spaedge.models import ResNet, from_config
-from spaedge.pack.format import json_field, read_bundle, serialise, write_bundle
+from spaedge.pack import families
+from spaedge.pack.format import (
+    check_task_metadata,
+    json_field,
+    read_bundle,
+    serialise,
+    write_bundle,
+)
 
 __all__ = [
     "base_bundle",
@@ -142,6 +149,11 @@ def task_bundle(
             if not isinstance(layer, AdaptedLayer):
                 raise TypeError(f"layer {name} is not adapted: call spaedge.adapters.adapt first")
             for k, v in layer.bundle_tensors().items():
+                if k not in families.CONV_OWN and families.conv_family(k) is None:
+                    raise ValueError(
+                        f"layer {name}: tensor {k!r} belongs to no tensor family of the runtime "
+                        "(spaedge/pack/families.py)"
+                    )
                 tensors[f"{name}.{k}"] = _np(v)
         elif node["op"] == "batchnorm":
             bn = model.get_submodule(name)
@@ -159,19 +171,25 @@ def task_bundle(
         "info": json.dumps(info or {}),
     }
     method = method_of(model)
-    if (
-        method.bundle_metadata is not None
-    ):  # e.g. Pear's shared_adapters: shared factors are stored once
-        meta.update(method.bundle_metadata(model))
-    if (
-        method.bundle_tensors is not None
-    ):  # e.g. SPLoPA's prototype sets, stored once for all their convs
+    if method.uses_rank:  # the adapter rank, stored (format 3) so a reload needs no guess
+        meta["rank"] = str(int(model.adapter_rank))
+    # Model-level metadata and tensors (Pear's shared_adapters, SPLoPA's
+    # prototype sets): each must belong to a family, like the layers' tensors.
+    if method.bundle_metadata is not None:
+        for k, v in method.bundle_metadata(model).items():
+            if families.metadata_family(k) is None:
+                raise ValueError(f"method {method.name}: metadata {k!r} belongs to no family")
+            meta[k] = v
+    if method.bundle_tensors is not None:
         for k, v in method.bundle_tensors(model).items():
+            if families.model_family(k) is None:
+                raise ValueError(f"method {method.name}: tensor {k!r} belongs to no family")
             if k in tensors:
                 raise ValueError(
                     f"method {method.name}: model-level tensor {k!r} collides with a layer's"
                 )
             tensors[k] = _np(v)
+    check_task_metadata(meta, f"task bundle of {spec.name!r}")
     return tensors, meta
 
 
@@ -229,12 +247,15 @@ def load_task_model(
             f"{base_meta['content_hash']}: pack the task against this base or use the right base"
         )
     graph = base.graph()
-    first = next(n for n in _conv_nodes(graph))
-    rank = (
-        int(tensors[f"{first['name']}.lora_a"].shape[0])
-        if f"{first['name']}.lora_a" in tensors
-        else 1
-    )
+    method = get_method(meta["method"])
+    rank = 1  # a method without a rank ignores it
+    if method.uses_rank:
+        if "rank" not in meta:
+            raise BundleError(
+                f"{where}: field 'rank' is missing (method {method.name!r} uses a rank): "
+                "repack the bundle with this spaedge"
+            )
+        rank = int(meta["rank"])  # checked by read_bundle (the runtime's validator)
     model = adapt(base, meta["method"], rank=rank)
     for k in tensors:
         if k.endswith(_INDEX_FORM):
@@ -268,7 +289,6 @@ def load_task_model(
             raise BundleError(f"{where}: tensor '{prefix}{e.args[0]}' is missing") from None
         except SparseTensorError as e:
             raise BundleError(f"{where}: {e.message(prefix)}") from None
-    method = get_method(meta["method"])
     if method.load_tensors is not None:
         method.load_tensors(model, t, meta, where)
     if method.load_metadata is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import stat
 import struct
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save as _st_save
 
+from spaedge import runtime
 from spaedge.errors import BundleError
 
 __all__ = [
@@ -33,12 +33,9 @@ __all__ = [
     "check_task_metadata",
 ]
 
-FORMAT_VERSION = "2"
-#: Header length limit: safetensors' own (the C++ reader's kMaxHeaderBytes too).
-MAX_HEADER_BYTES = 100_000_000
-#: Input limits of a task (docs/runtime.md; the C++ runtime's too).
-MAX_INPUT_CHANNELS = 4
-MAX_INPUT_SIDE = 4096
+FORMAT_VERSION = runtime.FORMAT_VERSION
+#: Header length limit: safetensors' own, as the runtime reads it.
+MAX_HEADER_BYTES = runtime.LIMITS["max_header_bytes"]
 _DTYPES = {np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.uint8)}
 _NP_DTYPES = {"F32": np.dtype("<f4"), "I32": np.dtype("<i4"), "U8": np.dtype("u1")}
 
@@ -48,7 +45,7 @@ def _u64(n: int) -> bytes:
 
 
 def content_hash(metadata: Mapping[str, str], table: Mapping[str, Mapping], data) -> str:
-    """The canonical content hash of format version 2 (docs/format.md).
+    """The canonical content hash of format versions 2 and 3 (docs/format.md).
 
     SHA-256 over: the number of metadata entries other than ``content_hash``,
     then each as length-prefixed UTF-8 key and value, in bytewise key order;
@@ -291,6 +288,12 @@ def _check_metadata(p: Path, doc: dict) -> dict[str, str]:
             "does not cover the metadata); delete the file and repack it with this spaedge "
             "(`spaedge pack --retrain`, or re-run the packing that wrote it)"
         )
+    if version == "2":
+        raise BundleError(
+            f"{_show(p)}: field 'version' is '2': format version 2 is no longer read (its task "
+            "bundles do not store the adapter rank); delete the file and repack it with this "
+            "spaedge (`spaedge pack --retrain`, or re-run the packing that wrote it)"
+        )
     if version != FORMAT_VERSION:
         raise BundleError(
             f"{_show(p)}: field 'version' is {version!r}; this spaedge reads version "
@@ -398,57 +401,12 @@ def read_bundle(
     return tensors, meta
 
 
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def check_task_metadata(meta: Mapping[str, str], where: str) -> None:
-    """A task bundle's labels and input metadata, checked as the C++ runtime
-    checks them: labels a non-empty list of distinct non-empty strings; input
-    channels in [1, 4], height and width in [1, 4096], one finite mean and one
-    finite positive std per channel (as float32, the runtime's precision).
-    Raises BundleError naming the field."""
-    labels = json_field(meta, "labels", where)
-    if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):
-        raise BundleError(f"{where}: field 'labels' must be a non-empty JSON list of strings")
-    seen: dict[str, int] = {}
-    for i, label in enumerate(labels):
-        if not label:
-            raise BundleError(f"{where}: field 'labels': label {i} is empty")
-        if label in seen:
-            raise BundleError(
-                f"{where}: field 'labels': label {i} {_show(label)!r} repeats label {seen[label]} "
-                "(class names must be distinct)"
-            )
-        seen[label] = i
-    inp = json_field(meta, "input", where)
-    if not isinstance(inp, dict):
-        raise BundleError(f"{where}: field 'input' must be a JSON object")
-    limits = {"channels": MAX_INPUT_CHANNELS, "height": MAX_INPUT_SIDE, "width": MAX_INPUT_SIDE}
-    for k, hi in limits.items():
-        v = inp.get(k)
-        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
-            raise BundleError(
-                f"{where}: field 'input': {k!r} must be an integer in [1, {hi}], got {v!r}"
-            )
-    for k in ("mean", "std"):
-        v = inp.get(k)
-        if not isinstance(v, list) or len(v) != inp["channels"] or not all(_number(x) for x in v):
-            raise BundleError(
-                f"{where}: field 'input': {k!r} must be a list of {inp['channels']} numbers "
-                "(one per input channel)"
-            )
-        for c, x in enumerate(v):
-            with np.errstate(over="ignore", under="ignore"):
-                x = float(
-                    np.float32(x)
-                )  # the runtime's precision: 1e39 is infinite there, 1e-50 zero
-            if not math.isfinite(x):
-                raise BundleError(f"{where}: field 'input': {k}[{c}] is not finite")
-            if k == "std" and not x > 0:
-                raise BundleError(
-                    f"{where}: field 'input': std[{c}] must be a positive finite number"
-                )
+    """A task bundle's metadata checked by the runtime's own validator
+    (:func:`spaedge.runtime.check_task_metadata`: labels, input, method,
+    base_hash, info, rank, the families' metadata keys). Raises BundleError
+    naming the field."""
+    runtime.check_task_metadata(dict(meta), where)
 
 
 def json_field(meta: Mapping[str, str], key: str, where: str):
