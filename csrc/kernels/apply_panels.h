@@ -11,7 +11,7 @@
 namespace spaedge::kernels::panels {
 namespace {
 
-// What conv_apply and conv_apply_oihw derive from the arguments.
+// What conv_apply derives from the arguments.
 template <int NR>
 struct Shape {
   int ic, oc, rank, panels, full, taps, centre;
@@ -62,24 +62,14 @@ void fused_a(const ApplyArgs& a, const Shape<NR>& s, float* packed) {
       }
 }
 
-// conv_apply's end: once the last row is written (k1 == K), the fused
-// mode's B' and A' parts.
-template <int NR>
-void finish_rows(const ApplyArgs& a, const Shape<NR>& s, int k1, float* packed) {
-  if (a.fused && s.rank > 0 && static_cast<size_t>(k1) == s.K) {
-    fused_b(a, s, 0, s.panels, packed);
-    fused_a(a, s, packed);
-  }
-}
-
-// The panels [p0, p1) that hold kept outputs [o0, o1) (conv_apply_oihw).
+// The panels [p0, p1) that hold kept outputs [o0, o1).
 template <int NR>
 struct PanelRange {
   int p0, p1;
   PanelRange(int o0, int o1) : p0(o0 / NR), p1((o1 + NR - 1) / NR) {}
 };
 
-// conv_apply_oihw's end: the fused mode's B' rows of panels [p0, p1), and
+// conv_apply's end: the fused mode's B' rows of panels [p0, p1), and
 // A' with the last outputs (o1 == out_c).
 template <int NR>
 void finish_outputs(const ApplyArgs& a, const Shape<NR>& s, const PanelRange<NR>& r, int o1,
@@ -89,34 +79,6 @@ void finish_outputs(const ApplyArgs& a, const Shape<NR>& s, const PanelRange<NR>
     if (o1 == s.oc) fused_a(a, s, packed);
   }
 }
-
-// The base row packed row k = (tap t, kept input i) comes from in the
-// tap-major base (conv_apply): base[t][in_index[i]][:].
-template <int NR>
-inline const float* tap_row(const ApplyArgs& a, const Shape<NR>& s, int k) {
-  const int t = k / s.ic, i = k % s.ic;
-  return a.base + static_cast<size_t>(t) * (static_cast<size_t>(a.base_in) * a.base_out) +
-         static_cast<size_t>(a.in_index[i]) * a.base_out;
-}
-
-// conv_apply's rows [kb, kb + n), n <= ROWS, read together: each row's base
-// row, its column of A' (the kept input) and whether it is a centre-tap row
-// that gets B'A'.
-template <int NR, int ROWS>
-struct RowBlock {
-  int n;
-  const float* src[ROWS];
-  int col[ROWS];
-  bool cen[ROWS];
-  RowBlock(const ApplyArgs& a, const Shape<NR>& s, int kb, int k1) : n(std::min(ROWS, k1 - kb)) {
-    for (int r = 0; r < n; ++r) {
-      const int k = kb + r;
-      src[r] = tap_row(a, s, k);
-      col[r] = k % s.ic;
-      cen[r] = s.merge && k / s.ic == s.centre;
-    }
-  }
-};
 
 }  // namespace
 }  // namespace spaedge::kernels::panels

@@ -149,9 +149,8 @@ struct Epilogue {
 // One conv of a task application, read straight from the base (see conv_apply).
 struct ApplyArgs {
   ConvGeometry g;                      // the pruned conv: in_c / out_c are the kept counts
-  const float* base = nullptr;         // base weight: tap-major HWIO base[t][i][o] (conv_apply)
-                                       // or the bundle's OIHW base[o][i][t] (conv_apply_oihw)
-  int base_in = 0, base_out = 0;       // channels of the base conv (base row length = base_out)
+  const float* base = nullptr;         // base weight as the bundle stores it: OIHW base[o][i][t]
+  int base_in = 0, base_out = 0;       // channels of the base conv
   const int32_t* out_index = nullptr;  // [out_c] kept base outputs (each < base_out)
   const int32_t* in_index = nullptr;   // [in_c] kept base inputs (each < base_in)
   int rank = 0;                        // Channel-SPA rank, 0 = no adapter
@@ -210,16 +209,6 @@ struct KernelTable {
 #include "kernels/kernels.inc"
 #undef SPAEDGE_KERNEL
 };
-
-// Floats of the base one conv's application reads: conv_apply reads every
-// kept input's tap-major row whole (k^2 x in_c x base_out), conv_apply_oihw
-// every kept output's OIHW row whole (out_c x base_in x k^2). Kept channels
-// are scattered, so nearly every cache line of a row they touch is read.
-inline size_t apply_read_floats(const ApplyArgs& a, bool oihw) {
-  const size_t taps = static_cast<size_t>(a.g.kernel) * a.g.kernel;
-  return oihw ? static_cast<size_t>(a.g.out_c) * a.base_in * taps
-              : taps * a.g.in_c * static_cast<size_t>(a.base_out);
-}
 
 // What every ISA of isas.inc defines in its folder's table.cpp (built only
 // when CMake builds the ISA; use them through isas()).

@@ -3,7 +3,6 @@
 #include "runtime/apply.h"
 
 #include <algorithm>
-#include <cstring>
 
 namespace spaedge {
 
@@ -27,19 +26,16 @@ namespace {
 void apply_general(const Graph& g, const ConvTask& ct, const kernels::KernelTable& kt, int fused,
                    float* w, float* bs, float* dst) {
   const Node& n = g.nodes[size_t(ct.node)];
-  const TensorView& W = *n.weight;
   const size_t kk = size_t(ct.kernel) * size_t(ct.kernel);
   const size_t I = size_t(n.in_channels);
   const size_t Ip = size_t(ct.in_c);
   // Sequential writes; the reads stay within one base row (I*k*k floats).
-  // Read as bytes (memcpy per element), as TensorView's accessors do.
   for (size_t o = 0; o < size_t(ct.out_c); ++o) {
-    const unsigned char* row = W.data + size_t(ct.out_index[o]) * I * kk * 4;
+    const float* row = n.weight_f32 + size_t(ct.out_index[o]) * I * kk;
     float* d = w + o * kk * Ip;
     for (size_t t = 0; t < kk; ++t) {
-      const unsigned char* src = row + 4 * t;
       float* dt = d + t * Ip;
-      for (size_t i = 0; i < Ip; ++i) std::memcpy(dt + i, src + size_t(ct.in_index[i]) * kk * 4, 4);
+      for (size_t i = 0; i < Ip; ++i) dt[i] = row[size_t(ct.in_index[i]) * kk + t];
     }
   }
   // Each family's update, in list order (families.inc).
@@ -67,16 +63,15 @@ void apply_general(const Graph& g, const ConvTask& ct, const kernels::KernelTabl
   }
 }
 
-// Packed rows (of K = k*k*in_c) per work item of the one-pass path: about
-// kItemFloats floats written per item, in whole 8-row blocks.
+// Packed floats per work item of the one-pass path: about kItemFloats
+// floats written per item, in whole 16-output blocks.
 constexpr size_t kItemFloats = size_t(48) << 10;
 
-// Arguments of the one-pass application of `ct`, reading the base's
-// tap-major copy or, `oihw`, its stored OIHW weights.
-kernels::ApplyArgs one_pass_args(const Node& n, const ConvTask& ct, int fused, bool oihw) {
+// Arguments of the one-pass application of `ct`, reading the base's OIHW weights.
+kernels::ApplyArgs one_pass_args(const Node& n, const ConvTask& ct, int fused) {
   kernels::ApplyArgs args;
   args.g = ct.geom;
-  args.base = oihw ? reinterpret_cast<const float*>(n.weight->data) : n.weight_hwio;
+  args.base = n.weight_f32;
   args.base_in = n.in_channels;
   args.base_out = n.out_channels;
   args.out_index = ct.out_index.data();
@@ -87,21 +82,6 @@ kernels::ApplyArgs one_pass_args(const Node& n, const ConvTask& ct, int fused, b
   args.fused = fused > 0;
   args.scale = ct.scale.empty() ? nullptr : ct.scale.data();
   return args;
-}
-
-// Whether `ct` is applied from the stored OIHW weights: they read fewer
-// bytes (the kept outputs' rows, not the kept inputs'), can be read as floats
-// in place (when 4-byte aligned: a base holds F32 only, so its private copy
-// always is) and index in int32.
-bool use_oihw(const Node& n, const ConvTask& ct) {
-  if (!n.weight || n.weight->dtype != DType::F32 ||
-      reinterpret_cast<uintptr_t>(n.weight->data) % alignof(float) != 0)
-    return false;
-  const size_t base_floats =
-      size_t(n.in_channels) * size_t(n.out_channels) * size_t(ct.kernel) * size_t(ct.kernel);
-  if (base_floats >= (size_t(1) << 31)) return false;
-  const kernels::ApplyArgs args = one_pass_args(n, ct, 0, true);
-  return kernels::apply_read_floats(args, true) < kernels::apply_read_floats(args, false);
 }
 
 }  // namespace
@@ -136,18 +116,11 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
     const ConvTask& ct = task.convs[ci];
     if (families::needs_general(ct)) continue;
     const int K = ct.kernel * ct.kernel * ct.in_c;
-    if (use_oihw(g.nodes[size_t(ct.node)], ct)) {
-      // Kept outputs in multiples of 16 (every ISA's panel width divides 16).
-      int outs = int(std::max<size_t>(16, kItemFloats / size_t(K) / 16 * 16));
-      if (threads == 1) outs = ct.out_c;
-      for (int o0 = 0; o0 < ct.out_c; o0 += outs)
-        a.items.push_back({int(ci), o0, std::min(ct.out_c, o0 + outs), true});
-      continue;
-    }
-    const size_t width = round_floats(size_t(ct.out_c));
-    int rows = int(std::max<size_t>(8, (kItemFloats / width + 7) / 8 * 8));
-    if (threads == 1) rows = K;  // nothing to balance
-    for (int k0 = 0; k0 < K; k0 += rows) a.items.push_back({int(ci), k0, std::min(K, k0 + rows)});
+    // Kept outputs in multiples of 16 (every ISA's panel width divides 16).
+    int outs = int(std::max<size_t>(16, kItemFloats / size_t(K) / 16 * 16));
+    if (threads == 1) outs = ct.out_c;  // nothing to balance
+    for (int o0 = 0; o0 < ct.out_c; o0 += outs)
+      a.items.push_back({int(ci), o0, std::min(ct.out_c, o0 + outs)});
   }
   const int nitems = int(a.items.size());
   const int workers = std::max(1, std::min(threads, nitems));
@@ -165,16 +138,12 @@ void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTa
     const ConvTask& ct = task.convs[size_t(item.conv)];
     const int fused = a.fused_rank[size_t(item.conv)];
     float* dst = a.packed.data() + a.packed_offset[size_t(item.conv)];
-    if (item.k0 < 0) {
+    if (item.o0 < 0) {
       apply_general(g, ct, kt, fused, a.ohwi.data() + slice * size_t(worker),
                     a.bwork.data() + bslice * size_t(worker), dst);
       return;
     }
-    const kernels::ApplyArgs args = one_pass_args(g.nodes[size_t(ct.node)], ct, fused, item.oihw);
-    if (item.oihw)
-      kt.conv_apply_oihw(args, item.k0, item.k1, dst);
-    else
-      kt.conv_apply(args, item.k0, item.k1, dst);
+    kt.conv_apply(one_pass_args(g.nodes[size_t(ct.node)], ct, fused), item.o0, item.o1, dst);
   });
   a.arena.resize(task.exec_plan.arena_floats);
   a.task = &task;

@@ -21,12 +21,10 @@ enum class ApplyMode {
 };
 
 // One unit of task application: the whole conv `conv` by the general path
-// (k0 = -1); or in one pass from the base, rows [k0, k1) from its tap-major
-// copy (kernels::conv_apply) or, `oihw`, kept outputs [k0, k1) from its
-// stored OIHW layout (kernels::conv_apply_oihw), whichever reads less.
+// (o0 = -1), or its kept outputs [o0, o1) in one pass from the base's stored
+// OIHW weights (kernels::conv_apply).
 struct ApplyItem {
-  int conv = 0, k0 = 0, k1 = 0;
-  bool oihw = false;
+  int conv = 0, o0 = 0, o1 = 0;
 };
 
 // The active task's weights packed for one kernel table, plus the arena.

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <map>
 
@@ -314,35 +315,16 @@ BaseModel::BaseModel(const std::string& path) {
     }
   }
 
-  // Re-layout every conv weight once, OIHW -> tap-major HWIO (w[t][i][o]):
-  // a task switch can then read whole kept-input rows (t, i) and pick the
-  // kept outputs of each packed panel from them (kernels::conv_apply), which
-  // for a conv that keeps fewer inputs than outputs reads fewer bytes than
-  // the kept-output rows of the stored OIHW weights (conv_apply_oihw; the
-  // switch takes the cheaper per conv). Costs one copy of the conv weights
-  // in memory.
-  size_t total = 0;
-  for (const Node& n : g.nodes)
-    if (n.op == Op::Conv) total += n.weight->numel;
-  hwio_.resize(total);
-  size_t off = 0;
+  // Task application reads the conv weights where the bundle holds them
+  // (kernels::conv_apply gathers each kept output's OIHW row): the runtime
+  // keeps no other copy of the base.
   for (Node& n : g.nodes) {
     if (n.op != Op::Conv) continue;
-    const size_t O = size_t(n.out_channels), I = size_t(n.in_channels);
-    const size_t kk = size_t(n.kernel) * size_t(n.kernel);
-    float* dst = hwio_.data() + off;
-    const unsigned char* src = n.weight->data;  // OIHW
-    // Blocks of 16 outputs: contiguous writes, reads from 16 nearby rows.
-    for (size_t o0 = 0; o0 < O; o0 += 16) {
-      const size_t o1 = std::min(O, o0 + 16);
-      for (size_t i = 0; i < I; ++i)
-        for (size_t t = 0; t < kk; ++t) {
-          float* d = dst + (t * I + i) * O;
-          for (size_t o = o0; o < o1; ++o) std::memcpy(d + o, src + ((o * I + i) * kk + t) * 4, 4);
-        }
-    }
-    n.weight_hwio = dst;
-    off += n.weight->numel;
+    if (reinterpret_cast<uintptr_t>(n.weight->data) % alignof(float) != 0)
+      b.fail_tensor(n.weight->name, "data is not 4-byte aligned in the data section");
+    if (n.weight->numel >= (size_t(1) << 31))
+      b.fail_tensor(n.weight->name, "has 2^31 or more elements (the runtime indexes in int32)");
+    n.weight_f32 = reinterpret_cast<const float*>(n.weight->data);
   }
 }
 

@@ -1,6 +1,6 @@
 // Base model: the parsed, validated graph of a spaedge-base bundle plus its
-// frozen conv weights (the bundle's private copy, OIHW, and a tap-major
-// re-layout). Internal header.
+// frozen conv weights (the bundle's private copy, OIHW, the only copy).
+// Internal header.
 #pragma once
 
 #include <memory>
@@ -28,7 +28,7 @@ struct Node {
   // conv
   int in_channels = 0, out_channels = 0;
   const TensorView* weight = nullptr;  // base weight [O, I, k, k] (the bundle's private copy)
-  const float* weight_hwio = nullptr;  // the same re-laid out at load: [k*k][I][O]
+  const float* weight_f32 = nullptr;   // its data as floats (F32, 4-byte aligned)
   const TensorView* bias = nullptr;    // optional base bias [O]
   // batchnorm
   double eps = 1e-5;
@@ -67,7 +67,6 @@ class BaseModel {
   std::unique_ptr<Bundle> bundle_;
   Graph graph_;
   std::string model_;
-  FloatBuffer hwio_;  // all conv weights, tap-major HWIO (Node::weight_hwio)
 };
 
 }  // namespace spaedge

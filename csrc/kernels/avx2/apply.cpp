@@ -1,15 +1,8 @@
 // AVX2 task application: gather + centre-tap merge + BN scale straight into
 // the conv panels (16 output channels per panel, packed[panel][k][16]), from
-// either layout of the base (kernels.h: conv_apply, conv_apply_oihw).
+// the base's stored OIHW weights (kernels.h: conv_apply).
 //
-// Tap-major (conv_apply): packed row k = (t, i') of a panel is 16 floats of
-// one base row (t, in_index[i']) at the panel's out_index: one contiguous
-// load when those outputs are consecutive, two vgatherdps otherwise. Rows go
-// in blocks of 8 (the 8 base rows stay in L1 while every panel takes its
-// lanes from them), so the base is read row after row and each panel
-// receives 8 consecutive 64-byte rows.
-//
-// OIHW (conv_apply_oihw): a panel's 16 kept outputs are 16 base rows
+// A panel's 16 kept outputs are 16 base rows
 // base[o][i][t]; for each kept input i' the k^2 taps of all 16 rows sit in
 // (usually) one cache line per row, so the k^2 gathers of rows (t, i') hit
 // L1, and the 16 rows are read front to back, a few inputs ahead prefetched.
@@ -33,8 +26,7 @@ namespace spaedge::kernels::avx2 {
 namespace {
 
 constexpr int kNR = 16;    // must match conv.cpp
-constexpr int kRows = 8;   // tap-major: packed rows per block
-constexpr int kAhead = 4;  // OIHW: inputs prefetched ahead
+constexpr int kAhead = 4;  // inputs prefetched ahead
 
 using Shape = panels::Shape<kNR>;
 
@@ -89,60 +81,6 @@ inline void put(float* p, __m256 v) {
 }
 
 template <bool kStream>
-void apply_rows(const ApplyArgs& a, const Shape& s, int k0, int k1, float* packed) {
-  for (int kb = k0; kb < k1; kb += kRows) {
-    const panels::RowBlock<kNR, kRows> rb(a, s, kb, k1);
-    const int n = rb.n;
-    // The next block's rows, pulled into L1 a panel's window at a time
-    // (short rows train the hardware prefetchers too late; see
-    // docs/benchmarks.md, "Measurements behind ...").
-    const float* nxt[kRows];
-    const int nn = std::max(0, std::min(kRows, k1 - kb - kRows));
-    for (int r = 0; r < nn; ++r) nxt[r] = panels::tap_row(a, s, kb + kRows + r);
-    for (int p = 0; p < s.panels; ++p) {
-      const int o0 = p * kNR;
-      const Lanes l(a, s, p);
-      float* dst = packed + (static_cast<size_t>(p) * s.ktot + kb) * kNR;
-      const int32_t* oi = a.out_index + o0;
-      if (l.full) {
-        const __m256i i0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(oi));
-        const __m256i i1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(oi + 8));
-        const bool contiguous = oi[kNR - 1] - oi[0] == kNR - 1;  // indices strictly increase
-        for (int r = 0; r < nn; ++r) {
-          _mm_prefetch(reinterpret_cast<const char*>(nxt[r] + oi[0]), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(nxt[r] + oi[kNR - 1]), _MM_HINT_T0);
-        }
-        for (int r = 0; r < n; ++r) {
-          __m256 v0, v1;
-          if (contiguous) {
-            v0 = _mm256_loadu_ps(rb.src[r] + oi[0]);
-            v1 = _mm256_loadu_ps(rb.src[r] + oi[0] + 8);
-          } else {
-            v0 = _mm256_i32gather_ps(rb.src[r], i0, 4);
-            v1 = _mm256_i32gather_ps(rb.src[r], i1, 4);
-          }
-          if (rb.cen[r]) add_merge(a, s, o0, rb.col[r], l, v0, v1);
-          put<kStream>(dst + r * kNR, _mm256_mul_ps(v0, l.s0));
-          put<kStream>(dst + r * kNR + 8, _mm256_mul_ps(v1, l.s1));
-        }
-      } else {
-        // Ragged last panel: lanes >= nv are masked off and come out +0.
-        const __m256i i0 = _mm256_maskload_epi32(oi, l.m0);
-        const __m256i i1 = _mm256_maskload_epi32(oi + 8, l.m1);
-        const __m256 z = _mm256_setzero_ps();
-        for (int r = 0; r < n; ++r) {
-          __m256 v0 = _mm256_mask_i32gather_ps(z, rb.src[r], i0, l.f0, 4);
-          __m256 v1 = _mm256_mask_i32gather_ps(z, rb.src[r], i1, l.f1, 4);
-          if (rb.cen[r]) add_merge(a, s, o0, rb.col[r], l, v0, v1);
-          put<kStream>(dst + r * kNR, _mm256_mul_ps(v0, l.s0));
-          put<kStream>(dst + r * kNR + 8, _mm256_mul_ps(v1, l.s1));
-        }
-      }
-    }
-  }
-}
-
-template <bool kStream>
 void apply_oihw(const ApplyArgs& a, const Shape& s, int p0, int p1, float* packed) {
   const size_t orow = static_cast<size_t>(a.base_in) * s.taps;  // floats per base output row
   const __m256 z = _mm256_setzero_ps();
@@ -186,18 +124,7 @@ bool aligned32(const float* p) {
 
 }  // namespace
 
-void conv_apply(const ApplyArgs& a, int k0, int k1, float* packed) {
-  const Shape s(a);
-  if (aligned32(packed)) {
-    apply_rows<true>(a, s, k0, k1, packed);
-    _mm_sfence();  // streaming stores are weakly ordered: publish them
-  } else {
-    apply_rows<false>(a, s, k0, k1, packed);
-  }
-  panels::finish_rows(a, s, k1, packed);
-}
-
-void conv_apply_oihw(const ApplyArgs& a, int o0, int o1, float* packed) {
+void conv_apply(const ApplyArgs& a, int o0, int o1, float* packed) {
   const Shape s(a);
   const panels::PanelRange<kNR> r(o0, o1);
   if (aligned32(packed)) {

@@ -7,15 +7,12 @@
 // (benchmarks/bench_cases.py: random base, magnitude criterion; the kept
 // channel counts below are that task's), one thread times:
 //   apply   what Runtime::switch_to does in merged mode (rank-8 merge and BN
-//           scale included): each conv from the base layout that reads less,
-//           its tap-major copy (conv_apply) or its OIHW weights
-//           (conv_apply_oihw), as kernels::apply_read_floats picks;
-//   apply-tap  every conv from the tap-major copy (the switch before the
-//           OIHW path);
+//           scale included): each conv from the base's OIHW weights
+//           (conv_apply);
 //   floor   apply's bytes moved with no arithmetic: every base row it reads,
-//           read whole (a kept input's tap-major row holds all base outputs,
-//           a kept output's OIHW row all base inputs; kept channels are
-//           scattered, so nearly every line of such a row is touched), and as
+//           read whole (a kept output's OIHW row holds all base inputs; kept
+//           channels are scattered, so nearly every line of such a row is
+//           touched), and as
 //           many packed floats written as the switch writes, with the stores
 //           the switch uses (streaming on x86, plain on aarch64);
 //   read / write  the two halves of the floor alone.
@@ -85,9 +82,7 @@ std::vector<int32_t> kept(int n, int total, std::mt19937& rng) {
 struct Conv {
   Layer l;
   int kernel;
-  spaedge::FloatBuffer base;  // tap-major HWIO, as the runtime lays the base out at load
-  spaedge::FloatBuffer oihw;  // the same in the bundle's OIHW order
-  bool from_oihw = false;     // the layout the runtime would read
+  spaedge::FloatBuffer oihw;  // the base weights, in the bundle's OIHW order
   std::vector<int32_t> in_index, out_index;
   std::vector<float> a, bt, scale;
   size_t packed_offset = 0, packed_floats = 0;
@@ -205,14 +200,8 @@ int main(int argc, char** argv) {
     v.l = {lc.taps, lc.base_in, lc.base_out, kept_io[0], kept_io[1]};
     v.kernel = v.l.taps == 49 ? 7 : v.l.taps == 9 ? 3 : 1;
     const size_t n = size_t(v.l.taps) * v.l.base_in * v.l.base_out;
-    v.base.resize(n);
     v.oihw.resize(n);
-    for (size_t i = 0; i < n; ++i) v.base.data()[i] = float(int(i % 199) - 99) * 1e-3f;
-    for (int t = 0; t < v.l.taps; ++t)
-      for (int i = 0; i < v.l.base_in; ++i)
-        for (int o = 0; o < v.l.base_out; ++o)
-          v.oihw.data()[(size_t(o) * v.l.base_in + i) * v.l.taps + t] =
-              v.base.data()[(size_t(t) * v.l.base_in + i) * v.l.base_out + o];
+    for (size_t i = 0; i < n; ++i) v.oihw.data()[i] = float(int(i % 199) - 99) * 1e-3f;
     base_floats += n;
     v.in_index = kept(v.l.kept_in, v.l.base_in, rng);
     v.out_index = kept(v.l.kept_out, v.l.base_out, rng);
@@ -233,14 +222,14 @@ int main(int argc, char** argv) {
   packed.resize(packed_total);
   std::memset(packed.data(), 0, packed_total * sizeof(float));
 
-  auto args_of = [](const Conv& v, bool oihw) {
+  auto args_of = [](const Conv& v) {
     k::ApplyArgs a;
     a.g.in_h = a.g.in_w = 7;
     a.g.in_c = v.l.kept_in;
     a.g.out_c = v.l.kept_out;
     a.g.kernel = v.kernel;
     a.g.pad = v.kernel / 2;
-    a.base = oihw ? v.oihw.data() : v.base.data();
+    a.base = v.oihw.data();
     a.base_in = v.l.base_in;
     a.base_out = v.l.base_out;
     a.out_index = v.out_index.data();
@@ -251,41 +240,20 @@ int main(int argc, char** argv) {
     a.scale = v.scale.data();
     return a;
   };
-  for (Conv& v : convs) {
-    const k::ApplyArgs a = args_of(v, true);
-    v.from_oihw = k::apply_read_floats(a, true) < k::apply_read_floats(a, false);
-    read_floats += k::apply_read_floats(a, v.from_oihw);
-  }
+  for (const Conv& v : convs) read_floats += size_t(v.l.kept_out) * v.l.base_in * v.l.taps;
 
   // Row pointers (and length) of the floor pass: every base row apply reads.
   std::vector<std::vector<const float*>> rows(convs.size());
   std::vector<int> row_len(convs.size());
   for (size_t c = 0; c < convs.size(); ++c) {
     const Conv& v = convs[c];
-    if (v.from_oihw) {
-      row_len[c] = v.l.base_in * v.l.taps;
-      for (int32_t o : v.out_index)
-        rows[c].push_back(v.oihw.data() + size_t(o) * size_t(row_len[c]));
-    } else {
-      row_len[c] = v.l.base_out;
-      for (int tap = 0; tap < v.l.taps; ++tap)
-        for (int32_t i : v.in_index)
-          rows[c].push_back(v.base.data() + (size_t(tap) * v.l.base_in + size_t(i)) * v.l.base_out);
-    }
+    row_len[c] = v.l.base_in * v.l.taps;
+    for (int32_t o : v.out_index) rows[c].push_back(v.oihw.data() + size_t(o) * size_t(row_len[c]));
   }
 
   auto apply = [&] {
-    for (const Conv& v : convs) {
-      float* dst = packed.data() + v.packed_offset;
-      if (v.from_oihw)
-        t->conv_apply_oihw(args_of(v, true), 0, v.l.kept_out, dst);
-      else
-        t->conv_apply(args_of(v, false), 0, v.l.taps * v.l.kept_in, dst);
-    }
-  };
-  auto apply_tap = [&] {
     for (const Conv& v : convs)
-      t->conv_apply(args_of(v, false), 0, v.l.taps * v.l.kept_in, packed.data() + v.packed_offset);
+      t->conv_apply(args_of(v), 0, v.l.kept_out, packed.data() + v.packed_offset);
   };
   volatile float sink = 0.0f;
   auto read = [&] {
@@ -314,11 +282,8 @@ int main(int argc, char** argv) {
     std::function<void()> fn;
     std::vector<double> ms;
   };
-  std::vector<Measure> ms = {{"apply", apply, {}},
-                             {"apply-tap", apply_tap, {}},
-                             {"floor", floor, {}},
-                             {"read", read, {}},
-                             {"write", write, {}}};
+  std::vector<Measure> ms = {
+      {"apply", apply, {}}, {"floor", floor, {}}, {"read", read, {}}, {"write", write, {}}};
   for (Measure& m : ms) m.fn();  // page in, warm up
   // Taking turns, so each measure sees the same machine.
   for (int r = 0; r < reps; ++r)
@@ -329,21 +294,15 @@ int main(int argc, char** argv) {
     }
 
   const double mb_read = read_floats * 4e-6, mb_write = packed_total * 4e-6;
-  int n_oihw = 0;
-  for (const Conv& v : convs) n_oihw += v.from_oihw ? 1 : 0;
   std::printf(
-      "bench_switch: ResNet-18 %s, isa %s, 1 thread, %d reps; base %.1f MB; apply reads %d of %zu "
-      "convs from OIHW, %.1f MB of base rows, and writes %.1f MB of panels\n",
-      which.c_str(), t->isa, reps, base_floats * 4e-6, n_oihw, convs.size(), mb_read, mb_write);
-  const double floor_ms = median(ms[2].ms);
+      "bench_switch: ResNet-18 %s, isa %s, 1 thread, %d reps; base %.1f MB; apply reads %.1f MB "
+      "of base rows and writes %.1f MB of panels\n",
+      which.c_str(), t->isa, reps, base_floats * 4e-6, mb_read, mb_write);
+  const double floor_ms = median(ms[1].ms);
   for (const Measure& m : ms) {
     const double med = median(m.ms);
     const std::string name = m.name;
     const double mb = name == "read" ? mb_read : name == "write" ? mb_write : mb_read + mb_write;
-    if (name == "apply-tap") {
-      std::printf("  %-9s median %7.3f ms  (every conv tap-major)\n", m.name, med);
-      continue;
-    }
     std::printf(
         "  %-9s median %7.3f ms  p10 %7.3f ms  %6.1f GB/s  %.2fx floor\n", m.name, med,
         [&] {

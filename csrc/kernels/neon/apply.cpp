@@ -1,14 +1,8 @@
 // NEON task application: gather + centre-tap merge + BN scale straight into
 // the conv panels (8 output channels per panel, packed[panel][k][8]), from
-// either layout of the base (kernels.h: conv_apply, conv_apply_oihw).
+// the base's stored OIHW weights (kernels.h: conv_apply).
 //
-// Tap-major (conv_apply): packed row k = (t, i') of a panel is 8 floats of
-// base row (t, in_index[i']) at the panel's out_index, two q-register loads
-// when those outputs are consecutive, else lane loads. Rows go in blocks of 8
-// (those 8 base rows stay in L1 while every panel takes its lanes), so the
-// base is read row after row.
-//
-// OIHW (conv_apply_oihw): a panel's 8 kept outputs are 8 base rows
+// A panel's 8 kept outputs are 8 base rows
 // base[o][i][t]; for each kept input i' the k^2 taps of the 8 rows are
 // (usually) one cache line per row, so the lane loads of rows (t, i') hit L1.
 //
@@ -23,8 +17,7 @@
 namespace spaedge::kernels::neon {
 
 namespace {
-constexpr int kNR = 8;    // must match conv.cpp
-constexpr int kRows = 8;  // tap-major: packed rows per block
+constexpr int kNR = 8;  // must match conv.cpp
 
 inline float32x4_t gather4(const float* s, const int32_t* idx) {
   float32x4_t v = vdupq_n_f32(0.0f);
@@ -82,45 +75,7 @@ inline float ragged_value(const ApplyArgs& a, const Shape& s, int o, int col, bo
 
 }  // namespace
 
-void conv_apply(const ApplyArgs& a, int k0, int k1, float* packed) {
-  const Shape s(a);
-  for (int kb = k0; kb < k1; kb += kRows) {
-    const panels::RowBlock<kNR, kRows> rb(a, s, kb, k1);
-    const int n = rb.n;
-    for (int p = 0; p < s.full; ++p) {
-      const int o0 = p * kNR;
-      float* dst = packed + (static_cast<size_t>(p) * s.ktot + kb) * kNR;
-      const int32_t* oi = a.out_index + o0;
-      const bool contiguous = oi[kNR - 1] - oi[0] == kNR - 1;
-      const PanelScale sc(a, o0, true);
-      for (int r = 0; r < n; ++r) {
-        float32x4_t v0, v1;
-        if (contiguous) {
-          v0 = vld1q_f32(rb.src[r] + oi[0]);
-          v1 = vld1q_f32(rb.src[r] + oi[0] + 4);
-        } else {
-          v0 = gather4(rb.src[r], oi);
-          v1 = gather4(rb.src[r], oi + 4);
-        }
-        full_row(a, s, o0, rb.col[r], rb.cen[r], sc, v0, v1, dst + r * kNR);
-      }
-    }
-    if (s.full < s.panels) {
-      // Ragged last panel: lanes >= nv are zero.
-      const int o0 = s.full * kNR, nv = s.oc - o0;
-      float* dst = packed + (static_cast<size_t>(s.full) * s.ktot + kb) * kNR;
-      for (int r = 0; r < n; ++r) {
-        for (int j = 0; j < kNR; ++j) dst[r * kNR + j] = 0.0f;
-        for (int j = 0; j < nv; ++j)
-          dst[r * kNR + j] =
-              ragged_value(a, s, o0 + j, rb.col[r], rb.cen[r], rb.src[r][a.out_index[o0 + j]]);
-      }
-    }
-  }
-  panels::finish_rows(a, s, k1, packed);
-}
-
-void conv_apply_oihw(const ApplyArgs& a, int o0, int o1, float* packed) {
+void conv_apply(const ApplyArgs& a, int o0, int o1, float* packed) {
   const Shape s(a);
   const panels::PanelRange<kNR> range(o0, o1);
   const size_t orow = static_cast<size_t>(a.base_in) * s.taps;  // floats per base output row

@@ -8,24 +8,22 @@ namespace spaedge::kernels::scalar {
 
 namespace {
 
-// Packed rows [k0, k1) of kept outputs [o0, o1), the base read tap-major
-// (base[t][i][o]) or OIHW (base[o][i][t]).
-void apply_block(const ApplyArgs& a, bool oihw, size_t o0, size_t o1, size_t k0, size_t k1,
-                 float* packed) {
+// Packed rows of kept outputs [o0, o1), the base read OIHW (base[o][i][t]).
+void apply_outputs(const ApplyArgs& a, size_t o0, size_t o1, float* packed) {
   const ConvGeometry& g = a.g;
   const size_t ic = static_cast<size_t>(g.in_c), oc = static_cast<size_t>(g.out_c);
   const size_t taps = static_cast<size_t>(g.kernel) * g.kernel;
   const size_t K = taps * ic;
   const size_t centre = static_cast<size_t>(g.kernel / 2) * g.kernel + g.kernel / 2;
-  const size_t bin = static_cast<size_t>(a.base_in), bout = static_cast<size_t>(a.base_out);
+  const size_t bin = static_cast<size_t>(a.base_in);
   const bool merge = a.rank > 0 && !a.fused;
   for (size_t o = o0; o < o1; ++o) {
     const size_t bo = static_cast<size_t>(a.out_index[o]);
     const float s = a.scale ? a.scale[o] : 1.0f;
     float* dst = packed + o * K;
-    for (size_t k = k0; k < k1; ++k) {
+    for (size_t k = 0; k < K; ++k) {
       const size_t t = k / ic, i = k % ic, bi = static_cast<size_t>(a.in_index[i]);
-      float w = oihw ? a.base[(bo * bin + bi) * taps + t] : a.base[(t * bin + bi) * bout + bo];
+      float w = a.base[(bo * bin + bi) * taps + t];
       if (merge && t == centre) {
         float acc = 0.0f;
         for (int r = 0; r < a.rank; ++r)
@@ -56,17 +54,9 @@ void fused_parts(const ApplyArgs& a, size_t o0, size_t o1, bool with_a, float* p
 
 }  // namespace
 
-void conv_apply(const ApplyArgs& a, int k0, int k1, float* packed) {
+void conv_apply(const ApplyArgs& a, int o0, int o1, float* packed) {
   const size_t oc = static_cast<size_t>(a.g.out_c);
-  const size_t K = static_cast<size_t>(a.g.kernel) * a.g.kernel * a.g.in_c;
-  apply_block(a, false, 0, oc, static_cast<size_t>(k0), static_cast<size_t>(k1), packed);
-  if (a.fused && a.rank > 0 && static_cast<size_t>(k1) == K) fused_parts(a, 0, oc, true, packed);
-}
-
-void conv_apply_oihw(const ApplyArgs& a, int o0, int o1, float* packed) {
-  const size_t oc = static_cast<size_t>(a.g.out_c);
-  const size_t K = static_cast<size_t>(a.g.kernel) * a.g.kernel * a.g.in_c;
-  apply_block(a, true, static_cast<size_t>(o0), static_cast<size_t>(o1), 0, K, packed);
+  apply_outputs(a, static_cast<size_t>(o0), static_cast<size_t>(o1), packed);
   if (a.fused && a.rank > 0)
     fused_parts(a, static_cast<size_t>(o0), static_cast<size_t>(o1), static_cast<size_t>(o1) == oc,
                 packed);
