@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -275,7 +274,3 @@ def load_task_model(
         method.load_metadata(model, meta, where)
     model.eval()
     return model, spec, meta
-
-
-def bundle_bytes(path: str | os.PathLike) -> int:
-    return Path(path).stat().st_size
