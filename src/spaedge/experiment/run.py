@@ -82,9 +82,8 @@ def run_cell(
         "seconds": m["seconds"],
         "curve": m["curve"],
         "budget": dataclasses.asdict(budget),
+        **trained.method_metrics,  # e.g. Pear's pear_shared, pear_removed
     }
-    if trained.pear:
-        result.update(pear_shared=trained.pear["shared"], pear_removed=trained.pear["removed"])
     return result
 
 
