@@ -25,7 +25,13 @@ from spaedge.adapters import (
 )
 from spaedge.adapters.sparse import SparseSPLoRA
 from spaedge.adapters.sparse_large import dense_lora_parameters, large_rank
-from spaedge.adapters.sparse_masks import MASK_CRITERIA, MaskOptions, masked_tensors, sparsify
+from spaedge.adapters.sparse_masks import (
+    MASK_CRITERIA,
+    Masked,
+    MaskOptions,
+    masked_tensors,
+    sparsify,
+)
 from spaedge.models import get_base
 from spaedge.pruning.prune import prune_to_density
 
@@ -87,8 +93,10 @@ def test_splopa_model_prunes_in_blocks():
 SPARSE = [n for n in method_names() if issubclass(get_method(n).options, MaskOptions)]
 
 
-def test_the_sparse_methods_are_found_in_the_registry():
-    assert SPARSE == ["sparse", "sparse-sppara", "sparse-large"]
+@pytest.mark.parametrize("method", method_names())
+def test_a_method_takes_the_mask_options_iff_its_layers_are_masked(method):
+    layers = adapted_layers(_tiny(method)).values()
+    assert all(isinstance(m, Masked) for m in layers) == (method in SPARSE)
 
 
 def _masked(model):

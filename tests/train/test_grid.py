@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from spaedge.adapters import get_method, method_names
+from spaedge.adapters.sparse_masks import MaskOptions
 from spaedge.experiment.grid import (
     FAST_BUDGET,
     SPARSITIES,
@@ -16,10 +17,13 @@ from spaedge.experiment.grid import (
     fast_grid,
 )
 
+# The SparseAdapter methods: those whose options are the masks'.
+SPARSE = {n for n in method_names() if issubclass(get_method(n).options, MaskOptions)}
+
 
 def test_default_grid_compares_every_sparse_variant_at_40_60_80_percent():
     cells = default_grid(tasks=("digits",))
-    sparse = [c for c in cells if c.method.startswith("sparse")]
+    sparse = [c for c in cells if c.method in SPARSE]
     assert SPARSITIES == (0.4, 0.6, 0.8)
     assert {(c.method, c.rank, dict(c.options)["sparsity"]) for c in sparse} == {
         (m, r, s)
@@ -46,7 +50,7 @@ def test_default_grid_compares_every_sparse_variant_at_40_60_80_percent():
 def test_fast_grid_stays_small_with_one_sparse_cell_at_the_default_sparsity():
     cells = fast_grid()
     assert len(cells) == 7
-    (sparse,) = [c for c in cells if c.method.startswith("sparse")]
+    (sparse,) = [c for c in cells if c.method in SPARSE]
     cfg = cell_config(sparse, FAST_BUDGET)
     assert sparse.method == "sparse" and cfg.options == get_method("sparse").options(rank=4)
     assert (cfg.options.sparsity, cfg.options.mask_criterion) == (0.4, "snip")  # the defaults
