@@ -43,7 +43,7 @@ BASES.setdefault(
     ),
 )
 
-# method name -> (registered method, its options as TrainConfig fields)
+# method name -> (registered method, its options (PearOptions fields) as a Cell's)
 METHODS = {
     "splora": ("splora", ()),
     "pear": ("pear", ()),
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         "--knowledge",
         default="weighted",
         choices=["weighted", "source"],
-        help="Pear's knowledge checkpoint (TrainConfig.pear_knowledge)",
+        help="Pear's knowledge checkpoint (PearOptions.pear_knowledge)",
     )
     p.add_argument("--pretrain-images", type=int, default=12000)
     p.add_argument("--pretrain-epochs", type=int, default=2)

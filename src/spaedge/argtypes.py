@@ -1,14 +1,20 @@
 """Values read from the command line: each parser checks a text and says what is wrong.
 
-Shared by the training configuration's flags (``spaedge.train.config``) and
-the other commands; argparse prints the message as a usage error.
+Shared by the training configuration's flags (``spaedge.train.config``, the
+methods' options in ``spaedge.adapters``) and the other commands; argparse
+prints the message as a usage error. ``flag`` declares a dataclass field
+together with what its command-line flag needs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
 
 __all__ = [
+    "flag",
     "parse_density",
     "positive_int",
     "nonneg_int",
@@ -16,6 +22,31 @@ __all__ = [
     "path_text",
     "parse_sparsity",
 ]
+
+
+def flag(
+    default: Any,
+    help: str,
+    *,
+    parse: Callable[[str], Any] | None = None,
+    choices: Sequence | Callable[[], Sequence] | None = None,
+    describe: Callable[[], str] | None = None,
+    metavar: str | None = None,
+):
+    """A dataclass field with what its ``--flag`` needs (``spaedge.cli.common``
+    generates the flags): ``help`` may hold ``{default}`` and ``{described}``
+    (what ``describe()`` says of the choices); ``choices`` is a sequence, or a
+    function giving one when the parser is built (a registry filled later)."""
+    return dataclasses.field(
+        default=default,
+        metadata={
+            "help": help,
+            "parse": parse,
+            "choices": choices,
+            "describe": describe,
+            "metavar": metavar,
+        },
+    )
 
 
 def parse_density(text: str) -> float:

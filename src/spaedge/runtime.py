@@ -162,7 +162,8 @@ class Runtime:
     # ---- facts about the runtime -----------------------------------------------
     @property
     def isa(self) -> str:
-        """Kernel path in use: 'scalar', 'avx2' or 'neon'."""
+        """Kernel path in use: 'scalar', 'avx2', 'avx512' or 'neon' (csrc/kernels/isas.inc;
+        the highest this build and CPU support, or the one SPAEDGE_ISA forces)."""
         return self._rt.isa()
 
     @property

@@ -4,8 +4,6 @@ SparseAdapter against their definitions, and every method's end-to-end path
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -23,12 +21,28 @@ from spaedge.adapters import (
     adapted_layers,
     get_method,
     learned_parameters,
+    method_names,
 )
-from spaedge.adapters.sparse import SparseSPLoRA, dense_lora_parameters, large_rank, sparsify
+from spaedge.adapters.sparse import SparseSPLoRA
+from spaedge.adapters.sparse_large import dense_lora_parameters, large_rank
+from spaedge.adapters.sparse_masks import (
+    MASK_CRITERIA,
+    Masked,
+    MaskOptions,
+    masked_tensors,
+    sparsify,
+)
 from spaedge.models import get_base
 from spaedge.pruning.prune import prune_to_density
 
 torch.backends.mkldnn.enabled = False
+
+
+def _options(method: str, rank: int = 4, **kw):
+    """``method``'s options: ``rank`` if it has one, and those of ``kw`` it takes."""
+    m = get_method(method)
+    kw = {k: v for k, v in kw.items() if k in m.option_names}
+    return m.options(**kw, **({"rank": rank} if m.uses_rank else {}))
 
 
 # ------------------------------------------------------------------ adapters
@@ -75,7 +89,14 @@ def test_splopa_model_prunes_in_blocks():
     model(torch.zeros(1, 1, 28, 28))
 
 
-SPARSE = ["sparse", "sparse-sppara", "sparse-large"]
+# The SparseAdapter methods: those whose options are the masks'.
+SPARSE = [n for n in method_names() if issubclass(get_method(n).options, MaskOptions)]
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_a_method_takes_the_mask_options_iff_its_layers_are_masked(method):
+    layers = adapted_layers(_tiny(method)).values()
+    assert all(isinstance(m, Masked) for m in layers) == (method in SPARSE)
 
 
 def _masked(model):
@@ -89,12 +110,12 @@ def _masked(model):
 
 
 @pytest.mark.parametrize("method", SPARSE)
-@pytest.mark.parametrize("criterion", ["snip", "magnitude", "random", "grasp", "synflow"])
+@pytest.mark.parametrize("criterion", list(MASK_CRITERIA))
 def test_sparse_masks_keep_a_global_budget_and_masked_entries_stay_zero(method, criterion):
     model = _tiny(method)
     data = _data(1, bs=8)
     get_method(method).prepare(
-        model, SimpleNamespace(mask_criterion=criterion, sparsity=0.6), data, (1, 28, 28)
+        model, _options(method, mask_criterion=criterion, sparsity=0.6), data, (1, 28, 28)
     )
     pairs = _masked(model)
     total = sum(p.numel() for p, _ in pairs)
@@ -145,7 +166,8 @@ def test_sparse_splora_masks_both_factors_with_one_threshold():
 
 
 def test_snip_and_grasp_scores_are_the_documented_formulas():
-    from spaedge.adapters.sparse import _scores
+    def _scores(model, criterion, data):
+        return MASK_CRITERIA[criterion](model, masked_tensors(model), data)
 
     for method in ("sparse-sppara", "sparse"):
         model = _tiny(method)
@@ -186,7 +208,7 @@ def test_large_sparse_has_the_dense_splora_parameter_count(sparsity):
     large = _tiny("sparse-large", rank=8)
     get_method("sparse-large").prepare(
         large,
-        SimpleNamespace(mask_criterion="snip", sparsity=sparsity),
+        _options("sparse-large", rank=8, mask_criterion="snip", sparsity=sparsity),
         _data(1, bs=4),
         (1, 28, 28),
     )
@@ -200,7 +222,21 @@ def test_large_sparse_has_the_dense_splora_parameter_count(sparsity):
 
 
 # ------------------------------------------------------------------ end to end
-METHODS = ["splora", "finetune", "sppara", "splopa", *SPARSE]
+# What each method's bundle must hold (a new method adds its line here).
+EXPECT = {
+    "splora": "lora_a",
+    "finetune": "weight_delta",
+    "sppara": "pointwise_delta",
+    "splopa": "splopa_coef",
+    "pear": "lora_a",
+    "sparse": "lora_a_values",
+    "sparse-sppara": "sparse_delta_mask",
+    "sparse-large": "lora_b_mask",
+}
+
+
+def test_every_registered_method_has_its_bundle_expectation():
+    assert set(EXPECT) == set(method_names())
 
 
 def _pack_and_compare(model, base_path, tmp_path, x, name="task.safetensors"):
@@ -213,20 +249,16 @@ def _pack_and_compare(model, base_path, tmp_path, x, name="task.safetensors"):
     return read_bundle(tmp_path / name)[0]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", method_names())
 def test_method_trains_prunes_packs_and_runs_in_the_runtime(method, tiny_base_bundle, tmp_path):
     from spaedge.pack.bundle import load_task_model
 
     m = get_method(method)
     model = _tiny(method, rank=4)
     data = _data(2, bs=16)
+    opts = _options(method, mask_criterion="snip", sparsity=0.6)
     if m.prepare is not None:  # SparseAdapter's masks, SPLoPA's shared prototypes
-        m.prepare(
-            model,
-            SimpleNamespace(mask_criterion="snip", sparsity=0.6, splopa_share="model"),
-            data[:1],
-            (1, 28, 28),
-        )
+        m.prepare(model, opts, data[:1], (1, 28, 28))
     _train(model, data, steps=2)
     prune_to_density(
         model,
@@ -238,20 +270,13 @@ def test_method_trains_prunes_packs_and_runs_in_the_runtime(method, tiny_base_bu
         block=m.prune_block,
         recover=lambda s, d: _train(model, data, steps=1),
     )
+    if m.after_pruning is not None:  # Pear's adapter pruning and sharing
+        m.after_pruning(model, opts, data[:1])
     _train(model, data, steps=2)
     # BN statistics moved by training: the runtime must fold the task's BN
     tensors = _pack_and_compare(model, tiny_base_bundle, tmp_path, torch.randn(4, 1, 28, 28))
     keys = {k.split(".")[-1] for k in tensors}
-    expect = {
-        "splora": "lora_a",
-        "finetune": "weight_delta",
-        "sppara": "pointwise_delta",
-        "splopa": "splopa_coef",
-        "sparse": "lora_a_values",
-        "sparse-sppara": "sparse_delta_mask",
-        "sparse-large": "lora_b_mask",
-    }
-    assert expect[method] in keys
+    assert EXPECT[method] in keys
     if method in SPARSE:
         assert not keys & {
             "lora_a",
@@ -283,7 +308,10 @@ def _sparse_model(method, sparsity, rank=8):
     """A SparseAdapter model masked at ``sparsity`` (magnitude), pruned to 30% density, trained a step."""
     model = _tiny(method, rank=rank)
     get_method(method).prepare(
-        model, SimpleNamespace(mask_criterion="magnitude", sparsity=sparsity), [], (1, 28, 28)
+        model,
+        _options(method, rank, mask_criterion="magnitude", sparsity=sparsity),
+        [],
+        (1, 28, 28),
     )
     prune_to_density(model, torch.zeros(1, 1, 28, 28), 0.3, step_fraction=0.35)
     _train(model, _data(1, bs=8), steps=1)

@@ -18,11 +18,12 @@ from _toolchain_helpers import tiny_image_folder as _images
 from _toolchain_helpers import train_steps as _train
 from torch import nn
 
-from spaedge.adapters import adapted_layers, learned_parameters
+from spaedge.adapters import adapted_layers, get_method, learned_parameters
 from spaedge.adapters.pear import (
     OWN,
     REMOVED,
     PearLoRA,
+    PearOptions,
     adapter_scores,
     apply_pear,
     knowledge_init,
@@ -206,6 +207,16 @@ def test_pear_prunes_the_lowest_scores_and_shares_one_tensor():
     assert apply_pear(model, data, prune=0.5).get("skipped")
 
 
+def test_the_pipeline_hook_reports_pears_counts_the_same_after_a_resume():
+    """Method.after_pruning returns the metrics Pear adds to a run's; a resumed run
+    (Pear already applied, so skipped) reports the same ones, read from the layers."""
+    model, data = _trained()
+    hook = get_method("pear").after_pruning
+    got = hook(model, PearOptions(rank=4, pear_prune=0.5, pear_share="none"), data)
+    assert got == {"pear_pruned": 6, "pear_shared": 0, "pear_removed": 6}
+    assert hook(model, PearOptions(rank=4, pear_prune=0.5), data) == got  # skipped, same counts
+
+
 def test_pear_after_channel_pruning_shares_only_equal_kept_shapes_and_refuses_later_pruning():
     from spaedge.pruning.prune import prune_to_density
 
@@ -334,7 +345,7 @@ def test_pear_trains_prunes_packs_and_runs_in_the_runtime(
     cfg = TrainConfig(
         task=task,
         method="pear",
-        rank=4,
+        options=PearOptions(rank=4, pear_prune=0.5),
         density=density,
         epochs=1,
         recovery_epochs=1,
@@ -342,7 +353,6 @@ def test_pear_trains_prunes_packs_and_runs_in_the_runtime(
         prune_step=0.2,
         batch_size=16,
         seed=1,
-        pear_prune=0.5,
     )
     metrics = run(cfg, tmp_path / "run", on_model=models.append)
     model = models[0]
@@ -358,6 +368,10 @@ def test_pear_trains_prunes_packs_and_runs_in_the_runtime(
     n_factors = sum(1 for k in tensors if k.endswith(".lora_a"))
     assert n_factors == sum(s == OWN for s in states)
     assert metrics["learned_parameters"] == learned_parameters(model)
+    # the hook's metrics join the run's
+    assert metrics["pear_pruned"] == sum(s != OWN for s in states)
+    assert metrics["pear_shared"] == len(smap)
+    assert metrics["pear_removed"] == sum(s == REMOVED for s in states)
     again, _, _ = load_task_model(tiny_base_bundle, tmp_path / "run" / "task.safetensors")
     inp = json.loads(meta["input"])  # an image folder task runs at 224 x 224 by default
     x = torch.randn(3, inp["channels"], inp["height"], inp["width"])
@@ -377,7 +391,7 @@ def test_a_run_interrupted_after_pear_resumes_to_the_same_bundle(tmp_path, monke
     cfg = TrainConfig(
         task=f"imagefolder:{_images(tmp_path / 'imgs')}",
         method="pear",
-        rank=4,
+        options=PearOptions(rank=4),
         density=1.0,
         epochs=1,
         final_epochs=2,

@@ -20,7 +20,13 @@ from _toolchain_helpers import train_steps as _train
 from torch import nn
 
 from spaedge.adapters import SPLoPA, adapted_layers, learned_parameters
-from spaedge.adapters.splopa import BLOCK, PROTOTYPES, prototype_sets, share_prototypes
+from spaedge.adapters.splopa import (
+    BLOCK,
+    PROTOTYPES,
+    SPLoPAOptions,
+    prototype_sets,
+    share_prototypes,
+)
 from spaedge.models import get_base
 from spaedge.pruning.prune import prune_to_density
 
@@ -337,7 +343,7 @@ def test_the_sharing_is_restored_after_a_checkpoint_is_adopted(scope):
 
 
 # ------------------------------------------------------------------ end to end
-def _cfg(tmp_path, **kw):
+def _cfg(tmp_path, splopa_share="model", **kw):
     from spaedge.train import TrainConfig
 
     task = f"imagefolder:{_images(tmp_path / 'imgs')}"
@@ -346,7 +352,7 @@ def _cfg(tmp_path, **kw):
             **dict(
                 task=task,
                 method="splopa",
-                rank=2,
+                options=SPLoPAOptions(rank=2, splopa_share=splopa_share),
                 density=0.5,
                 epochs=1,
                 recovery_epochs=1,

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from spaedge.adapters import adapt, get_method, splopa
-from spaedge.adapters.sparse import sparsify
+from spaedge.adapters.sparse_masks import sparsify
 from spaedge.adapters.splopa import share_prototypes
 from spaedge.models.resnet import BasicBlock, ResNet
 from spaedge.pack.bundle import TaskSpec, write_base, write_task

@@ -14,6 +14,7 @@ import torch
 from _toolchain_helpers import assert_bundle_matches, tiny_task_model  # noqa: E402
 
 from spaedge.adapters.base import AdaptedLayer  # noqa: E402
+from spaedge.adapters.registry import RankOptions
 from spaedge.models import get_base  # noqa: E402
 from spaedge.pruning import similar  # noqa: E402
 from spaedge.pruning.groups import channel_groups  # noqa: E402
@@ -202,7 +203,7 @@ CFG = dict(
     prune_step=0.3,
     seed=0,
     batch_size=16,
-    rank=2,
+    options=RankOptions(rank=2),  # splora's
 )
 
 

@@ -225,7 +225,7 @@ def _spaedge_run(*args):
 
 
 def test_metadata_edits_are_refused(rt, tmp_path):
-    """Issue item 1: one digit of the normalisation mean changed, and label 'b'
+    """Edited metadata: one digit of the normalisation mean changed, and label 'b'
     made a second 'c' (same length, so nothing else moves): refused by the
     runtime, spaedge-run and read_bundle as a content hash mismatch."""
     good = TASK.read_bytes()
@@ -269,7 +269,7 @@ def test_tensor_table_edits_are_refused(rt, tmp_path):
 
 
 def test_base_graph_edit_is_refused(tmp_path):
-    """Issue item 1, the base: conv1's stride changed from 1 to 2 in the graph
+    """Edited base metadata: conv1's stride changed from 1 to 2 in the graph
     (metadata) keeps the data section; the base is refused, not loaded with
     the same base_hash."""
     good = BASE.read_bytes()
@@ -319,7 +319,7 @@ def test_base_graph_edit_is_refused(tmp_path):
     ],
 )
 def test_bad_labels_and_input_repacked_with_a_right_hash(rt, tmp_path, edit, field):
-    """Issue items 1 and 12: the same damage packed with a correct hash is
+    """Damaged labels and input, repacked: the same damage packed with a correct hash is
     refused by both readers, naming the field; an 8192x8192 input is refused
     before anything is allocated (it reserved 9.4 GB of arena before)."""
     t, m = parts(TASK)
@@ -376,7 +376,7 @@ def test_absurd_header_length(rt, tmp_path, n):
 
 
 def test_header_cap_is_the_safetensors_one(rt, tmp_path):
-    """Issue item 12: one cap, safetensors' 100,000,000 bytes, in C++ and
+    """The header length cap: one, safetensors' 100,000,000 bytes, in C++ and
     Python (the C++ reader allowed 104,857,600). A sparse file just over it."""
     for n, field in [
         (100_000_001, "header length 100000001 is absurd \\(limit 100000000 bytes"),
@@ -807,7 +807,7 @@ def test_bad_input_metadata(rt, tmp_path, edit, field):
 
 
 # ---- files that change underneath ----------------------------------------------------------
-# Issue item 2. The runtime reads every bundle into memory of its own, checks it
+# The runtime reads every bundle into memory of its own, checks it
 # there and never reads the file again: a loaded base or task truncated or
 # overwritten in place changes nothing. Each case does the file operation, then
 # the call (no timing). Truncation ran in a child process: before this, it was
@@ -921,7 +921,7 @@ def test_replacing_by_rename_is_the_way_to_update(rt, tmp_path):
 
 
 def test_nul_byte_in_a_path_is_refused(rt, tmp_path):
-    """Issue item 12: a NUL byte used to cut the path (the C++ side opened
+    """A NUL byte in a path: it used to cut the path (the C++ side opened
     'base.safetensors' for 'base.safetensors\\0junk'). Refused, in both readers."""
     from spaedge.pack.format import read_metadata
 

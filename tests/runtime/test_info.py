@@ -1,4 +1,4 @@
-"""``spaedge info`` reads bundles through the C++ runtime's reader (issue item 9).
+"""``spaedge info`` reads bundles through the C++ runtime's reader, not a reader of its own.
 
 Each hostile file gives one line naming the file (and the field), exit code 2,
 never a traceback, a hang or unbounded memory; whatever is printed from a

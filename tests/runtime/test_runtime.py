@@ -592,7 +592,7 @@ def test_corrupt_task_bundles_raise_bundle_error(toy, tmp_path, case, pattern):
 
 
 def test_input_size_limits(tmp_path):
-    """Issue item 12: input sizes are bounded before anything is allocated
+    """Hostile input sizes: they are bounded before anything is allocated
     (docs/runtime.md): sides up to 4096, 1 to 4 channels, and at most 1 GiB of
     activations for the network at that size. A tiny base (one 1x1 conv to 16
     channels) and tasks of a kilobyte that would otherwise reserve gigabytes."""

@@ -188,3 +188,18 @@ def test_a_directory_of_runs_refuses_another_budget(tmp_path, capsys, monkeypatc
         ]
     )
     assert ran  # the same budget with more rates and seeds goes on
+
+
+def test_runs_of_a_budget_with_fields_since_removed_are_not_refused(tmp_path):
+    """A budget used to restate the SparseAdapter methods' default options
+    (sparsity, mask_criterion); their runs stay in the same directory."""
+    import dataclasses
+
+    from spaedge.experiment import Budget, check_budget
+
+    (tmp_path / "runs").mkdir()
+    old = {**dataclasses.asdict(Budget()), "sparsity": 0.4, "mask_criterion": "snip"}
+    (tmp_path / "runs" / "a.json").write_text(json.dumps({"budget": old}))
+    check_budget(tmp_path, Budget())
+    with pytest.raises(ValueError, match="total_epochs 30 there, 10 here"):
+        check_budget(tmp_path, Budget(total_epochs=10))

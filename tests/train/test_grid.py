@@ -3,20 +3,27 @@ paper's sparsities, their configs, and a fast grid that stays small."""
 
 from __future__ import annotations
 
-from spaedge.adapters import get_method
+import pytest
+
+from spaedge.adapters import get_method, method_names
+from spaedge.adapters.sparse_masks import MaskOptions
 from spaedge.experiment.grid import (
     FAST_BUDGET,
     SPARSITIES,
     Budget,
+    Cell,
     cell_config,
     default_grid,
     fast_grid,
 )
 
+# The SparseAdapter methods: those whose options are the masks'.
+SPARSE = {n for n in method_names() if issubclass(get_method(n).options, MaskOptions)}
+
 
 def test_default_grid_compares_every_sparse_variant_at_40_60_80_percent():
     cells = default_grid(tasks=("digits",))
-    sparse = [c for c in cells if c.method.startswith("sparse")]
+    sparse = [c for c in cells if c.method in SPARSE]
     assert SPARSITIES == (0.4, 0.6, 0.8)
     assert {(c.method, c.rank, dict(c.options)["sparsity"]) for c in sparse} == {
         (m, r, s)
@@ -31,18 +38,35 @@ def test_default_grid_compares_every_sparse_variant_at_40_60_80_percent():
         cfg = cell_config(c, Budget())
         assert (
             cfg.method == c.method
-            and cfg.sparsity == dict(c.options)["sparsity"]
-            and cfg.rank == max(c.rank, 1)
+            and cfg.options.sparsity == dict(c.options)["sparsity"]
+            and cfg.rank == (c.rank if get_method(c.method).uses_rank else None)
         )
         assert (
             get_method(c.method).describe(c.rank) in c.label
-            and f"sparsity {cfg.sparsity}" in c.label
+            and f"sparsity {cfg.options.sparsity}" in c.label
         )
 
 
 def test_fast_grid_stays_small_with_one_sparse_cell_at_the_default_sparsity():
     cells = fast_grid()
     assert len(cells) == 7
-    (sparse,) = [c for c in cells if c.method.startswith("sparse")]
+    (sparse,) = [c for c in cells if c.method in SPARSE]
     cfg = cell_config(sparse, FAST_BUDGET)
-    assert sparse.method == "sparse" and cfg.sparsity == 0.4 and cfg.mask_criterion == "snip"
+    assert sparse.method == "sparse" and cfg.options == get_method("sparse").options(rank=4)
+    assert (cfg.options.sparsity, cfg.options.mask_criterion) == (0.4, "snip")  # the defaults
+
+
+def test_the_grid_compares_every_registered_method_and_every_cell_has_a_config():
+    cells = default_grid(tasks=("digits",))
+    assert {c.method for c in cells} == set(method_names())
+    for c in cells + fast_grid():
+        cfg = cell_config(c, Budget())
+        assert type(cfg.options) is get_method(c.method).options
+        assert cfg.options == get_method(c.method).options(
+            **dict(c.options), **({"rank": c.rank} if cfg.rank is not None else {})
+        )
+
+
+def test_a_cell_with_an_option_its_method_does_not_take_is_refused():
+    with pytest.raises(ValueError, match="sparsity is not an option of method splora"):
+        cell_config(Cell("digits", "splora", 8, options=(("sparsity", 0.6),)), Budget())

@@ -12,7 +12,15 @@ from __future__ import annotations
 from torch import nn
 
 # Each method module registers itself; the import order is the CLI's order of choices.
-from spaedge.adapters import finetune, pear, sparse, splopa, splora, sppara  # noqa: F401  (registration)
+from spaedge.adapters import (  # noqa: F401  (registration)
+    finetune,
+    pear,
+    sparse,
+    sparse_large,
+    splopa,
+    splora,
+    sppara,
+)
 from spaedge.adapters.base import AdaptedLayer
 from spaedge.adapters.finetune import FineTuned
 from spaedge.adapters.pear import PearLoRA
@@ -46,15 +54,19 @@ def prune_block(model: nn.Module) -> int:
     return method_of(model).prune_block
 
 
-def adapt(model: nn.Module, method: str = "splora", rank: int = 8, head: str = "fc") -> nn.Module:
-    """Wrap every ``nn.Conv2d`` of ``model`` (in place) with adapter ``method``."""
+def adapt(
+    model: nn.Module, method: str = "splora", rank: int | None = 8, head: str = "fc"
+) -> nn.Module:
+    """Wrap every ``nn.Conv2d`` of ``model`` (in place) with adapter ``method``; ``rank``
+    is ignored by a method without one (``model.adapter_rank`` is None then)."""
     m = get_method(method)
+    rank = rank if m.uses_rank else None
     make = m.layer
     widest = max(
         (max(c.in_channels, c.out_channels) for c in model.modules() if isinstance(c, nn.Conv2d)),
         default=0,
     )
-    if m.uses_rank and not 1 <= rank <= max(widest, 1):
+    if m.uses_rank and (rank is None or not 1 <= rank <= max(widest, 1)):
         raise ValueError(
             f"--rank {rank}: the adapter rank must be between 1 and the widest layer's channel count "
             f"({widest} in this base); a rank above a layer's width adds nothing"

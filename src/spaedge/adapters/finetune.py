@@ -53,7 +53,6 @@ register(
         "finetune",
         lambda conv, rank: FineTuned(conv),
         label="Fine-pruning",
-        uses_rank=False,
         summary="train every kept weight (the fine-pruning baseline)",
     )
 )

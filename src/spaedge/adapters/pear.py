@@ -73,19 +73,22 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from spaedge.adapters.base import AdaptedLayer, layers_of
-from spaedge.adapters.registry import Method, register
+from spaedge.adapters.registry import Method, RankOptions, register
 from spaedge.adapters.splora import SPLoRA
+from spaedge.argtypes import flag
 from spaedge.errors import BundleError
 from spaedge.pack.format import json_field
 
 __all__ = [
     "PearLoRA",
+    "PearOptions",
     "SHARE_MAPS",
     "KNOWLEDGE",
     "adapter_scores",
@@ -96,11 +99,31 @@ __all__ = [
     "link_shared",
     "shared_map",
     "bundle_metadata",
+    "counts",
 ]
 
 SHARE_MAPS = ("nearest", "important", "none")
 KNOWLEDGE = ("weighted", "source")
 OWN, REMOVED = -1, -2
+
+
+@dataclass(frozen=True)
+class PearOptions(RankOptions):
+    pear_prune: float = flag(
+        0.5, "fraction of adapters pruned after channel pruning (default {default})", parse=float
+    )
+    pear_share: str = flag(
+        "nearest",
+        "a pruned position takes the same-shape kept adapter nearest in depth (default), the "
+        "most important one, or none (adapter removed)",
+        choices=SHARE_MAPS,
+    )
+    pear_knowledge: str = flag(
+        "weighted",
+        "a shared adapter starts as the best rank-r fit of every update it replaces, weighted "
+        "by importance (default), or keeps its own factors (source)",
+        choices=KNOWLEDGE,
+    )
 
 
 class PearLoRA(SPLoRA):
@@ -374,10 +397,22 @@ def bundle_metadata(model: nn.Module) -> dict[str, str]:
     return {"shared_adapters": json.dumps(m)} if m else {}
 
 
-def _after_pruning(model: nn.Module, opts, data) -> dict:
-    return apply_pear(
+def counts(model: nn.Module) -> dict[str, int]:
+    """What Pear did to the model's adapters, read from its layers (the same
+    after a resume): pruned, shared with a kept one, removed."""
+    states = [m.state for _, m in _layers(model)]
+    return {
+        "pear_pruned": sum(s != OWN for s in states),
+        "pear_shared": sum(s >= 0 for s in states),
+        "pear_removed": sum(s == REMOVED for s in states),
+    }
+
+
+def _after_pruning(model: nn.Module, opts: PearOptions, data) -> dict[str, int]:
+    apply_pear(
         model, data, prune=opts.pear_prune, share=opts.pear_share, knowledge=opts.pear_knowledge
     )
+    return counts(model)
 
 
 def _load_metadata(model: nn.Module, meta: dict[str, str], where: str) -> None:
@@ -395,10 +430,11 @@ register(
         "pear",
         lambda conv, rank: PearLoRA(conv, rank=rank),
         label="Pear r{rank}",
+        options=PearOptions,
         after_pruning=_after_pruning,
         restore=relink,
         bundle_metadata=bundle_metadata,
         load_metadata=_load_metadata,
-        summary="SPLoRA, then the least important adapters are pruned and shared (--pear-*)",
+        summary="SPLoRA, then the least important adapters are pruned and shared",
     )
 )

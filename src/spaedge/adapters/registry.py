@@ -2,26 +2,56 @@
 
 Each method lives in its own module of this package and registers a
 ``Method`` there: how to wrap a base conv, its name (the ``--method`` value
-and the bundle's ``method`` field), how tables label it, how many channels a
-pruning step must remove together, and the hooks of the training pipeline it
-needs. Everything that offers or describes methods (the CLI's choices, the
-experiment's labels, the pruning block size, bundle packing and loading)
-reads this registry; adding a method is one module plus one ``register`` call
-(and an import line in ``spaedge/adapters/__init__.py``).
+and the bundle's ``method`` field), how tables label it, its options, how many
+channels a pruning step must remove together, and the hooks of the training
+pipeline it needs. Everything that offers or describes methods (the CLI's
+choices and option flags, the experiment's labels and cells, the pruning block
+size, bundle packing and loading) reads this registry; adding a method is one
+module plus one ``register`` call (and an import line in
+``spaedge/adapters/__init__.py``).
 
-Hooks receive the training configuration as ``opts``: any object with the
-method's option attributes (``spaedge.train.TrainConfig`` has them all, e.g.
-``pear_share``); options are configuration fields, never parts of a name.
+Options, peft style: a method declares them as a frozen dataclass deriving
+from ``MethodOptions`` (``RankOptions`` for a method with a rank), each field
+made with ``spaedge.argtypes.flag`` (default, help, parser, choices). The
+field name is the ``--flag`` (dashes for underscores) and the key in a run's
+``config.json``; methods that take the same option (``rank``, the
+SparseAdapter methods' ``sparsity``) declare it once and share the field
+(``register`` refuses two definitions of one name). ``TrainConfig.options``
+holds the chosen method's options; hooks receive them as ``opts``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
 
-__all__ = ["Method", "register", "get_method", "method_names", "method_of"]
+from spaedge.argtypes import flag, positive_int
+
+__all__ = [
+    "Method",
+    "MethodOptions",
+    "RankOptions",
+    "register",
+    "get_method",
+    "method_names",
+    "method_of",
+    "option_fields",
+]
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """A method's options (none here): subclass it with ``flag`` fields."""
+
+
+@dataclass(frozen=True)
+class RankOptions(MethodOptions):
+    """The options of a method with a rank (and the base of its own options)."""
+
+    rank: int = flag(8, "adapter rank (default {default})", parse=positive_int)
 
 
 @dataclass(frozen=True)
@@ -32,12 +62,14 @@ class Method:
     # How result tables name the method; "{rank}" is replaced by the rank.
     label: str
     summary: str = ""
-    uses_rank: bool = True
+    # The options dataclass (MethodOptions or a subclass); TrainConfig.options is one.
+    options: type = MethodOptions
     # Channels a pruning step removes together (block-SPA prunes whole blocks).
     prune_block: int = 1
     # After adapt, before any training: prepare(model, opts, data, input_size).
     prepare: Callable[[nn.Module, Any, list, tuple], None] | None = None
-    # Once channel pruning is over: after_pruning(model, opts, data) -> report dict or None.
+    # Once channel pruning is over: after_pruning(model, opts, data) -> the metrics the
+    # method adds to the run's ({name: number}, names prefixed by the method), or None.
     after_pruning: Callable[[nn.Module, Any, list], dict | None] | None = None
     # After a checkpoint's state dict was adopted: rebuild what a state dict cannot hold.
     restore: Callable[[nn.Module], None] | None = None
@@ -55,15 +87,54 @@ class Method:
         """The table label at ``rank``."""
         return self.label.format(rank=rank)
 
+    @property
+    def option_names(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self.options)]
+
+    @property
+    def uses_rank(self) -> bool:
+        """Whether the method has a rank (a ``rank`` option)."""
+        return "rank" in self.option_names
+
 
 _METHODS: dict[str, Method] = {}
+# option name -> (its field, the methods taking it)
+_OPTIONS: dict[str, tuple[dataclasses.Field, list[str]]] = {}
+
+
+def _same_option(a: dataclasses.Field, b: dataclasses.Field) -> bool:
+    return a is b or (a.default == b.default and dict(a.metadata) == dict(b.metadata))
 
 
 def register(method: Method) -> Method:
     if method.name in _METHODS:
         raise ValueError(f"adapter method {method.name!r} is registered twice")
+    if not (
+        isinstance(method.options, type)
+        and issubclass(method.options, MethodOptions)
+        and dataclasses.is_dataclass(method.options)
+    ):
+        raise TypeError(f"method {method.name!r}: options must be a MethodOptions dataclass")
+    for f in dataclasses.fields(method.options):
+        if "help" not in f.metadata or f.default is dataclasses.MISSING:
+            raise TypeError(
+                f"method {method.name!r}: option {f.name!r} needs a default and help "
+                "(declare it with spaedge.argtypes.flag)"
+            )
+        if f.name in _OPTIONS and not _same_option(_OPTIONS[f.name][0], f):
+            raise ValueError(
+                f"method {method.name!r}: option {f.name!r} is declared differently by "
+                f"{', '.join(_OPTIONS[f.name][1])}: share one declaration, or name it apart"
+            )
     _METHODS[method.name] = method
+    for f in dataclasses.fields(method.options):
+        _OPTIONS.setdefault(f.name, (f, []))[1].append(method.name)
     return method
+
+
+def option_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
+    """Every method option: its field and the methods that take it, in registration order."""
+    return {name: (f, list(methods)) for name, (f, methods) in _OPTIONS.items()}
 
 
 def get_method(name: str) -> Method:

@@ -45,17 +45,20 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from spaedge.adapters.base import AdaptedLayer, centre_tap, layers_of
-from spaedge.adapters.registry import Method, register
+from spaedge.adapters.registry import Method, RankOptions, register
+from spaedge.argtypes import flag
 from spaedge.errors import BundleError
 from spaedge.pack.format import json_field
 
 __all__ = [
     "SPLoPA",
+    "SPLoPAOptions",
     "BLOCK",
     "PROTOTYPES",
     "SHARE",
@@ -77,6 +80,16 @@ PROTOTYPES = 4  # prototypes per set, each of rank min(rank, BLOCK)
 SHARE = ("model", "stage")  # scopes of a prototype set (``splopa_share``)
 META = "splopa_sets"  # task-bundle metadata: {conv: set}
 PREFIX = "splopa."  # task-bundle tensors of the sets: splopa.<set>.u / .v
+
+
+@dataclass(frozen=True)
+class SPLoPAOptions(RankOptions):
+    splopa_share: str = flag(
+        "model",
+        "the layers that share one set of prototypes: every layer whose channels the block "
+        "divides (model, default, as the reference implementation) or those of one stage (stage)",
+        choices=SHARE,
+    )
 
 
 class SPLoPA(AdaptedLayer):
@@ -371,7 +384,7 @@ def load_tensors(
         raise BundleError(f"{where}: tensor '{unused[0]}': no conv uses its prototype set")
 
 
-def _prepare(model: nn.Module, opts, data, input_size) -> None:
+def _prepare(model: nn.Module, opts: SPLoPAOptions, data, input_size) -> None:
     share_prototypes(model, opts.splopa_share)
 
 
@@ -380,12 +393,13 @@ register(
         "splopa",
         lambda conv, rank: SPLoPA(conv, rank=rank, block=BLOCK),
         label="SPLoPA r{rank}",
+        options=SPLoPAOptions,
         prune_block=BLOCK,
         prepare=_prepare,
         restore=relink,
         bundle_metadata=bundle_metadata,
         bundle_tensors=bundle_tensors,
         load_tensors=load_tensors,
-        summary="block-SPA: Kronecker products of prototypes shared across layers (--splopa-share)",
+        summary="block-SPA: Kronecker products of prototypes shared across layers",
     )
 )

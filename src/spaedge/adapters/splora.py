@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from spaedge.adapters.base import AdaptedLayer, centre_tap
-from spaedge.adapters.registry import Method, register
+from spaedge.adapters.registry import Method, RankOptions, register
 
 __all__ = ["SPLoRA"]
 
@@ -67,5 +67,6 @@ register(
         lambda conv, rank: SPLoRA(conv, rank=rank),
         label="SPLoRA r{rank}",
         summary="frozen base + low-rank adapters (the default)",
+        options=RankOptions,
     )
 )

@@ -51,7 +51,6 @@ register(
         "sppara",
         lambda conv, rank: SPPaRA(conv),
         label="SPPaRA",
-        uses_rank=False,
         summary="frozen base + a full-rank pointwise adapter",
     )
 )

@@ -6,6 +6,9 @@
     spaedge info BUNDLE                   what a bundle holds
     spaedge pretrain                      recreate the built-in base's weights
     spaedge tasks                         the tasks spaedge knows
+    spaedge bench --task T                latency of a packed task against other engines
+    spaedge experiment                    the methods x criteria x densities comparison grid
+    spaedge library add|list              libraries of pruning plans (--schedule similar)
 
 Every command prints what it did in words a person reads; errors are one
 clear line (exit code 2), never a traceback, for bad input.

@@ -1,5 +1,5 @@
 """What every command shares: the user-facing error, number formatting, tables,
-and the training flags generated from ``TrainConfig``."""
+and the training flags generated from ``TrainConfig`` and the methods' options."""
 
 from __future__ import annotations
 
@@ -47,6 +47,26 @@ def print_table(rows: list[tuple[str, str]]) -> None:
         print(f"  {k:<{width}}  {v}")
 
 
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_flag(group, f: dataclasses.Field, help_prefix: str = "", **kw) -> None:
+    """The ``--flag`` of field ``f``: its help, parser, choices and metavar (its metadata)."""
+    meta = f.metadata
+    choices = meta.get("choices")
+    choices = choices() if callable(choices) else choices
+    described = meta["describe"]() if meta.get("describe") else ""
+    kw["help"] = help_prefix + meta.get("help", "").format(default=f.default, described=described)
+    if choices is not None:
+        kw["choices"] = list(choices)
+    if meta.get("parse") is not None:
+        kw["type"] = meta["parse"]
+    if meta.get("metavar"):
+        kw["metavar"] = meta["metavar"]
+    group.add_argument(_flag_name(f.name), dest=f.name, **kw)
+
+
 def add_config_flags(
     parser: argparse.ArgumentParser,
     config_cls,
@@ -54,37 +74,58 @@ def add_config_flags(
     title: str | None = None,
 ) -> None:
     """One ``--flag`` per field of the dataclass ``config_cls`` (or of the fields
-    ``names``), with the field's default, help, parser and choices (its metadata)."""
+    ``names``), with the field's default, help, parser and choices (its metadata).
+    The field marked ``method_options`` (``TrainConfig.options``) stands for every
+    registered method's options, one flag each (``spaedge.adapters.registry``)."""
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     group = parser.add_argument_group(title) if title else parser
     for name in names if names is not None else fields:
         f = fields[name]
-        meta = f.metadata
-        choices = meta["choices"]() if meta.get("choices") else None
-        described = meta["describe"]() if meta.get("describe") else ""
-        kw = {
-            "default": f.default,
-            "dest": f.name,
-            "help": meta.get("help", "").format(default=f.default, described=described),
-        }
-        if choices is not None:
-            kw["choices"] = choices
-        if meta.get("parse") is not None:
-            kw["type"] = meta["parse"]
-        if meta.get("metavar"):
-            kw["metavar"] = meta["metavar"]
-        group.add_argument("--" + f.name.replace("_", "-"), **kw)
+        if f.metadata.get("method_options"):
+            _add_method_option_flags(parser)
+        else:
+            _add_flag(group, f, default=f.default)
+
+
+def _add_method_option_flags(parser: argparse.ArgumentParser) -> None:
+    from spaedge.adapters.registry import option_fields
+
+    group = parser.add_argument_group(
+        "the method's options (each only for the methods it names; defaults are the method's)"
+    )
+    for f, methods in option_fields().values():
+        # Absent unless given, so an option given to a method without it is an error.
+        prefix = f"for --method {', '.join(methods)}: "
+        _add_flag(group, f, prefix, default=argparse.SUPPRESS)
 
 
 def config_from_args(config_cls, args: argparse.Namespace):
-    """The config whose fields the parsed ``args`` set (fields without a flag keep their default)."""
-    return config_cls(
-        **{
-            f.name: getattr(args, f.name)
-            for f in dataclasses.fields(config_cls)
-            if hasattr(args, f.name)
-        }
-    )
+    """The config whose fields the parsed ``args`` set (fields without a flag keep
+    their default); with ``TrainConfig``, the chosen method's options from their
+    flags, and a CliError for an option flag the method does not take."""
+    values = {}
+    for f in dataclasses.fields(config_cls):
+        if f.metadata.get("method_options"):
+            values[f.name] = _method_options(args)
+        elif hasattr(args, f.name):
+            values[f.name] = getattr(args, f.name)
+    return config_cls(**values)
+
+
+def _method_options(args: argparse.Namespace):
+    from spaedge.adapters.registry import get_method, option_fields
+
+    method = get_method(args.method)
+    given = {name: getattr(args, name) for name in option_fields() if hasattr(args, name)}
+    for name in given:
+        if name not in method.option_names:
+            takers = ", ".join(option_fields()[name][1])
+            own = ", ".join(map(_flag_name, method.option_names)) or "no options"
+            raise CliError(
+                f"{_flag_name(name)} is an option of --method {takers}, not of --method "
+                f"{method.name} (which takes {own}): drop it or choose one of those methods"
+            )
+    return method.options(**given)
 
 
 def add_env_flags(parser: argparse.ArgumentParser) -> None:

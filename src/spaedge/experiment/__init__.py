@@ -7,8 +7,8 @@ classes), ``fashion_mnist_new`` (Fashion-MNIST classes 6-9) and
 ``fashion_mnist:6,8`` (shirt vs bag). Each run is the training pipeline
 (``spaedge.train.pipeline.train_task``) under the grid's ``Budget``: the
 same training images, the same total epochs for every schedule (recovery
-epochs included), early stopping on validation, and the same learning-rate
-grid for every method, the rate chosen per cell on validation accuracy
+epochs included; early stopping on validation only if asked, off by default),
+and the same learning-rate grid for every method, the rate chosen per cell on validation accuracy
 (seed 0), never on test; then the other seeds at that rate. The report gives
 test accuracy mean ± std over seeds, which differences are within noise,
 learned parameters, task-bundle bytes and MACs, with Pareto plots against

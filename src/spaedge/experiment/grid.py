@@ -3,7 +3,6 @@ a task) and the budget every cell trains under."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from spaedge.adapters import get_method
@@ -38,7 +37,9 @@ class Cell:
     criterion: str = "magnitude"
     schedule: str = "iterative"
     seed: int = 0
-    # Method options as TrainConfig fields and values, e.g. (("pear_share", "none"),)
+    # Method options (the method's options dataclass, spaedge.adapters.registry) that differ
+    # from its defaults, as (name, value) pairs, e.g. (("pear_share", "none"),). The rank is
+    # ``rank`` (0 for a method without one).
     options: tuple = ()
     lr: float | None = None  # None: the budget's only rate
 
@@ -93,8 +94,6 @@ class Budget:
     lrs: tuple = DEFAULT_LRS  # every method is trained at each; the best on validation is reported
     seeds: int = 3  # seeds at the chosen rate (seed 0 chooses it)
     score_batches: int = 2
-    sparsity: float = 0.4  # SparseAdapter cells without their own (a cell's options override it)
-    mask_criterion: str = "snip"
 
     def describe(self) -> str:
         epochs = (
@@ -175,19 +174,25 @@ def cell_config(
     base_weights: str | None = None,
     data_dir: str | None = None,
 ) -> TrainConfig:
-    """The training config of one cell of the grid under ``budget``."""
-    options = {
-        "sparsity": budget.sparsity,
-        "mask_criterion": budget.mask_criterion,
-        **dict(cell.options),
-    }
+    """The training config of one cell of the grid under ``budget``: the method's
+    options are its defaults but the cell's rank and options."""
+    method = get_method(cell.method)
+    options = dict(cell.options)
+    wrong = sorted(set(options) - set(method.option_names))
+    if wrong:
+        raise ValueError(
+            f"cell {cell.config_key}: {', '.join(wrong)} is not an option of method {cell.method} "
+            f"(its options: {', '.join(method.option_names) or 'none'})"
+        )
+    if method.uses_rank:
+        options["rank"] = cell.rank
     return TrainConfig(
         task=cell.task,
         base=base,
         base_weights=base_weights,
         data_dir=data_dir,
         method=cell.method,
-        rank=max(cell.rank, 1),
+        options=method.options(**options),
         density=cell.density,
         criterion=cell.criterion,
         schedule=cell.schedule,
@@ -204,9 +209,4 @@ def cell_config(
         batch_size=budget.batch_size,
         lr=cell.lr if cell.lr is not None else budget.lrs[0],
         score_batches=budget.score_batches,
-        **options,
     )
-
-
-def with_rate(cell: Cell, lr: float, seed: int) -> Cell:
-    return dataclasses.replace(cell, lr=lr, seed=seed)

@@ -82,9 +82,8 @@ def run_cell(
         "seconds": m["seconds"],
         "curve": m["curve"],
         "budget": dataclasses.asdict(budget),
+        **trained.method_metrics,  # e.g. Pear's pear_shared, pear_removed
     }
-    if trained.pear:
-        result.update(pear_shared=trained.pear["shared"], pear_removed=trained.pear["removed"])
     return result
 
 
@@ -108,11 +107,13 @@ EXTENSIBLE = ("lrs", "seeds")
 
 def check_budget(out_dir: str | Path, budget: Budget) -> None:
     """Refuse a budget other than the one the directory's runs were made with
-    (rates and seeds aside), naming the fields that differ."""
+    (rates and seeds aside), naming the fields that differ. Fields a budget no
+    longer has are not compared (an older budget restated the SparseAdapter
+    methods' default options, which now come from the methods)."""
     want = {k: v for k, v in dataclasses.asdict(budget).items() if k not in EXTENSIBLE}
     for r in load_results(out_dir):
         have = {k: v for k, v in r.get("budget", {}).items() if k not in EXTENSIBLE}
-        diff = sorted(k for k in want.keys() | have.keys() if have.get(k) != want.get(k))
+        diff = sorted(k for k in want if have.get(k) != want[k])
         if diff:
             raise ValueError(
                 f"{Path(out_dir) / 'runs'} holds runs made with another budget ("

@@ -12,15 +12,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from spaedge.adapters import AdaptedLayer, adapt, get_method, method_of
-from spaedge.adapters.sparse import SparseTensorError
-from spaedge.errors import BundleError
+from spaedge.errors import BundleError, SparseTensorError
 from spaedge.models import ResNet, from_config
 from spaedge.pack import families
 from spaedge.pack.format import (
@@ -295,7 +293,3 @@ def load_task_model(
         method.load_metadata(model, meta, where)
     model.eval()
     return model, spec, meta
-
-
-def bundle_bytes(path: str | os.PathLike) -> int:
-    return Path(path).stat().st_size

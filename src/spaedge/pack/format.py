@@ -28,7 +28,6 @@ __all__ = [
     "read_bundle",
     "read_metadata",
     "content_hash",
-    "data_hash",
     "atomic_write_bytes",
     "check_task_metadata",
 ]
@@ -79,24 +78,6 @@ def content_hash(metadata: Mapping[str, str], table: Mapping[str, Mapping], data
         )
     h.update(data)
     return h.hexdigest()
-
-
-def _split(buf: bytes, where: str) -> tuple[int, bytes]:
-    if len(buf) < 8:
-        raise BundleError(f"{where}: file is {len(buf)} bytes, too short for a safetensors header")
-    (n,) = struct.unpack("<Q", buf[:8])
-    if n > MAX_HEADER_BYTES or 8 + n > len(buf):
-        raise BundleError(
-            f"{where}: header length {n} does not fit a {len(buf)}-byte file (truncated or corrupt)"
-        )
-    return n, buf[8 + n :]
-
-
-def data_hash(buf: bytes, where: str = "bundle") -> str:
-    """SHA-256 of the data section of serialised safetensors bytes (not the
-    content hash: that covers the metadata and the tensor table too)."""
-    _, data = _split(buf, where)
-    return hashlib.sha256(data).hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:

@@ -20,11 +20,13 @@ Only safetensors and JSON: no pickle is ever written or read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -172,10 +174,14 @@ class CheckpointError(ValueError):
     config): it is never dropped silently; the message names --restart."""
 
 
-def load(path: Path, config: dict) -> Checkpoint | None:
+def load(
+    path: Path, config: dict, normalise: Callable[[dict], dict] | None = None
+) -> Checkpoint | None:
     """The checkpoint at ``path`` (None if there is none). One made with another
     ``config``, or unreadable, raises CheckpointError: discarding a resumable
-    run is the user's decision (``--restart``)."""
+    run is the user's decision (``--restart``). ``normalise`` rewrites the stored
+    config as this version writes it before they are compared (a config of an
+    older version: ``TrainConfig.from_json`` then ``to_json``)."""
     if not path.exists():
         return None
     restart = "pass --restart to discard it and train from the start, or --out another directory"
@@ -191,6 +197,10 @@ def load(path: Path, config: dict) -> Checkpoint | None:
         raise CheckpointError(
             f"{path} is not a readable spaedge checkpoint ({e}): {restart}"
         ) from None
+    if normalise is not None:
+        # A config this version cannot read is compared as stored: other settings.
+        with contextlib.suppress(ValueError, TypeError):
+            stored = json.loads(json.dumps(normalise(stored), sort_keys=True))
     want = json.loads(json.dumps(config, sort_keys=True))
     if stored != want:
         diff = [k for k in sorted(set(stored) | set(want)) if stored.get(k) != want.get(k)]
@@ -265,10 +275,11 @@ class Session:
         model: nn.Module,
         generator: torch.Generator,
         resume: bool = True,
+        normalise: Callable[[dict], dict] | None = None,
     ):
         self.path = Path(run_dir) / CHECKPOINT
         self.config, self.model, self.generator = config, model, generator
-        self.ck = load(self.path, config) if resume else None
+        self.ck = load(self.path, config, normalise) if resume else None
         self.pos = Position()
         self.resumed_from: Position | None = None
         # Saved with every checkpoint: what else must survive an interruption (set by the pipeline).

@@ -2,25 +2,24 @@
 
 Every field is one ``--flag`` of ``spaedge train`` and ``spaedge pack`` (the
 field name with dashes; ``spaedge.cli.common.add_config_flags``), with the
-help text, value parser and choices kept here beside the default. A run
-directory's ``config.json`` is this dataclass as JSON; a checkpoint resumes
-only under the same config.
+help text, value parser and choices kept here beside the default. ``options``
+holds the chosen method's options (a dataclass the method declares in its
+module, ``spaedge.adapters.registry``), whose fields are flags too. A run
+directory's ``config.json`` is this dataclass as flat JSON (the method's
+options beside the other fields); a checkpoint resumes only under the same
+config.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
-from spaedge.adapters.pear import KNOWLEDGE, SHARE_MAPS
-from spaedge.adapters.registry import get_method, method_names
-from spaedge.adapters.sparse import MASK_CRITERIA
-from spaedge.adapters.splopa import SHARE as SPLOPA_SHARE
+from spaedge.adapters.registry import MethodOptions, get_method, method_names
+from spaedge.argtypes import flag as _flag
 from spaedge.argtypes import (
     nonneg_int,
     parse_density,
-    parse_sparsity,
     path_text,
     positive_int,
     unit_fraction,
@@ -36,31 +35,12 @@ SIMILAR = "similar"
 AUTO = "auto"
 
 
-def _flag(
-    default: Any,
-    help: str,
-    *,
-    parse: Callable[[str], Any] | None = None,
-    choices: Callable[[], list] | None = None,
-    describe: Callable[[], str] | None = None,
-    metavar: str | None = None,
-):
-    """A config field with what its command-line flag needs: ``help`` may hold
-    ``{default}`` and ``{described}`` (what ``describe()`` says of the choices)."""
-    return field(
-        default=default,
-        metadata={
-            "help": help,
-            "parse": parse,
-            "choices": choices,
-            "describe": describe,
-            "metavar": metavar,
-        },
-    )
-
-
 def _methods() -> str:
-    return "; ".join(f"{m.name}: {m.summary}" for m in map(get_method, method_names()))
+    def flags(m) -> str:
+        names = m.option_names
+        return f" ({', '.join('--' + n.replace('_', '-') for n in names)})" if names else ""
+
+    return "; ".join(f"{m.name}: {m.summary}{flags(m)}" for m in map(get_method, method_names()))
 
 
 @dataclass
@@ -94,7 +74,8 @@ class TrainConfig:
         choices=method_names,
         describe=_methods,
     )
-    rank: int = _flag(8, "adapter rank (default {default})", parse=positive_int)
+    # The method's options (its own dataclass, spaedge.adapters.registry); None: its defaults.
+    options: MethodOptions | None = field(default=None, metadata={"method_options": True})
     density: float = _flag(
         0.3,
         "fraction of the base's weights to keep, e.g. 0.3 or 30%% (default {default})",
@@ -148,47 +129,6 @@ class TrainConfig:
         parse=positive_int,
         metavar="N",
     )
-    mask_criterion: str = _flag(
-        "snip",
-        "for the SparseAdapter methods (sparse, sparse-sppara, sparse-large): how "
-        "the adapter's masks are chosen at initialisation, one global threshold "
-        "(default {default})",
-        choices=lambda: list(MASK_CRITERIA),
-    )
-    sparsity: float = _flag(
-        0.4,
-        "for the SparseAdapter methods: fraction of the adapter's entries masked to zero "
-        "at initialisation, e.g. 0.4 or 40%% (default {default}, as the paper recommends; it "
-        "works up to 0.8); sparse-large enlarges the rank to ceil(rank / (1 - sparsity)) "
-        "and keeps rank --rank's parameter count",
-        parse=parse_sparsity,
-    )
-    pear_prune: float = _flag(
-        0.5,
-        "for --method pear: fraction of adapters pruned after channel pruning (default {default})",
-        parse=float,
-    )
-    pear_share: str = _flag(
-        "nearest",
-        "for --method pear: a pruned position takes the same-shape kept adapter "
-        "nearest in depth (default), the most important one, or none (adapter "
-        "removed)",
-        choices=lambda: list(SHARE_MAPS),
-    )
-    pear_knowledge: str = _flag(
-        "weighted",
-        "for --method pear: a shared adapter starts as the best rank-r fit of "
-        "every update it replaces, weighted by importance (default), or keeps "
-        "its own factors (source)",
-        choices=lambda: list(KNOWLEDGE),
-    )
-    splopa_share: str = _flag(
-        "model",
-        "for --method splopa: the layers that share one set of prototypes: every "
-        "layer whose channels the block divides (model, default, as the reference "
-        "implementation) or those of one stage (stage)",
-        choices=lambda: list(SPLOPA_SHARE),
-    )
     prune_step: float = _flag(
         0.05,
         "fraction of filters removed per pruning step (default {default})",
@@ -228,10 +168,37 @@ class TrainConfig:
         parse=int,
     )
 
+    def __post_init__(self) -> None:
+        method = get_method(self.method)
+        if self.options is None:
+            self.options = method.options()
+        elif type(self.options) is not method.options:
+            raise ValueError(
+                f"options {type(self.options).__name__} are not those of method {self.method!r} "
+                f"({method.options.__name__})"
+            )
+
+    @property
+    def rank(self) -> int | None:
+        """The adapter rank, None for a method without one."""
+        return getattr(self.options, "rank", None)
+
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        """Flat: every field but ``options``, the method's options beside them."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name == "options":
+                out.update(dataclasses.asdict(self.options))
+            else:
+                out[f.name] = getattr(self, f.name)
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """The config ``to_json`` wrote. Keys that are neither fields nor the method's
+        options are ignored (a config.json of an older version held every method's)."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        kw = {k: v for k, v in d.items() if k in known}
+        method = get_method(kw.get("method", cls.method))
+        options = method.options(**{k: v for k, v in d.items() if k in method.option_names})
+        return cls(**kw, options=options)

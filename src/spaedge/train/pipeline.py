@@ -3,9 +3,10 @@
 ``train_task(cfg)`` is every training in spaedge (``spaedge train`` and
 ``pack``, each cell of ``spaedge experiment``, the benchmark scripts): build
 the task model (base, task head, the method's adapters), let the method
-prepare (SparseAdapter's masks), adapt for ``epochs``, prune to ``density``
-(iterative steps with recovery epochs, one shot, or once before training by
-the vote of similar tasks), let the method finish (Pear), train the final
+prepare (``Method.prepare``: SparseAdapter's masks), adapt for ``epochs``,
+prune to ``density`` (iterative steps with recovery epochs, one shot, or once
+before training by the vote of similar tasks), let the method finish
+(``Method.after_pruning``, whose metrics join the run's), train the final
 epochs, then measure. ``run(cfg, out_dir)`` is ``train_task`` with a
 checkpoint after every epoch and the run directory written at the end
 (``task.safetensors``, ``config.json``, ``metrics.json``, ``plan.json``).
@@ -13,9 +14,10 @@ checkpoint after every epoch and the run directory written at the end
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -55,7 +57,8 @@ class Trained:
     metrics: dict
     config: TrainConfig  # the resolved config (spaedge.train.setup.resolve)
     similar: dict | None = None  # --schedule similar: neighbours and the task's embedding
-    pear: dict | None = None  # --method pear: what Pear pruned and shared
+    # What the method's after_pruning hook reported (also in ``metrics``), e.g. Pear's counts.
+    method_metrics: dict = field(default_factory=dict)
     session: Session | None = None  # the checkpoint session, when checkpointing
 
 
@@ -96,7 +99,7 @@ def train_task(
         cfg.seed,
     )
     if method.prepare is not None:
-        method.prepare(model, cfg, score_data, task.input_size)
+        method.prepare(model, cfg.options, score_data, task.input_size)
     train_ds = first_items(task.split("train", augment=True), cfg.train_limit)
     val_ds = first_items(task.split("val"), cfg.val_limit)
     test_ds = first_items(task.split("test"), cfg.test_limit)
@@ -104,7 +107,14 @@ def train_task(
     macs_full = count_macs(model, task.input_size)
     session = None
     if checkpoint_dir is not None:
-        session = Session(Path(checkpoint_dir), cfg.to_json(), model, gen, resume=resume)
+        session = Session(
+            Path(checkpoint_dir),
+            cfg.to_json(),
+            model,
+            gen,
+            resume=resume,
+            normalise=lambda d: TrainConfig.from_json(d).to_json(),
+        )
         if session.resumed_from is not None:
             p = session.resumed_from
             reporter.log(
@@ -181,14 +191,14 @@ def train_task(
             score_kwargs={"data": score_data} if cfg.criterion in DATA_CRITERIA else None,
             agree=distributed.agree,
         )
-    pear = (
-        method.after_pruning(model, cfg, score_data) if method.after_pruning is not None else None
-    )
-    if pear and not pear.get("skipped"):
-        reporter.log(
-            f"pear: {len(pear['pruned'])} adapters pruned, {pear['shared']} shared, "
-            f"{pear['removed']} removed (--pear-share none, or no kept adapter of their kept shape)"
-        )
+    method_metrics = {}
+    if method.after_pruning is not None:
+        method_metrics = method.after_pruning(model, cfg.options, score_data) or {}
+        if method_metrics:
+            reporter.log(
+                f"{method.name} after pruning: "
+                + ", ".join(f"{k} {v}" for k, v in method_metrics.items())
+            )
     final_epochs = cfg.final_epochs
     if cfg.total_epochs:  # the same budget for every schedule: the final phase takes what is left
         recoveries = steps[0] if cfg.schedule == "iterative" else min(steps[0], 1)
@@ -228,13 +238,21 @@ def train_task(
         "base_hash": bhash,
         "device": str(device),
         "final_epochs": final_epochs,
+        **method_metrics,
     }
     if curve:
         metrics["curve"] = tracking.history
     if similar is not None:
         metrics["similar_tasks"] = similar["neighbours"]
     return Trained(
-        model, task, bhash, metrics, config=cfg, similar=similar, pear=pear, session=session
+        model,
+        task,
+        bhash,
+        metrics,
+        config=cfg,
+        similar=similar,
+        method_metrics=method_metrics,
+        session=session,
     )
 
 
@@ -319,7 +337,7 @@ def run(
             on_model(model)
         return metrics
     info = {
-        "rank": cfg.rank,
+        **dataclasses.asdict(cfg.options),  # the method's options (a rank, if it has one)
         "density": metrics["density"],
         "test_accuracy": metrics["test_accuracy"],
         "macs": metrics["macs"],

@@ -103,7 +103,7 @@ def build_task_model(
     task = task_for_base(cfg, base, log)
     bhash = base_hash(base)
     base.replace_head(task.num_classes)
-    model = adapt(base, cfg.method, rank=cfg.rank)
+    model = adapt(base, cfg.method, rank=cfg.rank)  # None: the method has no rank
     return task, model, bhash
 
 
