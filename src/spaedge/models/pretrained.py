@@ -42,7 +42,7 @@ __all__ = ["PRETRAINED", "PretrainedWeights", "pretrained_weights", "weights_dir
 class PretrainedWeights:
     url: str
     digest: str  # "sha256:<hex>" of the file at url
-    size: int  # bytes, for messages
+    size: int  # bytes: a download stops there
 
     @property
     def filename(self) -> str:
@@ -163,6 +163,13 @@ def pretrained_weights(name: str, *, allow_download: bool = True, progress=None)
     with file_lock(out):
         if cached():  # converted by another process meanwhile
             return out
-        fetch(w.url, pth, digest=w.digest, allow_download=allow_download, progress=progress)
+        fetch(
+            w.url,
+            pth,
+            digest=w.digest,
+            size=w.size,
+            allow_download=allow_download,
+            progress=progress,
+        )
         _convert(pth, out, source)
     return out
