@@ -67,6 +67,7 @@ __all__ = [
     "file_lock",
     "mirrored_url",
     "parse_digest",
+    "redact",
     "spaedge_home",
 ]
 
@@ -91,7 +92,7 @@ class DownloadError(OSError):
 
     def __init__(self, message: str, url: str = "", dest: PathLike = ""):
         # one line, always, and never a mirror's password
-        super().__init__(_redact(" ".join(str(message).split())))
+        super().__init__(redact(" ".join(str(message).split())))
         self.url = url
         self.dest = os.fspath(dest) if dest else ""
 
@@ -213,7 +214,7 @@ def expected_file(
     return entry if entry else (digest, size)
 
 
-def _redact(text: str) -> str:
+def redact(text: str) -> str:
     """``text`` with the password of every ``scheme://user:password@`` replaced by ``***``."""
     return _USERINFO.sub(lambda m: m.group(1) + ":***@", text)
 
@@ -526,13 +527,13 @@ def fetch(
 
 def _download(url, dest: Path, digest, progress, timeout, retries, cap, exact) -> Path:
     actual = mirrored_url(url)
-    where = _describe(url, _redact(actual))
+    where = _describe(url, redact(actual))
     connect, read = _timeouts(timeout)
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     shown = None
     if progress is None:
-        shown = _default_progress(_redact(actual), dest)
+        shown = _default_progress(redact(actual), dest)
         report = shown if shown is not None else (lambda done, total: None)
     elif progress is False:
         report = lambda done, total: None  # noqa: E731

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from spaedge.download import (
     parse_digest,
     spaedge_home,
 )
+from spaedge.paths import WriteProblem, remove_stale
 
 __all__ = ["PRETRAINED", "PretrainedWeights", "pretrained_weights", "weights_dir"]
 
@@ -127,11 +129,14 @@ def _convert(pth: Path, out: Path, source: dict) -> None:
         )
     sd = {k: v.contiguous() for k, v in sd.items()}
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    remove_stale(out.parent, re.escape(f".{out.name}.") + r"(?P<pid>\d+)\.tmp")
     try:
         save_file(sd, str(tmp), metadata=source)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out)
+    except OSError as e:
+        raise WriteProblem(out, e) from None
     finally:
         if tmp.exists():
             tmp.unlink()

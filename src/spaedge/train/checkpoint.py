@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
 from spaedge.pack.format import atomic_write_bytes
+from spaedge.paths import MAX_BUNDLE_BYTES, parse_json, read_regular
 from spaedge.pruning.groups import channel_groups
 from spaedge.pruning.prune import density, prune_to_density
 from spaedge.train import distributed
@@ -172,6 +173,16 @@ class CheckpointError(ValueError):
     config): it is never dropped silently; the message names --restart."""
 
 
+def _metadata(data: bytes, path: Path) -> dict:
+    """The ``__metadata__`` of safetensors bytes, the header parsed depth-limited."""
+    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if n < 0 or 8 + n > len(data):
+        raise ValueError("truncated: the header does not fit the file")
+    header = parse_json(data[8 : 8 + n], f"{path}: header")
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
 def load(path: Path, config: dict) -> Checkpoint | None:
     """The checkpoint at ``path`` (None if there is none). One made with another
     ``config``, or unreadable, raises CheckpointError: discarding a resumable
@@ -180,11 +191,13 @@ def load(path: Path, config: dict) -> Checkpoint | None:
         return None
     restart = "pass --restart to discard it and train from the start, or --out another directory"
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        data = read_regular(
+            path, "checkpoint", MAX_BUNDLE_BYTES
+        )  # a FIFO is refused, not waited on
+        meta = _metadata(data, path)
         if meta.get("format") != FORMAT:
             raise ValueError(f"format {meta.get('format')!r}")
-        stored = json.loads(meta.get("config", "null"))
+        stored = parse_json(meta.get("config", "null"), f"{path}: field 'config'")
         if not isinstance(stored, dict):
             raise ValueError("no config")
     except (SafetensorError, OSError, ValueError, TypeError) as e:
@@ -200,7 +213,7 @@ def load(path: Path, config: dict) -> Checkpoint | None:
             f"{', ...' if len(diff) > 3 else ''}): {restart}"
         )
     try:
-        tensors = st_load(path.read_bytes())
+        tensors = st_load(data)
         ck = Checkpoint(
             position=Position(**json.loads(meta["position"])),
             config=config,
