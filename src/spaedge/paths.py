@@ -290,6 +290,7 @@ class WriteProblem(OSError):
             error.errno, f"cannot write {_show(path)}: {reason}; {hint} (nothing was half-written)"
         )
         self.filename = os.fspath(path)
+        self.error = error
 
     def __str__(self) -> str:
         return self.strerror

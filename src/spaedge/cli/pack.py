@@ -175,7 +175,10 @@ def main(args) -> int:
     new_path = task_path.with_name(f".{task_path.name}.new-{os.getpid()}")
     clean_killed_packs(task_path)
     try:
-        atomic_write_bytes(new_path, files["task.safetensors"])
+        try:
+            atomic_write_bytes(new_path, files["task.safetensors"])
+        except WriteProblem as e:  # named as the bundle the user asked for
+            raise WriteProblem(task_path, e.error) from None
         model, spec, _ = load_task_model(base_path, new_path)
         task = get_task(cfg.task, data_dir=cfg.data_dir, input_size=spec.input_size)
         test = task.split("test")
