@@ -12,14 +12,18 @@ Environment:
 - ``SPAEDGE_MIRROR=URL``: fetch ``URL/<upstream host>/<upstream path>`` instead
   of each upstream URL, e.g.
   ``URL/download.pytorch.org/models/resnet18-f37072fd.pth``. ``file://`` mirrors
-  work too.
+  work too. A ``user:password@`` in it is sent as HTTP Basic authorization
+  (never on to a redirect) and shown as ``user:***@`` in every message.
 - ``SPAEDGE_CHECKSUMS=FILE``: a JSON object ``{"<upstream URL>": "sha256:<hex>"}``
-  that adds or replaces expected digests.
+  (or ``{"<upstream URL>": {"digest": "sha256:<hex>", "size": <bytes>}}``)
+  that adds or replaces expected digests (and sizes).
 - ``SPAEDGE_TIMEOUT=CONNECT[,READ]``: seconds (default 15 and 60).
 
 A cached file that verifies is returned without touching the network. A
 download goes to ``<dest>.part``, resumes from there with an HTTP ``Range``
-request after an interruption, is verified, then renamed into place. Every
+request after an interruption, is verified, then renamed into place. It
+stops at the file's recorded size (or a cap when the size is unknown) and
+refuses what goes past. Every
 failure is one ``DownloadError`` whose message is one line naming the URL and
 the path where the file can be placed by hand.
 
