@@ -458,3 +458,39 @@ def test_library_add_on_a_full_disk_is_one_line_naming_the_file(tmp_path, monkey
     err = one_error_line(capsys)
     assert f"cannot write {tmp_path / 'lib'}/" in err and "No space left on device" in err
     assert os.listdir(tmp_path / "lib") == []
+
+
+# ------------------------------------------------------------ checkpoints
+
+
+def test_checkpoint_with_a_deeply_nested_field_is_a_checkpoint_error(tmp_path):
+    import torch
+    from safetensors.torch import save
+
+    from spaedge.train.checkpoint import FORMAT, CheckpointError, load
+
+    meta = {"format": FORMAT, "config": "{}", "rng": "{}", "position": "[" * 5000 + "]" * 5000}
+    path = tmp_path / "checkpoint.safetensors"
+    path.write_bytes(save({"x": torch.zeros(1)}, metadata=meta))
+    with pytest.raises(CheckpointError, match="field 'position': not valid JSON"):
+        load(path, {})
+
+
+def test_a_fifo_checkpoint_does_not_hang(tmp_path):
+    os.mkfifo(tmp_path / "checkpoint.safetensors")
+    proc = in_subprocess(
+        f"""
+        import sys
+        from pathlib import Path
+        from spaedge.train.checkpoint import CheckpointError, load
+        try:
+            load(Path({str(tmp_path / "checkpoint.safetensors")!r}), {{}})
+        except CheckpointError as e:
+            print(e, file=sys.stderr)
+            raise SystemExit(2)
+        """,
+        timeout=60,
+    )
+    assert (
+        proc.returncode == 2 and "not a regular file" in proc.stderr and "--restart" in proc.stderr
+    )

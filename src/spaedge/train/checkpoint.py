@@ -183,6 +183,11 @@ def _metadata(data: bytes, path: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+def _field(meta: dict, key: str, path: Path):
+    """A JSON metadata field, parsed depth-limited (KeyError if missing)."""
+    return parse_json(meta[key], f"{path}: field {key!r}")
+
+
 def load(path: Path, config: dict) -> Checkpoint | None:
     """The checkpoint at ``path`` (None if there is none). One made with another
     ``config``, or unreadable, raises CheckpointError: discarding a resumable
@@ -215,18 +220,18 @@ def load(path: Path, config: dict) -> Checkpoint | None:
     try:
         tensors = st_load(data)
         ck = Checkpoint(
-            position=Position(**json.loads(meta["position"])),
+            position=Position(**_field(meta, "position", path)),
             config=config,
             model={k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")},
             rng={
                 "tensors": {k: v for k, v in tensors.items() if k.startswith("rng.")},
-                "rest": json.loads(meta["rng"]),
+                "rest": _field(meta, "rng", path),
             },
         )
         if "optimizer" in meta:
-            ck.optimizer = _unflatten_optimizer(json.loads(meta["optimizer"]), tensors)
-            ck.scheduler = json.loads(meta["scheduler"])
-        ck.extra = json.loads(meta.get("extra", "{}"))
+            ck.optimizer = _unflatten_optimizer(_field(meta, "optimizer", path), tensors)
+            ck.scheduler = _field(meta, "scheduler", path)
+        ck.extra = _field({"extra": "{}", **meta}, "extra", path)
         ck.extra_tensors = {
             k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")
         }
