@@ -494,3 +494,14 @@ def test_a_fifo_checkpoint_does_not_hang(tmp_path):
     assert (
         proc.returncode == 2 and "not a regular file" in proc.stderr and "--restart" in proc.stderr
     )
+
+
+def test_a_read_only_run_directory_names_the_run(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    def read_only(self, *a, **k):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(WriteProblem, match=f"cannot write {tmp_path / 'run' / 'run.json'}: "):
+        write_run(tmp_path / "run", {"plan.json": b"{}"})

@@ -20,6 +20,7 @@ from spaedge.paths import (
     MAX_BUNDLE_BYTES,
     MAX_JSON_BYTES,
     FileProblem,
+    WriteProblem,
     parse_json,
     read_json,
     read_regular,
@@ -51,8 +52,11 @@ def _digest(data: bytes) -> str:
 def write_run(out: Path, files: dict[str, bytes]) -> None:
     """Write ``files`` (name -> bytes) into ``out``, then the manifest naming them."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # incomplete from here until the manifest is back
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST).unlink(missing_ok=True)  # incomplete from here until the manifest is back
+    except OSError as e:
+        raise WriteProblem(out / MANIFEST, e) from None
     for name, data in files.items():
         atomic_write_bytes(out / name, data)
     manifest = {"format": FORMAT, "version": 1, "files": {n: _digest(d) for n, d in files.items()}}
