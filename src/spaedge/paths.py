@@ -158,6 +158,8 @@ def json_depth_ok(text: bytes | str, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether no array or object in the JSON ``text`` nests deeper than ``limit``
     (strings are skipped; brackets are counted without parsing, so no recursion)."""
     data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if data.count(b"[") + data.count(b"{") <= limit:  # cannot nest deeper: no scan needed
+        return True
     depth = 0
     for m in re.finditer(rb'"(?:[^"\\]|\\.)*"?|[\[{]|[\]}]', data, re.S):
         c = m.group()[:1]
