@@ -51,8 +51,12 @@ class _Handler(BaseHTTPRequestHandler):
             m.requests.append((path, dict(self.headers.items())))
             m.counts[path] += 1
             data = m.files.get(path)
+            endless = m.endless.get(path)
             cuts = m.cuts.get(path)
             cut = cuts.pop(0) if cuts else None
+        if endless is not None:
+            self._endless(m, path, endless)
+            return
         if data is None or path in m.not_found:
             self.send_error(404, "Not Found")
             return
@@ -95,6 +99,26 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
 
+    def _endless(self, m, path: str, nbytes: int) -> None:
+        """A body of ``nbytes`` with no Content-Length (ended by closing): as
+        endless as the client lets it be, bounded by construction."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        self.close_connection = True
+        block = b"\xab" * 65536
+        left = nbytes
+        try:
+            while left > 0:
+                n = min(left, len(block))
+                self.wfile.write(block[:n])
+                left -= n
+                with m.lock:
+                    m.sent[path] += n
+            self.wfile.flush()
+        except OSError:  # the client stopped reading and hung up
+            pass
+
 
 class MirrorServer:
     """A threaded HTTP server on 127.0.0.1 (port 0) serving ``files`` (path -> bytes)."""
@@ -103,6 +127,7 @@ class MirrorServer:
         self.files: dict = {}
         self.not_found: set = set()
         self.cuts: dict = {}
+        self.endless: dict = {}  # path -> bytes sent with no Content-Length
         self.ignore_range = False
         self.requests: list = []  # (path, headers) in arrival order
         self.counts: Counter = Counter()
@@ -129,6 +154,12 @@ class MirrorServer:
     def add(self, upstream_url: str, data: bytes) -> str:
         path = self._path(upstream_url)
         self.files[path] = bytes(data)
+        return path
+
+    def stream(self, upstream_url: str, nbytes: int) -> str:
+        """Serve ``nbytes`` of filler for this file, with no Content-Length."""
+        path = self._path(upstream_url)
+        self.endless[path] = int(nbytes)
         return path
 
     def cut_after(self, upstream_url: str, nbytes: int, times: int = 1) -> None:

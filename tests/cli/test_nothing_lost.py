@@ -89,6 +89,40 @@ def test_a_diverging_run_stops_and_pack_keeps_the_working_bundle(packed):
 
 
 @pytest.mark.slow
+def test_pack_on_a_full_disk_names_the_bundle_and_cleans_a_killed_packs_copy(
+    packed, monkeypatch, capsys
+):
+    """A pack killed by SIGKILL left `.digits.safetensors.new-PID`: the next pack
+    removes it. Its own copy cannot be written (ENOSPC): one line naming the
+    bundle, the old bundle kept, no hidden file left."""
+    import builtins
+    import errno
+
+    from spaedge.pack import format as fmt
+
+    bundles = packed / "bundles"
+    good = (bundles / "digits.safetensors").read_bytes()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (bundles / f".digits.safetensors.new-{dead.pid}").write_bytes(b"left by a killed pack")
+    (bundles / f".digits.safetensors.new-{dead.pid}.tmp-{dead.pid}").write_bytes(b"half")
+
+    def full_open(path, mode="r", *a, **k):
+        if ".new-" in os.fspath(path) and "w" in mode:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return builtins.open(path, mode, *a, **k)
+
+    monkeypatch.setattr(fmt, "open", full_open, raising=False)
+    runs, out = str(packed / "runs"), str(bundles)
+    assert main(["pack", "--task", "digits", *QUICK, "--runs", runs, "--out", out]) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if ": error: " in l]
+    assert len(err) == 1 and f"cannot write {bundles / 'digits.safetensors'}: " in err[0]
+    assert "No space left on device" in err[0]
+    assert (bundles / "digits.safetensors").read_bytes() == good
+    assert not [p for p in bundles.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("lr", ["inf", "1e30"])
 def test_train_with_a_diverging_learning_rate_exits_nonzero(tmp_path, lr):
     proc = cli("train", "--task", "digits", *QUICK, "--lr", lr, cwd=tmp_path)

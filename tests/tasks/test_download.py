@@ -280,29 +280,21 @@ def _device(name):
     return (info, None)
 
 
-@pytest.fixture(params=["data-filter", "own-checks"])
-def filter_mode(request, monkeypatch):
-    """Run with Python's tarfile data filter and with the fallback for Pythons without it."""
-    if request.param == "own-checks":
-        monkeypatch.delattr(tarfile, "data_filter", raising=False)
-    elif not hasattr(tarfile, "data_filter"):
-        pytest.skip("this Python has no tarfile data filter")
-    return request.param
-
-
 @pytest.mark.parametrize(
     "bad,what",
     [
         (("../evil.txt", b"x"), "outside"),
         (("sub/../../evil.txt", b"x"), "outside"),
         (("ABS/evil-abs.txt", b"x"), "absolute"),  # ABS: this test's tmp_path
-        (_link("link", "../evil.txt"), "outside"),
-        (_link("link", "/etc/passwd"), "absolute"),
-        (_link("hard", "../evil.txt", tarfile.LNKTYPE), "outside"),
+        (_link("link", "../evil.txt"), "symbolic link"),
+        (_link("link", "/etc/passwd"), "symbolic link"),
+        (_link("link", "first.txt"), "symbolic link"),  # even one that stays inside
+        (_link("hard", "../evil.txt", tarfile.LNKTYPE), "hard link"),
+        (_link("hard", "first.txt", tarfile.LNKTYPE), "hard link"),
         (_device("dev"), "device"),
     ],
 )
-def test_extract_tar_refuses_unsafe_members(tmp_path, filter_mode, bad, what):
+def test_extract_tar_refuses_unsafe_members(tmp_path, bad, what):
     if isinstance(bad[0], str):
         bad = (bad[0].replace("ABS", str(tmp_path)), bad[1])
     archive = tmp_path / "a.tgz"
@@ -317,15 +309,100 @@ def test_extract_tar_refuses_unsafe_members(tmp_path, filter_mode, bad, what):
     assert sorted(os.listdir(tmp_path)) == ["a.tgz", "root"]  # no evil.txt, no evil-abs.txt
 
 
-def test_extract_tar_unpacks_and_replaces(tmp_path, filter_mode):
+def _dir(name):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, 0o755
+    return (info, None)
+
+
+def _path_max_escape(ups: int) -> list:
+    """The CVE-2025-4517 pattern: nested directories of long names, each
+    reachable through a one-letter symbolic link, so that a short path resolves
+    to one longer than PATH_MAX; non-strict os.path.realpath stops resolving
+    there and takes the rest as plain names, inside. A link past that point
+    climbs back to the unpacking root, and ``escape`` links ``ups`` levels above
+    it: members written under ``escape/`` land outside the destination."""
+    comp = "d" * 247
+    steps = "abcdefghijklmnop"  # 16 x 248 characters, and the last name: past PATH_MAX (4096)
+    members, path = [], ""
+    for c in steps:
+        members.append(_dir(os.path.join(path, comp)))
+        members.append(_link(os.path.join(path, c), comp))
+        path = os.path.join(path, comp)
+    chain = "/".join(steps) + "/" + "l" * 254
+    members.append(_link(chain, "../" * len(steps)))  # -> the unpacking root
+    members.append(_link("escape", chain + "/.." * ups))
+    return members
+
+
+def test_extract_tar_path_max_symlink_chain_writes_nothing_outside(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.txt"
+    victim.write_text("original")
+    # unpacked into data/.flowers102.extract-*/out: three levels up is tmp_path
+    members = _path_max_escape(3)
+    members.append(("escape/outside/created.txt", b"pwned"))
+    members.append(_link("h", "escape/outside/victim.txt", tarfile.LNKTYPE))
+    members.append(("h", b"overwritten"))  # through the hard link
+    members.append(_link("jpg", "escape/outside"))  # a link left pointing outside
+    archive = tmp_path / "102flowers.tgz"
+    archive.write_bytes(tar_gz(members))
+    dest = tmp_path / "data" / "flowers102"
+    try:
+        with pytest.raises(UnsafeArchive) as e:
+            extract_tar(archive, dest)
+    finally:
+        assert victim.read_text() == "original" and sorted(os.listdir(outside)) == ["victim.txt"]
+        assert sorted(os.listdir(tmp_path)) == ["102flowers.tgz", "data", "outside"]
+        assert os.listdir(tmp_path / "data") == ["flowers102"] and os.listdir(dest) == []
+    msg = _one_line(e.value)
+    assert "symbolic link" in msg and "nothing was extracted" in msg and str(archive) in msg
+
+
+def test_extract_tar_hard_link_cannot_overwrite_a_file_outside(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("original")
+    rel = os.path.relpath(outside, tmp_path / "data" / "dest")
+    archive = tmp_path / "a.tgz"
+    for target in (str(outside), rel, "../" * 12 + str(outside).lstrip("/")):
+        archive.write_bytes(
+            tar_gz(
+                [
+                    ("ok.txt", b"fine"),
+                    _link("innocent", target, tarfile.LNKTYPE),
+                    ("innocent", b"overwritten"),  # written through the link if it were made
+                ]
+            )
+        )
+        with pytest.raises(UnsafeArchive, match="hard link"):
+            extract_tar(archive, tmp_path / "data" / "dest")
+        assert outside.read_text() == "original"
+        assert os.listdir(tmp_path / "data" / "dest") == []
+    assert sorted(os.listdir(tmp_path)) == ["a.tgz", "data", "outside.txt"]
+
+
+def test_extract_tar_walk_never_follows_a_link_on_disk(tmp_path):
+    """The component-by-component walk (O_NOFOLLOW) refuses to go through a
+    link even if one were on disk in the unpacking root."""
+    outside, root = tmp_path / "outside", tmp_path / "root"
+    outside.mkdir()
+    root.mkdir()
+    os.symlink(outside, root / "top")
+    with pytest.raises(UnsafeArchive, match="not a directory"):
+        dl._open_dir(None, os.fspath(root), ["top", "sub"], "top/sub/x.txt")
+    assert os.listdir(outside) == []
+
+
+def test_extract_tar_unpacks_and_replaces(tmp_path):
     archive = tmp_path / "a.tgz"
     archive.write_bytes(
         tar_gz(
             [
                 ("top/a.txt", b"A"),
                 ("top/sub/b.txt", b"B"),
-                _link("top/l", "a.txt"),
-                ("single.txt", b"S"),
+                _dir("top/empty"),
+                ("./single.txt", b"S"),
             ]
         )
     )
@@ -337,9 +414,26 @@ def test_extract_tar_unpacks_and_replaces(tmp_path, filter_mode):
     assert (dest / "top" / "a.txt").read_bytes() == b"A" and (
         dest / "top" / "sub" / "b.txt"
     ).read_bytes() == b"B"
-    assert os.readlink(dest / "top" / "l") == "a.txt" and (dest / "single.txt").read_bytes() == b"S"
+    assert (dest / "top" / "empty").is_dir() and (dest / "single.txt").read_bytes() == b"S"
     assert not (dest / "top" / "stale.txt").exists() and (dest / "keep.txt").read_text() == "mine"
     assert sorted(os.listdir(tmp_path)) == ["a.tgz", "dest"]
+
+
+def test_extract_tar_disk_full_names_the_file(tmp_path, monkeypatch):
+    import errno
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dl, "_copy", full)
+    archive = tmp_path / "a.tgz"
+    archive.write_bytes(tar_gz([("top/a.txt", b"A")]))
+    with pytest.raises(DownloadError) as e:
+        extract_tar(archive, tmp_path / "dest")
+    msg = _one_line(e.value)
+    assert "No space left on device" in msg and str(tmp_path / "dest" / "top" / "a.txt") in msg
+    assert "not a readable" not in msg
+    assert sorted(os.listdir(tmp_path)) == ["a.tgz", "dest"] and os.listdir(tmp_path / "dest") == []
 
 
 def test_extract_tar_corrupt_archive(tmp_path):
@@ -528,6 +622,7 @@ def test_dataset_digest_mismatch_leaves_nothing(server, monkeypatch, tmp_path):
     from spaedge.tasks import fetch_data
 
     files, _, _ = flowers_files()
+    files["imagelabels.mat"] = files["imagelabels.mat"].ljust(502, b"\0")  # the recorded size
     for name, data in files.items():
         server.add(FLOWERS + name, data)
     monkeypatch.setenv("SPAEDGE_HOME", str(tmp_path / "home"))
@@ -539,3 +634,67 @@ def test_dataset_digest_mismatch_leaves_nothing(server, monkeypatch, tmp_path):
     assert "sha256:4903e94206bac23bf772aadf06451916df56b58fc483a62db32a97b82656651d" in str(e.value)
     d = tmp_path / "home" / "data" / "flowers102"
     assert [p for p in os.listdir(d) if not p.startswith(".")] == []
+
+
+# ------------------------------------------------------------------ size caps
+
+
+def _no_mirror_sums(server, monkeypatch, tmp_path):
+    monkeypatch.setenv("SPAEDGE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SPAEDGE_MIRROR", server.url)
+    monkeypatch.delenv("SPAEDGE_CHECKSUMS", raising=False)
+    monkeypatch.delenv("SPAEDGE_DATA", raising=False)
+
+
+def test_endless_body_stops_at_the_recorded_size(server, monkeypatch, tmp_path):
+    """imagelabels.mat is 502 bytes: a mirror sending 3 MB with no length is
+    stopped at 502 (never more written), the partial file deleted."""
+    from spaedge.tasks import fetch_data
+
+    _no_mirror_sums(server, monkeypatch, tmp_path)
+    server.stream(FLOWERS + "imagelabels.mat", 3 << 20)
+    seen = []
+    with pytest.raises(DownloadError) as e:
+        fetch_data("flowers", progress=lambda done, total: seen.append(done))
+    msg = _one_line(e.value)
+    assert "imagelabels.mat" in msg and "502 bytes" in msg and "stopped" in msg
+    assert max(seen) <= 502
+    part = tmp_path / "home" / "data" / "flowers102" / "imagelabels.mat.part"
+    assert not part.exists() or part.stat().st_size <= 502
+
+
+def test_unknown_size_stops_at_the_cap(server, monkeypatch, tmp_path):
+    _no_mirror_sums(server, monkeypatch, tmp_path)
+    server.stream(URL, 1 << 20)
+    seen = []
+    with pytest.raises(DownloadError) as e:
+        fetch(URL, tmp_path / "b", max_bytes=100_000, progress=lambda d, t: seen.append(d))
+    msg = _one_line(e.value)
+    assert "100000-byte limit" in msg and str(tmp_path / "b") in msg
+    assert max(seen) <= 100_000 and not (tmp_path / "b.part").exists()
+    assert not (tmp_path / "b").exists()
+
+
+def test_announced_length_past_the_size_refused_before_the_body(server, monkeypatch, tmp_path):
+    _no_mirror_sums(server, monkeypatch, tmp_path)
+    server.add(URL, BLOB)
+    with pytest.raises(DownloadError, match=f"announced {len(BLOB)} bytes but the file is 1000"):
+        fetch(URL, tmp_path / "b", digest=None, size=1000, progress=False)
+    assert not (tmp_path / "b.part").exists() and not (tmp_path / "b").exists()
+
+
+def test_checksums_entry_with_a_size(server, monkeypatch, tmp_path):
+    """A replaced digest drops the recorded size; an entry may give its own."""
+    _no_mirror_sums(server, monkeypatch, tmp_path)
+    server.add(URL, BLOB)
+    sums = tmp_path / "sums.json"
+    sums.write_text(json.dumps({URL: {"digest": sha256(BLOB), "size": len(BLOB)}}))
+    monkeypatch.setenv("SPAEDGE_CHECKSUMS", str(sums))
+    # recorded size 10 is replaced by the entry's: the download succeeds
+    assert fetch(URL, tmp_path / "b", digest=None, size=10, progress=False).read_bytes() == BLOB
+    sums.write_text(json.dumps({URL: {"digest": sha256(BLOB), "size": 10}}))
+    with pytest.raises(DownloadError, match="but the file is 10 bytes"):
+        fetch(URL, tmp_path / "c", size=len(BLOB), progress=False)
+    sums.write_text(json.dumps({URL: {"digest": sha256(BLOB), "size": -1}}))
+    with pytest.raises(DownloadError, match="'size' must be a non-negative integer"):
+        fetch(URL, tmp_path / "d", progress=False)

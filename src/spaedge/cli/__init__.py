@@ -100,4 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+    """The error as one line, with any ``scheme://user:password@`` password hidden."""
+    from spaedge.download import redact
+
+    return redact(" ".join(str(e).split())) or type(e).__name__

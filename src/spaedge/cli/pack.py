@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from spaedge.cli.common import (
 from spaedge.cli.train import TITLE
 from spaedge.pack.format import read_metadata
 from spaedge.pack.layout import base_bundle_path, run_dir_path, task_bundle_path
-from spaedge.paths import check_output_dir, check_output_file
+from spaedge.paths import WriteProblem, check_output_dir, check_output_file, remove_stale
 
 
 def add_parser(sub) -> None:
@@ -64,14 +64,21 @@ def find_run(run_dir: Path, cfg, base_hash: str) -> bool:
     (never packed in their place, never replaced without --retrain); an
     unfinished one (a checkpoint, no manifest) is resumed by training."""
     from spaedge.train import TrainConfig
-    from spaedge.train.rundir import is_run, read_run
+    from spaedge.train.rundir import is_run, read_run, read_run_json
 
     if not is_run(run_dir):
         return False
     files = read_run(
         run_dir, ("config.json", "task.safetensors")
     )  # checked against the run's manifest
-    had = TrainConfig.from_json(json.loads(files["config.json"])).to_json()
+    try:
+        had = TrainConfig.from_json(
+            read_run_json(run_dir, "config.json", files["config.json"])
+        ).to_json()
+    except (TypeError, ValueError) as e:
+        raise CliError(
+            f"{run_dir}/config.json is not a training config ({e}): pass --retrain"
+        ) from None
     want = cfg.to_json()
     diff = [k for k in want if had.get(k) != want[k]]
     if diff:
@@ -85,6 +92,38 @@ def find_run(run_dir: Path, cfg, base_hash: str) -> bool:
             f"{run_dir} was trained against another base than --base {cfg.base}: pass --retrain"
         )
     return True
+
+
+def clean_killed_packs(task_path: Path) -> list[Path]:
+    """Remove the checked copies ``.TASK.safetensors.new-PID`` (and their
+    temporaries) that packs killed before installing them (SIGKILL, power
+    loss) left beside ``task_path``; a running pack's are kept."""
+    pattern = re.escape(f".{task_path.name}.new-") + r"(?P<pid>\d+)(\.tmp-\d+)?"
+    return remove_stale(task_path.parent, pattern)
+
+
+METRICS = ("whole_model_bytes", "density", "macs", "macs_unpruned", "learned_parameters")
+
+
+def _metrics(run_dir: Path, data: bytes) -> dict:
+    """The run's metrics.json, with the numbers ``pack`` prints checked."""
+    import math
+
+    from spaedge.train.rundir import read_run_json
+
+    metrics = read_run_json(run_dir, "metrics.json", data)
+    for k in METRICS:
+        v = metrics.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise CliError(
+                f"{run_dir}/metrics.json: field {k!r} must be a non-negative number, got {v!r}: "
+                "pass --retrain"
+            )
+    if metrics["macs_unpruned"] <= 0:
+        raise CliError(
+            f"{run_dir}/metrics.json: field 'macs_unpruned' must be positive: pass --retrain"
+        )
+    return metrics
 
 
 def main(args) -> int:
@@ -123,7 +162,7 @@ def main(args) -> int:
         with Reporter() as rep:
             run(cfg, run_dir, reporter=rep, env=env, resume=not args.restart)
     files = read_run(run_dir, ("task.safetensors", "metrics.json"))
-    metrics = json.loads(files["metrics.json"])
+    metrics = _metrics(run_dir, files["metrics.json"])
     if not base_path.exists():
         atomic_write_bytes(base_path, base_bytes)
         print(f"wrote {base_path} ({human_bytes(len(base_bytes))}, base {bhash[:12]})")
@@ -134,8 +173,12 @@ def main(args) -> int:
     # and the C++ runtime) and replaces it only if it passes.
     task_bytes = len(files["task.safetensors"])
     new_path = task_path.with_name(f".{task_path.name}.new-{os.getpid()}")
+    clean_killed_packs(task_path)
     try:
-        atomic_write_bytes(new_path, files["task.safetensors"])
+        try:
+            atomic_write_bytes(new_path, files["task.safetensors"])
+        except WriteProblem as e:  # named as the bundle the user asked for
+            raise WriteProblem(task_path, e.error) from None
         model, spec, _ = load_task_model(base_path, new_path)
         task = get_task(cfg.task, data_dir=cfg.data_dir, input_size=spec.input_size)
         test = task.split("test")
@@ -188,7 +231,10 @@ def main(args) -> int:
                 file=sys.stderr,
             )
             return 1
-        os.replace(new_path, task_path)
+        try:
+            os.replace(new_path, task_path)
+        except OSError as e:
+            raise WriteProblem(task_path, e) from None
     finally:
         new_path.unlink(missing_ok=True)
     print(f"wrote {task_path} ({human_bytes(task_bytes)})")

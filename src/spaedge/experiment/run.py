@@ -97,7 +97,11 @@ def _worker(args):
 
 
 def load_results(out_dir: str | Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((Path(out_dir) / "runs").glob("*.json"))]
+    from spaedge.paths import read_json
+
+    return [
+        read_json(p, "experiment result") for p in sorted((Path(out_dir) / "runs").glob("*.json"))
+    ]
 
 
 # Budget fields a later run may change in the same results directory: more

@@ -21,11 +21,11 @@ bundles record it and ``spaedge info`` shows it.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from spaedge.models.pretrained import PRETRAINED, pretrained_weights
 from spaedge.models.resnet import (
@@ -37,6 +37,7 @@ from spaedge.models.resnet import (
     spaedge_small,
     spaedge_tiny,
 )
+from spaedge.paths import MAX_BUNDLE_BYTES, parse_json, read_regular
 
 __all__ = [
     "ResNet",
@@ -109,15 +110,45 @@ def get_base(
     return model
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a ``.pth``/``.pt`` file (no pickle code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
+def _safetensors_state(path: Path, data: bytes) -> dict[str, torch.Tensor]:
+    """A .safetensors file's tensors, its header checked first so that a
+    garbage or truncated file is one clear error naming it (no SafetensorError)."""
+    from safetensors.torch import load as st_load
+
+    again = "give a .safetensors file saved whole (safetensors.torch.save_file)"
+    if len(data) < 8:
+        raise ValueError(
+            f"weights file {path}: {len(data)} bytes, too short to be .safetensors; {again}"
+        )
+    n = int.from_bytes(data[:8], "little")
+    if n > 100_000_000 or 8 + n > len(data):
+        raise ValueError(
+            f"weights file {path}: header length {n} does not fit a {len(data)}-byte file "
+            f"(truncated or not .safetensors); {again}"
+        )
+    header = parse_json(data[8 : 8 + n], f"weights file {path}: header")
+    if not isinstance(header, dict):
+        raise ValueError(f"weights file {path}: header is not a JSON object; {again}")
     try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        return st_load(data)
+    except Exception as e:  # noqa: BLE001 - SafetensorError and whatever else the parser raises
+        raise ValueError(
+            f"weights file {path}: not readable as .safetensors ({e}); {again}"
+        ) from None
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a ``.pth``/``.pt`` file (no pickle code runs).
+
+    The file is read through ``spaedge.paths.read_regular``: a regular file
+    (a FIFO or device is refused without blocking) of at most
+    ``MAX_BUNDLE_BYTES``."""
+    path = Path(path)
+    data = read_regular(path, "weights file", MAX_BUNDLE_BYTES)
+    if path.suffix == ".safetensors":
+        return _safetensors_state(path, data)
+    try:
+        sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with what to do
         raise ValueError(
             f"{path}: cannot read weights ({e}); give a torchvision state dict saved "

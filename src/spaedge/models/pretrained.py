@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from spaedge.download import (
     parse_digest,
     spaedge_home,
 )
+from spaedge.paths import WriteProblem, remove_stale
 
 __all__ = ["PRETRAINED", "PretrainedWeights", "pretrained_weights", "weights_dir"]
 
@@ -42,7 +44,7 @@ __all__ = ["PRETRAINED", "PretrainedWeights", "pretrained_weights", "weights_dir
 class PretrainedWeights:
     url: str
     digest: str  # "sha256:<hex>" of the file at url
-    size: int  # bytes, for messages
+    size: int  # bytes: a download stops there
 
     @property
     def filename(self) -> str:
@@ -127,11 +129,14 @@ def _convert(pth: Path, out: Path, source: dict) -> None:
         )
     sd = {k: v.contiguous() for k, v in sd.items()}
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    remove_stale(out.parent, re.escape(f".{out.name}.") + r"(?P<pid>\d+)\.tmp")
     try:
         save_file(sd, str(tmp), metadata=source)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out)
+    except OSError as e:
+        raise WriteProblem(out, e) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -163,6 +168,13 @@ def pretrained_weights(name: str, *, allow_download: bool = True, progress=None)
     with file_lock(out):
         if cached():  # converted by another process meanwhile
             return out
-        fetch(w.url, pth, digest=w.digest, allow_download=allow_download, progress=progress)
+        fetch(
+            w.url,
+            pth,
+            digest=w.digest,
+            size=w.size,
+            allow_download=allow_download,
+            progress=progress,
+        )
         _convert(pth, out, source)
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import struct
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from safetensors.numpy import save as _st_save
 
 from spaedge import runtime
 from spaedge.errors import BundleError
+from spaedge.paths import WriteProblem, remove_stale
 
 __all__ = [
     "FORMAT_VERSION",
@@ -81,19 +83,40 @@ def content_hash(metadata: Mapping[str, str], table: Mapping[str, Mapping], data
 
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so readers see the old file or the whole new one."""
+    """Write ``payload`` to ``path`` so readers see the old file or the whole new one.
+
+    The bytes go to ``<name>.tmp-<pid>`` beside it (held under an flock while
+    written), are synced, then renamed over ``path``. Temporary files of
+    ``path`` left by killed processes are removed first. A failed write (disk
+    full, read-only, no permission) raises WriteProblem naming ``path``, with
+    the temporary file removed and ``path`` as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(path.parent, re.escape(path.name) + r"\.tmp-(?P<pid>\d+)")
         with open(tmp, "wb") as f:
+            _lock(f)
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteProblem(path, e) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _lock(f) -> None:
+    """An flock on the file being written, so that stale-file cleaning leaves it alone."""
+    try:
+        import fcntl
+
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (ImportError, OSError):
+        pass
 
 
 def serialise(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> tuple[bytes, str]:

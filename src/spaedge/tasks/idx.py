@@ -26,8 +26,9 @@ _DTYPES = {
 
 
 def _read_bytes(path: str | os.PathLike) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read()
+    from spaedge.paths import MAX_BUNDLE_BYTES, read_regular
+
+    data = read_regular(path, "IDX file", MAX_BUNDLE_BYTES)  # a FIFO is refused, not waited on
     if data[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
         try:
             data = gzip.decompress(data)

@@ -30,12 +30,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
 from spaedge.pack.format import atomic_write_bytes
+from spaedge.paths import MAX_BUNDLE_BYTES, parse_json, read_regular
 from spaedge.pruning.groups import channel_groups
 from spaedge.pruning.prune import density, prune_to_density
 from spaedge.train import distributed
@@ -174,6 +175,21 @@ class CheckpointError(ValueError):
     config): it is never dropped silently; the message names --restart."""
 
 
+def _metadata(data: bytes, path: Path) -> dict:
+    """The ``__metadata__`` of safetensors bytes, the header parsed depth-limited."""
+    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if n < 0 or 8 + n > len(data):
+        raise ValueError("truncated: the header does not fit the file")
+    header = parse_json(data[8 : 8 + n], f"{path}: header")
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _field(meta: dict, key: str, path: Path):
+    """A JSON metadata field, parsed depth-limited (KeyError if missing)."""
+    return parse_json(meta[key], f"{path}: field {key!r}")
+
+
 def load(
     path: Path, config: dict, normalise: Callable[[dict], dict] | None = None
 ) -> Checkpoint | None:
@@ -186,11 +202,13 @@ def load(
         return None
     restart = "pass --restart to discard it and train from the start, or --out another directory"
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        data = read_regular(
+            path, "checkpoint", MAX_BUNDLE_BYTES
+        )  # a FIFO is refused, not waited on
+        meta = _metadata(data, path)
         if meta.get("format") != FORMAT:
             raise ValueError(f"format {meta.get('format')!r}")
-        stored = json.loads(meta.get("config", "null"))
+        stored = parse_json(meta.get("config", "null"), f"{path}: field 'config'")
         if not isinstance(stored, dict):
             raise ValueError("no config")
     except (SafetensorError, OSError, ValueError, TypeError) as e:
@@ -210,20 +228,20 @@ def load(
             f"{', ...' if len(diff) > 3 else ''}): {restart}"
         )
     try:
-        tensors = st_load(path.read_bytes())
+        tensors = st_load(data)
         ck = Checkpoint(
-            position=Position(**json.loads(meta["position"])),
+            position=Position(**_field(meta, "position", path)),
             config=config,
             model={k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")},
             rng={
                 "tensors": {k: v for k, v in tensors.items() if k.startswith("rng.")},
-                "rest": json.loads(meta["rng"]),
+                "rest": _field(meta, "rng", path),
             },
         )
         if "optimizer" in meta:
-            ck.optimizer = _unflatten_optimizer(json.loads(meta["optimizer"]), tensors)
-            ck.scheduler = json.loads(meta["scheduler"])
-        ck.extra = json.loads(meta.get("extra", "{}"))
+            ck.optimizer = _unflatten_optimizer(_field(meta, "optimizer", path), tensors)
+            ck.scheduler = _field(meta, "scheduler", path)
+        ck.extra = _field({"extra": "{}", **meta}, "extra", path)
         ck.extra_tensors = {
             k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")
         }

@@ -11,6 +11,7 @@ works as a library too.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch import nn
 
 from spaedge.pack.format import atomic_write_bytes
 from spaedge.pack.layout import safe_name, task_name
+from spaedge.paths import FileProblem, parse_json, read_json
 from spaedge.pruning.similar import Plan, plan_of_model
 from spaedge.tasks import Task
 from spaedge.train.config import TrainConfig
@@ -42,6 +44,8 @@ __all__ = [
 
 PLAN_FILE = "plan.json"
 FORMAT = "spaedge-plan"
+#: More output channels than any adapted layer has (a ResNet's widest is 2048).
+MAX_CHANNELS = 1 << 16
 
 
 def plan_to_json(plan: Plan) -> dict:
@@ -50,22 +54,92 @@ def plan_to_json(plan: Plan) -> dict:
     return {"format": FORMAT, "version": 1, **d}
 
 
-def plan_from_json(d: dict, source: str = "") -> Plan:
-    if d.get("format") != FORMAT:
-        raise ValueError(
-            f"{source or 'plan'}: not a spaedge pruning plan (format {d.get('format')!r})"
+def _field(source: str, key: str, why: str) -> FileProblem:
+    return FileProblem(f"{source}: field {key!r} {why}")
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def plan_from_json(d, source: str = "") -> Plan:
+    """A plan from its JSON form, every field checked: bad content raises
+    FileProblem (a ValueError) naming the file and the field."""
+    source = source or "plan"
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        fmt = d.get("format") if isinstance(d, dict) else type(d).__name__
+        raise FileProblem(f"{source}: not a spaedge pruning plan (format {fmt!r})")
+    for key in ("task", "base_hash", "density", "kept", "base_channels", "embedding"):
+        if key not in d:
+            raise _field(source, key, "is missing: the plan is damaged or not a plan")
+    for key in ("task", "base_hash"):
+        if not isinstance(d[key], str) or not d[key]:
+            raise _field(source, key, "must be a non-empty string")
+    if not isinstance(d.get("base", ""), str):
+        raise _field(source, "base", "must be a string")
+    density = d["density"]
+    if not _finite(density) or not 0.0 < float(density) <= 1.0:
+        raise _field(source, "density", f"must be a number in (0, 1], got {density!r}")
+    channels = d["base_channels"]
+    if not isinstance(channels, dict) or not channels:
+        raise _field(source, "base_channels", "must be an object of layer -> channel count")
+    for layer, n in channels.items():
+        if not _count(n) or not 0 < n <= MAX_CHANNELS:
+            raise _field(
+                source,
+                "base_channels",
+                f"layer {layer!r} has {n!r} channels; expected an integer in [1, {MAX_CHANNELS}]",
+            )
+    kept = d["kept"]
+    if not isinstance(kept, dict):
+        raise _field(
+            source,
+            "kept",
+            f"must be an object of layer -> channel indices, not {type(kept).__name__}",
         )
+    if set(kept) != set(channels):
+        odd = sorted(set(kept) ^ set(channels))[:3]
+        raise _field(source, "kept", f"does not name the layers of 'base_channels' (e.g. {odd})")
+    for layer, idx in kept.items():
+        n = channels[layer]
+        if not isinstance(idx, list) or not idx or not all(_count(i) for i in idx):
+            raise _field(
+                source, "kept", f"layer {layer!r}: expected a non-empty list of channel indices"
+            )
+        bad = [i for i in idx if not 0 <= i < n]
+        if bad:
+            raise _field(
+                source,
+                "kept",
+                f"layer {layer!r}: channel index {bad[0]} is outside [0, {n - 1}] (the base's "
+                f"{n} channels)",
+            )
+        if len(set(idx)) != len(idx):
+            raise _field(source, "kept", f"layer {layer!r}: a channel index is listed twice")
+    emb = d["embedding"]
+    if not isinstance(emb, list) or not emb or not all(_finite(v) for v in emb):
+        raise _field(source, "embedding", "must be a non-empty list of finite numbers")
+    acc = d.get("test_accuracy")
+    if acc is not None and not _finite(acc):
+        raise _field(source, "test_accuracy", "must be a finite number or null")
+    extra = d.get("extra", {})
+    if not isinstance(extra, dict):
+        raise _field(source, "extra", "must be an object")
     return Plan(
         task=d["task"],
         base=d.get("base", ""),
         base_hash=d["base_hash"],
-        density=float(d["density"]),
-        kept={k: [int(i) for i in v] for k, v in d["kept"].items()},
-        base_channels={k: int(v) for k, v in d["base_channels"].items()},
-        embedding=[float(v) for v in d["embedding"]],
-        test_accuracy=d.get("test_accuracy"),
+        density=float(density),
+        kept={k: [int(i) for i in v] for k, v in kept.items()},
+        base_channels={k: int(v) for k, v in channels.items()},
+        embedding=[float(v) for v in emb],
+        test_accuracy=acc,
         source=source,
-        extra=d.get("extra", {}),
+        extra=extra,
     )
 
 
@@ -78,7 +152,7 @@ def write_plan(plan: Plan, path: Path) -> None:
 
 
 def read_plan(path: Path) -> Plan:
-    return plan_from_json(json.loads(Path(path).read_text()), source=str(path))
+    return plan_from_json(read_json(path, "plan file"), source=str(path))
 
 
 def run_plan(
@@ -111,7 +185,8 @@ def run_plan(
 def plan_from_run(run_dir: Path) -> Plan:
     """A finished run directory's plan (its files checked against the run's manifest)."""
     data = read_run(Path(run_dir), (PLAN_FILE,))[PLAN_FILE]
-    return plan_from_json(json.loads(data), source=str(run_dir))
+    where = f"{run_dir}/{PLAN_FILE}"
+    return plan_from_json(parse_json(data, where), source=where)
 
 
 def _plan_sources(path: Path) -> list[Path]:
@@ -140,12 +215,15 @@ def load_library(paths: str | Path | Sequence[str | Path]) -> list[Plan]:
             if f.is_dir():
                 plans.append(plan_from_run(f))  # a run directory: refused if incomplete
                 continue
-            try:
-                d = json.loads(f.read_text())
-            except (OSError, json.JSONDecodeError):
+            if f == path:  # a plan file named by the user: it must be one
+                plans.append(read_plan(f))
+                continue
+            try:  # a library directory may hold other JSON files: only plans are read
+                d = read_json(f, "library file")
+            except FileProblem:
                 continue
             if isinstance(d, dict) and d.get("format") == FORMAT:
-                plans.append(plan_from_json(d, source=str(f)))
+                plans.append(plan_from_json(d, source=str(f)))  # a damaged plan is an error
     return plans
 
 

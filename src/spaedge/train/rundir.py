@@ -16,8 +16,25 @@ import json
 from pathlib import Path
 
 from spaedge.pack.format import atomic_write_bytes
+from spaedge.paths import (
+    MAX_BUNDLE_BYTES,
+    MAX_JSON_BYTES,
+    FileProblem,
+    WriteProblem,
+    parse_json,
+    read_json,
+    read_regular,
+)
 
-__all__ = ["MANIFEST", "RUN_FILES", "IncompleteRun", "write_run", "read_run", "is_run"]
+__all__ = [
+    "MANIFEST",
+    "RUN_FILES",
+    "IncompleteRun",
+    "write_run",
+    "read_run",
+    "is_run",
+    "read_run_json",
+]
 
 MANIFEST = "run.json"
 RUN_FILES = ("task.safetensors", "config.json", "metrics.json", "plan.json")
@@ -35,8 +52,11 @@ def _digest(data: bytes) -> str:
 def write_run(out: Path, files: dict[str, bytes]) -> None:
     """Write ``files`` (name -> bytes) into ``out``, then the manifest naming them."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # incomplete from here until the manifest is back
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST).unlink(missing_ok=True)  # incomplete from here until the manifest is back
+    except OSError as e:
+        raise WriteProblem(out / MANIFEST, e) from None
     for name, data in files.items():
         atomic_write_bytes(out / name, data)
     manifest = {"format": FORMAT, "version": 1, "files": {n: _digest(d) for n, d in files.items()}}
@@ -52,25 +72,34 @@ def read_run(run_dir: Path, names=RUN_FILES) -> dict[str, bytes]:
     run_dir = Path(run_dir)
     redo = f"train it again (spaedge train --out {run_dir}, or spaedge pack --retrain)"
     try:
-        manifest = json.loads((run_dir / MANIFEST).read_bytes())
-        listed = manifest["files"]
-        if manifest.get("format") != FORMAT or not isinstance(listed, dict):
-            raise ValueError
-    except FileNotFoundError:
+        manifest = read_json(run_dir / MANIFEST, "the run's manifest")
+    except FileProblem as e:
+        if not (run_dir / MANIFEST).exists():
+            raise IncompleteRun(
+                f"{run_dir} is not a finished run (no {MANIFEST}: interrupted, or not a run "
+                f"directory): {redo}"
+            ) from None
+        raise IncompleteRun(f"{e}: {redo}") from None
+    listed = manifest.get("files") if isinstance(manifest, dict) else None
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or not isinstance(listed, dict)
+        or not all(isinstance(v, str) for v in listed.values())
+    ):
         raise IncompleteRun(
-            f"{run_dir} is not a finished run (no {MANIFEST}: interrupted, or not a run "
-            f"directory): {redo}"
-        ) from None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise IncompleteRun(f"{run_dir}/{MANIFEST} is unreadable: {redo}") from None
+            f"{run_dir}/{MANIFEST}: field 'files' is not an object of file name -> digest "
+            f"(not a spaedge run manifest): {redo}"
+        )
     out = {}
     for name in names:
         if name not in listed:
             raise IncompleteRun(f"{run_dir}: {name} is not part of this run: {redo}")
+        limit = MAX_BUNDLE_BYTES if name.endswith(".safetensors") else MAX_JSON_BYTES
         try:
-            data = (run_dir / name).read_bytes()
-        except OSError as e:
-            raise IncompleteRun(f"{run_dir}/{name} cannot be read ({e.strerror}): {redo}") from None
+            data = read_regular(run_dir / name, "the run's file", limit)
+        except FileProblem as e:
+            raise IncompleteRun(f"{e}: {redo}") from None
         if _digest(data) != listed[name]:
             raise IncompleteRun(
                 f"{run_dir}/{name} is not the file the run wrote (changed or replaced since): "
@@ -78,3 +107,15 @@ def read_run(run_dir: Path, names=RUN_FILES) -> dict[str, bytes]:
             )
         out[name] = data
     return out
+
+
+def read_run_json(run_dir: Path, name: str, data: bytes) -> dict:
+    """A run's JSON file (bytes from ``read_run``) parsed, depth-limited: a JSON
+    object, or IncompleteRun naming the file."""
+    try:
+        doc = parse_json(data, f"{run_dir}/{name}")
+    except FileProblem as e:
+        raise IncompleteRun(str(e)) from None
+    if not isinstance(doc, dict):
+        raise IncompleteRun(f"{run_dir}/{name}: not a JSON object")
+    return doc
