@@ -377,8 +377,12 @@ class Task:
         crop_fraction: float = CROP_FRACTION,
         classes: Sequence[int] | None = None,
         source_classes: int | None = None,
+        sources: Sequence[tuple[str, str]] = (),
     ):
         self.name = name
+        # Where the data came from, for the run's identity (spaedge.tasks.identity):
+        # ("file", path) digested by content, ("tree", dir) by its file list.
+        self.sources = tuple((str(k), os.fspath(p)) for k, p in sources)
         self.labels = [str(l) for l in labels]
         self.input_size: Size = tuple(int(d) for d in input_size)  # type: ignore[assignment]
         c = self.input_size[0]
@@ -451,6 +455,7 @@ class Task:
             crop_fraction=self.crop_fraction,
             classes=self._classes[classes],
             source_classes=self._source_classes,
+            sources=self.sources,
         )
         sub.notes = list(self.notes)
         return sub

@@ -248,6 +248,7 @@ def make_imagefolder(path, input_size=None, name=None) -> Task:
         description=f"class-per-subdirectory images in {root}",
         flip_ok=True,
         in_memory=False,
+        sources=[("tree", root)],
     )
     if scan.skipped:
         shown = "; ".join(f"{p} ({why})" for p, why in scan.skipped[:3])

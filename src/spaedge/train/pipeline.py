@@ -36,6 +36,7 @@ from spaedge.train import distributed
 from spaedge.train.checkpoint import Session, prune_resumable
 from spaedge.train.config import SIMILAR, TrainConfig
 from spaedge.train.device import TrainEnv, resolve_device
+from spaedge.train.identity import run_identity
 from spaedge.train.library import load_library, plan_bytes, run_plan
 from spaedge.train.loops import Diverged, evaluate, fit
 from spaedge.train.rundir import write_run
@@ -57,6 +58,7 @@ class Trained:
     similar: dict | None = None  # --schedule similar: neighbours and the task's embedding
     pear: dict | None = None  # --method pear: what Pear pruned and shared
     session: Session | None = None  # the checkpoint session, when checkpointing
+    identity: dict | None = None  # base weights and data used (spaedge.train.identity)
 
 
 def train_task(
@@ -102,9 +104,12 @@ def train_task(
     test_ds = first_items(task.split("test"), cfg.test_limit)
     example = torch.zeros(1, *task.input_size)
     macs_full = count_macs(model, task.input_size)
+    identity = run_identity(task, bhash)  # what the run is, beyond its config's spelling
     session = None
     if checkpoint_dir is not None:
-        session = Session(Path(checkpoint_dir), cfg.to_json(), model, gen, resume=resume)
+        session = Session(
+            Path(checkpoint_dir), cfg.to_json(), model, gen, resume=resume, identity=identity
+        )
         if session.resumed_from is not None:
             p = session.resumed_from
             reporter.log(
@@ -234,7 +239,15 @@ def train_task(
     if similar is not None:
         metrics["similar_tasks"] = similar["neighbours"]
     return Trained(
-        model, task, bhash, metrics, config=cfg, similar=similar, pear=pear, session=session
+        model,
+        task,
+        bhash,
+        metrics,
+        config=cfg,
+        similar=similar,
+        pear=pear,
+        session=session,
+        identity=identity,
     )
 
 
@@ -337,6 +350,7 @@ def run(
             "metrics.json": json.dumps(metrics, indent=2).encode(),
             "plan.json": plan_bytes(plan),
         },
+        identity=trained.identity,
     )
     trained.session.finish()
     if on_model is not None:
