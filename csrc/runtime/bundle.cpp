@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <cmath>
+#include <cstdio>
 
 #include <algorithm>
 #include <cerrno>
@@ -107,6 +109,28 @@ Bundle::Bundle(const std::string& path, const std::string& expected_format,
     fail("path contains a NUL byte (the file name would be cut there)");
   read_file(options);
   check_common(expected_format, options);
+  if (expected_format == "spaedge-task" && data_ != nullptr) check_task_values();
+}
+
+void Bundle::check_task_values() const {
+  // Every float of a task bundle (adapter factors and deltas, BatchNorm,
+  // biases, the head) is finite and |x| <= kMaxTaskValue: a merged rank-r
+  // product is then at most r * 1e12, far below float32's 3.4e38, and no
+  // trained weight comes near (docs/reliability.md, "Value bounds").
+  for (const TensorView& t : tensors_) {
+    if (t.dtype != DType::F32) continue;
+    for (size_t i = 0; i < t.numel; ++i) {
+      const float v = t.f32(i);
+      if (!std::isfinite(v)) fail_tensor(t.name, "element " + std::to_string(i) + " is not finite");
+      if (std::fabs(v) > kMaxTaskValue) {
+        char buf[48];
+        std::snprintf(buf, sizeof buf, "%g", double(v));
+        fail_tensor(t.name, "element " + std::to_string(i) + " is " + buf +
+                                ", beyond the +-1e6 a task bundle's values may reach (merged "
+                                "weights that large cannot be meaningful in float32)");
+      }
+    }
+  }
 }
 
 Bundle::~Bundle() = default;

@@ -2,6 +2,7 @@
 #include "spaedge/runtime.h"
 
 #include <chrono>
+#include <cmath>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -58,6 +59,24 @@ struct Runtime::Impl {
     return std::chrono::duration<double, std::milli>(t1 - t0).count();
   }
 };
+
+namespace {
+
+// Logits are returned finite or not at all: an overflow inside the network
+// (inputs too large for float32, or NaN passed past the input check) is an
+// error naming the image, never inf/NaN handed on as an answer.
+void check_logits(const Task& t, int batch, const float* logits) {
+  const size_t classes = size_t(t.classes());
+  for (size_t i = 0; i < size_t(batch) * classes; ++i)
+    if (!std::isfinite(logits[i]))
+      throw Error("run: task '" + t.name + "' produced a non-finite logit (" +
+                  (std::isnan(logits[i]) ? "NaN" : "Inf") + ") for image " +
+                  std::to_string(i / classes) +
+                  " of the batch: its values overflow float32 in the network (check the input "
+                  "is normalised, finite and of ordinary magnitude)");
+}
+
+}  // namespace
 
 Runtime::Runtime(const std::string& base_path, int threads) : impl_(std::make_unique<Impl>()) {
   impl_->threads = resolve_threads(threads);
@@ -128,6 +147,7 @@ void Runtime::run(const float* input_nchw, int batch, float* logits) {
   if (batch < 1) throw Error("run: batch must be >= 1, got " + std::to_string(batch));
   if (!input_nchw || !logits) throw Error("run: null input or logits pointer");
   execute(m.applied, m.threads, m.workers, input_nchw, batch, logits);
+  check_logits(*m.active, batch, logits);
 }
 
 void Runtime::run(const float* input_nchw, size_t input_floats, int batch, float* logits,
@@ -147,6 +167,7 @@ void Runtime::run(const float* input_nchw, size_t input_floats, int batch, float
     throw Error("run: logits buffer has " + std::to_string(logits_floats) + " floats, task '" +
                 t.name + "' writes " + std::to_string(batch) + " x " + std::to_string(t.classes()));
   execute(m.applied, m.threads, m.workers, input_nchw, batch, logits);
+  check_logits(*m.active, batch, logits);
 }
 
 std::vector<std::string> Runtime::tasks() const {

@@ -7,10 +7,12 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -93,30 +95,125 @@ std::vector<unsigned char> read_file(const std::string& path, size_t limit) {
 // ---- .npy --------------------------------------------------------------------
 // Header: magic "\x93NUMPY", major, minor, header length (2 or 4 bytes LE),
 // then a Python dict literal: {'descr': '<f4', 'fortran_order': False, 'shape': (3, 32, 32), }
-std::string npy_field(const std::string& hdr, const std::string& key, const std::string& path) {
-  size_t k = hdr.find("'" + key + "'");
-  if (k == std::string::npos) throw spaedge::Error(path + ": .npy header has no '" + key + "'");
-  size_t colon = hdr.find(':', k);
-  if (colon == std::string::npos) throw spaedge::Error(path + ": malformed .npy header");
-  size_t b = colon + 1;
-  while (b < hdr.size() && hdr[b] == ' ') ++b;
-  if (b >= hdr.size()) throw spaedge::Error(path + ": malformed .npy header");
-  size_t e;
-  if (hdr[b] == '\'') {
-    e = hdr.find('\'', b + 1);
-    if (e == std::string::npos) throw spaedge::Error(path + ": malformed .npy header");
-    return hdr.substr(b + 1, e - b - 1);
+// It is parsed as a dict (keys, then values), never searched for substrings:
+// exactly the keys descr, fortran_order and shape, each once.
+std::map<std::string, std::string> npy_header(const std::string& hdr, const std::string& path) {
+  auto bad = [&](const std::string& why) {
+    return spaedge::Error(path + ": malformed .npy header (" + why + ")");
+  };
+  size_t i = 0;
+  auto ws = [&] {
+    while (i < hdr.size() && (hdr[i] == ' ' || hdr[i] == '\t' || hdr[i] == '\n')) ++i;
+  };
+  auto quoted = [&]() -> std::string {
+    const char q = hdr[i];
+    const size_t e = hdr.find(q, i + 1);
+    if (e == std::string::npos) throw bad("unterminated string");
+    std::string v = hdr.substr(i + 1, e - i - 1);
+    if (v.find('\\') != std::string::npos) throw bad("escaped string");
+    i = e + 1;
+    return v;
+  };
+  std::map<std::string, std::string> out;
+  ws();
+  if (i >= hdr.size() || hdr[i] != '{') throw bad("no '{'");
+  ++i;
+  for (;;) {
+    ws();
+    if (i >= hdr.size()) throw bad("no '}'");
+    if (hdr[i] == '}') break;
+    if (hdr[i] != '\'' && hdr[i] != '"') throw bad("a key is not a string");
+    const std::string key = quoted();
+    if (key != "descr" && key != "fortran_order" && key != "shape")
+      throw bad("unexpected key '" + key + "'");
+    if (out.count(key)) throw bad("key '" + key + "' twice");
+    ws();
+    if (i >= hdr.size() || hdr[i] != ':') throw bad("no ':' after '" + key + "'");
+    ++i;
+    ws();
+    if (i >= hdr.size()) throw bad("no value for '" + key + "'");
+    std::string v;
+    if (hdr[i] == '\'' || hdr[i] == '"') {
+      v = quoted();
+    } else if (hdr[i] == '(') {
+      const size_t e = hdr.find(')', i);
+      if (e == std::string::npos) throw bad("unterminated tuple");
+      v = hdr.substr(i, e - i + 1);
+      if (v.find_first_of("('\"", 1) != std::string::npos) throw bad("nested tuple");
+      i = e + 1;
+    } else {
+      const size_t e = hdr.find_first_of(",} \t\n", i);
+      if (e == std::string::npos) throw bad("unterminated value");
+      v = hdr.substr(i, e - i);
+      i = e;
+    }
+    out[key] = v;
+    ws();
+    if (i < hdr.size() && hdr[i] == ',')
+      ++i;
+    else if (i >= hdr.size() || hdr[i] != '}')
+      throw bad("no ',' after '" + key + "'");
   }
-  if (hdr[b] == '(') {
-    e = hdr.find(')', b);
-    if (e == std::string::npos) throw spaedge::Error(path + ": malformed .npy header");
-    return hdr.substr(b, e - b + 1);
+  ++i;
+  ws();
+  if (i != hdr.size()) throw bad("text after '}'");
+  for (const char* k : {"descr", "fortran_order", "shape"})
+    if (!out.count(k)) throw spaedge::Error(path + ": .npy header has no '" + k + "'");
+  return out;
+}
+
+// ---- output ---------------------------------------------------------------------
+// Text from a bundle or the command line, written so a terminal cannot act on
+// it, as `spaedge info` writes it: controls (C0, DEL, C1), format and bidi
+// characters, line/paragraph separators, private use, noncharacters and bytes
+// that are not UTF-8 become \xNN, \uNNNN or \UNNNNNNNN.
+bool unsafe_code_point(uint32_t c) {
+  return c < 0x20 || (c >= 0x7f && c <= 0x9f) || c == 0xad || (c >= 0x600 && c <= 0x605) ||
+         c == 0x61c || c == 0x6dd || c == 0x70f || c == 0x180e || (c >= 0x200b && c <= 0x200f) ||
+         (c >= 0x2028 && c <= 0x202e) || (c >= 0x2060 && c <= 0x206f) || c == 0xfeff ||
+         (c >= 0xfff9 && c <= 0xfffb) || (c >= 0xd800 && c <= 0xdfff) ||
+         (c >= 0xe000 && c <= 0xf8ff) || (c & 0xfffe) == 0xfffe || (c >= 0xfdd0 && c <= 0xfdef) ||
+         c == 0x110bd || c == 0x110cd || (c >= 0x1bca0 && c <= 0x1bca3) ||
+         (c >= 0x1d173 && c <= 0x1d17a) || c == 0xe0001 || (c >= 0xe0020 && c <= 0xe007f) ||
+         c >= 0xf0000;
+}
+
+std::string escaped(const std::string& s) {
+  std::string out;
+  char buf[16];
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char b0 = static_cast<unsigned char>(s[i]);
+    size_t len = b0 < 0x80 ? 1 : (b0 >> 5) == 6 ? 2 : (b0 >> 4) == 14 ? 3 : (b0 >> 3) == 30 ? 4 : 0;
+    uint32_t c = len == 1 ? b0 : len == 2 ? (b0 & 0x1f) : len == 3 ? (b0 & 0x0f) : (b0 & 0x07);
+    bool ok = len > 0 && i + len <= s.size();
+    for (size_t k = 1; ok && k < len; ++k) {
+      const unsigned char bk = static_cast<unsigned char>(s[i + k]);
+      if ((bk >> 6) != 2) ok = false;
+      c = (c << 6) | (bk & 0x3f);
+    }
+    static const uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (ok && (c < kMin[len] || c > 0x10ffff)) ok = false;  // overlong or out of range
+    if (!ok) {
+      std::snprintf(buf, sizeof buf, "\\x%02x", b0);
+      out += buf;
+      ++i;
+      continue;
+    }
+    if (unsafe_code_point(c)) {
+      if (c < 0x100)
+        std::snprintf(buf, sizeof buf, "\\x%02x", unsigned(c));
+      else if (c < 0x10000)
+        std::snprintf(buf, sizeof buf, "\\u%04x", unsigned(c));
+      else
+        std::snprintf(buf, sizeof buf, "\\U%08x", unsigned(c));
+      out += buf;
+    } else {
+      out.append(s, i, len);
+    }
+    i += len;
   }
-  e = hdr.find_first_of(",}", b);
-  if (e == std::string::npos) throw spaedge::Error(path + ": malformed .npy header");
-  std::string v = hdr.substr(b, e - b);
-  while (!v.empty() && v.back() == ' ') v.pop_back();
-  return v;
+  return out;
 }
 
 Input load_npy(const std::string& path, const std::vector<unsigned char>& buf,
@@ -137,13 +234,14 @@ Input load_npy(const std::string& path, const std::vector<unsigned char>& buf,
   }
   if (hlen > buf.size() - start) throw spaedge::Error(path + ": truncated .npy header");
   std::string hdr(buf.begin() + long(start), buf.begin() + long(start + hlen));
-  const std::string descr = npy_field(hdr, "descr", path);
+  const std::map<std::string, std::string> fields = npy_header(hdr, path);
+  const std::string& descr = fields.at("descr");
   if (descr != "<f4" && descr != "|f4")
     throw spaedge::Error(path + ": .npy dtype is '" + descr +
                          "', expected float32 ('<f4'); save with x.astype(np.float32)");
-  if (npy_field(hdr, "fortran_order", path) != "False")
+  if (fields.at("fortran_order") != "False")
     throw spaedge::Error(path + ": .npy is Fortran-ordered; save a C-contiguous array");
-  std::string shape = npy_field(hdr, "shape", path);
+  const std::string& shape = fields.at("shape");
   std::vector<long> dims;
   {
     long cur = -1;
@@ -244,6 +342,11 @@ Input load_pnm(const std::string& path, const std::vector<unsigned char>& buf,
     for (int c = 0; c < channels; ++c) {
       const size_t k = (i * size_t(channels) + size_t(c)) * bps;
       unsigned v = bps == 2 ? (unsigned(buf[pos + k]) << 8) | buf[pos + k + 1] : buf[pos + k];
+      if (long(v) > maxval)
+        throw spaedge::Error(path + ": PGM/PPM sample " +
+                             std::to_string(i * size_t(channels) + size_t(c)) + " is " +
+                             std::to_string(v) + ", above maxval " + std::to_string(maxval) +
+                             " (a corrupt or mislabelled image)");
       float f = float(v) / float(maxval);
       in.data[size_t(c) * px + i] = (f - t.mean[size_t(c)]) / t.std[size_t(c)];
     }
@@ -336,12 +439,12 @@ int run(int argc, char** argv) {
       double z = 0;
       for (size_t c = 0; c < classes; ++c) z += std::exp(double(row[c] - mx));
       if (in.batch > 1)
-        std::printf("%s[%d]:\n", in.name.c_str(), b);
+        std::printf("%s[%d]:\n", escaped(in.name).c_str(), b);
       else
-        std::printf("%s:\n", in.name.c_str());
+        std::printf("%s:\n", escaped(in.name).c_str());
       for (size_t r = 0; r < k; ++r) {
         const size_t c = order[r];
-        std::printf("  %zu. %-20s logit %10.4f  p %.4f\n", r + 1, t.labels[c].c_str(),
+        std::printf("  %zu. %-20s logit %10.4f  p %.4f\n", r + 1, escaped(t.labels[c]).c_str(),
                     double(row[c]), std::exp(double(row[c] - mx)) / z);
       }
     }

@@ -18,9 +18,14 @@ Input contract of :meth:`Runtime.run`
   arrays are refused with a ValueError: raw uint8 pixels must be normalised
   first with :meth:`Runtime.normalize`.
 - Non-contiguous arrays (slices, transposes) are copied to C order.
+- A numpy masked array with masked values is refused (ValueError): fill them
+  explicitly (``x.filled(value)``); one with no masked value runs its data.
 - NaN or Inf in the input raise ValueError by default (``check_finite=True``;
   the check costs one pass over the input). With ``check_finite=False`` they
-  are passed through and the logits are then unspecified (typically NaN).
+  are passed through and the logits are then unspecified.
+- Logits are returned finite or not at all: a non-finite logit (an input
+  too large for float32 to carry through the network, or NaN let through)
+  raises ValueError naming the image.
 
 Errors: a bad, corrupt or mismatched bundle raises :class:`BundleError` (a
 ValueError) whose message names the file and the field; bad arguments raise
@@ -210,6 +215,15 @@ class Runtime:
         info = self._active_info()
         c, h, w = info["channels"], info["height"], info["width"]
         expect = f"float32 array of shape ({c}, {h}, {w}) or (N, {c}, {h}, {w}) (NCHW) for task {info['name']!r}"
+        if isinstance(x, np.ma.MaskedArray):
+            # np.asarray would drop the mask and run whatever hides under it (NaN, say)
+            masked = int(np.ma.count_masked(x))
+            if masked:
+                raise ValueError(
+                    f"Runtime.run: a masked array with {masked} masked values: fill them "
+                    "explicitly first (x.filled(value)), the runtime will not guess"
+                )
+            x = np.ma.getdata(x)
         a = np.asarray(x) if not isinstance(x, np.ndarray) else x
         if a.dtype.kind != "f":
             hint = (

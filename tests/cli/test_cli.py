@@ -151,3 +151,26 @@ def test_help_explains_every_command(tmp_path):
     for cmd in ("pack", "train", "run", "info", "pretrain", "tasks"):
         assert cmd in out
     assert "--density" in spaedge("pack", "--help", cwd=tmp_path).stdout
+
+
+def test_run_reads_16_bit_and_float_images_by_value_and_refuses_a_strip(packed, tmp_path):
+    """Issue 18 items 4 and 8: the same digit at 8 bits, 16 bits and as a float
+    TIFF gives the same answer; a 1e6 x 1 PNG is refused before it is decoded."""
+    from PIL import Image
+
+    work, _ = packed
+    img = np.zeros((28, 28), np.uint8)
+    img[5:23, 9:19] = 255
+    img[9:19, 13:15] = 0  # something like a zero
+    Image.fromarray(img).save(tmp_path / "l8.png")
+    Image.fromarray(img.astype(np.uint16) * 257).save(tmp_path / "i16.png")
+    Image.fromarray(img.astype(np.float32) / 255, "F").save(tmp_path / "f.tif")
+    outs = [
+        spaedge("run", "--task", "digits", str(tmp_path / n), cwd=work).stdout.split(": ", 1)[1]
+        for n in ("l8.png", "i16.png", "f.tif")
+    ]
+    assert outs[0] == outs[1] == outs[2], outs
+    Image.new("L", (1_000_000, 1)).save(tmp_path / "strip.png")
+    proc = spaedge("run", "--task", "digits", str(tmp_path / "strip.png"), cwd=work, check=False)
+    assert proc.returncode == 2 and "aspect ratio above the 20:1 limit" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -26,6 +26,7 @@ LAYERS = [
         "spaedge.progress",
         "spaedge.download",
         "spaedge.runtime",
+        "spaedge.images",
         "spaedge._runtime",
         "spaedge.pack",
         "spaedge.pack.format",

@@ -82,6 +82,8 @@ struct BundleOptions {
 
 // Format version this runtime reads and the toolchain writes (docs/format.md).
 constexpr const char* kFormatVersion = "3";
+// Largest magnitude of any float in a task bundle (docs/reliability.md, "Value bounds").
+constexpr float kMaxTaskValue = 1e6f;
 // Header length limit, the same as safetensors' (bytes).
 constexpr uint64_t kMaxHeaderBytes = 100000000;
 
@@ -124,6 +126,8 @@ class Bundle {
   void read_file(const BundleOptions& options);
   void parse_header(const std::string& header);
   void check_common(const std::string& expected_format, const BundleOptions& options);
+  // A task bundle's floats: finite and within +-kMaxTaskValue, naming the tensor.
+  void check_task_values() const;
 
   struct FreeBytes {
     void operator()(unsigned char* p) const { std::free(p); }

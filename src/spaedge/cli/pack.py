@@ -58,13 +58,16 @@ def add_parser(sub) -> None:
     k.set_defaults(func=main)
 
 
-def find_run(run_dir: Path, cfg, base_hash: str) -> bool:
+def find_run(run_dir: Path, cfg, base_hash: str, identity: dict | None = None) -> bool:
     """Whether ``run_dir`` holds a finished run of exactly this config (task
-    included) against this base. A finished run of other settings is an error
+    included) against this base and, when ``identity`` is given, on the same
+    base weights and data (spaedge.train.identity). A finished run of other
+    settings or inputs is an error
     (never packed in their place, never replaced without --retrain); an
     unfinished one (a checkpoint, no manifest) is resumed by training."""
     from spaedge.train import TrainConfig
-    from spaedge.train.rundir import is_run, read_run, read_run_json
+    from spaedge.train.identity import differences
+    from spaedge.train.rundir import is_run, read_identity, read_run, read_run_json
 
     if not is_run(run_dir):
         return False
@@ -91,6 +94,13 @@ def find_run(run_dir: Path, cfg, base_hash: str) -> bool:
         raise CliError(
             f"{run_dir} was trained against another base than --base {cfg.base}: pass --retrain"
         )
+    if identity is not None:
+        what = differences(read_identity(run_dir), identity)
+        if what:
+            raise CliError(
+                f"{run_dir} holds a run of these settings on other inputs ({'; '.join(what)}): "
+                "pass --retrain to replace it, or --runs another directory to keep both"
+            )
     return True
 
 
@@ -134,6 +144,7 @@ def main(args) -> int:
     from spaedge.progress import Reporter
     from spaedge.tasks import get_task
     from spaedge.train import TrainConfig, predict, run
+    from spaedge.train.identity import run_identity
     from spaedge.train.rundir import read_run
     from spaedge.train.setup import load_base, resolve
 
@@ -155,7 +166,8 @@ def main(args) -> int:
             f"({bhash[:12]}...): task bundles of one directory share one base; "
             "pack into another --out directory"
         )
-    if not args.retrain and find_run(run_dir, cfg, bhash):
+    identity = run_identity(get_task(cfg.task, data_dir=cfg.data_dir), bhash)
+    if not args.retrain and find_run(run_dir, cfg, bhash, identity):
         print(f"using the trained run {run_dir} (pass --retrain to train again)")
     else:
         print(f"training {cfg.task} with these settings -> {run_dir}")

@@ -50,6 +50,7 @@ def main(args) -> int:
             raise CliError(
                 f"{p} does not exist: pack the task first (spaedge pack --task {args.task} --out {bundles})"
             )
+    from spaedge.cli.info import clean
     from spaedge.runtime import Runtime
     from spaedge.tasks import get_task
 
@@ -62,7 +63,7 @@ def main(args) -> int:
         logits = rt.run(np.ascontiguousarray(X.numpy()))
         acc = float((logits.argmax(1) == y.numpy()).mean())
         print(
-            f"{name}: {args.split} accuracy {acc:.2%} on {len(y)} images ({rt.isa} kernels, {rt.threads} threads)"
+            f"{clean(name)}: {args.split} accuracy {acc:.2%} on {len(y)} images ({rt.isa} kernels, {rt.threads} threads)"
         )
         return 0
     if not args.images:
@@ -72,14 +73,15 @@ def main(args) -> int:
     labels = info["labels"]
     for path in args.images:
         if not Path(path).is_file():
-            raise CliError(f"{path}: no such image file")
-        try:
+            raise CliError(f"{clean(path)}: no such image file")
+        try:  # by value range; too many pixels, a strip or an unknown mode refused (spaedge.images)
             x = task.load_image(path).numpy()[None]
         except Exception as e:  # noqa: BLE001 - PIL raises many kinds for bad files
-            raise CliError(f"{path}: cannot read the image ({e})") from None
+            raise CliError(f"{clean(path)}: cannot read the image ({clean(e)})") from None
         logits = rt.run(np.ascontiguousarray(x, dtype=np.float32))[0]
         p = np.exp(logits - logits.max())
         p /= p.sum()
         top = np.argsort(-p)[: args.top]
-        print(f"{path}: " + ", ".join(f"{labels[i]} {p[i]:.1%}" for i in top))
+        # labels come from the bundle: written escaped, as spaedge info does
+        print(f"{clean(path)}: " + ", ".join(f"{clean(labels[i])} {p[i]:.1%}" for i in top))
     return 0

@@ -23,9 +23,11 @@ from spaedge.pack.bundle import TaskSpec, task_bundle
 from spaedge.pack.format import atomic_write_bytes, serialise
 from spaedge.train import train_task
 from spaedge.train.device import TrainEnv
+from spaedge.train.identity import differences, identity_of
 from spaedge.train.loops import Diverged
+from spaedge.train.setup import resolve
 
-__all__ = ["run_cell", "run_grid", "load_results", "chosen_rates"]
+__all__ = ["run_cell", "run_grid", "load_results", "chosen_rates", "check_inputs"]
 
 SELECTION_SEED = 0
 
@@ -41,13 +43,13 @@ def run_cell(
     """Train one cell through the pipeline; its row of the table (the bundle is
     serialised in memory for its size, not written)."""
     torch.set_num_threads(1)  # one run per core
+    cfg = cell_config(cell, budget, base, base_weights, data_dir)
     try:
-        trained = train_task(
-            cell_config(cell, budget, base, base_weights, data_dir), env=env, curve=True
-        )
+        trained = train_task(cfg, env=env, curve=True)
     except (
         Diverged
     ) as e:  # a rate too high for this method: a result (never chosen), not a failure of the grid
+        resolved = resolve(cfg, allow_download=env.download if env else True)
         return {
             **dataclasses.asdict(cell),
             "key": cell.key,
@@ -60,6 +62,7 @@ def run_cell(
             "diverged": str(e),
             "seconds": 0.0,
             "budget": dataclasses.asdict(budget),
+            "identity": identity_of(resolved),
         }
     m = trained.metrics
     bundle, _ = serialise(
@@ -82,6 +85,7 @@ def run_cell(
         "seconds": m["seconds"],
         "curve": m["curve"],
         "budget": dataclasses.asdict(budget),
+        "identity": trained.identity,  # base weights and data used (spaedge.train.identity)
         **trained.method_metrics,  # e.g. Pear's pear_shared, pear_removed
     }
     return result
@@ -126,6 +130,36 @@ def check_budget(out_dir: str | Path, budget: Budget) -> None:
             )
 
 
+def check_inputs(
+    out_dir: str | Path,
+    budget: Budget,
+    base: str = "tiny",
+    base_weights: str | None = None,
+    data_dir: str | None = None,
+    env: TrainEnv | None = None,
+) -> None:
+    """Refuse a results directory whose runs were made on other inputs than
+    these: another base or other base weights (by content), or other data
+    (spaedge.train.identity). Rates chosen, seeds run and "already done" cells
+    all assume the same inputs, so a mix is never extended."""
+    results = load_results(out_dir)
+    wanted: dict[str, dict] = {}
+    for r in results:
+        task = r.get("task")
+        if task not in wanted:
+            cfg = cell_config(Cell(task=str(task)), budget, base, base_weights, data_dir)
+            wanted[task] = identity_of(resolve(cfg, allow_download=env.download if env else True))
+        what = differences(r.get("identity"), wanted[task])
+        if r.get("base") not in (None, base) and base != "auto":
+            what.insert(0, f"base {r.get('base')!r} there, {base!r} now")
+        if what:
+            raise ValueError(
+                f"{Path(out_dir) / 'runs'} holds runs made on other inputs ({r.get('key')}: "
+                + "; ".join(what)
+                + "): give the same --base, --base-weights and --data-dir, or another --out"
+            )
+
+
 def chosen_rates(results: list[dict], budget: Budget) -> dict[str, float]:
     """{config_key: rate} for every cell whose rate search (all rates, selection
     seed) is complete: the highest validation accuracy, ties to the lower rate."""
@@ -157,6 +191,7 @@ def run_grid(
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     check_budget(out, budget)
+    check_inputs(out, budget, base, base_weights, data_dir, env)
     search = [
         dataclasses.replace(c, seed=SELECTION_SEED, lr=lr) for c in cells for lr in budget.lrs
     ]

@@ -31,6 +31,7 @@ from .core import (
     stratified_split,
 )
 from .fetch import fetch_data
+from .identity import data_identity
 from .idx import read_idx, write_idx
 from .registry import (
     DEFAULT_TASK,
@@ -54,6 +55,7 @@ __all__ = [
     "Task",
     "TaskDataset",
     "UnknownTask",
+    "data_identity",
     "fetch_data",
     "get_task",
     "list_tasks",

@@ -133,4 +133,5 @@ def make_cifar10(data_dir=None, input_size=None) -> Task:
         flip_ok=True,
         in_memory=True,
         crop_fraction=1.0,
+        sources=[("file", os.path.join(root, f)) for f in TRAIN_FILES + TEST_FILES],
     )

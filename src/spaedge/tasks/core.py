@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from spaedge.download import data_home
+from spaedge.images import read_image
 
 __all__ = [
     "DatasetError",
@@ -211,26 +212,13 @@ def load_image(path: str, size: Size, crop_fraction: float = CROP_FRACTION) -> t
     """Decode an image file to C x H x W float [0, 1] (not normalised).
 
     Resized (bilinear) so that the target, relative to its aspect, covers
-    `crop_fraction` of the shorter side, then centre-cropped to H x W. Use
+    `crop_fraction` of the shorter side, then centre-cropped to H x W. Pixel
+    modes are converted by value range (16-bit, float, alpha: spaedge.images),
+    and an unsupported mode, too many pixels or an aspect ratio beyond
+    `spaedge.images.MAX_ASPECT` raise `spaedge.images.ImageRefused`. Use
     `Task.load_image` to get exactly the preprocessing of a task's data.
     """
-    from PIL import Image
-
-    if not 0 < crop_fraction <= 1:
-        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
-    c, h, w = size
-    with Image.open(path) as im:
-        im = im.convert("RGB" if c == 3 else "L")
-        w0, h0 = im.size
-        s = max(h / h0, w / w0) / crop_fraction
-        nw, nh = max(w, int(round(w0 * s))), max(h, int(round(h0 * s)))
-        im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-        left, top = (nw - w) // 2, (nh - h) // 2
-        im = im.crop((left, top, left + w, top + h))
-        arr = np.asarray(im, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
+    return torch.from_numpy(read_image(path, size, crop_fraction))
 
 
 class ImageFileSource:
@@ -377,8 +365,12 @@ class Task:
         crop_fraction: float = CROP_FRACTION,
         classes: Sequence[int] | None = None,
         source_classes: int | None = None,
+        sources: Sequence[tuple[str, str]] = (),
     ):
         self.name = name
+        # Where the data came from, for the run's identity (spaedge.tasks.identity):
+        # ("file", path) digested by content, ("tree", dir) by its file list.
+        self.sources = tuple((str(k), os.fspath(p)) for k, p in sources)
         self.labels = [str(l) for l in labels]
         self.input_size: Size = tuple(int(d) for d in input_size)  # type: ignore[assignment]
         c = self.input_size[0]
@@ -451,6 +443,7 @@ class Task:
             crop_fraction=self.crop_fraction,
             classes=self._classes[classes],
             source_classes=self._source_classes,
+            sources=self.sources,
         )
         sub.notes = list(self.notes)
         return sub

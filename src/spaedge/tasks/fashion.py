@@ -150,4 +150,5 @@ def make_fashion_mnist(data_dir=None, input_size=None) -> Task:
         flip_ok=False,
         in_memory=True,
         crop_fraction=1.0,
+        sources=[("file", paths[k]) for k in sorted(paths)],
     )

@@ -139,4 +139,9 @@ def make_flowers(data_dir=None, input_size=None) -> Task:
         description="Oxford Flowers-102, official split (needs --data-dir)",
         flip_ok=True,
         in_memory=False,
+        sources=[
+            ("file", os.path.join(root, "imagelabels.mat")),
+            ("file", os.path.join(root, "setid.mat")),
+            ("tree", os.path.join(root, "jpg")),
+        ],
     )

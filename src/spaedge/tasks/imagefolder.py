@@ -4,7 +4,9 @@
 
 Class names are the sorted subdirectory names that contain images. Every
 image is decoded once when the folder is read: files that are not images,
-are truncated, or have more than ``MAX_PIXELS`` pixels are skipped, counted
+are truncated, have more than ``MAX_PIXELS`` pixels, an aspect ratio beyond
+``MAX_ASPECT``:1 or a pixel mode with no known value range (spaedge.images)
+are skipped, counted
 and named (``task.notes``), so training never stops on one. Directory links
 are followed, but never in a loop, and a file reached twice (through links)
 is listed once, in one split. Without
@@ -26,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from spaedge.images import geometry_problem, image_problem
+
 from .core import (
     IMAGENET_GRAY_MEAN,
     IMAGENET_GRAY_STD,
@@ -45,11 +49,12 @@ FRACTIONS = (0.70, 0.15, 0.15)
 VAL_FRACTION = 0.15
 SEED = "spaedge/imagefolder/v1"
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+SPLIT_NAMES = {n for names in SPLIT_DIRS.values() for n in names}
 
 
-# Images above this many pixels are skipped (a 30000 x 30000 PNG would take
-# 2.7 GB to decode; the largest photos cameras take are ~10^8).
-MAX_PIXELS = 100_000_000
+# Images above MAX_PIXELS pixels, longer than MAX_ASPECT times their width (or
+# the reverse), or in a pixel mode that has no known value range are skipped
+# (spaedge.images).
 
 
 def _image_problem(path: str) -> str | None:
@@ -61,11 +66,13 @@ def _image_problem(path: str) -> str | None:
     try:
         with Image.open(path) as im:
             w, h = im.size
-            if w * h > MAX_PIXELS:
-                return f"{w}x{h} pixels, above the {MAX_PIXELS:,} limit"
+            problem = geometry_problem(w, h)
+            if problem:
+                return problem
             if im.format == "JPEG":
                 im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
             im.load()
+            return image_problem(im)
     except Image.DecompressionBombError:
         return "too many pixels (above PIL's decompression-bomb limit)"
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL's ways of saying "not an image"
@@ -81,6 +88,7 @@ class _Scan:
     def __init__(self):
         self.seen: set[str] = set()
         self.skipped: list[tuple[str, str]] = []
+        self.empty: list[str] = []  # class folders left without a usable image
 
 
 def _scan_classes(root: str, scan: _Scan) -> dict[str, list[str]]:
@@ -91,10 +99,12 @@ def _scan_classes(root: str, scan: _Scan) -> dict[str, list[str]]:
     are too large are skipped (``scan.skipped``) rather than stopping training."""
     out: dict[str, list[str]] = {}
     candidates: list[tuple[str, str]] = []
+    folders = []
     for name in sorted(os.listdir(root)):
         cdir = os.path.join(root, name)
         if name.startswith(".") or not os.path.isdir(cdir):
             continue
+        folders.append(name)
         visited = set()
         for dirpath, dirnames, filenames in os.walk(cdir, followlinks=True):
             real = os.path.realpath(dirpath)
@@ -121,6 +131,7 @@ def _scan_classes(root: str, scan: _Scan) -> dict[str, list[str]]:
             scan.skipped.append((os.path.relpath(path, root), problem))
             continue
         out.setdefault(name, []).append(os.path.relpath(path, root))
+    scan.empty += [os.path.join(root, n) for n in folders if n not in out and n not in SPLIT_NAMES]
     return {name: sorted(files) for name, files in out.items()}
 
 
@@ -142,6 +153,14 @@ def _not_found(root: str, why: str) -> DatasetNotFound:
     )
 
 
+def _two_classes(root: str, classes: list[str]) -> None:
+    if len(classes) < 2:
+        raise ValueError(
+            f"image folder {root}: only one class ({classes[0]!r}) has images: there is "
+            "nothing to classify; add a subdirectory of images for each other class"
+        )
+
+
 def scan_imagefolder(
     root: str, scan: _Scan | None = None
 ) -> tuple[list[str], dict[str, tuple[list[str], np.ndarray, list[str]]]]:
@@ -158,6 +177,7 @@ def scan_imagefolder(
         classes = sorted(scans["train"])
         if not classes:
             raise _not_found(root, f"no class subdirectories with images in {train_dir}")
+        _two_classes(root, classes)
         index = {c: i for i, c in enumerate(classes)}
         out = {}
         for split, scan in scans.items():
@@ -180,6 +200,7 @@ def scan_imagefolder(
     if not found:
         raise _not_found(root, "no class subdirectories with images")
     classes = sorted(found)
+    _two_classes(root, classes)
     paths, ids, keys = [], [], []
     for i, c in enumerate(classes):
         for rel in found[c]:
@@ -248,7 +269,14 @@ def make_imagefolder(path, input_size=None, name=None) -> Task:
         description=f"class-per-subdirectory images in {root}",
         flip_ok=True,
         in_memory=False,
+        sources=[("tree", root)],
     )
+    if scan.empty:
+        shown = ", ".join(scan.empty[:3])
+        task.notes.append(
+            f"{root}: {len(scan.empty)} class folder{'s' if len(scan.empty) > 1 else ''} without "
+            f"a usable image left out (not a class): {shown}{', ...' if len(scan.empty) > 3 else ''}"
+        )
     if scan.skipped:
         shown = "; ".join(f"{p} ({why})" for p, why in scan.skipped[:3])
         task.notes.append(

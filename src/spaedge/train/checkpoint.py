@@ -13,7 +13,9 @@ training epoch. It holds
 - the RNG states (torch global, the batch-order generator, numpy, random);
 - the pipeline position: phase (adapt / recover / final), pruning step, epochs
   done in the phase, pruning steps done and the per-step channel count;
-- the training config (a checkpoint with another config is not resumed).
+- the training config and the run's identity (spaedge.train.identity: the
+  base weights' content hash and the data's identity); a checkpoint with
+  another config or identity is not resumed.
 
 Only safetensors and JSON: no pickle is ever written or read.
 """
@@ -143,6 +145,7 @@ def save(
     scheduler=None,
     extra: dict | None = None,
     extra_tensors: dict[str, torch.Tensor] | None = None,
+    identity: dict | None = None,
 ) -> None:
     tensors = {
         f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()
@@ -165,6 +168,8 @@ def save(
     meta["rng"] = json.dumps(rest)
     if extra is not None:  # what else the run needs to resume exactly (validation tracking)
         meta["extra"] = json.dumps(extra)
+    if identity is not None:  # base weights and data actually used (spaedge.train.identity)
+        meta["identity"] = json.dumps(identity, sort_keys=True)
     for k, v in (extra_tensors or {}).items():
         tensors[f"extra.{k}"] = v.detach().cpu().clone().contiguous()
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
@@ -191,13 +196,17 @@ def _field(meta: dict, key: str, path: Path):
 
 
 def load(
-    path: Path, config: dict, normalise: Callable[[dict], dict] | None = None
+    path: Path,
+    config: dict,
+    normalise: Callable[[dict], dict] | None = None,
+    identity: dict | None = None,
 ) -> Checkpoint | None:
     """The checkpoint at ``path`` (None if there is none). One made with another
-    ``config``, or unreadable, raises CheckpointError: discarding a resumable
-    run is the user's decision (``--restart``). ``normalise`` rewrites the stored
-    config as this version writes it before they are compared (a config of an
-    older version: ``TrainConfig.from_json`` then ``to_json``)."""
+    ``config`` or (when given) another ``identity`` (base weights, data), or
+    unreadable, raises CheckpointError: discarding a resumable run is the
+    user's decision (``--restart``). ``normalise`` rewrites the stored config as
+    this version writes it before they are compared (a config of an older
+    version: ``TrainConfig.from_json`` then ``to_json``)."""
     if not path.exists():
         return None
     restart = "pass --restart to discard it and train from the start, or --out another directory"
@@ -227,6 +236,19 @@ def load(
             f"{path.parent} holds an unfinished run with other settings ({what}"
             f"{', ...' if len(diff) > 3 else ''}): {restart}"
         )
+    if identity is not None:
+        from spaedge.train.identity import differences
+
+        try:
+            had = parse_json(meta.get("identity", "null"), f"{path}: field 'identity'")
+        except ValueError:
+            had = None
+        what = differences(had, json.loads(json.dumps(identity, sort_keys=True)))
+        if what:
+            raise CheckpointError(
+                f"{path.parent} holds an unfinished run of the same settings on other inputs "
+                f"({'; '.join(what)}): {restart}"
+            )
     try:
         tensors = st_load(data)
         ck = Checkpoint(
@@ -294,10 +316,12 @@ class Session:
         generator: torch.Generator,
         resume: bool = True,
         normalise: Callable[[dict], dict] | None = None,
+        identity: dict | None = None,
     ):
         self.path = Path(run_dir) / CHECKPOINT
         self.config, self.model, self.generator = config, model, generator
-        self.ck = load(self.path, config, normalise) if resume else None
+        self.identity = identity
+        self.ck = load(self.path, config, normalise, identity) if resume else None
         self.pos = Position()
         self.resumed_from: Position | None = None
         # Saved with every checkpoint: what else must survive an interruption (set by the pipeline).
@@ -345,6 +369,7 @@ class Session:
             scheduler=scheduler,
             extra=self.extra,
             extra_tensors=self.extra_tensors,
+            identity=self.identity,
         )
 
     def finish(self) -> None:

@@ -38,6 +38,7 @@ from spaedge.train import distributed
 from spaedge.train.checkpoint import Session, prune_resumable
 from spaedge.train.config import SIMILAR, TrainConfig
 from spaedge.train.device import TrainEnv, resolve_device
+from spaedge.train.identity import run_identity
 from spaedge.train.library import load_library, plan_bytes, run_plan
 from spaedge.train.loops import Diverged, evaluate, fit
 from spaedge.train.rundir import write_run
@@ -60,6 +61,7 @@ class Trained:
     # What the method's after_pruning hook reported (also in ``metrics``), e.g. Pear's counts.
     method_metrics: dict = field(default_factory=dict)
     session: Session | None = None  # the checkpoint session, when checkpointing
+    identity: dict | None = None  # base weights and data used (spaedge.train.identity)
 
 
 def train_task(
@@ -105,6 +107,7 @@ def train_task(
     test_ds = first_items(task.split("test"), cfg.test_limit)
     example = torch.zeros(1, *task.input_size)
     macs_full = count_macs(model, task.input_size)
+    identity = run_identity(task, bhash)  # what the run is, beyond its config's spelling
     session = None
     if checkpoint_dir is not None:
         session = Session(
@@ -114,6 +117,7 @@ def train_task(
             gen,
             resume=resume,
             normalise=lambda d: TrainConfig.from_json(d).to_json(),
+            identity=identity,
         )
         if session.resumed_from is not None:
             p = session.resumed_from
@@ -253,6 +257,7 @@ def train_task(
         similar=similar,
         method_metrics=method_metrics,
         session=session,
+        identity=identity,
     )
 
 
@@ -365,6 +370,7 @@ def run(
             "metrics.json": json.dumps(metrics, indent=2).encode(),
             "plan.json": plan_bytes(plan),
         },
+        identity=trained.identity,
     )
     trained.session.finish()
     if on_model is not None:

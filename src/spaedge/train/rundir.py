@@ -2,7 +2,8 @@
 
 A finished run leaves ``task.safetensors``, ``config.json``, ``metrics.json``
 and ``plan.json``, and last ``run.json``: the manifest, with the SHA-256 of
-each. Writing a run first removes the old manifest, so a directory
+each, and the run's identity (spaedge.train.identity: the base weights'
+content hash and the data's identity; ``read_identity``). Writing a run first removes the old manifest, so a directory
 interrupted while its files are replaced has none, and every reader (``spaedge
 pack``, ``library add``, a library of runs) goes through ``read_run``, which
 refuses a directory whose manifest is missing or does not match its files:
@@ -34,6 +35,7 @@ __all__ = [
     "read_run",
     "is_run",
     "read_run_json",
+    "read_identity",
 ]
 
 MANIFEST = "run.json"
@@ -49,8 +51,9 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def write_run(out: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` (name -> bytes) into ``out``, then the manifest naming them."""
+def write_run(out: Path, files: dict[str, bytes], identity: dict | None = None) -> None:
+    """Write ``files`` (name -> bytes) into ``out``, then the manifest naming
+    them (and the run's ``identity``)."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -60,6 +63,8 @@ def write_run(out: Path, files: dict[str, bytes]) -> None:
     for name, data in files.items():
         atomic_write_bytes(out / name, data)
     manifest = {"format": FORMAT, "version": 1, "files": {n: _digest(d) for n, d in files.items()}}
+    if identity is not None:
+        manifest["identity"] = identity
     atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=1).encode())
 
 
@@ -67,9 +72,15 @@ def is_run(path: Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def read_run(run_dir: Path, names=RUN_FILES) -> dict[str, bytes]:
-    """The run's files ``names`` as bytes, each checked against the manifest."""
-    run_dir = Path(run_dir)
+def read_identity(run_dir: Path) -> dict | None:
+    """The identity the run's manifest records (None for a run written without one)."""
+    _, manifest = _manifest(Path(run_dir))
+    ident = manifest.get("identity")
+    return ident if isinstance(ident, dict) else None
+
+
+def _manifest(run_dir: Path) -> tuple[str, dict]:
+    """(what to do about a bad run, the manifest checked for its shape)."""
     redo = f"train it again (spaedge train --out {run_dir}, or spaedge pack --retrain)"
     try:
         manifest = read_json(run_dir / MANIFEST, "the run's manifest")
@@ -91,6 +102,14 @@ def read_run(run_dir: Path, names=RUN_FILES) -> dict[str, bytes]:
             f"{run_dir}/{MANIFEST}: field 'files' is not an object of file name -> digest "
             f"(not a spaedge run manifest): {redo}"
         )
+    return redo, manifest
+
+
+def read_run(run_dir: Path, names=RUN_FILES) -> dict[str, bytes]:
+    """The run's files ``names`` as bytes, each checked against the manifest."""
+    run_dir = Path(run_dir)
+    redo, manifest = _manifest(run_dir)
+    listed = manifest["files"]
     out = {}
     for name in names:
         if name not in listed:
