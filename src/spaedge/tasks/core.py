@@ -20,6 +20,8 @@ from torch.utils.data import Dataset
 
 from spaedge.download import data_home
 
+from .image import CROP_FRACTION, decode_image
+
 __all__ = [
     "DatasetError",
     "DatasetNotFound",
@@ -42,10 +44,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_GRAY_MEAN = (0.449,)
 IMAGENET_GRAY_STD = (0.226,)
 
-# Decoded photos: resize so the shorter side (relative to the target aspect) is
-# target / CROP_FRACTION, then centre-crop the target. 0.875 is the usual
-# ImageNet evaluation transform (256 -> 224), which pretrained bases expect.
-CROP_FRACTION = 0.875
 
 # ITU-R 601-2 luma, the weights PIL uses for RGB -> L.
 _LUMA = (0.299, 0.587, 0.114)
@@ -211,26 +209,11 @@ def load_image(path: str, size: Size, crop_fraction: float = CROP_FRACTION) -> t
     """Decode an image file to C x H x W float [0, 1] (not normalised).
 
     Resized (bilinear) so that the target, relative to its aspect, covers
-    `crop_fraction` of the shorter side, then centre-cropped to H x W. Use
+    `crop_fraction` of the shorter side, then centre-cropped to H x W
+    (`image.decode_image`, which the device's `spaedge run` uses too). Use
     `Task.load_image` to get exactly the preprocessing of a task's data.
     """
-    from PIL import Image
-
-    if not 0 < crop_fraction <= 1:
-        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
-    c, h, w = size
-    with Image.open(path) as im:
-        im = im.convert("RGB" if c == 3 else "L")
-        w0, h0 = im.size
-        s = max(h / h0, w / w0) / crop_fraction
-        nw, nh = max(w, int(round(w0 * s))), max(h, int(round(h0 * s)))
-        im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-        left, top = (nw - w) // 2, (nh - h) // 2
-        im = im.crop((left, top, left + w, top + h))
-        arr = np.asarray(im, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
+    return torch.from_numpy(decode_image(path, size, crop_fraction))
 
 
 class ImageFileSource:
