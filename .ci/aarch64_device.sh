@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEEL=$(realpath "${1:?usage: .ci/aarch64_device.sh WHEEL}")
-SYSROOT=$PWD/build/aarch64-sysroot
+SYSROOT=${SPAEDGE_AARCH64_SYSROOT:-/var/cache/spaedge/aarch64-sysroot}
 WORK=$PWD/build/aarch64-device
 WHEELS=$PWD/build/aarch64-wheels
 QEMU=(qemu-aarch64-static -L "$SYSROOT")

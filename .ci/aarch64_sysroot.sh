@@ -2,18 +2,19 @@
 # An arm64 root with Debian's CPython 3.11 for running spaedge's device side
 # under qemu-aarch64-static on x86-64 (no board, no binfmt_misc needed):
 #
-#   bash .ci/aarch64_sysroot.sh [SYSROOT]        # default build/aarch64-sysroot
+#   bash .ci/aarch64_sysroot.sh [SYSROOT]   # default $SPAEDGE_AARCH64_SYSROOT or
+#                                           # /var/cache/spaedge/aarch64-sysroot
 #   qemu-aarch64-static -L SYSROOT SYSROOT/usr/bin/python3.11 -c 'import sys; print(sys.platform)'
 #
 # Debian's arm64 packages are fetched with apt (`dpkg --add-architecture
 # arm64`, `apt-get download`) and unpacked with `dpkg -x`; nothing is
 # installed on the host but the arm64 package lists. The root is kept
-# between runs: a stamp holding this script's hash marks a finished one, so
+# between runs (outside the checkout: CI clones afresh each time): a stamp holding this script's hash marks a finished one, so
 # a second run on the same machine takes no time. Needs root (apt) on a
 # Debian/Ubuntu host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=${1:-build/aarch64-sysroot}
+ROOT=${1:-${SPAEDGE_AARCH64_SYSROOT:-/var/cache/spaedge/aarch64-sysroot}}
 STAMP="$ROOT/.spaedge-sysroot"
 want=$(sha256sum "$0" | cut -c1-16)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then

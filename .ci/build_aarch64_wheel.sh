@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-dist/aarch64}
 ENV=build/aarch64-wheel-env
-SYSROOT=build/aarch64-sysroot
+SYSROOT=${SPAEDGE_AARCH64_SYSROOT:-/var/cache/spaedge/aarch64-sysroot}
 SUFFIX=.cpython-311-aarch64-linux-gnu.so
 
 bash .ci/aarch64_sysroot.sh "$SYSROOT" # the target's Python headers
@@ -29,7 +29,7 @@ bash .ci/aarch64_sysroot.sh "$SYSROOT" # the target's Python headers
 SPAEDGE_ZIG=$("$ENV/bin/python" -c 'import ziglang, os; print(os.path.join(os.path.dirname(ziglang.__file__), "zig"))')
 export SPAEDGE_ZIG _PYTHON_HOST_PLATFORM=linux-aarch64 SETUPTOOLS_EXT_SUFFIX=$SUFFIX
 export PATH=$PWD/$ENV/bin:$PATH
-inc=$PWD/$SYSROOT/usr/include
+inc=$(realpath "$SYSROOT")/usr/include
 
 raw=$(mktemp -d)
 trap 'rm -rf "$raw"' EXIT

@@ -43,7 +43,10 @@ COMMANDS = {
 def _unavailable(sub, name: str, reason: str) -> None:
     """A command whose parts are not installed here (the toolchain on a device,
     say): it still appears, and running it says what is missing."""
-    p = sub.add_parser(name, help=f"(unavailable here: {reason})", add_help=True)
+    # No option prefix: every argument (--task, --help...) is taken as it comes.
+    p = sub.add_parser(
+        name, help=f"(unavailable here: {reason})", add_help=False, prefix_chars="\0"
+    )
     p.add_argument("rest", nargs=argparse.REMAINDER)
 
     def fail(args) -> int:
