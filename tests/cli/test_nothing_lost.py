@@ -242,7 +242,7 @@ def test_nul_bytes_huge_ranks_and_early_interrupts_are_one_clear_line(
 
     import spaedge.cli
 
-    def interrupted():  # Ctrl-C while the commands' modules (torch...) load
+    def interrupted(*args):  # Ctrl-C while the commands' modules (torch...) load
         raise KeyboardInterrupt
 
     monkeypatch.setattr(spaedge.cli, "build_parser", interrupted)

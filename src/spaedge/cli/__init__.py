@@ -26,14 +26,30 @@ from spaedge.cli.common import EXIT_USAGE, CliError
 
 __all__ = ["main", "build_parser", "CliError", "EXIT_USAGE"]
 
-# One module per command (spaedge.cli.<name>), in the order `spaedge --help` lists them.
-COMMANDS = ("train", "pack", "run", "info", "pretrain", "tasks", "bench", "experiment", "library")
+# One module per command (spaedge.cli.<name>), in the order `spaedge --help` lists them,
+# with the one line `spaedge --help` shows (the module's own add_parser says the
+# same; tests/cli/test_device_side.py checks). Only the command being run has
+# its parser built: `spaedge --help` and the device commands never import torch.
+COMMANDS = {
+    "train": "prune and adapt a task into a run directory",
+    "pack": "write base + task bundles (training first if needed)",
+    "run": "run a packed task in the C++ runtime",
+    "info": "what a bundle holds",
+    "pretrain": "recreate a built-in base's weights",
+    "tasks": "list the known tasks",
+    "bench": "latency of a packed task: spaedge vs onnxruntime, LiteRT, PyTorch",
+    "experiment": "methods x criteria x densities x ranks over tasks and seeds",
+    "library": "libraries of pruned task plans (for --schedule similar)",
+}
 
 
 def _unavailable(sub, name: str, reason: str) -> None:
     """A command whose parts are not installed here (the toolchain on a device,
     say): it still appears, and running it says what is missing."""
-    p = sub.add_parser(name, help=f"(unavailable here: {reason})", add_help=True)
+    # No option prefix: every argument (--task, --help...) is taken as it comes.
+    p = sub.add_parser(
+        name, help=f"(unavailable here: {reason})", add_help=False, prefix_chars="\0"
+    )
     p.add_argument("rest", nargs=argparse.REMAINDER)
 
     def fail(args) -> int:
@@ -45,7 +61,9 @@ def _unavailable(sub, name: str, reason: str) -> None:
     p.set_defaults(func=fail)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``spaedge`` parser. With ``argv``, only the command it names gets its
+    options (the others are listed by name and help line); without, all do."""
     p = argparse.ArgumentParser(
         prog="spaedge",
         description=__doc__.split("\n\n")[1].rstrip(),
@@ -53,12 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `spaedge COMMAND --help` for a command's options.",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    wanted = set(COMMANDS) if argv is None else {_command_of(argv)}
+    for name, help_line in COMMANDS.items():
+        if name not in wanted:
+            sub.add_parser(name, help=help_line, add_help=False)
+            continue
         try:
             importlib.import_module(f"spaedge.cli.{name}").add_parser(sub)
         except ImportError as e:  # the toolchain (torch) or the compiled runtime is not installed
             _unavailable(sub, name, str(e))
     return p
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command an argument list names: its first word that is not an option."""
+    for a in argv:
+        if a == "--":
+            return None
+        if not a.startswith("-"):
+            return a
+    return None
 
 
 def _terminate(signum, frame):
@@ -73,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     command = "spaedge"
     try:  # the commands' modules load inside: Ctrl-C while the toolchain loads is a clean exit too
-        parser = build_parser()
+        argv = sys.argv[1:] if argv is None else list(argv)
+        parser = build_parser(argv)
         args = parser.parse_args(argv)
         command = f"spaedge {args.command}" if getattr(args, "command", None) else command
         if not getattr(args, "func", None):

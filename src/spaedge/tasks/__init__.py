@@ -17,30 +17,51 @@ downloaded (flowers, cifar10) on first use and returns the directory to pass
 as `data_dir`; see `fetch.py`.
 """
 
-from .batching import batches, first_items, score_batches
-from .core import (
-    CROP_FRACTION,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SPLITS,
-    DatasetNotFound,
-    Task,
-    TaskDataset,
-    load_image,
-    parse_input_size,
-    stratified_split,
-)
-from .fetch import fetch_data
-from .identity import data_identity
-from .idx import read_idx, write_idx
-from .registry import (
-    DEFAULT_TASK,
-    UnknownTask,
-    get_task,
-    list_tasks,
-    register_task,
-    task_descriptions,
-)
+from __future__ import annotations
+
+import importlib
+
+# Loaded on first use: `spaedge.tasks.image` (numpy and Pillow only) serves the
+# device's `spaedge run` without torch, which batching and the loaders import.
+_WHERE = {
+    "batches": "batching",
+    "first_items": "batching",
+    "score_batches": "batching",
+    "CROP_FRACTION": "core",
+    "IMAGENET_MEAN": "core",
+    "IMAGENET_STD": "core",
+    "SPLITS": "core",
+    "DatasetNotFound": "core",
+    "Task": "core",
+    "TaskDataset": "core",
+    "load_image": "core",
+    "parse_input_size": "core",
+    "stratified_split": "core",
+    "fetch_data": "fetch",
+    "data_identity": "identity",
+    "read_idx": "idx",
+    "write_idx": "idx",
+    "DEFAULT_TASK": "registry",
+    "UnknownTask": "registry",
+    "get_task": "registry",
+    "list_tasks": "registry",
+    "register_task": "registry",
+    "task_descriptions": "registry",
+}
+
+
+def __getattr__(name: str):
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'spaedge.tasks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __all__ = [
     "batches",

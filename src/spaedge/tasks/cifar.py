@@ -26,6 +26,7 @@ from .core import (
     search_dirs,
     stratified_split,
 )
+from .image import crop_fraction_for
 
 LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -132,6 +133,6 @@ def make_cifar10(data_dir=None, input_size=None) -> Task:
         description="CIFAR-10 binary version (needs --data-dir)",
         flip_ok=True,
         in_memory=True,
-        crop_fraction=1.0,
+        crop_fraction=crop_fraction_for("cifar10"),  # whole images; the device reads it too
         sources=[("file", os.path.join(root, f)) for f in TRAIN_FILES + TEST_FILES],
     )

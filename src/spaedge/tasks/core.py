@@ -21,6 +21,8 @@ from torch.utils.data import Dataset
 from spaedge.download import data_home
 from spaedge.images import read_image
 
+from .image import CROP_FRACTION
+
 __all__ = [
     "DatasetError",
     "DatasetNotFound",
@@ -43,10 +45,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_GRAY_MEAN = (0.449,)
 IMAGENET_GRAY_STD = (0.226,)
 
-# Decoded photos: resize so the shorter side (relative to the target aspect) is
-# target / CROP_FRACTION, then centre-crop the target. 0.875 is the usual
-# ImageNet evaluation transform (256 -> 224), which pretrained bases expect.
-CROP_FRACTION = 0.875
 
 # ITU-R 601-2 luma, the weights PIL uses for RGB -> L.
 _LUMA = (0.299, 0.587, 0.114)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .core import ArraySource, Task, parse_input_size, stratified_split
+from .image import crop_fraction_for
 
 DEFAULT_SIZE = (1, 28, 28)
 FRACTIONS = (0.6, 0.2, 0.2)
@@ -62,5 +63,5 @@ def make_digits(data_dir=None, input_size=None) -> Task:
         description="scikit-learn 8x8 digits, upsampled (embedded default)",
         flip_ok=False,
         in_memory=True,
-        crop_fraction=1.0,
+        crop_fraction=crop_fraction_for("digits"),  # whole images; the device reads it too
     )

@@ -34,6 +34,7 @@ from .core import (
     stratified_split,
 )
 from .idx import read_idx
+from .image import crop_fraction_for
 
 LABELS = [
     "T-shirt/top",
@@ -149,6 +150,6 @@ def make_fashion_mnist(data_dir=None, input_size=None) -> Task:
         description="Fashion-MNIST, 10 clothing classes (official train/test)",
         flip_ok=False,
         in_memory=True,
-        crop_fraction=1.0,
+        crop_fraction=crop_fraction_for("fashion_mnist"),  # whole images; the device reads it too
         sources=[("file", paths[k]) for k in sorted(paths)],
     )

@@ -41,8 +41,8 @@ from .core import (
     parse_input_size,
     stratified_split,
 )
+from .image import EXTENSIONS
 
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 DEFAULT_SIZE = (3, 224, 224)  # an RGB folder's own size (photos)
 GRAY_SIZE = (1, 28, 28)  # a grayscale folder's
 FRACTIONS = (0.70, 0.15, 0.15)
