@@ -18,6 +18,7 @@ __all__ = [
     "check_output_file",
     "check_input_file",
     "FileProblem",
+    "MissingFile",
     "MAX_JSON_BYTES",
     "MAX_BUNDLE_BYTES",
     "MAX_JSON_DEPTH",
@@ -103,6 +104,10 @@ class FileProblem(PathProblem):
     file (and the field, for bad content) and says what to do."""
 
 
+class MissingFile(FileProblem, FileNotFoundError):
+    """A file that does not exist (also a FileNotFoundError, as ``open`` raises)."""
+
+
 def _show(p) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in os.fspath(p))
 
@@ -119,7 +124,7 @@ def read_regular(path: str | os.PathLike, what: str = "file", limit: int = MAX_J
     try:
         fd = os.open(p, flags)
     except FileNotFoundError:
-        raise FileProblem(f"{what} {_show(p)} does not exist") from None
+        raise MissingFile(f"{what} {_show(p)} does not exist") from None
     except IsADirectoryError:
         raise FileProblem(f"{what} {_show(p)} is a directory, not a file") from None
     except OSError as e:

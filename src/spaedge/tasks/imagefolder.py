@@ -177,7 +177,6 @@ def scan_imagefolder(
         classes = sorted(scans["train"])
         if not classes:
             raise _not_found(root, f"no class subdirectories with images in {train_dir}")
-        _two_classes(root, classes)
         index = {c: i for i, c in enumerate(classes)}
         out = {}
         for split, scan in scans.items():
@@ -195,6 +194,7 @@ def scan_imagefolder(
                     ids.append(index[c])
                     keys.append(rel)
             out[split] = (paths, np.asarray(ids, dtype=np.int64), keys)
+        _two_classes(root, classes)
         return classes, out
     found = _scan_classes(root, scan)
     if not found:
