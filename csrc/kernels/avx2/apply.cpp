@@ -4,11 +4,13 @@
 //
 // A panel's 16 kept outputs are 16 base rows
 // base[o][i][t]; for each kept input i' the k^2 taps of all 16 rows sit in
-// (usually) one cache line per row, so the k^2 gathers of rows (t, i') hit
-// L1, and the 16 rows are read front to back, a few inputs ahead prefetched.
-//
-// The ragged last panel uses masked loads/gathers (zeros in the padding
-// lanes); no per-lane checks anywhere.
+// (usually) one cache line per row, and the 16 rows are read front to back,
+// a few inputs ahead prefetched. A full panel takes the taps 8 at a time:
+// 8 contiguous floats loaded from each row and transposed in registers (8x8,
+// 24 shuffles), so a 3x3 conv needs 2 gathers per input instead of 18; the
+// taps left over (k^2 mod 8) and the ragged last panel are gathered, with
+// masks (zeros in the padding lanes); no per-lane checks anywhere. Both
+// ways read the same floats and do the same arithmetic: the same bits.
 //
 // The switch is bound by data movement (kept base rows in, packed panels
 // out), not by the gathers: plain loads in their place gained little, and
@@ -69,6 +71,36 @@ inline void add_merge(const ApplyArgs& a, const Shape& s, int o0, int col, const
   v1 = _mm256_add_ps(v1, d1);
 }
 
+// v += B'A' for input column `col` on 8 full lanes from output o (B'^T row offset).
+inline __m256 add_merge8(const ApplyArgs& a, const Shape& s, int o, int col, __m256 v) {
+  __m256 d = _mm256_setzero_ps();
+  for (int q = 0; q < s.rank; ++q) {
+    const __m256 av = _mm256_broadcast_ss(a.a + static_cast<size_t>(q) * s.ic + col);
+    d = _mm256_fmadd_ps(_mm256_loadu_ps(a.bt + static_cast<size_t>(q) * s.oc + o), av, d);
+  }
+  return _mm256_add_ps(v, d);
+}
+
+// r[k] becomes column k of the 8x8 block whose rows were r[0..7].
+inline void transpose8(__m256* r) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
 // Streaming (non-temporal) stores when the destination is 32-byte aligned:
 // the packed weights are written once per switch and read by the next run,
 // so they need not be read for ownership first (a third of the traffic).
@@ -100,7 +132,24 @@ void apply_oihw(const ApplyArgs& a, const Shape& s, int p0, int p1, float* packe
         for (int j = 0; j < nv; ++j)
           _mm_prefetch(reinterpret_cast<const char*>(ahead + off[j]), _MM_HINT_T0);
       }
-      for (int t = 0; t < s.taps; ++t) {
+      int t = 0;
+      if (l.full) {
+        // Taps 8 at a time: each half panel's 8 rows loaded and transposed.
+        for (; t + 8 <= s.taps; t += 8)
+          for (int h = 0; h < 2; ++h) {
+            __m256 r[8];
+            for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(src + off[8 * h + j] + t);
+            transpose8(r);
+            const __m256 sc = h ? l.s1 : l.s0;
+            for (int q = 0; q < 8; ++q) {
+              __m256 v = r[q];
+              if (s.merge && t + q == s.centre) v = add_merge8(a, s, o0 + 8 * h, i, v);
+              put<kStream>(dst + (static_cast<size_t>(t + q) * s.ic + i) * kNR + 8 * h,
+                           _mm256_mul_ps(v, sc));
+            }
+          }
+      }
+      for (; t < s.taps; ++t) {
         __m256 v0, v1;
         if (l.full) {
           v0 = _mm256_i32gather_ps(src + t, i0, 4);
