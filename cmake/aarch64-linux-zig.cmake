@@ -10,6 +10,8 @@ set(CMAKE_SYSTEM_PROCESSOR aarch64)
 set(CMAKE_CXX_COMPILER ${CMAKE_CURRENT_LIST_DIR}/zig/c++)
 set(CMAKE_AR ${CMAKE_CURRENT_LIST_DIR}/zig/ar CACHE FILEPATH "zig ar")
 set(CMAKE_RANLIB ${CMAKE_CURRENT_LIST_DIR}/zig/ranlib CACHE FILEPATH "zig ranlib")
+# zig rejects -march=armv8.2-a+dotprod; its spelling of the same target.
+set(SPAEDGE_DOTPROD_FLAGS "-mcpu=generic+v8_2a+dotprod" CACHE STRING "dot product, zig's flags")
 
 # The binaries run under qemu with nothing but the glibc zig linked against;
 # a root with an aarch64 loader (Debian's cross libc or the CI's sysroot) is needed.
