@@ -177,3 +177,23 @@ def test_exports_are_reused_only_when_newer_than_the_bundle(bundles, tmp_path):
         ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).get_inputs()[0].name
         == "input"
     )
+
+
+def test_a_stale_cached_base_is_written_again(tmp_path):
+    """A cached base the reader refuses (an older format version, a damaged
+    file) is a cache miss, not an error: the benchmark writes it again."""
+    from spaedge.pack.format import read_metadata
+
+    stale = tmp_path / "base.safetensors"
+    stale.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"__metadata__"}')
+    t = make_synthetic_task(
+        tmp_path,
+        "t",
+        base="tiny",
+        density=0.5,
+        classes=3,
+        input_size=(1, 28, 28),
+        base_file="base.safetensors",
+    )
+    assert Path(t.base_path) == stale
+    assert read_metadata(stale)["model"] == "spaedge-tiny"

@@ -13,6 +13,7 @@ from torch import nn
 
 from spaedge.adapters import adapt
 from spaedge.bench.engines import BenchTask
+from spaedge.errors import BundleError
 from spaedge.models import RANDOM, get_base
 from spaedge.models.stats import count_macs, count_parameters
 from spaedge.pack.bundle import TaskSpec, base_hash, write_base, write_task
@@ -42,6 +43,17 @@ def randomise_task_model(
                 m.bias.copy_(0.1 * torch.randn(c, generator=g))
                 m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
                 m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+
+
+def _cached(path: Path, bhash: str) -> bool:
+    """Whether ``path`` holds the base bundle of hash ``bhash`` in this format; a
+    missing file, another base or one of an older format is written again."""
+    if not path.exists():
+        return False
+    try:
+        return read_metadata(path).get("content_hash") == bhash
+    except BundleError:  # an older format version, or a damaged file: it is a cache
+        return False
 
 
 def make_synthetic_task(
@@ -74,7 +86,7 @@ def make_synthetic_task(
     model = get_base(base, None if base == "tiny" else RANDOM).eval()
     base_path = workdir / (base_file or f"base-{base}.safetensors")
     bhash = base_hash(model)
-    if not base_path.exists() or read_metadata(base_path).get("content_hash") != bhash:
+    if not _cached(base_path, bhash):
         write_base(model, base_path)
     model.replace_head(classes)
     model = adapt(model, "splora", rank=rank)
