@@ -46,6 +46,12 @@ struct Rng {
     return static_cast<uint32_t>(s >> 32);
   }
   float uniform() { return static_cast<float>(next()) / 4294967296.0f * 2.0f - 1.0f; }
+  float uniform(float lo, float hi) {
+    return lo + (hi - lo) * static_cast<float>(next()) / 4294967296.0f;
+  }
+  int range(int lo, int hi) {  // [lo, hi]
+    return lo + static_cast<int>(next() % uint32_t(hi - lo + 1));
+  }
 };
 
 std::vector<float> random_vec(size_t n, Rng& rng) {

@@ -17,116 +17,48 @@
 // --expect-variant: the active table's qconv_variant() must be NAME (CI runs
 // the aarch64 build under qemu as a Cortex-A72, "neon", and a Cortex-A76,
 // "neondot", so both NEON paths are exercised).
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <numeric>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "check.h"
-#include "kernels/kernels.h"
-
-namespace k = spaedge::kernels;
+#include "kernel_check.h"
 
 namespace {
 
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  uint32_t next() {
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    return static_cast<uint32_t>(s >> 32);
-  }
-  int range(int lo, int hi) {
-    return lo + static_cast<int>(next() % uint32_t(hi - lo + 1));
-  }  // [lo, hi]
-  float uniform(float lo, float hi) {
-    return lo + (hi - lo) * static_cast<float>(next()) / 4294967296.0f;
-  }
-};
-
-// ---- work sharing ------------------------------------------------------------
-
-struct Threads {
-  int n;
-};
-
-// Real threads: each claims items from a shared counter.
-void threads_run(void* ctx, int n, void (*fn)(void*, int, int), void* arg) {
-  const int t = static_cast<Threads*>(ctx)->n;
-  std::atomic<int> next{0};
-  std::vector<std::thread> ts;
-  for (int w = 1; w < t; ++w)
-    ts.emplace_back([&, w] {
-      for (int i; (i = next.fetch_add(1)) < n;) fn(arg, i, w);
-    });
-  for (int i; (i = next.fetch_add(1)) < n;) fn(arg, i, 0);
-  for (auto& th : ts) th.join();
-}
-
-struct Shuffled {
-  int n;
-  uint64_t seed;
-};
-
-void shuffled_run(void* ctx, int n, void (*fn)(void*, int, int), void* arg) {
-  Shuffled& s = *static_cast<Shuffled*>(ctx);
-  Rng rng(s.seed++);
-  std::vector<int> order(static_cast<size_t>(n));
-  std::iota(order.begin(), order.end(), 0);
-  for (int i = n - 1; i > 0; --i) std::swap(order[size_t(i)], order[rng.next() % uint32_t(i + 1)]);
-  for (int i : order) fn(arg, i, int(rng.next() % uint32_t(s.n)));
-}
-
-// f(par, name) for serial (null) and every shared way.
+// f(par, name) for serial (null) and every shared way of kernel_check.h.
 template <class F>
 void each_sharing(F&& f) {
-  f(static_cast<const k::Parallel*>(nullptr), "serial");
-  for (int t : {2, 3}) {
-    Threads ctx{t};
-    k::Parallel par;
-    par.threads = t;
-    par.ctx = &ctx;
-    par.run = threads_run;
-    par.min_work = 0.0;
-    f(static_cast<const k::Parallel*>(&par), t == 2 ? "threads=2" : "threads=3");
+  with_sharing(kSerial, [&](const k::Parallel* par) { f(par, "serial"); });
+  for (const Sharing& sh : kShared) {
+    const std::string name = sh.name();
+    with_sharing(sh, [&](const k::Parallel* par) { f(par, name.c_str()); });
   }
-  Shuffled ctx{3, 11};
-  k::Parallel par;
-  par.threads = 3;
-  par.ctx = &ctx;
-  par.run = shuffled_run;
-  par.min_work = 0.0;
-  f(static_cast<const k::Parallel*>(&par), "shuffled");
 }
 
 // ---- guarded buffers ------------------------------------------------------------
 
-constexpr size_t kGuard = 64;
-constexpr uint8_t kCanary = 0xA5;
+constexpr size_t kByteGuard = 64;
+constexpr uint8_t kByteCanary = 0xA5;
 
-struct Guarded {
+struct ByteGuarded {
   std::vector<uint8_t> v;
   size_t n;
-  explicit Guarded(size_t bytes) : v(bytes + 2 * kGuard + 64, kCanary), n(bytes) {}
+  explicit ByteGuarded(size_t bytes) : v(bytes + 2 * kByteGuard + 64, kByteCanary), n(bytes) {}
   // 64-byte aligned start (packed weights are read with 64-byte loads).
   uint8_t* data() {
-    uintptr_t p = reinterpret_cast<uintptr_t>(v.data()) + kGuard;
+    uintptr_t p = reinterpret_cast<uintptr_t>(v.data()) + kByteGuard;
     p = (p + 63) & ~uintptr_t(63);
     return reinterpret_cast<uint8_t*>(p);
   }
   bool intact() {
     const uint8_t* d = data();
     for (const uint8_t* p = v.data(); p < d; ++p)
-      if (*p != kCanary) return false;
+      if (*p != kByteCanary) return false;
     for (const uint8_t* p = d + n; p < v.data() + v.size(); ++p)
-      if (*p != kCanary) return false;
+      if (*p != kByteCanary) return false;
     return true;
   }
 };
@@ -289,7 +221,7 @@ void run_conv_case(const ConvCase& cc, uint64_t seed, Saturation& sat) {
     const k::KernelTable& t = *isa.table;
     const std::string what = std::string(isa.name) + " (" + t.qconv_variant() + ") " + cc.name();
     CHECK_MSG(t.qconv_packed_bytes(g) == pbytes, what);
-    Guarded packed(pbytes);
+    ByteGuarded packed(pbytes);
     t.qconv_pack(g, w.data(), packed.data());
     CHECK_MSG(packed.intact(), what + ": qconv_pack wrote outside");
     std::vector<uint8_t> pk(packed.data(), packed.data() + pbytes);
@@ -300,8 +232,8 @@ void run_conv_case(const ConvCase& cc, uint64_t seed, Saturation& sat) {
 
     each_sharing([&](const k::Parallel* par, const char* sharing) {
       const int threads = par ? par->threads : 1;
-      Guarded scratch(t.qconv_scratch_bytes(g, threads));
-      Guarded gin(nin), gout(nout);
+      ByteGuarded scratch(t.qconv_scratch_bytes(g, threads));
+      ByteGuarded gin(nin), gout(nout);
       std::memcpy(gin.data(), in.data(), nin);
       std::memset(gout.data(), 0x5A, nout);
       t.qconv(g, packed.data(), gin.data(), gout.data(), ep, scratch.data(), par);
@@ -329,7 +261,7 @@ void run_conv_case(const ConvCase& cc, uint64_t seed, Saturation& sat) {
       }
       // In place: the output aliases the residual.
       if (cc.residual && !par) {
-        Guarded io(nout);
+        ByteGuarded io(nout);
         std::memcpy(io.data(), res.data(), nout);
         k::QEpilogue ep2 = ep;
         ep2.residual = io.data();
@@ -443,7 +375,7 @@ void test_quantize() {
     for (size_t i = 0; i < x.size(); ++i) back_want[i] = scale * float(int(want[i]) - zp);
     for (const k::Isa& isa : k::isas()) {
       if (!isa.supported) continue;
-      Guarded q(x.size());
+      ByteGuarded q(x.size());
       isa.table->quantize(x.size(), x.data(), scale, zp, q.data());
       CHECK_MSG(q.intact() && std::memcmp(q.data(), want.data(), x.size()) == 0,
                 std::string(isa.name) + " quantize zp=" + std::to_string(zp));
@@ -497,7 +429,7 @@ void test_pools() {
                                std::to_string(p.w) + "x" + std::to_string(p.c) + " k" +
                                std::to_string(p.k);
       each_sharing([&](const k::Parallel* par, const char* sharing) {
-        Guarded out(no);
+        ByteGuarded out(no);
         isa.table->qmaxpool(p.h, p.w, p.c, p.k, p.s, p.p, in.data(), out.data(), par);
         CHECK_MSG(out.intact() && std::memcmp(out.data(), want.data(), no) == 0,
                   what + " qmaxpool " + sharing);
