@@ -4,7 +4,10 @@
 //
 // A panel's 8 kept outputs are 8 base rows
 // base[o][i][t]; for each kept input i' the k^2 taps of the 8 rows are
-// (usually) one cache line per row, so the lane loads of rows (t, i') hit L1.
+// (usually) one cache line per row. A full panel takes the taps 4 at a time
+// (one 4-float load per row, two 4x4 transposes in registers); the taps
+// left over (k^2 mod 4) are lane loads, which hit L1. Same values, same
+// arithmetic either way.
 //
 // The ragged last panel is done lane by lane with the same arithmetic (fma,
 // add, mul).
@@ -73,6 +76,16 @@ inline float ragged_value(const ApplyArgs& a, const Shape& s, int o, int col, bo
   return a.scale ? v * a.scale[o] : v;
 }
 
+// c[q] = column q of the 4x4 block whose rows are r0..r3.
+inline void transpose4(float32x4_t r0, float32x4_t r1, float32x4_t r2, float32x4_t r3,
+                       float32x4_t* c) {
+  const float32x4x2_t p01 = vtrnq_f32(r0, r1), p23 = vtrnq_f32(r2, r3);
+  c[0] = vcombine_f32(vget_low_f32(p01.val[0]), vget_low_f32(p23.val[0]));
+  c[1] = vcombine_f32(vget_low_f32(p01.val[1]), vget_low_f32(p23.val[1]));
+  c[2] = vcombine_f32(vget_high_f32(p01.val[0]), vget_high_f32(p23.val[0]));
+  c[3] = vcombine_f32(vget_high_f32(p01.val[1]), vget_high_f32(p23.val[1]));
+}
+
 }  // namespace
 
 void conv_apply(const ApplyArgs& a, int o0, int o1, float* packed) {
@@ -88,7 +101,20 @@ void conv_apply(const ApplyArgs& a, int o0, int o1, float* packed) {
     const PanelScale sc(a, ob, nv == kNR);
     for (int i = 0; i < s.ic; ++i) {
       const float* src = a.base + static_cast<size_t>(a.in_index[i]) * s.taps;
-      for (int t = 0; t < s.taps; ++t) {
+      int t = 0;
+      if (nv == kNR) {
+        for (; t + 4 <= s.taps; t += 4) {
+          float32x4_t lo[4], hi[4];  // taps t..t+3 of outputs 0-3 and 4-7
+          transpose4(vld1q_f32(src + off[0] + t), vld1q_f32(src + off[1] + t),
+                     vld1q_f32(src + off[2] + t), vld1q_f32(src + off[3] + t), lo);
+          transpose4(vld1q_f32(src + off[4] + t), vld1q_f32(src + off[5] + t),
+                     vld1q_f32(src + off[6] + t), vld1q_f32(src + off[7] + t), hi);
+          for (int q = 0; q < 4; ++q)
+            full_row(a, s, ob, i, s.merge && t + q == s.centre, sc, lo[q], hi[q],
+                     dst + (static_cast<size_t>(t + q) * s.ic + i) * kNR);
+        }
+      }
+      for (; t < s.taps; ++t) {
         float* d = dst + (static_cast<size_t>(t) * s.ic + i) * kNR;
         const bool centre = s.merge && t == s.centre;
         if (nv == kNR) {
