@@ -25,7 +25,7 @@ def data_section(buf: bytes) -> bytes:
 
 
 def canonical_hash(buf: bytes) -> str:
-    """The content hash of format version 3 of safetensors bytes, written from
+    """The content hash of format version 4 of safetensors bytes, written from
     docs/format.md independently of spaedge's writer and C++ reader: SHA-256
     of the metadata but content_hash (count, then length-prefixed UTF-8 key
     and value by key bytes), the tensor table (count, then length-prefixed
@@ -55,9 +55,9 @@ def canonical_hash(buf: bytes) -> str:
 
 
 def bundle_bytes(tensors: dict, metadata: dict) -> bytes:
-    """safetensors bytes with version "3" (unless given) and a correct content_hash added."""
+    """safetensors bytes with version "4" (unless given) and a correct content_hash added."""
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    meta = {"version": "3", **metadata}
+    meta = {"version": "4", **metadata}
     first = st_save(arrays, metadata=meta)
     return st_save(arrays, metadata={**meta, "content_hash": canonical_hash(first)})
 

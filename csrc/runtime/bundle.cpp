@@ -257,6 +257,11 @@ void Bundle::check_common(const std::string& expected_format, const BundleOption
         "metadata 'version' is '2': format version 2 is no longer read (its task bundles do not "
         "store the adapter rank); delete the file and repack it with this spaedge "
         "(`spaedge pack --retrain`, or re-run the packing that wrote it)");
+  if (ver == "3")
+    fail(
+        "metadata 'version' is '3': format version 3 is no longer read (its Pear bundles share "
+        "adapters only between convs of equal kept channels); delete the file and repack it "
+        "with this spaedge (`spaedge pack --retrain`, or re-run the packing that wrote it)");
   if (ver != kFormatVersion)
     fail("metadata 'version' is '" + ver + "', this runtime reads format version " +
          kFormatVersion + " only");

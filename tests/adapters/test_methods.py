@@ -404,7 +404,8 @@ def test_sparse_splora_bundle_at_40_percent_is_smaller_than_dense(tiny_base_bund
 
 
 def test_runtime_resolves_shared_adapters_and_refuses_bad_maps(tiny_base_bundle, tmp_path):
-    """Pear's bundle side: a target conv uses the source conv's factors, stored once."""
+    """Pear's bundle side: one adapter stored once in base coordinates, each conv
+    using it gathering its kept rows and columns."""
     import json
 
     from spaedge import runtime
@@ -413,15 +414,19 @@ def test_runtime_resolves_shared_adapters_and_refuses_bad_maps(tiny_base_bundle,
     from spaedge.pack.format import write_bundle
 
     model = _tiny("splora", rank=4)
-    src, dst = model.get_submodule("layer1.0.conv1"), model.get_submodule("layer1.0.conv2")
-    with torch.no_grad():
-        src.lora_b.normal_(std=0.1)
-        dst.lora_a.copy_(src.lora_a)
-        dst.lora_b.copy_(src.lora_b)  # the torch model shares by value
+    g = torch.Generator().manual_seed(3)
+    b, a = 0.1 * torch.randn(16, 4, generator=g), torch.randn(4, 16, generator=g)
+    for name in ("layer1.0.conv1", "layer1.0.conv2"):
+        layer = model.get_submodule(name)
+        with torch.no_grad():  # the torch model shares by value (unpruned: every channel)
+            layer.lora_a.copy_(a)
+            layer.lora_b.copy_(b)
     spec = TaskSpec("t", ["a", "b", "c"], (1, 28, 28), [0.5], [0.25])
     tensors, meta = task_bundle(model, spec, base_hash(get_base("tiny")))
-    del tensors["layer1.0.conv2.lora_a"], tensors["layer1.0.conv2.lora_b"]
-    meta["shared_adapters"] = json.dumps({"layer1.0.conv2": "layer1.0.conv1"})
+    for name in ("layer1.0.conv1", "layer1.0.conv2"):
+        del tensors[f"{name}.lora_a"], tensors[f"{name}.lora_b"]
+    tensors["shared.s.a"], tensors["shared.s.b"] = a.numpy(), b.numpy()
+    meta["shared_adapters"] = json.dumps({"layer1.0.conv1": "s", "layer1.0.conv2": "s"})
     write_bundle(tmp_path / "t.safetensors", tensors, meta)
     x = torch.randn(3, 1, 28, 28)
     rt = runtime.Runtime(tiny_base_bundle, threads=1)
@@ -429,7 +434,8 @@ def test_runtime_resolves_shared_adapters_and_refuses_bad_maps(tiny_base_bundle,
     with torch.no_grad():
         want = model(x).numpy()
     np.testing.assert_allclose(rt.run(x.numpy()), want, atol=1e-3 * (1 + np.abs(want).max()))
-    meta["shared_adapters"] = json.dumps({"layer1.0.conv2": "layer2.0.conv2"})
+    del tensors["layer2.0.conv2.lora_a"], tensors["layer2.0.conv2.lora_b"]
+    meta["shared_adapters"] = json.dumps({"layer1.0.conv1": "s", "layer2.0.conv2": "s"})
     write_bundle(tmp_path / "bad.safetensors", tensors, meta)
-    with pytest.raises(BundleError, match="shared_adapters"):
+    with pytest.raises(BundleError, match="shared_adapters.*base channels"):
         runtime.Runtime(tiny_base_bundle, threads=1).load_task(tmp_path / "bad.safetensors")

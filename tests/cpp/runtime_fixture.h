@@ -300,6 +300,48 @@ struct Files {
   }
 };
 
+// ---- shared adapters (Pear) --------------------------------------------------------------
+// A shared adapter in base coordinates: a [r, I] and b [O, r] (row-major).
+struct SharedAdapter {
+  int64_t r, O, I;
+  std::vector<float> a, b;
+};
+
+// `t` plus model-level tensors shared.<name>.a/.b and metadata 'shared_adapters' `entries`
+// (a JSON object), written to `file`.
+std::string shared_task(const Files& f, const std::string& file, const TaskSpec& t,
+                        const std::map<std::string, SharedAdapter>& adapters,
+                        const std::string& entries) {
+  std::vector<tb::Tensor> ts;
+  for (const auto& kv : t.idx) ts.push_back(tb::i32(kv.first, kv.second));
+  for (const auto& kv : t.f) ts.push_back(tb::f32(kv.first, kv.second.first, kv.second.second));
+  for (const auto& kv : t.u8) ts.push_back(tb::u8(kv.first, kv.second));
+  for (const auto& kv : adapters) {
+    ts.push_back(tb::f32("shared." + kv.first + ".a", {kv.second.r, kv.second.I}, kv.second.a));
+    ts.push_back(tb::f32("shared." + kv.first + ".b", {kv.second.O, kv.second.r}, kv.second.b));
+  }
+  tb::Meta m = task_meta(t, f.base_hash);
+  for (auto& e : m)
+    if (e.first == "method") e.second = "pear";
+  m.push_back({"shared_adapters", entries});
+  const std::string p = f.dir.file(file);
+  tb::write_file(p, tb::bundle(ts, m));
+  return p;
+}
+
+// The dense factors conv L gathers from `s`: a[:, in_index] and b[out_index], set in `t`.
+void gather_into(TaskSpec& t, const std::string& L, const SharedAdapter& s) {
+  const auto& oi = t.idx.at(L + ".out_index");
+  const auto& ii = t.idx.at(L + ".in_index");
+  std::vector<float> a, b;
+  for (int64_t k = 0; k < s.r; ++k)
+    for (int32_t i : ii) a.push_back(s.a[size_t(k * s.I + i)]);
+  for (int32_t o : oi)
+    for (int64_t k = 0; k < s.r; ++k) b.push_back(s.b[size_t(o * s.r + k)]);
+  t.f[L + ".lora_a"] = {{s.r, int64_t(ii.size())}, a};
+  t.f[L + ".lora_b"] = {{int64_t(oi.size()), s.r}, b};
+}
+
 // Writes a task with one edit and expects load_task to fail naming `needles`.
 void expect_task_error(const Files& f, const std::string& file,
                        const std::function<void(TaskSpec&)>& edit, std::vector<std::string> needles,

@@ -156,7 +156,7 @@ void test_good_bundle(const TempDir& d) {
   CHECK(w.f32(0) == 1.0f && w.f32(5) == 6.0f);
   const auto& idx = b.tensor("idx");
   CHECK(idx.dtype == spaedge::DType::I32 && idx.i32(2) == 5);
-  CHECK(b.meta("version") == "3" && b.content_hash().size() == 64);
+  CHECK(b.meta("version") == "4" && b.content_hash().size() == 64);
   CHECK(b.computed_hash() == b.content_hash() && b.data_loaded());
   // Tensor data is private, 64-byte aligned memory.
   CHECK(reinterpret_cast<uintptr_t>(b.tensors().front().data) % 64 == 0);
@@ -188,7 +188,7 @@ void test_good_bundle(const TempDir& d) {
   CHECK(z.tensor("e").numel == 0);
   // Unaligned (unpadded) header is still read.
   tb::Meta m = task_meta();
-  m.emplace_back("version", "3");
+  m.emplace_back("version", "4");
   tb::Layout l0 = tb::layout(two_tensors(), m);
   m.emplace_back("content_hash", tb::content_hash(two_tensors(), m, l0.data));
   tb::Layout l = tb::layout(two_tensors(), m);
@@ -213,8 +213,8 @@ std::vector<uint8_t> with_header(const std::string& header_json, const std::vect
 // hash is right for that table; the cases below break something else first).
 std::string meta_json(const std::vector<uint8_t>& data, const std::string& fmt = "spaedge-task") {
   const std::string h = tb::content_hash({tb::Tensor{"w", "F32", {3}, data}},
-                                         {{"format", fmt}, {"version", "3"}}, data);
-  return "\"__metadata__\":{\"format\":\"" + fmt + "\",\"version\":\"3\",\"content_hash\":\"" + h +
+                                         {{"format", fmt}, {"version", "4"}}, data);
+  return "\"__metadata__\":{\"format\":\"" + fmt + "\",\"version\":\"4\",\"content_hash\":\"" + h +
          "\"}";
 }
 
@@ -356,17 +356,17 @@ void test_bad_json_and_shape(const TempDir& d) {
       {"{\"__metadata__\":{\"format\":1},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":["
        "0,12]}}",
        {"metadata 'format' is a number"}},
-      {"{\"__metadata__\":{\"version\":\"3\",\"content_hash\":\"" + tb::sha_hex(data) +
+      {"{\"__metadata__\":{\"version\":\"4\",\"content_hash\":\"" + tb::sha_hex(data) +
            "\"},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
        {"missing metadata key 'format'"}},
-      {"{\"__metadata__\":{\"format\":\"other\",\"version\":\"3\",\"content_hash\":\"" +
+      {"{\"__metadata__\":{\"format\":\"other\",\"version\":\"4\",\"content_hash\":\"" +
            tb::sha_hex(data) +
            "\"},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
        {"metadata 'format' is 'other'"}},
-      {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"4\",\"content_hash\":\"" +
+      {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"5\",\"content_hash\":\"" +
            tb::sha_hex(data) +
            "\"},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
-       {"metadata 'version' is '4', this runtime reads format version 3 only"}},
+       {"metadata 'version' is '5', this runtime reads format version 4 only"}},
       // A version 1 bundle (content hash over the data only): refused, told to repack.
       {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"1\",\"content_hash\":\"" +
            tb::sha_hex(data) +
@@ -378,10 +378,15 @@ void test_bad_json_and_shape(const TempDir& d) {
            tb::sha_hex(data) +
            "\"},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
        {"metadata 'version' is '2': format version 2 is no longer read", "repack"}},
-      {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"3\"},"
+      // A version 3 bundle (Pear shared adapters only between equal kept shapes): refused.
+      {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"3\",\"content_hash\":\"" +
+           tb::sha_hex(data) +
+           "\"},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
+       {"metadata 'version' is '3': format version 3 is no longer read", "repack"}},
+      {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"4\"},"
        "\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
        {"missing metadata key 'content_hash'"}},
-      {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"3\",\"content_hash\":\"ABC\"},"
+      {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"4\",\"content_hash\":\"ABC\"},"
        "\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
        {"'content_hash' is not 64 lowercase hex"}},
       {"{" + M + ",\"\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
@@ -415,7 +420,7 @@ void test_content_hash(const TempDir& d) {
   }
   // The hash covers the metadata and the tensor table too: the header
   // rewritten around the same data and the stale hash is refused.
-  const tb::Meta meta = {{"format", "spaedge-task"}, {"labels", "[\"1\",\"7\"]"}, {"version", "3"}};
+  const tb::Meta meta = {{"format", "spaedge-task"}, {"labels", "[\"1\",\"7\"]"}, {"version", "4"}};
   const std::vector<tb::Tensor> ts = {tb::f32("a", {2}, {1, 2}), tb::f32("b", {2}, {3, 4})};
   const tb::Layout l0 = tb::layout(ts, meta);
   const std::string h = tb::content_hash(ts, meta, l0.data);
@@ -451,10 +456,10 @@ void test_content_hash(const TempDir& d) {
 // Python writer against the same number.
 void test_hash_vector(const TempDir& d) {
   const tb::Meta meta = {
-      {"format", "spaedge-task"}, {"version", "3"}, {"labels", "[\"caf\u00e9\",\"7\"]"}};
+      {"format", "spaedge-task"}, {"version", "4"}, {"labels", "[\"caf\u00e9\",\"7\"]"}};
   const std::vector<tb::Tensor> ts = {tb::f32("w", {2}, {1.0f, -2.0f}), tb::i32("idx", {7})};
   const tb::Layout l = tb::layout(ts, meta);
-  const std::string want = "be2f73158852324d2d93239c9c39ea80614105c6819c75941a9b4937c0ff71c2";
+  const std::string want = "8bcb20783895b8071011eadac298526a091ede4be5594ee26e9ec91c1a880215";
   CHECK_MSG(tb::content_hash(ts, meta, l.data) == want, tb::content_hash(ts, meta, l.data));
   const std::string p = d.file("vector.safetensors");
   tb::write_file(p, tb::bundle(ts, meta));

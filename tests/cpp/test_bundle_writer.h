@@ -129,7 +129,7 @@ inline std::string sha_hex(const std::vector<uint8_t>& data) {
   return spaedge::Sha256::hex(data.data(), data.size());
 }
 
-// The canonical content hash of format version 3, written from docs/format.md
+// The canonical content hash of format version 4, written from docs/format.md
 // independently of the runtime's (runtime/content_hash.h): u64 little-endian
 // counts and lengths; metadata but content_hash by key bytes; the tensor table
 // (name, dtype, shape, data_offsets) by name bytes; then the data section.
@@ -185,12 +185,12 @@ inline std::string content_hash(const std::vector<Tensor>& tensors, const Meta& 
   return spaedge::to_hex(d, 32);
 }
 
-// A complete bundle: adds version "3" (unless meta has one) and the content hash.
+// A complete bundle: adds version "4" (unless meta has one) and the content hash.
 inline std::vector<uint8_t> bundle(const std::vector<Tensor>& tensors, Meta meta) {
   bool has_version = false;
   for (const auto& kv : meta)
     if (kv.first == "version") has_version = true;
-  if (!has_version) meta.emplace_back("version", "3");
+  if (!has_version) meta.emplace_back("version", "4");
   Layout l0 = layout(tensors, meta);
   meta.emplace_back("content_hash", content_hash(tensors, meta, l0.data));
   Layout l = layout(tensors, meta);

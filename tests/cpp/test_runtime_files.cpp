@@ -181,7 +181,7 @@ void test_files_change_underneath(const Files& f) {
 // inspect_bundle (spaedge info): the same rules, header only.
 void test_inspect(const Files& f) {
   spaedge::BundleSummary b = spaedge::inspect_bundle(f.base);
-  CHECK(b.format == "spaedge-base" && b.version == "3" && b.hash_verified &&
+  CHECK(b.format == "spaedge-base" && b.version == "4" && b.hash_verified &&
         b.content_hash == f.base_hash);
   CHECK(b.model == "tiny" && b.input_channels == 2 && b.nodes == 10 && b.convs == 3 &&
         b.tensors.size() == 4);

@@ -131,6 +131,42 @@ void test_switching(const Files& f, int threads = 1, const char* mode = "merged"
   CHECK(bad_results == 0 && errors == 0);
 }
 
+// Pear's shared adapter, stored once in base coordinates (4 x 4, rank 2) and
+// used by c2 (3x3) and down (1x1): each gathers its kept rows and columns
+// ({0, 2, 3}: not the first three) and runs as the same task with those
+// factors dense, in both modes.
+void test_shared_adapters(const Files& f) {
+  const SharedAdapter s{2, 4, 4, seq(8, 0.4f, 0.05f), seq(8, 0.6f, -0.1f)};
+  TaskSpec shared = tiny_task(), dense = tiny_task();
+  shared.f.erase("c2.lora_a");
+  shared.f.erase("c2.lora_b");
+  gather_into(dense, "c2", s);
+  gather_into(dense, "down", s);
+  const std::string p =
+      shared_task(f, "shared.safetensors", shared, {{"s", s}}, "{\"c2\":\"s\",\"down\":\"s\"}");
+  {
+    spaedge::BaseModel base(f.base);
+    spaedge::Task t(base, p);
+    CHECK(t.convs[1].rank() == 2 && t.convs[2].rank() == 2 && t.convs[1].shared &&
+          t.convs[1].shared->set == "s" && !t.convs[0].shared);
+    CHECK(t.convs[1].lowrank->a == dense.f.at("c2.lora_a").second &&
+          t.convs[2].lowrank->b == dense.f.at("down.lora_b").second);
+    CHECK(t.convs[1].lowrank->a != std::vector<float>(s.a.begin(), s.a.begin() + 3));
+  }
+  const std::vector<float> x = seq(2 * 2 * 5 * 4, 1.0f);
+  for (const char* mode : {"merged", "lowrank"})
+    for (int threads : {1, 2}) {
+      Runtime rt(f.base, threads);
+      rt.set_mode(mode);
+      rt.load_task(p);
+      std::vector<float> y(6, -1.0f);
+      rt.run(x.data(), 2, y.data());
+      CHECK_MSG(close(y.data(), reference(f.m, dense, x.data())) &&
+                    close(y.data() + 3, reference(f.m, dense, x.data() + 40)),
+                std::string(mode) + ", " + std::to_string(threads) + " threads");
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -141,5 +177,6 @@ int main() {
   // (c2 of the second task takes the general path, the other convs one pass).
   test_switching(f, 2);
   test_switching(f, 3, "lowrank");
+  test_shared_adapters(f);
   return tcheck::summary("test_runtime_numerics");
 }

@@ -374,10 +374,94 @@ void test_task_errors(const Files& f) {
   CHECK(rt.tasks().empty());
 }
 
+// Pear's shared adapters (family 'shared'): shapes that do not fit the base
+// convs, missing or unused tensors, bad entries and kept channels out of range
+// are refused naming the tensor or the entry.
+void test_shared_adapter_errors(const Files& f) {
+  const SharedAdapter good{2, 4, 4, seq(8, 0.4f), seq(8, 0.6f)};
+  TaskSpec base = tiny_task();
+  base.f.erase("c2.lora_a");
+  base.f.erase("c2.lora_b");
+  const std::string both = "{\"c2\":\"s\",\"down\":\"s\"}";
+  Runtime rt(f.base, 1);
+  auto refused = [&](const std::string& file, const TaskSpec& t,
+                     const std::map<std::string, SharedAdapter>& adapters,
+                     const std::string& entries, std::vector<std::string> needles, int line) {
+    const std::string p = shared_task(f, file, t, adapters, entries);
+    needles.insert(needles.begin(), p + ": ");
+    tcheck::expect_error([&] { rt.load_task(p); }, needles, __FILE__, line);
+  };
+  rt.load_task(shared_task(f, "shared_ok.safetensors", base, {{"s", good}}, both));  // the control
+  CHECK(rt.tasks().size() == 1);
+  SharedAdapter kept = good;  // stored at the kept channels, not the base's
+  kept.I = 3;
+  kept.a = seq(6, 0.4f);
+  refused("sh_kept.safetensors", base, {{"s", kept}}, both,
+          {"metadata 'shared_adapters': entry 'c2': shared adapter 's' is 4x3",
+           "but conv 'c2' has 4x4 base channels"},
+          __LINE__);
+  SharedAdapter rank = good;  // b's rank is not a's
+  rank.b = seq(12, 0.6f);
+  rank.r = 2;
+  {
+    TaskSpec t = base;
+    const std::string p = f.dir.file("sh_rank.safetensors");
+    std::vector<tb::Tensor> ts;
+    for (const auto& kv : t.idx) ts.push_back(tb::i32(kv.first, kv.second));
+    for (const auto& kv : t.f) ts.push_back(tb::f32(kv.first, kv.second.first, kv.second.second));
+    ts.push_back(tb::f32("shared.s.a", {2, 4}, good.a));
+    ts.push_back(tb::f32("shared.s.b", {4, 3}, rank.b));
+    tb::Meta m = task_meta(t, f.base_hash);
+    m.push_back({"shared_adapters", both});
+    tb::write_file(p, tb::bundle(ts, m));
+    EXPECT_ERROR(rt.load_task(p), p, "tensor 'shared.s.b': shape [4, 3], expected [O, 2]");
+  }
+  SharedAdapter zero = good;
+  zero.r = 0;
+  zero.a.clear();
+  zero.b.clear();
+  refused("sh_zero.safetensors", base, {{"s", zero}}, both,
+          {"tensor 'shared.s.a': shape [0, 4], expected [r, I]", "each at least 1"}, __LINE__);
+  SharedAdapter nan = good;
+  nan.a[5] = std::nanf("");
+  refused("sh_nan.safetensors", base, {{"s", nan}}, both,
+          {"tensor 'shared.s.a': element 5 is not finite"}, __LINE__);
+  refused("sh_missing.safetensors", base, {}, both,
+          {"missing tensor 'shared.s.a' (shared adapter 's' of conv 'c2'"}, __LINE__);
+  refused("sh_unused.safetensors", base, {{"s", good}, {"t", good}}, both,
+          {"tensor 'shared.t.a': unknown tensor: no entry of metadata 'shared_adapters' uses"},
+          __LINE__);
+  refused("sh_noconv.safetensors", base, {{"s", good}}, "{\"c9\":\"s\"}",
+          {"metadata 'shared_adapters': entry 'c9': no conv of the base is called 'c9'"}, __LINE__);
+  refused("sh_own.safetensors", tiny_task(), {{"s", good}}, both,
+          {"entry 'c2': the conv has its own lora_a/lora_b"}, __LINE__);
+  {  // c1 is 4 x 2 in the base: the 4 x 4 adapter does not fit it
+    TaskSpec t = base;
+    t.f.erase("c1.lora_a");
+    t.f.erase("c1.lora_b");
+    refused("sh_c1.safetensors", t, {{"s", good}}, "{\"c1\":\"s\"}",
+            {"entry 'c1': shared adapter 's' is 4x4", "conv 'c1' has 4x2 base channels"}, __LINE__);
+  }
+  {  // a kept channel the adapter (and the base) does not have: refused before any gather
+    TaskSpec t = base;
+    t.idx["c2.out_index"] = {0, 2, 4};
+    refused("sh_range.safetensors", t, {{"s", good}}, both,
+            {"tensor 'c2.out_index': index 4 out of range for 4 output channels"}, __LINE__);
+    t = base;
+    t.idx["down.in_index"] = {0, 2, 9};
+    refused("sh_range_in.safetensors", t, {{"s", good}}, both, {"tensor 'down.in_index'"},
+            __LINE__);
+  }
+  refused("sh_notstring.safetensors", base, {{"s", good}}, "{\"c2\":3}",
+          {"metadata 'shared_adapters': entry 'c2' must map to a shared adapter name"}, __LINE__);
+  CHECK(rt.tasks().size() == 1);
+}
+
 }  // namespace
 
 int main() {
   Files f;
   test_task_errors(f);
+  test_shared_adapter_errors(f);
   return tcheck::summary("test_runtime_task_errors");
 }

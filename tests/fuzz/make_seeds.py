@@ -4,13 +4,13 @@ A deliberately tiny base (ResNet, BasicBlock x [1, 1], widths 4-8, CIFAR stem,
 one input channel) and a few task bundles on it: SPLoRA pruned to about half
 the channels, SPLoRA unpruned, a fine-tuned (dense weight_delta) pruned
 one, a SPLoPA one pruned in blocks (block coefficients, one shared
-prototype set, the stem's dense fallback), a pruned sparse SPLoRA
+prototype set, the stem's dense fallback), a pruned Pear one (adapters
+shared in base coordinates by convs keeping different channels), a pruned sparse SPLoRA
 (sparse factors, values + U8 position bitmasks) and a pruned sparse SPPaRA
 (a sparse_delta, values + bitmask). Then edits of their metadata and
-of the base's graph, each written with a right content hash (format version
-3 hashes the metadata, so an edit is a different bundle, not a stale one):
-what loads (another stride, another input size, a nested info, Pear's
-shared adapters) and what the validation refuses (a graph out of order,
+of the base's graph, each written with a right content hash (the format
+hashes the metadata, so an edit is a different bundle, not a stale one):
+what loads (another stride, another input size, a nested info) and what the validation refuses (a graph out of order,
 repeated or empty labels, std 0, oversized inputs).
 Everything is seeded: the files are the same on every run.
 
@@ -124,21 +124,20 @@ def input_edit(**fields):
     return edit
 
 
-def share_one_adapter(tensors, meta):
-    """Pear's form: one conv uses another's low-rank factors (same kept shapes)."""
-    convs = sorted(k[: -len(".lora_a")] for k in tensors if k.endswith(".lora_a"))
-    for target in convs:
-        for source in convs:
-            if (
-                source != target
-                and tensors[source + ".lora_a"].shape == tensors[target + ".lora_a"].shape
-                and tensors[source + ".lora_b"].shape == tensors[target + ".lora_b"].shape
-            ):
-                del tensors[target + ".lora_a"], tensors[target + ".lora_b"]
-                meta["method"] = "pear"
-                meta["shared_adapters"] = json.dumps({target: source})
-                return
-    raise RuntimeError("no two convs with equal kept shapes to share an adapter")
+def pear_task(seed: int) -> ResNet:
+    """Pear, channels pruned to about half: the two lowest-scored adapters pruned and
+    each shared with the kept conv of its base (O, I) (layer1's two convs; layer2's
+    first conv and its downsampling conv), stored once in base coordinates."""
+    from spaedge.adapters.pear import apply_pear
+
+    model = task("pear", 0.5, 2, seed)
+    names = [n for n, m in model.named_modules() if hasattr(m, "pear_source")]
+    low = {"layer1.0.conv2", "layer2.0.downsample.0"}
+    scores = {n: (0.1 if n in low else 1.0 + i) for i, n in enumerate(names)}
+    rep = apply_pear(model, None, prune=len(low) / len(names), scores=scores)
+    if rep["shared"] != len(low):
+        raise RuntimeError(f"the Pear seed shares {rep['shared']} adapters, not {len(low)}")
+    return model
 
 
 def unaligned(src: Path, dst: Path) -> None:
@@ -186,6 +185,7 @@ def main(out: Path) -> None:
             task(method, density, rank, seed=len(name)), spec, h, out / f"task_{name}.safetensors"
         )
     write_task(sparse_task(seed=13), spec, h, out / "task_sparse_pruned.safetensors")
+    write_task(pear_task(seed=15), spec, h, out / "task_pear_pruned.safetensors")
     write_task(
         sparse_task(seed=14, method="sparse-sppara"),
         spec,
@@ -228,7 +228,6 @@ def main(out: Path) -> None:
             labels=json.dumps(["caf\u00e9", "\u6f22", "c\\d"]),
         ),
     )
-    edited(pruned, out / "task_meta_pear.safetensors", tensor_edit=share_one_adapter)
     # ... and that are refused.
     edited(
         pruned,

@@ -1,6 +1,6 @@
 """The bundle format's content hash and the Python reader (spaedge.pack.format).
 
-The canonical hash of format version 3 is computed three times, from
+The canonical hash of format version 4 is computed three times, from
 docs/format.md each: by the Python writer/reader, by the C++ reader, and by
 the test writers (tests/_numpy_reference.py, tests/cpp/test_bundle_writer.h);
 a worked example pins the number. numpy + safetensors only.
@@ -32,17 +32,17 @@ from spaedge.runtime import Runtime, inspect_bundle
 SEEDS = Path(__file__).parents[1] / "fuzz" / "seeds"
 
 # docs/format.md, "Content hash": the worked example (also in tests/cpp/test_bundle.cpp).
-VECTOR_META = {"format": "spaedge-task", "version": "3", "labels": '["caf\u00e9","7"]'}
+VECTOR_META = {"format": "spaedge-task", "version": "4", "labels": '["caf\u00e9","7"]'}
 VECTOR_TABLE = {
     "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
     "idx": {"dtype": "I32", "shape": [1], "data_offsets": [8, 12]},
 }
 VECTOR_DATA = np.array([1.0, -2.0], "<f4").tobytes() + np.array([7], "<i4").tobytes()
-VECTOR_HASH = "be2f73158852324d2d93239c9c39ea80614105c6819c75941a9b4937c0ff71c2"
+VECTOR_HASH = "8bcb20783895b8071011eadac298526a091ede4be5594ee26e9ec91c1a880215"
 
 
 def test_worked_example():
-    assert FORMAT_VERSION == "3" and MAX_HEADER_BYTES == 100_000_000
+    assert FORMAT_VERSION == "4" and MAX_HEADER_BYTES == 100_000_000
     assert content_hash(VECTOR_META, VECTOR_TABLE, VECTOR_DATA) == VECTOR_HASH
     # content_hash itself is not hashed; any other key or value is.
     assert (
@@ -74,7 +74,7 @@ def test_three_implementations_agree(tmp_path):
     p = tmp_path / "b.safetensors"
     p.write_bytes(payload)
     t, m = read_bundle(p)
-    assert m["content_hash"] == h and m["version"] == "3" and set(t) == set(tensors)
+    assert m["content_hash"] == h and m["version"] == "4" and set(t) == set(tensors)
     assert np.array_equal(t["b.\u00e9"], tensors["b.\u00e9"]) and t["Z"].shape == (0, 2)
     assert t["m"].dtype == np.uint8 and np.array_equal(t["m"], tensors["m"])
     with pytest.raises(
@@ -98,7 +98,7 @@ def test_u8_tensors_one_byte_each_and_unaligned_neighbours(tmp_path):
         "w": {"dtype": "F32", "shape": [2], "data_offsets": [3, 11]},
     }
     data = bytes([0x11, 0xFF, 0x80]) + np.array([1.5, -2.0], "<f4").tobytes()
-    meta = {"format": "spaedge-base", "version": "3", "model": "m", "graph": "{}"}
+    meta = {"format": "spaedge-base", "version": "4", "model": "m", "graph": "{}"}
 
     def file(meta):
         text = json.dumps({"__metadata__": meta, **table}).encode()
@@ -124,21 +124,21 @@ def test_u8_tensors_one_byte_each_and_unaligned_neighbours(tmp_path):
         read_bundle(p, verify=False)
 
 
-def test_written_bundles_are_byte_identical_and_version_3(tmp_path):
+def test_written_bundles_are_byte_identical_and_version_4(tmp_path):
     t = {"x": np.ones(4, np.float32)}
     m = {"format": "spaedge-base", "model": "m", "graph": "{}", "version": "1"}
     h = write_bundle(tmp_path / "a.safetensors", t, m)
     write_bundle(tmp_path / "b.safetensors", t, m)
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
-    assert read_metadata(tmp_path / "a.safetensors")["version"] == "3"
+    assert read_metadata(tmp_path / "a.safetensors")["version"] == "4"
     assert read_bundle(tmp_path / "a.safetensors")[1]["content_hash"] == h
 
 
-@pytest.mark.parametrize("old", ["1", "2"])
+@pytest.mark.parametrize("old", ["1", "2", "3"])
 def test_old_versions_are_refused_with_what_to_do(tmp_path, old):
     buf = (SEEDS / "task_splora_pruned.safetensors").read_bytes()
     (n,) = struct.unpack("<Q", buf[:8])
-    i = buf.index(b'"version":"3"', 8, 8 + n)
+    i = buf.index(b'"version":"4"', 8, 8 + n)
     p = tmp_path / f"v{old}.safetensors"
     p.write_bytes(buf[:i] + f'"version":"{old}"'.encode() + buf[i + 13 :])
     said = rf"version {old} is no longer read .*repack.*spaedge pack --retrain"

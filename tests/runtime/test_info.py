@@ -80,7 +80,7 @@ def task_with(tmp_path: Path, name: str, **meta) -> Path:
 def test_good_bundles(tmp_path):
     r = info(TASK, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "spaedge-task version 3" in r.stdout and "content hash checked" in r.stdout
+    assert "spaedge-task version 4" in r.stdout and "content hash checked" in r.stdout
     assert "labels  3: a, b, c" in r.stdout and "1x8x8, mean [0.5], std [0.25]" in r.stdout
     r = info(BASE, cwd=tmp_path)
     assert r.returncode == 0, r.stderr

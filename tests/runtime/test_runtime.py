@@ -496,9 +496,10 @@ def _task_bytes(toy, edit=None, meta_edit=None, hash_=None):
         ("labels_mismatch", r"metadata 'labels' has 4 labels"),
         ("missing_meta", r"missing metadata key 'input'"),
         ("bad_input_meta", r"metadata 'input': field 'height'"),
-        ("version", r"metadata 'version' is '4', this runtime reads format version 3 only"),
+        ("version", r"metadata 'version' is '5', this runtime reads format version 4 only"),
         ("version1", r"metadata 'version' is '1': format version 1 is no longer read .*repack"),
         ("version2", r"metadata 'version' is '2': format version 2 is no longer read .*repack"),
+        ("version3", r"metadata 'version' is '3': format version 3 is no longer read .*repack"),
         ("base_as_task", r"is a spaedge-base bundle, expected a spaedge-task bundle"),
         ("wrong_base", r"was made for base 0{64}, but the loaded base is"),
         ("f64_dtype", r"dtype 'F64' not allowed"),
@@ -576,11 +577,13 @@ def test_corrupt_task_bundles_raise_bundle_error(toy, tmp_path, case, pattern):
             ),
         )
     elif case == "version":
-        buf = _task_bytes(toy, meta_edit=lambda m: m.__setitem__("version", "4"))
+        buf = _task_bytes(toy, meta_edit=lambda m: m.__setitem__("version", "5"))
     elif case == "version1":
         buf = _task_bytes(toy, meta_edit=lambda m: m.__setitem__("version", "1"))
     elif case == "version2":
         buf = _task_bytes(toy, meta_edit=lambda m: m.__setitem__("version", "2"))
+    elif case == "version3":
+        buf = _task_bytes(toy, meta_edit=lambda m: m.__setitem__("version", "3"))
     elif case == "base_as_task":
         buf = toy["base_path"].read_bytes()
     elif case == "wrong_base":

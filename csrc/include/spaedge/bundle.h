@@ -81,7 +81,7 @@ struct BundleOptions {
 };
 
 // Format version this runtime reads and the toolchain writes (docs/format.md).
-constexpr const char* kFormatVersion = "3";
+constexpr const char* kFormatVersion = "4";
 // Largest magnitude of any float in a task bundle (docs/reliability.md, "Value bounds").
 constexpr float kMaxTaskValue = 1e6f;
 // Header length limit, the same as safetensors' (bytes).

@@ -1,10 +1,20 @@
 """Pear (Zhong & Zhou, arXiv 2409.19733): prune whole adapters, share the important ones.
 
+What the paper says, as far as this project could check it (its abstract; the
+method section and the authors' code, github.com/yibozhong/pear, could not be
+read here): Pear prunes some adapters and shares the more important unpruned
+ones with the positions whose adapters were pruned, so those positions keep
+adapting; a "knowledge checkpoint" preserves what the pruned adapters had
+learned. The paper's exact importance measure and its knowledge checkpoint are
+therefore NOT reproduced here: the score and the re-initialisation below are
+this project's own choices, named as such.
+
 A Pear task starts as SPLoRA (``PearLoRA`` is SPLoRA plus a record of what Pear
-did to the layer). Once channel pruning is over and the kept shapes are final,
+did to the layer). Once channel pruning is over and the kept channels are final,
 ``apply_pear`` runs three steps, then the final epochs train the result:
 
-1. **Score** every adapter as a whole by first-order Taylor::
+1. **Score** every adapter as a whole by this project's first-order Taylor
+   importance::
 
        s_l = | sum_{theta in A_l, B_l} theta * dL/dtheta |
 
@@ -17,12 +27,18 @@ did to the layer). Once channel pruning is over and the kept shapes are final,
 2. **Prune** the ``prune`` fraction of adapters with the lowest scores
    (``round(prune * n)`` of the n adapters; ties by depth).
 
-3. **Share**: each pruned position takes the factors of a kept adapter -- the
-   *same* ``nn.Parameter`` objects, trained jointly by every layer that uses
-   them. The runtime only accepts a source with the target's kept
-   (output, input) channel counts (docs/format.md, ``shared_adapters``), so the
-   candidates of a pruned position are the kept adapters of its kept shape
-   (O', I'). Maps (``SHARE_MAPS``):
+3. **Share**: each pruned position takes a kept adapter of a conv with the
+   same *base* channels (O, I), e.g. any 128->128 conv of a stage, whatever
+   channels pruning kept in either (the update is pointwise, at the centre
+   tap, so a 3x3 conv and a 1x1 downsampling conv of one (O, I) may share). A shared adapter lives in the
+   base's channel coordinates, factors B [O, r] and A [r, I], one
+   ``nn.Parameter`` pair trained jointly by every conv using it (the source
+   included); each conv gathers its own kept rows and columns::
+
+       update_l = B[out_index_l] @ A[:, in_index_l]     (at the centre tap)
+
+   so convs whose kept channels differ share it (the runtime gathers the same
+   way, docs/format.md, ``shared_adapters``). Maps (``SHARE_MAPS``):
 
    - ``nearest`` (default): the candidate nearest in depth (position in the
      graph's conv order); ties go to the higher score. Neighbouring layers see
@@ -31,42 +47,46 @@ did to the layer). Once channel pruning is over and the kept shapes are final,
    - ``important``: the highest-scoring candidate (ties: nearest in depth).
    - ``none``: no sharing; pruned adapters are simply removed.
 
-   A pruned position with no candidate of its shape loses its adapter (the
-   layer runs on its gathered base weight, its BatchNorm and bias stay
-   per-task). After channel pruning this is the common case for a ResNet:
-   kept counts of convs differ unless a residual group ties them, so few
-   same-shape pairs remain. On the built-in ``tiny`` base (one block per
-   stage) every shape class has at most two convs, so ``nearest`` and
-   ``important`` pick the same source; ``none`` is the alternative that
-   differs (docs/results.md, "Pear: sharing maps").
+   A pruned position with no kept adapter of its base shape loses its adapter
+   (the layer runs on its gathered base weight, its BatchNorm and bias stay
+   per-task): on a ResNet, the stem, and a stage's first conv and its
+   downsampling conv when neither is kept.
 
-Knowledge checkpoint (``KNOWLEDGE``; the base weight is frozen and shared by
-every task on the device, so nothing can be merged into it):
+This project's re-initialisation of a shared adapter (``KNOWLEDGE``, option
+``--pear-knowledge``; not the paper's knowledge checkpoint, see above; the base
+weight is frozen and shared by every task on the device, so nothing can be
+merged into it):
 
-- ``weighted`` (default): a source s shared into pruned positions T_s is
-  re-initialised so that its product is the best rank-r approximation of the
-  score-weighted mean of the learned updates of every position it now serves,
+- ``weighted`` (default): the shared adapter of source s and the pruned
+  positions T_s it now serves starts as the rank-r truncated SVD of the
+  score-weighted mean, in base coordinates, of their learned updates:
 
-      M = sum_j s_j B_j A_j / sum_j s_j,   j in {s} u T_s
-      B, A = U_r sqrt(S_r), sqrt(S_r) V_r^T   (truncated SVD of M)
+      M[o, i] = sum_j s_j P_j[o, i] / sum_j s_j   over the j in {s} u T_s keeping (o, i)
+      B, A = U_r sqrt(S_r), sqrt(S_r) V_r^T
 
-  M minimises sum_j s_j ||X - B_j A_j||_F^2 over all X, and by Eckart-Young
-  its rank-r truncation minimises it over rank-r X: the shared adapter starts
-  as the closest single update to what all its positions had learned,
-  weighted by how much each mattered (the source, scored highest, dominates).
-  Singular directions past the rank of M get a random A row and a zero B
-  column (LoRA-style: the product is unchanged, the direction stays
+  with P_j = B_j A_j placed at conv j's kept rows and columns (0 where no conv
+  of the group keeps the entry). M minimises sum_j s_j ||X[kept_j] - P_j||_F^2
+  over all X; when the group keeps the same channels its rank-r truncation
+  also minimises it over rank-r X (Eckart-Young), otherwise it is an
+  approximation. Singular directions past the rank of M get a random A row and
+  a zero B column (LoRA-style: the product is unchanged, the direction stays
   trainable). The final epochs then fine-tune from there.
-- ``source``: the source keeps its own factors; the pruned adapters' updates
-  are dropped (an ablation).
+- ``source``: the source's own factors, placed at its kept rows and columns
+  (other rows of B zero, other columns of A random, LoRA-style); the pruned
+  adapters' updates are dropped (an ablation).
 
-What a removed adapter (no compatible source) learned is lost either way.
+Rows of B and columns of A that no conv of a group keeps are zero, never
+gathered and not learned (``masked_entries``), but stored: the bundle keeps
+the base's coordinates. What a removed adapter (no source) learned is lost
+either way.
 
 State lives in a buffer per layer, ``pear_source``: -1 own adapter, -2 removed,
-k >= 0 shares the factors of the k-th adapted layer (conv order). Checkpoints
-carry it, and ``relink`` rebuilds the parameter sharing of a model restored
-from a state dict. Bundles store a shared adapter once; targets are listed in
-the ``shared_adapters`` metadata (``bundle_metadata``, ``link_shared``).
+k >= 0 uses the shared adapter held by the k-th adapted layer (conv order; the
+group's first conv in depth holds it, its own index). Checkpoints carry it,
+and ``relink`` rebuilds the parameter sharing of a model restored from a state
+dict. Bundles store each shared adapter once, as ``shared.<adapter>.a`` /
+``.b``, and list every conv using it in the ``shared_adapters`` metadata
+(``bundle_tensors``, ``bundle_metadata``, ``load_tensors``).
 """
 
 from __future__ import annotations
@@ -79,7 +99,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spaedge.adapters.base import AdaptedLayer, layers_of
+from spaedge.adapters.base import AdaptedLayer, centre_tap, layers_of
 from spaedge.adapters.registry import Method, RankOptions, register
 from spaedge.adapters.splora import SPLoRA
 from spaedge.argtypes import flag
@@ -91,20 +111,26 @@ __all__ = [
     "PearOptions",
     "SHARE_MAPS",
     "KNOWLEDGE",
+    "PREFIX",
     "adapter_scores",
     "sharing_map",
     "knowledge_init",
     "apply_pear",
     "relink",
-    "link_shared",
     "shared_map",
+    "shared_adapters",
     "bundle_metadata",
+    "bundle_tensors",
+    "load_tensors",
     "counts",
 ]
 
 SHARE_MAPS = ("nearest", "important", "none")
 KNOWLEDGE = ("weighted", "source")
 OWN, REMOVED = -1, -2
+#: model-level tensors of a shared adapter S: shared.S.a [r, I], shared.S.b [O, r]
+PREFIX = "shared."
+META = "shared_adapters"
 
 
 @dataclass(frozen=True)
@@ -114,33 +140,55 @@ class PearOptions(RankOptions):
     )
     pear_share: str = flag(
         "nearest",
-        "a pruned position takes the same-shape kept adapter nearest in depth (default), the "
-        "most important one, or none (adapter removed)",
+        "a pruned position shares the kept adapter of a conv of its base shape nearest in depth "
+        "(default), the most important one, or none (adapter removed)",
         choices=SHARE_MAPS,
     )
     pear_knowledge: str = flag(
         "weighted",
-        "a shared adapter starts as the best rank-r fit of every update it replaces, weighted "
-        "by importance (default), or keeps its own factors (source)",
+        "this project's start of a shared adapter (not the paper's knowledge checkpoint): the "
+        "rank-r fit of every update it replaces, weighted by importance (default), or the "
+        "source's own factors (source)",
         choices=KNOWLEDGE,
     )
 
 
 class PearLoRA(SPLoRA):
-    """SPLoRA whose adapter Pear may remove or replace by another layer's factors."""
+    """SPLoRA whose adapter Pear may remove or replace by a shared one.
+
+    A shared adapter's factors are in the base's channel coordinates
+    (``lora_b`` [O, r], ``lora_a`` [r, I]) and the layer gathers its kept rows
+    and columns; an own adapter's are the layer's kept ones, as in SPLoRA."""
 
     method = "pear"
 
     def __init__(self, base, rank: int = 8):
         super().__init__(base, rank=rank)
         self.register_buffer("pear_source", torch.tensor(OWN, dtype=torch.long))
+        self._unused = 0  # entries of a held shared adapter no conv gathers
 
     @property
     def state(self) -> int:
         return int(self.pear_source)
 
+    @property
+    def shared(self) -> bool:
+        return self.state >= 0
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B [O', r], A [r, I']) this layer applies: its own, or gathered from a shared adapter."""
+        if self.shared:
+            return (
+                self.lora_b.index_select(0, self.out_index),
+                self.lora_a.index_select(1, self.in_index),
+            )
+        return self.lora_b, self.lora_a
+
     def delta(self):
-        return None if self.state == REMOVED else super().delta()
+        if self.state == REMOVED:
+            return None
+        b, a = self.factors()
+        return centre_tap(self.weight, b @ a)
 
     def _check_prunable(self):
         if self.state != OWN:
@@ -160,10 +208,31 @@ class PearLoRA(SPLoRA):
         self.lora_a = nn.Parameter(torch.zeros(0, self.in_channels), requires_grad=False)
         self.lora_b = nn.Parameter(torch.zeros(self.out_channels, 0), requires_grad=False)
         self.pear_source.fill_(REMOVED)
+        self._unused = 0
+
+    def use_shared(self, b: nn.Parameter, a: nn.Parameter, holder: int) -> None:
+        """Use the shared adapter (B [O, r], A [r, I] in base coordinates) held by layer ``holder``."""
+        if tuple(b.shape[:1]) + tuple(a.shape[1:]) != (
+            self.base_out_channels,
+            self.base_in_channels,
+        ):
+            raise ValueError(
+                f"a shared adapter of {b.shape[0]}x{a.shape[1]} base channels does not fit a "
+                f"conv of {self.base_out_channels}x{self.base_in_channels}"
+            )
+        if b.shape[1] != a.shape[0] or a.shape[0] < 1:
+            raise ValueError(f"shared factors of ranks {b.shape[1]} and {a.shape[0]} differ")
+        self.lora_b, self.lora_a = b, a
+        self.rank = int(a.shape[0])
+        self.pear_source.fill_(holder)
+        self._unused = 0
+
+    def masked_entries(self) -> int:
+        return self._unused
 
     def bundle_tensors(self):
         t = AdaptedLayer.bundle_tensors(self)
-        if self.state == OWN:  # a shared adapter is stored once, with its source
+        if self.state == OWN:  # a shared adapter is the model's (bundle_tensors below)
             t["lora_a"] = self.lora_a.detach()
             t["lora_b"] = self.lora_b.detach()
         return t
@@ -172,13 +241,13 @@ class PearLoRA(SPLoRA):
         if "lora_a" in t:
             super().load_bundle_tensors(t)
             self.pear_source.fill_(OWN)
-        else:  # removed, or shared: link_shared points it at its source afterwards
+        else:  # removed, or shared: load_tensors attaches its shared adapter afterwards
             AdaptedLayer.load_bundle_tensors(self, t)
             self.remove_adapter()
 
     def extra_repr(self) -> str:
         s = {OWN: "own adapter", REMOVED: "adapter removed"}.get(
-            self.state, f"shares adapter #{self.state}"
+            self.state, f"uses shared adapter #{self.state}"
         )
         return f"{super().extra_repr()}, {s}"
 
@@ -187,14 +256,16 @@ def _layers(model: nn.Module) -> list[tuple[str, PearLoRA]]:
     return layers_of(model, PearLoRA, "Pear needs PearLoRA layers (adapt with method 'pear')")
 
 
-def _shape(m: AdaptedLayer) -> tuple[int, int]:
-    return m.out_channels, m.in_channels
+def _base_shape(m: AdaptedLayer) -> tuple[int, int]:
+    """What a shared adapter must fit: the base conv's (O, I) channels (the update
+    is pointwise, at the centre tap, so a 3x3 and a 1x1 conv can share one)."""
+    return m.base_out_channels, m.base_in_channels
 
 
 # ---------------------------------------------------------------- 1. scores
 def adapter_scores(model: nn.Module, data) -> dict[str, float]:
-    """First-order Taylor importance of each adapter with its own factors:
-    |sum over its parameters of param * dL/dparam|, L the mean loss over ``data``."""
+    """This project's first-order Taylor importance of each adapter with its own
+    factors: |sum over its parameters of param * dL/dparam|, L the mean loss over ``data``."""
     layers = [(n, m) for n, m in _layers(model) if m.state == OWN]
     params = [p for _, m in layers for p in (m.lora_a, m.lora_b)]
     n_total = sum(len(y) for _, y in data)
@@ -224,12 +295,13 @@ def adapter_scores(model: nn.Module, data) -> dict[str, float]:
 
 # ---------------------------------------------------------------- 2-3. prune and map
 def sharing_map(
-    shapes: dict[str, tuple[int, int]], scores: dict[str, float], pruned, rule: str = "nearest"
+    shapes: dict[str, tuple[int, ...]], scores: dict[str, float], pruned, rule: str = "nearest"
 ) -> dict[str, str | None]:
     """Source (or None: adapter removed) for each pruned position.
 
-    ``shapes`` is in depth order (the graph's conv order); candidates are kept
-    positions of the same kept (O', I')."""
+    ``shapes`` is in depth order (the graph's conv order) and gives each
+    position's shape class (Pear passes the base conv's (O, I));
+    candidates are kept positions of the same class."""
     if rule not in SHARE_MAPS:
         raise ValueError(f"unknown Pear sharing map {rule!r}; known: {', '.join(SHARE_MAPS)}")
     depth = {n: i for i, n in enumerate(shapes)}
@@ -250,37 +322,103 @@ def sharing_map(
     return out
 
 
-# ---------------------------------------------------------------- knowledge checkpoint
-def knowledge_init(
-    products, weights, rank: int, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B [O, rank], A [rank, I]) whose product is the best rank-``rank``
-    approximation of the ``weights``-weighted mean of ``products`` (uniform if
-    the weights sum to 0). Directions past the mean's rank: random A row, zero B column."""
-    w = torch.tensor([float(v) for v in weights], dtype=torch.float64)
-    if float(w.sum()) <= 0:
-        w = torch.ones_like(w)
-    w = w / w.sum()
-    m = sum(wi * p.detach().double() for wi, p in zip(w, products))
-    u, s, vh = torch.linalg.svd(m, full_matrices=False)
-    o, i = m.shape
-    b = torch.zeros(o, rank, dtype=torch.float64)
-    a = torch.empty(rank, i)
+# ---------------------------------------------------------------- re-initialisation
+def _kaiming_rows(rank: int, cols: int, generator) -> torch.Tensor:
+    a = torch.empty(rank, cols)
     nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
-    a = a.double()
+    return a.double()
+
+
+def knowledge_init(
+    products,
+    weights,
+    rank: int,
+    generator: torch.Generator | None = None,
+    *,
+    supports=None,
+    shape: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B [O, rank], A [rank, I]): the rank-``rank`` truncated SVD of the
+    ``weights``-weighted mean of ``products`` (uniform where the weights sum to 0).
+
+    Without ``supports`` every product is [O, I]. With ``supports`` (a
+    (rows, cols) index pair per product) and ``shape`` (O, I), product j is
+    placed at rows x cols of an [O, I] matrix and the mean of each entry is over
+    the products keeping it (0 where none does); rows and columns no product
+    keeps are 0 in B and A. Directions past the mean's rank: random A row, zero
+    B column."""
+    w = [float(v) for v in weights]
+    if supports is None:
+        o, i = products[0].shape
+        supports = [(torch.arange(o), torch.arange(i))] * len(products)
+    else:
+        o, i = shape
+    num = torch.zeros(o, i, dtype=torch.float64)
+    den = torch.zeros(o, i, dtype=torch.float64)
+    plain = torch.zeros(o, i, dtype=torch.float64)
+    cnt = torch.zeros(o, i, dtype=torch.float64)
+    rows_used = torch.zeros(o, dtype=torch.bool)
+    cols_used = torch.zeros(i, dtype=torch.bool)
+    for p, wj, (r, c) in zip(products, w, supports):
+        r, c = torch.as_tensor(r, dtype=torch.long), torch.as_tensor(c, dtype=torch.long)
+        ix = (r[:, None], c[None, :])
+        pd = p.detach().double()
+        num[ix] += wj * pd
+        den[ix] += wj
+        plain[ix] += pd
+        cnt[ix] += 1
+        rows_used[r] = True
+        cols_used[c] = True
+    weighted = den > 0
+    m = torch.where(weighted, num / den.clamp_min(1e-300), plain / cnt.clamp_min(1))
+    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    b = torch.zeros(o, rank, dtype=torch.float64)
+    a = _kaiming_rows(rank, i, generator)
     tol = float(s[0]) * max(o, i) * torch.finfo(torch.float32).eps if s.numel() else 0.0
     live = min(rank, int((s > tol).sum()))
     root = s[:live].sqrt()
     b[:, :live] = u[:, :live] * root
     a[:live] = root[:, None] * vh[:live]
+    b[~rows_used] = 0
+    a[:, ~cols_used] = 0
     return b.float(), a.float()
 
 
-def _share(target: PearLoRA, source: PearLoRA, index: int) -> None:
-    target.lora_a = source.lora_a
-    target.lora_b = source.lora_b
-    target.rank = source.rank
-    target.pear_source.fill_(index)
+def _source_init(
+    src: PearLoRA, members: list[PearLoRA], generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The source's own factors in base coordinates; other kept columns of A random, rows of B 0."""
+    o, i = src.base_out_channels, src.base_in_channels
+    rows_used = torch.zeros(o, dtype=torch.bool)
+    cols_used = torch.zeros(i, dtype=torch.bool)
+    for m in members:
+        rows_used[m.out_index] = True
+        cols_used[m.in_index] = True
+    b = torch.zeros(o, src.rank)
+    a = _kaiming_rows(src.rank, i, generator).float()
+    a[:, ~cols_used] = 0
+    b[src.out_index] = src.lora_b.detach()
+    a[:, src.in_index] = src.lora_a.detach()
+    return b, a
+
+
+def _unused_entries(members: list[PearLoRA]) -> int:
+    """Entries of the group's base-coordinate factors that no member gathers."""
+    h = members[0]
+    rows = torch.unique(torch.cat([m.out_index for m in members])).numel()
+    cols = torch.unique(torch.cat([m.in_index for m in members])).numel()
+    return h.rank * ((h.base_out_channels - rows) + (h.base_in_channels - cols))
+
+
+def _tie(layers: list[tuple[str, PearLoRA]], members: list[int], b, a) -> None:
+    """Make layers ``members`` (indices, conv order) use one shared adapter, held by the first."""
+    members = sorted(members)
+    holder = members[0]
+    b = b if isinstance(b, nn.Parameter) else nn.Parameter(b)
+    a = a if isinstance(a, nn.Parameter) else nn.Parameter(a)
+    for k in members:
+        layers[k][1].use_shared(b, a, holder)
+    layers[holder][1]._unused = _unused_entries([layers[k][1] for k in members])
 
 
 def apply_pear(
@@ -314,29 +452,31 @@ def apply_pear(
     by = dict(layers)
     n_prune = int(round(prune * len(layers)))
     pruned = sorted(by, key=lambda n: (scores[n], depth[n]))[:n_prune]
-    mapping = sharing_map({n: _shape(m) for n, m in layers}, scores, pruned, share)
-    # knowledge checkpoint first (it reads every pruned adapter's own product)
-    targets: dict[str, list[str]] = {}
+    mapping = sharing_map({n: _base_shape(m) for n, m in layers}, scores, pruned, share)
+    groups: dict[str, list[str]] = {}
     for t, s in mapping.items():
         if s is not None:
-            targets.setdefault(s, []).append(t)
-    if knowledge == "weighted":
-        for s, ts in targets.items():
-            src = by[s]
-            group = [s] + ts
-            b, a = knowledge_init(
+            groups.setdefault(s, [s]).append(t)
+    # every factor is read before any layer changes
+    inits = {}
+    for s, group in groups.items():
+        src, members = by[s], [by[n] for n in group]
+        if knowledge == "weighted":
+            inits[s] = knowledge_init(
                 [by[n].lora_b @ by[n].lora_a for n in group],
                 [scores[n] for n in group],
                 src.rank,
                 generator=generator,
+                supports=[(by[n].out_index, by[n].in_index) for n in group],
+                shape=(src.base_out_channels, src.base_in_channels),
             )
-            src.lora_b = nn.Parameter(b)
-            src.lora_a = nn.Parameter(a)
+        else:
+            inits[s] = _source_init(src, members, generator)
     for t, s in mapping.items():
         if s is None:
             by[t].remove_adapter()
-        else:
-            _share(by[t], by[s], depth[s])
+    for s, group in groups.items():
+        _tie(layers, [depth[n] for n in group], *inits[s])
     return {
         "scores": scores,
         "pruned": pruned,
@@ -351,42 +491,34 @@ def relink(model: nn.Module) -> None:
     """Rebuild the sharing (and removed adapters) recorded in the ``pear_source``
     buffers, e.g. after a checkpoint's state dict was loaded into a fresh model."""
     layers = _layers(model)
-    for _n, m in layers:
+    groups: dict[int, list[int]] = {}
+    for k, (_n, m) in enumerate(layers):
         if m.state == REMOVED:
             m.remove_adapter()
-    for _n, m in layers:
-        if m.state >= 0:
-            _share(m, layers[m.state][1], m.state)
+        elif m.state >= 0:
+            groups.setdefault(m.state, []).append(k)
+    for h, members in groups.items():
+        if h not in members:
+            raise ValueError(
+                f"Pear layer {layers[members[0]][0]} uses shared adapter #{h}, which "
+                f"{layers[h][0] if h < len(layers) else 'no layer'} does not hold"
+            )
+        holder = layers[h][1]
+        _tie(layers, members, holder.lora_b, holder.lora_a)
 
 
-def link_shared(model: nn.Module, mapping: dict[str, str]) -> None:
-    """Make each target use its source's factors (a bundle's ``shared_adapters``).
-    Refuses unknown layers, chains, sources without factors and different kept shapes."""
-    layers = _layers(model)
-    index = {n: i for i, (n, _) in enumerate(layers)}
-    if not isinstance(mapping, dict):
-        raise ValueError("shared_adapters must be a JSON object {target conv: source conv}")
-    for t, s in mapping.items():
-        if t not in index or s not in index:
-            raise ValueError(
-                f"shared_adapters entry {t!r}: {s!r} names a layer that is not an adapted conv"
-            )
-        if s in mapping or layers[index[s]][1].state != OWN:
-            raise ValueError(
-                f"shared_adapters entry {t!r}: {s!r}: the source has no factors of its own"
-            )
-        tgt, src = layers[index[t]][1], layers[index[s]][1]
-        if _shape(tgt) != _shape(src):
-            raise ValueError(
-                f"shared_adapters entry {t!r}: {s!r}: kept shapes {_shape(tgt)} and {_shape(src)} "
-                "differ"
-            )
-    for t, s in mapping.items():
-        _share(layers[index[t]][1], layers[index[s]][1], index[s])
+def shared_adapters(model: nn.Module) -> dict[str, tuple[nn.Parameter, nn.Parameter]]:
+    """{adapter name (its holder conv): (B, A)} of a Pear model's shared adapters."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, AdaptedLayer)]
+    return {
+        n: (m.lora_b, m.lora_a)
+        for k, (n, m) in enumerate(layers)
+        if isinstance(m, PearLoRA) and m.state == k
+    }
 
 
 def shared_map(model: nn.Module) -> dict[str, str]:
-    """{target: source} of a Pear model (empty for other models)."""
+    """{conv: shared adapter (its holder conv)} of a Pear model (empty for other models)."""
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, AdaptedLayer)]
     return {n: layers[m.state][0] for n, m in layers if isinstance(m, PearLoRA) and m.state >= 0}
 
@@ -394,17 +526,70 @@ def shared_map(model: nn.Module) -> dict[str, str]:
 def bundle_metadata(model: nn.Module) -> dict[str, str]:
     """Task-bundle metadata for Pear's sharing ({} when nothing is shared)."""
     m = shared_map(model)
-    return {"shared_adapters": json.dumps(m)} if m else {}
+    return {META: json.dumps(m)} if m else {}
+
+
+def bundle_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every shared adapter once: shared.<adapter>.a [r, I] and .b [O, r] (base coordinates)."""
+    out = {}
+    for name, (b, a) in shared_adapters(model).items():
+        out[f"{PREFIX}{name}.a"] = a.detach()
+        out[f"{PREFIX}{name}.b"] = b.detach()
+    return out
+
+
+def load_tensors(
+    model: nn.Module, tensors: dict[str, torch.Tensor], meta: dict[str, str], where: str
+) -> None:
+    """Attach the bundle's shared adapters (after every layer's ``load_bundle_tensors``):
+    each one Parameter pair, gathered by every conv its ``shared_adapters`` entries name."""
+    layers = _layers(model)
+    index = {n: k for k, (n, _) in enumerate(layers)}
+    conv_set = json_field(meta, META, where) if META in meta else {}
+    if not isinstance(conv_set, dict) or not all(isinstance(v, str) for v in conv_set.values()):
+        raise BundleError(f"{where}: field '{META}' must be a JSON object {{conv: shared adapter}}")
+    groups: dict[str, list[int]] = {}
+    for n, s in conv_set.items():
+        if n not in index:
+            raise BundleError(f"{where}: field '{META}': entry {n!r} names no adapted conv")
+        if layers[index[n]][1].state == OWN:
+            raise BundleError(
+                f"{where}: field '{META}': entry {n!r}: the conv has its own lora_a/lora_b; "
+                "a shared adapter replaces them"
+            )
+        groups.setdefault(s, []).append(index[n])
+    for s, members in groups.items():
+        try:
+            a, b = tensors[f"{PREFIX}{s}.a"], tensors[f"{PREFIX}{s}.b"]
+        except KeyError as e:
+            raise BundleError(
+                f"{where}: tensor '{e.args[0]}' is missing (shared adapter {s!r})"
+            ) from None
+        try:
+            _tie(layers, members, nn.Parameter(b.clone()), nn.Parameter(a.clone()))
+        except ValueError as e:
+            raise BundleError(f"{where}: field '{META}': shared adapter {s!r}: {e}") from None
+    unused = sorted(
+        k
+        for k in tensors
+        if k.startswith(PREFIX) and k[len(PREFIX) :].rpartition(".")[0] not in groups
+    )
+    if unused:
+        raise BundleError(f"{where}: tensor '{unused[0]}': no conv uses this shared adapter")
 
 
 def counts(model: nn.Module) -> dict[str, int]:
     """What Pear did to the model's adapters, read from its layers (the same
-    after a resume): pruned, shared with a kept one, removed."""
+    after a resume): pruned, shared with a kept one, removed. Each shared
+    adapter serves its source and one or more pruned positions."""
     states = [m.state for _, m in _layers(model)]
+    members = sum(s >= 0 for s in states)
+    adapters = len({s for s in states if s >= 0})
+    removed = sum(s == REMOVED for s in states)
     return {
-        "pear_pruned": sum(s != OWN for s in states),
-        "pear_shared": sum(s >= 0 for s in states),
-        "pear_removed": sum(s == REMOVED for s in states),
+        "pear_pruned": members - adapters + removed,
+        "pear_shared": members - adapters,
+        "pear_removed": removed,
     }
 
 
@@ -413,16 +598,6 @@ def _after_pruning(model: nn.Module, opts: PearOptions, data) -> dict[str, int]:
         model, data, prune=opts.pear_prune, share=opts.pear_share, knowledge=opts.pear_knowledge
     )
     return counts(model)
-
-
-def _load_metadata(model: nn.Module, meta: dict[str, str], where: str) -> None:
-    if "shared_adapters" not in meta:
-        return
-    shared = json_field(meta, "shared_adapters", where)
-    try:
-        link_shared(model, shared)
-    except (ValueError, TypeError) as e:
-        raise BundleError(f"{where}: field 'shared_adapters': {e}") from None
 
 
 register(
@@ -434,7 +609,8 @@ register(
         after_pruning=_after_pruning,
         restore=relink,
         bundle_metadata=bundle_metadata,
-        load_metadata=_load_metadata,
-        summary="SPLoRA, then the least important adapters are pruned and shared",
+        bundle_tensors=bundle_tensors,
+        load_tensors=load_tensors,
+        summary="SPLoRA, then the least important adapters are pruned and share kept ones",
     )
 )

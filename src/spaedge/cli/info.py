@@ -120,7 +120,11 @@ def main(args) -> int:
         ]
         if s["shared_adapters"]:
             rows.append(
-                ("shared adapters", f"{len(s['shared_adapters'])} convs use another conv's factors")
+                (
+                    "shared adapters",
+                    f"{len(set(s['shared_adapters'].values()))}, used by "
+                    f"{len(s['shared_adapters'])} convs",
+                )
             )
         for k, v in s["info"].items():
             rows.append((clean(k.replace("_", " ")), _value(v)))

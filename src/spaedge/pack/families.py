@@ -59,7 +59,7 @@ FAMILIES: tuple[Family, ...] = (
             "lora_b_mask",
         ),
     ),
-    Family("shared-adapters", metadata="shared_adapters"),
+    Family("shared-adapters", (), ("shared.<set>.a", "shared.<set>.b"), "shared_adapters"),
 )
 
 #: Every conv's own tensors, outside the families: kept channels, task bias.

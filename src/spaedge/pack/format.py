@@ -298,6 +298,13 @@ def _check_metadata(p: Path, doc: dict) -> dict[str, str]:
             "bundles do not store the adapter rank); delete the file and repack it with this "
             "spaedge (`spaedge pack --retrain`, or re-run the packing that wrote it)"
         )
+    if version == "3":
+        raise BundleError(
+            f"{_show(p)}: field 'version' is '3': format version 3 is no longer read (its Pear "
+            "bundles share adapters only between convs of equal kept channels); delete the file "
+            "and repack it with this spaedge (`spaedge pack --retrain`, or re-run the packing "
+            "that wrote it)"
+        )
     if version != FORMAT_VERSION:
         raise BundleError(
             f"{_show(p)}: field 'version' is {version!r}; this spaedge reads version "
