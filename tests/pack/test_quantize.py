@@ -1,0 +1,256 @@
+"""int8 (docs/int8.md): weight quantization of the built-in base, the
+calibration of a task's activations, and the NumPy int8 network against the
+fp32 model on digits."""
+
+from __future__ import annotations
+
+import hashlib
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from spaedge.adapters import adapt
+from spaedge.models import get_base
+from spaedge.pack.bundle import base_bundle
+from spaedge.pack.calibrate import calibrate, calibration_images, fp32_values, int8_network
+from spaedge.pack.materialize import materialize
+from spaedge.pack.quantize import (
+    activation_qparams,
+    apply_conv,
+    calibration_indices,
+    dequantize_weight,
+    fma32,
+    int8_plan,
+    quantize_base_tensors,
+    quantize_weight,
+    quantized_values,
+    reference_logits,
+    reference_run,
+)
+from spaedge.pruning.prune import prune_to_density
+from spaedge.tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def tiny_base():
+    tensors, meta = base_bundle(get_base("tiny"))
+    return tensors, meta
+
+
+def test_weight_quantization_round_trips_within_half_a_step(tiny_base):
+    tensors, meta = tiny_base
+    import json
+
+    graph = json.loads(meta["graph"])
+    q = quantize_base_tensors(tensors, graph)
+    convs = [n["name"] for n in graph["nodes"] if n["op"] == "conv"]
+    assert convs and set(q) == {f"{c}.{k}" for c in convs for k in ("weight", "weight_scale")}
+    for c in convs:
+        w, qw, s = tensors[f"{c}.weight"], q[f"{c}.weight"], q[f"{c}.weight_scale"]
+        assert qw.dtype == np.int8 and qw.shape == w.shape
+        assert s.dtype == np.float32 and s.shape == (w.shape[0],) and (s > 0).all()
+        assert np.abs(qw.astype(int)).max() <= 127
+        # every row uses the full range: its largest weight is +-127
+        assert (np.abs(qw.reshape(len(s), -1).astype(int)).max(axis=1) == 127).all()
+        err = np.abs(w.astype(np.float64) - dequantize_weight(qw, s).astype(np.float64))
+        half = s.astype(np.float64).reshape(-1, 1, 1, 1) / 2
+        assert (err <= half * (1 + 2**-20)).all(), c  # scale/2, plus float32 roundings
+        # and the bound is tight: rounding to nearest, not truncating
+        assert (err > half * 0.9).any(), c
+
+
+def test_weight_quantization_edge_rows():
+    w = np.zeros((3, 2, 1, 1), np.float32)
+    w[1] = -0.5
+    w[2, 0] = 3.0
+    q, s = quantize_weight(w)
+    assert s.tolist() == [1.0, np.float32(0.5) / np.float32(127), np.float32(3.0) / np.float32(127)]
+    assert q[:, :, 0, 0].tolist() == [[0, 0], [-127, -127], [127, 0]]
+    with pytest.raises(ValueError, match="non-finite"):
+        quantize_weight(np.array([[np.nan]], np.float32))
+
+
+def _fma_exact(a: np.float32, b: np.float32, c: np.float32) -> np.float32:
+    """fma rounded to float32 from exact rationals (nearest, ties to even)."""
+    exact = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
+    r = np.float32(float(exact))
+    cands = [r, np.nextafter(r, np.float32(np.inf)), np.nextafter(r, np.float32(-np.inf))]
+    dist = [abs(Fraction(float(x)) - exact) for x in cands]
+    best = min(dist)
+    ties = [x for x, d in zip(cands, dist) if d == best]
+    return min(ties, key=lambda x: int(np.array(x).view(np.int32)) & 1)
+
+
+def test_fma32_is_the_correctly_rounded_fused_multiply_add():
+    # A double-rounding case: a*b is a float32 midpoint, c tips it; rounding
+    # the float64 sum to float32 gets it wrong, fma32 must not.
+    a = np.float32(1 + 2**-12)
+    for c, want in ((np.float32(2**-60), 1 + 2**-11 + 2**-23), (np.float32(-(2**-60)), 1 + 2**-11)):
+        naive = np.float32(np.float64(a) * np.float64(a) + np.float64(c))
+        assert naive == np.float32(1 + 2**-11)  # the naive way rounds both to even
+        assert fma32(a, a, c) == np.float32(want)
+        assert _fma_exact(a, a, c) == np.float32(want)
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal(3000) * 1000).astype(np.float32)
+    b = rng.standard_normal(3000).astype(np.float32) * np.float32(1e-3)
+    c = (rng.standard_normal(3000) * 10).astype(np.float32)
+    got = fma32(a, b, c)
+    want = np.array([_fma_exact(x, y, z) for x, y, z in zip(a, b, c)], np.float32)
+    assert (got.view(np.int32) == want.view(np.int32)).all()
+
+
+def test_activation_parameters():
+    assert activation_qparams(0.0, 0.0) == (np.float32(1), 0)
+    s, z = activation_qparams(0.0, 5.1)  # post-ReLU: zero point 0
+    assert z == 0 and s == np.float32(5.1 / 255)
+    s, z = activation_qparams(-1.0, 3.0)
+    assert s == np.float32(4.0 / 255) and z == 64  # rne(1 / (4/255)) = rne(63.75)
+    s, z = activation_qparams(0.5, 2.0)  # widened to contain 0
+    assert z == 0 and s == np.float32(2.0 / 255)
+    with pytest.raises(ValueError, match="not finite"):
+        activation_qparams(0.0, float("inf"))
+
+
+def test_calibration_images_are_chosen_reproducibly():
+    a = calibration_indices("digits", 1000, 256)
+    assert (a == calibration_indices("digits", 1000, 256)).all()
+    assert len(np.unique(a)) == 256 and (np.diff(a) > 0).all() and a.max() < 1000
+    assert not (a == calibration_indices("cifar10", 1000, 256)).all()
+    assert (calibration_indices("digits", 100, 256) == np.arange(100)).all()
+    with pytest.raises(ValueError, match="no training images"):
+        calibration_indices("digits", 0)
+
+
+def test_plan_quantizes_the_values_the_runtime_materialises(tiny_base):
+    import json
+
+    graph = json.loads(tiny_base[1]["graph"])
+    values = quantized_values(graph)
+    assert values[:2] == ["x", "relu"]
+    assert "layer1.0.relu_out" in values and "layer2.0.downsample.1" in values
+    assert "layer1.0.relu1" in values and "layer1.0.add" not in values
+    steps = int8_plan(graph)
+    by = {s.name: s for s in steps}
+    assert by["layer2.0.conv2"].residual == "layer2.0.downsample.1" and by["layer2.0.conv2"].relu
+    assert by["layer2.0.downsample.0"].residual is None and not by["layer2.0.downsample.0"].relu
+    # an add no conv chain absorbs (both inputs are relus) is refused
+    bad = {
+        "input": "x",
+        "input_channels": 1,
+        "output": "s",
+        "nodes": [
+            {"name": "r1", "op": "relu", "inputs": ["x"], "output": "r1"},
+            {"name": "s", "op": "add", "inputs": ["r1", "x"], "output": "s"},
+        ],
+    }
+    with pytest.raises(ValueError, match="'r1' .*not fused"):
+        int8_plan(bad)
+
+
+def test_apply_keeps_s8_values_of_a_conv_without_update():
+    rng = np.random.default_rng(0)
+    q = rng.integers(-128, 128, (6, 5, 3, 3)).astype(np.int8)
+    s = rng.uniform(0.01, 0.1, 6).astype(np.float32)
+    bn = rng.uniform(-2, 2, 3).astype(np.float32)
+    q2, s2 = apply_conv(q, s, [0, 2, 5], [1, 4], None, bn)
+    assert (q2 == q[[0, 2, 5]][:, [1, 4]]).all()
+    assert (s2 == (s[[0, 2, 5]] * bn).astype(np.float32)).all()
+    # with an update: requantized to the full range of each row
+    upd = rng.standard_normal((3, 2, 3, 3)).astype(np.float32) * 0.01
+    q3, s3 = apply_conv(q, s, [0, 2, 5], [1, 4], upd, bn)
+    w = (dequantize_weight(q[[0, 2, 5]][:, [1, 4]], s[[0, 2, 5]]) + upd) * bn[:, None, None, None]
+    assert (
+        np.abs(dequantize_weight(q3, s3) - w) <= np.abs(s3)[:, None, None, None] / 2 * 1.001
+    ).all()
+
+
+# ---------------------------------------------------------------- digits
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    """The built-in base adapted to digits with SPLoRA (rank 4), pruned to 50 %
+    density by weight magnitude, then trained: a real pruned task in seconds."""
+    task = get_task("digits")
+    torch.manual_seed(0)
+    base = get_base("tiny")
+    base.replace_head(10)
+    model = adapt(base, "splora", rank=4)
+    x, y = task.arrays("train")
+    g = torch.Generator().manual_seed(0)
+
+    def fit(steps):
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+        model.train()
+        for _ in range(steps):
+            i = torch.randint(0, len(x), (32,), generator=g)
+            loss = torch.nn.functional.cross_entropy(model(x[i]), y[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+
+    prune_to_density(model, x[:1], 0.5)  # first: the pruned model trains twice as fast
+    fit(500)
+    return task, model
+
+
+def test_graph_run_is_the_model(digits_model):
+    task, model = digits_model
+    x = task.arrays("test")[0][:32]
+    with torch.no_grad():
+        got = fp32_values(materialize(model), model.graph(), x, set())["logits"]
+        torch.testing.assert_close(got, model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_calibration_is_deterministic(digits_model):
+    task, model = digits_model
+    images = calibration_images(task)
+    assert images.shape == (256, 1, 28, 28)
+    a = calibrate(model, images)
+    b = calibrate(model, calibration_images(task))
+    assert list(a) == quantized_values(model.graph())
+
+    def as_bytes(act):
+        return b"".join(
+            k.encode() + np.float32(s).tobytes() + np.int32(z).tobytes()
+            for k, (s, z) in act.items()
+        )
+
+    assert hashlib.sha256(as_bytes(a)).digest() == hashlib.sha256(as_bytes(b)).digest()
+    assert all(z == 0 for v, (_, z) in a.items() if "relu" in v)  # after a ReLU
+    assert a["x"][1] > 0  # the normalised input has negatives
+
+
+def test_int8_reference_agrees_with_fp32_on_digits(digits_model, tiny_base):
+    task, model = digits_model
+    tensors, meta = tiny_base
+    qbase = quantize_base_tensors(tensors, model.graph())
+    act = calibrate(model, calibration_images(task))
+    net = int8_network(model, qbase, act)
+    x, y = task.arrays("test")
+    with torch.no_grad():
+        want = model(x).numpy()
+    got, values = reference_run(net, x.numpy())
+    assert all(v.dtype == np.uint8 for v in values.values())
+    assert set(values) == set(act)
+    assert (reference_logits(net, x.numpy()[:40], batch=7) == got[:40]).all()  # any batching
+    agree = float((got.argmax(1) == want.argmax(1)).mean())
+    acc_fp32 = float((want.argmax(1) == y.numpy()).mean())
+    acc_int8 = float((got.argmax(1) == y.numpy()).mean())
+    print(f"digits test: top-1 agreement {agree:.4f}, fp32 {acc_fp32:.4f}, int8 {acc_int8:.4f}")
+    # Measured 2026-12-07 (x86, 1 torch thread): agreement 0.9861 (354 of 359 test
+    # images; the int8 top-2 margins of the 5 others are 0.02-0.36), accuracy fp32
+    # 0.9471, int8 0.9443. With 300 training steps instead of 500: 0.9749.
+    assert agree >= 0.97
+    assert acc_int8 >= acc_fp32 - 0.01
+    # The update computed in float64 before its float32 rounding (as another
+    # ISA's summation order might round it): measured, 46 of 1152 requantized
+    # scales differ in their last bits, no s8 weight and no u8 activation.
+    net64 = int8_network(model, qbase, act, update_dtype=torch.float64)
+    got64, values64 = reference_run(net64, x.numpy())
+    moved = sum(int((values[k] != values64[k]).sum()) for k in values)
+    assert moved <= values["x"].size // 1000
+    assert (got64.argmax(1) == got.argmax(1)).all()
