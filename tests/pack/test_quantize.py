@@ -254,3 +254,174 @@ def test_int8_reference_agrees_with_fp32_on_digits(digits_model, tiny_base):
     moved = sum(int((values[k] != values64[k]).sum()) for k in values)
     assert moved <= values["x"].size // 1000
     assert (got64.argmax(1) == got.argmax(1)).all()
+
+
+# ---------------------------------------------------------------- int8 bundles
+
+
+def _rewrite(path, edit_meta=None, edit_table=None):
+    """Rewrite a bundle's header (metadata, tensor table) with a valid content hash."""
+    import json
+    import struct
+
+    from spaedge.pack.format import content_hash
+
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header, data = json.loads(raw[8 : 8 + n]), raw[8 + n :]
+    meta = header.pop("__metadata__")
+    if edit_meta:
+        edit_meta(meta)
+    if edit_table:
+        edit_table(header)
+    meta["content_hash"] = content_hash(meta, header, data)
+    text = json.dumps({**header, "__metadata__": meta}).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+@pytest.fixture(scope="module")
+def int8_pair(tmp_path_factory):
+    """The built-in base as fp32 and int8 base bundles: (fp32 path, int8 path, int8 hash)."""
+    from spaedge.pack.bundle import write_base
+    from spaedge.pack.format import read_bundle, write_bundle
+    from spaedge.pack.quantize import int8_base_bundle
+
+    d = tmp_path_factory.mktemp("int8")
+    write_base(get_base("tiny"), d / "base.safetensors")
+    h8 = write_bundle(
+        d / "base8.safetensors", *int8_base_bundle(*read_bundle(d / "base.safetensors"))
+    )
+    return d / "base.safetensors", d / "base8.safetensors", h8
+
+
+def test_int8_base_bundle_round_trip(int8_pair, tiny_base):
+    import json
+
+    from spaedge import runtime
+    from spaedge.errors import BundleError
+    from spaedge.pack.bundle import load_base_model
+    from spaedge.pack.format import read_bundle, read_metadata, write_bundle
+    from spaedge.pack.quantize import int8_base_bundle
+
+    fp32, int8, h8 = int8_pair
+    m32 = read_metadata(fp32)
+    assert m32["version"] == "3" and "precision" not in m32  # fp32 bundles unchanged
+    tensors, meta = read_bundle(int8)
+    assert meta["version"] == "4" and meta["precision"] == "int8"
+    assert meta["quantized_from"] == m32["content_hash"] and meta["content_hash"] == h8
+    assert meta["graph"] == m32["graph"] and meta["config"] == m32["config"]
+    want = quantize_base_tensors(tiny_base[0], json.loads(meta["graph"]))
+    assert set(tensors) == set(want)
+    for k, v in want.items():
+        assert tensors[k].dtype == v.dtype and (tensors[k] == v).all(), k
+    # a quarter of the fp32 file, plus the scales and the header
+    ratio = int8.stat().st_size / fp32.stat().st_size
+    assert ratio < 0.3, ratio
+    again = int8.with_name("again.safetensors")
+    write_bundle(again, *int8_base_bundle(*read_bundle(fp32)))
+    assert again.read_bytes() == int8.read_bytes()
+    # the toolchain rebuilds the base from it, dequantized
+    model, _ = load_base_model(int8)
+    w = model.get_submodule("layer1.0.conv1").weight.detach().numpy()
+    s = tensors["layer1.0.conv1.weight_scale"]
+    assert (w == dequantize_weight(tensors["layer1.0.conv1.weight"], s)).all()
+    # today's C++ runtime cannot run it and says so (docs/int8.md, (a))
+    with pytest.raises(BundleError, match="dtype 'I8' not allowed"):
+        runtime.Runtime(int8, threads=1)
+    with pytest.raises(BundleError, match="dtype 'I8' not allowed"):
+        runtime.inspect_bundle(str(int8))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.pop("precision"), "version 4 is for int8 bundles"),
+        (lambda m: m.update(version="3"), "int8 bundles are version 4"),
+        (lambda m: m.update(precision="int4"), "'precision' is 'int4', expected 'int8'"),
+        (lambda m: m.update(precision="fp32", version="3"), "dtype 'I8' in a fp32 bundle"),
+    ],
+)
+def test_inconsistent_int8_bundles_are_refused(int8_pair, tmp_path, edit, message):
+    import shutil
+
+    from spaedge.errors import BundleError
+    from spaedge.pack.format import read_bundle
+
+    p = tmp_path / "b.safetensors"
+    shutil.copy(int8_pair[1], p)
+    _rewrite(p, edit)
+    with pytest.raises(BundleError, match=message):
+        read_bundle(p)
+
+
+def test_writers_keep_int8_to_int8_bundles():
+    from spaedge.pack.format import serialise
+
+    meta = {"format": "spaedge-base", "model": "m", "graph": "{}", "config": "{}"}
+    with pytest.raises(TypeError, match="int8 bundles only"):
+        serialise({"w": np.zeros(2, np.int8)}, meta)
+    with pytest.raises(ValueError, match="precision"):
+        serialise({"w": np.zeros(2, np.float32)}, {**meta, "precision": "fp32"})
+
+
+def test_int8_task_bundle(int8_pair, digits_model, tmp_path):
+    import json
+
+    from spaedge import runtime
+    from spaedge.errors import BundleError
+    from spaedge.pack.bundle import TaskSpec, load_task_model
+    from spaedge.pack.calibrate import int8_task
+    from spaedge.pack.format import read_bundle, write_bundle
+
+    task, model = digits_model
+    _, int8, h8 = int8_pair
+    path = tmp_path / "digits.safetensors"
+    images = calibration_images(task)
+    write_bundle(path, *int8_task(model, TaskSpec.from_task(task), h8, images, {"rank": 4}))
+    tensors, meta = read_bundle(path)
+    assert meta["version"] == "4" and meta["precision"] == "int8" and meta["base_hash"] == h8
+    info = json.loads(meta["info"])
+    assert info["rank"] == 4 and info["calibration"]["images"] == 256
+    act = calibrate(model, images)
+    for v, (s, z) in act.items():
+        assert (
+            tensors[f"{v}.act_scale"].tolist() == [s]
+            and tensors[f"{v}.act_zero_point"].dtype == np.int32
+        )
+        assert tensors[f"{v}.act_zero_point"].tolist() == [z]
+    # the toolchain rebuilds the task on the dequantized base
+    again, _, _ = load_task_model(int8, path)
+    x = task.arrays("test")[0]
+    with torch.no_grad():
+        agree = float((again(x).argmax(1) == model(x).argmax(1)).float().mean())
+    print(f"task on the dequantized int8 base (fp32 arithmetic): top-1 agreement {agree:.4f}")
+    assert agree >= 0.97
+    # today's runtime refuses it on the version
+    with pytest.raises(BundleError, match="'version' is '4'"):
+        runtime.inspect_bundle(str(path))
+
+
+def test_info_shows_the_precision(int8_pair, tmp_path):
+    import subprocess
+    import sys
+
+    def info(path):
+        return subprocess.run(
+            [sys.executable, "-m", "spaedge.cli", "info", str(path)], capture_output=True, text=True
+        )
+
+    fp32, int8, h8 = int8_pair
+    r = info(fp32)
+    assert r.returncode == 0, r.stderr
+    assert "spaedge-base version 3, fp32," in r.stdout
+    r = info(int8)
+    assert r.returncode == 0, r.stderr
+    assert "spaedge-base version 4, int8," in r.stdout and f"content {h8[:16]}" in r.stdout
+    assert "does not run int8 bundles yet" in r.stdout and "quantized from" in r.stdout
+    bad = tmp_path / "bad.safetensors"
+    raw = bytearray(int8.read_bytes())
+    raw[-1] ^= 1
+    bad.write_bytes(bytes(raw))
+    r = info(bad)
+    assert r.returncode != 0 and "content_hash" in r.stderr and "Traceback" not in r.stderr

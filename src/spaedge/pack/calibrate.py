@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spaedge.adapters.base import AdaptedLayer
+from spaedge.pack.bundle import TaskSpec, task_bundle
 from spaedge.pack.materialize import materialize
 from spaedge.pack.quantize import (
     CALIBRATION_IMAGES,
@@ -25,6 +26,7 @@ from spaedge.pack.quantize import (
     calibration_indices,
     fold_batchnorm,
     int8_plan,
+    int8_task_bundle,
     quantized_values,
 )
 
@@ -34,6 +36,7 @@ __all__ = [
     "fp32_values",
     "calibrate",
     "int8_network",
+    "int8_task",
 ]
 
 
@@ -181,3 +184,17 @@ def _delta(layer: AdaptedLayer, dtype: torch.dtype) -> np.ndarray | None:
     else:
         d = copy.deepcopy(layer).to(dtype).delta()
     return None if d is None else _np(d).astype(np.float32)
+
+
+def int8_task(
+    model: nn.Module,
+    spec: TaskSpec,
+    int8_base_hash: str,
+    images: torch.Tensor,
+    info: dict | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors and metadata of the int8 task bundle of ``model`` on the int8
+    base ``int8_base_hash``, calibrated on ``images`` (docs/int8.md, (b))."""
+    tensors, meta = task_bundle(model, spec, int8_base_hash, info)
+    act = calibrate(model, images)
+    return int8_task_bundle(tensors, meta, int8_base_hash, act, calibration_info(len(images)))

@@ -21,6 +21,7 @@ calibration that runs the fp32 model is ``spaedge.pack.calibrate``
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -32,6 +33,8 @@ __all__ = [
     "quantize_weight",
     "dequantize_weight",
     "quantize_base_tensors",
+    "int8_base_bundle",
+    "int8_task_bundle",
     "activation_qparams",
     "calibration_indices",
     "fma32",
@@ -102,6 +105,60 @@ def quantize_base_tensors(
         if f"{name}.bias" in tensors:
             out[f"{name}.bias"] = np.asarray(tensors[f"{name}.bias"], dtype=_F32)
     return out
+
+
+def int8_base_bundle(
+    tensors: Mapping[str, np.ndarray], meta: Mapping[str, str]
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors and metadata of the int8 base bundle quantized from an fp32
+    base bundle's (as :func:`spaedge.pack.format.read_bundle` returns them):
+    the weights quantized, ``precision`` = ``int8``, ``quantized_from`` = the
+    fp32 base's content hash (docs/int8.md, (a))."""
+    if meta.get("format") != "spaedge-base":
+        raise ValueError(f"format {meta.get('format')!r}: only a base bundle is quantized")
+    if meta.get("precision", "fp32") != "fp32":
+        raise ValueError(f"precision {meta['precision']!r}: this base is quantized already")
+    graph = json.loads(meta["graph"])
+    out_meta = {k: v for k, v in meta.items() if k not in ("version", "content_hash")}
+    out_meta["precision"] = "int8"
+    out_meta["quantized_from"] = meta["content_hash"]
+    return quantize_base_tensors(tensors, graph), out_meta
+
+
+def int8_task_bundle(
+    tensors: Mapping[str, np.ndarray],
+    meta: Mapping[str, str],
+    base_hash: str,
+    act: Mapping[str, tuple[np.float32, int]],
+    info: Mapping | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """An fp32 task bundle's tensors and metadata made an int8 task bundle:
+    on the int8 base ``base_hash``, with ``V.act_scale`` and
+    ``V.act_zero_point`` for every quantized value (docs/int8.md, (b));
+    ``info`` entries (the calibration) join the task's ``info``."""
+    if meta.get("format") != "spaedge-task":
+        raise ValueError(f"format {meta.get('format')!r}: expected a task bundle")
+    out = dict(tensors)
+    for v, (scale, zp) in act.items():
+        scale = np.float32(scale)
+        if not (np.isfinite(scale) and scale > 0) or not 0 <= int(zp) <= 255:
+            raise ValueError(
+                f"value {v!r}: scale {scale} and zero point {zp} are not u8 parameters"
+            )
+        for name, arr in (
+            (f"{v}.act_scale", np.array([scale], np.float32)),
+            (f"{v}.act_zero_point", np.array([int(zp)], np.int32)),
+        ):
+            if name in out:
+                raise ValueError(f"tensor {name!r} is in the task bundle already")
+            out[name] = arr
+    out_meta = {k: v for k, v in meta.items() if k not in ("version", "content_hash")}
+    out_meta["base_hash"] = base_hash
+    out_meta["precision"] = "int8"
+    merged = json.loads(meta.get("info", "{}") or "{}")
+    merged.update(info or {})
+    out_meta["info"] = json.dumps(merged)
+    return out, out_meta
 
 
 # ---------------------------------------------------------------- activations
