@@ -425,3 +425,116 @@ def test_info_shows_the_precision(int8_pair, tmp_path):
     bad.write_bytes(bytes(raw))
     r = info(bad)
     assert r.returncode != 0 and "content_hash" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- against the kernels
+
+
+def _kernel_cases(rng, count):
+    """Random qconv / quantize / qmaxpool / qglobal_avgpool cases: (input bytes
+    for int8_kernel_driver.cpp, the NumPy reference's outputs)."""
+    import struct
+
+    from spaedge.pack import quantize as q8
+
+    f32 = np.float32
+    buf, want = bytearray(struct.pack("<i", count)), []
+    for c in range(count):
+        k = int(rng.choice([1, 3, 5, 7]))
+        stride, pad = int(rng.choice([1, 2])), int(rng.integers(0, k // 2 + 1))
+        ih, iw = int(rng.integers(k, 12)), int(rng.integers(k, 12))
+        ic = int(rng.integers(100, 300)) if c % 7 == 0 else int(rng.integers(1, 40))
+        oc = int(rng.integers(1, 40))
+        z_in, z_out = int(rng.integers(0, 256)), int(rng.integers(0, 256))
+        relu, has_res = bool(rng.integers(0, 2)), bool(rng.integers(0, 2))
+        w = rng.integers(-128, 128, (oc, ic, k, k)).astype(np.int8)  # -128 included
+        x = rng.integers(0, 256, (1, ih, iw, ic)).astype(np.uint8)
+        s_in, s_out = (
+            f32(rng.uniform(0.001, 0.1)),
+            f32(rng.uniform(0.001, 2) * 10 ** rng.uniform(0, 2)),
+        )
+        conv = q8.Int8Conv(
+            w,
+            rng.uniform(-0.02, 0.02, oc).astype(f32),
+            rng.normal(0, 3, oc).astype(f32),
+            stride,
+            pad,
+        )
+        oh, ow = (ih + 2 * pad - k) // stride + 1, (iw + 2 * pad - k) // stride + 1
+        res = None
+        if has_res:
+            res = (
+                rng.integers(0, 256, (1, oh, ow, oc)).astype(np.uint8),
+                f32(rng.uniform(0.001, 1)),
+                int(rng.integers(0, 256)),
+            )
+        out = q8._qconv(x, conv, s_in, z_in, s_out, z_out, res, relu)
+        # the constants as docs/int8.md (c) defines them, handed to the kernel
+        mul = ((s_in * conv.wscale).astype(f32) / s_out).astype(f32)
+        add = (conv.bias / s_out).astype(f32)
+        res_mul = f32(res[1] / s_out) if res else f32(0)
+        buf += struct.pack(
+            "<12i", ih, iw, ic, oc, k, stride, pad, z_in, z_out, int(has_res),
+            res[2] if res else 0, int(relu),
+        )  # fmt: skip
+        buf += w.transpose(0, 2, 3, 1).tobytes() + x.tobytes() + mul.tobytes() + add.tobytes()
+        buf += res_mul.tobytes() + (res[0].tobytes() if res else b"")
+        n = int(rng.integers(1, 500))
+        xs = (rng.normal(0, 3, n) * rng.uniform(0.1, 10)).astype(f32)
+        qs, qz = f32(rng.uniform(0.005, 0.2)), int(rng.integers(0, 256))
+        gs = f32(rng.uniform(0.001, 1))
+        buf += struct.pack("<i", n) + xs.tobytes() + qs.tobytes() + struct.pack("<i", qz)
+        buf += gs.tobytes()
+        want += [out, q8._quantize_input(xs, qs, qz)]
+        if oh >= 2 and ow >= 2:
+            want.append(q8._qmaxpool(out, 3, 2, 1))
+        want.append(q8._qgap(out, gs, z_out))
+    # Last, one pixel of 1x1 conv whose channels sit on rounding boundaries:
+    # acc = w[o], and mul, add such that fma(acc, mul, add) and a separate
+    # multiply and add round to different integers (random cases almost never
+    # come this close to a half-integer).
+    acc = rng.integers(-128, 128, 200_000).astype(f32)
+    mul = rng.uniform(0.5, 2.0, acc.size).astype(f32)
+    add = (np.rint(acc * mul) + 0.5 - acc.astype(np.float64) * mul).astype(f32)
+    sep = (acc * mul).astype(f32) + add
+    exact = acc.astype(np.float64) * mul + add  # exact here: 8 + 24 bits, close exponents
+    pick = np.flatnonzero(np.rint(sep) != np.rint(exact.astype(f32)))[:64]
+    assert len(pick) >= 16, len(pick)
+    oc, z_out = len(pick), 128
+    buf[:4] = struct.pack("<i", count + 1)
+    buf += struct.pack("<12i", 1, 1, 1, oc, 1, 1, 0, 0, z_out, 0, 0, 0)
+    buf += acc[pick].astype(np.int8).tobytes() + bytes([1]) + mul[pick].tobytes()
+    buf += add[pick].tobytes() + f32(0).tobytes()
+    buf += struct.pack("<i", 1) + f32(0).tobytes() + f32(1).tobytes() + struct.pack("<i", 0)
+    buf += f32(1).tobytes()
+    t = q8.fma32(acc[pick], mul[pick], add[pick])
+    out = (np.rint(np.clip(t, -z_out, 255 - z_out)).astype(np.int32) + z_out).astype(np.uint8)
+    want += [out, np.zeros(1, np.uint8), (out.astype(np.float32) - z_out).astype(f32)]
+    return bytes(buf), b"".join(np.ascontiguousarray(a).tobytes() for a in want)
+
+
+def test_reference_is_the_scalar_kernels_bit_for_bit(tmp_path):
+    """The NumPy int8 arithmetic against csrc/kernels/scalar/qconv.cpp (every
+    other ISA is bit for bit scalar's: tests/cpp/test_kernels_int8.cpp)."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    assert cxx, "a C++ compiler is needed (set CXX)"
+    exe = tmp_path / "driver"
+    subprocess.run(
+        [cxx, "-O1", "-std=c++17", "-I", str(root / "csrc"), "-o", str(exe),
+         str(root / "tests/pack/int8_kernel_driver.cpp"),
+         str(root / "csrc/kernels/scalar/qconv.cpp")],
+        check=True,
+    )  # fmt: skip
+    cases, want = _kernel_cases(np.random.default_rng(1), 120)
+    (tmp_path / "in.bin").write_bytes(cases)
+    subprocess.run([str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")], check=True)
+    got = (tmp_path / "out.bin").read_bytes()
+    assert len(got) == len(want)
+    diff = np.frombuffer(got, np.uint8) != np.frombuffer(want, np.uint8)
+    assert not diff.any(), f"{int(diff.sum())} of {len(want)} bytes differ"
