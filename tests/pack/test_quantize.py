@@ -397,9 +397,17 @@ def test_int8_task_bundle(int8_pair, digits_model, tmp_path):
         agree = float((again(x).argmax(1) == model(x).argmax(1)).float().mean())
     print(f"task on the dequantized int8 base (fp32 arithmetic): top-1 agreement {agree:.4f}")
     assert agree >= 0.97
+    # the int8 network from the bundle pair is the one from the model, bit for bit
+    from spaedge.pack.calibrate import int8_network_from_bundles
+
+    net = int8_network_from_bundles(int8, path)
+    want = reference_logits(int8_network(model, read_bundle(int8)[0], act), x.numpy()[:64])
+    assert (reference_logits(net, x.numpy()[:64]) == want).all()
     # today's runtime refuses it on the version
     with pytest.raises(BundleError, match="'version' is '4'"):
         runtime.inspect_bundle(str(path))
+    with pytest.raises(BundleError, match="not 'int8'"):
+        int8_network_from_bundles(int8_pair[0], path)
 
 
 def test_info_shows_the_precision(int8_pair, tmp_path):

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from spaedge.adapters.base import AdaptedLayer
-from spaedge.pack.bundle import TaskSpec, task_bundle
+from spaedge.errors import BundleError
+from spaedge.pack.bundle import TaskSpec, load_task_model, task_bundle
+from spaedge.pack.format import precision_of, read_bundle
 from spaedge.pack.materialize import materialize
 from spaedge.pack.quantize import (
     CALIBRATION_IMAGES,
@@ -37,6 +39,7 @@ __all__ = [
     "calibrate",
     "int8_network",
     "int8_task",
+    "int8_network_from_bundles",
 ]
 
 
@@ -198,3 +201,25 @@ def int8_task(
     tensors, meta = task_bundle(model, spec, int8_base_hash, info)
     act = calibrate(model, images)
     return int8_task_bundle(tensors, meta, int8_base_hash, act, calibration_info(len(images)))
+
+
+def int8_network_from_bundles(base_path, task_path) -> Int8Network:
+    """The int8 network of an int8 base and task bundle pair, as the runtime
+    applies it at a switch (docs/int8.md, (c)): what the C++ runtime's int8
+    output is checked against."""
+    qbase, bmeta = read_bundle(base_path)
+    tensors, meta = read_bundle(task_path)
+    for path, m in ((base_path, bmeta), (task_path, meta)):
+        if precision_of(m) != "int8":
+            raise BundleError(f"{path}: field 'precision' is {precision_of(m)!r}, not 'int8'")
+    model, _, _ = load_task_model(base_path, task_path)
+    act = {}
+    for v in quantized_values(model.graph()):
+        s, z = tensors.get(f"{v}.act_scale"), tensors.get(f"{v}.act_zero_point")
+        if s is None or z is None or s.shape != (1,) or z.shape != (1,):
+            raise BundleError(
+                f"{task_path}: tensors '{v}.act_scale' and '{v}.act_zero_point' must both be "
+                "present, one number each (the quantization of a value the int8 executor stores)"
+            )
+        act[v] = (np.float32(s[0]), int(z[0]))
+    return int8_network(model, qbase, act)
