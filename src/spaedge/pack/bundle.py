@@ -24,10 +24,12 @@ from spaedge.pack import families
 from spaedge.pack.format import (
     check_task_metadata,
     json_field,
+    precision_of,
     read_bundle,
     serialise,
     write_bundle,
 )
+from spaedge.pack.quantize import dequantize_weight
 
 __all__ = [
     "base_bundle",
@@ -204,7 +206,8 @@ def write_task(
 def load_base_model(
     path: str | os.PathLike, num_classes: int = 1000
 ) -> tuple[ResNet, dict[str, str]]:
-    """The base network stored in a base bundle (conv weights; BatchNorms at identity)."""
+    """The base network stored in a base bundle (conv weights; BatchNorms at
+    identity). An int8 base gives its dequantized weights (docs/int8.md)."""
     tensors, meta = read_bundle(path)
     where = str(path)
     if meta["format"] != "spaedge-base":
@@ -221,7 +224,16 @@ def load_base_model(
                     f"{where}: tensor '{key}' has shape {tensors[key].shape}, "
                     f"the graph says {tuple(conv.weight.shape)}"
                 )
-            conv.weight.copy_(torch.from_numpy(tensors[key]))
+            w = tensors[key]
+            if precision_of(meta) == "int8":
+                scale = tensors.get(f"{node['name']}.weight_scale")
+                if scale is None or scale.shape != (w.shape[0],):
+                    raise BundleError(
+                        f"{where}: tensor '{node['name']}.weight_scale' is missing or not "
+                        f"[{w.shape[0]}] (one scale per output channel of an int8 weight)"
+                    )
+                w = dequantize_weight(w, scale)
+            conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
     return model, meta
 
 

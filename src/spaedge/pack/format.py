@@ -24,6 +24,9 @@ from spaedge.paths import WriteProblem, remove_stale
 
 __all__ = [
     "FORMAT_VERSION",
+    "INT8_FORMAT_VERSION",
+    "PRECISIONS",
+    "precision_of",
     "MAX_HEADER_BYTES",
     "BundleError",
     "write_bundle",
@@ -35,10 +38,25 @@ __all__ = [
 ]
 
 FORMAT_VERSION = runtime.FORMAT_VERSION
+#: The version of int8 bundles (docs/int8.md, (a)): fp32 bundles stay at
+#: FORMAT_VERSION byte for byte, so their content hashes do not change.
+INT8_FORMAT_VERSION = "5"
+#: Values of the metadata key ``precision`` (absent: fp32).
+PRECISIONS = ("fp32", "int8")
 #: Header length limit: safetensors' own, as the runtime reads it.
 MAX_HEADER_BYTES = runtime.LIMITS["max_header_bytes"]
-_DTYPES = {np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.uint8)}
-_NP_DTYPES = {"F32": np.dtype("<f4"), "I32": np.dtype("<i4"), "U8": np.dtype("u1")}
+_DTYPES = {np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.uint8), np.dtype(np.int8)}
+_NP_DTYPES = {
+    "F32": np.dtype("<f4"),
+    "I32": np.dtype("<i4"),
+    "U8": np.dtype("u1"),
+    "I8": np.dtype("i1"),
+}
+
+
+def precision_of(meta: Mapping[str, str]) -> str:
+    """A bundle's precision: its metadata ``precision``, ``fp32`` when absent."""
+    return meta.get("precision", "fp32")
 
 
 def _u64(n: int) -> bytes:
@@ -121,11 +139,19 @@ def _lock(f) -> None:
 
 def serialise(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> tuple[bytes, str]:
     """Bundle bytes and their content hash; ``metadata`` values must be strings."""
+    precision = metadata.get("precision")
+    if precision not in (None, "int8"):
+        raise ValueError(
+            f"metadata precision: {precision!r}; writers set it only for int8 bundles "
+            "(absent means fp32)"
+        )
     arrays = {}
     for name, a in tensors.items():
         a = np.ascontiguousarray(a)
         if a.dtype not in _DTYPES:
-            raise TypeError(f"tensor {name}: dtype {a.dtype} is not float32, int32 or uint8")
+            raise TypeError(f"tensor {name}: dtype {a.dtype} is not float32, int32, uint8 or int8")
+        if a.dtype == np.int8 and precision != "int8":
+            raise TypeError(f"tensor {name}: int8 tensors belong to int8 bundles only")
         arrays[name] = a
     for k, v in metadata.items():
         if not isinstance(v, str):
@@ -136,7 +162,7 @@ def serialise(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) ->
     (n,) = struct.unpack("<Q", raw[:8])
     header, data = json.loads(raw[8 : 8 + n]), raw[8 + n :]
     meta = {k: v for k, v in metadata.items() if k != "content_hash"}
-    meta["version"] = FORMAT_VERSION
+    meta["version"] = INT8_FORMAT_VERSION if precision == "int8" else FORMAT_VERSION
     table = {k: v for k, v in header.items() if k != "__metadata__"}
     digest = content_hash(meta, table, data)
     header["__metadata__"] = {**meta, "content_hash": digest}
@@ -305,10 +331,26 @@ def _check_metadata(p: Path, doc: dict) -> dict[str, str]:
             "and repack it with this spaedge (`spaedge pack --retrain`, or re-run the packing "
             "that wrote it)"
         )
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, INT8_FORMAT_VERSION):
         raise BundleError(
-            f"{_show(p)}: field 'version' is {version!r}; this spaedge reads version "
-            f"{FORMAT_VERSION}: repack the bundle with this version"
+            f"{_show(p)}: field 'version' is {version!r}; this spaedge reads versions "
+            f"{FORMAT_VERSION} (fp32) and {INT8_FORMAT_VERSION} (int8): repack the bundle with "
+            "this version"
+        )
+    precision = precision_of(meta)
+    if precision not in PRECISIONS:
+        raise BundleError(
+            f"{_show(p)}: field 'precision' is {precision!r}, expected 'int8' (or absent: fp32)"
+        )
+    if version == INT8_FORMAT_VERSION and precision != "int8":
+        raise BundleError(
+            f"{_show(p)}: field 'precision' is {precision!r} in a version {version} bundle; "
+            f"version {version} is for int8 bundles (precision 'int8')"
+        )
+    if version == FORMAT_VERSION and precision != "fp32":
+        raise BundleError(
+            f"{_show(p)}: field 'precision' is {precision!r} in a version {version} bundle; "
+            f"int8 bundles are version {INT8_FORMAT_VERSION}"
         )
     return meta
 
@@ -317,8 +359,9 @@ def _is_count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def _check_table(p: Path, doc: dict, data_size: int) -> dict[str, dict]:
-    """The tensor entries, checked as the C++ reader checks them."""
+def _check_table(p: Path, doc: dict, data_size: int, precision: str) -> dict[str, dict]:
+    """The tensor entries, checked as the C++ reader checks them (and int8
+    tensors only in an int8 bundle)."""
     table = {}
     for name, e in doc.items():
         if name == "__metadata__":
@@ -333,7 +376,12 @@ def _check_table(p: Path, doc: dict, data_size: int) -> dict[str, dict]:
         dtype, shape, offsets = e["dtype"], e["shape"], e["data_offsets"]
         if dtype not in _NP_DTYPES:
             raise BundleError(
-                f"{where}: dtype {dtype!r} not allowed (spaedge bundles hold only F32, I32 and U8)"
+                f"{where}: dtype {dtype!r} not allowed (spaedge bundles hold only F32, I32, U8 "
+                "and, int8 bundles, I8)"
+            )
+        if dtype == "I8" and precision != "int8":
+            raise BundleError(
+                f"{where}: dtype 'I8' in a {precision} bundle (I8 tensors belong to int8 bundles)"
             )
         if not isinstance(shape, list) or len(shape) > 8 or not all(_is_count(d) for d in shape):
             raise BundleError(f"{where}: 'shape' must be a list of at most 8 non-negative integers")
@@ -388,7 +436,7 @@ def read_bundle(
         doc = _parse_header(p, header)
         meta = _check_metadata(p, doc)
         data_size = size - 8 - len(header)
-        table = _check_table(p, doc, data_size)
+        table = _check_table(p, doc, data_size, precision_of(meta))
         data = bytearray(_read_exact(f, p, data_size, size))
     if verify:
         actual = content_hash(meta, table, data)
