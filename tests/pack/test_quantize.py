@@ -306,7 +306,7 @@ def test_int8_base_bundle_round_trip(int8_pair, tiny_base):
 
     fp32, int8, h8 = int8_pair
     m32 = read_metadata(fp32)
-    assert m32["version"] == "3" and "precision" not in m32  # fp32 bundles unchanged
+    assert m32["version"] == "4" and "precision" not in m32  # fp32 bundles unchanged
     tensors, meta = read_bundle(int8)
     assert meta["version"] == "5" and meta["precision"] == "int8"
     assert meta["quantized_from"] == m32["content_hash"] and meta["content_hash"] == h8
@@ -339,7 +339,7 @@ def test_int8_base_bundle_round_trip(int8_pair, tiny_base):
         (lambda m: m.pop("precision"), "version 5 is for int8 bundles"),
         (lambda m: m.update(version="4"), "int8 bundles are version 5"),
         (lambda m: m.update(precision="int4"), "'precision' is 'int4', expected 'int8'"),
-        (lambda m: m.update(precision="fp32", version="3"), "dtype 'I8' in a fp32 bundle"),
+        (lambda m: m.update(precision="fp32", version="4"), "dtype 'I8' in a fp32 bundle"),
     ],
 )
 def test_inconsistent_int8_bundles_are_refused(int8_pair, tmp_path, edit, message):
