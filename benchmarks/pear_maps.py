@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         "--knowledge",
         default="weighted",
         choices=["weighted", "source"],
-        help="Pear's knowledge checkpoint (PearOptions.pear_knowledge)",
+        help="how a shared adapter starts, this project's stand-in for the paper's knowledge checkpoint (PearOptions.pear_knowledge)",
     )
     p.add_argument("--pretrain-images", type=int, default=12000)
     p.add_argument("--pretrain-epochs", type=int, default=2)

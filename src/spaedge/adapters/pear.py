@@ -439,7 +439,7 @@ def apply_pear(
         raise ValueError(f"Pear's prune fraction must be in [0, 1), got {prune}")
     if knowledge not in KNOWLEDGE:
         raise ValueError(
-            f"unknown Pear knowledge checkpoint {knowledge!r}; known: {', '.join(KNOWLEDGE)}"
+            f"unknown start of a shared Pear adapter (--pear-knowledge) {knowledge!r}; known: {', '.join(KNOWLEDGE)}"
         )
     if share not in SHARE_MAPS:
         raise ValueError(f"unknown Pear sharing map {share!r}; known: {', '.join(SHARE_MAPS)}")
