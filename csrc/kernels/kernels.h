@@ -110,10 +110,10 @@ void maxpool_row_bands(const Parallel* par, int oh, int ow, int c, int kernel, F
 // f(o, y0, y1, x0, x1) for every output pixel of a max pool (in row bands,
 // as maxpool_row_bands): o is the pixel's c outputs in `out`, rows [y0, y1)
 // and columns [x0, x1) its window clipped to the input (the padding is
-// -infinity: it never wins).
-template <class F>
+// -infinity: it never wins). T is the element type (float, or int8's u8).
+template <class T, class F>
 void maxpool_windows(const Parallel* par, int in_h, int in_w, int c, int kernel, int stride,
-                     int pad, float* out, F&& f) {
+                     int pad, T* out, F&& f) {
   const int oh = (in_h + 2 * pad - kernel) / stride + 1;
   const int ow = (in_w + 2 * pad - kernel) / stride + 1;
   maxpool_row_bands(par, oh, ow, c, kernel, [&](int oy0, int oy1, int) {

@@ -266,25 +266,15 @@ inline void dequantize(size_t n, const uint8_t* q, float scale, int zp, float* x
 
 inline void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const uint8_t* in,
                     uint8_t* out, const Parallel* par) {
-  const int oh = (in_h + 2 * pad - kernel) / stride + 1;
-  const int ow = (in_w + 2 * pad - kernel) / stride + 1;
-  maxpool_row_bands(par, oh, ow, c, kernel, [&](int oy0, int oy1, int) {
-    for (int oy = oy0; oy < oy1; ++oy) {
-      const int y0 = std::max(oy * stride - pad, 0),
-                y1 = std::min(oy * stride - pad + kernel, in_h);
-      for (int ox = 0; ox < ow; ++ox) {
-        const int x0 = std::max(ox * stride - pad, 0);
-        const int x1 = std::min(ox * stride - pad + kernel, in_w);
-        uint8_t* o = out + (static_cast<size_t>(oy) * ow + ox) * c;
-        std::memset(o, 0, static_cast<size_t>(c));
-        for (int y = y0; y < y1; ++y)
-          for (int x = x0; x < x1; ++x) {
-            const uint8_t* s = in + (static_cast<size_t>(y) * in_w + x) * c;
-            for (int ch = 0; ch < c; ++ch) o[ch] = std::max(o[ch], s[ch]);
-          }
-      }
-    }
-  });
+  maxpool_windows(par, in_h, in_w, c, kernel, stride, pad, out,
+                  [&](uint8_t* o, int y0, int y1, int x0, int x1) {
+                    std::memset(o, 0, static_cast<size_t>(c));
+                    for (int y = y0; y < y1; ++y)
+                      for (int x = x0; x < x1; ++x) {
+                        const uint8_t* s = in + (static_cast<size_t>(y) * in_w + x) * c;
+                        for (int ch = 0; ch < c; ++ch) o[ch] = std::max(o[ch], s[ch]);
+                      }
+                  });
 }
 
 inline void global_avgpool(int h, int w, int c, const uint8_t* in, float scale, int zp,
