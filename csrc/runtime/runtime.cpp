@@ -239,6 +239,10 @@ double Runtime::set_mode(const std::string& mode) {
   Impl& m = *impl_;
   if (mode == "merged")
     m.mode = ApplyMode::Merged;
+  else if (mode == "lowrank" && m.base->int8())
+    throw Error(
+        "mode 'lowrank' has no int8 kernel: an int8 base runs every task merged "
+        "(docs/int8.md (c)); use mode 'merged' or an fp32 base");
   else if (mode == "lowrank")
     m.mode = ApplyMode::FusedLowRank;
   else
