@@ -44,8 +44,8 @@ std::vector<tb::Tensor> int8_base_tensors(const Int8Base& b, const Model& m) {
   std::vector<tb::Tensor> t;
   for (const auto& kv : b.q) {
     t.push_back(tb::i8(kv.first, m.base_shape.at(kv.first), kv.second));
-    t.push_back(tb::f32(kv.first + "_scale", {int64_t(kv.second.size() / 1)},
-                        b.scale.at(kv.first)));
+    t.push_back(
+        tb::f32(kv.first + "_scale", {int64_t(kv.second.size() / 1)}, b.scale.at(kv.first)));
     t.back().shape = {m.base_shape.at(kv.first)[0]};
   }
   t.push_back(tb::f32("c1.bias", {4}, m.base.at("c1.bias")));
@@ -53,7 +53,8 @@ std::vector<tb::Tensor> int8_base_tensors(const Int8Base& b, const Model& m) {
 }
 
 std::vector<uint8_t> int8_base_bytes(const std::vector<tb::Tensor>& t) {
-  tb::Meta meta = {{"format", "spaedge-base"}, {"model", "tiny"}, {"graph", graph_json(tiny_nodes())}};
+  tb::Meta meta = {
+      {"format", "spaedge-base"}, {"model", "tiny"}, {"graph", graph_json(tiny_nodes())}};
   meta.insert(meta.end(), kInt8Meta.begin(), kInt8Meta.end());
   return tb::bundle(t, meta);
 }
@@ -62,9 +63,10 @@ std::vector<uint8_t> int8_base_bytes(const std::vector<tb::Tensor>& t) {
 // chains c1+b1+r1, c2+b2 (its add goes to the later conv, down) and
 // down+a+r2. Normalised input in [-1.5, 1.5]; post-ReLU values from 0.
 struct ActSpec {
-  std::map<std::string, std::pair<float, int32_t>> v = {
-      {"x", {3.0f / 255, 128}}, {"r1", {6.0f / 255, 0}}, {"b2", {16.0f / 255, 128}},
-      {"r2", {12.0f / 255, 0}}};
+  std::map<std::string, std::pair<float, int32_t>> v = {{"x", {3.0f / 255, 128}},
+                                                        {"r1", {6.0f / 255, 0}},
+                                                        {"b2", {16.0f / 255, 128}},
+                                                        {"r2", {12.0f / 255, 0}}};
 };
 
 std::vector<uint8_t> int8_task_bytes(const TaskSpec& t, const ActSpec& a, const std::string& hash,
@@ -94,7 +96,8 @@ std::string hash_of(const std::string& path) {
 void test_int8_run(const Files& f) {
   TempDir d;
   const Int8Base q = quantize_base(f.m);
-  const std::string base = write(d, "base8.safetensors", int8_base_bytes(int8_base_tensors(q, f.m)));
+  const std::string base =
+      write(d, "base8.safetensors", int8_base_bytes(int8_base_tensors(q, f.m)));
   const std::string h8 = hash_of(base);
   const TaskSpec t = tiny_task();
   const std::string task = write(d, "task8.safetensors", int8_task_bytes(t, ActSpec(), h8));
@@ -121,12 +124,14 @@ void test_int8_run(const Files& f) {
   std::vector<float> y2(6);
   rt.run(x.data(), 2, y2.data());
   CHECK(y2 == y);
-  const std::string other =
-      write(d, "other8.safetensors", int8_task_bytes([] {
-              TaskSpec o = tiny_task(0.3f);
-              o.name = "other";
-              return o;
-            }(), ActSpec(), h8));
+  const std::string other = write(d, "other8.safetensors",
+                                  int8_task_bytes(
+                                      [] {
+                                        TaskSpec o = tiny_task(0.3f);
+                                        o.name = "other";
+                                        return o;
+                                      }(),
+                                      ActSpec(), h8));
   CHECK(rt.load_task(other) == "other");
   rt.run(x.data(), 2, y2.data());
   CHECK(y2 != y);
@@ -136,11 +141,10 @@ void test_int8_run(const Files& f) {
   EXPECT_ERROR(rt.set_mode("lowrank"), "mode 'lowrank' has no int8 kernel");
   CHECK(rt.mode() == "merged");
   // Precision mixes: an fp32 task on the int8 base, an int8 task on an fp32 base.
-  EXPECT_ERROR(rt.load_task(f.task("fp32_task.safetensors", tiny_task())), "is fp32 but the loaded base",
-               "is int8");
+  EXPECT_ERROR(rt.load_task(f.task("fp32_task.safetensors", tiny_task())),
+               "is fp32 but the loaded base", "is int8");
   Runtime rt32(f.base, 1);
-  EXPECT_ERROR(rt32.load_task(task), "task8.safetensors is int8 but the loaded base",
-               "is fp32");
+  EXPECT_ERROR(rt32.load_task(task), "task8.safetensors is int8 but the loaded base", "is fp32");
 }
 
 void test_int8_refusals(const Files& f) {
@@ -159,7 +163,9 @@ void test_int8_refusals(const Files& f) {
       if (x.name == n) return x;
     std::abort();
   };
-  auto set_f32 = [](tb::Tensor& t, size_t i, float v) { std::memcpy(t.bytes.data() + 4 * i, &v, 4); };
+  auto set_f32 = [](tb::Tensor& t, size_t i, float v) {
+    std::memcpy(t.bytes.data() + 4 * i, &v, 4);
+  };
   base_error([&](auto& t) { set_f32(find(t, "c2.weight_scale"), 1, 0.0f); },
              "tensor 'c2.weight_scale': element 1 is 0, a weight scale must be finite and > 0",
              __LINE__);
@@ -186,7 +192,8 @@ void test_int8_refusals(const Files& f) {
                         const std::vector<tb::Tensor>& extra, const std::string& needle, int line) {
     ActSpec a;
     edit(a);
-    const std::string p = write(d, "bad_task.safetensors", int8_task_bytes(tiny_task(), a, h8, extra));
+    const std::string p =
+        write(d, "bad_task.safetensors", int8_task_bytes(tiny_task(), a, h8, extra));
     Runtime rt(base, 1);
     tcheck::expect_error([&] { rt.load_task(p); }, {p + ": ", needle}, __FILE__, line);
     CHECK(rt.tasks().empty());
@@ -218,11 +225,11 @@ void test_int8_unfused_graph() {
       simple_node("linear", "fc", q("g"))};
   tb::Meta bm = {{"format", "spaedge-base"}, {"model", "m"}, {"graph", graph_json(nodes)}};
   bm.insert(bm.end(), kInt8Meta.begin(), kInt8Meta.end());
-  const std::string base = write(
-      d, "b.safetensors",
-      tb::bundle({tb::i8("c1.weight", {4, 2, 3, 3}, std::vector<int8_t>(72, 3)),
-                  tb::f32("c1.weight_scale", {4}, {0.1f, 0.1f, 0.1f, 0.1f})},
-                 bm));
+  const std::string base =
+      write(d, "b.safetensors",
+            tb::bundle({tb::i8("c1.weight", {4, 2, 3, 3}, std::vector<int8_t>(72, 3)),
+                        tb::f32("c1.weight_scale", {4}, {0.1f, 0.1f, 0.1f, 0.1f})},
+                       bm));
   TaskSpec t;
   t.idx["c1.out_index"] = {0, 1, 2, 3};
   t.idx["c1.in_index"] = {0, 1};
