@@ -171,6 +171,16 @@ def regressions(seeds: Path, out: Path) -> None:
     unaligned(seeds / "task_sparse_pruned.safetensors", out / "task_unaligned_tensors.safetensors")
 
 
+def int8_seeds(out: Path) -> None:
+    """An int8 base (docs/int8.md): its I8 weights and per-channel scales go
+    through the int8 base reader; the harness's tasks run on the fp32 base."""
+    from spaedge.pack.quantize import int8_base_bundle
+
+    write_bundle(
+        out / "base_int8.safetensors", *int8_base_bundle(*read_bundle(out / "base.safetensors"))
+    )
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     h = write_base(tiny_base(), out / "base.safetensors")
@@ -250,6 +260,7 @@ def main(out: Path) -> None:
             splopa_sets=json.dumps(dict(list(json.loads(m["splopa_sets"]).items())[1:]))
         ),
     )
+    int8_seeds(out)
     regressions(out, out.parent / "regressions")
     for p in sorted(
         [*out.glob("*.safetensors"), *(out.parent / "regressions").glob("*.safetensors")]
