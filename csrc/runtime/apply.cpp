@@ -202,7 +202,9 @@ void apply_int8(const BaseModel& base, const Task& task, const kernels::KernelTa
   a.packed.resize((total + sizeof(float) - 1) / sizeof(float));
   const size_t slice = round_floats(max_row);             // floats
   const size_t qslice = round_floats((max_row + 3) / 4);  // floats holding s8
-  a.ohwi.resize(slice * size_t(workers));
+  bool updates = false;
+  for (const ConvTask& ct : task.convs) updates = updates || has_update(ct);
+  a.ohwi.resize(updates ? slice * size_t(workers) : 0);  // dequantized rows: convs with an update
   a.bwork.resize(qslice * size_t(workers));
   a.qmul.resize(outs);
   a.qadd.resize(outs);

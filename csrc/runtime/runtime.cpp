@@ -269,7 +269,8 @@ size_t Runtime::working_set_bytes() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   const Applied& a = impl_->applied;
   if (!impl_->active) return 0;
-  return (a.packed.size() + a.arena.size() + a.scratch.size() + a.ohwi.size() + a.bwork.size()) *
+  return (a.packed.size() + a.arena.size() + a.scratch.size() + a.ohwi.size() + a.bwork.size() +
+          a.vec.size() + a.qin.size()) *
          sizeof(float);
 }
 
