@@ -318,9 +318,18 @@ class Loader {
     read(0);
     for (const Step& s : p.steps) {
       switch (s.kind) {
-        case StepKind::Conv:
+        case StepKind::Conv: {
+          // qconv accumulates in int32 exactly up to K = k*k*in_c4 = 65536
+          // (kernels.inc, qconv_packed_bytes).
+          const ConvTask& ct = t_.convs[size_t(s.index)];
+          const int64_t K = int64_t(ct.kernel) * ct.kernel * ((int64_t(ct.in_c) + 3) / 4 * 4);
+          if (K > 65536)
+            b_.fail("int8: conv '" + g.nodes[size_t(ct.node)].name + "' sums " + std::to_string(K) +
+                    " products per output (kernel^2 x kept inputs rounded up to 4); the int8 "
+                    "kernels sum at most 65536 exactly: run this task in fp32");
           read(s.out);
           break;
+        }
         case StepKind::MaxPool:
           t_.act_scale[size_t(s.out)] = t_.act_scale[size_t(s.in)];
           t_.act_zp[size_t(s.out)] = t_.act_zp[size_t(s.in)];

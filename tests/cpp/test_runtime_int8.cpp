@@ -242,6 +242,39 @@ void test_int8_unfused_graph() {
   EXPECT_ERROR(rt.load_task(p), "int8: node 'r3' (relu) is not fused into a conv chain");
 }
 
+// qconv sums at most 65536 products exactly (kernels.inc): a wider conv is
+// refused for int8 at load, naming it.
+void test_int8_wide_conv() {
+  TempDir d;
+  const std::vector<std::string> nodes = {
+      conv_node("c1", "x", 2, 20, 3, 1, 1),    simple_node("relu", "r1", q("c1")),
+      conv_node("c2", "r1", 20, 4, 64, 1, 28), simple_node("relu", "r2", q("c2")),
+      simple_node("gap", "g", q("r2")),        simple_node("linear", "fc", q("g"))};
+  tb::Meta bm = {{"format", "spaedge-base"}, {"model", "m"}, {"graph", graph_json(nodes)}};
+  bm.insert(bm.end(), kInt8Meta.begin(), kInt8Meta.end());
+  const std::string base =
+      write(d, "b.safetensors",
+            tb::bundle({tb::i8("c1.weight", {20, 2, 3, 3}, std::vector<int8_t>(360, 1)),
+                        tb::f32("c1.weight_scale", {20}, std::vector<float>(20, 0.1f)),
+                        tb::i8("c2.weight", {4, 20, 64, 64}, std::vector<int8_t>(4 * 20 * 4096, 1)),
+                        tb::f32("c2.weight_scale", {4}, std::vector<float>(4, 0.1f))},
+                       bm));
+  TaskSpec t;
+  t.h = t.w = 8;
+  t.idx["c1.out_index"].resize(20);
+  for (int i = 0; i < 20; ++i) t.idx["c1.out_index"][size_t(i)] = i;
+  t.idx["c1.in_index"] = {0, 1};
+  t.idx["c2.out_index"] = {0, 1, 2, 3};
+  t.idx["c2.in_index"] = t.idx["c1.out_index"];
+  t.f["fc.weight"] = {{3, 4}, seq(12, 0.5f)};
+  t.f["fc.bias"] = {{3}, seq(3, 0.1f)};
+  ActSpec a;
+  a.v = {{"x", {0.02f, 128}}, {"r1", {0.05f, 0}}, {"r2", {0.05f, 0}}};
+  const std::string p = write(d, "t.safetensors", int8_task_bytes(t, a, hash_of(base)));
+  Runtime rt(base, 1);
+  EXPECT_ERROR(rt.load_task(p), "int8: conv 'c2' sums 81920 products per output", "at most 65536");
+}
+
 }  // namespace
 
 int main() {
@@ -249,5 +282,6 @@ int main() {
   test_int8_run(f);
   test_int8_refusals(f);
   test_int8_unfused_graph();
+  test_int8_wide_conv();
   return tcheck::summary("test_runtime_int8");
 }
