@@ -3,11 +3,20 @@
 #include "runtime/apply.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace spaedge {
 
 void size_scratch(Applied& a, int threads) {
   size_t need = 0;
+  if (a.int8) {
+    for (const Step& s : a.task->exec_plan.steps)
+      if (s.kind == StepKind::Conv)
+        need = std::max(need, a.kt->qconv_scratch_bytes(s.geom, threads));
+    a.scratch.resize((need + sizeof(float) - 1) / sizeof(float));
+    a.scratch_threads = threads;
+    return;
+  }
   for (const Step& s : a.task->exec_plan.steps) {
     if (s.kind != StepKind::Conv) continue;
     const int r = a.fused_rank[size_t(s.index)];
@@ -84,12 +93,161 @@ kernels::ApplyArgs one_pass_args(const Node& n, const ConvTask& ct, int fused) {
   return args;
 }
 
+// ---- int8 (docs/int8.md, (c)) ----------------------------------------------
+
+// Whether the conv carries an adapter update (any tensor family).
+bool has_update(const ConvTask& ct) {
+#define SPAEDGE_FAMILY(id, ...) \
+  if (ct.id) return true;
+#include "runtime/families/families.inc"
+#undef SPAEDGE_FAMILY
+  return false;
+}
+
+size_t round64(size_t n) {
+  return (n + 63) / 64 * 64;
+}
+
+// One conv of an int8 task: its s8 OHWI weight q' and per-channel scale
+// wscale' from the int8 base (kept s8 values and BN in the scale without an
+// update; dequantize, update, fold BN and requantize with one), packed for
+// qconv, and its requantization constants from the step's value parameters.
+void apply_int8_conv(const Graph& g, const Task& task, const ConvTask& ct, const Step& st,
+                     const kernels::KernelTable& kt, float* w, int8_t* q, float* mul, float* add,
+                     kernels::QEpilogue& ep, unsigned char* dst) {
+  const Node& n = g.nodes[size_t(ct.node)];
+  const size_t kk = size_t(ct.kernel) * size_t(ct.kernel);
+  const size_t I = size_t(n.in_channels);
+  const size_t Ip = size_t(ct.in_c);
+  const size_t row = kk * Ip;
+  const float s_in = task.act_scale[size_t(st.in)];
+  const float s_out = task.act_scale[size_t(st.out)];
+  const bool update = has_update(ct);
+  for (size_t o = 0; o < size_t(ct.out_c); ++o) {
+    const size_t bo = size_t(ct.out_index[o]);
+    const int8_t* src = n.weight_s8 + bo * I * kk;
+    const float bs = n.weight_scale[bo];
+    if (!update) {
+      int8_t* d = q + o * row;
+      for (size_t t = 0; t < kk; ++t)
+        for (size_t i = 0; i < Ip; ++i) d[t * Ip + i] = src[size_t(ct.in_index[i]) * kk + t];
+    } else {
+      float* d = w + o * row;
+      for (size_t t = 0; t < kk; ++t)
+        for (size_t i = 0; i < Ip; ++i)
+          d[t * Ip + i] = bs * float(src[size_t(ct.in_index[i]) * kk + t]);
+    }
+  }
+  if (update) families::apply(ct, {kt, 0}, w);  // every update merged, as the fp32 general path
+  for (size_t o = 0; o < size_t(ct.out_c); ++o) {
+    const float bn = ct.scale.empty() ? 1.0f : ct.scale[o];
+    float ws;
+    if (!update) {
+      ws = n.weight_scale[size_t(ct.out_index[o])] * bn;
+    } else {
+      float* r = w + o * row;
+      float m = 0.0f;
+      for (size_t j = 0; j < row; ++j) {
+        r[j] = r[j] * bn;
+        m = std::max(m, std::fabs(r[j]));
+      }
+      ws = m > 0.0f ? m / 127.0f : 1.0f;
+      int8_t* d = q + o * row;
+      for (size_t j = 0; j < row; ++j) {
+        const float v = std::nearbyint(r[j] / ws);  // round half to even (default mode)
+        d[j] = int8_t(std::min(127.0f, std::max(-127.0f, v)));
+      }
+    }
+    const float sw = s_in * ws;
+    mul[o] = sw / s_out;
+    add[o] = ct.bias[o] / s_out;
+  }
+  kt.qconv_pack(ct.geom, q, dst);
+  ep = kernels::QEpilogue();
+  ep.in_zp = task.act_zp[size_t(st.in)];
+  ep.out_zp = task.act_zp[size_t(st.out)];
+  ep.mul = mul;
+  ep.add = add;
+  ep.relu = st.relu;
+  if (st.in2 >= 0) {
+    ep.res_zp = task.act_zp[size_t(st.in2)];
+    ep.res_mul = task.act_scale[size_t(st.in2)] / s_out;
+  }
+}
+
+void apply_int8(const BaseModel& base, const Task& task, const kernels::KernelTable& kt,
+                int threads, Workers& pool, Applied& a) {
+  const Graph& g = base.graph();
+  const ExecPlan& p = task.exec_plan;
+  const size_t nc = task.convs.size();
+  std::vector<const Step*> step_of(nc, nullptr);
+  for (const Step& s : p.steps)
+    if (s.kind == StepKind::Conv) step_of[size_t(s.index)] = &s;
+  a.packed_offset.resize(nc);
+  a.fused_rank.assign(nc, 0);
+  a.items.clear();
+  std::vector<size_t> first(nc);
+  size_t total = 0, max_row = 0, outs = 0;
+  for (size_t ci = 0; ci < nc; ++ci) {
+    const ConvTask& ct = task.convs[ci];
+    a.packed_offset[ci] = total;
+    total += round64(kt.qconv_packed_bytes(ct.geom));
+    max_row = std::max(max_row, size_t(ct.out_c) * size_t(ct.kernel * ct.kernel) * size_t(ct.in_c));
+    first[ci] = outs;
+    outs += size_t(ct.out_c);
+    a.items.push_back({int(ci), -1, -1});
+  }
+  const int nitems = int(nc);
+  const int workers = std::max(1, std::min(threads, nitems));
+  a.packed.resize((total + sizeof(float) - 1) / sizeof(float));
+  const size_t slice = round_floats(max_row);             // floats
+  const size_t qslice = round_floats((max_row + 3) / 4);  // floats holding s8
+  bool updates = false;
+  for (const ConvTask& ct : task.convs) updates = updates || has_update(ct);
+  a.ohwi.resize(updates ? slice * size_t(workers) : 0);  // dequantized rows: convs with an update
+  a.bwork.resize(qslice * size_t(workers));
+  a.qmul.resize(outs);
+  a.qadd.resize(outs);
+  a.qep.assign(nc, kernels::QEpilogue());
+  auto* packed = reinterpret_cast<unsigned char*>(a.packed.data());
+  pool.run(nitems, workers, [&](int ci, int worker) {
+    const ConvTask& ct = task.convs[size_t(ci)];
+    apply_int8_conv(g, task, ct, *step_of[size_t(ci)], kt, a.ohwi.data() + slice * size_t(worker),
+                    reinterpret_cast<int8_t*>(a.bwork.data() + qslice * size_t(worker)),
+                    a.qmul.data() + first[size_t(ci)], a.qadd.data() + first[size_t(ci)],
+                    a.qep[size_t(ci)], packed + a.packed_offset[size_t(ci)]);
+  });
+  // u8 activations at the plan's offsets (elements); float vectors apart.
+  a.arena.resize((p.arena_floats + sizeof(float) - 1) / sizeof(float));
+  a.vec_offset.assign(p.shape.size(), 0);
+  size_t vec = 0;
+  for (size_t v = 0; v < p.shape.size(); ++v) {
+    if (g.kind[v] != Kind::Vector) continue;
+    a.vec_offset[v] = vec;
+    vec += round_floats(p.shape[v].floats());
+  }
+  a.vec.resize(vec);
+  a.qin.resize(p.shape[0].floats());
+}
+
 }  // namespace
 
 void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTable& kt,
                 int threads, ApplyMode mode, Workers& pool, Applied& a) {
   a.task = nullptr;  // not runnable until complete
   a.kt = &kt;
+  a.int8 = task.int8;
+  if (task.int8) {
+    if (mode != ApplyMode::Merged)
+      throw Error("int8 has no unmerged low-rank form: the 'lowrank' mode runs fp32 bases only");
+    apply_int8(base, task, kt, threads, pool, a);
+    a.task = &task;
+    size_scratch(a, threads);
+    return;
+  }
+  a.qep.clear();
+  a.vec.release();
+  a.qin.release();
   const Graph& g = base.graph();
   size_t total = 0, max_ohwi = 0, max_b = 0;
   a.packed_offset.resize(task.convs.size());

@@ -37,12 +37,24 @@ struct Applied {
   FloatBuffer bwork;                  // BN-scaled B' workspace (fused mode)
   FloatBuffer ohwi;                   // gather/merge workspace (general path only)
   std::vector<ApplyItem> items;       // work list of the last application
-  FloatBuffer arena;                  // activations
+  FloatBuffer arena;                  // activations (an int8 task: u8, one byte per value)
   FloatBuffer scratch;                // conv scratch
   int scratch_threads = 0;
+  // An int8 task (docs/int8.md (c), (d)): `packed` holds qconv_pack bytes,
+  // packed_offset is in bytes, `ohwi` the dequantized workspace of convs
+  // with an update and `bwork` the s8 OHWI workspace; per ConvTask its
+  // requantization (the residual pointer set per run) over qmul / qadd.
+  bool int8 = false;
+  std::vector<kernels::QEpilogue> qep;
+  std::vector<float> qmul, qadd;
+  std::vector<size_t> vec_offset;  // per value id: its place in `vec` (vector values)
+  FloatBuffer vec;                 // float values of an int8 run: gap outputs and the head's
+  FloatBuffer qin;                 // one NHWC float image before it is quantized
 };
 
 // Gathers, merges, folds and packs `task` for `kt`; sizes arena and scratch.
+// An int8 task is applied on the int8 base as docs/int8.md (c) says (`mode`
+// must be Merged: int8 has no unmerged low-rank form).
 // Work items run on the caller and `threads` - 1 helpers of `pool`.
 void apply_task(const BaseModel& base, const Task& task, const kernels::KernelTable& kt,
                 int threads, ApplyMode mode, Workers& pool, Applied& out);

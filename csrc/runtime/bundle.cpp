@@ -78,11 +78,21 @@ void hash_header(Sha256& h, const std::map<std::string, std::string>& metadata,
 }
 
 const char* dtype_name(DType d) {
-  return d == DType::F32 ? "F32" : d == DType::I32 ? "I32" : "U8";
+  switch (d) {
+    case DType::F32:
+      return "F32";
+    case DType::I32:
+      return "I32";
+    case DType::U8:
+      return "U8";
+    case DType::I8:
+      return "I8";
+  }
+  return "?";
 }
 
 size_t dtype_size(DType d) {
-  return d == DType::U8 ? 1 : 4;
+  return d == DType::U8 || d == DType::I8 ? 1 : 4;
 }
 
 std::string TensorView::shape_str() const {
@@ -262,9 +272,28 @@ void Bundle::check_common(const std::string& expected_format, const BundleOption
         "metadata 'version' is '3': format version 3 is no longer read (its Pear bundles share "
         "adapters only between convs of equal kept channels); delete the file and repack it "
         "with this spaedge (`spaedge pack --retrain`, or re-run the packing that wrote it)");
-  if (ver != kFormatVersion)
-    fail("metadata 'version' is '" + ver + "', this runtime reads format version " +
-         kFormatVersion + " only");
+  if (ver != kFormatVersion && ver != kFormatVersionInt8)
+    fail("metadata 'version' is '" + ver + "', this runtime reads format versions " +
+         kFormatVersion + " (fp32) and " + kFormatVersionInt8 + " (int8) only");
+  // docs/int8.md, (a): version 4 is fp32, version 5 is int8, said by 'precision'.
+  const std::string* prec = find_meta("precision");
+  if (ver == kFormatVersion) {
+    if (prec && *prec != "fp32")
+      fail("metadata 'precision' is '" + *prec + "' in a version " + kFormatVersion +
+           " bundle, which is fp32 (int8 bundles are version " + kFormatVersionInt8 + ")");
+    for (const TensorView& t : tensors_)
+      if (t.dtype == DType::I8)
+        fail_tensor(t.name, "dtype 'I8' in a fp32 bundle (only int8 bundles, version " +
+                                std::string(kFormatVersionInt8) + ", hold I8 tensors)");
+  } else {
+    if (!prec)
+      fail("missing metadata key 'precision': version " + std::string(kFormatVersionInt8) +
+           " is for int8 bundles, which say 'precision' = 'int8'");
+    if (*prec != "int8")
+      fail("metadata 'precision' is '" + *prec + "', expected 'int8' in a version " +
+           kFormatVersionInt8 + " bundle");
+    precision_ = "int8";
+  }
   const std::string& h = meta("content_hash");
   bool hex = h.size() == 64;
   for (char c : h)
@@ -335,9 +364,11 @@ void Bundle::parse_header(const std::string& header) {
       t.dtype = DType::I32;
     else if (dt->string == "U8")
       t.dtype = DType::U8;
+    else if (dt->string == "I8")
+      t.dtype = DType::I8;
     else
       fail_tensor(key, "dtype '" + dt->string +
-                           "' not allowed (spaedge bundles hold only F32, I32 and U8)");
+                           "' not allowed (spaedge bundles hold only F32, I32, U8 and I8)");
     if (!sh->is(json::Type::Array)) fail_tensor(key, "'shape' is not an array");
     if (sh->array.size() > 8) fail_tensor(key, "'shape' has more than 8 dimensions");
     uint64_t numel = 1;

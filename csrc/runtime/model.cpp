@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <map>
 
@@ -81,6 +82,7 @@ void parse_graph(const Bundle& b, Graph& g) {
   if (!in || !in->is(json::Type::String) || in->string.empty())
     gp.fail("field 'input' must be a non-empty string");
   g.input_name = in->string;
+  g.int8 = b.int8();
   const json::Value* ic = root.find("input_channels");
   if (!ic) gp.fail("missing field 'input_channels'");
   if (!ic->is(json::Type::Number) || ic->number != std::floor(ic->number) || ic->number < 1 ||
@@ -182,7 +184,10 @@ void parse_graph(const Bundle& b, Graph& g) {
         const std::string wn = n.name + ".weight";
         const TensorView* w = b.find(wn);
         if (!w) b.fail("missing tensor '" + wn + "' (base weight of conv '" + n.name + "')");
-        if (w->dtype != DType::F32) b.fail_tensor(wn, "dtype must be F32");
+        const DType wdt = g.int8 ? DType::I8 : DType::F32;
+        if (w->dtype != wdt)
+          b.fail_tensor(wn, std::string("dtype is ") + dtype_name(w->dtype) + ", expected " +
+                                dtype_name(wdt) + " in a " + b.precision() + " base");
         const std::vector<int64_t> ws = {n.out_channels, n.in_channels, n.kernel, n.kernel};
         if (w->shape != ws) {
           TensorView tmp;
@@ -191,6 +196,18 @@ void parse_graph(const Bundle& b, Graph& g) {
                                 " [out_channels, in_channels, kernel, kernel] from the graph");
         }
         n.weight = w;
+        if (g.int8) {
+          const std::string sn = n.name + ".weight_scale";
+          const TensorView* st = b.find(sn);
+          if (!st)
+            b.fail("missing tensor '" + sn + "' (per-channel scale of the int8 weight of conv '" +
+                   n.name + "')");
+          if (st->dtype != DType::F32) b.fail_tensor(sn, "dtype must be F32");
+          if (st->shape != std::vector<int64_t>{n.out_channels})
+            b.fail_tensor(sn, "shape " + st->shape_str() + ", expected [" +
+                                  std::to_string(n.out_channels) + "] (one per output channel)");
+          n.scale_view = st;
+        }
         const std::string bn = n.name + ".bias";
         if (const TensorView* bt = b.find(bn)) {
           if (bt->dtype != DType::F32) b.fail_tensor(bn, "dtype must be F32");
@@ -294,11 +311,11 @@ void parse_graph(const Bundle& b, Graph& g) {
   for (const auto& t : b.tensors()) {
     bool known = false;
     for (const auto& n : g.nodes)
-      if (n.op == Op::Conv && (n.weight == &t || n.bias == &t)) known = true;
+      if (n.op == Op::Conv && (n.weight == &t || n.bias == &t || n.scale_view == &t)) known = true;
     if (!known)
-      b.fail_tensor(t.name,
-                    "not a conv weight or bias of the graph (a base bundle holds "
-                    "only '<conv>.weight' and '<conv>.bias')");
+      b.fail_tensor(t.name, std::string("not a conv weight or bias of the graph (a base bundle "
+                                        "holds only '<conv>.weight'") +
+                                (g.int8 ? ", '<conv>.weight_scale'" : "") + " and '<conv>.bias')");
   }
 }
 
@@ -309,6 +326,7 @@ BaseModel::BaseModel(const std::string& path) {
   parse_graph(b, graph_);
   Graph& g = graph_;
   for (const auto& t : b.tensors()) {
+    if (t.dtype != DType::F32) continue;  // I8 weights: every value is valid
     for (size_t i = 0; i < t.numel; ++i) {
       if (!std::isfinite(t.f32(i)))
         b.fail_tensor(t.name, "element " + std::to_string(i) + " is not finite");
@@ -320,6 +338,24 @@ BaseModel::BaseModel(const std::string& path) {
   // keeps no other copy of the base.
   for (Node& n : g.nodes) {
     if (n.op != Op::Conv) continue;
+    if (n.weight->numel >= (size_t(1) << 31))
+      b.fail_tensor(n.weight->name, "has 2^31 or more elements (the runtime indexes in int32)");
+    if (g.int8) {
+      // docs/int8.md (a): real weight = scale[o] * q, the scale finite and > 0.
+      n.weight_s8 = reinterpret_cast<const int8_t*>(n.weight->data);
+      n.weight_scale.resize(n.scale_view->numel);
+      for (size_t o = 0; o < n.scale_view->numel; ++o) {
+        const float v = n.scale_view->f32(o);
+        if (!(std::isfinite(v) && v > 0)) {
+          char buf[48];
+          std::snprintf(buf, sizeof buf, "%g", double(v));
+          b.fail_tensor(n.scale_view->name, "element " + std::to_string(o) + " is " + buf +
+                                                ", a weight scale must be finite and > 0");
+        }
+        n.weight_scale[o] = v;
+      }
+      continue;
+    }
     if (reinterpret_cast<uintptr_t>(n.weight->data) % alignof(float) != 0)
       b.fail_tensor(n.weight->name, "data is not 4-byte aligned in the data section");
     if (n.weight->numel >= (size_t(1) << 31))

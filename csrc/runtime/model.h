@@ -3,6 +3,7 @@
 // Internal header.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,9 +28,12 @@ struct Node {
   int kernel = 0, stride = 1, padding = 0;
   // conv
   int in_channels = 0, out_channels = 0;
-  const TensorView* weight = nullptr;  // base weight [O, I, k, k] (the bundle's private copy)
-  const float* weight_f32 = nullptr;   // its data as floats (F32, 4-byte aligned)
-  const TensorView* bias = nullptr;    // optional base bias [O]
+  const TensorView* weight = nullptr;      // base weight [O, I, k, k] (the bundle's private copy)
+  const float* weight_f32 = nullptr;       // its data as floats (fp32 base: F32, 4-byte aligned)
+  const int8_t* weight_s8 = nullptr;       // its data as s8 (int8 base: I8)
+  std::vector<float> weight_scale;         // int8 base: per output channel, finite and > 0
+  const TensorView* bias = nullptr;        // optional base bias [O]
+  const TensorView* scale_view = nullptr;  // int8 base: '<conv>.weight_scale' F32 [O]
   // batchnorm
   double eps = 1e-5;
 };
@@ -47,11 +51,14 @@ struct Graph {
   std::vector<Kind> kind;                   // value id -> kind
   std::vector<int> base_channels;           // value id -> channels in the base (-1: task-defined)
   int output = -1;                          // value id of the graph output
+  bool int8 = false;                        // an int8 base (docs/int8.md): I8 weights + scales
 };
 
 // Parses and validates a base bundle's metadata 'graph' and its tensor table
-// against it (every conv weight present with the graph's shape, biases'
-// shapes, no other tensor). Reads no tensor data: `b` may be header-only.
+// against it (every conv weight present with the graph's shape and the
+// bundle's precision's dtype, F32 or I8; an int8 base's weight scales F32
+// [O]; biases' shapes; no other tensor). Reads no tensor data: `b` may be
+// header-only.
 void parse_graph(const Bundle& b, Graph& g);
 
 class BaseModel {
@@ -61,6 +68,7 @@ class BaseModel {
   const Graph& graph() const { return graph_; }
   const std::string& model_name() const { return model_; }
   const std::string& content_hash() const { return bundle_->content_hash(); }
+  bool int8() const { return graph_.int8; }
   const std::string& path() const { return bundle_->path(); }
 
  private:

@@ -239,6 +239,10 @@ double Runtime::set_mode(const std::string& mode) {
   Impl& m = *impl_;
   if (mode == "merged")
     m.mode = ApplyMode::Merged;
+  else if (mode == "lowrank" && m.base->int8())
+    throw Error(
+        "mode 'lowrank' has no int8 kernel: an int8 base runs every task merged "
+        "(docs/int8.md (c)); use mode 'merged' or an fp32 base");
   else if (mode == "lowrank")
     m.mode = ApplyMode::FusedLowRank;
   else
@@ -265,7 +269,8 @@ size_t Runtime::working_set_bytes() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   const Applied& a = impl_->applied;
   if (!impl_->active) return 0;
-  return (a.packed.size() + a.arena.size() + a.scratch.size() + a.ohwi.size() + a.bwork.size()) *
+  return (a.packed.size() + a.arena.size() + a.scratch.size() + a.ohwi.size() + a.bwork.size() +
+          a.vec.size() + a.qin.size()) *
          sizeof(float);
 }
 

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <map>
 #include <set>
@@ -15,14 +16,21 @@ constexpr size_t kMaxValueFloats = kMaxArenaBytes / sizeof(float);
 
 class Loader {
  public:
-  Loader(const BaseModel& base, const Bundle& b, Task& t) : base_(base), b_(b), t_(t) {}
+  Loader(const BaseModel& base, const Bundle& b, Task& t)
+      : base_(base), b_(b), t_(t), r_(b, base.graph(), meta_, t.task_params) {}
 
+  // Everything but the int8 activation parameters and the unknown-tensor check.
   void run() {
     read_metadata();
-    families::Reader r(b_, base_.graph(), meta_, t_.task_params);
-    read_tensors(r);
-    families::read_model(r, t_.convs);
-    check_unknown(r);
+    read_tensors(r_);
+    families::read_model(r_, t_.convs);
+  }
+
+  // After the execution plan: an int8 task's activation parameters (they
+  // belong to the plan's steps), then every tensor must have been used.
+  void finish() {
+    if (t_.int8) read_activations();
+    check_unknown(r_);
   }
 
  private:
@@ -30,12 +38,20 @@ class Loader {
   const Bundle& b_;
   Task& t_;
   TaskMetadata meta_;
+  families::Reader r_;
   std::vector<std::vector<int32_t>> lists_;  // kept channels per value id
   std::vector<std::string> list_src_;        // what defined each list
   std::vector<ValueShape> shapes_;
 
   // ---- metadata -----------------------------------------------------------
   void read_metadata() {
+    // docs/int8.md: a task runs only on a base of its own precision.
+    if (b_.int8() != base_.int8())
+      throw Error("task bundle " + b_.path() + " is " + b_.precision() + " but the loaded base " +
+                  base_.path() + " is " + base_.bundle().precision() +
+                  ": an int8 task runs only on the int8 base it was quantized for, an fp32 task "
+                  "only on an fp32 base (load the base of the task's precision)");
+    t_.int8 = b_.int8();
     const std::string& bh = b_.meta("base_hash");
     if (bh != base_.content_hash())
       throw Error("task bundle " + b_.path() + " was made for base " + bh +
@@ -267,6 +283,70 @@ class Loader {
     t_.exec_plan.shape = shapes_;
   }
 
+  // docs/int8.md (b): '<value>.act_scale' F32 [1] (finite, > 0) and
+  // '<value>.act_zero_point' I32 [1] (0..255) for the graph input and the end
+  // of every conv chain; a maxpool's output has its input's. Every add must
+  // be fused into a conv chain and every relu end one.
+  void read_activations() {
+    const Graph& g = base_.graph();
+    const ExecPlan& p = t_.exec_plan;
+    const size_t nv = g.value_names.size();
+    t_.act_scale.assign(nv, 0.0f);
+    t_.act_zp.assign(nv, -1);
+    auto read = [&](int v) {
+      const std::string& V = g.value_names[size_t(v)];
+      const std::string what = "int8 quantization of value '" + V + "'";
+      const TensorView* st = r_.get(V + ".act_scale", DType::F32, true, "scale, " + what);
+      const TensorView* zt = r_.get(V + ".act_zero_point", DType::I32, true, "zero point, " + what);
+      r_.expect_shape(*st, {1}, "(one scale per value)");
+      r_.expect_shape(*zt, {1}, "(one zero point per value)");
+      const float sc = st->f32(0);
+      if (!(std::isfinite(sc) && sc > 0)) {
+        char buf[48];
+        std::snprintf(buf, sizeof buf, "%g", double(sc));
+        b_.fail_tensor(st->name, std::string("is ") + buf +
+                                     ", an activation scale must be "
+                                     "finite and > 0");
+      }
+      const int32_t z = zt->i32(0);
+      if (z < 0 || z > 255)
+        b_.fail_tensor(zt->name,
+                       "is " + std::to_string(z) + ", a u8 zero point must be in [0, 255]");
+      t_.act_scale[size_t(v)] = sc;
+      t_.act_zp[size_t(v)] = int(z);
+    };
+    read(0);
+    for (const Step& s : p.steps) {
+      switch (s.kind) {
+        case StepKind::Conv: {
+          // qconv accumulates in int32 exactly up to K = k*k*in_c4 = 65536
+          // (kernels.inc, qconv_packed_bytes).
+          const ConvTask& ct = t_.convs[size_t(s.index)];
+          const int64_t K = int64_t(ct.kernel) * ct.kernel * ((int64_t(ct.in_c) + 3) / 4 * 4);
+          if (K > 65536)
+            b_.fail("int8: conv '" + g.nodes[size_t(ct.node)].name + "' sums " + std::to_string(K) +
+                    " products per output (kernel^2 x kept inputs rounded up to 4); the int8 "
+                    "kernels sum at most 65536 exactly: run this task in fp32");
+          read(s.out);
+          break;
+        }
+        case StepKind::MaxPool:
+          t_.act_scale[size_t(s.out)] = t_.act_scale[size_t(s.in)];
+          t_.act_zp[size_t(s.out)] = t_.act_zp[size_t(s.in)];
+          break;
+        case StepKind::Relu:
+        case StepKind::Add:
+          b_.fail("int8: node '" + s.label + "' (" + (s.kind == StepKind::Add ? "add" : "relu") +
+                  ") is not fused into a conv chain; the int8 executor has no standalone " +
+                  (s.kind == StepKind::Add ? "add" : "relu") +
+                  " (docs/int8.md (b)): run this graph in fp32");
+        case StepKind::Gap:
+        case StepKind::Linear:
+          break;
+      }
+    }
+  }
+
   void check_unknown(const families::Reader& r) {
     for (const auto& t : b_.tensors())
       if (!r.used(t.name))
@@ -285,8 +365,10 @@ Task::Task(const BaseModel& base, const std::string& p) {
   Bundle b(p, "spaedge-task");
   path = p;
   bundle_bytes = b.file_size();
-  Loader(base, b, *this).run();
+  Loader loader(base, b, *this);
+  loader.run();
   build_exec_plan(base.graph(), *this);
+  loader.finish();
   if (exec_plan.arena_floats > kMaxArenaBytes / sizeof(float))
     b.fail("metadata 'input': a " + std::to_string(channels) + "x" + std::to_string(height) + "x" +
            std::to_string(width) + " input needs " +

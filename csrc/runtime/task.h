@@ -79,6 +79,12 @@ class Task {
   std::vector<ConvTask> convs;  // in graph order
   std::vector<LinearTask> linears;
   ExecPlan exec_plan;
+  // int8 task (docs/int8.md, (b)): per value id, the u8 quantization of
+  // every spatial value the int8 executor stores (read for the graph input
+  // and each conv chain's end, a maxpool's from its input); zp -1 elsewhere.
+  bool int8 = false;
+  std::vector<float> act_scale;
+  std::vector<int> act_zp;
   int classes() const { return int(labels.size()); }
 };
 

@@ -363,10 +363,30 @@ void test_bad_json_and_shape(const TempDir& d) {
            tb::sha_hex(data) +
            "\"},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
        {"metadata 'format' is 'other'"}},
+      {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"6\",\"content_hash\":\"" +
+           tb::sha_hex(data) +
+           "\"},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
+       {"metadata 'version' is '6', this runtime reads format versions 4 (fp32) and 5 (int8) "
+        "only"}},
+      // Version 5 is int8 only, said by 'precision' (docs/int8.md (a)).
       {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"5\",\"content_hash\":\"" +
            tb::sha_hex(data) +
            "\"},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
-       {"metadata 'version' is '5', this runtime reads format version 4 only"}},
+       {"missing metadata key 'precision': version 5 is for int8 bundles"}},
+      {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"5\",\"precision\":\"int4\","
+       "\"content_hash\":\"" +
+           tb::sha_hex(data) +
+           "\"},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
+       {"metadata 'precision' is 'int4', expected 'int8'"}},
+      {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"4\",\"precision\":\"int8\","
+       "\"content_hash\":\"" +
+           tb::sha_hex(data) +
+           "\"},\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
+       {"metadata 'precision' is 'int8' in a version 4 bundle"}},
+      {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"4\",\"content_hash\":\"" +
+           tb::sha_hex(data) +
+           "\"},\"w\":{\"dtype\":\"I8\",\"shape\":[12],\"data_offsets\":[0,12]}}",
+       {"tensor 'w': dtype 'I8' in a fp32 bundle"}},
       // A version 1 bundle (content hash over the data only): refused, told to repack.
       {"{\"__metadata__\":{\"format\":\"spaedge-task\",\"version\":\"1\",\"content_hash\":\"" +
            tb::sha_hex(data) +

@@ -50,7 +50,7 @@ inline void write_file(const std::string& path, const std::vector<uint8_t>& byte
 // ---- bundle bytes ----------------------------------------------------------------------
 struct Tensor {
   std::string name;
-  std::string dtype;  // "F32", "I32", "U8", or anything (to test refusal)
+  std::string dtype;  // "F32", "I32", "U8", "I8", or anything (to test refusal)
   std::vector<int64_t> shape;
   std::vector<uint8_t> bytes;
 };
@@ -65,6 +65,13 @@ inline Tensor f32(const std::string& name, std::vector<int64_t> shape,
 inline Tensor i32(const std::string& name, const std::vector<int32_t>& v) {
   Tensor t{name, "I32", {int64_t(v.size())}, std::vector<uint8_t>(v.size() * 4)};
   if (!v.empty()) std::memcpy(t.bytes.data(), v.data(), v.size() * 4);
+  return t;
+}
+
+inline Tensor i8(const std::string& name, std::vector<int64_t> shape,
+                 const std::vector<int8_t>& v) {
+  Tensor t{name, "I8", std::move(shape), std::vector<uint8_t>(v.size())};
+  if (!v.empty()) std::memcpy(t.bytes.data(), v.data(), v.size());
   return t;
 }
 

@@ -9,7 +9,9 @@
 //   - otherwise it is loaded as a task bundle against a fixed small base
 //     (SPAEDGE_FUZZ_BASE, default tests/fuzz/seeds/base.safetensors), which also
 //     applies it (gather + merge + fold + pack), and a task that loads is run
-//     once on a fixed input in both apply modes.
+//     once on a fixed input in both apply modes; a task that says "int8"
+//     goes to the fixed int8 base instead (SPAEDGE_FUZZ_BASE_INT8, default
+//     tests/fuzz/seeds/base_int8.safetensors: requantization, u8 executor).
 // Only spaedge::Error may escape the runtime; anything else (another
 // exception, a sanitizer report, a crash) is a finding.
 //
@@ -35,7 +37,7 @@
 
 namespace {
 
-std::unique_ptr<spaedge::Runtime> g_rt;
+std::unique_ptr<spaedge::Runtime> g_rt, g_rt8;
 std::string g_path;
 
 bool write_all(const std::string& path, const std::vector<uint8_t>& buf);
@@ -100,10 +102,15 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   const char* tmp = std::getenv("TMPDIR");
   g_path = std::string(tmp ? tmp : "/tmp") + "/spaedge-fuzz-" + std::to_string(getpid()) +
            ".safetensors";
+  const char* base8 = std::getenv("SPAEDGE_FUZZ_BASE_INT8");
+  const std::string base8_path = base8 ? base8 : "tests/fuzz/seeds/base_int8.safetensors";
   try {
     g_rt = std::make_unique<spaedge::Runtime>(base_path, 1);
+    g_rt8 = std::make_unique<spaedge::Runtime>(base8_path, 1);
   } catch (const spaedge::Error& e) {
-    std::fprintf(stderr, "fuzz_bundle: cannot load the fixed base (set SPAEDGE_FUZZ_BASE): %s\n",
+    std::fprintf(stderr,
+                 "fuzz_bundle: cannot load a fixed base (set SPAEDGE_FUZZ_BASE and "
+                 "SPAEDGE_FUZZ_BASE_INT8): %s\n",
                  e.what());
     std::abort();
   }
@@ -117,6 +124,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const char base_tag[] = "spaedge-base";
   const bool is_base =
       std::search(buf.begin(), buf.end(), base_tag, base_tag + sizeof(base_tag) - 1) != buf.end();
+  static const char int8_tag[] = "int8";
+  const bool is_int8 =
+      std::search(buf.begin(), buf.end(), int8_tag, int8_tag + sizeof(int8_tag) - 1) != buf.end();
   try {
     spaedge::BundleSummary s = spaedge::inspect_bundle(g_path);
     (void)s;
@@ -126,6 +136,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (is_base) {
       spaedge::Runtime rt(g_path, 1);
       (void)rt.base_hash();
+    } else if (is_int8) {
+      try {
+        g_rt8->load_task(g_path);
+        run_once(*g_rt8);
+      } catch (const spaedge::Error&) {
+      }
+      for (const auto& t : g_rt8->tasks()) g_rt8->unload_task(t);
     } else {
       g_rt->load_task(g_path);
       run_once(*g_rt);

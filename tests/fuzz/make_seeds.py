@@ -171,6 +171,23 @@ def regressions(seeds: Path, out: Path) -> None:
     unaligned(seeds / "task_sparse_pruned.safetensors", out / "task_unaligned_tensors.safetensors")
 
 
+def int8_seeds(out: Path, spec: TaskSpec) -> None:
+    """An int8 base (docs/int8.md) and an int8 SPLoRA task on it, calibrated
+    on random images: the harness runs int8 tasks on the int8 base
+    (SPAEDGE_FUZZ_BASE_INT8), so mutations reach the int8 reader, the
+    switch-time requantization and the u8 executor."""
+    from spaedge.pack.calibrate import int8_task
+    from spaedge.pack.quantize import int8_base_bundle
+
+    h8 = write_bundle(
+        out / "base_int8.safetensors", *int8_base_bundle(*read_bundle(out / "base.safetensors"))
+    )
+    torch.manual_seed(21)
+    images = torch.randn(16, *INPUT)
+    model = task("splora", 0.5, 2, seed=21)
+    write_bundle(out / "task_int8_splora_pruned.safetensors", *int8_task(model, spec, h8, images))
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     h = write_base(tiny_base(), out / "base.safetensors")
@@ -250,6 +267,7 @@ def main(out: Path) -> None:
             splopa_sets=json.dumps(dict(list(json.loads(m["splopa_sets"]).items())[1:]))
         ),
     )
+    int8_seeds(out, spec)
     regressions(out, out.parent / "regressions")
     for p in sorted(
         [*out.glob("*.safetensors"), *(out.parent / "regressions").glob("*.safetensors")]

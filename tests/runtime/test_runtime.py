@@ -496,7 +496,11 @@ def _task_bytes(toy, edit=None, meta_edit=None, hash_=None):
         ("labels_mismatch", r"metadata 'labels' has 4 labels"),
         ("missing_meta", r"missing metadata key 'input'"),
         ("bad_input_meta", r"metadata 'input': field 'height'"),
-        ("version", r"metadata 'version' is '5', this runtime reads format version 4 only"),
+        (
+            "version",
+            r"metadata 'version' is '6', this runtime reads format versions 4 \(fp32\) and 5",
+        ),
+        ("version5_fp32", r"missing metadata key 'precision': version 5 is for int8 bundles"),
         ("version1", r"metadata 'version' is '1': format version 1 is no longer read .*repack"),
         ("version2", r"metadata 'version' is '2': format version 2 is no longer read .*repack"),
         ("version3", r"metadata 'version' is '3': format version 3 is no longer read .*repack"),
@@ -577,6 +581,8 @@ def test_corrupt_task_bundles_raise_bundle_error(toy, tmp_path, case, pattern):
             ),
         )
     elif case == "version":
+        buf = _task_bytes(toy, meta_edit=lambda m: m.__setitem__("version", "6"))
+    elif case == "version5_fp32":
         buf = _task_bytes(toy, meta_edit=lambda m: m.__setitem__("version", "5"))
     elif case == "version1":
         buf = _task_bytes(toy, meta_edit=lambda m: m.__setitem__("version", "1"))

@@ -5,10 +5,12 @@
 // file of at least 8 bytes (FIFOs and devices are refused without blocking);
 // the header length is within the file and at most 100,000,000 bytes (the
 // safetensors limit); the header is strict JSON of the safetensors shape;
-// every dtype is F32, I32 or U8; every shape matches its byte size; data_offsets
+// every dtype is F32, I32, U8 or I8; every shape matches its byte size; data_offsets
 // lie inside the data section, do not overlap and together cover it; the
 // common metadata keys (format, version, content_hash) are present; the
-// format is the expected one; the version is 3; and content_hash equals the
+// format is the expected one; the version is 4 (fp32) or 5 (int8, with
+// metadata 'precision' = 'int8'; docs/int8.md), an I8 tensor only in an int8
+// bundle; and content_hash equals the
 // canonical hash of the metadata, the tensor table and the data section.
 // Any failure throws spaedge::Error naming the file and the field.
 //
@@ -31,10 +33,10 @@
 
 namespace spaedge {
 
-enum class DType { F32, I32, U8 };
+enum class DType { F32, I32, U8, I8 };
 
 const char* dtype_name(DType d);
-// Bytes per element: 4 (F32, I32) or 1 (U8).
+// Bytes per element: 4 (F32, I32) or 1 (U8, I8).
 size_t dtype_size(DType d);
 
 // One tensor of a bundle. `data` points into the Bundle's private copy of the
@@ -61,6 +63,7 @@ struct TensorView {
     return v;
   }
   uint8_t u8(size_t i) const { return data[i]; }
+  int8_t i8(size_t i) const { return int8_t(data[i]); }
   // F32 and I32 only (4-byte elements).
   void copy_to(void* dst) const {
     if (numel) std::memcpy(dst, data, 4 * numel);
@@ -80,8 +83,10 @@ struct BundleOptions {
   bool verify_hash = true;
 };
 
-// Format version this runtime reads and the toolchain writes (docs/format.md).
+// Format version of fp32 bundles, which this runtime reads and the toolchain
+// writes (docs/format.md); int8 bundles are kFormatVersionInt8 (docs/int8.md).
 constexpr const char* kFormatVersion = "4";
+constexpr const char* kFormatVersionInt8 = "5";
 // Largest magnitude of any float in a task bundle (docs/reliability.md, "Value bounds").
 constexpr float kMaxTaskValue = 1e6f;
 // Header length limit, the same as safetensors' (bytes).
@@ -99,6 +104,9 @@ class Bundle {
   const std::string& path() const { return path_; }
   const std::string& format() const { return format_; }
   const std::string& content_hash() const { return content_hash_; }
+  // The precision of the bundle's numbers: "fp32" (version 4) or "int8" (version 5).
+  const std::string& precision() const { return precision_; }
+  bool int8() const { return precision_ == "int8"; }
   // The content hash computed from the file ("" when it was not computed:
   // verify_hash off and the data not loaded). Equals content_hash() once verified.
   const std::string& computed_hash() const { return computed_hash_; }
@@ -136,6 +144,7 @@ class Bundle {
   std::string path_;
   std::string format_;
   std::string content_hash_;
+  std::string precision_ = "fp32";
   std::string computed_hash_;
   std::unique_ptr<unsigned char, FreeBytes> storage_;  // the data section, when loaded
   const unsigned char* data_ = nullptr;

@@ -79,8 +79,6 @@ def main(args) -> int:
     try:
         s = inspect_bundle(path, verify=not args.no_verify)
     except BundleError as e:
-        if _int8(path):
-            return _int8_summary(path, args.no_verify)
         raise BundleError(clean(str(e))) from None
     checked = (
         "content hash checked" if s["hash_verified"] else "content hash NOT checked (--no-verify)"
@@ -107,6 +105,16 @@ def main(args) -> int:
                 ("weights", human_count(weights)),
                 ("weights from", clean(s["metadata"].get("weights", "not recorded"))),
             ]
+            + (
+                [
+                    (
+                        "quantized from",
+                        clean(s["metadata"].get("quantized_from", "not recorded"))[:16],
+                    )
+                ]
+                if precision == "int8"
+                else []
+            )
         )
     else:
         inp, labels = s["input"], s["labels"]
@@ -133,50 +141,4 @@ def main(args) -> int:
         for k, v in s["info"].items():
             rows.append((clean(k.replace("_", " ")), _value(v)))
         print_table(rows)
-    return 0
-
-
-def _int8(path: str) -> bool:
-    """Whether the file is an int8 bundle by its header (Python reader)."""
-    from spaedge.pack.format import read_metadata
-
-    try:
-        return read_metadata(path).get("precision") == "int8"
-    except BundleError:
-        return False
-
-
-def _int8_summary(path: str, no_verify: bool) -> int:
-    """An int8 bundle (docs/int8.md), which this runtime cannot load yet: what
-    the Python reader checks (container, version, precision, content hash)."""
-    from spaedge.pack.format import read_bundle
-
-    try:
-        tensors, meta = read_bundle(path, verify=not no_verify)
-    except BundleError as e:
-        raise BundleError(clean(str(e))) from None
-    size = os.path.getsize(path)
-    checked = "content hash checked" if not no_verify else "content hash NOT checked (--no-verify)"
-    print(
-        f"{clean(path)}: {meta['format']} version {clean(meta['version'])}, int8, "
-        f"{human_bytes(size)}, {len(tensors)} tensors, content {meta['content_hash'][:16]} "
-        f"({checked} by the Python reader: this runtime does not run int8 bundles yet)"
-    )
-    if meta["format"] == "spaedge-base":
-        rows = [
-            ("model", clean(meta.get("model", ""))),
-            ("quantized from", clean(meta.get("quantized_from", "not recorded"))[:16]),
-            (
-                "weights",
-                human_count(sum(t.size for k, t in tensors.items() if k.endswith(".weight"))),
-            ),
-        ]
-    else:
-        rows = [
-            ("task", clean(meta.get("task", ""))),
-            ("method", clean(meta.get("method", ""))),
-            ("base", clean(meta.get("base_hash", ""))[:16]),
-            ("activations", f"{sum(k.endswith('.act_scale') for k in tensors)} quantized"),
-        ]
-    print_table(rows)
     return 0
