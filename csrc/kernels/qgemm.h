@@ -264,16 +264,26 @@ inline void dequantize(size_t n, const uint8_t* q, float scale, int zp, float* x
   for (size_t i = 0; i < n; ++i) x[i] = scale * static_cast<float>(static_cast<int>(q[i]) - zp);
 }
 
+// The maximum of one pooling window (rows [y0, y1), columns [x0, x1)) into
+// the c outputs o. The restrict-qualified row pointers tell the compiler
+// that the u8 rows do not overlap (char-typed pointers may alias anything),
+// so the channel loop vectorises.
+inline void window_max(const uint8_t* in, int in_w, int c, int y0, int y1, int x0, int x1,
+                       uint8_t* o) {
+  std::memset(o, 0, static_cast<size_t>(c));
+  for (int y = y0; y < y1; ++y)
+    for (int x = x0; x < x1; ++x) {
+      const uint8_t* __restrict s = in + (static_cast<size_t>(y) * in_w + x) * c;
+      uint8_t* __restrict d = o;
+      for (int ch = 0; ch < c; ++ch) d[ch] = std::max(d[ch], s[ch]);
+    }
+}
+
 inline void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const uint8_t* in,
                     uint8_t* out, const Parallel* par) {
   maxpool_windows(par, in_h, in_w, c, kernel, stride, pad, out,
                   [&](uint8_t* o, int y0, int y1, int x0, int x1) {
-                    std::memset(o, 0, static_cast<size_t>(c));
-                    for (int y = y0; y < y1; ++y)
-                      for (int x = x0; x < x1; ++x) {
-                        const uint8_t* s = in + (static_cast<size_t>(y) * in_w + x) * c;
-                        for (int ch = 0; ch < c; ++ch) o[ch] = std::max(o[ch], s[ch]);
-                      }
+                    window_max(in, in_w, c, y0, y1, x0, x1, o);
                   });
 }
 
