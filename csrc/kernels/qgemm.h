@@ -184,12 +184,19 @@ void run(const ConvGeometry& g, const void* packed, const uint8_t* in, uint8_t* 
       const uint8_t* s = in + static_cast<size_t>(iy) * g.in_w * g.in_c;
       const size_t sstep = static_cast<size_t>(step) * g.in_c;
       E* dx = d + static_cast<size_t>(g.pad) * l.in_c4;
-      for (int x = 0; x < cols; ++x, s += sstep, dx += l.in_c4) {
-        if constexpr (std::is_same<E, uint8_t>::value)
-          std::memcpy(dx, s, static_cast<size_t>(g.in_c));
-        else
-          for (int ci = 0; ci < g.in_c; ++ci) dx[ci] = I::load(s[ci]);
-        for (int ci = g.in_c; ci < l.in_c4; ++ci) dx[ci] = zpe;
+      if (l.in_c4 == 4) {
+        // Few channels (the stem's 3): one pixel at a time in registers; a
+        // memcpy call per 3-byte pixel cost as much as the stem's GEMM.
+        for (int x = 0; x < cols; ++x, s += sstep, dx += 4)
+          for (int ci = 0; ci < 4; ++ci) dx[ci] = ci < g.in_c ? I::load(s[ci]) : zpe;
+      } else {
+        for (int x = 0; x < cols; ++x, s += sstep, dx += l.in_c4) {
+          if constexpr (std::is_same<E, uint8_t>::value)
+            std::memcpy(dx, s, static_cast<size_t>(g.in_c));
+          else
+            for (int ci = 0; ci < g.in_c; ++ci) dx[ci] = I::load(s[ci]);
+          for (int ci = g.in_c; ci < l.in_c4; ++ci) dx[ci] = zpe;
+        }
       }
       std::fill(dx, d + prow, zpe);
     }
