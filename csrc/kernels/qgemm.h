@@ -4,22 +4,25 @@
 // "int8"; the requantization formula is QEpilogue's (kernels.h).
 //
 //   C[M x N] = A[M x K] * B[K x N],  M = out_h*out_w pixels, N = out_c,
-//   K = kernel * kernel * in_c4 in (ky, kx, ci) order, in_c4 = in_c rounded
-//   up to a multiple of 4.
+//   K = kernel * seg in (ky, kx, ci) order: for each ky a "segment" of
+//   kernel * in_c rows (kx, ci), rounded up to seg, a multiple of 4.
 //
 // A: the input is always copied first into scratch, (in_h + 2 pad) x
-// (in_w + 2 pad) pixels of in_c4 elements, the border and the channels
-// beyond in_c set to the input zero point, each value passed through the
-// ISA's `load` (u8 as is, NEON u8 ^ 0x80 as s8, AVX2 widened to int16). The
-// (kx, ci) part of an A row for one ky is then one contiguous run of
-// kernel * in_c4 elements (a "segment"), consecutive segments one padded
-// input row apart, so a tile takes one pointer per row (as gemm_conv.h).
+// (in_w + 2 pad) pixels of in_c elements (NHWC, as the input), the border
+// set to the input zero point, each value passed through the ISA's `load`
+// (u8 as is, NEON u8 ^ 0x80 as s8, AVX2 widened to int16). The (kx, ci)
+// part of an A row for one ky is then one contiguous run of kernel * in_c
+// elements, consecutive segments one padded input row apart, so a tile
+// takes one pointer per row (as gemm_conv.h). A segment's last group reads
+// up to 3 elements past the run (the next pixel's, or the slack after the
+// copy): their weights are zero, so they add nothing. No channel padding:
+// the stem's 7 x 3 channels are a segment of 24, not 7 x 4 = 28.
 //
 // B: packed[panel][K / 4][16][4] int8: panel p holds output channels
 // [16p, 16p + 16), each 64-byte row group g the 4 K rows [4g, 4g + 4) of the
 // 16 channels, 4 consecutive bytes per channel (one int32 lane of vpdpbusd,
-// sdot, or a pair of vpmaddwd / smull pairs). Ragged channels and the
-// in_c4 padding are zeros. After the panels: int32 wsum[panels * 16], the sum
+// sdot, or a pair of vpmaddwd / smull pairs). Ragged channels and each
+// segment's rows past kernel * in_c are zeros. After the panels: int32 wsum[panels * 16], the sum
 // of each output channel's weights (0 for padding channels), which turns
 // the zero points into one integer correction: acc - in_zp * wsum.
 //
@@ -53,8 +56,8 @@ constexpr int kGroup = 4;  // K rows interleaved per channel
 constexpr int kMaxMR = 8;
 
 struct Layout {
-  int in_c4 = 0;      // in_c rounded up to 4
-  int seg = 0;        // elements per segment (kernel * in_c4)
+  int run = 0;        // A elements of one ky (kernel * in_c)
+  int seg = 0;        // K rows per ky: run rounded up to 4
   int K = 0;          // kernel * seg
   int panels = 0;     // ceil(out_c / 16)
   size_t pbytes = 0;  // bytes per panel (K * 16)
@@ -64,8 +67,8 @@ struct Layout {
 
 inline Layout layout(const ConvGeometry& g) {
   Layout l;
-  l.in_c4 = (g.in_c + 3) / 4 * 4;
-  l.seg = g.kernel * l.in_c4;
+  l.run = g.kernel * g.in_c;
+  l.seg = (l.run + 3) / 4 * 4;
   l.K = g.kernel * l.seg;
   l.panels = (g.out_c + kNR - 1) / kNR;
   l.pbytes = static_cast<size_t>(l.K) * kNR;
@@ -95,7 +98,7 @@ inline void pack(const ConvGeometry& g, const int8_t* w, void* packed) {
       for (int t = 0; t < g.kernel * g.kernel; ++t)
         for (int ci = 0; ci < g.in_c; ++ci) {
           const int8_t v = wo[static_cast<size_t>(t) * g.in_c + ci];
-          const int k = t * l.in_c4 + ci;
+          const int k = (t / g.kernel) * l.seg + (t % g.kernel) * g.in_c + ci;
           pp[(k / kGroup) * (kNR * kGroup) + j * kGroup + k % kGroup] = v;
           sums[j] += v;
         }
@@ -150,7 +153,7 @@ template <class I>
 size_t scratch_bytes(const ConvGeometry& g) {
   const Layout l = layout(g);
   const size_t px = static_cast<size_t>(g.in_h + 2 * g.pad) * (g.in_w + 2 * g.pad);
-  return px * l.in_c4 * sizeof(typename I::Elem) + 64;
+  return (px * g.in_c + kGroup) * sizeof(typename I::Elem) + 64;  // + the last group's slack
 }
 
 // The conv: input copy (bands of padded rows), then the GEMM (blocks of M).
@@ -171,7 +174,10 @@ void run(const ConvGeometry& g, const void* packed, const uint8_t* in, uint8_t* 
   const int stride = step > 1 ? 1 : g.stride;         // over the copy
   E* buf = static_cast<E*>(scratch);
   const E zpe = I::load(static_cast<uint8_t>(ep.in_zp));
-  const size_t prow = static_cast<size_t>(wb) * l.in_c4;  // elements per copied row
+  const size_t prow = static_cast<size_t>(wb) * g.in_c;  // elements per copied row
+  // The slack a segment's last group may read past the copy: defined values.
+  std::fill(buf + static_cast<size_t>(hb) * prow, buf + static_cast<size_t>(hb) * prow + kGroup,
+            zpe);
   parallel_for_bands(par, hb, static_cast<double>(prow) * 8.0, 262144.0, [&](int y0, int y1, int) {
     for (int y = y0; y < y1; ++y) {
       E* d = buf + y * prow;
@@ -180,16 +186,21 @@ void run(const ConvGeometry& g, const void* packed, const uint8_t* in, uint8_t* 
         std::fill(d, d + prow, zpe);
         continue;
       }
-      std::fill(d, d + static_cast<size_t>(g.pad) * l.in_c4, zpe);
+      const size_t border = static_cast<size_t>(g.pad) * g.in_c;
+      std::fill(d, d + border, zpe);
       const uint8_t* s = in + static_cast<size_t>(iy) * g.in_w * g.in_c;
-      const size_t sstep = static_cast<size_t>(step) * g.in_c;
-      E* dx = d + static_cast<size_t>(g.pad) * l.in_c4;
-      for (int x = 0; x < cols; ++x, s += sstep, dx += l.in_c4) {
+      E* dx = d + border;
+      if (step == 1) {  // the row's pixels are contiguous in the input too
+        const size_t n = static_cast<size_t>(cols) * g.in_c;
         if constexpr (std::is_same<E, uint8_t>::value)
-          std::memcpy(dx, s, static_cast<size_t>(g.in_c));
+          std::memcpy(dx, s, n);
         else
+          for (size_t i = 0; i < n; ++i) dx[i] = I::load(s[i]);
+        dx += n;
+      } else {
+        const size_t sstep = static_cast<size_t>(step) * g.in_c;
+        for (int x = 0; x < cols; ++x, s += sstep, dx += g.in_c)
           for (int ci = 0; ci < g.in_c; ++ci) dx[ci] = I::load(s[ci]);
-        for (int ci = g.in_c; ci < l.in_c4; ++ci) dx[ci] = zpe;
       }
       std::fill(dx, d + prow, zpe);
     }
@@ -229,13 +240,19 @@ void run(const ConvGeometry& g, const void* packed, const uint8_t* in, uint8_t* 
       t.wsum = wsum + c0;
       t.mul = ep.mul + c0;
       t.add = ep.add ? ep.add + c0 : nullptr;
+      // Row m's output pixel, advanced with m (a division per row costs
+      // as much as the stem's arithmetic).
+      int oy = m0 / ow, ox = m0 % ow;
       for (int m = m0; m < m1; m += I::MR) {
         const int rows = std::min(I::MR, m1 - m);
         for (int r = 0; r < rows; ++r) {
-          const int oy = (m + r) / ow, ox = (m + r) % ow;
           t.a[r] =
               buf +
-              (static_cast<size_t>(oy) * stride * wb + static_cast<size_t>(ox) * stride) * l.in_c4;
+              (static_cast<size_t>(oy) * stride * wb + static_cast<size_t>(ox) * stride) * g.in_c;
+          if (++ox == ow) {
+            ox = 0;
+            ++oy;
+          }
         }
         const size_t off = static_cast<size_t>(m) * g.out_c + c0;
         t.c = out + off;
@@ -264,16 +281,44 @@ inline void dequantize(size_t n, const uint8_t* q, float scale, int zp, float* x
   for (size_t i = 0; i < n; ++i) x[i] = scale * static_cast<float>(static_cast<int>(q[i]) - zp);
 }
 
+// The maximum of one pooling window (rows [y0, y1), columns [x0, x1)) into
+// the c outputs o: 16 channels at a time (GCC/Clang vector extension:
+// pmaxub, umax), each block's maximum kept in a register over the window
+// and stored once, the last block overlapping the one before it (its
+// stores repeat equal values). Plain loops stay scalar here: u8 pointers
+// may alias anything.
+inline void window_max(const uint8_t* in, int in_w, int c, int y0, int y1, int x0, int x1,
+                       uint8_t* o) {
+  using U8x16 = uint8_t __attribute__((vector_size(16)));
+  if (c < 16) {
+    std::memset(o, 0, static_cast<size_t>(c));
+    for (int y = y0; y < y1; ++y)
+      for (int x = x0; x < x1; ++x) {
+        const uint8_t* s = in + (static_cast<size_t>(y) * in_w + x) * c;
+        for (int ch = 0; ch < c; ++ch) o[ch] = std::max(o[ch], s[ch]);
+      }
+    return;
+  }
+  for (int c0 = 0; c0 < c; c0 += 16) {
+    const int b = std::min(c0, c - 16);
+    U8x16 m = {};
+    for (int y = y0; y < y1; ++y) {
+      const uint8_t* s = in + (static_cast<size_t>(y) * in_w + x0) * c + b;
+      for (int x = x0; x < x1; ++x, s += c) {
+        U8x16 v;
+        std::memcpy(&v, s, 16);
+        m = m > v ? m : v;
+      }
+    }
+    std::memcpy(o + b, &m, 16);
+  }
+}
+
 inline void maxpool(int in_h, int in_w, int c, int kernel, int stride, int pad, const uint8_t* in,
                     uint8_t* out, const Parallel* par) {
   maxpool_windows(par, in_h, in_w, c, kernel, stride, pad, out,
                   [&](uint8_t* o, int y0, int y1, int x0, int x1) {
-                    std::memset(o, 0, static_cast<size_t>(c));
-                    for (int y = y0; y < y1; ++y)
-                      for (int x = x0; x < x1; ++x) {
-                        const uint8_t* s = in + (static_cast<size_t>(y) * in_w + x) * c;
-                        for (int ch = 0; ch < c; ++ch) o[ch] = std::max(o[ch], s[ch]);
-                      }
+                    window_max(in, in_w, c, y0, y1, x0, x1, o);
                   });
 }
 
