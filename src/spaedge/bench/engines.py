@@ -28,12 +28,13 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from spaedge.pack.format import atomic_write_bytes
+from spaedge.pack.format import atomic_write_bytes, precision_of, read_metadata
 from spaedge.runtime import Runtime
 
 __all__ = [
@@ -49,6 +50,9 @@ __all__ = [
     "check_agreement",
     "ort_session",
     "top1_agreement",
+    "random_calibration_images",
+    "calibration_of",
+    "RANDOM_CALIBRATION",
 ]
 
 ENGINES = ("spaedge", "onnxruntime", "litert", "torch")
@@ -56,6 +60,12 @@ REFERENCE = "onnxruntime"
 PRECISIONS = ("fp32", "int8")
 #: Engines that have an int8 runner.
 INT8_ENGINES = ("spaedge", "onnxruntime", "litert")
+#: The name of the seeded random calibration images of synthetic speed tasks
+#: (an int8 task bundle's ``info.calibration.selection`` when calibrated on them).
+RANDOM_CALIBRATION = "spaedge/int8-calibration-random/v1"
+#: Random calibration images per synthetic task by default: enough for a
+#: min/max calibration of random weights, quick at 224x224.
+RANDOM_CALIBRATION_IMAGES = 32
 
 
 class EngineUnavailable(RuntimeError):
@@ -122,10 +132,17 @@ class BenchTask:
         return self._export("int8.tflite")
 
     def _int8_only(self, what: str) -> None:
-        if self.precision != "int8" or self.fp32 is None or self.calibration is None:
+        if self.precision != "int8" or self.fp32 is None:
             raise ValueError(
-                f"{what} needs an int8 task with its fp32 twin and calibration images "
+                f"{what} needs an int8 task and its fp32 twin "
                 "(spaedge.bench.synthetic.make_int8_pair or bench_task_from_bundles with fp32=...)"
+            )
+        if self.calibration is None:
+            raise EngineUnavailable(
+                f"{what} is calibrated on the images spaedge's int8 task was, and they cannot be "
+                f"rebuilt here from {Path(self.task_path).name}'s info.calibration (the task's "
+                "data or the toolchain is missing): make the exports where they can be "
+                "(spaedge bench --exports DIR) and copy DIR here"
             )
 
     def _export(self, kind: str) -> str:
@@ -220,17 +237,67 @@ def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, images: 
         atomic_write_bytes(out, tmp.read_bytes())
 
 
+def random_calibration_images(
+    input_size: Sequence[int], n: int = RANDOM_CALIBRATION_IMAGES, seed: int = 0
+) -> np.ndarray:
+    """``n`` normalised "images" for calibrating a synthetic speed task: standard
+    normal values (about what a normalised natural image spans), float32
+    ``[n, C, H, W]``, from ``numpy.random.default_rng(seed)``. The same
+    arguments give the same bytes on every machine (no torch needed)."""
+    if n < 1:
+        raise ValueError(f"calibration needs at least one image, got {n}")
+    size = tuple(int(v) for v in input_size)
+    return np.random.default_rng(seed).standard_normal((n, *size)).astype(np.float32)
+
+
+def calibration_of(info: dict, task: str, input_size: Sequence[int]) -> np.ndarray | None:
+    """The images an int8 task bundle was calibrated on, rebuilt from its
+    ``info["calibration"]`` (what the int8 peers are calibrated on): the seeded
+    random ones of a synthetic task, or the task's own training images chosen
+    as ``spaedge pack --precision int8`` chose them (needs the toolchain and
+    the task's data). None when they cannot be rebuilt here."""
+    cal = info.get("calibration") or {}
+    n = cal.get("images")
+    if not isinstance(n, int) or n < 1:
+        return None
+    if cal.get("selection") == RANDOM_CALIBRATION:
+        return random_calibration_images(input_size, n, int(cal.get("seed", 0)))
+    if cal.get("split") == "train":
+        try:
+            from spaedge.pack.calibrate import calibration_images
+            from spaedge.pack.quantize import CALIBRATION_SELECTION
+            from spaedge.tasks import get_task
+
+            if cal.get("selection") != CALIBRATION_SELECTION:
+                return None
+            t = get_task(task, input_size=tuple(input_size))
+            return calibration_images(t, n).numpy().astype(np.float32)
+        except (ImportError, OSError, KeyError, ValueError):
+            return None
+    return None
+
+
 def bench_task_from_bundles(
-    base_path: str | os.PathLike, task_path: str | os.PathLike, workdir: str | os.PathLike
+    base_path: str | os.PathLike,
+    task_path: str | os.PathLike,
+    workdir: str | os.PathLike,
+    fp32: BenchTask | None = None,
 ) -> BenchTask:
     """A BenchTask for packed bundles (MACs and sizes from the runtime; the
-    torch-side facts when torch is installed)."""
+    torch-side facts when torch is installed). An int8 pair needs ``fp32``,
+    the BenchTask of the fp32 pair it was quantized from; its calibration
+    images are rebuilt from the task bundle's info (``calibration_of``)."""
     rt = Runtime(str(base_path), threads=1)
     name = rt.load_task(str(task_path))
     info = rt.task_info(name)
     density = None
+    meta: dict = {}
     with contextlib.suppress(ValueError, AttributeError):
-        density = json.loads(info.get("info") or "{}").get("density")
+        meta = json.loads(info.get("info") or "{}")
+        density = meta.get("density")
+    precision = precision_of(read_metadata(task_path))
+    if precision == "int8" and fp32 is None:
+        raise ValueError(f"{task_path} is an int8 task: pass its fp32 twin (fp32=...)")
     t = BenchTask(
         name=name,
         base_path=str(base_path),
@@ -243,8 +310,13 @@ def bench_task_from_bundles(
         workdir=str(workdir),
         base_model=rt.base_model,
         density=density,
+        precision=precision,
         base_bytes=Path(base_path).stat().st_size,
     )
+    if precision == "int8":
+        t.fp32, t.params = fp32, fp32.params
+        t.calibration = calibration_of(meta, name, t.input_size)
+        return t
     try:
         from spaedge.models.stats import count_parameters
         from spaedge.pack.bundle import load_task_model

@@ -17,33 +17,51 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    """Rows with engine, threads, median_ms, p90_ms, gflops, ratio (and optional note) as text."""
-    header = ("engine", "threads", "median ms", "p90 ms", "GFLOP/s", f"vs {REFERENCE}")
+    """Rows with engine, precision, threads, median_ms, p90_ms, gflops, ratio
+    (to onnxruntime at the same precision) and top1_agreement as text."""
+    header = (
+        "engine",
+        "precision",
+        "threads",
+        "median ms",
+        "p90 ms",
+        "GFLOP/s",
+        f"vs {REFERENCE}",
+        "top-1 vs fp32",
+    )
     lines = [header]
     for r in rows:
+        prec = r.get("precision") or "fp32"
         if r.get("error"):
-            lines.append((r["engine"], str(r["threads"]), "unavailable", "", "", ""))
+            lines.append((r["engine"], prec, str(r["threads"]), "unavailable", "", "", "", ""))
             continue
         ratio = r.get("ratio")
+        agree = r.get("top1_agreement")
         lines.append(
             (
                 r["engine"],
+                prec,
                 str(r["threads"]),
                 _fmt(r["median_ms"], ".3f"),
                 _fmt(r["p90_ms"], ".3f"),
                 _fmt(r.get("gflops"), ".1f"),
                 "-" if ratio is None else f"{ratio:.2f}x",
+                "-" if agree is None else f"{agree:.1%} of {r.get('check_images', '?')}",
             )
         )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     out = []
     for j, row in enumerate(lines):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])] + [
+            c.rjust(w) for c, w in zip(row[2:], widths[2:])
+        ]
         out.append("  ".join(cells).rstrip())
         if j == 0:
             out.append("  ".join("-" * w for w in widths))
     notes = [
-        f"  {r['engine']} ({r['threads']} threads): {r['error']}" for r in rows if r.get("error")
+        f"  {r['engine']} {r.get('precision') or 'fp32'} ({r['threads']} threads): {r['error']}"
+        for r in rows
+        if r.get("error")
     ]
     return "\n".join(out + notes)
 
@@ -114,19 +132,28 @@ def report_text(result: dict) -> str:
         "",
     ]
     sw = result.get("switch") or {}
-    if sw:
-        s = sw["spaedge_switch"]
+    for prec, one in (("fp32", sw), ("int8", sw.get("int8") or {})):
+        if not one.get("spaedge_switch"):
+            continue
+        s = one["spaedge_switch"]
         line = (
-            f"task switch ({' <-> '.join(sw['between'])}, {sw['threads']} threads): "
+            f"task switch{'' if prec == 'fp32' else ', ' + prec} "
+            f"({' <-> '.join(one['between'])}, {one['threads']} threads): "
             f"spaedge {s['median_ms']:.3f} ms median (p90 {s['p90_ms']:.3f}, {s['runs']} switches)"
         )
-        if "onnxruntime_session" in sw:
-            o = sw["onnxruntime_session"]
+        if "onnxruntime_session" in one:
+            o = one["onnxruntime_session"]
             line += (
-                f"; creating an onnxruntime session {o['median_ms']:.1f} ms median "
-                f"-> switch is {sw['speedup']:.0f}x faster"
+                f"; creating an onnxruntime{'' if prec == 'fp32' else ' ' + prec} session "
+                f"{o['median_ms']:.1f} ms median "
+                f"-> switch is {one['speedup']:.0f}x faster"
             )
         lines.append(line)
+    if any(r.get("top1_agreement") is not None for r in result["latency"]):
+        lines.append(
+            f"top-1 vs fp32: the share of {result['latency'][0].get('check_images', '?')} seeded "
+            f"random inputs whose top-1 class is the fp32 reference's ({result['outputs_checked_against']})"
+        )
     if t["whole_bytes"]:
         lines.append(
             f"bundle: {t['bundle_bytes']:,} bytes; the same pruned model stored whole: "
@@ -134,6 +161,12 @@ def report_text(result: dict) -> str:
         )
     else:
         lines.append(f"bundle: {t['bundle_bytes']:,} bytes")
+    i8 = t.get("int8")
+    if i8:
+        lines.append(
+            f"int8: task bundle {i8['bundle_bytes']:,} bytes, base {i8['base_bytes']:,} bytes "
+            f"(fp32 base {t['base_bytes']:,}); calibrated on {i8.get('calibration_images', '?')} images"
+        )
     return "\n".join(lines)
 
 

@@ -18,7 +18,12 @@ import torch
 from torch import nn
 
 from spaedge.adapters import adapt
-from spaedge.bench.engines import BenchTask
+from spaedge.bench.engines import (
+    RANDOM_CALIBRATION,
+    RANDOM_CALIBRATION_IMAGES,
+    BenchTask,
+    random_calibration_images,
+)
 from spaedge.errors import BundleError
 from spaedge.models import RANDOM, get_base
 from spaedge.models.stats import count_macs, count_parameters
@@ -36,12 +41,7 @@ __all__ = [
     "make_int8_pair",
 ]
 
-#: The name of the random calibration images (a task bundle's
-#: ``info.calibration.selection`` when calibrated on them).
-RANDOM_CALIBRATION = "spaedge/int8-calibration-random/v1"
-#: Random calibration images per synthetic task by default: enough for a
-#: min/max calibration of random weights, quick at 224x224.
-RANDOM_CALIBRATION_IMAGES = 32
+
 
 
 def randomise_task_model(
@@ -140,19 +140,6 @@ def make_synthetic_task(
         density=density_of(model),
         base_bytes=base_path.stat().st_size,
     )
-
-
-def random_calibration_images(
-    input_size: Sequence[int], n: int = RANDOM_CALIBRATION_IMAGES, seed: int = 0
-) -> np.ndarray:
-    """``n`` normalised "images" for calibrating a synthetic speed task: standard
-    normal values (what a normalised natural image roughly spans), float32
-    ``[n, C, H, W]``, from ``numpy.random.default_rng(seed)``. The same
-    arguments give the same bytes on every machine."""
-    if n < 1:
-        raise ValueError(f"calibration needs at least one image, got {n}")
-    size = tuple(int(v) for v in input_size)
-    return np.random.default_rng(seed).standard_normal((n, *size)).astype(np.float32)
 
 
 def _int8_base(fp32_base: Path, out: Path) -> str:
