@@ -105,7 +105,9 @@ def run_bench(
         for p in precisions:
             for e in engines:
                 if (e, p) in errors:
-                    latency.append({"engine": e, "precision": p, "threads": n, "error": errors[e, p]})
+                    latency.append(
+                        {"engine": e, "precision": p, "threads": n, "error": errors[e, p]}
+                    )
                     continue
                 if (e, p) not in runners:
                     continue

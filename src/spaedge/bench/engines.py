@@ -501,7 +501,9 @@ def make_runner(
     if engine not in _RUNNERS:
         raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
     if precision == "int8" and engine not in INT8_ENGINES:
-        raise EngineUnavailable(f"{engine} has no int8 runner here (int8: {', '.join(INT8_ENGINES)})")
+        raise EngineUnavailable(
+            f"{engine} has no int8 runner here (int8: {', '.join(INT8_ENGINES)})"
+        )
     if engine == "torch":
         try:
             import torch  # noqa: F401

@@ -209,8 +209,10 @@ def format_suite_summary(s: dict) -> str:
         lines += [
             "latency, batch 1, median and p90 of the timed calls. vs fastest peer: median / the "
             "median of the fastest peer",
-            "(onnxruntime, LiteRT, PyTorch) at the same case and threads, below 1x = faster; "
-            "vs ORT: median / onnxruntime's",
+            "(onnxruntime, LiteRT, PyTorch) at the same case, threads and precision, below 1x = "
+            "faster; vs ORT: median / onnxruntime's at the same precision;",
+            "vs fp32: an int8 row's median / the same engine's fp32 median; top-1: int8 top-1 "
+            "agreement with fp32 on seeded random inputs",
             "",
         ]
         rows: list[Sequence[str]] = []
@@ -236,6 +238,8 @@ def format_suite_summary(s: dict) -> str:
                     _fmt(r.get("gflops"), ".1f"),
                     _x(r.get("vs_onnxruntime")),
                     peer,
+                    _x(r.get("vs_fp32")),
+                    "-" if r.get("top1_agreement") is None else f"{r['top1_agreement']:.0%}",
                 )
             )
         head = (
@@ -248,6 +252,8 @@ def format_suite_summary(s: dict) -> str:
             "GFLOP/s",
             "vs ORT",
             "vs fastest peer",
+            "vs fp32",
+            "top-1",
         )
         lines += _columns(head, rows, left=(0, 2, 3, 8))
     sw = s.get("switch") or []
@@ -276,22 +282,23 @@ def format_suite_summary(s: dict) -> str:
             )
         head = ("case", "threads", "what", "precision", "median ms", "p90 ms", "ORT / this")
         lines += _columns(head, rows, left=(0, 2, 3))
-    sizes: dict[str, dict] = {}
+    sizes: dict[tuple, dict] = {}
     for r in lat:
-        sizes.setdefault(r["case"], r)
+        sizes.setdefault((r["case"], r.get("precision") or "fp32"), r)
     if sizes:
         lines += [
             "",
             "what each case is: MACs and parameters of the pruned model, task bundle vs the same "
-            "pruned model stored whole",
+            "pruned model stored whole, the base bundle",
             "",
         ]
         rows = []
-        for case, r in sizes.items():
+        for (case, prec), r in sizes.items():
             whole = r.get("whole_model_bytes") or 0
             rows.append(
                 (
                     case,
+                    prec,
                     str(r["input_size"]),
                     "-" if r.get("density") is None else f"{r['density']:.1%}",
                     f"{r['macs'] / 1e6:.1f}",
@@ -299,10 +306,12 @@ def format_suite_summary(s: dict) -> str:
                     f"{r['bundle_bytes']:,}",
                     f"{whole:,}" if whole else "-",
                     f"{whole / r['bundle_bytes']:.1f}x" if whole else "-",
+                    f"{r['base_bytes']:,}" if r.get("base_bytes") else "-",
                 )
             )
         head = (
             "case",
+            "precision",
             "input",
             "density",
             "MMACs",
@@ -310,6 +319,7 @@ def format_suite_summary(s: dict) -> str:
             "bundle B",
             "whole B",
             "whole/bundle",
+            "base B",
         )
-        lines += _columns(head, rows, left=(0,))
+        lines += _columns(head, rows, left=(0, 1))
     return "\n".join(lines)

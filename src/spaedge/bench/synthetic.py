@@ -42,8 +42,6 @@ __all__ = [
 ]
 
 
-
-
 def randomise_task_model(
     model: nn.Module, generator: torch.Generator, scale: float = 0.05, bn_scale: float = 0.1
 ) -> None:

@@ -450,10 +450,19 @@ def _tflite_builtin(
         paddings = w.tensor(
             f"{name}/paddings", [4, 2], np.array([[0, 0], [p, p], [p, p], [0, 0]]), "int32"
         )
-        out = w.tensor(f"{name}/pad", [n_, hh + 2 * p, ww + 2 * p, cc], dtype=dtype, quant=quant_of.get(t))
+        out = w.tensor(
+            f"{name}/pad", [n_, hh + 2 * p, ww + 2 * p, cc], dtype=dtype, quant=quant_of.get(t)
+        )
         quant_of[out] = quant_of.get(t)
         if fill == 0.0:  # int8: PAD fills with the zero point, i.e. real 0
-            w.op(B.PAD, [t, paddings], [out], s.BuiltinOptions.PadOptions, s.PadOptionsT(), ver.get(B.PAD, 1))
+            w.op(
+                B.PAD,
+                [t, paddings],
+                [out],
+                s.BuiltinOptions.PadOptions,
+                s.PadOptionsT(),
+                ver.get(B.PAD, 1),
+            )
         else:
             if int8:
                 value = w.tensor(f"{name}/pad_value", [], np.array(-128), "int8", quant_of[t])
