@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from spaedge.bench.engines import ENGINES, REFERENCE
+from spaedge.bench.engines import ENGINES, PRECISIONS, REFERENCE
 
 __all__ = ["format_table", "png_chart", "report_text", "machine_line", "format_suite_summary"]
 
@@ -74,7 +74,17 @@ def png_chart(path: str, title: str, rows: list[dict]) -> None:
 
     ok = [r for r in rows if not r.get("error")]
     threads = sorted({r["threads"] for r in ok})
-    engines = [e for e in ENGINES if any(r["engine"] == e for r in ok)]
+
+    def label(r: dict) -> str:
+        p = r.get("precision") or "fp32"
+        return r["engine"] if p == "fp32" else f"{r['engine']} {p}"
+
+    engines = [
+        f"{e} {p}" if p != "fp32" else e
+        for p in PRECISIONS
+        for e in ENGINES
+        if any(label(r) == (f"{e} {p}" if p != "fp32" else e) for r in ok)
+    ]
     fig, ax = plt.subplots(
         figsize=(1.6 + 1.5 * len(threads) * max(len(engines), 1) / 2, 3.6), dpi=120
     )
@@ -82,7 +92,7 @@ def png_chart(path: str, title: str, rows: list[dict]) -> None:
     for i, e in enumerate(engines):
         xs, med, err = [], [], []
         for j, t in enumerate(threads):
-            r = next((r for r in ok if r["engine"] == e and r["threads"] == t), None)
+            r = next((r for r in ok if label(r) == e and r["threads"] == t), None)
             if r is None:
                 continue
             xs.append(j + (i - (len(engines) - 1) / 2) * width)
