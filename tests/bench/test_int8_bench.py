@@ -135,6 +135,8 @@ def test_a_runner_refuses_a_task_of_another_precision(pair):
 def _bench(d, tmp_path, *extra):
     j = tmp_path / "r.json"
     args = ["bench", "--bundles", str(d), "--task", "digits", "--runs", "3", "--switches", "3"]
+    if "--task" in extra:
+        args = args[:3] + args[5:]
     assert main([*args, "--json", str(j), *extra]) == 0
     return json.loads(j.read_text())
 
@@ -173,37 +175,74 @@ def test_bench_precision_fp32_times_fp32_only(pair, tmp_path):
 def test_bench_int8_of_a_trained_task_needs_its_pair(pair, tmp_path, capsys):
     """A task that is not synthetic is never calibrated on random images: int8
     asked for without --int8-bundles is a one-line error saying how; by
-    default its int8 rows are left out with a note."""
+    default its int8 rows are left out with a note. (The task is renamed so
+    that no dataset is looked for to check on.)"""
     d, fp32, int8 = pair
-    trained = tmp_path / "trained"
-    trained.mkdir()
-    for name in ("base.safetensors", "digits.safetensors"):
-        tensors, meta = read_bundle(d / name)
-        if name == "digits.safetensors":
-            info = json.loads(meta["info"])
-            del info["synthetic"]
-            meta["info"] = json.dumps(info)
-        write_bundle(
-            trained / name,
-            tensors,
-            {k: v for k, v in meta.items() if k not in ("version", "content_hash")},
-        )
-    args = [
-        "bench",
-        "--bundles",
-        str(trained),
-        "--task",
-        "digits",
-        "--runs",
-        "2",
-        "--engines",
-        "spaedge",
-    ]
+    trained, trained8 = tmp_path / "trained", tmp_path / "trained8"
+    for src, dst in ((d, trained), (d / "int8", trained8)):
+        dst.mkdir()
+        tensors, meta = read_bundle(src / "base.safetensors")
+        h = write_bundle(dst / "base.safetensors", tensors, _fresh(meta))
+        tensors, meta = read_bundle(src / "digits.safetensors")
+        info = json.loads(meta["info"])
+        del info["synthetic"]
+        meta.update(info=json.dumps(info), task="mine", base_hash=h)
+        write_bundle(dst / "mine.safetensors", tensors, _fresh(meta))
+    args = ["bench", "--bundles", str(trained), "--task", "mine", "--runs", "2"]
+    args += ["--engines", "spaedge", "onnxruntime"]
     assert main([*args, "--precision", "int8"]) == 2
     err = capsys.readouterr().err
     assert "spaedge quantize --bundles" in err and "--int8-bundles" in err
     assert main(args) == 0
     assert "int8 rows left out" in capsys.readouterr().out
-    # the pair made elsewhere (here: the synthetic one's, a pair of the same base)
-    r = _bench(trained, tmp_path, "--engines", "spaedge", "--int8-bundles", str(d / "int8"))
-    assert {x["precision"] for x in r["latency"]} == {"fp32", "int8"}
+    r = _bench(
+        trained,
+        tmp_path,
+        "--task",
+        "mine",
+        "--engines",
+        "spaedge",
+        "onnxruntime",
+        "--int8-bundles",
+        str(trained8),
+    )
+    assert {(x["engine"], x["precision"]) for x in r["latency"]} == {
+        ("spaedge", "fp32"),
+        ("onnxruntime", "fp32"),
+        ("spaedge", "int8"),
+        ("onnxruntime", "int8"),
+    }
+    # onnxruntime int8 was calibrated on the images the int8 task names (random, seed 0)
+    assert r["task"]["int8"]["calibration_images"] == 32
+
+
+def _fresh(meta: dict) -> dict:
+    return {k: v for k, v in meta.items() if k not in ("version", "content_hash")}
+
+
+def test_accuracy_on_labelled_check_images(pair):
+    """With labelled check images (a trained task's test split) every row has
+    its accuracy next to its top-1 agreement."""
+    _, fp32, int8 = pair
+    x = np.random.default_rng(9).standard_normal((24, *fp32.input_size)).astype(np.float32)
+    labels = bench.make_runner("torch", fp32, 1, x[:1]).predict(x).argmax(1)
+    labels[:6] = (labels[:6] + 1) % 10  # a quarter wrong: fp32 scores 75 %
+    r = bench.run_bench(
+        fp32,
+        runs=2,
+        switches=2,
+        engines=("spaedge", "onnxruntime"),
+        int8=int8,
+        precisions=("fp32", "int8"),
+        check=(x, labels),
+        check_name="labelled",
+    )
+    rows = {(x["engine"], x["precision"]): x for x in r["latency"]}
+    assert (
+        rows["spaedge", "fp32"]["accuracy"] == 0.75
+        and rows["spaedge", "fp32"]["check_images"] == 24
+    )
+    for row in rows.values():
+        assert abs(row["accuracy"] - 0.75) <= 1 - row["top1_agreement"]
+    text = bench.report_text(r)
+    assert "accuracy" in text.splitlines()[3] and "24 labelled" in text

@@ -40,6 +40,8 @@ def run_bench(
     int8: BenchTask | None = None,
     precisions: Sequence[str] = ("fp32",),
     check_images: int = 16,
+    check: tuple[np.ndarray, np.ndarray | None] | None = None,
+    check_name: str = "seeded random inputs",
 ) -> dict:
     """Everything ``spaedge bench`` reports, as a JSON-able dict.
 
@@ -50,7 +52,10 @@ def run_bench(
     precision and threads. Before timing, each engine runs ``check_images``
     seeded random inputs and its top-1 class is compared with the fp32
     reference's (``top1_agreement``; ``max_rel_diff`` is the largest logit
-    difference on the timed input, relative to the reference's largest)."""
+    difference on the timed input, relative to the reference's largest).
+    ``check`` = (images, labels or None) replaces those inputs (a trained
+    task's test images: ``spaedge bench`` passes them when the task's data
+    is here); with labels every row also gets its ``accuracy``."""
     for p in precisions:
         if p not in PRECISIONS:
             raise ValueError(f"unknown precision {p!r}; known: {', '.join(PRECISIONS)}")
@@ -58,11 +63,17 @@ def run_bench(
         raise ValueError("precision int8 needs the int8 task (int8=...)")
     tasks = {"fp32": task, "int8": int8}
     x = np.random.default_rng(seed).standard_normal((1, *task.input_size)).astype(np.float32)
-    check = (
-        np.random.default_rng(seed + 1)
-        .standard_normal((check_images, *task.input_size))
-        .astype(np.float32)
-    )
+    labels = None
+    if check is not None:
+        check, labels = np.ascontiguousarray(check[0], dtype=np.float32), check[1]
+        check_images = len(check)
+    else:
+        check = (
+            np.random.default_rng(seed + 1)
+            .standard_normal((check_images, *task.input_size))
+            .astype(np.float32)
+        )
+    accuracy: dict[tuple[str, str], float] = {}
     reference = reference_engine = check_ref = None
     agreement: dict[tuple[str, str], float] = {}
     latency: list[dict] = []
@@ -100,7 +111,10 @@ def run_bench(
         agree = check_agreement(outputs, reference)
         for k, r in runners.items():
             if k not in agreement:
-                agreement[k] = top1_agreement(r.predict(check), check_ref)
+                pred = np.asarray(r.predict(check))
+                agreement[k] = top1_agreement(pred, check_ref)
+                if labels is not None:
+                    accuracy[k] = float((pred.argmax(1) == np.asarray(labels)).mean())
         times = measure({f"{e} {p}": r for (e, p), r in runners.items()}, runs)
         for p in precisions:
             for e in engines:
@@ -121,6 +135,8 @@ def run_bench(
                     top1_agreement=agreement[e, p],
                     check_images=int(check_images),
                 )
+                if (e, p) in accuracy:
+                    s["accuracy"] = accuracy[e, p]
                 latency.append(s)
         for p in precisions:
             ref = next(
@@ -177,6 +193,7 @@ def run_bench(
         "switch": switch,
         "runs": runs,
         "outputs_checked_against": reference_engine,
+        "checked_on": check_name,
     }
 
 

@@ -29,11 +29,16 @@ def format_table(rows: list[dict]) -> str:
         f"vs {REFERENCE}",
         "top-1 vs fp32",
     )
+    with_accuracy = any(r.get("accuracy") is not None for r in rows)
+    if with_accuracy:
+        header += ("accuracy",)
     lines = [header]
     for r in rows:
         prec = r.get("precision") or "fp32"
         if r.get("error"):
-            lines.append((r["engine"], prec, str(r["threads"]), "unavailable", "", "", "", ""))
+            lines.append(
+                (r["engine"], prec, str(r["threads"]), "unavailable") + ("",) * (len(header) - 4)
+            )
             continue
         ratio = r.get("ratio")
         agree = r.get("top1_agreement")
@@ -48,6 +53,7 @@ def format_table(rows: list[dict]) -> str:
                 "-" if ratio is None else f"{ratio:.2f}x",
                 "-" if agree is None else f"{agree:.1%} of {r.get('check_images', '?')}",
             )
+            + ((_fmt(r.get("accuracy"), ".2%"),) if with_accuracy else ())
         )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     out = []
@@ -161,8 +167,14 @@ def report_text(result: dict) -> str:
         lines.append(line)
     if any(r.get("top1_agreement") is not None for r in result["latency"]):
         lines.append(
-            f"top-1 vs fp32: the share of {result['latency'][0].get('check_images', '?')} seeded "
-            f"random inputs whose top-1 class is the fp32 reference's ({result['outputs_checked_against']})"
+            f"top-1 vs fp32: the share of {result['latency'][0].get('check_images', '?')} "
+            f"{result.get('checked_on', 'seeded random inputs')} whose top-1 class is the fp32 "
+            f"reference's ({result['outputs_checked_against']})"
+            + (
+                "; accuracy: top-1 against their labels"
+                if any("accuracy" in r for r in result["latency"])
+                else ""
+            )
         )
     if t["whole_bytes"]:
         lines.append(

@@ -79,6 +79,15 @@ def add_parser(subparsers) -> None:
         help="directory of the task's int8 pair (base.safetensors and TASK.safetensors, as "
         "`spaedge quantize --out DIR8` writes them); default: made here for a synthetic task",
     )
+    b.add_argument(
+        "--check-images",
+        type=positive_int,
+        default=256,
+        metavar="N",
+        help="before timing, every engine runs N images and its top-1 is compared with the fp32 "
+        "model's: the task's first N test images when its data is here (accuracy is then "
+        "reported too), else 16 seeded random inputs (default 256)",
+    )
     b.add_argument("--json", type=path_text, metavar="FILE", help="write the results as JSON")
     b.add_argument(
         "--png", type=path_text, metavar="FILE", help="write a bar chart of the latencies (PNG)"
@@ -110,6 +119,7 @@ def main(args) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         task = bench_task_from_bundles(base_path, task_path, workdir)
         precisions, int8, note = _int8_task(args, task, workdir)
+        check, check_name = _check_set(task, args.check_images)
         result = run_bench(
             task,
             threads=args.threads,
@@ -120,6 +130,8 @@ def main(args) -> int:
             other_tasks=_other_tasks(bundles, base_path, task_path),
             int8=int8,
             precisions=precisions,
+            check=check,
+            check_name=check_name,
         )
     if note:
         print(note)
@@ -181,6 +193,23 @@ def _int8_task(args, task, workdir: Path):
     if asked is not None:
         raise ValueError(f"{args.task} is a trained task with no int8 pair given: {hint}")
     return ("fp32",), None, f"int8 rows left out: {hint}"
+
+
+def _check_set(task, n: int):
+    """(images, labels) of a trained task's first ``n`` test images and their
+    description, or (None, default) when the task is synthetic or its data or
+    the toolchain is not here."""
+    if _is_synthetic(task.task_path):
+        return None, "seeded random inputs"
+    try:
+        from spaedge.tasks import get_task
+
+        t = get_task(task.name, input_size=tuple(task.input_size))
+        ds = t.split("test")
+        x, y = ds.batch(list(range(min(n, len(ds)))))[:2]
+        return (x.numpy(), y.numpy()), f"{task.name} test images"
+    except Exception:  # noqa: BLE001 - no data, no torch, an unknown task: random inputs
+        return None, "seeded random inputs"
 
 
 def _is_synthetic(task_path) -> bool:
