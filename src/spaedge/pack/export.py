@@ -2,6 +2,7 @@
 
     export_onnx(model_or_bundles, "task.onnx", input_size=(3, 224, 224))
     export_tflite(model_or_bundles, "task.tflite", input_size=(3, 224, 224))
+    export_tflite_int8(model_or_bundles, "task.int8.tflite", images, (3, 224, 224))
 
 ``model_or_bundles`` is a task model (adapted and pruned, as training leaves
 it, or already materialised with :func:`spaedge.pack.materialize.materialize`)
@@ -22,6 +23,9 @@ TFLite, two converters:
   float32 ``[1, H, W, C]`` (the layout TFLite kernels and XNNPACK work in);
   BatchNorm is folded into the convs, ReLU fused into convs and adds, as a
   converter would. Only ResNet graphs (the ops of docs/format.md) are supported.
+  ``export_tflite_int8`` writes the same graph full-integer (s8 activations
+  calibrated by min/max on given images, per-channel s8 conv weights, int32
+  biases, float input and logits): the benchmarks' LiteRT int8 peer.
 - ``"litert-torch"``: PyTorch's converter for LiteRT (the ``tflite`` extra,
   ~2 GB of dependencies). It keeps the model's NCHW input.
 
