@@ -643,11 +643,10 @@ def tflite_int8_qparams(
             vals = fp32_values(model, graph, x[b : b + batch_size], set(names))
             vals[graph["output"]] = vals.pop("logits")
             for v in names:
-                t = vals[v]
-                if not torch.isfinite(t).all():
+                a, b = (float(m) for m in torch.aminmax(vals[v]))
+                if not (np.isfinite(a) and np.isfinite(b)):
                     raise ValueError(f"value {v!r} is not finite on a calibration image")
-                lo[v] = min(lo[v], float(t.min()))
-                hi[v] = max(hi[v], float(t.max()))
+                lo[v], hi[v] = min(lo[v], a), max(hi[v], b)
     out = {}
     for v in names:
         scale, zp = activation_qparams(lo[v], hi[v])
