@@ -94,8 +94,8 @@ class BenchTask:
     density: float | None = None
     precision: str = "fp32"
     base_bytes: int = 0  # the base bundle's file
-    fp32: BenchTask | None = field(default=None, repr=False)
-    calibration: np.ndarray | None = field(default=None, repr=False)
+    fp32: BenchTask | None = field(default=None, repr=False, compare=False)
+    calibration: np.ndarray | None = field(default=None, repr=False, compare=False)
     _exports: dict = field(default_factory=dict, repr=False)
 
     def torch_model(self):

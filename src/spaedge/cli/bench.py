@@ -28,11 +28,13 @@ def add_parser(subparsers) -> None:
 
     b = subparsers.add_parser(
         "bench",
-        help="latency of a packed task: spaedge vs onnxruntime, LiteRT, PyTorch",
+        help="latency of a packed task: spaedge vs onnxruntime, LiteRT, PyTorch (fp32 and int8)",
         description="Time a packed task at batch 1 in the C++ runtime and, on the same pruned model, in "
-        "onnxruntime, the LiteRT interpreter and PyTorch eager (those that are installed); "
-        "print median/p90 latency, GFLOP/s and the ratio to onnxruntime, and the task-switch "
-        "time against creating an onnxruntime session.",
+        "onnxruntime, the LiteRT interpreter and PyTorch eager (those that are installed), in fp32 "
+        "and in int8 (spaedge's int8 pair, onnxruntime static QDQ int8, LiteRT full-integer int8, "
+        "calibrated on the same images); print median/p90 latency, GFLOP/s, the ratio to "
+        "onnxruntime at the same precision and each engine's top-1 agreement with fp32, and the "
+        "task-switch time against creating an onnxruntime session.",
     )
     b.add_argument(
         "--bundles", type=path_text, default="bundles", help="bundle directory (default ./bundles)"
