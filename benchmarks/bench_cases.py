@@ -73,7 +73,8 @@ INT8_CASES = ("digits", "resnet18-d30", "resnet18-d10", *DEPLOY_ONLY_CASES)
 INT8_ENGINES = ("spaedge", "onnxruntime", "litert")
 SWITCH_CASES = ("digits", "resnet18-d30", "resnet18-d10")
 # An int8 engine's logits on the timed input within this share of the largest
-# fp32 |logit| (measured on these cases: 1-3 %); top-1 agreement is recorded.
+# fp32 |logit| (seen during development: 1-8 %, the peers the higher); top-1
+# agreement is recorded.
 INT8_TOLERANCE = 0.1
 CHECK_IMAGES = 16
 
