@@ -5,14 +5,16 @@
 
 The summary has one row per case, thread count, engine and precision: median
 and p90, the ratio to the fastest peer (onnxruntime, LiteRT or PyTorch) and to
-onnxruntime at the same case and threads (ratios hold on a shared, noisy
-machine better than times do), then the task-switch times and the bundle
-sizes, under a line naming the machine (CPU model, the ISA the spaedge runtime
-used, the peers' versions).
+onnxruntime at the same case, threads and precision (ratios hold on a shared,
+noisy machine better than times do), an int8 row's ratio to the same engine's
+fp32 row and its top-1 agreement with fp32, then the task-switch times and the
+bundle sizes, under a line naming the machine (CPU model, the ISA the spaedge
+runtime used, the peers' versions).
 
 ``--benchmark-json FILE`` carries the same: each benchmark's ``extra_info``
-has kind, case, engine, precision, threads, isa and the ratios
-(``fastest_peer``, ``vs_fastest_peer``, ``vs_onnxruntime``), and
+has kind, case, engine, precision, threads, isa, the ratios
+(``fastest_peer``, ``vs_fastest_peer``, ``vs_onnxruntime``, ``vs_fp32``) and,
+for int8, ``top1_agreement``, and
 ``machine_info["spaedge"]`` the machine line's facts. SPAEDGE_BENCH_SUMMARY=FILE
 also writes the summary's rows as JSON.
 """
@@ -31,7 +33,7 @@ from spaedge.bench.report import format_suite_summary, machine_line
 
 _LOAD_AT_START = os.getloadavg() if hasattr(os, "getloadavg") else None
 # What add_peer_ratios sets on a row, copied into the benchmark's extra_info.
-_RATIO_KEYS = ("fastest_peer", "fastest_peer_ms", "vs_fastest_peer", "vs_onnxruntime")
+_RATIO_KEYS = ("fastest_peer", "fastest_peer_ms", "vs_fastest_peer", "vs_onnxruntime", "vs_fp32")
 
 
 @pytest.fixture(scope="session")

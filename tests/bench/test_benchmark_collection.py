@@ -77,8 +77,9 @@ def test_plain_collection_leaves_the_benchmarks_out(checkout):
 @pytest.mark.slow
 def test_benchmark_only_prints_the_tables_and_json(checkout, tmp_path):
     """A short real run (the digits case, 1 thread, small budget): the summary
-    has a row per engine with its precision and the ratio to the fastest peer,
-    and --benchmark-json carries the same fields and the machine."""
+    has a row per engine and precision (fp32 and int8) with the ratio to the
+    fastest peer of its precision, and --benchmark-json carries the same
+    fields and the machine."""
     out = tmp_path / "b.json"
     p = _pytest(
         "--benchmark-only",
@@ -93,14 +94,22 @@ def test_benchmark_only_prints_the_tables_and_json(checkout, tmp_path):
     text = p.stdout[p.stdout.index("spaedge benchmark summary") :]
     assert "spaedge runtime ISA " in text and "vs fastest peer" in text
     rows = [line.split() for line in text.splitlines() if line.startswith("digits ")]
-    engines = {r[2]: r for r in rows if len(r) >= 9}
-    assert {"spaedge", "onnxruntime", "torch"} <= set(engines), text
-    assert all(r[1] == "1" and r[3] == "fp32" for r in engines.values())
+    engines = {(r[2], r[3]): r for r in rows if len(r) >= 9 and r[1] == "1"}
+    assert {("spaedge", "fp32"), ("onnxruntime", "fp32"), ("torch", "fp32")} <= set(engines), text
+    assert {("spaedge", "int8"), ("onnxruntime", "int8")} <= set(engines), text
     d = json.loads(out.read_text())
     assert d["machine_info"]["spaedge"]["isa"] and d["machine_info"]["spaedge"]["cpu"]
-    info = {b["extra_info"]["engine"]: b["extra_info"] for b in d["benchmarks"]}
-    peer = info["spaedge"]["fastest_peer"]
-    assert peer in ("onnxruntime", "litert", "torch") and info[peer]["vs_fastest_peer"] == 1.0
-    for e in info.values():
-        assert e["case"] == "digits" and e["threads"] == 1 and e["precision"] == "fp32"
-        assert e["fastest_peer"] == peer and e["vs_fastest_peer"] > 0
+    info = {
+        (b["extra_info"]["engine"], b["extra_info"]["precision"]): b["extra_info"]
+        for b in d["benchmarks"]
+    }
+    for prec in ("fp32", "int8"):
+        peer = info["spaedge", prec]["fastest_peer"]
+        assert peer in ("onnxruntime", "litert", "torch")
+        assert info[peer, prec]["vs_fastest_peer"] == 1.0
+        for (_, p), e in info.items():
+            assert e["case"] == "digits" and e["threads"] == 1
+            if p == prec:
+                assert e["fastest_peer"] == peer and e["vs_fastest_peer"] > 0
+    assert info["spaedge", "int8"]["vs_fp32"] > 0 and info["spaedge", "fp32"]["vs_fp32"] is None
+    assert 0 <= info["onnxruntime", "int8"]["top1_agreement"] <= 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from spaedge.bench.engines import ENGINES, REFERENCE
+from spaedge.bench.engines import ENGINES, PRECISIONS, REFERENCE
 
 __all__ = ["format_table", "png_chart", "report_text", "machine_line", "format_suite_summary"]
 
@@ -17,33 +17,57 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    """Rows with engine, threads, median_ms, p90_ms, gflops, ratio (and optional note) as text."""
-    header = ("engine", "threads", "median ms", "p90 ms", "GFLOP/s", f"vs {REFERENCE}")
+    """Rows with engine, precision, threads, median_ms, p90_ms, gflops, ratio
+    (to onnxruntime at the same precision) and top1_agreement as text."""
+    header = (
+        "engine",
+        "precision",
+        "threads",
+        "median ms",
+        "p90 ms",
+        "GFLOP/s",
+        f"vs {REFERENCE}",
+        "top-1 vs fp32",
+    )
+    with_accuracy = any(r.get("accuracy") is not None for r in rows)
+    if with_accuracy:
+        header += ("accuracy",)
     lines = [header]
     for r in rows:
+        prec = r.get("precision") or "fp32"
         if r.get("error"):
-            lines.append((r["engine"], str(r["threads"]), "unavailable", "", "", ""))
+            lines.append(
+                (r["engine"], prec, str(r["threads"]), "unavailable") + ("",) * (len(header) - 4)
+            )
             continue
         ratio = r.get("ratio")
+        agree = r.get("top1_agreement")
         lines.append(
             (
                 r["engine"],
+                prec,
                 str(r["threads"]),
                 _fmt(r["median_ms"], ".3f"),
                 _fmt(r["p90_ms"], ".3f"),
                 _fmt(r.get("gflops"), ".1f"),
                 "-" if ratio is None else f"{ratio:.2f}x",
+                "-" if agree is None else f"{agree:.1%} of {r.get('check_images', '?')}",
             )
+            + ((_fmt(r.get("accuracy"), ".2%"),) if with_accuracy else ())
         )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     out = []
     for j, row in enumerate(lines):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])] + [
+            c.rjust(w) for c, w in zip(row[2:], widths[2:])
+        ]
         out.append("  ".join(cells).rstrip())
         if j == 0:
             out.append("  ".join("-" * w for w in widths))
     notes = [
-        f"  {r['engine']} ({r['threads']} threads): {r['error']}" for r in rows if r.get("error")
+        f"  {r['engine']} {r.get('precision') or 'fp32'} ({r['threads']} threads): {r['error']}"
+        for r in rows
+        if r.get("error")
     ]
     return "\n".join(out + notes)
 
@@ -56,7 +80,17 @@ def png_chart(path: str, title: str, rows: list[dict]) -> None:
 
     ok = [r for r in rows if not r.get("error")]
     threads = sorted({r["threads"] for r in ok})
-    engines = [e for e in ENGINES if any(r["engine"] == e for r in ok)]
+
+    def label(r: dict) -> str:
+        p = r.get("precision") or "fp32"
+        return r["engine"] if p == "fp32" else f"{r['engine']} {p}"
+
+    engines = [
+        f"{e} {p}" if p != "fp32" else e
+        for p in PRECISIONS
+        for e in ENGINES
+        if any(label(r) == (f"{e} {p}" if p != "fp32" else e) for r in ok)
+    ]
     fig, ax = plt.subplots(
         figsize=(1.6 + 1.5 * len(threads) * max(len(engines), 1) / 2, 3.6), dpi=120
     )
@@ -64,7 +98,7 @@ def png_chart(path: str, title: str, rows: list[dict]) -> None:
     for i, e in enumerate(engines):
         xs, med, err = [], [], []
         for j, t in enumerate(threads):
-            r = next((r for r in ok if r["engine"] == e and r["threads"] == t), None)
+            r = next((r for r in ok if label(r) == e and r["threads"] == t), None)
             if r is None:
                 continue
             xs.append(j + (i - (len(engines) - 1) / 2) * width)
@@ -114,19 +148,34 @@ def report_text(result: dict) -> str:
         "",
     ]
     sw = result.get("switch") or {}
-    if sw:
-        s = sw["spaedge_switch"]
+    for prec, one in (("fp32", sw), ("int8", sw.get("int8") or {})):
+        if not one.get("spaedge_switch"):
+            continue
+        s = one["spaedge_switch"]
         line = (
-            f"task switch ({' <-> '.join(sw['between'])}, {sw['threads']} threads): "
+            f"task switch{'' if prec == 'fp32' else ', ' + prec} "
+            f"({' <-> '.join(one['between'])}, {one['threads']} threads): "
             f"spaedge {s['median_ms']:.3f} ms median (p90 {s['p90_ms']:.3f}, {s['runs']} switches)"
         )
-        if "onnxruntime_session" in sw:
-            o = sw["onnxruntime_session"]
+        if "onnxruntime_session" in one:
+            o = one["onnxruntime_session"]
             line += (
-                f"; creating an onnxruntime session {o['median_ms']:.1f} ms median "
-                f"-> switch is {sw['speedup']:.0f}x faster"
+                f"; creating an onnxruntime{'' if prec == 'fp32' else ' ' + prec} session "
+                f"{o['median_ms']:.1f} ms median "
+                f"-> switch is {one['speedup']:.0f}x faster"
             )
         lines.append(line)
+    if any(r.get("top1_agreement") is not None for r in result["latency"]):
+        lines.append(
+            f"top-1 vs fp32: the share of {result['latency'][0].get('check_images', '?')} "
+            f"{result.get('checked_on', 'seeded random inputs')} whose top-1 class is the fp32 "
+            f"reference's ({result['outputs_checked_against']})"
+            + (
+                "; accuracy: top-1 against their labels"
+                if any("accuracy" in r for r in result["latency"])
+                else ""
+            )
+        )
     if t["whole_bytes"]:
         lines.append(
             f"bundle: {t['bundle_bytes']:,} bytes; the same pruned model stored whole: "
@@ -134,6 +183,12 @@ def report_text(result: dict) -> str:
         )
     else:
         lines.append(f"bundle: {t['bundle_bytes']:,} bytes")
+    i8 = t.get("int8")
+    if i8:
+        lines.append(
+            f"int8: task bundle {i8['bundle_bytes']:,} bytes, base {i8['base_bytes']:,} bytes "
+            f"(fp32 base {t['base_bytes']:,}); calibrated on {i8.get('calibration_images', '?')} images"
+        )
     return "\n".join(lines)
 
 
@@ -176,8 +231,10 @@ def format_suite_summary(s: dict) -> str:
         lines += [
             "latency, batch 1, median and p90 of the timed calls. vs fastest peer: median / the "
             "median of the fastest peer",
-            "(onnxruntime, LiteRT, PyTorch) at the same case and threads, below 1x = faster; "
-            "vs ORT: median / onnxruntime's",
+            "(onnxruntime, LiteRT, PyTorch) at the same case, threads and precision, below 1x = "
+            "faster; vs ORT: median / onnxruntime's at the same precision;",
+            "vs fp32: an int8 row's median / the same engine's fp32 median; top-1: int8 top-1 "
+            "agreement with fp32 on seeded random inputs",
             "",
         ]
         rows: list[Sequence[str]] = []
@@ -203,6 +260,8 @@ def format_suite_summary(s: dict) -> str:
                     _fmt(r.get("gflops"), ".1f"),
                     _x(r.get("vs_onnxruntime")),
                     peer,
+                    _x(r.get("vs_fp32")),
+                    "-" if r.get("top1_agreement") is None else f"{r['top1_agreement']:.0%}",
                 )
             )
         head = (
@@ -215,6 +274,8 @@ def format_suite_summary(s: dict) -> str:
             "GFLOP/s",
             "vs ORT",
             "vs fastest peer",
+            "vs fp32",
+            "top-1",
         )
         lines += _columns(head, rows, left=(0, 2, 3, 8))
     sw = s.get("switch") or []
@@ -243,22 +304,23 @@ def format_suite_summary(s: dict) -> str:
             )
         head = ("case", "threads", "what", "precision", "median ms", "p90 ms", "ORT / this")
         lines += _columns(head, rows, left=(0, 2, 3))
-    sizes: dict[str, dict] = {}
+    sizes: dict[tuple, dict] = {}
     for r in lat:
-        sizes.setdefault(r["case"], r)
+        sizes.setdefault((r["case"], r.get("precision") or "fp32"), r)
     if sizes:
         lines += [
             "",
             "what each case is: MACs and parameters of the pruned model, task bundle vs the same "
-            "pruned model stored whole",
+            "pruned model stored whole, the base bundle",
             "",
         ]
         rows = []
-        for case, r in sizes.items():
+        for (case, prec), r in sizes.items():
             whole = r.get("whole_model_bytes") or 0
             rows.append(
                 (
                     case,
+                    prec,
                     str(r["input_size"]),
                     "-" if r.get("density") is None else f"{r['density']:.1%}",
                     f"{r['macs'] / 1e6:.1f}",
@@ -266,10 +328,12 @@ def format_suite_summary(s: dict) -> str:
                     f"{r['bundle_bytes']:,}",
                     f"{whole:,}" if whole else "-",
                     f"{whole / r['bundle_bytes']:.1f}x" if whole else "-",
+                    f"{r['base_bytes']:,}" if r.get("base_bytes") else "-",
                 )
             )
         head = (
             "case",
+            "precision",
             "input",
             "density",
             "MMACs",
@@ -277,6 +341,7 @@ def format_suite_summary(s: dict) -> str:
             "bundle B",
             "whole B",
             "whole/bundle",
+            "base B",
         )
-        lines += _columns(head, rows, left=(0,))
+        lines += _columns(head, rows, left=(0, 1))
     return "\n".join(lines)

@@ -1,28 +1,45 @@
 """Synthetic tasks: random adapters, BatchNorm and head on a base, pruned to a
 density without training. Fine for speed (the benchmark suite) and for tests
-that need a task model whose every part is nonzero."""
+that need a task model whose every part is nonzero.
+
+``make_int8_pair`` quantizes a task's pair (docs/int8.md): the int8 base
+and the int8 task calibrated on given images or, for synthetic speed tasks,
+on seeded random ones (``random_calibration_images``)."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from spaedge.adapters import adapt
-from spaedge.bench.engines import BenchTask
+from spaedge.bench.engines import (
+    RANDOM_CALIBRATION,
+    RANDOM_CALIBRATION_IMAGES,
+    BenchTask,
+    random_calibration_images,
+)
 from spaedge.errors import BundleError
 from spaedge.models import RANDOM, get_base
 from spaedge.models.stats import count_macs, count_parameters
-from spaedge.pack.bundle import TaskSpec, base_hash, write_base, write_task
-from spaedge.pack.format import read_metadata
+from spaedge.pack.bundle import TaskSpec, base_hash, load_task_model, write_base, write_task
+from spaedge.pack.format import read_bundle, read_metadata, write_bundle
 from spaedge.pack.materialize import materialize, whole_model_bytes
 from spaedge.pruning.prune import density as density_of
 from spaedge.pruning.prune import prune_to_density
 
-__all__ = ["randomise_task_model", "make_synthetic_task"]
+__all__ = [
+    "randomise_task_model",
+    "make_synthetic_task",
+    "RANDOM_CALIBRATION",
+    "random_calibration_images",
+    "make_int8_pair",
+]
 
 
 def randomise_task_model(
@@ -119,4 +136,122 @@ def make_synthetic_task(
         workdir=str(workdir),
         base_model=model.arch,
         density=density_of(model),
+        base_bytes=base_path.stat().st_size,
+    )
+
+
+def _int8_base(fp32_base: Path, out: Path) -> str:
+    """The int8 base quantized from ``fp32_base`` at ``out`` (written when it is
+    missing or quantized from another base); its content hash."""
+    from spaedge.pack.quantize import int8_base_bundle
+
+    want = read_metadata(fp32_base)["content_hash"]
+    if out.exists():
+        try:
+            meta = read_metadata(out)
+            if meta.get("quantized_from") == want and meta.get("precision") == "int8":
+                return meta["content_hash"]
+        except BundleError:  # an older format, a damaged file: it is a cache
+            pass
+    return write_bundle(out, *int8_base_bundle(*read_bundle(fp32_base)))
+
+
+def make_int8_pair(
+    task: BenchTask,
+    images: np.ndarray | None = None,
+    *,
+    calibration: int = RANDOM_CALIBRATION_IMAGES,
+    seed: int = 0,
+) -> BenchTask:
+    """The int8 pair of ``task``'s fp32 bundles, as an int8 BenchTask.
+
+    Written under ``task.workdir/int8/``: the base quantized per output
+    channel (once per fp32 base) and the task calibrated on ``images``
+    (normalised NCHW float32) or, when none are given, on
+    ``random_calibration_images(task.input_size, calibration, seed)`` (for
+    synthetic speed tasks only: a real task calibrates on its own training
+    images, ``spaedge pack --precision int8``). The task bundle's
+    ``info.calibration`` says which; a pair already there for the same fp32
+    bundles and calibration is reused. The returned task keeps the images
+    (``.calibration``: the int8 peers are calibrated on the same ones) and
+    ``task`` as its fp32 twin."""
+    from spaedge.pack.calibrate import int8_task
+
+    if task.precision != "fp32":
+        raise ValueError(f"task {task.name} is {task.precision} already")
+    if images is None:
+        images = random_calibration_images(task.input_size, calibration, seed)
+        described = {
+            "images": int(len(images)),
+            "split": "random",
+            "selection": RANDOM_CALIBRATION,
+            "seed": int(seed),
+            "statistic": "minmax",
+        }
+    else:
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if images.ndim != 4 or tuple(images.shape[1:]) != tuple(task.input_size):
+            raise ValueError(
+                f"calibration images must be [N, {', '.join(map(str, task.input_size))}] "
+                f"(normalised NCHW), got shape {list(images.shape)}"
+            )
+        described = {
+            "images": int(len(images)),
+            "split": "given",
+            "sha256": _digest(images),
+            "statistic": "minmax",
+        }
+    d = Path(task.workdir) / "int8"
+    d.mkdir(parents=True, exist_ok=True)
+    base8 = d / Path(task.base_path).name
+    h8 = _int8_base(Path(task.base_path), base8)
+    task8 = d / Path(task.task_path).name
+    fp32_hash = read_metadata(task.task_path)["content_hash"]
+    if not _int8_task_cached(task8, h8, fp32_hash, described):
+        model, spec, _ = load_task_model(task.base_path, task.task_path)
+        fp32_meta = read_metadata(task.task_path)
+        info = json.loads(fp32_meta.get("info") or "{}")
+        info["quantized_from"] = fp32_hash
+        tensors, meta = int8_task(model, spec, h8, torch.from_numpy(images), info)
+        info = json.loads(meta["info"])
+        info["calibration"] = described
+        meta["info"] = json.dumps(info)
+        write_bundle(task8, tensors, meta)
+    return BenchTask(
+        name=task.name,
+        base_path=str(base8),
+        task_path=str(task8),
+        input_size=task.input_size,
+        macs=task.macs,
+        params=task.params,
+        bundle_bytes=task8.stat().st_size,
+        whole_bytes=0,
+        workdir=task.workdir,
+        base_model=task.base_model,
+        density=task.density,
+        precision="int8",
+        base_bytes=base8.stat().st_size,
+        fp32=task,
+        calibration=images,
+    )
+
+
+def _digest(images: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(images.tobytes()).hexdigest()
+
+
+def _int8_task_cached(path: Path, h8: str, fp32_hash: str, described: dict) -> bool:
+    if not path.exists():
+        return False
+    try:
+        meta = read_metadata(path)
+    except BundleError:
+        return False
+    info = json.loads(meta.get("info") or "{}")
+    return (
+        meta.get("base_hash") == h8
+        and info.get("quantized_from") == fp32_hash
+        and info.get("calibration") == described
     )

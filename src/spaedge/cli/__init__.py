@@ -37,7 +37,7 @@ COMMANDS = {
     "info": "what a bundle holds",
     "pretrain": "recreate a built-in base's weights",
     "tasks": "list the known tasks",
-    "bench": "latency of a packed task: spaedge vs onnxruntime, LiteRT, PyTorch",
+    "bench": "latency of a packed task: spaedge vs onnxruntime, LiteRT, PyTorch (fp32 and int8)",
     "experiment": "methods x criteria x densities x ranks over tasks and seeds",
     "library": "libraries of pruned task plans (for --schedule similar)",
 }

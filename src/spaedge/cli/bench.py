@@ -1,7 +1,15 @@
-"""``spaedge bench``: latency of a packed task, spaedge vs onnxruntime, LiteRT and PyTorch.
+"""``spaedge bench``: latency of a packed task, spaedge vs onnxruntime, LiteRT and PyTorch,
+in fp32 and int8.
 
 Works on a device without torch (the PyTorch column is then left out and
 exports made elsewhere are reused, ``--exports``).
+
+int8 (``--precision int8`` or ``both``, the default): the int8 pair is
+``--int8-bundles DIR8`` (``spaedge quantize --out DIR8`` or ``spaedge pack
+--precision int8``); without it, a synthetic speed task's pair is made here,
+calibrated on seeded random images (``spaedge.bench.synthetic.make_int8_pair``),
+and a trained task's int8 rows are left out by default (asked for with
+``--precision int8``/``both``, it is an error saying how to make the pair).
 """
 
 from __future__ import annotations
@@ -20,11 +28,13 @@ def add_parser(subparsers) -> None:
 
     b = subparsers.add_parser(
         "bench",
-        help="latency of a packed task: spaedge vs onnxruntime, LiteRT, PyTorch",
+        help="latency of a packed task: spaedge vs onnxruntime, LiteRT, PyTorch (fp32 and int8)",
         description="Time a packed task at batch 1 in the C++ runtime and, on the same pruned model, in "
-        "onnxruntime, the LiteRT interpreter and PyTorch eager (those that are installed); "
-        "print median/p90 latency, GFLOP/s and the ratio to onnxruntime, and the task-switch "
-        "time against creating an onnxruntime session.",
+        "onnxruntime, the LiteRT interpreter and PyTorch eager (those that are installed), in fp32 "
+        "and in int8 (spaedge's int8 pair, onnxruntime static QDQ int8, LiteRT full-integer int8, "
+        "calibrated on the same images); print median/p90 latency, GFLOP/s, the ratio to "
+        "onnxruntime at the same precision and each engine's top-1 agreement with fp32, and the "
+        "task-switch time against creating an onnxruntime session.",
     )
     b.add_argument(
         "--bundles", type=path_text, default="bundles", help="bundle directory (default ./bundles)"
@@ -56,6 +66,30 @@ def add_parser(subparsers) -> None:
     b.add_argument(
         "--switches", type=positive_int, default=20, help="task switches to time (default 20)"
     )
+    b.add_argument(
+        "--precision",
+        choices=["fp32", "int8", "both"],
+        default=None,
+        help="which models to time: fp32, int8 (spaedge's int8 pair, onnxruntime static QDQ int8, "
+        "LiteRT full-integer int8, all calibrated on the same images) or both (default: both when "
+        "an int8 pair is given or can be made here, i.e. for synthetic tasks; else fp32)",
+    )
+    b.add_argument(
+        "--int8-bundles",
+        type=path_text,
+        metavar="DIR8",
+        help="directory of the task's int8 pair (base.safetensors and TASK.safetensors, as "
+        "`spaedge quantize --out DIR8` writes them); default: made here for a synthetic task",
+    )
+    b.add_argument(
+        "--check-images",
+        type=positive_int,
+        default=256,
+        metavar="N",
+        help="before timing, every engine runs N images and its top-1 is compared with the fp32 "
+        "model's: the task's first N test images when its data is here (accuracy is then "
+        "reported too), else 16 seeded random inputs (default 256)",
+    )
     b.add_argument("--json", type=path_text, metavar="FILE", help="write the results as JSON")
     b.add_argument(
         "--png", type=path_text, metavar="FILE", help="write a bar chart of the latencies (PNG)"
@@ -85,15 +119,24 @@ def main(args) -> int:
     with tempfile.TemporaryDirectory(prefix="spaedge-bench-") as tmp:
         workdir = Path(args.exports) if args.exports else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
+        task = bench_task_from_bundles(base_path, task_path, workdir)
+        precisions, int8, note = _int8_task(args, task, workdir)
+        check, check_name = _check_set(task, args.check_images)
         result = run_bench(
-            bench_task_from_bundles(base_path, task_path, workdir),
+            task,
             threads=args.threads,
             runs=args.runs,
             engines=args.engines,
             mode=args.mode,
             switches=args.switches,
             other_tasks=_other_tasks(bundles, base_path, task_path),
+            int8=int8,
+            precisions=precisions,
+            check=check,
+            check_name=check_name,
         )
+    if note:
+        print(note)
     print(report_text(result))
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
@@ -107,6 +150,75 @@ def main(args) -> int:
         )
         print(f"wrote {args.png}")
     return 0
+
+
+def _int8_task(args, task, workdir: Path):
+    """(precisions to time, the int8 BenchTask or None, a note to print)."""
+    from spaedge.bench import bench_task_from_bundles
+
+    asked = args.precision
+    if asked == "fp32":
+        return ("fp32",), None, ""
+    precisions = ("int8",) if asked == "int8" else ("fp32", "int8")
+    if args.int8_bundles:
+        d = Path(args.int8_bundles)
+        base8, task8 = base_bundle_path(d), task_bundle_path(d, args.task)
+        for p in (base8, task8):
+            if not p.exists():
+                raise FileNotFoundError(
+                    f"{p} does not exist: make the int8 pair first "
+                    f"(spaedge quantize --bundles {args.bundles} --task {args.task} --out {d})"
+                )
+        meta = read_metadata(task8)
+        if meta.get("precision") != "int8":
+            raise ValueError(
+                f"{task8} is not an int8 task bundle (precision {meta.get('precision', 'fp32')!r}): "
+                "--int8-bundles names the directory `spaedge quantize --out` wrote"
+            )
+        return precisions, bench_task_from_bundles(base8, task8, workdir, fp32=task), ""
+    if _is_synthetic(task.task_path):
+        note = "int8: the pair was made here, calibrated on seeded random images (a synthetic task)"
+        try:
+            from spaedge.bench.synthetic import make_int8_pair
+        except ImportError:  # a device: the pair made by the toolchain in --exports DIR/int8
+            cached = workdir / "int8"
+            base8, task8 = cached / Path(task.base_path).name, cached / Path(task.task_path).name
+            if base8.exists() and task8.exists():
+                note = f"int8: the pair in {cached} (made by the toolchain)"
+                return precisions, bench_task_from_bundles(base8, task8, workdir, fp32=task), note
+        else:
+            return precisions, make_int8_pair(task), note
+    hint = (
+        f"make the int8 pair with `spaedge quantize --bundles {args.bundles} --task {args.task} "
+        f"--out DIR8` and pass --int8-bundles DIR8"
+    )
+    if asked is not None:
+        raise ValueError(f"{args.task} is a trained task with no int8 pair given: {hint}")
+    return ("fp32",), None, f"int8 rows left out: {hint}"
+
+
+def _check_set(task, n: int):
+    """(images, labels) of a trained task's first ``n`` test images and their
+    description, or (None, default) when the task is synthetic or its data or
+    the toolchain is not here."""
+    if _is_synthetic(task.task_path):
+        return None, "seeded random inputs"
+    try:
+        from spaedge.tasks import get_task
+
+        t = get_task(task.name, input_size=tuple(task.input_size))
+        ds = t.split("test")
+        x, y = ds.batch(list(range(min(n, len(ds)))))[:2]
+        return (x.numpy(), y.numpy()), f"{task.name} test images"
+    except Exception:  # noqa: BLE001 - no data, no torch, an unknown task: random inputs
+        return None, "seeded random inputs"
+
+
+def _is_synthetic(task_path) -> bool:
+    try:
+        return bool(json.loads(read_metadata(task_path).get("info") or "{}").get("synthetic"))
+    except (ValueError, AttributeError):
+        return False
 
 
 def _other_tasks(bundles: Path, base_path: Path, task_path: Path) -> list[str]:

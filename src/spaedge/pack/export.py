@@ -2,6 +2,7 @@
 
     export_onnx(model_or_bundles, "task.onnx", input_size=(3, 224, 224))
     export_tflite(model_or_bundles, "task.tflite", input_size=(3, 224, 224))
+    export_tflite_int8(model_or_bundles, "task.int8.tflite", images, (3, 224, 224))
 
 ``model_or_bundles`` is a task model (adapted and pruned, as training leaves
 it, or already materialised with :func:`spaedge.pack.materialize.materialize`)
@@ -22,6 +23,9 @@ TFLite, two converters:
   float32 ``[1, H, W, C]`` (the layout TFLite kernels and XNNPACK work in);
   BatchNorm is folded into the convs, ReLU fused into convs and adds, as a
   converter would. Only ResNet graphs (the ops of docs/format.md) are supported.
+  ``export_tflite_int8`` writes the same graph full-integer (s8 activations
+  calibrated by min/max on given images, per-channel s8 conv weights, int32
+  biases, float input and logits): the benchmarks' LiteRT int8 peer.
 - ``"litert-torch"``: PyTorch's converter for LiteRT (the ``tflite`` extra,
   ~2 GB of dependencies). It keeps the model's NCHW input.
 
@@ -47,7 +51,14 @@ from spaedge.pack.bundle import load_task_model
 from spaedge.pack.format import atomic_write_bytes
 from spaedge.pack.materialize import materialize
 
-__all__ = ["export_onnx", "export_tflite", "task_torch_model", "TFLITE_CONVERTERS"]
+__all__ = [
+    "export_onnx",
+    "export_tflite",
+    "export_tflite_int8",
+    "tflite_int8_qparams",
+    "task_torch_model",
+    "TFLITE_CONVERTERS",
+]
 
 TFLITE_CONVERTERS = ("builtin", "litert-torch")
 
@@ -184,6 +195,7 @@ class _TFLiteWriter:
         self.tensors: list = []
         self.operators: list = []
         self.opcodes: dict[int, int] = {}  # builtin code -> index in operatorCodes
+        self.versions: dict[int, int] = {}  # builtin code -> the op version its tensors need
         self.shapes: list[list[int]] = []
 
     def tensor(
@@ -192,13 +204,26 @@ class _TFLiteWriter:
         shape: Sequence[int],
         data: np.ndarray | None = None,
         dtype: str = "float32",
+        quant: tuple | None = None,
     ) -> int:
+        """A tensor; ``quant`` = (scales, zero points[, quantized dimension])
+        makes it a quantized one (one scale: per tensor)."""
         s = self.s
         t = s.TensorT()
         t.name = name
         t.shape = [int(v) for v in shape]
-        t.type = {"float32": s.TensorType.FLOAT32, "int32": s.TensorType.INT32}[dtype]
+        t.type = {
+            "float32": s.TensorType.FLOAT32,
+            "int32": s.TensorType.INT32,
+            "int8": s.TensorType.INT8,
+        }[dtype]
         t.buffer = 0
+        if quant is not None:
+            q = s.QuantizationParametersT()
+            q.scale = [float(v) for v in np.atleast_1d(quant[0])]
+            q.zeroPoint = [int(v) for v in np.atleast_1d(quant[1])]
+            q.quantizedDimension = int(quant[2]) if len(quant) > 2 else 0
+            t.quantization = q
         if data is not None:
             arr = np.ascontiguousarray(data, dtype=dtype)
             if list(arr.shape) != t.shape:
@@ -220,10 +245,12 @@ class _TFLiteWriter:
         outputs: Sequence[int],
         options_type: int = 0,
         options=None,
+        version: int = 1,
     ) -> None:
         s = self.s
         if code not in self.opcodes:
             self.opcodes[code] = len(self.opcodes)
+        self.versions[code] = max(self.versions.get(code, 1), version)
         o = s.OperatorT()
         o.opcodeIndex = self.opcodes[code]
         o.inputs = [int(i) for i in inputs]
@@ -239,7 +266,7 @@ class _TFLiteWriter:
             c = s.OperatorCodeT()
             c.builtinCode = code
             c.deprecatedBuiltinCode = min(code, 127)  # the int8 field older readers use
-            c.version = 1
+            c.version = self.versions.get(code, 1)
             codes.append(c)
         sg = s.SubGraphT()
         sg.tensors, sg.operators = self.tensors, self.operators
@@ -279,8 +306,18 @@ def _same_padding_matches(size: int, kernel: int, stride: int, pad: int) -> bool
     return out_same == out_torch and total // 2 == pad
 
 
-def _tflite_builtin(model: nn.Module, size: tuple[int, int, int]) -> bytes:
-    """Write the materialised ResNet ``model`` as TFLite, NHWC, batch 1."""
+def _tflite_builtin(
+    model: nn.Module,
+    size: tuple[int, int, int],
+    qparams: dict[str, tuple[float, int]] | None = None,
+) -> bytes:
+    """Write the materialised ResNet ``model`` as TFLite, NHWC, batch 1.
+
+    With ``qparams`` (graph value name -> (scale, s8 zero point), every value
+    an op of the model writes, the graph input and output included) the model
+    is full-integer: the float input is quantized once, every op runs on s8
+    activations with per-channel s8 conv weights (per-tensor for the head),
+    int32 biases, and the logits are dequantized at the end."""
     if not hasattr(model, "graph"):
         raise TypeError(
             f"the builtin TFLite writer exports spaedge ResNet task models, not {type(model).__name__}; "
@@ -333,6 +370,7 @@ def _tflite_builtin(model: nn.Module, size: tuple[int, int, int]) -> bytes:
             v["b"] = (
                 v["b"] - bn.running_mean.double().numpy()
             ) * scale + bn.bias.detach().double().numpy()
+            v["value"] = out
             producer[out] = v
             continue
         elif kind == "relu":
@@ -344,6 +382,7 @@ def _tflite_builtin(model: nn.Module, size: tuple[int, int, int]) -> bytes:
                 and consumers.get(n["inputs"][0], 0) == 1
             ):
                 p["relu"] = True
+                p["value"] = out
                 producer[out] = p
                 continue
             v = {"kind": "relu", "name": name, "src": src[0]}
@@ -373,14 +412,37 @@ def _tflite_builtin(model: nn.Module, size: tuple[int, int, int]) -> bytes:
             raise ValueError(
                 f"node {name}: op {kind!r} is not supported by the builtin TFLite writer"
             )
+        v["value"] = out
         vops.append(v)
         producer[out] = v
 
     # Pass 2: emit TFLite tensors and operators (NHWC, batch 1).
     w = _TFLiteWriter(s)
     c, h, wd = size
+    int8 = qparams is not None
+    # op versions the int8 tensors need (what LiteRT's converter writes)
+    ver = (
+        {B.CONV_2D: 3, B.ADD: 2, B.MAX_POOL_2D: 2, B.MEAN: 2, B.FULLY_CONNECTED: 4, B.PAD: 2}
+        if int8
+        else {}
+    )
+    dtype = "int8" if int8 else "float32"
+
+    def qp(value: str):
+        return qparams[value] if int8 else None
+
     x = w.tensor("input", [1, h, wd, c])
     inp = x
+    if int8:
+        xq = w.tensor("input/quantized", [1, h, wd, c], dtype="int8", quant=qp(graph["input"]))
+        w.op(B.QUANTIZE, [x], [xq], version=2)
+        x = xq
+    quant_of = {x: qp(graph["input"])}  # tensor index -> its (scale, zero point)
+
+    def act_tensor(name: str, shape, value: str) -> int:
+        t = w.tensor(name, shape, dtype=dtype, quant=qp(value))
+        quant_of[t] = qp(value)
+        return t
 
     def nonneg(
         v,
@@ -392,22 +454,63 @@ def _tflite_builtin(model: nn.Module, size: tuple[int, int, int]) -> bytes:
         paddings = w.tensor(
             f"{name}/paddings", [4, 2], np.array([[0, 0], [p, p], [p, p], [0, 0]]), "int32"
         )
-        out = w.tensor(f"{name}/pad", [n_, hh + 2 * p, ww + 2 * p, cc])
-        if fill == 0.0:
-            w.op(B.PAD, [t, paddings], [out], s.BuiltinOptions.PadOptions, s.PadOptionsT())
+        out = w.tensor(
+            f"{name}/pad", [n_, hh + 2 * p, ww + 2 * p, cc], dtype=dtype, quant=quant_of.get(t)
+        )
+        quant_of[out] = quant_of.get(t)
+        if fill == 0.0:  # int8: PAD fills with the zero point, i.e. real 0
+            w.op(
+                B.PAD,
+                [t, paddings],
+                [out],
+                s.BuiltinOptions.PadOptions,
+                s.PadOptionsT(),
+                ver.get(B.PAD, 1),
+            )
         else:
-            value = w.tensor(f"{name}/pad_value", [], np.array(fill), "float32")
+            if int8:
+                value = w.tensor(f"{name}/pad_value", [], np.array(-128), "int8", quant_of[t])
+            else:
+                value = w.tensor(f"{name}/pad_value", [], np.array(fill), "float32")
             w.op(
                 B.PADV2,
                 [t, paddings, value],
                 [out],
                 s.BuiltinOptions.PadV2Options,
                 s.PadV2OptionsT(),
+                2 if int8 else 1,
             )
         return out
 
     def act(v) -> int:
         return s.ActivationFunctionType.RELU if v.get("relu") else s.ActivationFunctionType.NONE
+
+    def weights(name: str, wt: np.ndarray, b: np.ndarray, t_in: int, per_channel: bool):
+        """The weight and bias tensors; int8: s8 symmetric weights (per output
+        channel or per tensor), int32 bias at scale input scale x weight scale."""
+        if not int8:
+            return (
+                w.tensor(f"{name}/weight", wt.shape, wt),
+                w.tensor(f"{name}/bias", b.shape, b),
+            )
+        from spaedge.pack.quantize import quantize_weight
+
+        f = wt.astype(np.float32)
+        if per_channel:
+            q, ws = quantize_weight(f)
+        else:
+            m = float(np.abs(f).max())
+            ws = np.float32(m / 127 if m > 0 else 1.0)
+            q = np.clip(np.rint(f / ws), -127, 127).astype(np.int8)
+            ws = np.array([ws], np.float32)
+        s_in = np.float32(quant_of[t_in][0])
+        bs = (s_in * ws).astype(np.float32)
+        bq = np.clip(np.rint(b / bs.astype(np.float64)), -(2**31), 2**31 - 1).astype(np.int32)
+        zeros = np.zeros(len(ws), np.int64)
+        return (
+            w.tensor(f"{name}/weight", q.shape, q, "int8", (ws, zeros, 0)),
+            w.tensor(f"{name}/bias", b.shape, bq, "int32", (bs, zeros, 0)),
+        )
 
     for v in vops:
         srcs = v["srcs"] if v["kind"] == "add" else [v["src"]]
@@ -435,39 +538,63 @@ def _tflite_builtin(model: nn.Module, size: tuple[int, int, int]) -> bytes:
             ow = (shape[2] + 2 * p - k) // st + 1
             if v["kind"] == "conv":
                 weight = v["w"].transpose(0, 2, 3, 1)  # OIHW -> OHWI
-                wt = w.tensor(f"{name}/weight", weight.shape, weight)
-                bt = w.tensor(f"{name}/bias", v["b"].shape, v["b"])
-                out = w.tensor(name, [1, oh, ow, weight.shape[0]])
+                wt, bt = weights(name, weight, v["b"], t, per_channel=True)
+                out = act_tensor(name, [1, oh, ow, weight.shape[0]], v["value"])
                 o = s.Conv2DOptionsT()
                 o.padding, o.strideH, o.strideW = padding, st, st
                 o.dilationHFactor = o.dilationWFactor = 1
                 o.fusedActivationFunction = act(v)
-                w.op(B.CONV_2D, [t, wt, bt], [out], s.BuiltinOptions.Conv2DOptions, o)
+                w.op(
+                    B.CONV_2D,
+                    [t, wt, bt],
+                    [out],
+                    s.BuiltinOptions.Conv2DOptions,
+                    o,
+                    ver.get(B.CONV_2D, 1),
+                )
             else:
-                out = w.tensor(name, [1, oh, ow, shape[3]])
+                # int8: max commutes with the affine map, so the output keeps
+                # the input's parameters (as the converter requires)
+                out = w.tensor(name, [1, oh, ow, shape[3]], dtype=dtype, quant=quant_of.get(t))
+                quant_of[out] = quant_of.get(t)
                 o = s.Pool2DOptionsT()
                 o.padding, o.strideH, o.strideW = padding, st, st
                 o.filterHeight = o.filterWidth = k
                 o.fusedActivationFunction = s.ActivationFunctionType.NONE
-                w.op(B.MAX_POOL_2D, [t], [out], s.BuiltinOptions.Pool2DOptions, o)
+                w.op(
+                    B.MAX_POOL_2D,
+                    [t],
+                    [out],
+                    s.BuiltinOptions.Pool2DOptions,
+                    o,
+                    ver.get(B.MAX_POOL_2D, 1),
+                )
         elif v["kind"] == "relu":
-            out = w.tensor(name, shape)
-            w.op(B.RELU, t_in, [out])
+            out = act_tensor(name, shape, v["value"])
+            w.op(B.RELU, t_in, [out], version=2 if int8 else 1)
         elif v["kind"] == "add":
-            out = w.tensor(name, shape)
+            out = act_tensor(name, shape, v["value"])
             o = s.AddOptionsT()
             o.fusedActivationFunction = act(v)
-            w.op(B.ADD, t_in, [out], s.BuiltinOptions.AddOptions, o)
+            w.op(B.ADD, t_in, [out], s.BuiltinOptions.AddOptions, o, ver.get(B.ADD, 1))
         elif v["kind"] == "gap":
             axes = w.tensor(f"{name}/axes", [2], np.array([1, 2]), "int32")
-            out = w.tensor(name, [1, shape[3]])
+            out = act_tensor(name, [1, shape[3]], v["value"])
             o = s.ReducerOptionsT()
             o.keepDims = False
-            w.op(B.MEAN, [t_in[0], axes], [out], s.BuiltinOptions.ReducerOptions, o)
+            w.op(
+                B.MEAN,
+                [t_in[0], axes],
+                [out],
+                s.BuiltinOptions.ReducerOptions,
+                o,
+                ver.get(B.MEAN, 1),
+            )
         else:  # linear
-            wt = w.tensor(f"{name}/weight", v["w"].shape, v["w"])
-            bt = w.tensor(f"{name}/bias", v["b"].shape, v["b"])
-            out = w.tensor("logits", [1, v["w"].shape[0]])
+            wt, bt = weights(name, v["w"], v["b"], t_in[0], per_channel=False)
+            out = act_tensor(
+                "logits/quantized" if int8 else "logits", [1, v["w"].shape[0]], v["value"]
+            )
             o = s.FullyConnectedOptionsT()
             o.fusedActivationFunction = s.ActivationFunctionType.NONE
             o.keepNumDims = False
@@ -477,11 +604,77 @@ def _tflite_builtin(model: nn.Module, size: tuple[int, int, int]) -> bytes:
                 [out],
                 s.BuiltinOptions.FullyConnectedOptions,
                 o,
+                ver.get(B.FULLY_CONNECTED, 1),
             )
+            if int8:
+                logits = w.tensor("logits", [1, v["w"].shape[0]])
+                w.op(B.DEQUANTIZE, [out], [logits], version=2)
+                out = logits
         v["t"] = out
     last = vops[-1]
     if last["kind"] != "linear":
         raise ValueError("the graph must end with the linear head")
     return w.finish(
-        [inp], [last["t"]], f"spaedge task ({getattr(model, 'arch', 'resnet')}), NHWC input"
+        [inp],
+        [last["t"]],
+        f"spaedge task ({getattr(model, 'arch', 'resnet')}), NHWC input"
+        + (", full-integer int8" if int8 else ""),
     )
+
+
+def tflite_int8_qparams(
+    model: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 8
+) -> dict[str, tuple[float, int]]:
+    """(scale, s8 zero point) of every value of the materialised ``model``'s
+    graph, from the minimum and maximum it takes on ``images`` (normalised
+    NCHW), widened to contain 0: spaedge's u8 parameters
+    (``quantize.activation_qparams``, the same statistic as its int8
+    calibration) with the zero point moved by -128 for TFLite's s8."""
+    from spaedge.pack.calibrate import fp32_values
+    from spaedge.pack.quantize import activation_qparams
+
+    graph = model.graph()
+    names = [graph["input"]] + [n["output"] for n in graph["nodes"]]
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    lo = dict.fromkeys(names, 0.0)
+    hi = dict.fromkeys(names, 0.0)
+    with torch.no_grad():
+        for b in range(0, len(x), batch_size):
+            vals = fp32_values(model, graph, x[b : b + batch_size], set(names))
+            vals[graph["output"]] = vals.pop("logits")
+            for v in names:
+                a, b = (float(m) for m in torch.aminmax(vals[v]))
+                if not (np.isfinite(a) and np.isfinite(b)):
+                    raise ValueError(f"value {v!r} is not finite on a calibration image")
+                lo[v], hi[v] = min(lo[v], a), max(hi[v], b)
+    out = {}
+    for v in names:
+        scale, zp = activation_qparams(lo[v], hi[v])
+        out[v] = (float(scale), int(zp) - 128)
+    return out
+
+
+def export_tflite_int8(
+    model_or_bundles: ModelOrBundles,
+    path: str | os.PathLike,
+    images: np.ndarray | torch.Tensor,
+    input_size: Sequence[int] | None = None,
+) -> Path:
+    """Write the task's pruned model as a full-integer int8 TFLite flatbuffer
+    (the builtin writer; NHWC float32 input, float32 logits): activations s8
+    per tensor, calibrated by min/max on ``images`` (normalised NCHW, the
+    images spaedge's int8 task was calibrated on), conv weights s8 per output
+    channel and symmetric from the fp32 weights with BatchNorm folded, the
+    head's per tensor, biases int32. What LiteRT's converter makes with
+    full-integer quantization and a float interface. Returns the path."""
+    model, size = task_torch_model(model_or_bundles, input_size)
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or tuple(images.shape[1:]) != size or len(images) < 1:
+        raise ValueError(
+            f"calibration images must be [N, {', '.join(map(str, size))}] (normalised NCHW), "
+            f"got shape {list(images.shape)}"
+        )
+    payload = _tflite_builtin(model, size, tflite_int8_qparams(model, images))
+    path = Path(path)
+    atomic_write_bytes(path, payload)
+    return path
