@@ -7,9 +7,11 @@
 // (vphaddd). Requantization is QEpilogue's formula in 8 float lanes.
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/qapply.h"
 #include "kernels/qgemm.h"
 
 namespace spaedge::kernels::avx2 {
@@ -102,6 +104,30 @@ struct QIsa {
         micro<1>(t);
         break;
     }
+  }
+};
+
+// qapply.h's row maximum (max_k |f32(r[k] * s)|, NaN skipped): vmaxps(a, m)
+// returns its second operand when either is NaN, and m never is.
+struct QApplyOps {
+  static float row_max(const float* r, size_t n, float s) {
+    const __m256 sv = _mm256_set1_ps(s);
+    const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 m0 = _mm256_setzero_ps(), m1 = m0;
+    size_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+      m0 = _mm256_max_ps(_mm256_and_ps(_mm256_mul_ps(_mm256_loadu_ps(r + k), sv), abs), m0);
+      m1 = _mm256_max_ps(_mm256_and_ps(_mm256_mul_ps(_mm256_loadu_ps(r + k + 8), sv), abs), m1);
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, _mm256_max_ps(m0, m1));
+    float m = 0.0f;
+    for (float v : lanes) m = v > m ? v : m;
+    for (; k < n; ++k) {
+      const float a = std::fabs(r[k] * s);
+      m = a > m ? a : m;
+    }
+    return m;
   }
 };
 
