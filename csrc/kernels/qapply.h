@@ -46,7 +46,8 @@ constexpr float kRound = 12582912.0f;
 inline void interleave(const int8_t* buf, int n4, int8_t* panel, int k0) {
   int8_t* d = panel + static_cast<size_t>(k0 / kGroup) * (kNR * kGroup);
   for (int g = 0; g < n4 / kGroup; ++g, d += kNR * kGroup)
-    for (int j = 0; j < kNR; ++j) std::memcpy(d + j * kGroup, buf + j * kChunk + g * kGroup, kGroup);
+    for (int j = 0; j < kNR; ++j)
+      std::memcpy(d + j * kGroup, buf + j * kChunk + g * kGroup, kGroup);
 }
 
 // The row maximum every ISA provides as Ops::row_max(r, n, s):
@@ -133,7 +134,8 @@ inline void gather_pack(const QApplyArgs& a, int o0, int o1, float* wscale, void
     wscale[o] = a.base_scale[a.out_index[o]] * (a.scale ? a.scale[o] : 1.0f);
   for (int p = d.p0; p < d.p1; ++p) {
     const int8_t* rows[kNR];
-    for (int j = 0; j < kNR && p * kNR + j < g.out_c; ++j) rows[j] = a.base + base_row(a, p * kNR + j);
+    for (int j = 0; j < kNR && p * kNR + j < g.out_c; ++j)
+      rows[j] = a.base + base_row(a, p * kNR + j);
     write_panel(g, d, p, [&](int j, int t, int c0, int n, int n4, int8_t* q) {
       const int8_t* src = rows[j] + t;
       const int32_t* idx = a.in_index + c0;
@@ -165,7 +167,7 @@ inline void dequant_gather(const QApplyArgs& a, int o0, int o1, float* w) {
 
 template <class Ops>
 void requant_pack(const ConvGeometry& g, const float* w, const float* scale, int o0, int o1,
-                         float* wscale, void* packed) {
+                  float* wscale, void* packed) {
   const Dest d(g, o0, o1, packed);
   const size_t ic = static_cast<size_t>(g.in_c);
   const size_t K = static_cast<size_t>(g.kernel) * g.kernel * ic;
