@@ -40,14 +40,14 @@ static_assert(kChunk % kGroup == 0, "a pass covers whole K groups");
 // the default rounding mode like nearbyint; vectorises everywhere.
 constexpr float kRound = 12582912.0f;
 
-// The 16 rows of a pass, buf[j * kChunk + c] for c < n4 (a multiple of 4),
+// The 16 rows of a pass, buf[j * stride + c] for c < n4 (a multiple of 4),
 // into the panel at K row k0 (a multiple of 4): group g of the pass is the
 // 64 bytes at (k0 / 4 + g) * 64, 4 bytes per channel.
-inline void interleave(const int8_t* buf, int n4, int8_t* panel, int k0) {
+inline void interleave(const int8_t* buf, int stride, int n4, int8_t* panel, int k0) {
   int8_t* d = panel + static_cast<size_t>(k0 / kGroup) * (kNR * kGroup);
   for (int g = 0; g < n4 / kGroup; ++g, d += kNR * kGroup)
     for (int j = 0; j < kNR; ++j)
-      std::memcpy(d + j * kGroup, buf + j * kChunk + g * kGroup, kGroup);
+      std::memcpy(d + j * kGroup, buf + j * stride + g * kGroup, kGroup);
 }
 
 // The row maximum every ISA provides as Ops::row_max(r, n, s):
@@ -116,7 +116,7 @@ void write_panel(const ConvGeometry& g, const Dest& d, int p, Fill&& fill) {
     for (int c0 = 0; c0 < in_c4; c0 += kChunk) {
       const int n = std::min(kChunk, g.in_c - c0), n4 = std::min(kChunk, in_c4 - c0);
       for (int j = 0; j < nv; ++j) sums[j] += fill(j, t, c0, n, n4, buf + j * kChunk);
-      interleave(buf, n4, pp, t * in_c4 + c0);
+      interleave(buf, kChunk, n4, pp, t * in_c4 + c0);
     }
   std::memcpy(d.wsum + static_cast<size_t>(p) * kNR, sums, sizeof sums);
 }
@@ -126,43 +126,105 @@ inline size_t base_row(const QApplyArgs& a, int o) {
          a.g.kernel;
 }
 
+// Kept inputs first (TAPS: the tap count, or 0 for any, `taps`): each kept
+// input's taps are adjacent bytes of a base row, so a row is read once, in
+// order, instead of once per tap. Passes of `chunk` kept inputs, all taps,
+// through buf[t][16][chunk] (at most kTapBuf bytes).
+constexpr size_t kTapBuf = 16384;
+
+template <int TAPS>
+void gather_panel(const QApplyArgs& a, const Dest& d, int p, const int8_t* const* rows, int nv,
+                  int taps_any) {
+  const int taps = TAPS ? TAPS : taps_any;
+  const int in_c = a.g.in_c, in_c4 = d.l.in_c4;
+  const int chunk = static_cast<int>(kTapBuf / (static_cast<size_t>(kNR) * taps)) / kGroup * kGroup;
+  alignas(64) int8_t buf[kTapBuf];
+  const size_t tstride = static_cast<size_t>(kNR) * chunk;  // bytes per tap
+  if (nv < kNR)
+    for (int t = 0; t < taps; ++t)
+      std::memset(buf + t * tstride + static_cast<size_t>(nv) * chunk, 0,
+                  static_cast<size_t>(kNR - nv) * chunk);
+  int32_t sums[kNR] = {};
+  int8_t* pp = d.panel(p);
+  for (int c0 = 0; c0 < in_c4; c0 += chunk) {
+    const int n = std::min(chunk, in_c - c0), n4 = std::min(chunk, in_c4 - c0);
+    const int32_t* idx = a.in_index + c0;
+    for (int j = 0; j < nv; ++j) {
+      int8_t* q = buf + static_cast<size_t>(j) * chunk;
+      int32_t sum = 0;
+      for (int c = 0; c < n; ++c) {
+        const int8_t* src = rows[j] + static_cast<size_t>(idx[c]) * taps;
+        for (int t = 0; t < taps; ++t) {
+          q[t * tstride + c] = src[t];
+          sum += src[t];
+        }
+      }
+      for (int c = n; c < n4; ++c)
+        for (int t = 0; t < taps; ++t) q[t * tstride + c] = 0;
+      sums[j] += sum;
+    }
+    for (int t = 0; t < taps; ++t) interleave(buf + t * tstride, chunk, n4, pp, t * in_c4 + c0);
+  }
+  std::memcpy(d.wsum + static_cast<size_t>(p) * kNR, sums, sizeof sums);
+}
+
 inline void gather_pack(const QApplyArgs& a, int o0, int o1, float* wscale, void* packed) {
   const ConvGeometry& g = a.g;
   const Dest d(g, o0, o1, packed);
-  const size_t taps = static_cast<size_t>(g.kernel) * g.kernel;
+  const int taps = g.kernel * g.kernel;
   for (int o = o0; o < o1; ++o)
     wscale[o] = a.base_scale[a.out_index[o]] * (a.scale ? a.scale[o] : 1.0f);
   for (int p = d.p0; p < d.p1; ++p) {
+    const int nv = std::min(kNR, g.out_c - p * kNR);
     const int8_t* rows[kNR];
-    for (int j = 0; j < kNR && p * kNR + j < g.out_c; ++j)
-      rows[j] = a.base + base_row(a, p * kNR + j);
-    write_panel(g, d, p, [&](int j, int t, int c0, int n, int n4, int8_t* q) {
-      const int8_t* src = rows[j] + t;
-      const int32_t* idx = a.in_index + c0;
-      int32_t sum = 0;
-      for (int c = 0; c < n; ++c) {
-        const int8_t v = src[static_cast<size_t>(idx[c]) * taps];
-        q[c] = v;
-        sum += v;
-      }
-      for (int c = n; c < n4; ++c) q[c] = 0;
-      return sum;
-    });
+    for (int j = 0; j < nv; ++j) rows[j] = a.base + base_row(a, p * kNR + j);
+    if (taps == 9) {
+      gather_panel<9>(a, d, p, rows, nv, taps);
+    } else if (taps == 1) {
+      gather_panel<1>(a, d, p, rows, nv, taps);
+    } else if (static_cast<size_t>(taps) * kNR * kGroup <= kTapBuf) {
+      gather_panel<0>(a, d, p, rows, nv, taps);
+    } else {  // kernels beyond 16 x 16: one tap per pass
+      write_panel(g, d, p, [&](int j, int t, int c0, int n, int n4, int8_t* q) {
+        const int8_t* src = rows[j] + t;
+        const int32_t* idx = a.in_index + c0;
+        int32_t sum = 0;
+        for (int c = 0; c < n; ++c) {
+          const int8_t v = src[static_cast<size_t>(idx[c]) * taps];
+          q[c] = v;
+          sum += v;
+        }
+        for (int c = n; c < n4; ++c) q[c] = 0;
+        return sum;
+      });
+    }
+  }
+}
+
+// Kept inputs first, as gather_panel: each row of the base read once.
+template <int TAPS>
+void dequant_rows(const QApplyArgs& a, int o0, int o1, float* w, int taps_any) {
+  const size_t taps = static_cast<size_t>(TAPS ? TAPS : taps_any);
+  const size_t ic = static_cast<size_t>(a.g.in_c);
+  for (int o = o0; o < o1; ++o) {
+    const int8_t* row = a.base + base_row(a, o);
+    const float bs = a.base_scale[a.out_index[o]];
+    float* dst = w + static_cast<size_t>(o - o0) * taps * ic;
+    for (size_t i = 0; i < ic; ++i) {
+      const int8_t* src = row + static_cast<size_t>(a.in_index[i]) * taps;
+      for (size_t t = 0; t < taps; ++t) dst[t * ic + i] = bs * static_cast<float>(src[t]);
+    }
   }
 }
 
 inline void dequant_gather(const QApplyArgs& a, int o0, int o1, float* w) {
-  const ConvGeometry& g = a.g;
-  const size_t taps = static_cast<size_t>(g.kernel) * g.kernel;
-  const size_t ic = static_cast<size_t>(g.in_c);
-  for (int o = o0; o < o1; ++o) {
-    const int8_t* src = a.base + base_row(a, o);
-    const float bs = a.base_scale[a.out_index[o]];
-    float* dst = w + static_cast<size_t>(o - o0) * taps * ic;
-    for (size_t t = 0; t < taps; ++t, dst += ic)
-      for (size_t i = 0; i < ic; ++i)
-        dst[i] = bs * static_cast<float>(src[static_cast<size_t>(a.in_index[i]) * taps + t]);
-  }
+  const int taps = a.g.kernel * a.g.kernel;
+  if (taps == 9)
+    dequant_rows<9>(a, o0, o1, w, taps);
+  else if (taps == 1)
+    dequant_rows<1>(a, o0, o1, w, taps);
+  else
+    dequant_rows<0>(a, o0, o1, w, taps);
 }
 
 template <class Ops>
