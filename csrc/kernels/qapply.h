@@ -151,16 +151,16 @@ void gather_panel(const QApplyArgs& a, const Dest& d, int p, const int8_t* const
     const int32_t* idx = a.in_index + c0;
     for (int j = 0; j < nv; ++j) {
       int8_t* q = buf + static_cast<size_t>(j) * chunk;
-      int32_t sum = 0;
       for (int c = 0; c < n; ++c) {
         const int8_t* src = rows[j] + static_cast<size_t>(idx[c]) * taps;
-        for (int t = 0; t < taps; ++t) {
-          q[t * tstride + c] = src[t];
-          sum += src[t];
-        }
+        for (int t = 0; t < taps; ++t) q[t * tstride + c] = src[t];
       }
-      for (int c = n; c < n4; ++c)
-        for (int t = 0; t < taps; ++t) q[t * tstride + c] = 0;
+      int32_t sum = 0;  // over the buffer: contiguous, vectorised
+      for (int t = 0; t < taps; ++t) {
+        int8_t* qt = q + t * tstride;
+        for (int c = 0; c < n; ++c) sum += qt[c];
+        for (int c = n; c < n4; ++c) qt[c] = 0;
+      }
       sums[j] += sum;
     }
     for (int t = 0; t < taps; ++t) interleave(buf + t * tstride, chunk, n4, pp, t * in_c4 + c0);
@@ -201,16 +201,30 @@ inline void gather_pack(const QApplyArgs& a, int o0, int o1, float* wscale, void
   }
 }
 
-// Kept inputs first, as gather_panel: each row of the base read once.
+// Kept inputs first, as gather_panel: each row of the base read once. The
+// bytes of 8 kept inputs go through a small tap-major buffer, so the
+// conversion and the scaling run 8 wide on contiguous floats.
 template <int TAPS>
 void dequant_rows(const QApplyArgs& a, int o0, int o1, float* w, int taps_any) {
+  constexpr size_t kB = 8;  // kept inputs per block
   const size_t taps = static_cast<size_t>(TAPS ? TAPS : taps_any);
-  const size_t ic = static_cast<size_t>(a.g.in_c);
+  const size_t ic = static_cast<size_t>(a.g.in_c), ib = ic / kB * kB;
   for (int o = o0; o < o1; ++o) {
     const int8_t* row = a.base + base_row(a, o);
     const float bs = a.base_scale[a.out_index[o]];
     float* dst = w + static_cast<size_t>(o - o0) * taps * ic;
-    for (size_t i = 0; i < ic; ++i) {
+    size_t i = 0;
+    if (taps <= 16)
+      for (; i < ib; i += kB) {
+        int8_t tb[16][kB];
+        for (size_t b = 0; b < kB; ++b) {
+          const int8_t* src = row + static_cast<size_t>(a.in_index[i + b]) * taps;
+          for (size_t t = 0; t < taps; ++t) tb[t][b] = src[t];
+        }
+        for (size_t t = 0; t < taps; ++t)
+          for (size_t b = 0; b < kB; ++b) dst[t * ic + i + b] = bs * static_cast<float>(tb[t][b]);
+      }
+    for (; i < ic; ++i) {
       const int8_t* src = row + static_cast<size_t>(a.in_index[i]) * taps;
       for (size_t t = 0; t < taps; ++t) dst[t * ic + i] = bs * static_cast<float>(src[t]);
     }
