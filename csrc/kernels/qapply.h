@@ -50,22 +50,6 @@ inline void interleave(const int8_t* buf, int stride, int n4, int8_t* panel, int
       std::memcpy(d + j * kGroup, buf + j * stride + g * kGroup, kGroup);
 }
 
-// The row maximum every ISA provides as Ops::row_max(r, n, s):
-//   max_k |f32(r[k] * s)| for k < n, 0 for an empty row, a NaN skipped (as
-//   std::max(m, |v|) skips it; max is exact, so any order gives the same).
-// Compilers do not vectorise a float max reduction without -ffast-math, so
-// the SIMD ISAs write it with intrinsics (<isa>/qconv.cpp); this is scalar's.
-struct PlainOps {
-  static float row_max(const float* r, size_t n, float s) {
-    float m = 0.0f;
-    for (size_t k = 0; k < n; ++k) {
-      const float a = std::fabs(r[k] * s);
-      m = a > m ? a : m;
-    }
-    return m;
-  }
-};
-
 // q[c] = clamp(rne(f32(f32(r[c] * s) / ws)), -127, 127) for c < n (NaN:
 // -127), zeros up to n4; returns the sum of the q. The rounding addition
 // is exact rne for |x| < 2^22; beyond, it gives a value beyond the same
@@ -86,6 +70,28 @@ inline int32_t quantize_run(const float* r, int n, int n4, float s, float ws, in
   for (int c = n; c < n4; ++c) q[c] = 0;
   return sum;
 }
+
+// What every ISA provides as its Ops (<isa>/qconv.cpp's QApplyOps):
+//   row_max(r, n, s): max_k |f32(r[k] * s)| for k < n, 0 for an empty row, a
+//     NaN skipped (as std::max(m, |v|) skips it; max is exact, so any order
+//     gives the same). Compilers do not vectorise a float max reduction
+//     without -ffast-math, so the SIMD ISAs write it with intrinsics.
+//   quantize_run: quantize_run's result (AVX2 writes it with intrinsics:
+//     GCC's own vectorisation of the NaN-exact clamps is blends).
+// These are scalar's (and NEON's quantize_run).
+struct PlainOps {
+  static float row_max(const float* r, size_t n, float s) {
+    float m = 0.0f;
+    for (size_t k = 0; k < n; ++k) {
+      const float a = std::fabs(r[k] * s);
+      m = a > m ? a : m;
+    }
+    return m;
+  }
+  static int32_t quantize_run(const float* r, int n, int n4, float s, float ws, int8_t* q) {
+    return qapply::quantize_run(r, n, n4, s, ws, q);
+  }
+};
 
 // The panels [p0, p1) holding kept outputs [o0, o1), and the sums' place.
 struct Dest {
@@ -259,7 +265,7 @@ void requant_pack(const ConvGeometry& g, const float* w, const float* scale, int
       wscale[o] = ws[j];
     }
     write_panel(g, d, p, [&](int j, int t, int c0, int n, int n4, int8_t* q) {
-      return quantize_run(rows[j] + static_cast<size_t>(t) * ic + c0, n, n4, s[j], ws[j], q);
+      return Ops::quantize_run(rows[j] + static_cast<size_t>(t) * ic + c0, n, n4, s[j], ws[j], q);
     });
   }
 }

@@ -129,6 +129,35 @@ struct QApplyOps {
     }
     return m;
   }
+
+  // qapply::quantize_run 32 at a time: the same operations (vmaxps(x, lo)
+  // returns lo for a NaN x), truncation of integers, packed in order.
+  static int32_t quantize_run(const float* r, int n, int n4, float s, float ws, int8_t* q) {
+    const __m256 sv = _mm256_set1_ps(s), wv = _mm256_set1_ps(ws);
+    const __m256 rnd = _mm256_set1_ps(qapply::kRound);
+    const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i acc = _mm256_setzero_si256();
+    int c = 0;
+    for (; c + 32 <= n; c += 32) {
+      __m256i v[4];
+      for (int u = 0; u < 4; ++u) {
+        __m256 x = _mm256_div_ps(_mm256_mul_ps(_mm256_loadu_ps(r + c + 8 * u), sv), wv);
+        x = _mm256_sub_ps(_mm256_add_ps(x, rnd), rnd);
+        x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+        v[u] = _mm256_cvttps_epi32(x);
+        acc = _mm256_add_epi32(acc, v[u]);
+      }
+      const __m256i b =
+          _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c), _mm256_permutevar8x32_epi32(b, order));
+    }
+    alignas(32) int32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
+    int32_t sum = 0;
+    for (int32_t v : lanes) sum += v;
+    return sum + qapply::quantize_run(r + c, n - c, n4 - c, s, ws, q + c);
+  }
 };
 
 }  // namespace
