@@ -78,7 +78,10 @@ inline int32_t quantize_run(const float* r, int n, int n4, float s, float ws, in
 //     without -ffast-math, so the SIMD ISAs write it with intrinsics.
 //   quantize_run: quantize_run's result (AVX2 writes it with intrinsics:
 //     GCC's own vectorisation of the NaN-exact clamps is blends).
-// These are scalar's (and NEON's quantize_run).
+//   dequant9(row, in_index, ic, bs, dst): dequant_rows' result for a 3x3
+//     conv's first kept inputs, in blocks; returns how many it did (AVX2:
+//     8 inputs' 8 first taps converted and transposed in registers).
+// These are scalar's (and NEON's quantize_run and dequant9).
 struct PlainOps {
   static float row_max(const float* r, size_t n, float s) {
     float m = 0.0f;
@@ -91,6 +94,7 @@ struct PlainOps {
   static int32_t quantize_run(const float* r, int n, int n4, float s, float ws, int8_t* q) {
     return qapply::quantize_run(r, n, n4, s, ws, q);
   }
+  static size_t dequant9(const int8_t*, const int32_t*, size_t, float, float*) { return 0; }
 };
 
 // The panels [p0, p1) holding kept outputs [o0, o1), and the sums' place.
@@ -210,7 +214,7 @@ inline void gather_pack(const QApplyArgs& a, int o0, int o1, float* wscale, void
 // Kept inputs first, as gather_panel: each row of the base read once. The
 // bytes of 8 kept inputs go through a small tap-major buffer, so the
 // conversion and the scaling run 8 wide on contiguous floats.
-template <int TAPS>
+template <class Ops, int TAPS>
 void dequant_rows(const QApplyArgs& a, int o0, int o1, float* w, int taps_any) {
   constexpr size_t kB = 8;  // kept inputs per block
   const size_t taps = static_cast<size_t>(TAPS ? TAPS : taps_any);
@@ -219,7 +223,7 @@ void dequant_rows(const QApplyArgs& a, int o0, int o1, float* w, int taps_any) {
     const int8_t* row = a.base + base_row(a, o);
     const float bs = a.base_scale[a.out_index[o]];
     float* dst = w + static_cast<size_t>(o - o0) * taps * ic;
-    size_t i = 0;
+    size_t i = TAPS == 9 ? Ops::dequant9(row, a.in_index, ic, bs, dst) : 0;
     if (taps <= 16)
       for (; i < ib; i += kB) {
         int8_t tb[16][kB];
@@ -237,14 +241,15 @@ void dequant_rows(const QApplyArgs& a, int o0, int o1, float* w, int taps_any) {
   }
 }
 
-inline void dequant_gather(const QApplyArgs& a, int o0, int o1, float* w) {
+template <class Ops>
+void dequant_gather(const QApplyArgs& a, int o0, int o1, float* w) {
   const int taps = a.g.kernel * a.g.kernel;
   if (taps == 9)
-    dequant_rows<9>(a, o0, o1, w, taps);
+    dequant_rows<Ops, 9>(a, o0, o1, w, taps);
   else if (taps == 1)
-    dequant_rows<1>(a, o0, o1, w, taps);
+    dequant_rows<Ops, 1>(a, o0, o1, w, taps);
   else
-    dequant_rows<0>(a, o0, o1, w, taps);
+    dequant_rows<Ops, 0>(a, o0, o1, w, taps);
 }
 
 template <class Ops>

@@ -107,6 +107,26 @@ struct QIsa {
   }
 };
 
+// r[k] becomes column k of the 8 x 8 block whose rows were r[0..7].
+inline void transpose8(__m256* r) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
 // qapply.h's row maximum (max_k |f32(r[k] * s)|, NaN skipped): vmaxps(a, m)
 // returns its second operand when either is NaN, and m never is.
 struct QApplyOps {
@@ -157,6 +177,37 @@ struct QApplyOps {
     int32_t sum = 0;
     for (int32_t v : lanes) sum += v;
     return sum + qapply::quantize_run(r + c, n - c, n4 - c, s, ws, q + c);
+  }
+
+  // dequant_rows of a 3x3 conv, 8 kept inputs per step: each input's taps
+  // 0-7 (8 adjacent bytes of the row) widened, converted and scaled (the
+  // same single operations), the 8 x 8 block transposed so each tap's 8
+  // inputs are stored together; tap 8 from the 8 ninth bytes.
+  static size_t dequant9(const int8_t* row, const int32_t* in_index, size_t ic, float bs,
+                         float* dst) {
+    const __m256 sv = _mm256_set1_ps(bs);
+    size_t i = 0;
+    for (; i + 8 <= ic; i += 8) {
+      __m256 v[8];
+      alignas(32) int32_t last[8];
+      if (i + 24 <= ic)  // the bytes two blocks ahead
+        for (int b = 0; b < 8; b += 2)
+          _mm_prefetch(
+              reinterpret_cast<const char*>(row + static_cast<size_t>(in_index[i + 16 + b]) * 9),
+              _MM_HINT_T0);
+      for (int b = 0; b < 8; ++b) {
+        const int8_t* src = row + static_cast<size_t>(in_index[i + b]) * 9;
+        const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src));
+        v[b] = _mm256_mul_ps(sv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)));
+        last[b] = src[8];
+      }
+      transpose8(v);
+      for (int t = 0; t < 8; ++t) _mm256_storeu_ps(dst + static_cast<size_t>(t) * ic + i, v[t]);
+      const __m256 l =
+          _mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(last)));
+      _mm256_storeu_ps(dst + 8 * ic + i, _mm256_mul_ps(sv, l));
+    }
+    return i;
   }
 };
 
