@@ -7,6 +7,7 @@
 // (vphaddd). Requantization is QEpilogue's formula in 8 float lanes.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -172,11 +173,36 @@ struct QApplyOps {
           _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c), _mm256_permutevar8x32_epi32(b, order));
     }
+    // Then 8 at a time, the last 1-7 from a zero-padded copy, their lanes
+    // past n masked to 0 (a zero row's w / ws may be NaN when ws underflowed).
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (; c < n4; c += 8) {
+      const int left = n - c;
+      __m256 x;
+      if (left >= 8) {
+        x = _mm256_loadu_ps(r + c);
+      } else {
+        alignas(32) float pad[8] = {};
+        for (int u = 0; u < left; ++u) pad[u] = r[c + u];
+        x = _mm256_load_ps(pad);
+      }
+      x = _mm256_div_ps(_mm256_mul_ps(x, sv), wv);
+      x = _mm256_sub_ps(_mm256_add_ps(x, rnd), rnd);
+      x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+      const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(left), lane);
+      const __m256i v = _mm256_and_si256(_mm256_cvttps_epi32(x), keep);
+      acc = _mm256_add_epi32(acc, v);
+      const __m256i w16 = _mm256_packs_epi32(v, v);
+      const __m256i b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w16, w16), order);
+      alignas(16) int8_t out[16];
+      _mm_store_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(b));
+      std::memcpy(q + c, out, static_cast<size_t>(std::min(8, n4 - c)));
+    }
     alignas(32) int32_t lanes[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
     int32_t sum = 0;
     for (int32_t v : lanes) sum += v;
-    return sum + qapply::quantize_run(r + c, n - c, n4 - c, s, ws, q + c);
+    return sum;
   }
 
   // dequant_rows of a 3x3 conv, 8 kept inputs per step: each input's taps
