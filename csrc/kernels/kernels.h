@@ -182,6 +182,18 @@ struct QEpilogue {
   bool relu = false;
 };
 
+// One conv of an int8 task application, read straight from the int8 base
+// (qconv_gather_pack, qconv_dequant_gather; docs/int8.md (c)).
+struct QApplyArgs {
+  ConvGeometry g;                      // the pruned conv: in_c / out_c are the kept counts
+  const int8_t* base = nullptr;        // base weight as the bundle stores it: OIHW base[o][i][t]
+  const float* base_scale = nullptr;   // [base_out] its per-output-channel scale
+  int base_in = 0, base_out = 0;       // channels of the base conv
+  const int32_t* out_index = nullptr;  // [out_c] kept base outputs (each < base_out)
+  const int32_t* in_index = nullptr;   // [in_c] kept base inputs (each < base_in)
+  const float* scale = nullptr;        // [out_c] folded BatchNorm scale, or null (= 1)
+};
+
 // SPLoPA (block-SPA) expansion of one conv (see splopa_expand): n prototypes
 // P_p = U_p V_p of bo x bi channels and the conv's block coefficients C_p.
 struct SplopaArgs {

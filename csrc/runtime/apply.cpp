@@ -95,83 +95,76 @@ kernels::ApplyArgs one_pass_args(const Node& n, const ConvTask& ct, int fused) {
 
 // ---- int8 (docs/int8.md, (c)) ----------------------------------------------
 
-// Whether the conv carries an adapter update (any tensor family).
-bool has_update(const ConvTask& ct) {
-#define SPAEDGE_FAMILY(id, ...) \
-  if (ct.id) return true;
-#include "runtime/families/families.inc"
-#undef SPAEDGE_FAMILY
-  return false;
-}
-
 size_t round64(size_t n) {
   return (n + 63) / 64 * 64;
 }
 
-// One conv of an int8 task: its s8 OHWI weight q' and per-channel scale
-// wscale' from the int8 base (kept s8 values and BN in the scale without an
-// update; dequantize, update, fold BN and requantize with one), packed for
-// qconv, and its requantization constants from the step's value parameters.
-void apply_int8_conv(const Graph& g, const Task& task, const ConvTask& ct, const Step& st,
-                     const kernels::KernelTable& kt, float* w, int8_t* q, float* mul, float* add,
-                     kernels::QEpilogue& ep, unsigned char* dst) {
-  const Node& n = g.nodes[size_t(ct.node)];
-  const size_t kk = size_t(ct.kernel) * size_t(ct.kernel);
-  const size_t I = size_t(n.in_channels);
-  const size_t Ip = size_t(ct.in_c);
-  const size_t row = kk * Ip;
+// How one conv of an int8 task is applied: its s8 values kept (no update),
+// dequantized + merged + requantized by output ranges (its only update is
+// low-rank), or as a whole through the families' general code.
+enum class Int8Way { Keep, LowRank, General };
+
+Int8Way int8_way(const ConvTask& ct) {
+  int families = 0;
+#define SPAEDGE_FAMILY(id, ...) families += ct.id ? 1 : 0;
+#include "runtime/families/families.inc"
+#undef SPAEDGE_FAMILY
+  if (families == 0) return Int8Way::Keep;
+  return families == 1 && ct.lowrank ? Int8Way::LowRank : Int8Way::General;
+}
+
+// The int8 base rows of `ct` as the int8 application kernels read them.
+kernels::QApplyArgs int8_args(const Node& n, const ConvTask& ct) {
+  kernels::QApplyArgs args;
+  args.g = ct.geom;
+  args.base = n.weight_s8;
+  args.base_scale = n.weight_scale.data();
+  args.base_in = n.in_channels;
+  args.base_out = n.out_channels;
+  args.out_index = ct.out_index.data();
+  args.in_index = ct.in_index.data();
+  args.scale = ct.scale.empty() ? nullptr : ct.scale.data();
+  return args;
+}
+
+// s8 elements per work item of an int8 conv split into output ranges:
+// about this many, in whole 16-output panels (the float rows of a range
+// stay in L2 between the dequantization, the merge and the requantization).
+constexpr size_t kInt8ItemElems = size_t(48) << 10;
+
+// Kept outputs [o0, o1) of one int8 conv (docs/int8.md (c)): packed panels,
+// weight sums and per-channel weight scales (into `mul`, then turned into
+// the requantization multipliers). `w`: the worker's float rows.
+void apply_int8_item(const Graph& g, const Task& task, const ConvTask& ct, const Step& st,
+                     const kernels::KernelTable& kt, int o0, int o1, float* w, float* mul,
+                     float* add, unsigned char* dst) {
+  const kernels::QApplyArgs args = int8_args(g.nodes[size_t(ct.node)], ct);
+  switch (int8_way(ct)) {
+    case Int8Way::Keep:
+      kt.qconv_gather_pack(args, o0, o1, mul, dst);
+      break;
+    case Int8Way::LowRank: {
+      // The merge is row by row on every ISA: a range's rows get the bits of
+      // the whole conv's merge (tests/cpp/test_kernels_int8.cpp).
+      const families::lowrank::State& lr = *ct.lowrank;
+      kt.qconv_dequant_gather(args, o0, o1, w);
+      kt.lowrank_merge(o1 - o0, ct.in_c, ct.kernel, lr.rank, lr.a.data(),
+                       lr.b.data() + size_t(o0) * size_t(lr.rank), w);
+      kt.qconv_requant_pack(ct.geom, w, args.scale, o0, o1, mul, dst);
+      break;
+    }
+    case Int8Way::General:  // the whole conv: families::apply works on all rows
+      kt.qconv_dequant_gather(args, 0, ct.out_c, w);
+      families::apply(ct, {kt, 0}, w);  // every update merged, as the fp32 general path
+      kt.qconv_requant_pack(ct.geom, w, args.scale, 0, ct.out_c, mul, dst);
+      break;
+  }
   const float s_in = task.act_scale[size_t(st.in)];
   const float s_out = task.act_scale[size_t(st.out)];
-  const bool update = has_update(ct);
-  for (size_t o = 0; o < size_t(ct.out_c); ++o) {
-    const size_t bo = size_t(ct.out_index[o]);
-    const int8_t* src = n.weight_s8 + bo * I * kk;
-    const float bs = n.weight_scale[bo];
-    if (!update) {
-      int8_t* d = q + o * row;
-      for (size_t t = 0; t < kk; ++t)
-        for (size_t i = 0; i < Ip; ++i) d[t * Ip + i] = src[size_t(ct.in_index[i]) * kk + t];
-    } else {
-      float* d = w + o * row;
-      for (size_t t = 0; t < kk; ++t)
-        for (size_t i = 0; i < Ip; ++i)
-          d[t * Ip + i] = bs * float(src[size_t(ct.in_index[i]) * kk + t]);
-    }
-  }
-  if (update) families::apply(ct, {kt, 0}, w);  // every update merged, as the fp32 general path
-  for (size_t o = 0; o < size_t(ct.out_c); ++o) {
-    const float bn = ct.scale.empty() ? 1.0f : ct.scale[o];
-    float ws;
-    if (!update) {
-      ws = n.weight_scale[size_t(ct.out_index[o])] * bn;
-    } else {
-      float* r = w + o * row;
-      float m = 0.0f;
-      for (size_t j = 0; j < row; ++j) {
-        r[j] = r[j] * bn;
-        m = std::max(m, std::fabs(r[j]));
-      }
-      ws = m > 0.0f ? m / 127.0f : 1.0f;
-      int8_t* d = q + o * row;
-      for (size_t j = 0; j < row; ++j) {
-        const float v = std::nearbyint(r[j] / ws);  // round half to even (default mode)
-        d[j] = int8_t(std::min(127.0f, std::max(-127.0f, v)));
-      }
-    }
-    const float sw = s_in * ws;
+  for (int o = o0; o < o1; ++o) {
+    const float sw = s_in * mul[o];
     mul[o] = sw / s_out;
-    add[o] = ct.bias[o] / s_out;
-  }
-  kt.qconv_pack(ct.geom, q, dst);
-  ep = kernels::QEpilogue();
-  ep.in_zp = task.act_zp[size_t(st.in)];
-  ep.out_zp = task.act_zp[size_t(st.out)];
-  ep.mul = mul;
-  ep.add = add;
-  ep.relu = st.relu;
-  if (st.in2 >= 0) {
-    ep.res_zp = task.act_zp[size_t(st.in2)];
-    ep.res_mul = task.act_scale[size_t(st.in2)] / s_out;
+    add[o] = ct.bias[size_t(o)] / s_out;
   }
 }
 
@@ -187,35 +180,66 @@ void apply_int8(const BaseModel& base, const Task& task, const kernels::KernelTa
   a.fused_rank.assign(nc, 0);
   a.items.clear();
   std::vector<size_t> first(nc);
-  size_t total = 0, max_row = 0, outs = 0;
+  size_t total = 0, max_rows = 0, outs = 0;
   for (size_t ci = 0; ci < nc; ++ci) {
     const ConvTask& ct = task.convs[ci];
     a.packed_offset[ci] = total;
     total += round64(kt.qconv_packed_bytes(ct.geom));
-    max_row = std::max(max_row, size_t(ct.out_c) * size_t(ct.kernel * ct.kernel) * size_t(ct.in_c));
     first[ci] = outs;
     outs += size_t(ct.out_c);
-    a.items.push_back({int(ci), -1, -1});
+    const size_t K = size_t(ct.kernel * ct.kernel) * size_t(ct.in_c);
+    const Int8Way way = int8_way(ct);
+    if (way == Int8Way::General) {
+      a.items.push_back({int(ci), 0, ct.out_c});
+      max_rows = std::max(max_rows, size_t(ct.out_c) * K);
+      continue;
+    }
+    // Whole panels per item; any split gives the same bytes (every output
+    // row is computed alone), so ranges are used at any thread count.
+    const int step = int(std::max<size_t>(16, kInt8ItemElems / K / 16 * 16));
+    for (int o0 = 0; o0 < ct.out_c; o0 += step) {
+      const int o1 = std::min(ct.out_c, o0 + step);
+      a.items.push_back({int(ci), o0, o1});
+      if (way == Int8Way::LowRank) max_rows = std::max(max_rows, size_t(o1 - o0) * K);
+    }
   }
-  const int nitems = int(nc);
+  // Largest first: the last items claimed are the small ones, so the
+  // workers finish together.
+  auto elems = [&](const ApplyItem& it) {
+    const ConvTask& ct = task.convs[size_t(it.conv)];
+    return size_t(it.o1 - it.o0) * size_t(ct.kernel * ct.kernel) * size_t(ct.in_c);
+  };
+  std::stable_sort(a.items.begin(), a.items.end(),
+                   [&](const ApplyItem& x, const ApplyItem& y) { return elems(x) > elems(y); });
+  const int nitems = int(a.items.size());
   const int workers = std::max(1, std::min(threads, nitems));
   a.packed.resize((total + sizeof(float) - 1) / sizeof(float));
-  const size_t slice = round_floats(max_row);             // floats
-  const size_t qslice = round_floats((max_row + 3) / 4);  // floats holding s8
-  bool updates = false;
-  for (const ConvTask& ct : task.convs) updates = updates || has_update(ct);
-  a.ohwi.resize(updates ? slice * size_t(workers) : 0);  // dequantized rows: convs with an update
-  a.bwork.resize(qslice * size_t(workers));
+  const size_t slice = round_floats(max_rows);  // float rows of one item
+  a.ohwi.resize(slice * size_t(workers));
+  a.bwork.release();
   a.qmul.resize(outs);
   a.qadd.resize(outs);
   a.qep.assign(nc, kernels::QEpilogue());
+  for (size_t ci = 0; ci < nc; ++ci) {
+    const Step& st = *step_of[ci];
+    kernels::QEpilogue& ep = a.qep[ci];
+    ep.in_zp = task.act_zp[size_t(st.in)];
+    ep.out_zp = task.act_zp[size_t(st.out)];
+    ep.mul = a.qmul.data() + first[ci];
+    ep.add = a.qadd.data() + first[ci];
+    ep.relu = st.relu;
+    if (st.in2 >= 0) {
+      ep.res_zp = task.act_zp[size_t(st.in2)];
+      ep.res_mul = task.act_scale[size_t(st.in2)] / task.act_scale[size_t(st.out)];
+    }
+  }
   auto* packed = reinterpret_cast<unsigned char*>(a.packed.data());
-  pool.run(nitems, workers, [&](int ci, int worker) {
-    const ConvTask& ct = task.convs[size_t(ci)];
-    apply_int8_conv(g, task, ct, *step_of[size_t(ci)], kt, a.ohwi.data() + slice * size_t(worker),
-                    reinterpret_cast<int8_t*>(a.bwork.data() + qslice * size_t(worker)),
-                    a.qmul.data() + first[size_t(ci)], a.qadd.data() + first[size_t(ci)],
-                    a.qep[size_t(ci)], packed + a.packed_offset[size_t(ci)]);
+  pool.run(nitems, workers, [&](int it, int worker) {
+    const ApplyItem item = a.items[size_t(it)];
+    const size_t ci = size_t(item.conv);
+    apply_int8_item(g, task, task.convs[ci], *step_of[ci], kt, item.o0, item.o1,
+                    a.ohwi.data() + slice * size_t(worker), a.qmul.data() + first[ci],
+                    a.qadd.data() + first[ci], packed + a.packed_offset[ci]);
   });
   // u8 activations at the plan's offsets (elements); float vectors apart.
   a.arena.resize((p.arena_floats + sizeof(float) - 1) / sizeof(float));

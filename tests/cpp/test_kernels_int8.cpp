@@ -17,10 +17,12 @@
 // --expect-variant: the active table's qconv_variant() must be NAME (CI runs
 // the aarch64 build under qemu as a Cortex-A72, "neon", and a Cortex-A76,
 // "neondot", so both NEON paths are exercised).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -457,6 +459,282 @@ void test_pools() {
   }
 }
 
+// ---- task application on an int8 base (docs/int8.md (c)) ------------------------
+
+// The definitions, as the runtime computed them before the one-pass kernels:
+// s8 OHWI rows, then qconv_pack.
+std::vector<int8_t> kept_s8_def(const k::QApplyArgs& a) {
+  const k::ConvGeometry& g = a.g;
+  const size_t taps = size_t(g.kernel) * g.kernel, ic = size_t(g.in_c);
+  std::vector<int8_t> q(size_t(g.out_c) * taps * ic);
+  for (size_t o = 0; o < size_t(g.out_c); ++o)
+    for (size_t t = 0; t < taps; ++t)
+      for (size_t i = 0; i < ic; ++i)
+        q[(o * taps + t) * ic + i] =
+            a.base[(size_t(a.out_index[o]) * size_t(a.base_in) + size_t(a.in_index[i])) * taps + t];
+  return q;
+}
+
+std::vector<float> dequant_def(const k::QApplyArgs& a) {
+  const std::vector<int8_t> q = kept_s8_def(a);
+  const size_t row = q.size() / size_t(a.g.out_c);
+  std::vector<float> w(q.size());
+  for (size_t j = 0; j < q.size(); ++j) w[j] = a.base_scale[a.out_index[j / row]] * float(q[j]);
+  return w;
+}
+
+// w *= bn; ws = max|w| / 127 (1 for a zero row); q = clamp(rne(w / ws)).
+std::vector<int8_t> requant_def(const k::ConvGeometry& g, std::vector<float> w, const float* scale,
+                                std::vector<float>& ws) {
+  const size_t row = w.size() / size_t(g.out_c);
+  std::vector<int8_t> q(w.size());
+  ws.assign(size_t(g.out_c), 0.0f);
+  for (size_t o = 0; o < size_t(g.out_c); ++o) {
+    const float bn = scale ? scale[o] : 1.0f;
+    float* r = w.data() + o * row;
+    float m = 0.0f;
+    for (size_t j = 0; j < row; ++j) {
+      r[j] = r[j] * bn;
+      m = std::max(m, std::fabs(r[j]));
+    }
+    ws[o] = m > 0.0f ? m / 127.0f : 1.0f;
+    for (size_t j = 0; j < row; ++j) {
+      const float v = std::nearbyint(r[j] / ws[o]);
+      q[o * row + j] = int8_t(std::min(127.0f, std::max(-127.0f, v)));
+    }
+  }
+  return q;
+}
+
+std::vector<uint8_t> packed_def(const k::ConvGeometry& g, const std::vector<int8_t>& q) {
+  const k::KernelTable& sc = k::scalar::table();
+  std::vector<uint8_t> p(sc.qconv_packed_bytes(g));
+  sc.qconv_pack(g, q.data(), p.data());
+  return p;
+}
+
+// Output ranges of one application: the whole conv, 16s in reverse order, 32s.
+std::vector<std::vector<std::pair<int, int>>> range_splits(int out_c) {
+  std::vector<std::vector<std::pair<int, int>>> all = {{{0, out_c}}};
+  for (int step : {16, 32}) {
+    std::vector<std::pair<int, int>> r;
+    for (int o0 = 0; o0 < out_c; o0 += step) r.push_back({o0, std::min(out_c, o0 + step)});
+    if (step == 16) std::reverse(r.begin(), r.end());
+    all.push_back(r);
+  }
+  return all;
+}
+
+// The bytes of packed panels [o0 / 16, ceil(o1 / 16)) and their weight sums.
+bool in_range(const k::ConvGeometry& g, size_t byte, int o0, int o1) {
+  const size_t pbytes = size_t(g.kernel) * g.kernel * size_t((g.in_c + 3) / 4 * 4) * 16;
+  const size_t panels = size_t(g.out_c + 15) / 16, p0 = size_t(o0) / 16, p1 = size_t(o1 + 15) / 16;
+  if (byte < panels * pbytes) return byte / pbytes >= p0 && byte / pbytes < p1;
+  const size_t ch = (byte - panels * pbytes) / 4;
+  return ch >= p0 * 16 && ch < p1 * 16;
+}
+
+struct QApplyCase {
+  int kernel, base_in, base_out, in_c, out_c;
+  bool bn;
+  int rows;  // requantized rows: 0 random, 1 exact ties, 2 zeros / NaN / infinities / subnormals
+};
+
+// Fills the float rows of the requantization cases.
+std::vector<float> requant_rows(const QApplyCase& c, size_t row, Rng& rng) {
+  std::vector<float> w(size_t(c.out_c) * row);
+  for (size_t o = 0; o < size_t(c.out_c); ++o) {
+    float* r = w.data() + o * row;
+    for (size_t j = 0; j < row; ++j) r[j] = rng.uniform(-0.3f, 0.3f);
+    if (c.rows == 1) {
+      // max 127 * 2^-4: ws = 2^-4 exactly, so (n + 0.5) * 2^-4 is a tie.
+      r[0] = 127.0f / 16;
+      for (size_t j = 1; j < row; ++j) r[j] = (float(rng.range(-127, 126)) + 0.5f) / 16;
+    } else if (c.rows == 2) {
+      switch (o % 6) {
+        case 0:
+          std::fill(r, r + row, 0.0f);
+          if (row > 1) r[1] = -0.0f;
+          break;
+        case 1:  // the max first, a NaN later in the same vector lane
+          r[0] = 0.9f;
+          r[row >= 32 ? 16 : row / 2] = std::nanf("");
+          break;
+        case 2:
+          r[0] = INFINITY;
+          break;
+        case 3:
+          r[row - 1] = -INFINITY;
+          if (row > 1) r[0] = std::nanf("");
+          break;
+        case 4:  // subnormal: max / 127 loses bits, so w / ws passes 127.5
+          for (size_t j = 0; j < row; ++j) r[j] = float(rng.range(-5, 5)) * 1e-45f;
+          break;
+        default:
+          for (size_t j = 0; j < row; ++j) r[j] = rng.uniform(-3e38f, 3e38f);
+          break;
+      }
+    }
+  }
+  return w;
+}
+
+void test_qapply_case(const QApplyCase& c, uint64_t seed) {
+  Rng rng(seed);
+  k::QApplyArgs a;
+  a.g.in_c = c.in_c;
+  a.g.out_c = c.out_c;
+  a.g.kernel = c.kernel;
+  a.g.in_h = a.g.in_w = c.kernel;
+  a.base_in = c.base_in;
+  a.base_out = c.base_out;
+  const size_t taps = size_t(c.kernel) * c.kernel, row = taps * size_t(c.in_c);
+  std::vector<int8_t> base(size_t(c.base_out) * size_t(c.base_in) * taps);
+  for (auto& v : base) v = int8_t(rng.range(-128, 127));
+  std::vector<float> bscale(size_t(c.base_out)), bn(size_t(c.out_c));
+  for (auto& v : bscale) v = rng.uniform(1e-3f, 0.1f);
+  for (auto& v : bn) v = rng.uniform(-2.0f, 2.0f);
+  // Kept channels: sorted or shuffled subsets, out of order too.
+  auto subset = [&](int n, int total) {
+    std::vector<int32_t> all(static_cast<size_t>(total));
+    std::iota(all.begin(), all.end(), 0);
+    for (int i = total - 1; i > 0; --i) std::swap(all[size_t(i)], all[size_t(rng.range(0, i))]);
+    all.resize(size_t(n));
+    if (rng.next() & 1) std::sort(all.begin(), all.end());
+    return all;
+  };
+  const std::vector<int32_t> out_index = subset(c.out_c, c.base_out);
+  const std::vector<int32_t> in_index = subset(c.in_c, c.base_in);
+  a.base = base.data();
+  a.base_scale = bscale.data();
+  a.out_index = out_index.data();
+  a.in_index = in_index.data();
+  a.scale = c.bn ? bn.data() : nullptr;
+  char name[160];
+  std::snprintf(name, sizeof name, "k%d %d/%d -> %d/%d%s rows%d", c.kernel, c.in_c, c.base_in,
+                c.out_c, c.base_out, c.bn ? " bn" : "", c.rows);
+
+  // The definitions.
+  const std::vector<uint8_t> keep_want = packed_def(a.g, kept_s8_def(a));
+  std::vector<float> keep_ws(size_t(c.out_c));
+  for (size_t o = 0; o < size_t(c.out_c); ++o)
+    keep_ws[o] = bscale[size_t(out_index[o])] * (c.bn ? bn[o] : 1.0f);
+  const std::vector<float> deq_want = dequant_def(a);
+  const std::vector<float> rows = c.rows == 0 && (seed & 1) ? deq_want : requant_rows(c, row, rng);
+  std::vector<float> req_ws;
+  const std::vector<uint8_t> req_want = packed_def(a.g, requant_def(a.g, rows, a.scale, req_ws));
+  const size_t pbytes = keep_want.size();
+
+  for (const k::Isa& isa : k::isas()) {
+    if (!isa.supported) continue;
+    const k::KernelTable& t = *isa.table;
+    const std::string what = std::string(isa.name) + " " + name;
+    for (const auto& split : range_splits(c.out_c)) {
+      const std::string w2 = what + (split.size() == 1 ? " whole" : " ranges");
+      ByteGuarded keep(pbytes), req(pbytes);
+      std::memset(keep.data(), 0x5A, pbytes);
+      std::memset(req.data(), 0x5A, pbytes);
+      std::vector<float> kws(size_t(c.out_c) + 1, 7.0f), rws(size_t(c.out_c) + 1, 7.0f);
+      std::vector<float> deq(size_t(c.out_c) * row + 1, 7.0f);
+      for (const auto& r : split) {
+        std::vector<uint8_t> before(keep.data(), keep.data() + pbytes);
+        t.qconv_gather_pack(a, r.first, r.second, kws.data(), keep.data());
+        size_t outside = 0;
+        for (size_t b = 0; b < pbytes; ++b)
+          outside += !in_range(a.g, b, r.first, r.second) && keep.data()[b] != before[b];
+        CHECK_MSG(outside == 0, w2 + ": qconv_gather_pack wrote outside its panels");
+        t.qconv_requant_pack(a.g, rows.data() + size_t(r.first) * row, a.scale, r.first, r.second,
+                             rws.data(), req.data());
+        t.qconv_dequant_gather(a, r.first, r.second, deq.data() + size_t(r.first) * row);
+      }
+      CHECK_MSG(keep.intact() && req.intact(), w2 + ": wrote outside the packed bytes");
+      CHECK_MSG(std::memcmp(keep.data(), keep_want.data(), pbytes) == 0,
+                w2 + ": qconv_gather_pack differs from gather + qconv_pack");
+      CHECK_MSG(std::memcmp(kws.data(), keep_ws.data(), sizeof(float) * keep_ws.size()) == 0 &&
+                    kws.back() == 7.0f,
+                w2 + ": qconv_gather_pack's weight scales");
+      CHECK_MSG(std::memcmp(req.data(), req_want.data(), pbytes) == 0,
+                w2 + ": qconv_requant_pack differs from requantize + qconv_pack");
+      CHECK_MSG(std::memcmp(rws.data(), req_ws.data(), sizeof(float) * req_ws.size()) == 0 &&
+                    rws.back() == 7.0f,
+                w2 + ": qconv_requant_pack's weight scales");
+      CHECK_MSG(std::memcmp(deq.data(), deq_want.data(), sizeof(float) * deq_want.size()) == 0 &&
+                    deq.back() == 7.0f,
+                w2 + ": qconv_dequant_gather");
+    }
+  }
+}
+
+// The runtime's low-rank int8 path merges output ranges: on every ISA the
+// merge of rows [o0, o1) alone (B' rows from o0) is bit for bit the whole
+// merge's rows, and dequantize + merge + requantize by ranges is the old
+// whole-conv sequence's bytes.
+void test_lowrank_ranges(uint64_t seed) {
+  Rng rng(seed);
+  const int kernel = rng.range(0, 1) ? 3 : 1, in_c = rng.range(1, 90), out_c = rng.range(1, 70);
+  const int rank = rng.range(1, 17);
+  const size_t row = size_t(kernel) * kernel * size_t(in_c);
+  std::vector<float> w = random_vec(size_t(out_c) * row, rng),
+                     av = random_vec(size_t(rank * in_c), rng),
+                     bv = random_vec(size_t(out_c * rank), rng);
+  const std::string name = "lowrank_merge k" + std::to_string(kernel) + " " + std::to_string(in_c) +
+                           " -> " + std::to_string(out_c) + " rank " + std::to_string(rank);
+  for (const k::Isa& isa : k::isas()) {
+    if (!isa.supported) continue;
+    const k::KernelTable& t = *isa.table;
+    std::vector<float> whole = w;
+    t.lowrank_merge(out_c, in_c, kernel, rank, av.data(), bv.data(), whole.data());
+    for (const auto& split : range_splits(out_c)) {
+      std::vector<float> parts = w;
+      for (const auto& r : split)
+        t.lowrank_merge(r.second - r.first, in_c, kernel, rank, av.data(),
+                        bv.data() + size_t(r.first) * size_t(rank),
+                        parts.data() + size_t(r.first) * row);
+      CHECK_MSG(std::memcmp(parts.data(), whole.data(), sizeof(float) * whole.size()) == 0,
+                std::string(isa.name) + " " + name + ": a range's merge differs from the whole's");
+    }
+  }
+}
+
+void test_qapply() {
+  std::vector<QApplyCase> cases = {
+      {1, 1, 1, 1, 1, false, 0},
+      {3, 8, 20, 5, 17, true, 0},
+      {3, 64, 64, 47, 37, true, 0},
+      {1, 64, 128, 47, 31, false, 0},
+      {7, 3, 64, 3, 47, true, 0},
+      {5, 40, 40, 33, 48, true, 0},
+      {3, 300, 310, 257, 33, true, 0},
+      {1, 600, 600, 513, 16, false, 0},
+      {3, 30, 40, 29, 35, true, 1},
+      {1, 20, 20, 13, 32, false, 1},
+      {3, 16, 18, 9, 36, true, 2},
+      {1, 70, 80, 64, 20, false, 2},
+      // ties and special rows with runs of kept inputs past the SIMD widths
+      {3, 50, 50, 40, 20, true, 1},
+      {1, 300, 300, 257, 17, false, 1},
+      {3, 40, 40, 35, 24, true, 2},
+      {1, 99, 99, 97, 30, true, 2},
+  };
+  Rng rng(77);
+  for (int i = 0; i < 30; ++i) {
+    QApplyCase c;
+    const int ks[] = {1, 3, 5, 7};
+    c.kernel = ks[rng.range(0, 3)];
+    c.base_in = rng.range(1, 90);
+    c.base_out = rng.range(1, 90);
+    c.in_c = rng.range(1, c.base_in);
+    c.out_c = rng.range(1, c.base_out);
+    c.bn = rng.next() & 1;
+    c.rows = i % 5 == 4 ? 2 : 0;
+    cases.push_back(c);
+  }
+  uint64_t seed = 100;
+  for (const QApplyCase& c : cases) test_qapply_case(c, seed++);
+  for (int i = 0; i < 40; ++i) test_lowrank_ranges(500 + uint64_t(i));
+  std::printf("int8 task application: %zu cases, 40 range merges\n", cases.size());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -482,5 +760,6 @@ int main(int argc, char** argv) {
   test_qconv();
   test_quantize();
   test_pools();
+  test_qapply();
   return tcheck::summary("test_kernels_int8");
 }

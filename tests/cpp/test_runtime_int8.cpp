@@ -2,6 +2,9 @@
 // per-channel scales) and task (activation parameters) read, validated,
 // applied at switch time and run, against the double reference of the same
 // network on the dequantized base; and every mismatch refused by name.
+#include "kernel_check.h"
+#include "runtime/apply.h"
+#include "runtime/model.h"
 #include "runtime_fixture.h"
 
 namespace {
@@ -275,6 +278,184 @@ void test_int8_wide_conv() {
   EXPECT_ERROR(rt.load_task(p), "int8: conv 'c2' sums 81920 products per output", "at most 65536");
 }
 
+// The int8 application before its one-pass kernels (docs/int8.md (c)): per
+// conv, s8 OHWI rows (kept values, or dequantized + the families' updates
+// + BN + requantized), qconv_pack, the requantization constants. The
+// runtime must give these bytes, on every ISA and thread count.
+struct OldInt8 {
+  std::vector<uint8_t> packed;
+  std::vector<float> mul, add;
+};
+
+OldInt8 old_int8_conv(const spaedge::Graph& g, const spaedge::Task& task,
+                      const spaedge::ConvTask& ct, const spaedge::Step& st,
+                      const spaedge::kernels::KernelTable& kt) {
+  const spaedge::Node& n = g.nodes[size_t(ct.node)];
+  const size_t kk = size_t(ct.kernel) * size_t(ct.kernel), I = size_t(n.in_channels);
+  const size_t Ip = size_t(ct.in_c), row = kk * Ip;
+  bool update = false;
+#define SPAEDGE_FAMILY(id, ...) update = update || bool(ct.id);
+#include "runtime/families/families.inc"
+#undef SPAEDGE_FAMILY
+  std::vector<float> w(size_t(ct.out_c) * row);
+  std::vector<int8_t> qw(w.size());
+  for (size_t o = 0; o < size_t(ct.out_c); ++o) {
+    const size_t bo = size_t(ct.out_index[o]);
+    const int8_t* src = n.weight_s8 + bo * I * kk;
+    for (size_t t = 0; t < kk; ++t)
+      for (size_t i = 0; i < Ip; ++i) {
+        const int8_t v = src[size_t(ct.in_index[i]) * kk + t];
+        qw[o * row + t * Ip + i] = v;
+        w[o * row + t * Ip + i] = n.weight_scale[bo] * float(v);
+      }
+  }
+  if (update) spaedge::families::apply(ct, {kt, 0}, w.data());
+  OldInt8 r;
+  const float s_in = task.act_scale[size_t(st.in)], s_out = task.act_scale[size_t(st.out)];
+  for (size_t o = 0; o < size_t(ct.out_c); ++o) {
+    const float bn = ct.scale.empty() ? 1.0f : ct.scale[o];
+    float ws;
+    if (!update) {
+      ws = n.weight_scale[size_t(ct.out_index[o])] * bn;
+    } else {
+      float* rr = w.data() + o * row;
+      float m = 0.0f;
+      for (size_t j = 0; j < row; ++j) {
+        rr[j] = rr[j] * bn;
+        m = std::max(m, std::fabs(rr[j]));
+      }
+      ws = m > 0.0f ? m / 127.0f : 1.0f;
+      for (size_t j = 0; j < row; ++j) {
+        const float v = std::nearbyint(rr[j] / ws);
+        qw[o * row + j] = int8_t(std::min(127.0f, std::max(-127.0f, v)));
+      }
+    }
+    const float sw = s_in * ws;
+    r.mul.push_back(sw / s_out);
+    r.add.push_back(ct.bias[o] / s_out);
+  }
+  r.packed.resize(kt.qconv_packed_bytes(ct.geom));
+  kt.qconv_pack(ct.geom, qw.data(), r.packed.data());
+  return r;
+}
+
+// Convs wide enough that the runtime splits them into output ranges (no
+// update, low-rank only) next to one with two families (one item), kept
+// channels scattered over a wider base, BN on some: the applied bytes equal
+// the old whole-conv computation on every ISA at 1, 2 and 3 threads.
+void test_int8_apply_bytes() {
+  TempDir d;
+  struct C {
+    const char *name, *in;
+    int base_in, base_out, in_c, out_c, k;
+  };
+  const C convs[] = {{"c1", "x", 2, 70, 2, 64, 3},
+                     {"c2", "r1", 70, 210, 64, 200, 3},
+                     {"c3", "r2", 210, 100, 200, 96, 3},
+                     {"c4", "r3", 100, 90, 96, 80, 3}};
+  std::vector<std::string> nodes;
+  Rng rng(11);
+  std::vector<tb::Tensor> bt;
+  TaskSpec t;
+  t.h = t.w = 6;
+  t.f.clear();
+  t.idx.clear();
+  for (const C& c : convs) {
+    const std::string L = c.name, r = "r" + L.substr(1);
+    nodes.push_back(conv_node(L, c.in, c.base_in, c.base_out, c.k, 1, c.k / 2));
+    const bool bn = L == "c2" || L == "c3";
+    if (bn) nodes.push_back(simple_node("batchnorm", "b" + L.substr(1), q(L), ",\"eps\":1e-5"));
+    nodes.push_back(simple_node("relu", r, q(bn ? "b" + L.substr(1) : L)));
+    std::vector<int8_t> w(size_t(c.base_out) * size_t(c.base_in) * size_t(c.k * c.k));
+    for (auto& v : w) v = int8_t(rng.range(-128, 127));
+    std::vector<float> sc(size_t(c.base_out));
+    for (auto& v : sc) v = rng.uniform(0.001f, 0.05f);
+    bt.push_back(tb::i8(L + ".weight", {c.base_out, c.base_in, c.k, c.k}, w));
+    bt.push_back(tb::f32(L + ".weight_scale", {c.base_out}, sc));
+    auto kept = [&](int n, int total, const std::vector<int32_t>* fixed) {
+      if (fixed) return *fixed;
+      std::vector<int32_t> all(static_cast<size_t>(total));
+      for (int i = 0; i < total; ++i) all[size_t(i)] = i;
+      for (int i = total - 1; i > 0; --i) std::swap(all[size_t(i)], all[size_t(rng.range(0, i))]);
+      all.resize(size_t(n));
+      std::sort(all.begin(), all.end());
+      return all;
+    };
+    const std::string prev = "c" + std::to_string(L[1] - '0' - 1);
+    t.idx[L + ".out_index"] = kept(c.out_c, c.base_out, nullptr);
+    t.idx[L + ".in_index"] =
+        kept(c.in_c, c.base_in, L == "c1" ? nullptr : &t.idx[prev + ".out_index"]);
+    if (bn) {
+      const std::string b = "b" + L.substr(1);
+      t.f[b + ".weight"] = {{c.out_c}, random_vec(size_t(c.out_c), rng)};  // negative ones too
+      t.f[b + ".bias"] = {{c.out_c}, random_vec(size_t(c.out_c), rng)};
+      t.f[b + ".running_mean"] = {{c.out_c}, random_vec(size_t(c.out_c), rng)};
+      std::vector<float> var(size_t(c.out_c));
+      for (auto& v : var) v = rng.uniform(0.5f, 2.0f);
+      t.f[b + ".running_var"] = {{c.out_c}, var};
+    }
+  }
+  // c1: none; c2: low-rank only (ranges); c3: low-rank + dense delta (one
+  // item); c4: none (ranges).
+  t.f["c2.lora_a"] = {{4, 64}, random_vec(4 * 64, rng)};
+  t.f["c2.lora_b"] = {{200, 4}, random_vec(200 * 4, rng)};
+  t.f["c3.lora_a"] = {{2, 200}, random_vec(2 * 200, rng)};
+  t.f["c3.lora_b"] = {{96, 2}, random_vec(96 * 2, rng)};
+  std::vector<float> delta = random_vec(96 * 200 * 9, rng);
+  for (auto& v : delta) v *= 0.01f;
+  t.f["c3.weight_delta"] = {{96, 200, 3, 3}, delta};
+  t.f["c4.bias"] = {{80}, random_vec(80, rng)};
+  nodes.push_back(simple_node("gap", "g", q("r4")));
+  nodes.push_back(simple_node("linear", "fc", q("g")));
+  t.f["fc.weight"] = {{3, 80}, random_vec(240, rng)};
+  t.f["fc.bias"] = {{3}, seq(3, 0.1f)};
+  tb::Meta bm = {{"format", "spaedge-base"}, {"model", "m"}, {"graph", graph_json(nodes)}};
+  bm.insert(bm.end(), kInt8Meta.begin(), kInt8Meta.end());
+  const std::string base_path = write(d, "b.safetensors", tb::bundle(bt, bm));
+  ActSpec a;
+  a.v = {{"x", {0.02f, 128}},
+         {"r1", {0.05f, 0}},
+         {"r2", {0.07f, 0}},
+         {"r3", {0.04f, 0}},
+         {"r4", {0.03f, 0}}};
+  const std::string task_path =
+      write(d, "t.safetensors", int8_task_bytes(t, a, hash_of(base_path)));
+
+  const spaedge::BaseModel base(base_path);
+  const spaedge::Task task(base, task_path);
+  const spaedge::Graph& g = base.graph();
+  std::vector<const spaedge::Step*> step_of(task.convs.size());
+  for (const spaedge::Step& st : task.exec_plan.steps)
+    if (st.kind == spaedge::StepKind::Conv) step_of[size_t(st.index)] = &st;
+  for (const spaedge::kernels::Isa& isa : spaedge::kernels::isas()) {
+    if (!isa.supported) continue;
+    const spaedge::kernels::KernelTable& kt = *isa.table;
+    std::vector<OldInt8> want;
+    for (size_t ci = 0; ci < task.convs.size(); ++ci)
+      want.push_back(old_int8_conv(g, task, task.convs[ci], *step_of[ci], kt));
+    for (int threads : {1, 2, 3}) {
+      spaedge::Workers pool;
+      spaedge::Applied ap;
+      spaedge::apply_task(base, task, kt, threads, spaedge::ApplyMode::Merged, pool, ap);
+      const std::string what = std::string(isa.name) + " threads " + std::to_string(threads);
+      std::vector<int> ranges(task.convs.size(), 0);
+      for (const spaedge::ApplyItem& it : ap.items) ranges[size_t(it.conv)]++;
+      CHECK_MSG(ranges == std::vector<int>({1, 3, 1, 2}), what + ": items per conv");
+      const auto* packed = reinterpret_cast<const uint8_t*>(ap.packed.data());
+      for (size_t ci = 0; ci < task.convs.size(); ++ci) {
+        const OldInt8& w = want[ci];
+        const std::string c = what + " conv " + std::to_string(ci);
+        CHECK_MSG(std::memcmp(packed + ap.packed_offset[ci], w.packed.data(), w.packed.size()) == 0,
+                  c + ": packed bytes differ from the old application");
+        const spaedge::kernels::QEpilogue& ep = ap.qep[ci];
+        CHECK_MSG(std::memcmp(ep.mul, w.mul.data(), sizeof(float) * w.mul.size()) == 0 &&
+                      std::memcmp(ep.add, w.add.data(), sizeof(float) * w.add.size()) == 0,
+                  c + ": requantization constants differ");
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -283,5 +464,6 @@ int main() {
   test_int8_refusals(f);
   test_int8_unfused_graph();
   test_int8_wide_conv();
+  test_int8_apply_bytes();
   return tcheck::summary("test_runtime_int8");
 }

@@ -7,9 +7,12 @@
 // (vphaddd). Requantization is QEpilogue's formula in 8 float lanes.
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/qapply.h"
 #include "kernels/qgemm.h"
 
 namespace spaedge::kernels::avx2 {
@@ -102,6 +105,135 @@ struct QIsa {
         micro<1>(t);
         break;
     }
+  }
+};
+
+// r[k] becomes column k of the 8 x 8 block whose rows were r[0..7].
+inline void transpose8(__m256* r) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// qapply.h's row maximum (max_k |f32(r[k] * s)|, NaN skipped): vmaxps(a, m)
+// returns its second operand when either is NaN, and m never is.
+struct QApplyOps {
+  static float row_max(const float* r, size_t n, float s) {
+    const __m256 sv = _mm256_set1_ps(s);
+    const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 m0 = _mm256_setzero_ps(), m1 = m0;
+    size_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+      m0 = _mm256_max_ps(_mm256_and_ps(_mm256_mul_ps(_mm256_loadu_ps(r + k), sv), abs), m0);
+      m1 = _mm256_max_ps(_mm256_and_ps(_mm256_mul_ps(_mm256_loadu_ps(r + k + 8), sv), abs), m1);
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, _mm256_max_ps(m0, m1));
+    float m = 0.0f;
+    for (float v : lanes) m = v > m ? v : m;
+    for (; k < n; ++k) {
+      const float a = std::fabs(r[k] * s);
+      m = a > m ? a : m;
+    }
+    return m;
+  }
+
+  // qapply::quantize_run 32 at a time: the same operations (vmaxps(x, lo)
+  // returns lo for a NaN x), truncation of integers, packed in order.
+  static int32_t quantize_run(const float* r, int n, int n4, float s, float ws, int8_t* q) {
+    const __m256 sv = _mm256_set1_ps(s), wv = _mm256_set1_ps(ws);
+    const __m256 rnd = _mm256_set1_ps(qapply::kRound);
+    const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i acc = _mm256_setzero_si256();
+    int c = 0;
+    for (; c + 32 <= n; c += 32) {
+      __m256i v[4];
+      for (int u = 0; u < 4; ++u) {
+        __m256 x = _mm256_div_ps(_mm256_mul_ps(_mm256_loadu_ps(r + c + 8 * u), sv), wv);
+        x = _mm256_sub_ps(_mm256_add_ps(x, rnd), rnd);
+        x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+        v[u] = _mm256_cvttps_epi32(x);
+        acc = _mm256_add_epi32(acc, v[u]);
+      }
+      const __m256i b =
+          _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c), _mm256_permutevar8x32_epi32(b, order));
+    }
+    // Then 8 at a time, the last 1-7 from a zero-padded copy, their lanes
+    // past n masked to 0 (a zero row's w / ws may be NaN when ws underflowed).
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (; c < n4; c += 8) {
+      const int left = n - c;
+      __m256 x;
+      if (left >= 8) {
+        x = _mm256_loadu_ps(r + c);
+      } else {
+        alignas(32) float pad[8] = {};
+        for (int u = 0; u < left; ++u) pad[u] = r[c + u];
+        x = _mm256_load_ps(pad);
+      }
+      x = _mm256_div_ps(_mm256_mul_ps(x, sv), wv);
+      x = _mm256_sub_ps(_mm256_add_ps(x, rnd), rnd);
+      x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+      const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(left), lane);
+      const __m256i v = _mm256_and_si256(_mm256_cvttps_epi32(x), keep);
+      acc = _mm256_add_epi32(acc, v);
+      const __m256i w16 = _mm256_packs_epi32(v, v);
+      const __m256i b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w16, w16), order);
+      alignas(16) int8_t out[16];
+      _mm_store_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(b));
+      std::memcpy(q + c, out, static_cast<size_t>(std::min(8, n4 - c)));
+    }
+    alignas(32) int32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
+    int32_t sum = 0;
+    for (int32_t v : lanes) sum += v;
+    return sum;
+  }
+
+  // dequant_rows of a 3x3 conv, 8 kept inputs per step: each input's taps
+  // 0-7 (8 adjacent bytes of the row) widened, converted and scaled (the
+  // same single operations), the 8 x 8 block transposed so each tap's 8
+  // inputs are stored together; tap 8 from the 8 ninth bytes.
+  static size_t dequant9(const int8_t* row, const int32_t* in_index, size_t ic, float bs,
+                         float* dst) {
+    const __m256 sv = _mm256_set1_ps(bs);
+    size_t i = 0;
+    for (; i + 8 <= ic; i += 8) {
+      __m256 v[8];
+      alignas(32) int32_t last[8];
+      if (i + 24 <= ic)  // the bytes two blocks ahead
+        for (int b = 0; b < 8; b += 2)
+          _mm_prefetch(
+              reinterpret_cast<const char*>(row + static_cast<size_t>(in_index[i + 16 + b]) * 9),
+              _MM_HINT_T0);
+      for (int b = 0; b < 8; ++b) {
+        const int8_t* src = row + static_cast<size_t>(in_index[i + b]) * 9;
+        const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src));
+        v[b] = _mm256_mul_ps(sv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)));
+        last[b] = src[8];
+      }
+      transpose8(v);
+      for (int t = 0; t < 8; ++t) _mm256_storeu_ps(dst + static_cast<size_t>(t) * ic + i, v[t]);
+      const __m256 l =
+          _mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(last)));
+      _mm256_storeu_ps(dst + 8 * ic + i, _mm256_mul_ps(sv, l));
+    }
+    return i;
   }
 };
 

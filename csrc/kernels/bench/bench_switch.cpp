@@ -1,7 +1,7 @@
 // How close task application (conv_apply, the work of a task switch) runs to
 // this machine's memory speed. Not a test; numbers only.
 //
-//   bench_switch [--case d30|d10] [--reps N] [--isa NAME]
+//   bench_switch [--case d30|d10] [--reps N] [--isa NAME] [--int8]
 //
 // For every conv of ResNet-18 pruned as the benchmark suite's task is
 // (benchmarks/bench_cases.py: random base, magnitude criterion; the kept
@@ -17,6 +17,14 @@
 //           the switch uses (streaming on x86, plain on aarch64);
 //   read / write  the two halves of the floor alone.
 // apply / floor is the share of the switch that is not data movement.
+//
+// --int8: the same convs on an int8 base (s8 OIHW rows, per-channel
+// scales; docs/int8.md (c)), applied as the runtime's apply_int8 does, in
+// output ranges of whole panels, next to fp32's apply in the same run:
+//   int8 lowrank  qconv_dequant_gather + lowrank_merge (rank 8) +
+//                 qconv_requant_pack per range (every conv has an update);
+//   int8 keep     qconv_gather_pack (no conv has an update);
+//   dequant / merge / requant   the three steps of int8 lowrank alone.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -27,6 +35,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include <time.h>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -86,6 +96,12 @@ struct Conv {
   std::vector<int32_t> in_index, out_index;
   std::vector<float> a, bt, scale;
   size_t packed_offset = 0, packed_floats = 0;
+  // --int8: the base as s8 with per-channel scales, B' [out][rank], and
+  // the output ranges the runtime's apply_int8 would cut.
+  std::vector<int8_t> s8;
+  std::vector<float> s8scale, b;
+  size_t qoffset = 0;
+  std::vector<std::pair<int, int>> ranges;
 };
 
 // Sums whole rows (so the loads cannot be dropped) and writes `n` floats with
@@ -149,9 +165,120 @@ double now_ms() {
       .count();
 }
 
+struct Measure {
+  const char* name;
+  std::function<void()> fn;
+  std::vector<double> ms;
+  std::vector<double> cpu =
+      {};  // --int8: this thread's CPU time (a loaded machine's steals excluded)
+};
+
+double cpu_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
+}
+
+// --int8: see the header. Returns main's exit code.
+int bench_int8(std::vector<Conv>& convs, const k::KernelTable& t, const std::string& which,
+               int reps, const std::function<void()>& fp32_apply) {
+  constexpr size_t kItemElems = size_t(48) << 10;  // as runtime/apply.cpp
+  size_t qtotal = 0, slice = 0, s8_read = 0;
+  std::vector<k::QApplyArgs> args(convs.size());
+  for (size_t c = 0; c < convs.size(); ++c) {
+    Conv& v = convs[c];
+    const size_t n = v.oihw.size();
+    v.s8.resize(n);
+    for (size_t i = 0; i < n; ++i) v.s8[i] = int8_t(int(i % 199) - 99);
+    v.s8scale.assign(size_t(v.l.base_out), 1e-3f);
+    v.b.assign(size_t(kRank) * v.l.kept_out, 0.02f);
+    k::QApplyArgs& a = args[c];
+    a.g.in_h = a.g.in_w = 7;
+    a.g.in_c = v.l.kept_in;
+    a.g.out_c = v.l.kept_out;
+    a.g.kernel = v.kernel;
+    a.g.pad = v.kernel / 2;
+    a.base = v.s8.data();
+    a.base_scale = v.s8scale.data();
+    a.base_in = v.l.base_in;
+    a.base_out = v.l.base_out;
+    a.out_index = v.out_index.data();
+    a.in_index = v.in_index.data();
+    a.scale = v.scale.data();
+    v.qoffset = qtotal;
+    qtotal += (t.qconv_packed_bytes(a.g) + 63) / 64 * 64;
+    const size_t K = size_t(v.l.taps) * v.l.kept_in;
+    const int step = int(std::max<size_t>(16, kItemElems / K / 16 * 16));
+    for (int o0 = 0; o0 < v.l.kept_out; o0 += step)
+      v.ranges.push_back({o0, std::min(v.l.kept_out, o0 + step)});
+    slice = std::max(slice, size_t(std::min(step, v.l.kept_out)) * K);
+    s8_read += size_t(v.l.kept_out) * v.l.base_in * v.l.taps;
+  }
+  spaedge::FloatBuffer qpacked, w, ws;
+  qpacked.resize((qtotal + 3) / 4);
+  w.resize(slice);
+  ws.resize(512);
+  auto* qp = reinterpret_cast<unsigned char*>(qpacked.data());
+  auto each_range = [&](const std::function<void(size_t, const Conv&, int, int)>& f) {
+    for (size_t c = 0; c < convs.size(); ++c)
+      for (const auto& r : convs[c].ranges) f(c, convs[c], r.first, r.second);
+  };
+  auto dequant = [&](size_t c, const Conv&, int o0, int o1) {
+    t.qconv_dequant_gather(args[c], o0, o1, w.data());
+  };
+  auto merge = [&](size_t c, const Conv& v, int o0, int o1) {
+    t.lowrank_merge(o1 - o0, v.l.kept_in, v.kernel, kRank, v.a.data(),
+                    v.b.data() + size_t(o0) * kRank, w.data());
+    (void)c;
+  };
+  auto requant = [&](size_t c, const Conv& v, int o0, int o1) {
+    t.qconv_requant_pack(args[c].g, w.data(), args[c].scale, o0, o1, ws.data(), qp + v.qoffset);
+  };
+  // The requantization alone reads rows the dequantization left (the last range's).
+  std::vector<Measure> ms = {
+      {"fp32 apply", fp32_apply, {}},
+      {"int8 lowrank",
+       [&] {
+         each_range([&](size_t c, const Conv& v, int o0, int o1) {
+           dequant(c, v, o0, o1);
+           merge(c, v, o0, o1);
+           requant(c, v, o0, o1);
+         });
+       },
+       {}},
+      {"int8 keep",
+       [&] {
+         each_range([&](size_t c, const Conv& v, int o0, int o1) {
+           t.qconv_gather_pack(args[c], o0, o1, ws.data(), qp + v.qoffset);
+         });
+       },
+       {}},
+      {"  dequant", [&] { each_range(dequant); }, {}},
+      {"  merge", [&] { each_range(merge); }, {}},
+      {"  requant", [&] { each_range(requant); }, {}},
+  };
+  for (Measure& m : ms) m.fn();
+  for (int r = 0; r < reps; ++r)
+    for (Measure& m : ms) {
+      const double t0 = now_ms(), c0 = cpu_ms();
+      m.fn();
+      m.cpu.push_back(cpu_ms() - c0);
+      m.ms.push_back(now_ms() - t0);
+    }
+  std::printf(
+      "bench_switch --int8: ResNet-18 %s, isa %s, 1 thread, %d reps; int8 reads %.1f MB of base "
+      "rows and writes %.1f MB of panels\n",
+      which.c_str(), t.isa, reps, s8_read * 1e-6, qtotal * 1e-6);
+  const double fp32 = median(ms[0].ms), fp32_cpu = median(ms[0].cpu);
+  for (const Measure& m : ms)
+    std::printf("  %-13s median %7.3f ms (%.2fx fp32 apply), thread CPU %7.3f ms (%.2fx)\n", m.name,
+                median(m.ms), median(m.ms) / fp32, median(m.cpu), median(m.cpu) / fp32_cpu);
+  return 0;
 }
 
 }  // namespace
@@ -160,8 +287,11 @@ int main(int argc, char** argv) {
   std::string which = "d30";
   int reps = 40;
   std::string isa;
+  bool int8 = false;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--case") && i + 1 < argc) {
+    if (!std::strcmp(argv[i], "--int8")) {
+      int8 = true;
+    } else if (!std::strcmp(argv[i], "--case") && i + 1 < argc) {
       which = argv[++i];
     } else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
       reps = std::max(3, std::atoi(argv[++i]));
@@ -169,7 +299,8 @@ int main(int argc, char** argv) {
       isa = argv[++i];
     } else {
       std::fprintf(stderr,
-                   "usage: %s [--case d30|d10] [--reps N] [--isa NAME (kernels/isas.inc)]\n",
+                   "usage: %s [--case d30|d10] [--reps N] [--isa NAME (kernels/isas.inc)] "
+                   "[--int8]\n",
                    argv[0]);
       return 2;
     }
@@ -277,13 +408,9 @@ int main(int argc, char** argv) {
     sink = sink + s;
   };
 
-  struct Measure {
-    const char* name;
-    std::function<void()> fn;
-    std::vector<double> ms;
-  };
   std::vector<Measure> ms = {
       {"apply", apply, {}}, {"floor", floor, {}}, {"read", read, {}}, {"write", write, {}}};
+  if (int8) return bench_int8(convs, *t, which, reps, apply);
   for (Measure& m : ms) m.fn();  // page in, warm up
   // Taking turns, so each measure sees the same machine.
   for (int r = 0; r < reps; ++r)

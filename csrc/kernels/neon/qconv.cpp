@@ -6,10 +6,12 @@
 // products into int32 (exact), so each accumulator holds two partial sums
 // per channel, added at the end (addp). Tile: 2 rows x 16 channels, 16
 // accumulators.
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
 #include "kernels/neon/qsimd.h"
+#include "kernels/qapply.h"
 
 #if defined(__linux__)
 #include <sys/auxv.h>
@@ -75,6 +77,29 @@ bool has_dot() {
   return false;
 #endif
 }
+
+// qapply.h's row maximum (max_k |f32(r[k] * s)|, NaN skipped): fmaxnm
+// returns the number when one operand is a quiet NaN, and m never is NaN.
+struct QApplyOps {
+  static float row_max(const float* r, size_t n, float s) {
+    float32x4_t m0 = vdupq_n_f32(0.0f), m1 = m0;
+    size_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+      m0 = vmaxnmq_f32(vabsq_f32(vmulq_n_f32(vld1q_f32(r + k), s)), m0);
+      m1 = vmaxnmq_f32(vabsq_f32(vmulq_n_f32(vld1q_f32(r + k + 4), s)), m1);
+    }
+    float m = vmaxnmvq_f32(vmaxnmq_f32(m0, m1));
+    for (; k < n; ++k) {
+      const float a = std::fabs(r[k] * s);
+      m = a > m ? a : m;
+    }
+    return m;
+  }
+  static int32_t quantize_run(const float* r, int n, int n4, float s, float ws, int8_t* q) {
+    return qapply::quantize_run(r, n, n4, s, ws, q);  // GCC vectorises it well here
+  }
+  static size_t dequant9(const int8_t*, const int32_t*, size_t, float, float*) { return 0; }
+};
 
 }  // namespace
 

@@ -3,6 +3,7 @@
 // qgemm::requant (QEpilogue's formula). Every ISA is tested against it.
 #include <cstdint>
 
+#include "kernels/qapply.h"
 #include "kernels/qgemm.h"
 
 namespace spaedge::kernels::scalar {
@@ -33,6 +34,8 @@ struct QIsa {
     }
   }
 };
+
+using QApplyOps = qapply::PlainOps;
 
 }  // namespace
 
