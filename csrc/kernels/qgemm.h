@@ -4,25 +4,22 @@
 // "int8"; the requantization formula is QEpilogue's (kernels.h).
 //
 //   C[M x N] = A[M x K] * B[K x N],  M = out_h*out_w pixels, N = out_c,
-//   K = kernel * seg in (ky, kx, ci) order: for each ky a "segment" of
-//   kernel * in_c rows (kx, ci), rounded up to seg, a multiple of 4.
+//   K = kernel * kernel * in_c4 in (ky, kx, ci) order, in_c4 = in_c rounded
+//   up to a multiple of 4.
 //
 // A: the input is always copied first into scratch, (in_h + 2 pad) x
-// (in_w + 2 pad) pixels of in_c elements (NHWC, as the input), the border
-// set to the input zero point, each value passed through the ISA's `load`
-// (u8 as is, NEON u8 ^ 0x80 as s8, AVX2 widened to int16). The (kx, ci)
-// part of an A row for one ky is then one contiguous run of kernel * in_c
-// elements, consecutive segments one padded input row apart, so a tile
-// takes one pointer per row (as gemm_conv.h). A segment's last group reads
-// up to 3 elements past the run (the next pixel's, or the slack after the
-// copy): their weights are zero, so they add nothing. No channel padding:
-// the stem's 7 x 3 channels are a segment of 24, not 7 x 4 = 28.
+// (in_w + 2 pad) pixels of in_c4 elements, the border and the channels
+// beyond in_c set to the input zero point, each value passed through the
+// ISA's `load` (u8 as is, NEON u8 ^ 0x80 as s8, AVX2 widened to int16). The
+// (kx, ci) part of an A row for one ky is then one contiguous run of
+// kernel * in_c4 elements (a "segment"), consecutive segments one padded
+// input row apart, so a tile takes one pointer per row (as gemm_conv.h).
 //
 // B: packed[panel][K / 4][16][4] int8: panel p holds output channels
 // [16p, 16p + 16), each 64-byte row group g the 4 K rows [4g, 4g + 4) of the
 // 16 channels, 4 consecutive bytes per channel (one int32 lane of vpdpbusd,
-// sdot, or a pair of vpmaddwd / smull pairs). Ragged channels and each
-// segment's rows past kernel * in_c are zeros. After the panels: int32 wsum[panels * 16], the sum
+// sdot, or a pair of vpmaddwd / smull pairs). Ragged channels and the
+// in_c4 padding are zeros. After the panels: int32 wsum[panels * 16], the sum
 // of each output channel's weights (0 for padding channels), which turns
 // the zero points into one integer correction: acc - in_zp * wsum.
 //
@@ -56,8 +53,8 @@ constexpr int kGroup = 4;  // K rows interleaved per channel
 constexpr int kMaxMR = 8;
 
 struct Layout {
-  int run = 0;        // A elements of one ky (kernel * in_c)
-  int seg = 0;        // K rows per ky: run rounded up to 4
+  int in_c4 = 0;      // in_c rounded up to 4
+  int seg = 0;        // elements per segment (kernel * in_c4)
   int K = 0;          // kernel * seg
   int panels = 0;     // ceil(out_c / 16)
   size_t pbytes = 0;  // bytes per panel (K * 16)
@@ -67,8 +64,8 @@ struct Layout {
 
 inline Layout layout(const ConvGeometry& g) {
   Layout l;
-  l.run = g.kernel * g.in_c;
-  l.seg = (l.run + 3) / 4 * 4;
+  l.in_c4 = (g.in_c + 3) / 4 * 4;
+  l.seg = g.kernel * l.in_c4;
   l.K = g.kernel * l.seg;
   l.panels = (g.out_c + kNR - 1) / kNR;
   l.pbytes = static_cast<size_t>(l.K) * kNR;
@@ -98,7 +95,7 @@ inline void pack(const ConvGeometry& g, const int8_t* w, void* packed) {
       for (int t = 0; t < g.kernel * g.kernel; ++t)
         for (int ci = 0; ci < g.in_c; ++ci) {
           const int8_t v = wo[static_cast<size_t>(t) * g.in_c + ci];
-          const int k = (t / g.kernel) * l.seg + (t % g.kernel) * g.in_c + ci;
+          const int k = t * l.in_c4 + ci;
           pp[(k / kGroup) * (kNR * kGroup) + j * kGroup + k % kGroup] = v;
           sums[j] += v;
         }
@@ -153,7 +150,7 @@ template <class I>
 size_t scratch_bytes(const ConvGeometry& g) {
   const Layout l = layout(g);
   const size_t px = static_cast<size_t>(g.in_h + 2 * g.pad) * (g.in_w + 2 * g.pad);
-  return (px * g.in_c + kGroup) * sizeof(typename I::Elem) + 64;  // + the last group's slack
+  return px * l.in_c4 * sizeof(typename I::Elem) + 64;
 }
 
 // The conv: input copy (bands of padded rows), then the GEMM (blocks of M).
@@ -174,10 +171,7 @@ void run(const ConvGeometry& g, const void* packed, const uint8_t* in, uint8_t* 
   const int stride = step > 1 ? 1 : g.stride;         // over the copy
   E* buf = static_cast<E*>(scratch);
   const E zpe = I::load(static_cast<uint8_t>(ep.in_zp));
-  const size_t prow = static_cast<size_t>(wb) * g.in_c;  // elements per copied row
-  // The slack a segment's last group may read past the copy: defined values.
-  std::fill(buf + static_cast<size_t>(hb) * prow, buf + static_cast<size_t>(hb) * prow + kGroup,
-            zpe);
+  const size_t prow = static_cast<size_t>(wb) * l.in_c4;  // elements per copied row
   parallel_for_bands(par, hb, static_cast<double>(prow) * 8.0, 262144.0, [&](int y0, int y1, int) {
     for (int y = y0; y < y1; ++y) {
       E* d = buf + y * prow;
@@ -186,21 +180,23 @@ void run(const ConvGeometry& g, const void* packed, const uint8_t* in, uint8_t* 
         std::fill(d, d + prow, zpe);
         continue;
       }
-      const size_t border = static_cast<size_t>(g.pad) * g.in_c;
-      std::fill(d, d + border, zpe);
+      std::fill(d, d + static_cast<size_t>(g.pad) * l.in_c4, zpe);
       const uint8_t* s = in + static_cast<size_t>(iy) * g.in_w * g.in_c;
-      E* dx = d + border;
-      if (step == 1) {  // the row's pixels are contiguous in the input too
-        const size_t n = static_cast<size_t>(cols) * g.in_c;
-        if constexpr (std::is_same<E, uint8_t>::value)
-          std::memcpy(dx, s, n);
-        else
-          for (size_t i = 0; i < n; ++i) dx[i] = I::load(s[i]);
-        dx += n;
+      const size_t sstep = static_cast<size_t>(step) * g.in_c;
+      E* dx = d + static_cast<size_t>(g.pad) * l.in_c4;
+      if (l.in_c4 == 4) {
+        // Few channels (the stem's 3): one pixel at a time in registers; a
+        // memcpy call per 3-byte pixel cost as much as the stem's GEMM.
+        for (int x = 0; x < cols; ++x, s += sstep, dx += 4)
+          for (int ci = 0; ci < 4; ++ci) dx[ci] = ci < g.in_c ? I::load(s[ci]) : zpe;
       } else {
-        const size_t sstep = static_cast<size_t>(step) * g.in_c;
-        for (int x = 0; x < cols; ++x, s += sstep, dx += g.in_c)
-          for (int ci = 0; ci < g.in_c; ++ci) dx[ci] = I::load(s[ci]);
+        for (int x = 0; x < cols; ++x, s += sstep, dx += l.in_c4) {
+          if constexpr (std::is_same<E, uint8_t>::value)
+            std::memcpy(dx, s, static_cast<size_t>(g.in_c));
+          else
+            for (int ci = 0; ci < g.in_c; ++ci) dx[ci] = I::load(s[ci]);
+          for (int ci = g.in_c; ci < l.in_c4; ++ci) dx[ci] = zpe;
+        }
       }
       std::fill(dx, d + prow, zpe);
     }
@@ -248,7 +244,7 @@ void run(const ConvGeometry& g, const void* packed, const uint8_t* in, uint8_t* 
         for (int r = 0; r < rows; ++r) {
           t.a[r] =
               buf +
-              (static_cast<size_t>(oy) * stride * wb + static_cast<size_t>(ox) * stride) * g.in_c;
+              (static_cast<size_t>(oy) * stride * wb + static_cast<size_t>(ox) * stride) * l.in_c4;
           if (++ox == ow) {
             ox = 0;
             ++oy;

@@ -319,8 +319,8 @@ class Loader {
     for (const Step& s : p.steps) {
       switch (s.kind) {
         case StepKind::Conv: {
-          // qconv's int32 sum is exact for K <= 65536 rows (kernels.inc); its K
-          // is at most k*k*in_c with in_c rounded up to 4, the bound checked.
+          // qconv accumulates in int32 exactly up to K = k*k*in_c4 = 65536
+          // (kernels.inc, qconv_packed_bytes).
           const ConvTask& ct = t_.convs[size_t(s.index)];
           const int64_t K = int64_t(ct.kernel) * ct.kernel * ((int64_t(ct.in_c) + 3) / 4 * 4);
           if (K > 65536)
