@@ -128,8 +128,11 @@ def _method_options(args: argparse.Namespace):
     return method.options(**given)
 
 
-def add_env_flags(parser: argparse.ArgumentParser) -> None:
-    """--device, --precision, --loader-workers and --no-download (spaedge.train.device.TrainEnv)."""
+def add_env_flags(parser: argparse.ArgumentParser, precision_flag: str = "--precision") -> None:
+    """--device, --precision, --loader-workers and --no-download (spaedge.train.device.TrainEnv).
+
+    ``precision_flag``: the name of the training arithmetic's flag (``spaedge
+    pack`` calls it --train-precision: its --precision is the bundles')."""
     from spaedge.argtypes import nonneg_int
     from spaedge.train.device import PRECISIONS, TrainEnv
 
@@ -140,7 +143,8 @@ def add_env_flags(parser: argparse.ArgumentParser) -> None:
         "--device", default=d.device, metavar="DEVICE", help=help_of["device"] + " (default auto)"
     )
     g.add_argument(
-        "--precision",
+        precision_flag,
+        dest="precision",
         default=d.precision,
         choices=PRECISIONS,
         help=help_of["precision"] + " (default auto)",
