@@ -203,6 +203,10 @@ def main(args) -> int:
             f"({bhash[:12]}...): task bundles of one directory share one base; "
             "pack into another --out directory"
         )
+    if int8:  # an int8 base of another base there: said before the training
+        from spaedge.cli.quantize import int8_base_state
+
+        int8_base_state(base_path, out, bhash)
     identity = run_identity(get_task(cfg.task, data_dir=cfg.data_dir), bhash)
     if not args.retrain and find_run(run_dir, cfg, bhash, identity):
         print(f"using the trained run {run_dir} (pass --retrain to train again)")

@@ -155,26 +155,39 @@ def find_fp32_base(bundles: Path, base_hash: str, task_path: Path) -> Path:
     )
 
 
-def install_int8_base(fp32_base: Path, out: Path) -> tuple[Path, bool]:
-    """The int8 base of ``fp32_base`` in ``out`` (``X.int8.safetensors`` for
-    ``X.safetensors``): reused when its ``quantized_from`` is the fp32 base's
-    hash, else written (atomically). Returns (path, written)."""
-    from spaedge.pack.format import read_bundle, read_metadata, write_bundle
+def int8_base_state(fp32_base: Path, out: Path, fp32_hash: str | None = None) -> tuple[Path, bool]:
+    """Where the int8 base of ``fp32_base`` goes in ``out`` (``X.int8.safetensors``
+    for ``X.safetensors``) and whether it is there already (its
+    ``quantized_from`` the fp32 base's hash); a file there of another base is
+    an error (its int8 tasks would be orphaned). Writes nothing."""
+    from spaedge.pack.format import read_metadata
     from spaedge.pack.layout import int8_name
+    from spaedge.paths import check_output_file
+
+    path = check_output_file(out / int8_name(fp32_base.name), "the int8 base bundle")
+    if fp32_hash is None:
+        fp32_hash = read_metadata(fp32_base)["content_hash"]
+    if not path.exists():
+        return path, False
+    meta = read_metadata(path)
+    if meta.get("precision") == "int8" and meta.get("quantized_from") == fp32_hash:
+        return path, True
+    raise CliError(
+        f"{path} holds another base than the int8 of {fp32_base} ({fp32_hash[:12]}...): "
+        "its int8 tasks would be orphaned; write into another --out directory"
+    )
+
+
+def install_int8_base(fp32_base: Path, out: Path) -> tuple[Path, bool]:
+    """The int8 base of ``fp32_base`` in ``out``: reused when it is there
+    (:func:`int8_base_state`), else written atomically. Returns (path, written)."""
+    from spaedge.pack.format import read_bundle, write_bundle
     from spaedge.pack.quantize import int8_base_bundle
 
-    path = out / int8_name(fp32_base.name)
-    fp32_hash = read_metadata(fp32_base)["content_hash"]
-    if path.exists():
-        meta = read_metadata(path)
-        if meta.get("precision") == "int8" and meta.get("quantized_from") == fp32_hash:
-            return path, False
-        raise CliError(
-            f"{path} holds another base than the int8 of {fp32_base} ({fp32_hash[:12]}...): "
-            "its int8 tasks would be orphaned; write into another --out directory"
-        )
-    write_bundle(path, *int8_base_bundle(*read_bundle(fp32_base)))
-    return path, True
+    path, there = int8_base_state(fp32_base, out)
+    if not there:
+        write_bundle(path, *int8_base_bundle(*read_bundle(fp32_base)))
+    return path, not there
 
 
 def calibration_data(task, n, spec):
@@ -318,6 +331,7 @@ def main(args) -> int:
     spec = TaskSpec.from_metadata(meta, str(task_path))
     info = json.loads(meta.get("info", "{}") or "{}")
 
+    int8_base_state(base_path, out)  # another base there: said before any work
     task = test = ref_logits = val = None
     if args.calibration == RANDOM:
         if not (isinstance(info, dict) and info.get("synthetic") is True):

@@ -64,7 +64,14 @@ CALIBRATION_SELECTION = "spaedge/int8-calibration/v1"
 #: percent of the values above 0 and the bottom of those below 0 are
 #: clipped), ``mse`` (the range, scaled about 0, whose expected squared
 #: quantization error over the observed histogram is least).
-STATISTICS = ("minmax", "percentile-99.999", "percentile-99.99", "percentile-99.9", "mse")
+STATISTICS = (
+    "minmax",
+    "percentile-99.9999",
+    "percentile-99.999",
+    "percentile-99.99",
+    "percentile-99.9",
+    "mse",
+)
 #: Histogram bins per value for the statistics other than ``minmax``.
 HISTOGRAM_BINS = 1 << 14
 
