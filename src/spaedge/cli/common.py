@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from collections.abc import Iterable
+from pathlib import Path
 
 __all__ = [
     "CliError",
     "EXIT_USAGE",
+    "clean_killed_packs",
     "human_bytes",
     "human_count",
     "print_table",
@@ -24,6 +27,16 @@ EXIT_USAGE = 2
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
+
+
+def clean_killed_packs(task_path: Path) -> list[Path]:
+    """Remove the checked copies ``.TASK.safetensors.new-PID`` (and their
+    temporaries) that packs killed before installing them (SIGKILL, power
+    loss) left beside ``task_path``; a running pack's are kept."""
+    from spaedge.paths import remove_stale
+
+    pattern = re.escape(f".{task_path.name}.new-") + r"(?P<pid>\d+)(\.tmp-\d+)?"
+    return remove_stale(task_path.parent, pattern)
 
 
 def human_bytes(n: float) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from spaedge.cli.common import (
     CliError,
     add_config_flags,
     add_env_flags,
+    clean_killed_packs,
     config_from_args,
     env_from_args,
     human_bytes,
@@ -23,7 +23,7 @@ from spaedge.cli.quantize import add_calibration_flags
 from spaedge.cli.train import TITLE
 from spaedge.pack.format import read_metadata
 from spaedge.pack.layout import base_bundle_path, run_dir_path, task_bundle_path
-from spaedge.paths import WriteProblem, check_output_dir, check_output_file, remove_stale
+from spaedge.paths import WriteProblem, check_output_dir, check_output_file
 
 
 def add_parser(sub) -> None:
@@ -135,14 +135,6 @@ def find_run(run_dir: Path, cfg, base_hash: str, identity: dict | None = None) -
                 "pass --retrain to replace it, or --runs another directory to keep both"
             )
     return True
-
-
-def clean_killed_packs(task_path: Path) -> list[Path]:
-    """Remove the checked copies ``.TASK.safetensors.new-PID`` (and their
-    temporaries) that packs killed before installing them (SIGKILL, power
-    loss) left beside ``task_path``; a running pack's are kept."""
-    pattern = re.escape(f".{task_path.name}.new-") + r"(?P<pid>\d+)(\.tmp-\d+)?"
-    return remove_stale(task_path.parent, pattern)
 
 
 METRICS = ("whole_model_bytes", "density", "macs", "macs_unpruned", "learned_parameters")

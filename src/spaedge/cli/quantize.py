@@ -225,7 +225,7 @@ def write_int8_task(
     fp32."""
     import numpy as np
 
-    from spaedge.cli.pack import clean_killed_packs
+    from spaedge.cli.common import clean_killed_packs
     from spaedge.pack.calibrate import int8_task_from_bundles
     from spaedge.pack.format import atomic_write_bytes, serialise
     from spaedge.paths import WriteProblem
