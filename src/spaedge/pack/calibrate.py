@@ -85,7 +85,10 @@ def validation_images(task, n: int = VALIDATION_IMAGES) -> tuple[torch.Tensor, n
     sorted). Never the test split."""
     ds = task.split("val")
     if len(ds) < 1:
-        raise ValueError(f"task {task.name!r} has no validation images to choose a statistic on")
+        raise ValueError(
+            f"task {task.name!r} has no validation images to choose a calibration statistic on: "
+            "give one (--calibration-statistic minmax, say)"
+        )
     idx = _selection(VALIDATION_SELECTION, task.name, len(ds), n)
     x, y = ds.batch(idx.tolist())
     return x, np.asarray(y)
