@@ -16,6 +16,7 @@ from spaedge.bench.engines import calibration_of
 from spaedge.bench.synthetic import make_int8_pair, make_synthetic_task
 from spaedge.cli import main
 from spaedge.pack.format import read_bundle, read_metadata, write_bundle
+from spaedge.pack.quantize import RANDOM_CALIBRATION_SELECTION
 
 # An int8 engine agrees with the fp32 model when, on CHECK seeded random
 # inputs like the calibration images, its top-1 class is fp32's on at least
@@ -48,7 +49,7 @@ def test_the_int8_pair_is_quantized_from_the_fp32_one(pair):
     assert cal == {
         "images": 32,
         "split": "random",
-        "selection": bench.engines.RANDOM_CALIBRATION,
+        "selection": RANDOM_CALIBRATION_SELECTION,
         "seed": 0,
         "statistic": "minmax",
     }
@@ -57,6 +58,9 @@ def test_the_int8_pair_is_quantized_from_the_fp32_one(pair):
     assert calibration_of(json.loads(task8["info"]), "digits", (1, 28, 28)).tobytes() == (
         int8.calibration.tobytes()
     )
+    # without its seed the random images cannot be rebuilt: none, not others
+    del cal["seed"]
+    assert calibration_of({"calibration": cal}, "digits", (1, 28, 28)) is None
     assert int8.precision == "int8" and int8.fp32 is fp32 and int8.base_bytes < fp32.base_bytes / 3
     # made once: the same fp32 bundles and calibration reuse the pair
     mtime = os.stat(int8.task_path).st_mtime_ns

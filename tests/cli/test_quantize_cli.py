@@ -262,7 +262,14 @@ def test_quantize_help_says_random_is_for_synthetic_tasks(tmp_path):
 
 
 def test_quantize_a_synthetic_task_on_random_images(tmp_path):
-    from spaedge.bench.synthetic import make_synthetic_task
+    import torch
+
+    from spaedge.bench.engines import calibration_of
+    from spaedge.bench.synthetic import make_int8_pair, make_synthetic_task
+    from spaedge.pack.bundle import load_task_model
+    from spaedge.pack.calibrate import calibrate
+    from spaedge.pack.format import read_bundle
+    from spaedge.pack.quantize import random_calibration_images, random_calibration_info
 
     t = make_synthetic_task(
         tmp_path / "b", "syn", base="tiny", density=0.5, rank=2, classes=3, input_size=(1, 28, 28)
@@ -270,12 +277,26 @@ def test_quantize_a_synthetic_task_on_random_images(tmp_path):
     res = spaedge(
         "quantize", "--bundles", "b", "--task", "syn", "--calibration", "random", cwd=tmp_path
     )
-    assert "256 random N(0,1) images, minmax" in res.stdout
+    assert "32 random N(0,1) images (seed 0), minmax" in res.stdout
     assert "int8 test accuracy" not in res.stdout  # no data: nothing to score
     base8 = tmp_path / "b" / "base-tiny.int8.safetensors"  # named after its fp32 base
     meta = read_metadata(tmp_path / "b" / "syn.int8.safetensors")
-    cal = json.loads(meta["info"])["calibration"]
-    assert cal["split"] == "random" and cal["statistic"] == "minmax" and cal["images"] == 256
+    info = json.loads(meta["info"])
+    # one random scheme: what make_int8_pair writes, and what the bench rebuilds
+    assert info["calibration"] == random_calibration_info(32, 0, "minmax")
+    images = calibration_of(info, "syn", t.input_size)
+    assert images.tobytes() == random_calibration_images(t.input_size, 32, 0).tobytes()
+    # ... and the activations were calibrated on exactly those images
+    model, _, _ = load_task_model(t.base_path, t.task_path)
+    act = calibrate(model, torch.from_numpy(images), statistic="minmax")
+    tensors = read_bundle(tmp_path / "b" / "syn.int8.safetensors")[0]
+    for v, (scale, zero) in act.items():
+        assert tensors[f"{v}.act_scale"][0] == scale and tensors[f"{v}.act_zero_point"][0] == zero
+    act_other = calibrate(model, torch.from_numpy(images[:16]), statistic="minmax")
+    assert any(act_other[v] != act[v] for v in act)  # the check above can fail
+    pair = make_int8_pair(t)  # the benchmarks' pair of the same fp32 bundles
+    assert json.loads(read_metadata(pair.task_path)["info"])["calibration"] == info["calibration"]
+    assert pair.calibration.tobytes() == images.tobytes()
     assert meta["base_hash"] == read_metadata(base8)["content_hash"]
     assert read_metadata(base8)["quantized_from"] == read_metadata(t.base_path)["content_hash"]
     from spaedge.runtime import Runtime

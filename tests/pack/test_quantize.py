@@ -738,3 +738,26 @@ def test_the_statistic_is_chosen_on_the_validation_split(digits_model, int8_pair
     assert agree >= 0.97 and acc8 >= acc32 - 0.01
     with pytest.raises(ValueError, match="validation"):
         int8_task_from_bundles(fp32, task_path, int8, calibration_images(task))
+
+
+def test_random_calibration_images_are_one_seeded_scheme():
+    from spaedge.pack.quantize import random_calibration_images, random_calibration_info
+
+    a = random_calibration_images((3, 8, 8), 4, seed=5)
+    assert a.dtype == np.float32 and a.shape == (4, 3, 8, 8)
+    assert a.tobytes() == random_calibration_images((3, 8, 8), 4, seed=5).tobytes()
+    # fewer images of a seed are a prefix of more; another seed is others
+    assert random_calibration_images((3, 8, 8), 2, seed=5).tobytes() == a[:2].tobytes()
+    assert not np.array_equal(random_calibration_images((3, 8, 8), 4, seed=6), a)
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="at least one image"):
+            random_calibration_images((3, 8, 8), bad)
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        random_calibration_images((8, 8), 2)
+    assert random_calibration_info(4, 5) == {
+        "images": 4,
+        "split": "random",
+        "selection": "spaedge/int8-calibration-random/v1",
+        "seed": 5,
+        "statistic": "minmax",
+    }

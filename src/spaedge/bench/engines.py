@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from spaedge.pack.format import atomic_write_bytes, precision_of, read_metadata
+from spaedge.pack.quantize import RANDOM_CALIBRATION_SELECTION, random_calibration_images
 from spaedge.runtime import Runtime
 
 __all__ = [
@@ -50,9 +51,7 @@ __all__ = [
     "check_agreement",
     "ort_session",
     "top1_agreement",
-    "random_calibration_images",
     "calibration_of",
-    "RANDOM_CALIBRATION",
 ]
 
 ENGINES = ("spaedge", "onnxruntime", "litert", "torch")
@@ -60,12 +59,6 @@ REFERENCE = "onnxruntime"
 PRECISIONS = ("fp32", "int8")
 #: Engines that have an int8 runner.
 INT8_ENGINES = ("spaedge", "onnxruntime", "litert")
-#: The name of the seeded random calibration images of synthetic speed tasks
-#: (an int8 task bundle's ``info.calibration.selection`` when calibrated on them).
-RANDOM_CALIBRATION = "spaedge/int8-calibration-random/v1"
-#: Random calibration images per synthetic task by default: enough for a
-#: min/max calibration of random weights, quick at 224x224.
-RANDOM_CALIBRATION_IMAGES = 32
 
 
 class EngineUnavailable(RuntimeError):
@@ -237,31 +230,23 @@ def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, images: 
         atomic_write_bytes(out, tmp.read_bytes())
 
 
-def random_calibration_images(
-    input_size: Sequence[int], n: int = RANDOM_CALIBRATION_IMAGES, seed: int = 0
-) -> np.ndarray:
-    """``n`` normalised "images" for calibrating a synthetic speed task: standard
-    normal values (about what a normalised natural image spans), float32
-    ``[n, C, H, W]``, from ``numpy.random.default_rng(seed)``. The same
-    arguments give the same bytes on every machine (no torch needed)."""
-    if n < 1:
-        raise ValueError(f"calibration needs at least one image, got {n}")
-    size = tuple(int(v) for v in input_size)
-    return np.random.default_rng(seed).standard_normal((n, *size)).astype(np.float32)
-
-
 def calibration_of(info: dict, task: str, input_size: Sequence[int]) -> np.ndarray | None:
     """The images an int8 task bundle was calibrated on, rebuilt from its
     ``info["calibration"]`` (what the int8 peers are calibrated on): the seeded
-    random ones of a synthetic task, or the task's own training images chosen
+    random ones of a synthetic task (``spaedge quantize --calibration random``,
+    ``synthetic.make_int8_pair``: ``spaedge.pack.quantize.random_calibration_images``
+    of its ``images`` and ``seed``), or the task's own training images chosen
     as ``spaedge pack --precision int8`` chose them (needs the toolchain and
     the task's data). None when they cannot be rebuilt here."""
     cal = info.get("calibration") or {}
     n = cal.get("images")
     if not isinstance(n, int) or n < 1:
         return None
-    if cal.get("selection") == RANDOM_CALIBRATION:
-        return random_calibration_images(input_size, n, int(cal.get("seed", 0)))
+    if cal.get("selection") == RANDOM_CALIBRATION_SELECTION:
+        seed = cal.get("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            return None
+        return random_calibration_images(input_size, n, seed)
     if cal.get("split") == "train":
         try:
             from spaedge.pack.calibrate import calibration_images

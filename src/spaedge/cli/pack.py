@@ -305,7 +305,7 @@ def _pack_int8(args, name: str, base_path: Path, task_path: Path, task, test, re
     else:
         print(f"{int8_base} already holds the int8 of this base; left as it is")
     int8_task = task_bundle_path(base_path.parent, name, "int8")
-    images, split, selection = calibration_data(task, args.calibration, None)
+    images, split, selection, seed = calibration_data(task, args.calibration, None)
     rows = write_int8_task(
         base_path,
         task_path,
@@ -316,6 +316,7 @@ def _pack_int8(args, name: str, base_path: Path, task_path: Path, task, test, re
         val=validation_images(task),
         split=split,
         selection=selection,
+        seed=seed,
         test=test,
         ref_logits=ref_logits,
     )

@@ -50,7 +50,7 @@ def parse_statistic(text: str) -> str:
 def add_calibration_flags(parser, random: bool) -> None:
     """``--calibration`` and ``--calibration-statistic`` (``spaedge quantize``
     and ``spaedge pack --precision int8``)."""
-    from spaedge.pack.quantize import CALIBRATION_IMAGES, STATISTICS
+    from spaedge.pack.quantize import CALIBRATION_IMAGES, RANDOM_CALIBRATION_IMAGES, STATISTICS
 
     if random:
         parser.add_argument(
@@ -59,7 +59,8 @@ def add_calibration_flags(parser, random: bool) -> None:
             default=CALIBRATION_IMAGES,
             metavar="N|random",
             help=f"calibrate on N training images of the task (default {CALIBRATION_IMAGES}, "
-            "chosen reproducibly), or on N(0,1) random images of its input size: 'random' is "
+            f"chosen reproducibly), or on {RANDOM_CALIBRATION_IMAGES} seeded N(0,1) random images "
+            "of its input size (the ones spaedge bench calibrates its int8 peers on): 'random' is "
             "for synthetic speed tasks only (bundles made without data, info 'synthetic'), whose "
             "accuracy means nothing; it is recorded in the bundle's info.calibration",
         )
@@ -191,15 +192,25 @@ def install_int8_base(fp32_base: Path, out: Path) -> tuple[Path, bool]:
 
 
 def calibration_data(task, n, spec):
-    """``(images, split, selection)``: ``n`` training images of ``task`` (a
-    Task), or ``n`` random images of the spec's input size when ``task`` is None."""
-    from spaedge.pack.calibrate import RANDOM_SELECTION, calibration_images, random_images
+    """``(images, split, selection, seed)``: ``n`` training images of ``task``
+    (a Task; seed None), or, when ``task`` is None, ``n`` seeded random
+    images of the spec's input size
+    (:func:`spaedge.pack.quantize.random_calibration_images`, seed 0: the
+    images ``spaedge.bench.synthetic.make_int8_pair`` calibrates on, rebuilt
+    for the int8 peers by ``spaedge.bench.engines.calibration_of``)."""
+    from spaedge.pack.quantize import CALIBRATION_SELECTION, RANDOM_CALIBRATION_SELECTION
 
     if task is None:
-        return random_images(spec.name, spec.input_size, n), RANDOM, RANDOM_SELECTION
-    from spaedge.pack.quantize import CALIBRATION_SELECTION
+        import torch
 
-    return calibration_images(task, n), "train", CALIBRATION_SELECTION
+        from spaedge.pack.quantize import random_calibration_images
+
+        seed = 0
+        images = torch.from_numpy(random_calibration_images(spec.input_size, n, seed))
+        return images, RANDOM, RANDOM_CALIBRATION_SELECTION, seed
+    from spaedge.pack.calibrate import calibration_images
+
+    return calibration_images(task, n), "train", CALIBRATION_SELECTION, None
 
 
 def write_int8_task(
@@ -213,6 +224,7 @@ def write_int8_task(
     val,
     split: str,
     selection: str,
+    seed: int | None = None,
     test=None,
     ref_logits=None,
     threads: int | None = None,
@@ -240,12 +252,13 @@ def write_int8_task(
         val=val,
         split=split,
         selection=selection,
+        seed=seed,
         threads=threads,
     )
     payload, _ = serialise(tensors, meta)
     stat = choice.statistic if choice else statistic
     if split == RANDOM:
-        how = f"{len(images)} random N(0,1) images, {stat}"
+        how = f"{len(images)} random N(0,1) images (seed {seed}), {stat}"
     else:
         how = f"{len(images)} training images, {stat}"
     if choice is not None:
@@ -342,9 +355,9 @@ def main(args) -> int:
             )
         if args.calibration_statistic == "auto":
             args.calibration_statistic = "minmax"  # no validation data to choose on
-        from spaedge.pack.quantize import CALIBRATION_IMAGES
+        from spaedge.pack.quantize import RANDOM_CALIBRATION_IMAGES
 
-        n = CALIBRATION_IMAGES
+        n = RANDOM_CALIBRATION_IMAGES
     else:
         n = args.calibration
         task, test, ref_logits, val = _task_data(args, spec, base_path, task_path)
@@ -354,7 +367,7 @@ def main(args) -> int:
         print(f"wrote {int8_base} (int8 of {base_path.name})")
     else:
         print(f"{int8_base} already holds the int8 of {base_path.name}; left as it is")
-    images, split, selection = calibration_data(task, n, spec)
+    images, split, selection, seed = calibration_data(task, n, spec)
     rows = write_int8_task(
         base_path,
         task_path,
@@ -365,6 +378,7 @@ def main(args) -> int:
         val=val,
         split=split,
         selection=selection,
+        seed=seed,
         test=test,
         ref_logits=ref_logits,
         threads=args.threads,

@@ -43,10 +43,8 @@ from spaedge.pack.quantize import (
 __all__ = [
     "VALIDATION_IMAGES",
     "VALIDATION_SELECTION",
-    "RANDOM_SELECTION",
     "calibration_images",
     "validation_images",
-    "random_images",
     "calibration_info",
     "fp32_values",
     "ValueStats",
@@ -74,8 +72,6 @@ def calibration_images(task, n: int = CALIBRATION_IMAGES) -> torch.Tensor:
 VALIDATION_IMAGES = 1000
 #: The name of the validation image selection (its seed and its version).
 VALIDATION_SELECTION = "spaedge/int8-validation/v1"
-#: The name of the random calibration images (their seed and version).
-RANDOM_SELECTION = "spaedge/int8-random/v1"
 
 
 def validation_images(task, n: int = VALIDATION_IMAGES) -> tuple[torch.Tensor, np.ndarray]:
@@ -102,33 +98,26 @@ def _selection(what: str, name: str, available: int, n: int) -> np.ndarray:
     return np.sort(rng.permutation(available)[:n])
 
 
-def random_images(name: str, input_size: Sequence[int], n: int) -> torch.Tensor:
-    """``n`` images of N(0, 1) values of ``input_size`` (C, H, W), seeded by
-    :data:`RANDOM_SELECTION` and ``name``: calibration for synthetic speed
-    tasks, which have no data (their ranges say nothing about real images)."""
-    if n < 1:
-        raise ValueError(f"calibration needs at least one image, got {n}")
-    digest = hashlib.sha256(f"{RANDOM_SELECTION}:{name}".encode()).digest()
-    g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-    return torch.randn((n, *(int(v) for v in input_size)), generator=g)
-
-
 def calibration_info(
     n: int,
     statistic: str = "minmax",
     split: str = "train",
     selection: str = CALIBRATION_SELECTION,
     chosen_on: Mapping | None = None,
+    seed: int | None = None,
 ) -> dict:
     """What the task bundle's ``info`` says about the calibration: the images
-    (how many, of which split, which selection), the range statistic and,
-    when it was chosen on validation images, what decided it."""
+    (how many, of which split, which selection, and the ``seed`` of random
+    ones: :func:`spaedge.pack.quantize.random_calibration_info`), the range
+    statistic and, when it was chosen on validation images, what decided it."""
     cal = {
         "images": int(n),
         "split": split,
         "selection": selection,
         "statistic": check_statistic(statistic),
     }
+    if seed is not None:
+        cal["seed"] = int(seed)
     if chosen_on is not None:
         cal["chosen_on"] = dict(chosen_on)
     return {"calibration": cal}
@@ -334,13 +323,16 @@ def int8_task_from_bundles(
     val: tuple[torch.Tensor, np.ndarray | None] | None = None,
     split: str = "train",
     selection: str = CALIBRATION_SELECTION,
+    seed: int | None = None,
     threads: int | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, str], Int8Choice | None]:
     """Tensors and metadata of the int8 task bundle of an fp32 pair, on the
     int8 base at ``int8_base_path`` (quantized from ``fp32_base_path``),
     calibrated on ``images``. ``statistic`` ``auto`` chooses among
     :data:`STATISTICS` on ``val`` (required then; never the test split);
-    any other is used as it is. Returns the choice too (None when given)."""
+    any other is used as it is; ``split``, ``selection`` and ``seed`` say
+    which images they are (:func:`calibration_info`). Returns the choice too
+    (None when given)."""
     tensors, meta = read_bundle(fp32_task_path)
     if precision_of(meta) != "fp32":
         raise BundleError(
@@ -359,7 +351,12 @@ def int8_task_from_bundles(
     else:
         act = calibrate(model, images, statistic=statistic)
     info = calibration_info(
-        len(images), statistic, split, selection, None if choice is None else choice.chosen_on()
+        len(images),
+        statistic,
+        split,
+        selection,
+        None if choice is None else choice.chosen_on(),
+        seed,
     )
     out, out_meta = int8_task_bundle(tensors, meta, h8, act, info)
     return out, out_meta, choice

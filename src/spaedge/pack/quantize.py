@@ -37,6 +37,10 @@ __all__ = [
     "int8_task_bundle",
     "activation_qparams",
     "calibration_indices",
+    "RANDOM_CALIBRATION_IMAGES",
+    "RANDOM_CALIBRATION_SELECTION",
+    "random_calibration_images",
+    "random_calibration_info",
     "STATISTICS",
     "HISTOGRAM_BINS",
     "check_statistic",
@@ -57,6 +61,13 @@ __all__ = [
 CALIBRATION_IMAGES = 256
 #: The name of the calibration image selection (its seed and its version).
 CALIBRATION_SELECTION = "spaedge/int8-calibration/v1"
+#: Random calibration images of a synthetic speed task by default: enough for
+#: a min/max calibration of random weights, quick at 224x224.
+RANDOM_CALIBRATION_IMAGES = 32
+#: The name of the seeded random calibration images of synthetic speed tasks:
+#: an int8 task bundle's ``info.calibration.selection`` when calibrated on
+#: :func:`random_calibration_images` (its ``seed`` beside it).
+RANDOM_CALIBRATION_SELECTION = "spaedge/int8-calibration-random/v1"
 
 #: Range statistics of a value's calibration (docs/int8.md, (b)), in the order
 #: a tie on validation is broken: ``minmax`` (the whole observed range),
@@ -214,6 +225,40 @@ def calibration_indices(task: str, available: int, n: int = CALIBRATION_IMAGES) 
     digest = hashlib.sha256(f"{CALIBRATION_SELECTION}:{task}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
     return np.sort(rng.permutation(available)[:n])
+
+
+def random_calibration_images(
+    input_size, n: int = RANDOM_CALIBRATION_IMAGES, seed: int = 0
+) -> np.ndarray:
+    """``n`` normalised "images" calibrating a synthetic speed task (one
+    without data): standard normal values (about what a normalised natural
+    image spans), float32 ``[n, C, H, W]`` from
+    ``numpy.random.default_rng(seed)``. The same arguments give the same
+    bytes on every machine, without torch; fewer images of the same seed are
+    a prefix of more. ``spaedge quantize --calibration random``,
+    ``spaedge.bench.synthetic.make_int8_pair`` and the benchmarks' int8 peers
+    (``spaedge.bench.engines.calibration_of``) all use these."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"calibration needs at least one image, got {n!r}")
+    size = tuple(int(v) for v in input_size)
+    if len(size) != 3 or min(size) < 1:
+        raise ValueError(f"an input size is (C, H, W) of positive sizes, got {input_size!r}")
+    return np.random.default_rng(int(seed)).standard_normal((int(n), *size)).astype(_F32)
+
+
+def random_calibration_info(
+    n: int = RANDOM_CALIBRATION_IMAGES, seed: int = 0, statistic: str = "minmax"
+) -> dict:
+    """The ``info.calibration`` of an int8 task calibrated on
+    ``random_calibration_images(input_size, n, seed)``: what
+    ``calibration_of`` rebuilds them from."""
+    return {
+        "images": int(n),
+        "split": "random",
+        "selection": RANDOM_CALIBRATION_SELECTION,
+        "seed": int(seed),
+        "statistic": check_statistic(statistic),
+    }
 
 
 def check_statistic(name: str) -> str:
