@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import onnx
@@ -16,6 +17,7 @@ from spaedge.bench.engines import calibration_of
 from spaedge.bench.synthetic import make_int8_pair, make_synthetic_task
 from spaedge.cli import main
 from spaedge.pack.format import read_bundle, read_metadata, write_bundle
+from spaedge.pack.layout import base_bundle_path, task_bundle_path
 from spaedge.pack.quantize import RANDOM_CALIBRATION_SELECTION
 
 # An int8 engine agrees with the fp32 model when, on CHECK seeded random
@@ -218,6 +220,47 @@ def test_bench_int8_of_a_trained_task_needs_its_pair(pair, tmp_path, capsys):
     }
     # onnxruntime int8 was calibrated on the images the int8 task names (random, seed 0)
     assert r["task"]["int8"]["calibration_images"] == 32
+
+
+def test_bench_finds_the_int8_pair_spaedge_quantize_wrote(pair, tmp_path, capsys):
+    """Without --int8-bundles, `spaedge bench --bundles DIR` times the int8
+    pair `spaedge quantize` wrote beside the fp32 one (spaedge.pack.layout's
+    names), not one of its own; --int8-bundles reads the same names; a pair
+    of another base is refused."""
+    d, _, _ = pair
+    b = tmp_path / "b"
+    b.mkdir()
+    for n in ("base.safetensors", "digits.safetensors"):
+        shutil.copy(d / n, b / n)
+    quantize = ["quantize", "--bundles", str(b), "--task", "digits", "--calibration", "random"]
+    assert main(quantize) == 0
+    assert main([*quantize, "--out", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    base8, task8 = base_bundle_path(b, "int8"), task_bundle_path(b, "digits", "int8")
+    r = _bench(b, tmp_path, "--engines", "spaedge", "onnxruntime")
+    assert f"int8: the pair {base8.name} + {task8.name} in {b}" in capsys.readouterr().out
+    assert r["task"]["int8"]["task_path"] == str(task8)
+    assert r["task"]["int8"]["base_path"] == str(base8)
+    assert r["task"]["int8"]["calibration_images"] == 32
+    c = tmp_path / "c"
+    r = _bench(b, tmp_path, "--engines", "spaedge", "--int8-bundles", str(c))
+    assert r["task"]["int8"]["task_path"] == str(task_bundle_path(c, "digits", "int8"))
+    # an int8 base that is not the fp32 base's: a one-line error, not a silent wrong pair
+    tensors, meta = read_bundle(base8)
+    meta["quantized_from"] = "0" * 64
+    write_bundle(base8, tensors, _fresh(meta))
+    args = ["bench", "--bundles", str(b), "--task", "digits", "--engines", "spaedge"]
+    assert main([*args, "--runs", "2"]) == 2
+    assert "is not the int8 pair of" in capsys.readouterr().err
+    help_text = " ".join(_help(capsys).split())
+    assert "base.int8.safetensors and TASK.int8.safetensors" in help_text
+    assert "that pair in --bundles when it is there" in help_text
+
+
+def _help(capsys) -> str:
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    return capsys.readouterr().out
 
 
 def _fresh(meta: dict) -> dict:

@@ -52,6 +52,7 @@ __all__ = [
     "ort_session",
     "top1_agreement",
     "calibration_of",
+    "find_int8_pair",
 ]
 
 ENGINES = ("spaedge", "onnxruntime", "litert", "torch")
@@ -259,6 +260,25 @@ def calibration_of(info: dict, task: str, input_size: Sequence[int]) -> np.ndarr
             return calibration_images(t, n).numpy().astype(np.float32)
         except (ImportError, OSError, KeyError, ValueError):
             return None
+    return None
+
+
+def find_int8_pair(directory: str | os.PathLike, task: str) -> tuple[Path, Path] | None:
+    """``(base, task)`` paths of ``task``'s int8 pair in ``directory``:
+    ``base.int8.safetensors`` and ``TASK.int8.safetensors``, the names
+    ``spaedge quantize`` and ``spaedge pack --precision int8`` write
+    (``spaedge.pack.layout``), else ``base.safetensors`` and
+    ``TASK.safetensors`` when that task bundle is an int8 one. None when
+    neither pair is there. Reads only metadata; checks nothing else."""
+    from spaedge.pack.layout import base_bundle_path, task_bundle_path
+
+    d = Path(directory)
+    for precision in ("int8", "fp32"):
+        base, t = base_bundle_path(d, precision), task_bundle_path(d, task, precision)
+        if not (base.is_file() and t.is_file()):
+            continue
+        if precision == "int8" or precision_of(read_metadata(t)) == "int8":
+            return base, t
     return None
 
 
