@@ -242,6 +242,10 @@ def test_bench_finds_the_int8_pair_spaedge_quantize_wrote(pair, tmp_path, capsys
     assert r["task"]["int8"]["task_path"] == str(task8)
     assert r["task"]["int8"]["base_path"] == str(base8)
     assert r["task"]["int8"]["calibration_images"] == 32
+    assert {x["engine"]: x.get("statistic") for x in r["latency"] if x["precision"] == "int8"} == {
+        "spaedge": "minmax",
+        "onnxruntime": "minmax",
+    }
     c = tmp_path / "c"
     r = _bench(b, tmp_path, "--engines", "spaedge", "--int8-bundles", str(c))
     assert r["task"]["int8"]["task_path"] == str(task_bundle_path(c, "digits", "int8"))
@@ -255,6 +259,58 @@ def test_bench_finds_the_int8_pair_spaedge_quantize_wrote(pair, tmp_path, capsys
     help_text = " ".join(_help(capsys).split())
     assert "base.int8.safetensors and TASK.int8.safetensors" in help_text
     assert "that pair in --bundles when it is there" in help_text
+
+
+def test_the_onnxruntime_peer_takes_the_same_statistic_family(pair, tmp_path, capsys):
+    """onnxruntime quantizes with the range statistic of spaedge's int8 task
+    where it has one of that family (MinMax, Percentile at the same P), else
+    MinMax; every int8 row and the report say which each engine used."""
+    from spaedge.bench.engines import _ort_calibration, int8_statistic, quantize_onnx
+
+    assert _ort_calibration("minmax") == ("MinMax", {})
+    assert _ort_calibration("percentile-99.9") == (
+        "Percentile",
+        {"CalibPercentile": 99.9, "CalibTensorRangeSymmetric": False},
+    )
+    assert _ort_calibration("mse") == ("MinMax", {})
+    assert [int8_statistic(e, "mse") for e in ("spaedge", "onnxruntime", "litert")] == [
+        "mse",
+        "minmax",
+        "minmax",
+    ]
+    assert int8_statistic("litert", "percentile-99.9") == "minmax"
+    _, fp32, int8 = pair
+    scales = {}
+    for stat in ("minmax", "percentile-99"):
+        out = tmp_path / f"{stat}.onnx"
+        quantize_onnx(fp32.onnx_path(), out, int8.calibration, stat)
+        m = onnx.load(str(out))
+        scales[stat] = {
+            i.name: onnx.numpy_helper.to_array(i).tobytes()
+            for i in m.graph.initializer
+            if i.name.endswith("_scale") and "weight" not in i.name
+        }
+    assert scales["minmax"].keys() == scales["percentile-99"].keys() and scales["minmax"]
+    assert scales["minmax"] != scales["percentile-99"]  # the percentile ranges are others
+    assert "Percentile" not in capsys.readouterr().out  # the calibrator's prints kept out
+    # a pair quantized with percentile-99.9: each engine's row says what it used
+    b = tmp_path / "b"
+    b.mkdir()
+    d = pair[0]
+    for n in ("base.safetensors", "digits.safetensors"):
+        shutil.copy(d / n, b / n)
+    q = ["quantize", "--bundles", str(b), "--task", "digits", "--calibration", "random"]
+    assert main([*q, "--calibration-statistic", "percentile-99.9"]) == 0
+    capsys.readouterr()
+    r = _bench(b, tmp_path, "--engines", "spaedge", "onnxruntime", "--precision", "int8")
+    assert r["task"]["int8"]["statistic"] == "percentile-99.9"
+    assert {x["engine"]: x["statistic"] for x in r["latency"]} == {
+        "spaedge": "percentile-99.9",
+        "onnxruntime": "percentile-99.9",
+    }
+    assert "int8 range statistic: spaedge percentile-99.9, onnxruntime percentile-99.9" in (
+        capsys.readouterr().out
+    )
 
 
 def _help(capsys) -> str:

@@ -227,6 +227,7 @@ def make_int8_pair(
         base_bytes=base8.stat().st_size,
         fp32=task,
         calibration=images,
+        statistic=described["statistic"],
     )
 
 
