@@ -21,8 +21,9 @@ in int8 (``INT8_CASES``): spaedge's int8 pair (``make_int8_pair``: the base
 quantized per output channel, the task calibrated on 32 seeded random
 images), onnxruntime static QDQ int8 and LiteRT full-integer int8, both
 calibrated on the same images. Set SPAEDGE_BENCH_INT8_BUNDLES=DIR8 (with
-SPAEDGE_BENCH_BUNDLES) to time a really quantized DIR8/digits.safetensors on
-DIR8/base.safetensors for digits. An int8 row is not checked against PyTorch
+SPAEDGE_BENCH_BUNDLES) to time a really quantized pair for digits,
+DIR8/digits.int8.safetensors on DIR8/base.int8.safetensors as
+``spaedge quantize`` writes them (``spaedge.bench.engines.find_int8_pair``). An int8 row is not checked against PyTorch
 to 1e-3 but within ``INT8_TOLERANCE`` of the largest |logit|, and records its
 top-1 agreement with fp32 on ``CHECK_IMAGES`` seeded random inputs.
 
@@ -44,6 +45,7 @@ from spaedge.bench import (
     make_runner,
     top1_agreement,
 )
+from spaedge.bench.engines import find_int8_pair
 from spaedge.bench.synthetic import make_int8_pair, make_synthetic_task
 
 QUICK = os.environ.get("SPAEDGE_BENCH_QUICK", "") not in ("", "0")
@@ -132,12 +134,13 @@ class Cases:
         fp32 = self.task(case, variant)
         packed = os.environ.get("SPAEDGE_BENCH_INT8_BUNDLES")
         if case == "digits" and packed and variant == 0 and os.environ.get("SPAEDGE_BENCH_BUNDLES"):
-            return bench_task_from_bundles(
-                Path(packed) / "base.safetensors",
-                Path(packed) / "digits.safetensors",
-                fp32.workdir,
-                fp32=fp32,
-            )
+            pair = find_int8_pair(packed, "digits")
+            if pair is None:
+                raise FileNotFoundError(
+                    f"SPAEDGE_BENCH_INT8_BUNDLES={packed} holds no int8 pair of digits "
+                    "(base.int8.safetensors and digits.int8.safetensors: spaedge quantize)"
+                )
+            return bench_task_from_bundles(*pair, fp32.workdir, fp32=fp32)
         return make_int8_pair(fp32)
 
     def check_images(self, case: str) -> np.ndarray:

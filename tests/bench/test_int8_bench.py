@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import onnx
@@ -16,6 +17,8 @@ from spaedge.bench.engines import calibration_of
 from spaedge.bench.synthetic import make_int8_pair, make_synthetic_task
 from spaedge.cli import main
 from spaedge.pack.format import read_bundle, read_metadata, write_bundle
+from spaedge.pack.layout import base_bundle_path, task_bundle_path
+from spaedge.pack.quantize import RANDOM_CALIBRATION_SELECTION
 
 # An int8 engine agrees with the fp32 model when, on CHECK seeded random
 # inputs like the calibration images, its top-1 class is fp32's on at least
@@ -48,7 +51,7 @@ def test_the_int8_pair_is_quantized_from_the_fp32_one(pair):
     assert cal == {
         "images": 32,
         "split": "random",
-        "selection": bench.engines.RANDOM_CALIBRATION,
+        "selection": RANDOM_CALIBRATION_SELECTION,
         "seed": 0,
         "statistic": "minmax",
     }
@@ -57,6 +60,9 @@ def test_the_int8_pair_is_quantized_from_the_fp32_one(pair):
     assert calibration_of(json.loads(task8["info"]), "digits", (1, 28, 28)).tobytes() == (
         int8.calibration.tobytes()
     )
+    # without its seed the random images cannot be rebuilt: none, not others
+    del cal["seed"]
+    assert calibration_of({"calibration": cal}, "digits", (1, 28, 28)) is None
     assert int8.precision == "int8" and int8.fp32 is fp32 and int8.base_bytes < fp32.base_bytes / 3
     # made once: the same fp32 bundles and calibration reuse the pair
     mtime = os.stat(int8.task_path).st_mtime_ns
@@ -214,6 +220,103 @@ def test_bench_int8_of_a_trained_task_needs_its_pair(pair, tmp_path, capsys):
     }
     # onnxruntime int8 was calibrated on the images the int8 task names (random, seed 0)
     assert r["task"]["int8"]["calibration_images"] == 32
+
+
+def test_bench_finds_the_int8_pair_spaedge_quantize_wrote(pair, tmp_path, capsys):
+    """Without --int8-bundles, `spaedge bench --bundles DIR` times the int8
+    pair `spaedge quantize` wrote beside the fp32 one (spaedge.pack.layout's
+    names), not one of its own; --int8-bundles reads the same names; a pair
+    of another base is refused."""
+    d, _, _ = pair
+    b = tmp_path / "b"
+    b.mkdir()
+    for n in ("base.safetensors", "digits.safetensors"):
+        shutil.copy(d / n, b / n)
+    quantize = ["quantize", "--bundles", str(b), "--task", "digits", "--calibration", "random"]
+    assert main(quantize) == 0
+    assert main([*quantize, "--out", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    base8, task8 = base_bundle_path(b, "int8"), task_bundle_path(b, "digits", "int8")
+    r = _bench(b, tmp_path, "--engines", "spaedge", "onnxruntime")
+    assert f"int8: the pair {base8.name} + {task8.name} in {b}" in capsys.readouterr().out
+    assert r["task"]["int8"]["task_path"] == str(task8)
+    assert r["task"]["int8"]["base_path"] == str(base8)
+    assert r["task"]["int8"]["calibration_images"] == 32
+    assert {x["engine"]: x.get("statistic") for x in r["latency"] if x["precision"] == "int8"} == {
+        "spaedge": "minmax",
+        "onnxruntime": "minmax",
+    }
+    c = tmp_path / "c"
+    r = _bench(b, tmp_path, "--engines", "spaedge", "--int8-bundles", str(c))
+    assert r["task"]["int8"]["task_path"] == str(task_bundle_path(c, "digits", "int8"))
+    # an int8 base that is not the fp32 base's: a one-line error, not a silent wrong pair
+    tensors, meta = read_bundle(base8)
+    meta["quantized_from"] = "0" * 64
+    write_bundle(base8, tensors, _fresh(meta))
+    args = ["bench", "--bundles", str(b), "--task", "digits", "--engines", "spaedge"]
+    assert main([*args, "--runs", "2"]) == 2
+    assert "is not the int8 pair of" in capsys.readouterr().err
+    help_text = " ".join(_help(capsys).split())
+    assert "base.int8.safetensors and TASK.int8.safetensors" in help_text
+    assert "that pair in --bundles when it is there" in help_text
+
+
+def test_the_onnxruntime_peer_takes_the_same_statistic_family(pair, tmp_path, capsys):
+    """onnxruntime quantizes with the range statistic of spaedge's int8 task
+    where it has one of that family (MinMax, Percentile at the same P), else
+    MinMax; every int8 row and the report say which each engine used."""
+    from spaedge.bench.engines import _ort_calibration, int8_statistic, quantize_onnx
+
+    assert _ort_calibration("minmax") == ("MinMax", {})
+    assert _ort_calibration("percentile-99.9") == (
+        "Percentile",
+        {"CalibPercentile": 99.9, "CalibTensorRangeSymmetric": False},
+    )
+    assert _ort_calibration("mse") == ("MinMax", {})
+    assert [int8_statistic(e, "mse") for e in ("spaedge", "onnxruntime", "litert")] == [
+        "mse",
+        "minmax",
+        "minmax",
+    ]
+    assert int8_statistic("litert", "percentile-99.9") == "minmax"
+    _, fp32, int8 = pair
+    scales = {}
+    for stat in ("minmax", "percentile-99"):
+        out = tmp_path / f"{stat}.onnx"
+        quantize_onnx(fp32.onnx_path(), out, int8.calibration, stat)
+        m = onnx.load(str(out))
+        scales[stat] = {
+            i.name: onnx.numpy_helper.to_array(i).tobytes()
+            for i in m.graph.initializer
+            if i.name.endswith("_scale") and "weight" not in i.name
+        }
+    assert scales["minmax"].keys() == scales["percentile-99"].keys() and scales["minmax"]
+    assert scales["minmax"] != scales["percentile-99"]  # the percentile ranges are others
+    assert "Percentile" not in capsys.readouterr().out  # the calibrator's prints kept out
+    # a pair quantized with percentile-99.9: each engine's row says what it used
+    b = tmp_path / "b"
+    b.mkdir()
+    d = pair[0]
+    for n in ("base.safetensors", "digits.safetensors"):
+        shutil.copy(d / n, b / n)
+    q = ["quantize", "--bundles", str(b), "--task", "digits", "--calibration", "random"]
+    assert main([*q, "--calibration-statistic", "percentile-99.9"]) == 0
+    capsys.readouterr()
+    r = _bench(b, tmp_path, "--engines", "spaedge", "onnxruntime", "--precision", "int8")
+    assert r["task"]["int8"]["statistic"] == "percentile-99.9"
+    assert {x["engine"]: x["statistic"] for x in r["latency"]} == {
+        "spaedge": "percentile-99.9",
+        "onnxruntime": "percentile-99.9",
+    }
+    assert "int8 range statistic: spaedge percentile-99.9, onnxruntime percentile-99.9" in (
+        capsys.readouterr().out
+    )
+
+
+def _help(capsys) -> str:
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    return capsys.readouterr().out
 
 
 def _fresh(meta: dict) -> dict:

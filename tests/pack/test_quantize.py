@@ -625,3 +625,139 @@ def test_reference_is_the_scalar_kernels_bit_for_bit(tmp_path):
     assert len(got) == len(want)
     diff = np.frombuffer(got, np.uint8) != np.frombuffer(want, np.uint8)
     assert not diff.any(), f"{int(diff.sum())} of {len(want)} bytes differ"
+
+
+# ---------------------------------------------------------------- range statistics
+
+
+def test_clip_range_by_hand():
+    from spaedge.pack.quantize import check_statistic, clip_range
+
+    # 4 bins over [-1, 3]: edges -1, 0, 1, 2, 3; 100 values
+    counts = np.array([1, 50, 48, 1])
+    assert clip_range("minmax", -1, 3, counts) == (-1.0, 3.0)
+    # 1 % tails: the bottom value (bin 0) and the top one (bin 3) are clipped
+    assert clip_range("percentile-99", -1, 3, counts) == (0.0, 2.0)
+    # 0.1 % tails: a tail of 0.1 value keeps every bin
+    assert clip_range("percentile-99.9", -1, 3, counts) == (-1.0, 3.0)
+    # 5 % tails: bins 0 and 3 (one value each) go, bins 1 and 2 (50, 48) stay
+    assert clip_range("percentile-95", -1, 3, counts) == (0.0, 2.0)
+    # 0 is always inside: [1, 3] is binned as [0, 3] (edges 0, .75, 1.5, 2.25, 3)
+    assert clip_range("percentile-60", 1, 3, np.array([0, 0, 100, 0])) == (0.0, 2.25)
+    # mse: a uniform histogram keeps its range, a far outlier is clipped
+    uniform = np.full(1024, 100)
+    assert clip_range("mse", 0, 1, uniform) == (0.0, 1.0)
+    # 10^7 values in [0, 0.98) and one at 10: the range ends near the mass's top
+    # (one value's clipping error is less than every value's finer step)
+    outlier = np.zeros(1024, np.int64)
+    outlier[:100] = 100000
+    outlier[-1] = 1
+    lo, hi = clip_range("mse", 0, 10, outlier)
+    assert lo == 0 and 0.95 < hi < 1.05
+    for bad in ("median", "percentile-50", "percentile-100", "percentile-x", "percentile"):
+        with pytest.raises(ValueError, match="percentile-P"):
+            check_statistic(bad)
+
+
+def test_percentile_calibration_is_deterministic_and_clips(digits_model):
+    task, model = digits_model
+    images = calibration_images(task)
+    a = calibrate(model, images, statistic="percentile-99.99")
+    assert a == calibrate(model, calibration_images(task), statistic="percentile-99.99")
+    m = calibrate(model, images)
+    assert all(a[v][0] <= m[v][0] for v in m)  # never a wider range than min/max
+    assert sum(a[v][0] < m[v][0] for v in m) >= len(m) // 2  # most are clipped
+
+
+def test_the_statistic_is_chosen_on_the_validation_split(digits_model, int8_pair, tmp_path):
+    """auto calibrates on training images and picks, on the validation split
+    and never the test split, the statistic whose int8 runtime agrees best with
+    fp32; a candidate that clips half of every range loses."""
+    import json
+
+    from spaedge.pack.bundle import TaskSpec, write_task
+    from spaedge.pack.calibrate import (
+        activation_stats,
+        choose_statistic,
+        int8_task_from_bundles,
+        validation_images,
+    )
+    from spaedge.pack.format import read_bundle, read_metadata, write_bundle
+    from spaedge.pack.quantize import STATISTICS
+    from spaedge.runtime import Runtime
+
+    task, model = digits_model
+    fp32, int8, _ = int8_pair
+    spec = TaskSpec("digits", task.labels, task.input_size, task.mean, task.std)
+    task_path = tmp_path / "digits.safetensors"
+    write_task(model, spec, read_metadata(fp32)["content_hash"], task_path)
+
+    class Spy:  # the task, recording which splits are read
+        def __init__(self, t):
+            self.t, self.name, self.read = t, t.name, []
+
+        def split(self, s):
+            self.read.append(s)
+            return self.t.split(s)
+
+    spy = Spy(task)
+    val = validation_images(spy)
+    assert spy.read == ["val"] and len(val[0]) == len(task.split("val"))
+    tensors, meta, choice = int8_task_from_bundles(
+        fp32, task_path, int8, calibration_images(task), val=val
+    )
+    assert set(choice.agreement) == set(STATISTICS)
+    best = max(STATISTICS, key=lambda s: (choice.agreement[s], -choice.logit_mse[s]))
+    assert choice.statistic == best
+    cal = json.loads(meta["info"])["calibration"]
+    assert cal["statistic"] == best and cal["chosen_on"]["split"] == "val"
+    assert cal["chosen_on"]["images"] == len(val[0])
+    # the recorded agreement is the runtime's on the validation images
+    path = tmp_path / "digits.int8.safetensors"
+    write_bundle(path, tensors, meta)
+    rt = Runtime(str(int8), threads=1)
+    rt.load_task(str(path))
+    with torch.no_grad():
+        want = model(val[0]).numpy().argmax(1)
+    got = rt.run(np.ascontiguousarray(val[0].numpy())).argmax(1)
+    assert float((got == want).mean()) == choice.agreement[best]
+    # a statistic that clips half of each range is never chosen over min/max
+    tensors32, meta32 = read_bundle(task_path)
+    stats = activation_stats(model, calibration_images(task))
+    bad = choose_statistic(model, stats, int8, tensors32, meta32, val, ("percentile-60", "minmax"))
+    assert bad.statistic == "minmax"
+    assert bad.agreement["percentile-60"] < bad.agreement["minmax"]
+    # accuracy on the test split, for the record (docs/int8.md, (e))
+    x, y = task.arrays("test")
+    got = rt.run(np.ascontiguousarray(x.numpy())).argmax(1)
+    with torch.no_grad():
+        ref = model(x).numpy().argmax(1)
+    agree, acc8 = float((got == ref).mean()), float((got == y.numpy()).mean())
+    acc32 = float((ref == y.numpy()).mean())
+    print(f"digits test, {best}: agreement {agree:.4f}, fp32 {acc32:.4f}, int8 {acc8:.4f}")
+    assert agree >= 0.97 and acc8 >= acc32 - 0.01
+    with pytest.raises(ValueError, match="validation"):
+        int8_task_from_bundles(fp32, task_path, int8, calibration_images(task))
+
+
+def test_random_calibration_images_are_one_seeded_scheme():
+    from spaedge.pack.quantize import random_calibration_images, random_calibration_info
+
+    a = random_calibration_images((3, 8, 8), 4, seed=5)
+    assert a.dtype == np.float32 and a.shape == (4, 3, 8, 8)
+    assert a.tobytes() == random_calibration_images((3, 8, 8), 4, seed=5).tobytes()
+    # fewer images of a seed are a prefix of more; another seed is others
+    assert random_calibration_images((3, 8, 8), 2, seed=5).tobytes() == a[:2].tobytes()
+    assert not np.array_equal(random_calibration_images((3, 8, 8), 4, seed=6), a)
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="at least one image"):
+            random_calibration_images((3, 8, 8), bad)
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        random_calibration_images((8, 8), 2)
+    assert random_calibration_info(4, 5) == {
+        "images": 4,
+        "split": "random",
+        "selection": "spaedge/int8-calibration-random/v1",
+        "seed": 5,
+        "statistic": "minmax",
+    }

@@ -18,6 +18,7 @@ from spaedge.bench.engines import (
     EngineUnavailable,
     Runner,
     check_agreement,
+    int8_statistic,
     make_runner,
     top1_agreement,
 )
@@ -135,6 +136,8 @@ def run_bench(
                     top1_agreement=agreement[e, p],
                     check_images=int(check_images),
                 )
+                if p == "int8":  # the range statistic this engine's activations took
+                    s["statistic"] = int8_statistic(e, tasks[p].statistic or "minmax")
                 if (e, p) in accuracy:
                     s["accuracy"] = accuracy[e, p]
                 latency.append(s)

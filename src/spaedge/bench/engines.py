@@ -8,8 +8,9 @@
 Each engine runs at a precision (``PRECISIONS``): ``fp32`` is the float
 model above; ``int8`` is, for spaedge, the int8 bundle pair (docs/int8.md);
 for onnxruntime, static QDQ quantization of the ONNX export (per-channel s8
-weights, u8 activations, MinMax on the same calibration images as spaedge's
-int8 task, ``onnxruntime.quantization.quantize_static`` after
+weights, u8 activations, calibrated on the same images as spaedge's int8
+task with the same range statistic family where it has one, else MinMax:
+``int8_statistic``, ``onnxruntime.quantization.quantize_static`` after
 ``quant_pre_process``); for LiteRT, a full-integer model (s8 activations,
 per-channel s8 weights, int32 biases; float input and logits through QUANTIZE
 and DEQUANTIZE) written by ``export_tflite_int8`` from the same images.
@@ -25,6 +26,7 @@ times the peers on exports made by the toolchain elsewhere.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -35,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from spaedge.pack.format import atomic_write_bytes, precision_of, read_metadata
+from spaedge.pack.quantize import RANDOM_CALIBRATION_SELECTION, random_calibration_images
 from spaedge.runtime import Runtime
 
 __all__ = [
@@ -50,9 +53,9 @@ __all__ = [
     "check_agreement",
     "ort_session",
     "top1_agreement",
-    "random_calibration_images",
     "calibration_of",
-    "RANDOM_CALIBRATION",
+    "find_int8_pair",
+    "int8_statistic",
 ]
 
 ENGINES = ("spaedge", "onnxruntime", "litert", "torch")
@@ -60,12 +63,6 @@ REFERENCE = "onnxruntime"
 PRECISIONS = ("fp32", "int8")
 #: Engines that have an int8 runner.
 INT8_ENGINES = ("spaedge", "onnxruntime", "litert")
-#: The name of the seeded random calibration images of synthetic speed tasks
-#: (an int8 task bundle's ``info.calibration.selection`` when calibrated on them).
-RANDOM_CALIBRATION = "spaedge/int8-calibration-random/v1"
-#: Random calibration images per synthetic task by default: enough for a
-#: min/max calibration of random weights, quick at 224x224.
-RANDOM_CALIBRATION_IMAGES = 32
 
 
 class EngineUnavailable(RuntimeError):
@@ -79,7 +76,9 @@ class BenchTask:
     An int8 task (``precision="int8"``) is an int8 bundle pair; ``fp32`` is the
     fp32 task it was quantized from (its torch model and ONNX export are the
     float model the int8 peers quantize), ``calibration`` the images its
-    activations were calibrated on (NCHW float32, normalised)."""
+    activations were calibrated on (NCHW float32, normalised) and
+    ``statistic`` the range statistic they were taken with (each peer's own
+    is ``int8_statistic``)."""
 
     name: str
     base_path: str
@@ -96,6 +95,7 @@ class BenchTask:
     base_bytes: int = 0  # the base bundle's file
     fp32: BenchTask | None = field(default=None, repr=False, compare=False)
     calibration: np.ndarray | None = field(default=None, repr=False, compare=False)
+    statistic: str = ""  # int8: the range statistic of its info.calibration
     _exports: dict = field(default_factory=dict, repr=False)
 
     def torch_model(self):
@@ -154,7 +154,9 @@ class BenchTask:
             if not (p.exists() and p.stat().st_mtime >= Path(self.task_path).stat().st_mtime):
                 if kind == "int8.onnx":
                     self._int8_only("the onnxruntime int8 model")
-                    quantize_onnx(self.fp32.onnx_path(), p, self.calibration)
+                    quantize_onnx(
+                        self.fp32.onnx_path(), p, self.calibration, self.statistic or "minmax"
+                    )
                 else:
                     self._export_toolchain(kind, p)
             self._exports[kind] = str(p)
@@ -186,16 +188,48 @@ class BenchTask:
             if not k.startswith("_") and k not in ("fp32", "calibration")
         }
         d["input_size"] = "x".join(str(v) for v in self.input_size)
+        if not self.statistic:
+            del d["statistic"]
         if self.calibration is not None:
             d["calibration_images"] = int(len(self.calibration))
         return d
 
 
-def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, images: np.ndarray) -> None:
+def int8_statistic(engine: str, statistic: str) -> str:
+    """The range statistic ``engine``'s int8 model takes its activation
+    ranges with when spaedge's int8 task used ``statistic`` (on the same
+    images): spaedge its own; onnxruntime the same family where it has it
+    (``minmax``: ``CalibrationMethod.MinMax``; ``percentile-P``:
+    ``CalibrationMethod.Percentile`` at P, two-sided, cutting (100 - P) / 2 %
+    of all the values at each end where spaedge cuts the top 100 - P % of
+    each sign), else ``minmax``; LiteRT always ``minmax`` (``export_tflite_int8``)."""
+    if engine == "spaedge":
+        return statistic
+    if engine == "onnxruntime" and (statistic == "minmax" or statistic.startswith("percentile-")):
+        return statistic
+    return "minmax"
+
+
+def _ort_calibration(statistic: str):
+    """(CalibrationMethod name, extra_options) of ``int8_statistic("onnxruntime", statistic)``."""
+    ours = int8_statistic("onnxruntime", statistic)
+    if ours.startswith("percentile-"):
+        p = float(ours.removeprefix("percentile-"))
+        return "Percentile", {"CalibPercentile": p, "CalibTensorRangeSymmetric": False}
+    return "MinMax", {}
+
+
+def quantize_onnx(
+    fp32_path: str | os.PathLike,
+    out: str | os.PathLike,
+    images: np.ndarray,
+    statistic: str = "minmax",
+) -> None:
     """onnxruntime's static quantization of an fp32 ONNX model, as its docs
     recommend for CNNs on x86 and ARM: ``quant_pre_process`` (shape inference,
     graph optimisation), then QDQ with per-channel s8 weights and u8
-    activations (MinMax over ``images``, one image per call at batch 1).
+    activations (over ``images``, one image per call at batch 1, with the
+    calibration method of ``int8_statistic("onnxruntime", statistic)``).
     Written atomically to ``out``."""
     try:
         from onnxruntime.quantization import (
@@ -219,8 +253,13 @@ def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, images: 
             x = next(self.it, None)
             return None if x is None else {"input": np.ascontiguousarray(x[None])}
 
+    method, extra = _ort_calibration(statistic)
     out = Path(out)
-    with tempfile.TemporaryDirectory(prefix="spaedge-ortq-") as d:
+    # the histogram calibrators print to stdout: kept out of the bench's report
+    with (
+        tempfile.TemporaryDirectory(prefix="spaedge-ortq-") as d,
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
         pre = Path(d) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         tmp = Path(d) / "int8.onnx"
@@ -232,36 +271,29 @@ def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, images: 
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=getattr(CalibrationMethod, method),
+            extra_options=extra,
         )
         atomic_write_bytes(out, tmp.read_bytes())
-
-
-def random_calibration_images(
-    input_size: Sequence[int], n: int = RANDOM_CALIBRATION_IMAGES, seed: int = 0
-) -> np.ndarray:
-    """``n`` normalised "images" for calibrating a synthetic speed task: standard
-    normal values (about what a normalised natural image spans), float32
-    ``[n, C, H, W]``, from ``numpy.random.default_rng(seed)``. The same
-    arguments give the same bytes on every machine (no torch needed)."""
-    if n < 1:
-        raise ValueError(f"calibration needs at least one image, got {n}")
-    size = tuple(int(v) for v in input_size)
-    return np.random.default_rng(seed).standard_normal((n, *size)).astype(np.float32)
 
 
 def calibration_of(info: dict, task: str, input_size: Sequence[int]) -> np.ndarray | None:
     """The images an int8 task bundle was calibrated on, rebuilt from its
     ``info["calibration"]`` (what the int8 peers are calibrated on): the seeded
-    random ones of a synthetic task, or the task's own training images chosen
+    random ones of a synthetic task (``spaedge quantize --calibration random``,
+    ``synthetic.make_int8_pair``: ``spaedge.pack.quantize.random_calibration_images``
+    of its ``images`` and ``seed``), or the task's own training images chosen
     as ``spaedge pack --precision int8`` chose them (needs the toolchain and
     the task's data). None when they cannot be rebuilt here."""
     cal = info.get("calibration") or {}
     n = cal.get("images")
     if not isinstance(n, int) or n < 1:
         return None
-    if cal.get("selection") == RANDOM_CALIBRATION:
-        return random_calibration_images(input_size, n, int(cal.get("seed", 0)))
+    if cal.get("selection") == RANDOM_CALIBRATION_SELECTION:
+        seed = cal.get("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            return None
+        return random_calibration_images(input_size, n, seed)
     if cal.get("split") == "train":
         try:
             from spaedge.pack.calibrate import calibration_images
@@ -274,6 +306,25 @@ def calibration_of(info: dict, task: str, input_size: Sequence[int]) -> np.ndarr
             return calibration_images(t, n).numpy().astype(np.float32)
         except (ImportError, OSError, KeyError, ValueError):
             return None
+    return None
+
+
+def find_int8_pair(directory: str | os.PathLike, task: str) -> tuple[Path, Path] | None:
+    """``(base, task)`` paths of ``task``'s int8 pair in ``directory``:
+    ``base.int8.safetensors`` and ``TASK.int8.safetensors``, the names
+    ``spaedge quantize`` and ``spaedge pack --precision int8`` write
+    (``spaedge.pack.layout``), else ``base.safetensors`` and
+    ``TASK.safetensors`` when that task bundle is an int8 one. None when
+    neither pair is there. Reads only metadata; checks nothing else."""
+    from spaedge.pack.layout import base_bundle_path, task_bundle_path
+
+    d = Path(directory)
+    for precision in ("int8", "fp32"):
+        base, t = base_bundle_path(d, precision), task_bundle_path(d, task, precision)
+        if not (base.is_file() and t.is_file()):
+            continue
+        if precision == "int8" or precision_of(read_metadata(t)) == "int8":
+            return base, t
     return None
 
 
@@ -316,6 +367,7 @@ def bench_task_from_bundles(
     if precision == "int8":
         t.fp32, t.params = fp32, fp32.params
         t.calibration = calibration_of(meta, name, t.input_size)
+        t.statistic = str((meta.get("calibration") or {}).get("statistic") or "minmax")
         return t
     try:
         from spaedge.models.stats import count_parameters

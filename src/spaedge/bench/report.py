@@ -189,6 +189,15 @@ def report_text(result: dict) -> str:
             f"int8: task bundle {i8['bundle_bytes']:,} bytes, base {i8['base_bytes']:,} bytes "
             f"(fp32 base {t['base_bytes']:,}); calibrated on {i8.get('calibration_images', '?')} images"
         )
+        stats = {
+            r["engine"]: r["statistic"]
+            for r in result["latency"]
+            if r.get("precision") == "int8" and r.get("statistic")
+        }
+        if stats:
+            lines.append(
+                "int8 range statistic: " + ", ".join(f"{e} {st}" for e, st in stats.items())
+            )
     return "\n".join(lines)
 
 

@@ -4,7 +4,8 @@ that need a task model whose every part is nonzero.
 
 ``make_int8_pair`` quantizes a task's pair (docs/int8.md): the int8 base
 and the int8 task calibrated on given images or, for synthetic speed tasks,
-on seeded random ones (``random_calibration_images``)."""
+on seeded random ones (``spaedge.pack.quantize.random_calibration_images``,
+the images ``spaedge quantize --calibration random`` uses)."""
 
 from __future__ import annotations
 
@@ -18,26 +19,24 @@ import torch
 from torch import nn
 
 from spaedge.adapters import adapt
-from spaedge.bench.engines import (
-    RANDOM_CALIBRATION,
-    RANDOM_CALIBRATION_IMAGES,
-    BenchTask,
-    random_calibration_images,
-)
+from spaedge.bench.engines import BenchTask
 from spaedge.errors import BundleError
 from spaedge.models import RANDOM, get_base
 from spaedge.models.stats import count_macs, count_parameters
 from spaedge.pack.bundle import TaskSpec, base_hash, load_task_model, write_base, write_task
 from spaedge.pack.format import read_bundle, read_metadata, write_bundle
 from spaedge.pack.materialize import materialize, whole_model_bytes
+from spaedge.pack.quantize import (
+    RANDOM_CALIBRATION_IMAGES,
+    random_calibration_images,
+    random_calibration_info,
+)
 from spaedge.pruning.prune import density as density_of
 from spaedge.pruning.prune import prune_to_density
 
 __all__ = [
     "randomise_task_model",
     "make_synthetic_task",
-    "RANDOM_CALIBRATION",
-    "random_calibration_images",
     "make_int8_pair",
 ]
 
@@ -168,8 +167,9 @@ def make_int8_pair(
     Written under ``task.workdir/int8/``: the base quantized per output
     channel (once per fp32 base) and the task calibrated on ``images``
     (normalised NCHW float32) or, when none are given, on
-    ``random_calibration_images(task.input_size, calibration, seed)`` (for
-    synthetic speed tasks only: a real task calibrates on its own training
+    ``spaedge.pack.quantize.random_calibration_images(task.input_size,
+    calibration, seed)`` (for synthetic speed tasks only, as
+    ``spaedge quantize --calibration random``, whose seed is 0: a real task calibrates on its own training
     images, ``spaedge pack --precision int8``). The task bundle's
     ``info.calibration`` says which; a pair already there for the same fp32
     bundles and calibration is reused. The returned task keeps the images
@@ -181,13 +181,7 @@ def make_int8_pair(
         raise ValueError(f"task {task.name} is {task.precision} already")
     if images is None:
         images = random_calibration_images(task.input_size, calibration, seed)
-        described = {
-            "images": int(len(images)),
-            "split": "random",
-            "selection": RANDOM_CALIBRATION,
-            "seed": int(seed),
-            "statistic": "minmax",
-        }
+        described = random_calibration_info(calibration, seed, "minmax")
     else:
         images = np.ascontiguousarray(images, dtype=np.float32)
         if images.ndim != 4 or tuple(images.shape[1:]) != tuple(task.input_size):
@@ -233,6 +227,7 @@ def make_int8_pair(
         base_bytes=base8.stat().st_size,
         fp32=task,
         calibration=images,
+        statistic=described["statistic"],
     )
 
 

@@ -1,6 +1,7 @@
 """The ``spaedge`` command.
 
     spaedge pack --task digits            prune, train (if needed) and pack a task
+    spaedge quantize --task digits        turn a packed fp32 pair into int8
     spaedge train --task digits           prune and train a task into a run directory
     spaedge run --bundles DIR --task T    run a packed task in the C++ runtime
     spaedge info BUNDLE                   what a bundle holds
@@ -33,6 +34,7 @@ __all__ = ["main", "build_parser", "CliError", "EXIT_USAGE"]
 COMMANDS = {
     "train": "prune and adapt a task into a run directory",
     "pack": "write base + task bundles (training first if needed)",
+    "quantize": "turn a packed fp32 base + task pair into int8",
     "run": "run a packed task in the C++ runtime",
     "info": "what a bundle holds",
     "pretrain": "recreate a built-in base's weights",

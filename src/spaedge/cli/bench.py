@@ -5,8 +5,11 @@ Works on a device without torch (the PyTorch column is then left out and
 exports made elsewhere are reused, ``--exports``).
 
 int8 (``--precision int8`` or ``both``, the default): the int8 pair is
-``--int8-bundles DIR8`` (``spaedge quantize --out DIR8`` or ``spaedge pack
---precision int8``); without it, a synthetic speed task's pair is made here,
+``--int8-bundles DIR8`` (``spaedge quantize --out DIR8``), or the one
+``spaedge quantize`` / ``spaedge pack --precision int8`` wrote beside the
+fp32 pair in ``--bundles`` (``base.int8.safetensors`` and
+``TASK.int8.safetensors``, ``spaedge.pack.layout``,
+``spaedge.bench.engines.find_int8_pair``); without either, a synthetic speed task's pair is made here,
 calibrated on seeded random images (``spaedge.bench.synthetic.make_int8_pair``),
 and a trained task's int8 rows are left out by default (asked for with
 ``--precision int8``/``both``, it is an error saying how to make the pair).
@@ -72,14 +75,17 @@ def add_parser(subparsers) -> None:
         default=None,
         help="which models to time: fp32, int8 (spaedge's int8 pair, onnxruntime static QDQ int8, "
         "LiteRT full-integer int8, all calibrated on the same images) or both (default: both when "
-        "an int8 pair is given or can be made here, i.e. for synthetic tasks; else fp32)",
+        "an int8 pair is given, found in --bundles (spaedge quantize wrote it) or can be made "
+        "here, i.e. for synthetic tasks; else fp32)",
     )
     b.add_argument(
         "--int8-bundles",
         type=path_text,
         metavar="DIR8",
-        help="directory of the task's int8 pair (base.safetensors and TASK.safetensors, as "
-        "`spaedge quantize --out DIR8` writes them); default: made here for a synthetic task",
+        help="directory of the task's int8 pair: base.int8.safetensors and TASK.int8.safetensors, "
+        "as `spaedge quantize --out DIR8` and `spaedge pack --precision int8` write them (or "
+        "int8 bundles named base.safetensors and TASK.safetensors); default: that pair in "
+        "--bundles when it is there, else made here for a synthetic task",
     )
     b.add_argument(
         "--check-images",
@@ -155,27 +161,29 @@ def main(args) -> int:
 def _int8_task(args, task, workdir: Path):
     """(precisions to time, the int8 BenchTask or None, a note to print)."""
     from spaedge.bench import bench_task_from_bundles
+    from spaedge.bench.engines import find_int8_pair
 
     asked = args.precision
     if asked == "fp32":
         return ("fp32",), None, ""
     precisions = ("int8",) if asked == "int8" else ("fp32", "int8")
+    pair, where = None, ""
     if args.int8_bundles:
         d = Path(args.int8_bundles)
-        base8, task8 = base_bundle_path(d), task_bundle_path(d, args.task)
-        for p in (base8, task8):
-            if not p.exists():
-                raise FileNotFoundError(
-                    f"{p} does not exist: make the int8 pair first "
-                    f"(spaedge quantize --bundles {args.bundles} --task {args.task} --out {d})"
-                )
-        meta = read_metadata(task8)
-        if meta.get("precision") != "int8":
-            raise ValueError(
-                f"{task8} is not an int8 task bundle (precision {meta.get('precision', 'fp32')!r}): "
-                "--int8-bundles names the directory `spaedge quantize --out` wrote"
+        pair, where = find_int8_pair(d, args.task), f"--int8-bundles {d}"
+        if pair is None:
+            raise FileNotFoundError(
+                f"no int8 pair of {args.task} in {d} ({base_bundle_path(d, 'int8').name} and "
+                f"{task_bundle_path(d, args.task, 'int8').name}): make it first "
+                f"(spaedge quantize --bundles {args.bundles} --task {args.task} --out {d})"
             )
-        return precisions, bench_task_from_bundles(base8, task8, workdir, fp32=task), ""
+    else:
+        pair, where = find_int8_pair(args.bundles, args.task), f"{args.bundles}"
+    if pair is not None:
+        base8, task8 = pair
+        _check_int8_pair(task, base8, task8, args)
+        note = f"int8: the pair {base8.name} + {task8.name} in {where}"
+        return precisions, bench_task_from_bundles(base8, task8, workdir, fp32=task), note
     if _is_synthetic(task.task_path):
         note = "int8: the pair was made here, calibrated on seeded random images (a synthetic task)"
         try:
@@ -189,12 +197,32 @@ def _int8_task(args, task, workdir: Path):
         else:
             return precisions, make_int8_pair(task), note
     hint = (
-        f"make the int8 pair with `spaedge quantize --bundles {args.bundles} --task {args.task} "
-        f"--out DIR8` and pass --int8-bundles DIR8"
+        f"make the int8 pair with `spaedge quantize --bundles {args.bundles} --task {args.task}` "
+        "(bench then finds it beside the fp32 pair) or with --out DIR8 and pass --int8-bundles DIR8"
     )
     if asked is not None:
         raise ValueError(f"{args.task} is a trained task with no int8 pair given: {hint}")
     return ("fp32",), None, f"int8 rows left out: {hint}"
+
+
+def _check_int8_pair(task, base8: Path, task8: Path, args) -> None:
+    """The int8 pair must be the int8 of the fp32 pair being timed: its base
+    quantized from the fp32 base, its task on that int8 base."""
+    meta8 = read_metadata(task8)
+    if meta8.get("precision") != "int8":
+        raise ValueError(
+            f"{task8} is not an int8 task bundle (precision {meta8.get('precision', 'fp32')!r}): "
+            "--int8-bundles names the directory `spaedge quantize --out` wrote"
+        )
+    base_meta = read_metadata(base8)
+    fp32_hash = read_metadata(task.base_path).get("content_hash")
+    if base_meta.get("quantized_from") != fp32_hash or meta8.get("base_hash") != base_meta.get(
+        "content_hash"
+    ):
+        raise ValueError(
+            f"{base8} + {task8} is not the int8 pair of {task.base_path} + {task.task_path}: "
+            f"make it again (spaedge quantize --bundles {args.bundles} --task {args.task})"
+        )
 
 
 def _check_set(task, n: int):

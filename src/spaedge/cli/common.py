@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from collections.abc import Iterable
+from pathlib import Path
 
 __all__ = [
     "CliError",
     "EXIT_USAGE",
+    "clean_killed_packs",
     "human_bytes",
     "human_count",
     "print_table",
@@ -24,6 +27,16 @@ EXIT_USAGE = 2
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
+
+
+def clean_killed_packs(task_path: Path) -> list[Path]:
+    """Remove the checked copies ``.TASK.safetensors.new-PID`` (and their
+    temporaries) that packs killed before installing them (SIGKILL, power
+    loss) left beside ``task_path``; a running pack's are kept."""
+    from spaedge.paths import remove_stale
+
+    pattern = re.escape(f".{task_path.name}.new-") + r"(?P<pid>\d+)(\.tmp-\d+)?"
+    return remove_stale(task_path.parent, pattern)
 
 
 def human_bytes(n: float) -> str:
@@ -128,8 +141,11 @@ def _method_options(args: argparse.Namespace):
     return method.options(**given)
 
 
-def add_env_flags(parser: argparse.ArgumentParser) -> None:
-    """--device, --precision, --loader-workers and --no-download (spaedge.train.device.TrainEnv)."""
+def add_env_flags(parser: argparse.ArgumentParser, precision_flag: str = "--precision") -> None:
+    """--device, --precision, --loader-workers and --no-download (spaedge.train.device.TrainEnv).
+
+    ``precision_flag``: the name of the training arithmetic's flag (``spaedge
+    pack`` calls it --train-precision: its --precision is the bundles')."""
     from spaedge.argtypes import nonneg_int
     from spaedge.train.device import PRECISIONS, TrainEnv
 
@@ -140,7 +156,8 @@ def add_env_flags(parser: argparse.ArgumentParser) -> None:
         "--device", default=d.device, metavar="DEVICE", help=help_of["device"] + " (default auto)"
     )
     g.add_argument(
-        "--precision",
+        precision_flag,
+        dest="precision",
         default=d.precision,
         choices=PRECISIONS,
         help=help_of["precision"] + " (default auto)",

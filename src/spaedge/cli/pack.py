@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -12,16 +12,18 @@ from spaedge.cli.common import (
     CliError,
     add_config_flags,
     add_env_flags,
+    clean_killed_packs,
     config_from_args,
     env_from_args,
     human_bytes,
     human_count,
     print_table,
 )
+from spaedge.cli.quantize import add_calibration_flags
 from spaedge.cli.train import TITLE
 from spaedge.pack.format import read_metadata
 from spaedge.pack.layout import base_bundle_path, run_dir_path, task_bundle_path
-from spaedge.paths import WriteProblem, check_output_dir, check_output_file, remove_stale
+from spaedge.paths import WriteProblem, check_output_dir, check_output_file
 
 
 def add_parser(sub) -> None:
@@ -32,7 +34,20 @@ def add_parser(sub) -> None:
         help="write base + task bundles (training first if needed)",
         description="Write DIR/base.safetensors (once) and DIR/TASK.safetensors, training the task "
         "with the given settings first if RUNS has no trained run of it for this base; "
-        "then print sizes, MACs and test accuracy in PyTorch and in the C++ runtime.",
+        "then print sizes, MACs and test accuracy in PyTorch and in the C++ runtime. "
+        "With --precision int8, also DIR/base.int8.safetensors (once) and "
+        "DIR/TASK.int8.safetensors (as spaedge quantize writes them), with the int8 test "
+        "accuracy in the runtime and its agreement with the fp32 model.",
+    )
+    k.add_argument(
+        "--precision",
+        dest="bundle_precision",
+        type=_bundle_precision,
+        default="fp32",
+        metavar="{fp32,int8}",
+        help="the bundles' precision (default fp32). int8 writes the fp32 pair and an int8 pair "
+        "beside it (s8 weights, u8 activations calibrated on training images); the training "
+        "arithmetic is --train-precision",
     )
     k.add_argument(
         "--out", type=path_text, default="bundles", help="bundle directory (default ./bundles)"
@@ -54,8 +69,26 @@ def add_parser(sub) -> None:
         help="discard an unfinished run's checkpoint instead of resuming it",
     )
     add_config_flags(k, TrainConfig, title=TITLE)
-    add_env_flags(k)
+    add_env_flags(k, precision_flag="--train-precision")
+    i8 = k.add_argument_group("int8 (with --precision int8)")
+    add_calibration_flags(i8, random=False)
     k.set_defaults(func=main)
+
+
+def _bundle_precision(text: str) -> str:
+    from spaedge.pack.layout import BUNDLE_PRECISIONS
+    from spaedge.train.device import PRECISIONS
+
+    if text in BUNDLE_PRECISIONS:
+        return text
+    if text in PRECISIONS:  # before int8, pack's --precision was the training arithmetic
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a training arithmetic: in spaedge pack that is --train-precision "
+            f"{text}; --precision is the bundles' (fp32 or int8)"
+        )
+    raise argparse.ArgumentTypeError(
+        f"expected fp32 or int8 (the bundles' precision), got {text!r}"
+    )
 
 
 def find_run(run_dir: Path, cfg, base_hash: str, identity: dict | None = None) -> bool:
@@ -104,14 +137,6 @@ def find_run(run_dir: Path, cfg, base_hash: str, identity: dict | None = None) -
     return True
 
 
-def clean_killed_packs(task_path: Path) -> list[Path]:
-    """Remove the checked copies ``.TASK.safetensors.new-PID`` (and their
-    temporaries) that packs killed before installing them (SIGKILL, power
-    loss) left beside ``task_path``; a running pack's are kept."""
-    pattern = re.escape(f".{task_path.name}.new-") + r"(?P<pid>\d+)(\.tmp-\d+)?"
-    return remove_stale(task_path.parent, pattern)
-
-
 METRICS = ("whole_model_bytes", "density", "macs", "macs_unpruned", "learned_parameters")
 
 
@@ -154,6 +179,10 @@ def main(args) -> int:
     out = check_output_dir(args.out, "--out")
     base_path = check_output_file(base_bundle_path(out), "the base bundle")
     task_path = check_output_file(task_bundle_path(out, cfg.task), "the task bundle")
+    int8 = args.bundle_precision == "int8"
+    if int8:
+        check_output_file(base_bundle_path(out, "int8"), "the int8 base bundle")
+        check_output_file(task_bundle_path(out, cfg.task, "int8"), "the int8 task bundle")
     run_dir = check_output_dir(
         run_dir_path(check_output_dir(args.runs, "--runs"), cfg.task), "the run directory"
     )
@@ -166,6 +195,10 @@ def main(args) -> int:
             f"({bhash[:12]}...): task bundles of one directory share one base; "
             "pack into another --out directory"
         )
+    if int8:  # an int8 base of another base there: said before the training
+        from spaedge.cli.quantize import int8_base_state
+
+        int8_base_state(base_path, out, bhash)
     identity = run_identity(get_task(cfg.task, data_dir=cfg.data_dir), bhash)
     if not args.retrain and find_run(run_dir, cfg, bhash, identity):
         print(f"using the trained run {run_dir} (pass --retrain to train again)")
@@ -250,6 +283,42 @@ def main(args) -> int:
     finally:
         new_path.unlink(missing_ok=True)
     print(f"wrote {task_path} ({human_bytes(task_bytes)})")
+    if int8:
+        rows += _pack_int8(
+            args, cfg.task, base_path, task_path, task, (X.numpy(), labels), ref_logits
+        )
     print(f"packed {cfg.task}:")
     print_table(rows)
     return 0
+
+
+def _pack_int8(args, name: str, base_path: Path, task_path: Path, task, test, ref_logits) -> list:
+    """The int8 pair beside the fp32 one just installed (``spaedge quantize``'s
+    steps), and the rows its check adds to pack's table."""
+    from spaedge.cli.quantize import calibration_data, install_int8_base, size_row, write_int8_task
+    from spaedge.pack.calibrate import validation_images
+    from spaedge.pack.layout import task_bundle_path
+
+    int8_base, wrote = install_int8_base(base_path, base_path.parent)
+    if wrote:
+        print(f"wrote {int8_base} (int8 of {base_path.name})")
+    else:
+        print(f"{int8_base} already holds the int8 of this base; left as it is")
+    int8_task = task_bundle_path(base_path.parent, name, "int8")
+    images, split, selection, seed = calibration_data(task, args.calibration, None)
+    rows = write_int8_task(
+        base_path,
+        task_path,
+        int8_base,
+        int8_task,
+        images,
+        statistic=args.calibration_statistic,
+        val=validation_images(task),
+        split=split,
+        selection=selection,
+        seed=seed,
+        test=test,
+        ref_logits=ref_logits,
+    )
+    print(f"wrote {int8_task}")
+    return rows + [size_row(base_path, task_path, int8_base, int8_task)]

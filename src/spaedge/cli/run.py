@@ -37,6 +37,14 @@ def add_parser(sub) -> None:
     )
     r.add_argument("--task", default="digits", help="task name (default digits)")
     r.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "int8"],
+        help="which pair of DIR to run: fp32 (base.safetensors, TASK.safetensors; default) or "
+        "int8 (base.int8.safetensors, TASK.int8.safetensors: spaedge pack --precision int8 or "
+        "spaedge quantize)",
+    )
+    r.add_argument(
         "--eval",
         nargs="?",
         const=True,
@@ -74,11 +82,15 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     bundles = Path(args.bundles)
-    base_path, task_path = base_bundle_path(bundles), task_bundle_path(bundles, args.task)
+    precision = getattr(args, "precision", "fp32")
+    base_path = base_bundle_path(bundles, precision)
+    task_path = task_bundle_path(bundles, args.task, precision)
     for p in (base_path, task_path):
         if not p.exists():
+            how = " --precision int8" if precision == "int8" else ""
             raise CliError(
-                f"{p} does not exist: pack the task first (spaedge pack --task {args.task} --out {bundles})"
+                f"{p} does not exist: pack the task first (spaedge pack --task {args.task}{how} "
+                f"--out {bundles})"
             )
     if args.save_arrays and args.eval is not True:
         raise CliError("--save-arrays goes with --eval alone (scoring the task's own split)")

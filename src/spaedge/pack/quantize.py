@@ -37,6 +37,14 @@ __all__ = [
     "int8_task_bundle",
     "activation_qparams",
     "calibration_indices",
+    "RANDOM_CALIBRATION_IMAGES",
+    "RANDOM_CALIBRATION_SELECTION",
+    "random_calibration_images",
+    "random_calibration_info",
+    "STATISTICS",
+    "HISTOGRAM_BINS",
+    "check_statistic",
+    "clip_range",
     "fma32",
     "Int8Step",
     "int8_plan",
@@ -53,6 +61,30 @@ __all__ = [
 CALIBRATION_IMAGES = 256
 #: The name of the calibration image selection (its seed and its version).
 CALIBRATION_SELECTION = "spaedge/int8-calibration/v1"
+#: Random calibration images of a synthetic speed task by default: enough for
+#: a min/max calibration of random weights, quick at 224x224.
+RANDOM_CALIBRATION_IMAGES = 32
+#: The name of the seeded random calibration images of synthetic speed tasks:
+#: an int8 task bundle's ``info.calibration.selection`` when calibrated on
+#: :func:`random_calibration_images` (its ``seed`` beside it).
+RANDOM_CALIBRATION_SELECTION = "spaedge/int8-calibration-random/v1"
+
+#: Range statistics of a value's calibration (docs/int8.md, (b)), in the order
+#: a tie on validation is broken: ``minmax`` (the whole observed range),
+#: ``percentile-P`` (each end clipped to its P % quantile: the top ``100 - P``
+#: percent of the values above 0 and the bottom of those below 0 are
+#: clipped), ``mse`` (the range, scaled about 0, whose expected squared
+#: quantization error over the observed histogram is least).
+STATISTICS = (
+    "minmax",
+    "percentile-99.9999",
+    "percentile-99.999",
+    "percentile-99.99",
+    "percentile-99.9",
+    "mse",
+)
+#: Histogram bins per value for the statistics other than ``minmax``.
+HISTOGRAM_BINS = 1 << 14
 
 _F32 = np.float32
 
@@ -193,6 +225,107 @@ def calibration_indices(task: str, available: int, n: int = CALIBRATION_IMAGES) 
     digest = hashlib.sha256(f"{CALIBRATION_SELECTION}:{task}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
     return np.sort(rng.permutation(available)[:n])
+
+
+def random_calibration_images(
+    input_size, n: int = RANDOM_CALIBRATION_IMAGES, seed: int = 0
+) -> np.ndarray:
+    """``n`` normalised "images" calibrating a synthetic speed task (one
+    without data): standard normal values (about what a normalised natural
+    image spans), float32 ``[n, C, H, W]`` from
+    ``numpy.random.default_rng(seed)``. The same arguments give the same
+    bytes on every machine, without torch; fewer images of the same seed are
+    a prefix of more. ``spaedge quantize --calibration random``,
+    ``spaedge.bench.synthetic.make_int8_pair`` and the benchmarks' int8 peers
+    (``spaedge.bench.engines.calibration_of``) all use these."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"calibration needs at least one image, got {n!r}")
+    size = tuple(int(v) for v in input_size)
+    if len(size) != 3 or min(size) < 1:
+        raise ValueError(f"an input size is (C, H, W) of positive sizes, got {input_size!r}")
+    return np.random.default_rng(int(seed)).standard_normal((int(n), *size)).astype(_F32)
+
+
+def random_calibration_info(
+    n: int = RANDOM_CALIBRATION_IMAGES, seed: int = 0, statistic: str = "minmax"
+) -> dict:
+    """The ``info.calibration`` of an int8 task calibrated on
+    ``random_calibration_images(input_size, n, seed)``: what
+    ``calibration_of`` rebuilds them from."""
+    return {
+        "images": int(n),
+        "split": "random",
+        "selection": RANDOM_CALIBRATION_SELECTION,
+        "seed": int(seed),
+        "statistic": check_statistic(statistic),
+    }
+
+
+def check_statistic(name: str) -> str:
+    """``name`` if it is a range statistic: one of :data:`STATISTICS`, or
+    ``percentile-P`` for any P in (50, 100); else ValueError saying which are."""
+    if name in STATISTICS:
+        return name
+    head, _, p = str(name).partition("-")
+    if head == "percentile":
+        try:
+            v = float(p)
+        except ValueError:
+            v = float("nan")
+        if 50 < v < 100:
+            return name
+    raise ValueError(
+        f"calibration statistic {name!r}: use one of {', '.join(STATISTICS)} "
+        "or percentile-P with P in (50, 100)"
+    )
+
+
+def clip_range(
+    statistic: str, lo: float, hi: float, counts: np.ndarray | None
+) -> tuple[float, float]:
+    """The range ``[lo', hi']`` a statistic gives a value observed in ``[lo, hi]``
+    (0 included) with ``counts``, its histogram of equal bins over ``[lo, hi]``
+    (unused by ``minmax``). Integer counts and float64 edges: the same
+    histogram gives the same range on every machine."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    check_statistic(statistic)
+    if statistic == "minmax" or hi == lo:
+        return lo, hi
+    counts = np.asarray(counts, dtype=np.int64)
+    bins = len(counts)
+    width = (hi - lo) / bins
+    edges = lo + width * np.arange(bins + 1, dtype=np.float64)
+    edges[-1] = hi
+    if statistic == "mse":
+        return _mse_range(lo, hi, counts, edges)
+    # The P % and (100 - P) % quantiles of all the values (a ReLU's zeros
+    # included), each to its bin's outer edge, then widened to contain 0.
+    tail = int(counts.sum()) * (100.0 - float(statistic.partition("-")[2])) / 100.0
+    cum = np.cumsum(counts)
+    k_hi = int(np.flatnonzero(cum[-1] - cum <= tail)[0])
+    k_lo = int(np.flatnonzero(cum - counts <= tail)[-1])
+    return min(float(edges[k_lo]), 0.0), max(float(edges[k_hi + 1]), 0.0)
+
+
+def _mse_range(lo: float, hi: float, counts: np.ndarray, edges: np.ndarray) -> tuple[float, float]:
+    """``[a lo, a hi]`` for the ``a`` in a fixed grid of (0.01, 1] whose u8
+    quantization has the least expected squared error over the histogram
+    (bin centres; uniform error ``step^2 / 12`` inside, the clipping
+    distance outside); ties to the larger ``a``."""
+    centres = (edges[:-1] + edges[1:]) / 2
+    w = counts.astype(np.float64)
+    best, best_a = np.inf, 1.0
+    for a in np.geomspace(1.0, 0.01, 200):
+        a_lo, a_hi = a * lo, a * hi
+        step = (a_hi - a_lo) / 255.0
+        inside = (centres >= a_lo) & (centres <= a_hi)
+        err = np.where(
+            inside, step * step / 12.0, np.minimum((centres - a_lo) ** 2, (centres - a_hi) ** 2)
+        )
+        e = float((w * err).sum())
+        if e < best:
+            best, best_a = e, float(a)
+    return best_a * lo, best_a * hi
 
 
 # ---------------------------------------------------------------- arithmetic
