@@ -19,7 +19,7 @@ def test_fast_experiment_writes_table_csv_png_and_resumes(tmp_path, capsys):
     table = (out / "results.md").read_text()
     for label in ("Fine-pruning", "SPLoRA r4", "SPPaRA", "SPLoPA", "SparseAdapter", "Pear r4"):
         assert label in table
-    assert "## Within noise" in table and "learning rate chosen on validation" in table
+    assert "## Paired differences" in table and "learning rate chosen on validation" in table
     assert (out / "results.csv").read_text().count("\n") == 7 * 2 + 1
     assert (out / "results.png").stat().st_size > 1000 and (
         out / "curves.png"
@@ -52,7 +52,7 @@ def test_fast_experiment_writes_table_csv_png_and_resumes(tmp_path, capsys):
 def test_rates_are_chosen_on_validation_never_on_test():
     from spaedge.experiment import Budget, chosen_rates, reported
 
-    budget = Budget(lrs=(1e-3, 1e-2), seeds=2)
+    budget = Budget(lrs=(1e-3, 1e-2), seeds=2, held_out_selection=False)
     rows = [
         dict(config_key="a", seed=0, lr=1e-3, val_accuracy=0.9, test_accuracy=0.5),
         dict(config_key="a", seed=0, lr=1e-2, val_accuracy=0.8, test_accuracy=0.99),
