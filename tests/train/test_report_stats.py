@@ -115,3 +115,12 @@ def test_paired_rows_compare_against_fine_pruning_with_the_test_set_size():
     se_t = math.sqrt(0.95 * 0.05 / 359 + (0.9666666667 * 0.0333333333) / 359) * 100
     assert p["se_test"] == pytest.approx(se_t, abs=1e-6)
     assert p["verdict"] == "within noise"  # 1.67 < 2 * sqrt(0.333^2 + 1.45^2)
+
+
+def test_flatness_is_the_last_window_minus_the_one_before():
+    from spaedge.experiment.report import flatness
+
+    curve = [{"val_accuracy": v} for v in (0.1, 0.2, 0.5, 0.6, 0.7, 0.8, 0.9, 0.9)]
+    # last 3: 0.8, 0.9, 0.9 (mean 0.8667); the 3 before: 0.5, 0.6, 0.7 (mean 0.6)
+    assert flatness(curve, window=3) == pytest.approx(0.8 / 3, abs=1e-12)
+    assert flatness(curve[:5], window=3) is None  # too short for two windows

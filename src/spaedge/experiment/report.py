@@ -21,6 +21,7 @@ __all__ = [
     "paired_difference",
     "binomial_se_difference",
     "verdict",
+    "flatness",
 ]
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
@@ -172,6 +173,77 @@ def paired_rows(
     return out
 
 
+def flatness(curve: list[dict], window: int = 5) -> float | None:
+    """How much the validation accuracy still climbs at the end of a run: the
+    mean over the last ``window`` epochs minus the mean over the ``window``
+    before them (None when the run is shorter than 2 windows)."""
+    acc = [h["val_accuracy"] for h in curve]
+    if len(acc) < 2 * window:
+        return None
+    return statistics.mean(acc[-window:]) - statistics.mean(acc[-2 * window : -window])
+
+
+def _flat_lines(rows: dict[tuple, list[dict]], order: list[tuple]) -> list[str]:
+    lines = []
+    for key in order:
+        d = [f for f in (flatness(r.get("curve") or []) for r in rows[key]) if f is not None]
+        if d:
+            lines.append(
+                f"- {key[0]} {key[1]:.0%}, {key[2]}: {_ms(d)} points "
+                f"(per seed: {', '.join(f'{v * 100:+.1f}' for v in d)})"
+            )
+    return lines
+
+
+def _search_lines(results: list[dict], budget: Budget) -> list[str]:
+    """The rate search behind the table: seed 0's validation accuracy at every
+    rate, the chosen one starred, flagged when it is an edge of the grid (a
+    wider grid might choose another), and cells whose search or seeds are
+    unfinished."""
+    from spaedge.experiment.run import SELECTION_SEED
+
+    rates = chosen_rates(results, budget)
+    lrs = sorted(float(lr) for lr in budget.lrs)
+    by: dict[str, dict] = {}
+    for r in results:
+        e = by.setdefault(r["config_key"], {"r": r, "val": {}, "seeds": set()})
+        if r["seed"] == SELECTION_SEED and r.get("lr") is not None:
+            e["val"][float(r["lr"])] = (r["val_accuracy"], bool(r.get("diverged")))
+        if r["config_key"] in rates and float(r["lr"]) == float(rates[r["config_key"]]):
+            e["seeds"].add(r["seed"])
+    head = ["base", "density", "method (criterion)"] + [f"{lr:g}" for lr in lrs]
+    head += ["chosen", "reported seeds done"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    want = set(reported_seeds(budget))
+    for key in sorted(by, key=lambda k: (by[k]["r"].get("base", ""), -by[k]["r"]["density"], k)):
+        e, r = by[key], by[key]["r"]
+        cells = []
+        for lr in lrs:
+            if lr not in e["val"]:
+                cells.append("…")
+                continue
+            v, bad = e["val"][lr]
+            mark = "*" if key in rates and float(rates[key]) == lr else ""
+            cells.append("diverged" if bad else f"{v * 100:.1f}{mark}")
+        if key in rates:
+            lr = float(rates[key])
+            edge = (
+                " (lowest: edge)" if lr == lrs[0] else " (highest: edge)" if lr == lrs[-1] else ""
+            )
+            chosen = f"{lr:g}{edge}"
+        else:
+            chosen = "search unfinished"
+        done = f"{len(e['seeds'] & want)}/{len(want)}"
+        lines.append(
+            "| "
+            + " | ".join(
+                [r.get("base", ""), f"{r['density']:.0%}", r["label"], *cells, chosen, done]
+            )
+            + " |"
+        )
+    return lines
+
+
 def _sentence(p: dict) -> str:
     ahead, behind = (p["row"], p["reference"]) if p["diff"] > 0 else (p["reference"], p["row"])
     return (
@@ -279,6 +351,13 @@ def report(
         + "\n".join(ptable)
         + "\n\n"
         + "\n".join(f"- {_sentence(p)}." for p in pairs)
+        + "\n\n## Rate search\n\nSeed 0's validation accuracy (%) at every rate; * the chosen "
+        "rate (ties to the lower).\n\n"
+        + "\n".join(_search_lines(results, budget))
+        + "\n\n## Are the curves flat?\n\nValidation accuracy, mean of the last 5 epochs minus the "
+        "mean of the 5 before them (points; mean ± std over the reported seeds): near 0 when the "
+        "run has stopped learning.\n\n"
+        + "\n".join(_flat_lines(rows, order))
         + "\n"
         + _diverged(results)
     )
