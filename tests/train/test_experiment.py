@@ -120,7 +120,8 @@ def test_the_density_filter_keeps_only_those_cells(tmp_path, capsys, monkeypatch
         and {c.density for c in cells} == {0.3}
         and {c.method for c in cells} == {"splora", "finetune"}
     )
-    assert len(cells) == 3  # fine-pruning, SPLoRA r8, SPLoRA r2
+    # fine-pruning and SPLoRA r8 (magnitude and LRP), SPLoRA r2
+    assert len(cells) == 5
     assert seen["budget"].early_stopping == 0 and seen["budget"].total_epochs == 30  # the defaults
     main(
         [

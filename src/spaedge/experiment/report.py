@@ -89,8 +89,9 @@ def _ms(values: list[float]) -> str:
     if not values:
         return "–"
     m = statistics.mean(values) * 100
-    s = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
-    return f"{m:.1f} ± {s:.1f}"
+    if len(values) < 2:
+        return f"{m:.1f}"  # one seed: no spread to show
+    return f"{m:.1f} ± {statistics.stdev(values) * 100:.1f}"
 
 
 def _diverged(results: list[dict]) -> str:
