@@ -483,6 +483,14 @@ def _variant(label: str) -> str:
     return label.rsplit(" (", 1)[-1].rstrip(")")
 
 
+LINESTYLES = {"magnitude": "-", "lrp": "--", "taylor": "-.", "gradient": ":", "oneshot": (0, (6, 2, 1, 2))}
+
+
+def _linestyle(variant: str):
+    crit, _, sched = variant.partition(", ")
+    return LINESTYLES.get(sched) or LINESTYLES.get(crit, "-")
+
+
 def _marker(variant: str) -> str:
     crit, _, sched = variant.partition(", ")
     return MARKERS.get(sched) or MARKERS.get(crit, "X")
@@ -500,13 +508,15 @@ def _legend(fig, ax, colours: dict, markers: dict) -> None:
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=c, marker="o", ls="-", label=f) for f, c in colours.items()]
-    handles += [Line2D([], [], color="0.3", marker=m, ls="", label=v) for v, m in markers.items()]
+    handles += [
+        Line2D([], [], color="0.3", marker=m, ls=_linestyle(v), label=v) for v, m in markers.items()
+    ]
     ax.legend(
         handles=handles,
         fontsize=9,
         loc="upper left",
         bbox_to_anchor=(1.02, 1.0),
-        title="colour: method; marker: criterion",
+        title="colour: method;\nmarker/line: criterion",
         title_fontsize=9,
         frameon=False,
     )
@@ -590,7 +600,15 @@ def _plots(summary: list[dict], runs: list[dict], out: Path) -> None:
             mean = [statistics.mean(a) for a in acc]
             x = list(range(1, n + 1))
             col = colours[_family(label)]
-            ax.plot(x, mean, color=col, marker=markers[_variant(label)], ms=3.5, lw=1.2)
+            ax.plot(
+                x,
+                mean,
+                color=col,
+                marker=markers[_variant(label)],
+                ls=_linestyle(_variant(label)),
+                ms=5,
+                lw=1.4,
+            )
             ax.fill_between(x, [min(a) for a in acc], [max(a) for a in acc], color=col, alpha=0.15)
             phases = [h.get("phase") for h in rs[0]["curve"]]
             if "recover" in phases and span is None:
