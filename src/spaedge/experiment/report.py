@@ -483,7 +483,13 @@ def _variant(label: str) -> str:
     return label.rsplit(" (", 1)[-1].rstrip(")")
 
 
-LINESTYLES = {"magnitude": "-", "lrp": "--", "taylor": "-.", "gradient": ":", "oneshot": (0, (6, 2, 1, 2))}
+LINESTYLES = {
+    "magnitude": "-",
+    "lrp": "--",
+    "taylor": "-.",
+    "gradient": ":",
+    "oneshot": (0, (6, 2, 1, 2)),
+}
 
 
 def _linestyle(variant: str):
