@@ -229,7 +229,13 @@ def _search_lines(results: list[dict], budget: Budget) -> list[str]:
         if key in rates:
             lr = float(rates[key])
             edge = (
-                " (lowest: edge)" if lr == lrs[0] else " (highest: edge)" if lr == lrs[-1] else ""
+                " (the only rate: not searched)"
+                if len(lrs) == 1
+                else " (lowest: edge)"
+                if lr == lrs[0]
+                else " (highest: edge)"
+                if lr == lrs[-1]
+                else ""
             )
             chosen = f"{lr:g}{edge}"
         else:
