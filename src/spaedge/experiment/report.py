@@ -553,7 +553,7 @@ def _plots(summary: list[dict], runs: list[dict], out: Path) -> None:
         for col, (cost, name) in enumerate(
             (
                 ("params", "learned parameters (log scale)"),
-                ("macs", "MMACs per image, pruned network (log scale)"),
+                ("macs", "MMACs per image, pruned network"),
             )
         ):
             ax = axes[row][col]
@@ -572,10 +572,11 @@ def _plots(summary: list[dict], runs: list[dict], out: Path) -> None:
             ax.plot(
                 [p[0] for p in front], [p[1] for p in front], "k--", lw=0.8, label="Pareto front"
             )
-            ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            ax.xaxis.set_major_formatter(FuncFormatter(_short_number))
-            ax.xaxis.set_minor_formatter(NullFormatter())
+            if cost == "params":  # spans decades (adapters to fine-pruning)
+                ax.set_xscale("log")
+                ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(FuncFormatter(_short_number))
+                ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(name, fontsize=9)
             ax.set_ylabel("test accuracy (%), mean ± std over seeds", fontsize=9)
             ax.set_title(
