@@ -19,7 +19,7 @@ def test_fast_experiment_writes_table_csv_png_and_resumes(tmp_path, capsys):
     table = (out / "results.md").read_text()
     for label in ("Fine-pruning", "SPLoRA r4", "SPPaRA", "SPLoPA", "SparseAdapter", "Pear r4"):
         assert label in table
-    assert "## Within noise" in table and "learning rate chosen on validation" in table
+    assert "## Paired differences" in table and "learning rate chosen on validation" in table
     assert (out / "results.csv").read_text().count("\n") == 7 * 2 + 1
     assert (out / "results.png").stat().st_size > 1000 and (
         out / "curves.png"
@@ -52,7 +52,7 @@ def test_fast_experiment_writes_table_csv_png_and_resumes(tmp_path, capsys):
 def test_rates_are_chosen_on_validation_never_on_test():
     from spaedge.experiment import Budget, chosen_rates, reported
 
-    budget = Budget(lrs=(1e-3, 1e-2), seeds=2)
+    budget = Budget(lrs=(1e-3, 1e-2), seeds=2, held_out_selection=False)
     rows = [
         dict(config_key="a", seed=0, lr=1e-3, val_accuracy=0.9, test_accuracy=0.5),
         dict(config_key="a", seed=0, lr=1e-2, val_accuracy=0.8, test_accuracy=0.99),
@@ -120,7 +120,8 @@ def test_the_density_filter_keeps_only_those_cells(tmp_path, capsys, monkeypatch
         and {c.density for c in cells} == {0.3}
         and {c.method for c in cells} == {"splora", "finetune"}
     )
-    assert len(cells) == 3  # fine-pruning, SPLoRA r8, SPLoRA r2
+    # fine-pruning and SPLoRA r8 (magnitude and LRP), SPLoRA r2
+    assert len(cells) == 5
     assert seen["budget"].early_stopping == 0 and seen["budget"].total_epochs == 30  # the defaults
     main(
         [

@@ -38,6 +38,12 @@ def add_parser(sub) -> None:
         "--seeds", type=positive_int, help="seeds per cell at its chosen rate (default 3)"
     )
     e.add_argument(
+        "--report-selection-seed",
+        action="store_true",
+        help="report seed 0 (the run that chose the rate) among the --seeds; by default it only "
+        "chooses the rate and seeds 1..N are reported (one run more per cell)",
+    )
+    e.add_argument(
         "--lrs",
         help="comma-separated learning rates every method is tried at (default "
         + ",".join(f"{lr:g}" for lr in DEFAULT_LRS)
@@ -150,6 +156,8 @@ def main(args) -> int:
             changes["lrs"] = tuple(float(v) for v in args.lrs.split(","))
         except ValueError:
             raise CliError(f"--lrs must be numbers separated by commas, got {args.lrs!r}") from None
+    if args.report_selection_seed:
+        changes["held_out_selection"] = False
     budget = dataclasses.replace(budget, **changes)
     check_budget(args.out, budget)  # before any run, and before a table mixes budgets
     if not args.report_only:
@@ -174,5 +182,5 @@ def main(args) -> int:
         if len(sys.argv) > 1
         else ""
     )
-    print(report(results, args.out, budget, command=command))
+    print(report(results, args.out, budget, command=command, data_dir=args.data_dir))
     return 0

@@ -9,14 +9,16 @@ classes), ``fashion_mnist_new`` (Fashion-MNIST classes 6-9) and
 same training images, the same total epochs for every schedule (recovery
 epochs included; early stopping on validation only if asked, off by default),
 and the same learning-rate grid for every method, the rate chosen per cell on validation accuracy
-(seed 0), never on test; then the other seeds at that rate. The report gives
-test accuracy mean ± std over seeds, which differences are within noise,
-learned parameters, task-bundle bytes and MACs, with Pareto plots against
-bytes and MACs and the training curves.
+(seed 0), never on test; then the reported seeds at that rate (1..N: seed 0
+only chooses, unless --report-selection-seed). The report gives test
+accuracy mean ± std over seeds with a binomial interval for the test set's
+size, each row's paired difference against fine-pruning and whether it is
+within noise, learned parameters, task-bundle bytes and MACs, per-seed CSVs,
+Pareto plots against parameters and MACs and the training curves.
 
     grid.py    cells and the budget
     run.py     the rate search and the seeds (resumable, shardable)
-    report.py  the table, the noise, the plots
+    report.py  the table, paired differences and intervals, the CSVs, the plots
 """
 
 from spaedge.experiment.grid import (

@@ -27,7 +27,14 @@ from spaedge.train.identity import differences, identity_of
 from spaedge.train.loops import Diverged
 from spaedge.train.setup import resolve
 
-__all__ = ["run_cell", "run_grid", "load_results", "chosen_rates", "check_inputs"]
+__all__ = [
+    "run_cell",
+    "run_grid",
+    "load_results",
+    "chosen_rates",
+    "check_inputs",
+    "reported_seeds",
+]
 
 SELECTION_SEED = 0
 
@@ -109,8 +116,10 @@ def load_results(out_dir: str | Path) -> list[dict]:
 
 
 # Budget fields a later run may change in the same results directory: more
-# rates or more seeds add runs; anything else would mix incomparable runs.
-EXTENSIBLE = ("lrs", "seeds")
+# rates or more seeds add runs, and whether the selection seed is reported
+# changes only which runs the table shows; anything else would mix
+# incomparable runs.
+EXTENSIBLE = ("lrs", "seeds", "held_out_selection")
 
 
 def check_budget(out_dir: str | Path, budget: Budget) -> None:
@@ -160,6 +169,12 @@ def check_inputs(
             )
 
 
+def reported_seeds(budget: Budget) -> range:
+    """The seeds the table reports: 1..seeds when the selection seed is held
+    out, else 0..seeds-1 (seed 0 being the one that chose the rate)."""
+    return range(1, budget.seeds + 1) if budget.held_out_selection else range(budget.seeds)
+
+
 def chosen_rates(results: list[dict], budget: Budget) -> dict[str, float]:
     """{config_key: rate} for every cell whose rate search (all rates, selection
     seed) is complete: the highest validation accuracy, ties to the lower rate."""
@@ -203,7 +218,8 @@ def run_grid(
         dataclasses.replace(c, seed=s, lr=rates[c.config_key])
         for c in cells
         if c.config_key in rates
-        for s in range(1, budget.seeds)
+        for s in reported_seeds(budget)
+        if s != SELECTION_SEED
     ]
     waiting = sum(c.config_key not in rates for c in cells)
     if waiting:
