@@ -6,44 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
+from _cli_helpers import QUICK, spaedge
 
 from spaedge.pack.format import read_metadata
 
 pytestmark = pytest.mark.slow  # trains and packs digits once
-
-
-def spaedge(*args, cwd, check=True):
-    proc = subprocess.run(
-        [sys.executable, "-m", "spaedge.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"spaedge {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-        )
-    return proc
-
-
-# tests/cli/test_cli.py's short schedule
-QUICK = [
-    "--epochs",
-    "2",
-    "--recovery-epochs",
-    "0",
-    "--final-epochs",
-    "1",
-    "--density",
-    "0.5",
-    "--prune-step",
-    "0.2",
-]
 
 
 def _percent(out: str, row: str) -> float:
