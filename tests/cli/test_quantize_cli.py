@@ -259,10 +259,17 @@ def test_quantize_a_synthetic_task_on_random_images(tmp_path):
     model, _, _ = load_task_model(t.base_path, t.task_path)
     act = calibrate(model, torch.from_numpy(images), statistic="minmax")
     tensors = read_bundle(tmp_path / "b" / "syn.int8.safetensors")[0]
+
+    # Within float rounding: the command's torch and this process's may sum a
+    # conv in another order (threads), moving a range by an ulp (seen once).
+    def same(a, b):
+        return abs(float(a[0]) - float(b[0])) <= 1e-5 * abs(float(b[0])) and abs(a[1] - b[1]) <= 1
+
     for v, (scale, zero) in act.items():
-        assert tensors[f"{v}.act_scale"][0] == scale and tensors[f"{v}.act_zero_point"][0] == zero
+        stored = (tensors[f"{v}.act_scale"][0], int(tensors[f"{v}.act_zero_point"][0]))
+        assert same(stored, (scale, zero)), (v, stored, scale, zero)
     act_other = calibrate(model, torch.from_numpy(images[:16]), statistic="minmax")
-    assert any(act_other[v] != act[v] for v in act)  # the check above can fail
+    assert any(not same(act_other[v], act[v]) for v in act)  # the check above can fail
     pair = make_int8_pair(t)  # the benchmarks' pair of the same fp32 bundles
     assert json.loads(read_metadata(pair.task_path)["info"])["calibration"] == info["calibration"]
     assert pair.calibration.tobytes() == images.tobytes()
