@@ -248,25 +248,17 @@ def main(args) -> int:
                 f"{(ref_logits.argmax(1) == labels).mean():.2%} ({len(labels)} images)",
             ),
         ]
+        from spaedge.cli.quantize import check_rows
         from spaedge.runtime import Runtime
 
         rt = Runtime(str(base_path))
         rt.load_task(str(new_path))
         X, _ = task.arrays("test")
         logits = rt.run(np.ascontiguousarray(X.numpy()))
-        agree = float((logits.argmax(1) == ref_logits.argmax(1)).mean())
-        scale = float(np.abs(ref_logits).max()) or 1.0
-        rel = float(np.abs(logits - ref_logits).max()) / scale
-        rows += [
-            (
-                "test accuracy, runtime",
-                f"{(logits.argmax(1) == labels).mean():.2%} ({rt.isa} kernels)",
-            ),
-            (
-                "runtime vs PyTorch",
-                f"{agree:.2%} same predictions, max logit difference {rel:.1e} of scale",
-            ),
-        ]
+        check, agree, rel = check_rows(
+            logits, ref_logits, labels, rt.isa, "test accuracy, runtime", "runtime vs PyTorch"
+        )
+        rows += check
         if agree < 0.999 or rel > 1e-3:
             print(f"packed {cfg.task} (not installed):")
             print_table(rows)

@@ -179,6 +179,23 @@ def int8_base_state(fp32_base: Path, out: Path, fp32_hash: str | None = None) ->
     )
 
 
+def check_rows(logits, ref_logits, labels, isa: str, accuracy_row: str, agreement_row: str):
+    """``(rows, agreement, relative difference)``: the runtime's ``logits`` on
+    the test images against PyTorch's ``ref_logits`` as pack's table shows
+    them (accuracy with the kernels, then top-1 agreement and the largest
+    logit difference relative to the largest |reference logit|)."""
+    import numpy as np
+
+    agree = float((logits.argmax(1) == ref_logits.argmax(1)).mean())
+    scale = float(np.abs(ref_logits).max()) or 1.0
+    rel = float(np.abs(logits - ref_logits).max()) / scale
+    rows = [
+        (accuracy_row, f"{(logits.argmax(1) == labels).mean():.2%} ({isa} kernels)"),
+        (agreement_row, f"{agree:.2%} same predictions, max logit difference {rel:.1e} of scale"),
+    ]
+    return rows, agree, rel
+
+
 def install_int8_base(fp32_base: Path, out: Path) -> tuple[Path, bool]:
     """The int8 base of ``fp32_base`` in ``out``: reused when it is there
     (:func:`int8_base_state`), else written atomically. Returns (path, written)."""
@@ -279,19 +296,15 @@ def write_int8_task(
         if test is not None:
             X, labels = test
             logits = rt.run(np.ascontiguousarray(X, dtype=np.float32))
-            agree = float((logits.argmax(1) == ref_logits.argmax(1)).mean())
-            scale = float(np.abs(ref_logits).max()) or 1.0
-            rel = float(np.abs(logits - ref_logits).max()) / scale
-            rows += [
-                (
-                    "int8 test accuracy, runtime",
-                    f"{(logits.argmax(1) == labels).mean():.2%} ({rt.isa} kernels)",
-                ),
-                (
-                    "int8 vs fp32 PyTorch",
-                    f"{agree:.2%} same predictions, max logit difference {rel:.1e} of scale",
-                ),
-            ]
+            check, _, _ = check_rows(
+                logits,
+                ref_logits,
+                labels,
+                rt.isa,
+                "int8 test accuracy, runtime",
+                "int8 vs fp32 PyTorch",
+            )
+            rows += check
         try:
             os.replace(new_path, int8_task)
         except OSError as e:
