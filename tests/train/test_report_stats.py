@@ -124,3 +124,16 @@ def test_flatness_is_the_last_window_minus_the_one_before():
     # last 3: 0.8, 0.9, 0.9 (mean 0.8667); the 3 before: 0.5, 0.6, 0.7 (mean 0.6)
     assert flatness(curve, window=3) == pytest.approx(0.8 / 3, abs=1e-12)
     assert flatness(curve[:5], window=3) is None  # too short for two windows
+
+
+def test_the_by_compute_table_orders_rows_by_the_macs_they_keep():
+    from spaedge.experiment.report import _compute_lines
+
+    summary = [
+        dict(base="small", density=0.3, label="B", avg=95.0, sd=1.0, macs=43.4, params=24e3),
+        dict(base="small", density=0.3, label="A", avg=97.0, sd=0.5, macs=21.4, params=839e3),
+        dict(base="small", density=0.1, label="C", avg=96.0, sd=0.2, macs=28.3, params=22e3),
+    ]
+    rows = _compute_lines(summary)[2:]
+    assert [r.split(" | ")[3] for r in rows] == ["A", "C", "B"]
+    assert rows[1] == "| small | 28.30 | 10% | C | 96.0 ± 0.2 | 22.0k |"

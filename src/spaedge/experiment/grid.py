@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spaedge.adapters import get_method
+from spaedge.adapters.sparse_masks import MASK_CRITERIA, MaskOptions
 from spaedge.pack.layout import task_name
 from spaedge.train import TrainConfig
 
@@ -64,10 +65,21 @@ class Cell:
 
     @property
     def label(self) -> str:
-        m = get_method(self.method).describe(self.rank)
-        m += "".join(f", {k.split('_')[-1]} {v}" for k, v in self.options)
-        extra = "" if self.schedule == "iterative" else f", {self.schedule}"
-        return f"{m} ({self.criterion}{extra})"
+        """The table row: method, rank and options, then in brackets how it was
+        pruned (criterion, schedule) and, for SparseAdapter, how its mask was
+        chosen: 'SparseAdapter SPLoRA r8, sparsity 0.4 (magnitude; grasp mask)'."""
+        method = get_method(self.method)
+        options = dict(self.options)
+        mask = options.pop("mask_criterion", None)
+        if issubclass(method.options, MaskOptions):
+            mask = mask or MaskOptions().mask_criterion
+            if options.get("sparsity", MaskOptions().sparsity) == 0:
+                mask = None  # nothing masked: a dense adapter with the sparse methods' init
+        m = method.describe(self.rank) + "".join(
+            f", {k.split('_')[-1]} {v}" for k, v in options.items()
+        )
+        how = self.criterion + ("" if self.schedule == "iterative" else f", {self.schedule}")
+        return f"{m} ({how}{f'; {mask} mask' if mask else ''})"
 
 
 @dataclass
@@ -144,6 +156,19 @@ def default_grid(tasks=DEFAULT_TASKS, densities=(1.0, 0.3, 0.1)) -> list[Cell]:
         for s in SPARSITIES:
             for method, rank in (("sparse", 8), ("sparse-sppara", 0), ("sparse-large", 8)):
                 c(method=method, rank=rank, density=0.3, options=(("sparsity", s),))
+        # SparseAdapter's five mask criteria at the paper's recommended 40%, and the dense
+        # control with the same balanced initialisation (B != 0; sparsity 0): SPLoRA (B = 0)
+        # against it separates the initialisation from the sparsity.
+        # (the default mask, snip, is the 40% cell above).
+        for crit in MASK_CRITERIA:
+            if crit != MaskOptions().mask_criterion:
+                c(
+                    method="sparse",
+                    rank=8,
+                    density=0.3,
+                    options=(("sparsity", 0.4), ("mask_criterion", crit)),
+                )
+        c(method="sparse", rank=8, density=0.3, options=(("sparsity", 0.0),))
         c(method="pear", rank=8, density=0.3)
         for crit in ("gradient", "taylor", "lrp"):
             c(method="splora", rank=8, density=0.1, criterion=crit)

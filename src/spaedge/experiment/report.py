@@ -330,6 +330,7 @@ def report(
             }
         )
     table = "\n".join(lines)
+    by_compute = _compute_lines(summary)
     seeds = sorted({r["seed"] for r in runs})
     pairs = paired_rows(rows, tasks, n_test)
     compute = sum(r["seconds"] for r in results)
@@ -350,7 +351,11 @@ def report(
         f"({', '.join(f'{t}: {n_test[t]} images' for t in tasks)}). Learned params, bundle size and "
         "MACs averaged over tasks and seeds; shared adapters per seed (Pear).\n\n"
         f"{table}\n\n"
-        "## Paired differences\n\nEach row against fine-pruning (magnitude) at its density, or the best "
+        "## By compute\n\nEvery row of the table sorted by the MACs its pruned network "
+        "keeps (equal density is not equal compute: criteria and methods keep different "
+        "channels): compare rows at similar MMACs.\n\n"
+        + "\n".join(by_compute)
+        + "\n\n## Paired differences\n\nEach row against fine-pruning (magnitude) at its density, or the best "
         "row where there is none: the per-seed difference of test accuracy, its mean and standard "
         "error (stdev/sqrt(n)) over the seeds both have; the test set's own standard error of the gap "
         "(independent binomials, an upper bound); outside noise when the gap exceeds twice "
@@ -372,6 +377,20 @@ def report(
     _write_csvs(results, runs, out, n_test)
     _plots(summary, runs, out)
     return table
+
+
+def _compute_lines(summary: list[dict]) -> list[str]:
+    """The table's rows by MMACs (per base, fewest first), with accuracy and parameters."""
+    lines = [
+        "| base | MMACs | density | method (criterion) | avg test accuracy (%) | learned params |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in sorted(summary, key=lambda s: (s["base"], s["macs"], -s["density"], s["label"])):
+        lines.append(
+            f"| {s['base']} | {s['macs']:.2f} | {s['density']:.0%} | {s['label']} "
+            f"| {s['avg']:.1f} ± {s['sd']:.1f} | {s['params'] / 1e3:.1f}k |"
+        )
+    return lines
 
 
 RUN_FIELDS = [
@@ -498,13 +517,26 @@ LINESTYLES = {
 }
 
 
+# SparseAdapter's mask criteria (a variant "magnitude; grasp mask"): markers of their own.
+MASK_MARKERS = {
+    "snip": "*",
+    "magnitude": "h",
+    "random": "X",
+    "grasp": "<",
+    "synflow": ">",
+}
+
+
 def _linestyle(variant: str):
-    crit, _, sched = variant.partition(", ")
+    crit, _, sched = variant.split("; ")[0].partition(", ")
     return LINESTYLES.get(sched) or LINESTYLES.get(crit, "-")
 
 
 def _marker(variant: str) -> str:
-    crit, _, sched = variant.partition(", ")
+    pruning, _, mask = variant.partition("; ")
+    if mask:
+        return MASK_MARKERS.get(mask.removesuffix(" mask"), "P")
+    crit, _, sched = pruning.partition(", ")
     return MARKERS.get(sched) or MARKERS.get(crit, "X")
 
 
