@@ -169,7 +169,9 @@ def default_grid(tasks=DEFAULT_TASKS, densities=(1.0, 0.3, 0.1)) -> list[Cell]:
                     options=(("sparsity", 0.4), ("mask_criterion", crit)),
                 )
         c(method="sparse", rank=8, density=0.3, options=(("sparsity", 0.0),))
-        c(method="pear", rank=8, density=0.3)
+        for d in densities:
+            if d < 1.0:
+                c(method="pear", rank=8, density=d)
         for crit in ("gradient", "taylor", "lrp"):
             c(method="splora", rank=8, density=0.1, criterion=crit)
         c(method="splora", rank=8, density=0.1, schedule="oneshot")
