@@ -137,3 +137,28 @@ def test_the_by_compute_table_orders_rows_by_the_macs_they_keep():
     rows = _compute_lines(summary)[2:]
     assert [r.split(" | ")[3] for r in rows] == ["A", "C", "B"]
     assert rows[1] == "| small | 28.30 | 10% | C | 96.0 ± 0.2 | 22.0k |"
+
+
+def test_sparse_rows_are_also_paired_with_their_dense_control_and_it_with_splora():
+    fp, sp = "Fine-pruning (magnitude)", "SPLoRA r8 (magnitude)"
+    dense = "SparseAdapter SPLoRA r8, sparsity 0.0 (magnitude)"
+    snip = "SparseAdapter SPLoRA r8, sparsity 0.4 (magnitude; snip mask)"
+    grasp = "SparseAdapter SPLoRA r8, sparsity 0.4 (magnitude; grasp mask)"
+    accs = {fp: (0.97, 0.96, 0.98), sp: (0.95, 0.94, 0.95), dense: (0.96, 0.96, 0.97)}
+    accs |= {snip: (0.94, 0.95, 0.94), grasp: (0.95, 0.95, 0.96)}
+    rows = {
+        ("small", 0.3, lab): [
+            dict(base="small", density=0.3, label=lab, task="digits", seed=s + 1, test_accuracy=a)
+            for s, a in enumerate(v)
+        ]
+        for lab, v in accs.items()
+    }
+    pairs = {(p["row"], p["reference"]): p for p in paired_rows(rows, ["digits"], {"digits": 359})}
+    assert set(pairs) == {(lab, fp) for lab in accs if lab != fp} | {
+        (snip, dense),
+        (grasp, dense),
+        (dense, sp),
+    }
+    # snip - dense: -2, -1, -3 points
+    assert pairs[(snip, dense)]["diff"] == pytest.approx(-2.0, abs=1e-9)
+    assert pairs[(dense, sp)]["diff"] == pytest.approx(5 / 3, abs=1e-9)

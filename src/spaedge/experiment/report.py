@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -129,11 +130,28 @@ def _reference(labels: list[str], accs: dict[str, dict[int, float]]) -> str:
     return max(labels, key=lambda k: statistics.mean(accs[k].values()))
 
 
+def _controls(label: str, labels: list[str]) -> list[str]:
+    """Rows a row is also compared with, when the panel has them: a SparseAdapter
+    row against its dense control (the same adapter at sparsity 0, the same
+    initialisation), and that control against SPLoRA (B = 0 at initialisation),
+    so sparsity and initialisation are told apart."""
+    m = re.fullmatch(r"(.+), sparsity ([0-9.]+) \((.+?)(?:; \w+ mask)?\)", label)
+    if not m:
+        return []
+    family, sparsity, how = m.groups()
+    if float(sparsity) > 0:
+        want = f"{family}, sparsity 0.0 ({how})"
+    else:
+        want = f"{family.removeprefix('SparseAdapter ')} ({how})"
+    return [want] if want in labels and want != label else []
+
+
 def paired_rows(
     rows: dict[tuple, list[dict]], tasks: list[str], n_test: dict[str, int]
 ) -> list[dict]:
-    """Per base, density and task: every row against the reference row, paired
-    by seed; the test-set standard error of the gap; the verdict."""
+    """Per base, density and task: every row against the reference row (and its
+    controls, ``_controls``), paired by seed; the test-set standard error of
+    the gap; the verdict."""
     out = []
     for base, dens in sorted({(k[0], k[1]) for k in rows}, key=lambda k: (k[0], -k[1])):
         for t in tasks:
@@ -147,15 +165,15 @@ def paired_rows(
                 continue
             labels = sorted(accs)
             ref = _reference(labels, accs)
-            for lab in labels:
-                if lab == ref:
-                    continue
+            pairs = [(lab, ref) for lab in labels if lab != ref]
+            pairs += [(lab, c) for lab in labels for c in _controls(lab, labels) if c != ref]
+            for lab, against in pairs:
                 try:
-                    d, se, n = paired_difference(accs[lab], accs[ref])
+                    d, se, n = paired_difference(accs[lab], accs[against])
                 except ValueError:
                     continue  # fewer than 2 seeds in common: nothing to pair
                 p1 = statistics.mean(accs[lab].values())
-                p2 = statistics.mean(accs[ref].values())
+                p2 = statistics.mean(accs[against].values())
                 se_t = binomial_se_difference(p1, p2, n_test[t])
                 out.append(
                     {
@@ -163,7 +181,7 @@ def paired_rows(
                         "density": dens,
                         "task": t,
                         "row": lab,
-                        "reference": ref,
+                        "reference": against,
                         "seeds": n,
                         "diff": d * 100,
                         "se_seeds": se * 100,
@@ -356,7 +374,8 @@ def report(
         "channels): compare rows at similar MMACs.\n\n"
         + "\n".join(by_compute)
         + "\n\n## Paired differences\n\nEach row against fine-pruning (magnitude) at its density, or the best "
-        "row where there is none: the per-seed difference of test accuracy, its mean and standard "
+        "row where there is none (and each SparseAdapter row against its dense control at sparsity "
+        "0, that control against SPLoRA): the per-seed difference of test accuracy, its mean and standard "
         "error (stdev/sqrt(n)) over the seeds both have; the test set's own standard error of the gap "
         "(independent binomials, an upper bound); outside noise when the gap exceeds twice "
         "sqrt(SE seeds² + SE test set²).\n\n"
