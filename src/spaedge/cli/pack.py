@@ -291,11 +291,7 @@ def _pack_int8(args, name: str, base_path: Path, task_path: Path, task, test, re
     from spaedge.pack.calibrate import validation_images
     from spaedge.pack.layout import task_bundle_path
 
-    int8_base, wrote = install_int8_base(base_path, base_path.parent)
-    if wrote:
-        print(f"wrote {int8_base} (int8 of {base_path.name})")
-    else:
-        print(f"{int8_base} already holds the int8 of this base; left as it is")
+    int8_base = install_int8_base(base_path, base_path.parent, called="this base")
     int8_task = task_bundle_path(base_path.parent, name, "int8")
     images, split, selection, seed = calibration_data(task, args.calibration, None)
     rows = write_int8_task(

@@ -196,16 +196,20 @@ def check_rows(logits, ref_logits, labels, isa: str, accuracy_row: str, agreemen
     return rows, agree, rel
 
 
-def install_int8_base(fp32_base: Path, out: Path) -> tuple[Path, bool]:
+def install_int8_base(fp32_base: Path, out: Path, called: str | None = None) -> Path:
     """The int8 base of ``fp32_base`` in ``out``: reused when it is there
-    (:func:`int8_base_state`), else written atomically. Returns (path, written)."""
+    (:func:`int8_base_state`), else written atomically; prints which, naming
+    the fp32 base ``called`` (default: its file name)."""
     from spaedge.pack.format import read_bundle, write_bundle
     from spaedge.pack.quantize import int8_base_bundle
 
     path, there = int8_base_state(fp32_base, out)
-    if not there:
+    if there:
+        print(f"{path} already holds the int8 of {called or fp32_base.name}; left as it is")
+    else:
         write_bundle(path, *int8_base_bundle(*read_bundle(fp32_base)))
-    return path, not there
+        print(f"wrote {path} (int8 of {fp32_base.name})")
+    return path
 
 
 def calibration_data(task, n, spec):
@@ -375,11 +379,7 @@ def main(args) -> int:
         n = args.calibration
         task, test, ref_logits, val = _task_data(args, spec, base_path, task_path)
 
-    int8_base, wrote = install_int8_base(base_path, out)
-    if wrote:
-        print(f"wrote {int8_base} (int8 of {base_path.name})")
-    else:
-        print(f"{int8_base} already holds the int8 of {base_path.name}; left as it is")
+    int8_base = install_int8_base(base_path, out)
     images, split, selection, seed = calibration_data(task, n, spec)
     rows = write_int8_task(
         base_path,
